@@ -1,0 +1,3 @@
+from ipsecemu.cli import main
+
+main()
