@@ -47,8 +47,11 @@ class EncrAlg:
     aead: bool
     esp_name: str | None  # ipsecemu.dataplane.api.ESP_ENCR key; None if not usable in ESP
     ike_ok: bool  # allowed in IKE SA proposals (ENCR_NULL is ESP only)
-    wireshark_esp: str  # tshark 4.0 ESP SA UAT "encryption algorithm" string
-    wireshark_ike: str | None  # tshark 4.0 ikev2_decryption_table "encryption algorithm" string
+    # tshark 4.0 UAT strings (esp_sa "encryption algorithm", ikev2_decryption_table "encryption
+    # algorithm"); None where tshark 4.0 cannot decrypt it (ChaCha20, ENCR_NULL in IKE).
+    wireshark_esp: str | None
+    wireshark_ike: str | None
+    swan_name: str = ""  # strongSwan enum name as swanctl prints it ("AES_GCM_16")
 
     @property
     def keymat_len(self) -> int:
@@ -63,6 +66,7 @@ class PrfAlg:
     hash: str  # hashlib / cryptography hash name
     out_len: int  # PRF output length = preferred key length (RFC 7296 §2.13)
     integ_keyword: str  # the integrity algorithm strongSwan derives this PRF from
+    swan_name: str = ""  # "PRF_HMAC_SHA2_256"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class IntegAlg:
     esp_name: str | None  # ipsecemu.dataplane.api.ESP_INTEG key
     wireshark_esp: str
     wireshark_ike: str
+    swan_name: str = ""  # "HMAC_SHA2_256_128"
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class KeGroup:
     ke_len: int  # length of the KE payload data
     curve: str | None = None  # cryptography curve name for ECP groups
     subgroup_bits: int | None = None  # RFC 5114 group 24: prime order subgroup size
+    swan_name: str = ""  # "MODP_2048", "ECP_256", "CURVE_25519"
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,14 @@ class EsnAlg:
     keyword: str  # "esn" | "noesn"
     id: int  # 1 | 0
     enabled: bool
+    swan_name: str = ""
 
 
 # ---------------------------------------------------------------- encryption
 def _aes_cbc(bits: int) -> EncrAlg:
     return EncrAlg(
         f"aes{bits}", 12, bits, bits // 8, 0, 16, 16, 0, False, "aes-cbc", True,
-        "AES-CBC [RFC3602]", f"AES-CBC-{bits} [RFC3602]",
+        "AES-CBC [RFC3602]", f"AES-CBC-{bits} [RFC3602]", "AES_CBC",
     )
 
 
@@ -108,6 +115,7 @@ def _aes_gcm(bits: int, icv: int) -> EncrAlg:
         f"aes{bits}gcm{icv}", {8: 18, 12: 19, 16: 20}[icv], bits, bits // 8, 4, 8, 4, icv, True,
         f"aes-gcm-{icv}", True,
         f"AES-GCM with {icv} octet ICV [RFC4106]", f"AES-GCM-{bits} with {icv} octet ICV [RFC5282]",
+        f"AES_GCM_{icv}",
     )
 
 
@@ -115,10 +123,10 @@ _ENCR_LIST: list[EncrAlg] = [
     *(_aes_cbc(b) for b in (128, 192, 256)),
     *(_aes_gcm(b, i) for b in (128, 192, 256) for i in (8, 12, 16)),
     EncrAlg("3des", 3, None, 24, 0, 8, 8, 0, False, "3des-cbc", True,
-            "TripleDES-CBC [RFC2451]", "3DES [RFC2451]"),
-    EncrAlg("null", 11, None, 0, 0, 0, 4, 0, False, "null", False, "NULL", None),
+            "TripleDES-CBC [RFC2451]", "3DES [RFC2451]", "3DES_CBC"),
+    EncrAlg("null", 11, None, 0, 0, 0, 4, 0, False, "null", False, "NULL", None, "NULL"),
     EncrAlg("chacha20poly1305", 28, None, 32, 4, 8, 4, 16, True, "chacha20-poly1305", True,
-            "ChaCha20 with Poly1305 [RFC7634]", "ChaCha20-Poly1305 [RFC7634]"),
+            None, None, "CHACHA20_POLY1305"),
 ]
 
 #: strongSwan keyword -> encryption transform
@@ -134,23 +142,25 @@ for _b in (128, 192, 256):
 
 # ---------------------------------------------------------------- PRF
 _PRF_LIST: list[PrfAlg] = [
-    PrfAlg("prfsha1", 2, "sha1", 20, "sha1"),
-    PrfAlg("prfsha256", 5, "sha256", 32, "sha256"),
-    PrfAlg("prfsha384", 6, "sha384", 48, "sha384"),
-    PrfAlg("prfsha512", 7, "sha512", 64, "sha512"),
+    PrfAlg("prfsha1", 2, "sha1", 20, "sha1", "PRF_HMAC_SHA1"),
+    PrfAlg("prfsha256", 5, "sha256", 32, "sha256", "PRF_HMAC_SHA2_256"),
+    PrfAlg("prfsha384", 6, "sha384", 48, "sha384", "PRF_HMAC_SHA2_384"),
+    PrfAlg("prfsha512", 7, "sha512", 64, "sha512", "PRF_HMAC_SHA2_512"),
 ]
 PRF: dict[str, PrfAlg] = {p.keyword: p for p in _PRF_LIST}
 
 # ---------------------------------------------------------------- integrity
 _INTEG_LIST: list[IntegAlg] = [
-    IntegAlg("md5", 1, "md5", 16, 12, "hmac-md5-96", "HMAC-MD5-96 [RFC2403]", "HMAC_MD5_96 [RFC2403]"),
-    IntegAlg("sha1", 2, "sha1", 20, 12, "hmac-sha1-96", "HMAC-SHA-1-96 [RFC2404]", "HMAC_SHA1_96 [RFC2404]"),
+    IntegAlg("md5", 1, "md5", 16, 12, "hmac-md5-96", "HMAC-MD5-96 [RFC2403]", "HMAC_MD5_96 [RFC2403]",
+             "HMAC_MD5_96"),
+    IntegAlg("sha1", 2, "sha1", 20, 12, "hmac-sha1-96", "HMAC-SHA-1-96 [RFC2404]", "HMAC_SHA1_96 [RFC2404]",
+             "HMAC_SHA1_96"),
     IntegAlg("sha256", 12, "sha256", 32, 16, "hmac-sha256-128",
-             "HMAC-SHA-256-128 [RFC4868]", "HMAC_SHA2_256_128 [RFC4868]"),
+             "HMAC-SHA-256-128 [RFC4868]", "HMAC_SHA2_256_128 [RFC4868]", "HMAC_SHA2_256_128"),
     IntegAlg("sha384", 13, "sha384", 48, 24, "hmac-sha384-192",
-             "HMAC-SHA-384-192 [RFC4868]", "HMAC_SHA2_384_192 [RFC4868]"),
+             "HMAC-SHA-384-192 [RFC4868]", "HMAC_SHA2_384_192 [RFC4868]", "HMAC_SHA2_384_192"),
     IntegAlg("sha512", 14, "sha512", 64, 32, "hmac-sha512-256",
-             "HMAC-SHA-512-256 [RFC4868]", "HMAC_SHA2_512_256 [RFC4868]"),
+             "HMAC-SHA-512-256 [RFC4868]", "HMAC_SHA2_512_256 [RFC4868]", "HMAC_SHA2_512_256"),
 ]
 INTEG: dict[str, IntegAlg] = {i.keyword: i for i in _INTEG_LIST}
 INTEG_ALIASES: dict[str, str] = {
@@ -160,29 +170,32 @@ INTEG_ALIASES: dict[str, str] = {
     "sha2_512": "sha512", "sha512_256": "sha512",
 }
 #: INTEG NONE (ID 0): what an AEAD proposal may carry explicitly; never parsed from a keyword.
-INTEG_NONE = IntegAlg("none", 0, None, 0, 0, None, "NULL", "NONE [RFC4306]")
+INTEG_NONE = IntegAlg("none", 0, None, 0, 0, None, "NULL", "NONE [RFC4306]", "NONE")
 
 # ---------------------------------------------------------------- key exchange
 _KE_LIST: list[KeGroup] = [
-    KeGroup("modp768", 1, "modp", 768, 96),
-    KeGroup("modp1024", 2, "modp", 1024, 128),
-    KeGroup("modp1536", 5, "modp", 1536, 192),
-    KeGroup("modp2048", 14, "modp", 2048, 256),
-    KeGroup("modp3072", 15, "modp", 3072, 384),
-    KeGroup("modp4096", 16, "modp", 4096, 512),
-    KeGroup("ecp256", 19, "ecp", 256, 64, curve="secp256r1"),
-    KeGroup("ecp384", 20, "ecp", 384, 96, curve="secp384r1"),
-    KeGroup("ecp521", 21, "ecp", 521, 132, curve="secp521r1"),
-    KeGroup("modp2048s256", 24, "modp", 2048, 256, subgroup_bits=256),
-    KeGroup("curve25519", 31, "x25519", 255, 32),
+    KeGroup("modp768", 1, "modp", 768, 96, swan_name="MODP_768"),
+    KeGroup("modp1024", 2, "modp", 1024, 128, swan_name="MODP_1024"),
+    KeGroup("modp1536", 5, "modp", 1536, 192, swan_name="MODP_1536"),
+    KeGroup("modp2048", 14, "modp", 2048, 256, swan_name="MODP_2048"),
+    KeGroup("modp3072", 15, "modp", 3072, 384, swan_name="MODP_3072"),
+    KeGroup("modp4096", 16, "modp", 4096, 512, swan_name="MODP_4096"),
+    KeGroup("ecp256", 19, "ecp", 256, 64, curve="secp256r1", swan_name="ECP_256"),
+    KeGroup("ecp384", 20, "ecp", 384, 96, curve="secp384r1", swan_name="ECP_384"),
+    KeGroup("ecp521", 21, "ecp", 521, 132, curve="secp521r1", swan_name="ECP_521"),
+    KeGroup("modp2048s256", 24, "modp", 2048, 256, subgroup_bits=256, swan_name="MODP_2048_256"),
+    KeGroup("curve25519", 31, "x25519", 255, 32, swan_name="CURVE_25519"),
 ]
 KE: dict[str, KeGroup] = {g.keyword: g for g in _KE_LIST}
 KE_ALIASES: dict[str, str] = {"x25519": "curve25519"}
 #: KE NONE (ID 0): "PFS optional" marker in ESP proposals; never parsed from a keyword.
-KE_NONE = KeGroup("none", 0, "none", 0, 0)
+KE_NONE = KeGroup("none", 0, "none", 0, 0, swan_name="NONE")
 
 # ---------------------------------------------------------------- ESN
-ESN: dict[str, EsnAlg] = {"noesn": EsnAlg("noesn", 0, False), "esn": EsnAlg("esn", 1, True)}
+ESN: dict[str, EsnAlg] = {
+    "noesn": EsnAlg("noesn", 0, False, "NO_EXT_SEQ"),
+    "esn": EsnAlg("esn", 1, True, "EXT_SEQ"),
+}
 
 _TABLES: dict[TransformType, tuple[dict, dict[str, str]]] = {
     TransformType.ENCR: (ENCR, ENCR_ALIASES),
