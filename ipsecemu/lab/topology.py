@@ -1,0 +1,485 @@
+"""Lab topology schema: YAML -> validated frozen dataclasses, before any netlink call.
+
+Errors carry the file, the line (from PyYAML node marks) and the field path, e.g.
+``er-vwan.yaml:42: links[3].endpoints[1]: unknown node 'msee3'``.
+
+The ``vpn.connections[*]`` IKE/ESP contents are kept as an opaque read-only mapping; the IKE
+config parser (``ipsecemu.ike.config``) interprets them later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+KINDS = ("host", "router", "ipsecemu", "strongswan")
+VPN_KINDS = ("ipsecemu", "strongswan")
+FORWARDING_KINDS = ("router", "ipsecemu", "strongswan")
+
+# Lab and node names become netns names "<lab>-<node>"; node names have no '-' so
+# "<lab>-<node>" can be split back and two labs cannot produce the same netns name by accident.
+LAB_NAME_RE = re.compile(r"^(?!.*--)[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
+IFNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")  # Linux IFNAMSIZ: 15 chars
+SYSCTL_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
+
+
+class TopologyError(ValueError):
+    """A user mistake in a topology file: one line naming file, line and field."""
+
+    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
+        self.file, self.line, self.field, self.message = file, line, field, message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {field + ': ' if field else ''}{message}")
+
+
+# ---------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    node: str
+    iface: str
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.iface}"
+
+
+@dataclass(frozen=True)
+class NextHop:
+    via: str | None = None
+    dev: str | None = None
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str  # CIDR or "default"
+    nexthops: tuple[NextHop, ...]  # one for a plain route, several for ECMP
+    table: int | None = None
+    metric: int | None = None
+    src: str | None = None
+
+    @property
+    def multipath(self) -> bool:
+        return len(self.nexthops) > 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    table: int
+    src: str | None = None
+    dst: str | None = None
+    iif: str | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    kind: str
+    addresses: tuple[tuple[str, str], ...] = ()  # (iface, "a.b.c.d/len")
+    routes: tuple[Route, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    ipv6: bool = False
+
+    def addresses_on(self, iface: str) -> list[str]:
+        return [a for i, a in self.addresses if i == iface]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair between two endpoints (both may be on one node)."""
+
+    a: Endpoint
+    b: Endpoint
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A shared L2 segment: a bridge with one veth port per member."""
+
+    name: str
+    members: tuple[Endpoint, ...]
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class VpnConnection:
+    name: str
+    nodes: tuple[str, str]
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    nodes: tuple[Node, ...]
+    links: tuple[Link, ...] = ()
+    segments: tuple[Segment, ...] = ()
+    vpn: tuple[VpnConnection, ...] = ()
+    source: str = "<string>"
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def netns(self, node: str) -> str:
+        return f"{self.name}-{node}"
+
+    def segment_netns(self, segment: str) -> str:
+        return f"{self.name}--{segment}"
+
+    def renamed(self, name: str) -> Topology:
+        """The same lab under another name (tests, a second copy of a lab)."""
+        if not LAB_NAME_RE.match(name):
+            raise TopologyError(self.source, None, "name", f"invalid lab name {name!r} ({_LAB_NAME_HELP})")
+        return replace(self, name=name)
+
+
+_LAB_NAME_HELP = "lowercase letters, digits and single '-', 2-32 chars, starting with a letter"
+
+
+# ---------------------------------------------------------------- YAML with marks
+
+
+class _Doc:
+    """Plain Python values from a YAML document plus the line of every field path."""
+
+    def __init__(self, file: str, root: yaml.Node) -> None:
+        self.file = file
+        self.lines: dict[tuple, int] = {}
+        self._ctor = yaml.constructor.SafeConstructor()
+        self.value = self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: tuple) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for knode, vnode in node.value:
+                if not isinstance(knode, yaml.ScalarNode):
+                    raise TopologyError(self.file, knode.start_mark.line + 1, _fmt(path), "keys must be plain scalars")
+                key = self._ctor.construct_object(knode)
+                if key in out:
+                    raise TopologyError(self.file, knode.start_mark.line + 1, _fmt(path + (key,)), "duplicate key")
+                self.lines[path + (key,)] = knode.start_mark.line + 1
+                out[key] = self._walk(vnode, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._walk(v, path + (i,)) for i, v in enumerate(node.value)]
+        return self._ctor.construct_object(node)
+
+    def line(self, path: tuple) -> int | None:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path)
+
+    def error(self, path: tuple, message: str) -> TopologyError:
+        return TopologyError(self.file, self.line(path), _fmt(path), message)
+
+
+def _fmt(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+# ---------------------------------------------------------------- parser/validator
+
+
+def load(path: str | Path, name: str | None = None) -> Topology:
+    """Parse and validate a topology file; ``name`` overrides the lab name."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TopologyError(str(path), None, "", f"cannot read: {exc.strerror or exc}") from None
+    topo = loads(text, str(path))
+    return topo.renamed(name) if name else topo
+
+
+def loads(text: str, file: str = "<string>") -> Topology:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise TopologyError(file, line, "", f"YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(file, None, "", f"YAML error: {exc}") from None
+    if root is None:
+        raise TopologyError(file, None, "", "empty file")
+    try:
+        doc = _Doc(file, root)
+    except yaml.YAMLError as exc:  # e.g. a bad !tag
+        raise TopologyError(file, getattr(getattr(exc, "problem_mark", None), "line", -1) + 1 or None, "",
+                            f"YAML error: {getattr(exc, 'problem', exc)}") from None
+    return _Validator(doc).topology()
+
+
+class _Validator:
+    def __init__(self, doc: _Doc) -> None:
+        self.doc = doc
+        self.ifaces: dict[str, dict[str, tuple]] = {}  # node -> iface -> path where declared
+        self.addr_paths: dict[str, tuple] = {}  # ip -> path where first assigned
+
+    # -- small typed getters, each raising a located error
+    def _mapping(self, v: Any, path: tuple, what: str = "a mapping") -> dict:
+        if not isinstance(v, dict):
+            raise self.doc.error(path, f"must be {what}")
+        return v
+
+    def _list(self, v: Any, path: tuple) -> list:
+        if not isinstance(v, list):
+            raise self.doc.error(path, "must be a list")
+        return v
+
+    def _str(self, v: Any, path: tuple) -> str:
+        if not isinstance(v, str) or not v:
+            raise self.doc.error(path, "must be a non-empty string")
+        return v
+
+    def _int(self, v: Any, path: tuple, lo: int, hi: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self.doc.error(path, f"must be an integer in {lo}..{hi}")
+        return v
+
+    def _keys(self, m: dict, path: tuple, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+        for k in m:
+            if k not in allowed:
+                raise self.doc.error(path + (k,), f"unknown field (allowed: {', '.join(allowed)})")
+        for k in required:
+            if k not in m:
+                raise self.doc.error(path, f"missing field '{k}'")
+
+    def _cidr(self, v: Any, path: tuple, allow_default: bool = False) -> str:
+        if allow_default and v == "default":
+            return "default"
+        if not isinstance(v, str) or "/" not in v:
+            raise self.doc.error(path, f"bad CIDR {v!r} (expected address/prefix, e.g. 10.0.1.10/24)")
+        try:
+            return str(ipaddress.ip_interface(v))
+        except ValueError:
+            raise self.doc.error(path, f"bad CIDR {v!r}") from None
+
+    def _net(self, v: Any, path: tuple) -> str:
+        cidr = self._cidr(v, path)
+        try:
+            return str(ipaddress.ip_network(cidr, strict=True))
+        except ValueError:
+            raise self.doc.error(path, f"{v!r} has host bits set (did you mean {ipaddress.ip_interface(cidr).network}?)") from None
+
+    def _ip(self, v: Any, path: tuple) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise self.doc.error(path, f"bad IP address {v!r}") from None
+
+    def _endpoint(self, v: Any, path: tuple, nodes: dict) -> Endpoint:
+        if not isinstance(v, str) or v.count(":") != 1:
+            raise self.doc.error(path, f"expected 'node:iface', got {v!r}")
+        node, iface = v.split(":")
+        if node not in nodes:
+            raise self.doc.error(path, f"unknown node '{node}'")
+        if not IFNAME_RE.match(iface) or iface == "lo":
+            raise self.doc.error(path, f"bad interface name '{iface}' (letters, digits, _.-; max 15 chars)")
+        seen = self.ifaces.setdefault(node, {})
+        if iface in seen:
+            raise self.doc.error(path, f"interface '{v}' is already used at line {self.doc.line(seen[iface])}")
+        seen[iface] = path
+        return Endpoint(node, iface)
+
+    # -- sections
+    def topology(self) -> Topology:
+        top = self._mapping(self.doc.value, (), "a mapping with 'name' and 'nodes'")
+        self._keys(top, (), ("name", "nodes", "links", "segments", "vpn"), ("name", "nodes"))
+        name = top["name"]
+        if not isinstance(name, str) or not LAB_NAME_RE.match(name):
+            raise self.doc.error(("name",), f"invalid lab name {name!r} ({_LAB_NAME_HELP})")
+        raw_nodes = self._mapping(top["nodes"], ("nodes",))
+        if not raw_nodes:
+            raise self.doc.error(("nodes",), "a lab needs at least one node")
+        for n in raw_nodes:
+            if not isinstance(n, str) or not NODE_NAME_RE.match(n):
+                raise self.doc.error(("nodes", n), f"invalid node name {n!r} (lowercase letters, digits, _; no '-')")
+        links = tuple(self._link(v, ("links", i), raw_nodes)
+                      for i, v in enumerate(self._list(top.get("links") or [], ("links",))))
+        segments = self._segments(top.get("segments") or [], raw_nodes)
+        nodes = tuple(self._node(n, v, ("nodes", n)) for n, v in raw_nodes.items())
+        vpn = self._vpn(top.get("vpn"), {n.name: n for n in nodes})
+        return Topology(name=name, nodes=nodes, links=links, segments=segments, vpn=vpn, source=self.doc.file)
+
+    def _link(self, v: Any, path: tuple, nodes: dict) -> Link:
+        m = self._mapping(v, path)
+        self._keys(m, path, ("endpoints", "mtu"), ("endpoints",))
+        eps = self._list(m["endpoints"], path + ("endpoints",))
+        if len(eps) != 2:
+            raise self.doc.error(path + ("endpoints",), "a link has exactly two endpoints (use segments: for more)")
+        a = self._endpoint(eps[0], path + ("endpoints", 0), nodes)
+        b = self._endpoint(eps[1], path + ("endpoints", 1), nodes)
+        mtu = self._int(m["mtu"], path + ("mtu",), 68, 65535) if "mtu" in m else None
+        return Link(a, b, mtu)
+
+    def _segments(self, v: Any, nodes: dict) -> tuple[Segment, ...]:
+        out: list[Segment] = []
+        names: set[str] = set()
+        for i, s in enumerate(self._list(v, ("segments",))):
+            path = ("segments", i)
+            m = self._mapping(s, path)
+            self._keys(m, path, ("name", "members", "mtu"), ("name", "members"))
+            sname = m["name"]
+            if not isinstance(sname, str) or not NODE_NAME_RE.match(sname):
+                raise self.doc.error(path + ("name",), f"invalid segment name {sname!r}")
+            if sname in names:
+                raise self.doc.error(path + ("name",), f"duplicate segment name '{sname}'")
+            names.add(sname)
+            members = self._list(m["members"], path + ("members",))
+            if len(members) < 2:
+                raise self.doc.error(path + ("members",), "a segment needs at least two members")
+            eps = tuple(self._endpoint(e, path + ("members", j), nodes) for j, e in enumerate(members))
+            mtu = self._int(m["mtu"], path + ("mtu",), 68, 65535) if "mtu" in m else None
+            out.append(Segment(sname, eps, mtu))
+        return tuple(out)
+
+    def _node(self, name: str, v: Any, path: tuple) -> Node:
+        m = self._mapping(v if v is not None else {}, path)
+        self._keys(m, path, ("kind", "addresses", "routes", "rules", "sysctls", "ipv6"), ("kind",))
+        kind = m["kind"]
+        if kind not in KINDS:
+            raise self.doc.error(path + ("kind",), f"unknown kind {kind!r} (one of: {', '.join(KINDS)})")
+        ipv6 = m.get("ipv6", False)
+        if not isinstance(ipv6, bool):
+            raise self.doc.error(path + ("ipv6",), "must be true or false")
+        ifaces = set(self.ifaces.get(name, {})) | {"lo"}
+        addrs: list[tuple[str, str]] = []
+        raw_addrs = self._mapping(m.get("addresses") or {}, path + ("addresses",), "a mapping iface -> [CIDR, ...]")
+        for iface, lst in raw_addrs.items():
+            ipath = path + ("addresses", iface)
+            if iface not in ifaces:
+                raise self.doc.error(ipath, f"node '{name}' has no interface '{iface}' (declare it in links/segments, or use lo)")
+            for j, a in enumerate(lst if isinstance(lst, list) else [lst]):
+                apath = ipath + (j,) if isinstance(lst, list) else ipath
+                cidr = self._cidr(a, apath)
+                if ipaddress.ip_interface(cidr).version == 6 and not ipv6:
+                    raise self.doc.error(apath, "IPv6 address on a node without 'ipv6: true'")
+                self._claim_address(cidr, apath)
+                addrs.append((iface, cidr))
+        routes = tuple(self._route(r, path + ("routes", i), ifaces)
+                       for i, r in enumerate(self._list(m.get("routes") or [], path + ("routes",))))
+        rules = tuple(self._rule(r, path + ("rules", i), ifaces)
+                      for i, r in enumerate(self._list(m.get("rules") or [], path + ("rules",))))
+        sysctls: list[tuple[str, str]] = []
+        for k, val in self._mapping(m.get("sysctls") or {}, path + ("sysctls",)).items():
+            kpath = path + ("sysctls", k)
+            if not isinstance(k, str) or not SYSCTL_RE.match(k):
+                raise self.doc.error(kpath, f"bad sysctl name {k!r} (e.g. net.ipv4.ip_forward)")
+            if isinstance(val, bool):
+                val = int(val)
+            if not isinstance(val, int | str):
+                raise self.doc.error(kpath, "sysctl value must be a number or a string")
+            sysctls.append((k, str(val)))
+        return Node(name, kind, tuple(addrs), routes, rules, tuple(sysctls), ipv6)
+
+    def _table(self, v: Any, path: tuple) -> int:
+        if v == "main":
+            return 254
+        return self._int(v, path, 1, 2**32 - 2)
+
+    def _nexthop(self, m: dict, path: tuple, ifaces: set[str]) -> NextHop:
+        via = self._ip(m["via"], path + ("via",)) if "via" in m else None
+        dev = m.get("dev")
+        if dev is not None and dev not in ifaces:
+            raise self.doc.error(path + ("dev",), f"unknown interface '{dev}' on this node")
+        if via is None and dev is None:
+            raise self.doc.error(path, "a route needs 'via' and/or 'dev' (or 'nexthops')")
+        weight = self._int(m["weight"], path + ("weight",), 1, 256) if "weight" in m else 1
+        return NextHop(via, dev, weight)
+
+    def _route(self, v: Any, path: tuple, ifaces: set[str]) -> Route:
+        m = self._mapping(v, path)
+        self._keys(m, path, ("dst", "via", "dev", "nexthops", "table", "metric", "src"), ("dst",))
+        dst = self._cidr(m["dst"], path + ("dst",), allow_default=True)
+        if dst != "default":
+            dst = self._net(m["dst"], path + ("dst",))
+        if "nexthops" in m:
+            if "via" in m or "dev" in m:
+                raise self.doc.error(path + ("nexthops",), "use either via/dev or nexthops, not both")
+            hops = self._list(m["nexthops"], path + ("nexthops",))
+            if not hops:
+                raise self.doc.error(path + ("nexthops",), "needs at least one next hop")
+            nhs = []
+            for i, h in enumerate(hops):
+                hp = path + ("nexthops", i)
+                hm = self._mapping(h, hp)
+                self._keys(hm, hp, ("via", "dev", "weight"))
+                nhs.append(self._nexthop(hm, hp, ifaces))
+            nexthops = tuple(nhs)
+        else:
+            nexthops = (self._nexthop({k: m[k] for k in ("via", "dev") if k in m}, path, ifaces),)
+        table = self._table(m["table"], path + ("table",)) if "table" in m else None
+        metric = self._int(m["metric"], path + ("metric",), 0, 2**32 - 1) if "metric" in m else None
+        src = self._ip(m["src"], path + ("src",)) if "src" in m else None
+        return Route(dst, nexthops, table, metric, src)
+
+    def _rule(self, v: Any, path: tuple, ifaces: set[str]) -> Rule:
+        m = self._mapping(v, path)
+        self._keys(m, path, ("from", "to", "iif", "table", "priority"), ("table",))
+        src = self._net(m["from"], path + ("from",)) if "from" in m else None
+        dst = self._net(m["to"], path + ("to",)) if "to" in m else None
+        iif = m.get("iif")
+        if iif is not None and iif not in ifaces:
+            raise self.doc.error(path + ("iif",), f"unknown interface '{iif}' on this node")
+        prio = self._int(m["priority"], path + ("priority",), 1, 32765) if "priority" in m else None
+        return Rule(self._table(m["table"], path + ("table",)), src, dst, iif, prio)
+
+    def _claim_address(self, cidr: str, path: tuple) -> None:
+        ip = str(ipaddress.ip_interface(cidr).ip)
+        if ip in self.addr_paths:
+            raise self.doc.error(path, f"duplicate address {ip} (also at line {self.doc.line(self.addr_paths[ip])})")
+        self.addr_paths[ip] = path
+
+    def _vpn(self, v: Any, nodes: dict[str, Node]) -> tuple[VpnConnection, ...]:
+        if v is None:
+            return ()
+        m = self._mapping(v, ("vpn",))
+        self._keys(m, ("vpn",), ("connections",))
+        out: list[VpnConnection] = []
+        names: set[str] = set()
+        for i, c in enumerate(self._list(m.get("connections") or [], ("vpn", "connections"))):
+            path = ("vpn", "connections", i)
+            cm = self._mapping(c, path)
+            self._keys(cm, path, ("name", "nodes", "ike", "esp", "routes", "options"), ("name", "nodes"))
+            cname = self._str(cm["name"], path + ("name",))
+            if cname in names:
+                raise self.doc.error(path + ("name",), f"duplicate connection name '{cname}'")
+            names.add(cname)
+            ns = self._list(cm["nodes"], path + ("nodes",))
+            if len(ns) != 2 or ns[0] == ns[1]:
+                raise self.doc.error(path + ("nodes",), "a connection joins exactly two different nodes")
+            for j, n in enumerate(ns):
+                if n not in nodes:
+                    raise self.doc.error(path + ("nodes", j), f"unknown node '{n}'")
+                if nodes[n].kind not in VPN_KINDS:
+                    raise self.doc.error(path + ("nodes", j),
+                                         f"node '{n}' is kind '{nodes[n].kind}', VPN needs one of: {', '.join(VPN_KINDS)}")
+            for k in ("ike", "esp", "options"):
+                if k in cm:
+                    self._mapping(cm[k], path + (k,))
+            if "routes" in cm:
+                for j, r in enumerate(self._list(cm["routes"], path + ("routes",))):
+                    self._net(r, path + ("routes", j))
+            opts = {k: val for k, val in cm.items() if k not in ("name", "nodes")}
+            out.append(VpnConnection(cname, (ns[0], ns[1]), MappingProxyType(opts)))
+        return tuple(out)
