@@ -1,0 +1,142 @@
+"""Small pyroute2 helpers to build throw-away network namespaces for tests and the harness.
+
+``Netns`` is a context manager that creates named namespaces and veth pairs and always
+removes what it created (namespaces only; deleting a namespace deletes its links).  It is
+deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+from pyroute2 import IPRoute, netns
+
+__all__ = ["Netns", "NetnsError", "ns_exec", "wait_for"]
+
+MAX_IFNAME = 15
+
+
+class NetnsError(RuntimeError):
+    """A namespace or link could not be created (the message says which and why)."""
+
+
+def ns_exec(ns: str, *argv: str, timeout: float = 10.0, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command inside ``ns`` and capture its output (text)."""
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                          timeout=timeout, check=check)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:  # noqa: ANN001
+    """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def _split(cidr: str) -> tuple[str, int, int]:
+    iface = ipaddress.ip_interface(cidr)
+    return str(iface.ip), iface.network.prefixlen, iface.version
+
+
+class Netns:
+    """Create namespaces and veth pairs; tear all of them down on exit (idempotent)."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    # -- context manager ---------------------------------------------------------------
+    def __enter__(self) -> Netns:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for name in reversed(self.created):
+            try:
+                netns.remove(name)
+            except OSError:
+                pass  # already gone: teardown must be idempotent
+        self.created.clear()
+
+    # -- building ----------------------------------------------------------------------
+    def add(self, name: str, *, ipv6: bool = False) -> str:
+        """Create namespace ``name`` with lo up.  IPv6 is off by default because charon
+        reacts to IPv6 address events with MOBIKE updates (see notes/strongswan-netns.md)."""
+        if name in netns.listnetns():
+            raise NetnsError(f"netns {name!r} already exists")
+        netns.create(name)
+        self.created.append(name)
+        if not ipv6:
+            for scope in ("all", "default"):
+                ns_exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
+        else:
+            # no DAD delay: tests bind to fresh addresses right away
+            for scope in ("all", "default"):
+                ns_exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
+        with IPRoute(netns=name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        return name
+
+    def veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str,
+             addrs_a: tuple[str, ...] = (), addrs_b: tuple[str, ...] = ()) -> None:
+        """A veth pair ``ns_a:if_a`` <-> ``ns_b:if_b`` (both may be the same namespace),
+        brought up with the given ``addr/prefix`` addresses."""
+        for n in (if_a, if_b):
+            if not 0 < len(n) <= MAX_IFNAME:
+                raise NetnsError(f"link name {n!r}: must be 1..{MAX_IFNAME} characters")
+        with IPRoute(netns=ns_a) as ipr:
+            try:
+                ipr.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
+            except Exception as exc:  # pyroute2 raises NetlinkError (an OSError) with errno text
+                raise NetnsError(f"veth {if_a}/{if_b}: {exc}") from exc
+        for ns, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
+            self.addrs(ns, ifname, *addrs)
+
+    def addrs(self, ns: str, ifname: str, *cidrs: str) -> None:
+        """Add addresses to ``ifname`` in ``ns`` and bring it up."""
+        with IPRoute(netns=ns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)
+            if not idx:
+                raise NetnsError(f"no link {ifname!r} in netns {ns!r}")
+            for cidr in cidrs:
+                ip, plen, _v = _split(cidr)
+                ipr.addr("add", index=idx[0], address=ip, prefixlen=plen)
+            ipr.link("set", index=idx[0], state="up")
+
+    def route(self, ns: str, dst: str, *, gateway: str | None = None, dev: str | None = None) -> None:
+        """Add a route in ``ns`` (via ``gateway`` and/or out of ``dev``)."""
+        with IPRoute(netns=ns) as ipr:
+            kw: dict = {"dst": dst}
+            if gateway:
+                kw["gateway"] = gateway
+            if dev:
+                kw["oif"] = ipr.link_lookup(ifname=dev)[0]
+            ipr.route("add", **kw)
+
+    def sysctl(self, ns: str, key: str, value: str) -> None:
+        ns_exec(ns, "sysctl", "-qw", f"{key}={value}")
+
+
+@contextmanager
+def two_hosts(prefix: str, a_addr: str = "192.0.2.1/24",
+              b_addr: str = "192.0.2.2/24", *, ipv6: bool = False) -> Iterator[tuple[Netns, str, str]]:
+    """Two namespaces ``<prefix>a`` and ``<prefix>b`` joined by one veth (``<prefix>a0``/``b0``)."""
+    lab = Netns()
+    try:
+        a = lab.add(prefix + "a", ipv6=ipv6)
+        b = lab.add(prefix + "b", ipv6=ipv6)
+        lab.veth(a, prefix + "a0", b, prefix + "b0", (a_addr,), (b_addr,))
+        yield lab, a, b
+    finally:
+        lab.close()
