@@ -163,12 +163,7 @@ _INTEG_LIST: list[IntegAlg] = [
              "HMAC-SHA-512-256 [RFC4868]", "HMAC_SHA2_512_256 [RFC4868]", "HMAC_SHA2_512_256"),
 ]
 INTEG: dict[str, IntegAlg] = {i.keyword: i for i in _INTEG_LIST}
-INTEG_ALIASES: dict[str, str] = {
-    "sha": "sha1", "sha1_96": "sha1", "md5_96": "md5",
-    "sha2_256": "sha256", "sha256_128": "sha256",
-    "sha2_384": "sha384", "sha384_192": "sha384",
-    "sha2_512": "sha512", "sha512_256": "sha512",
-}
+INTEG_ALIASES: dict[str, str] = {"sha": "sha1", "sha2_256": "sha256", "sha2_384": "sha384", "sha2_512": "sha512"}
 #: INTEG NONE (ID 0): what an AEAD proposal may carry explicitly; never parsed from a keyword.
 INTEG_NONE = IntegAlg("none", 0, None, 0, 0, None, "NULL", "NONE [RFC4306]", "NONE")
 
@@ -251,6 +246,8 @@ def esn_by_id(alg_id: int) -> EsnAlg | None:
 
 def by_id(ttype: int, alg_id: int, key_bits: int | None = None) -> Alg | None:
     """Generic lookup by (transform type, IANA ID[, key length])."""
+    if ttype not in TransformType._value2member_map_:
+        return None
     match TransformType(ttype):
         case TransformType.ENCR:
             return encr_by_id(alg_id, key_bits)
