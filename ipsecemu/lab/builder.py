@@ -1,0 +1,384 @@
+"""Build a validated :class:`Topology` into network namespaces with pyroute2, and tear it down.
+
+Layout: one named netns ``<lab>-<node>`` per node (so ``ip netns exec er-vwan-ce tcpdump`` works),
+one ``<lab>--<segment>`` per shared segment holding bridge ``br0``.  Veth pairs are created
+inside the first endpoint's netns with the peer placed directly in the other netns, so nothing
+ever appears in the root namespace and link names only need to be unique per node.
+
+Every netns is recorded in the state file before it is created; removing a netns removes its
+links, so teardown = stop recorded processes, stop anything still running inside the lab's
+netns, delete the netns, delete the state dir.  Teardown is idempotent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .state import LabState, LabStateError, pid_alive, run_dir
+from .topology import FORWARDING_KINDS, Node, Route, Rule, Topology
+
+Say = Callable[[str], None]
+NETNS_DIR = Path("/var/run/netns")
+BRIDGE = "br0"
+LINK_UP_TIMEOUT = 5.0
+
+
+class BuildError(Exception):
+    """A step of ``lab up`` failed; the lab has been rolled back."""
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+@contextmanager
+def _ipr(ns: str) -> Iterator[IPRoute]:
+    ipr = IPRoute(netns=ns)
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _sysctl(ns: str, pairs: list[tuple[str, str]]) -> None:
+    """Set sysctls inside a netns (/proc/sys/net is per-netns of the writer)."""
+    if not pairs:
+        return
+    cmd = ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *[f"{k}={v}" for k, v in pairs]]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    if res.returncode != 0:
+        msg = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        raise BuildError(f"{ns}: sysctl: {msg}")
+
+
+def _index(ipr: IPRoute, ifname: str) -> int:
+    idx = ipr.link_lookup(ifname=ifname)
+    if not idx:
+        raise BuildError(f"interface {ifname} not found")
+    return idx[0]
+
+
+class Builder:
+    def __init__(self, topo: Topology, say: Say = _quiet, base: Path | None = None) -> None:
+        self.topo = topo
+        self.say = say
+        self.base = base
+        self.state: LabState | None = None
+
+    # ------------------------------------------------------------ entry point
+    def up(self) -> LabState:
+        """Create everything; on any error or Ctrl-C roll back and re-raise."""
+        t = self.topo
+        self.state = LabState.create(t.name, t.source, {n.name: n.kind for n in t.nodes}, self.base)
+        try:
+            self._create_netns()
+            self._base_sysctls()
+            self._segments()
+            self._links()
+            self._addresses_and_up()
+            self._wait_links_up()
+            self._routes_and_rules()
+            self._user_sysctls()
+        except BaseException as exc:  # includes KeyboardInterrupt from SIGINT/SIGTERM
+            why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self.say(f"{why}: rolling back")
+            with _signals_ignored():
+                teardown(t.name, self.say, self.base)
+            if isinstance(exc, NetlinkError):
+                raise BuildError(f"netlink: {exc.args[-1] if exc.args else exc}") from None
+            raise
+        self.state.set_status("up")
+        return self.state
+
+    # ------------------------------------------------------------ steps
+    def _create_netns(self) -> None:
+        assert self.state is not None
+        t = self.topo
+        wanted = [(t.netns(n.name), f"node:{n.name}") for n in t.nodes]
+        wanted += [(t.segment_netns(s.name), f"segment:{s.name}") for s in t.segments]
+        for ns, _ in wanted:
+            if netns_exists(ns):
+                raise BuildError(f"netns {ns} already exists (left by something else?); nothing created")
+        for ns, owner in wanted:
+            self.state.add_netns(ns, owner)
+            netns.create(ns)
+            self.state.mark_netns(ns, "created")
+        self.say(f"netns: created {len(wanted)} ({', '.join(ns for ns, _ in wanted)})")
+
+    def _base_sysctls(self) -> None:
+        for n in self.topo.nodes:
+            pairs = []
+            if not n.ipv6:  # no IPv6 unless asked: avoids DAD/RA noise and MOBIKE updates
+                pairs += [("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")]
+            # loose reverse-path filter: with ECMP the return path may use the other link
+            pairs += [("net.ipv4.conf.all.rp_filter", "2"), ("net.ipv4.conf.default.rp_filter", "2")]
+            if n.kind in FORWARDING_KINDS:
+                pairs.append(("net.ipv4.ip_forward", "1"))
+                if n.ipv6:
+                    pairs.append(("net.ipv6.conf.all.forwarding", "1"))
+            _sysctl(self.topo.netns(n.name), pairs)
+        for s in self.topo.segments:
+            _sysctl(self.topo.segment_netns(s.name),
+                    [("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")])
+        self.say(f"sysctls: base set on {len(self.topo.nodes)} nodes")
+
+    def _veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int | None) -> None:
+        assert self.state is not None
+        self.state.add_link(kind="veth", netns=ns_a, ifname=if_a, peer_netns=ns_b, peer_ifname=if_b)
+        with _ipr(ns_a) as ipr:
+            peer: dict = {"ifname": if_b}
+            if ns_b != ns_a:
+                peer["net_ns_fd"] = ns_b
+            kw: dict = {"mtu": mtu} if mtu else {}
+            if mtu:
+                peer["mtu"] = mtu
+            ipr.link("add", ifname=if_a, kind="veth", peer=peer, **kw)
+
+    def _segments(self) -> None:
+        for s in self.topo.segments:
+            sns = self.topo.segment_netns(s.name)
+            with _ipr(sns) as ipr:
+                ipr.link("add", ifname=BRIDGE, kind="bridge", br_forward_delay=0, br_stp_state=0)
+                ipr.link("set", index=_index(ipr, BRIDGE), state="up")
+            for j, ep in enumerate(s.members):
+                port = f"p{j}"
+                self._veth(self.topo.netns(ep.node), ep.iface, sns, port, s.mtu)
+                with _ipr(sns) as ipr:
+                    br = _index(ipr, BRIDGE)
+                    ipr.link("set", index=_index(ipr, port), master=br, state="up")
+            self.say(f"segment {s.name}: bridge with {len(s.members)} members "
+                     f"({', '.join(str(m) for m in s.members)})")
+
+    def _links(self) -> None:
+        for lk in self.topo.links:
+            self._veth(self.topo.netns(lk.a.node), lk.a.iface, self.topo.netns(lk.b.node), lk.b.iface, lk.mtu)
+        if self.topo.links:
+            self.say(f"links: {len(self.topo.links)} veth pairs")
+
+    def _node_ifaces(self, n: Node) -> list[str]:
+        out = [ep.iface for lk in self.topo.links for ep in (lk.a, lk.b) if ep.node == n.name]
+        out += [ep.iface for s in self.topo.segments for ep in s.members if ep.node == n.name]
+        return out
+
+    def _addresses_and_up(self) -> None:
+        count = 0
+        for n in self.topo.nodes:
+            with _ipr(self.topo.netns(n.name)) as ipr:
+                for iface, cidr in n.addresses:
+                    ifi = ipaddress.ip_interface(cidr)
+                    ipr.addr("add", index=_index(ipr, iface), address=str(ifi.ip), prefixlen=ifi.network.prefixlen)
+                    count += 1
+                for iface in ["lo", *self._node_ifaces(n)]:
+                    ipr.link("set", index=_index(ipr, iface), state="up")
+        self.say(f"addresses: {count} assigned, interfaces up")
+
+    def _wait_links_up(self) -> None:
+        """Poll until every veth has carrier (both ends up) instead of sleeping."""
+        deadline = time.monotonic() + LINK_UP_TIMEOUT
+        for n in self.topo.nodes:
+            with _ipr(self.topo.netns(n.name)) as ipr:
+                for iface in self._node_ifaces(n):
+                    left = max(0.1, deadline - time.monotonic())
+                    try:
+                        ipr.poll(ipr.link, "dump", timeout=left, interval=0.01, ifname=iface, operstate="UP")
+                    except TimeoutError:
+                        raise BuildError(f"{n.name}:{iface} did not come up within {LINK_UP_TIMEOUT:.0f} s") from None
+        self.say("links: all up")
+
+    def _route_args(self, ipr: IPRoute, r: Route) -> dict:
+        kw: dict = {}
+        if r.dst == "default":
+            fam = 6 if any(h.via and ":" in h.via for h in r.nexthops) else 4
+            kw["dst"] = "::/0" if fam == 6 else "0.0.0.0/0"
+        else:
+            kw["dst"] = r.dst
+        if ":" in kw["dst"]:
+            kw["family"] = 10
+        if r.table is not None:
+            kw["table"] = r.table
+        if r.metric is not None:
+            kw["priority"] = r.metric
+        if r.src:
+            kw["prefsrc"] = r.src
+        if r.multipath:
+            hops = []
+            for h in r.nexthops:
+                hop: dict = {"hops": h.weight - 1}
+                if h.via:
+                    hop["gateway"] = h.via
+                if h.dev:
+                    hop["oif"] = _index(ipr, h.dev)
+                hops.append(hop)
+            kw["multipath"] = hops
+        else:
+            h = r.nexthops[0]
+            if h.via:
+                kw["gateway"] = h.via
+            if h.dev:
+                kw["oif"] = _index(ipr, h.dev)
+        return kw
+
+    @staticmethod
+    def _rule_args(r: Rule) -> dict:
+        kw: dict = {"table": r.table}
+        if r.priority is not None:
+            kw["priority"] = r.priority
+        for key, net in (("src", r.src), ("dst", r.dst)):
+            if net:
+                n = ipaddress.ip_network(net)
+                kw[key], kw[f"{key}_len"] = str(n.network_address), n.prefixlen
+                kw["family"] = 10 if n.version == 6 else 2
+        if r.iif:
+            kw["iifname"] = r.iif
+        return kw
+
+    def _routes_and_rules(self) -> None:
+        nroutes = nrules = necmp = 0
+        for n in self.topo.nodes:
+            with _ipr(self.topo.netns(n.name)) as ipr:
+                for i, r in enumerate(n.routes):
+                    try:
+                        ipr.route("add", **self._route_args(ipr, r))
+                    except NetlinkError as exc:
+                        raise BuildError(f"{n.name}: routes[{i}] {r.dst}: {exc.args[-1]}") from None
+                    nroutes += 1
+                    necmp += r.multipath
+                for i, rule in enumerate(n.rules):
+                    try:
+                        ipr.rule("add", **self._rule_args(rule))
+                    except NetlinkError as exc:
+                        raise BuildError(f"{n.name}: rules[{i}]: {exc.args[-1]}") from None
+                    nrules += 1
+        self.say(f"routes: {nroutes} ({necmp} ECMP), rules: {nrules}")
+
+    def _user_sysctls(self) -> None:
+        total = 0
+        for n in self.topo.nodes:
+            _sysctl(self.topo.netns(n.name), list(n.sysctls))
+            total += len(n.sysctls)
+        if total:
+            self.say(f"sysctls: {total} from the topology")
+
+
+def build(topo: Topology, say: Say = _quiet, base: Path | None = None) -> LabState:
+    return Builder(topo, say, base).up()
+
+
+# ---------------------------------------------------------------- teardown
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not interrupt the rollback half way."""
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _netns_inode(ns: str) -> int | None:
+    try:
+        return os.stat(NETNS_DIR / ns).st_ino
+    except OSError:
+        return None
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    """PIDs whose network namespace is the named netns (like `ip netns pids`)."""
+    ino = _netns_inode(ns)
+    if ino is None:
+        return []
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if os.stat(d / "ns" / "net").st_ino == ino:
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def _stop(pids: list[tuple[int, int | None]], timeout: float = 3.0) -> int:
+    """SIGTERM, wait, then SIGKILL; each PID checked against its start time first."""
+    live = [(p, st) for p, st in pids if pid_alive(p, st)]
+    for p, _ in live:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(p, st) for p, st in live):
+        time.sleep(0.05)
+    for p, st in live:
+        if pid_alive(p, st):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return len(live)
+
+
+def teardown(name: str, say: Say = _quiet, base: Path | None = None) -> dict[str, int]:
+    """Remove every netns, link and process of lab ``name``.  Safe to run again."""
+    try:
+        st = LabState.open(name, base)
+    except LabStateError:
+        raise
+    procs = [(p["pid"], p.get("start_time")) for p in st.data.get("processes", [])]
+    stopped = _stop(procs)
+    namespaces = st.netns_names()
+    # anything else still running inside the lab (e.g. started by `lab exec ... &`)
+    stray = [(p, None) for ns in namespaces for p in pids_in_netns(ns)]
+    stopped += _stop(stray)
+    removed = 0
+    for ns in namespaces:
+        if netns_exists(ns):
+            try:
+                netns.remove(ns)
+                removed += 1
+            except OSError as exc:
+                say(f"warning: cannot remove netns {ns}: {exc}")
+    st.remove()
+    say(f"lab {name}: removed {removed} netns, stopped {stopped} processes")
+    return {"netns": removed, "processes": stopped}
+
+
+def lab_names(base: Path | None = None) -> list[str]:
+    from .state import list_labs
+
+    return list_labs(base or run_dir())
+
+
+def smoke(topo: Topology, say: Say = _quiet) -> bool:
+    """Ping between every pair of host nodes (first address each); True if all answer."""
+    hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
+    ok = True
+    for a in hosts:
+        for b in hosts:
+            if a is b:
+                continue
+            dst = str(ipaddress.ip_interface(b.addresses[0][1]).ip)
+            res = subprocess.run(["ip", "netns", "exec", topo.netns(a.name), "ping", "-c", "2", "-i", "0.2",
+                                  "-W", "2", "-q", dst], capture_output=True, timeout=15)
+            good = res.returncode == 0
+            ok &= good
+            say(f"smoke: {a.name} -> {b.name} ({dst}): {'ok' if good else 'FAILED'}")
+    return ok
