@@ -8,15 +8,17 @@ deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
 from pyroute2 import IPRoute, netns
 
-__all__ = ["Netns", "NetnsError", "ns_exec", "wait_for"]
+__all__ = ["Netns", "NetnsError", "capture", "ns_exec", "two_hosts", "wait_for"]
 
 MAX_IFNAME = 15
 
@@ -31,7 +33,7 @@ def ns_exec(ns: str, *argv: str, timeout: float = 10.0, check: bool = True) -> s
                           timeout=timeout, check=check)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:  # noqa: ANN001
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
     """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while True:
@@ -140,3 +142,37 @@ def two_hosts(prefix: str, a_addr: str = "192.0.2.1/24",
         yield lab, a, b
     finally:
         lab.close()
+
+
+@contextmanager
+def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeout: float = 5.0) -> Iterator[None]:
+    """tcpdump on ``ns:ifname`` into ``path`` while the block runs (armed before it starts).
+
+    ``--immediate-mode`` matters: without it packets still in the kernel ring when we stop
+    tcpdump are counted as "received by filter" but never written."""
+    argv = ["ip", "netns", "exec", ns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", ifname, "-w", str(path)]
+    proc = subprocess.Popen(argv + ([bpf] if bpf else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        os.set_blocking(proc.stderr.fileno(), False)
+        seen = b""
+
+        def armed() -> bool:
+            nonlocal seen
+            seen += proc.stderr.read() or b""
+            return b"listening on" in seen or proc.poll() is not None
+
+        if not wait_for(armed, timeout) or proc.poll() is not None:
+            raise NetnsError(f"tcpdump on {ns}:{ifname} did not start: {seen.decode(errors='replace')}")
+        yield
+        time.sleep(0.05)  # let the last packets of the block reach the socket
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        if proc.stderr:
+            proc.stderr.close()
