@@ -1,0 +1,391 @@
+"""IKEv2 cryptography: prf / prf+, SKEYSEED and key derivation, key exchange groups, and the
+SK payload cipher (RFC 7296 sections 2.13-2.18 and 3.14, RFC 5282 for AEAD, RFC 5903/8031).
+
+Everything is deterministic given its inputs; randomness (DH private keys, IVs) is passed in.
+Algorithm numbers are IANA transform IDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from .consts import Notify
+from .errors import IntegrityError, LocalProtocolError, RemoteProtocolError
+from .modp import MODP_GROUP24, MODP_PRIMES
+
+Rng = Callable[[int], bytes]
+
+# --- algorithm tables -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncrAlg:
+    name: str  # data-plane (ESP) name
+    block: int  # padding alignment
+    iv_len: int
+    salt_len: int  # AEAD only
+    icv_len: int  # AEAD tag length, 0 for CBC
+    key_lens: tuple[int, ...]  # bytes, without salt
+    needs_keylen_attr: bool
+
+    @property
+    def aead(self) -> bool:
+        return self.icv_len > 0
+
+
+#: ENCR transform ID -> parameters
+ENCR: dict[int, EncrAlg] = {
+    3: EncrAlg("3des-cbc", 8, 8, 0, 0, (24,), False),
+    11: EncrAlg("null", 4, 0, 0, 0, (0,), False),  # ESP only
+    12: EncrAlg("aes-cbc", 16, 16, 0, 0, (16, 24, 32), True),
+    18: EncrAlg("aes-gcm-8", 4, 8, 4, 8, (16, 24, 32), True),
+    19: EncrAlg("aes-gcm-12", 4, 8, 4, 12, (16, 24, 32), True),
+    20: EncrAlg("aes-gcm-16", 4, 8, 4, 16, (16, 24, 32), True),
+    28: EncrAlg("chacha20-poly1305", 4, 8, 4, 16, (32,), False),
+}
+
+
+@dataclass(frozen=True)
+class IntegAlg:
+    name: str  # data-plane (ESP) name
+    key_len: int
+    icv_len: int
+    hash: str
+
+
+INTEG: dict[int, IntegAlg] = {
+    1: IntegAlg("hmac-md5-96", 16, 12, "md5"),
+    2: IntegAlg("hmac-sha1-96", 20, 12, "sha1"),
+    12: IntegAlg("hmac-sha256-128", 32, 16, "sha256"),
+    13: IntegAlg("hmac-sha384-192", 48, 24, "sha384"),
+    14: IntegAlg("hmac-sha512-256", 64, 32, "sha512"),
+}
+
+#: PRF transform ID -> hash name (all HMAC based)
+PRF: dict[int, str] = {1: "md5", 2: "sha1", 5: "sha256", 6: "sha384", 7: "sha512"}
+
+#: PRF names used by vector files and logs
+PRF_NAMES = {
+    "PRF_HMAC_MD5": 1,
+    "PRF_HMAC_SHA1": 2,
+    "PRF_HMAC_SHA2_256": 5,
+    "PRF_HMAC_SHA2_384": 6,
+    "PRF_HMAC_SHA2_512": 7,
+}
+
+_ECP = {19: ec.SECP256R1, 20: ec.SECP384R1, 21: ec.SECP521R1}
+#: every supported key exchange group
+KE_GROUPS: frozenset[int] = frozenset({*MODP_PRIMES, 24, *_ECP, 31, 32})
+
+
+def encr_key_len(encr_id: int, keylen_bits: int | None) -> int:
+    """Key material length (bytes) for an ENCR transform, *including* the AEAD salt."""
+    alg = ENCR.get(encr_id)
+    if alg is None:
+        raise LocalProtocolError(f"unsupported encryption transform {encr_id}")
+    if alg.needs_keylen_attr:
+        if keylen_bits is None or keylen_bits // 8 not in alg.key_lens or keylen_bits % 8:
+            raise LocalProtocolError(f"encryption transform {encr_id}: bad key length {keylen_bits}")
+        return keylen_bits // 8 + alg.salt_len
+    return alg.key_lens[0] + alg.salt_len
+
+
+# --- prf, prf+, key derivation -----------------------------------------------------------------
+
+
+def prf(prf_id: int, key: bytes, data: bytes) -> bytes:
+    try:
+        return hmac.new(key, data, PRF[prf_id]).digest()
+    except KeyError:
+        raise LocalProtocolError(f"unsupported PRF transform {prf_id}") from None
+
+
+def prf_plus(prf_id: int, key: bytes, seed: bytes, length: int) -> bytes:
+    """RFC 7296 section 2.13: T1 = prf(K, S | 0x01), Tn = prf(K, Tn-1 | S | n)."""
+    out = bytearray()
+    t = b""
+    n = 1
+    while len(out) < length:
+        if n > 255:
+            raise LocalProtocolError("prf+ cannot produce more than 255 blocks")
+        t = prf(prf_id, key, t + seed + bytes([n]))
+        out += t
+        n += 1
+    return bytes(out[:length])
+
+
+def skeyseed(prf_id: int, ni: bytes, nr: bytes, gir: bytes) -> bytes:
+    return prf(prf_id, ni + nr, gir)
+
+
+def rekey_skeyseed(prf_id: int, old_sk_d: bytes, gir: bytes, ni: bytes, nr: bytes) -> bytes:
+    """RFC 7296 section 2.18: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)."""
+    return prf(prf_id, old_sk_d, gir + ni + nr)
+
+
+@dataclass(frozen=True)
+class IkeKeys:
+    sk_d: bytes
+    sk_ai: bytes
+    sk_ar: bytes
+    sk_ei: bytes
+    sk_er: bytes
+    sk_pi: bytes
+    sk_pr: bytes
+
+    def __repr__(self) -> str:  # keys never end up in logs by accident
+        return "IkeKeys(<redacted>)"
+
+
+def derive_ike_keys(
+    prf_id: int,
+    encr_id: int,
+    keylen_bits: int | None,
+    integ_id: int | None,
+    seed_key: bytes,
+    ni: bytes,
+    nr: bytes,
+    spi_i: bytes,
+    spi_r: bytes,
+) -> IkeKeys:
+    """{SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr)."""
+    prf_len = hashlib.new(PRF[prf_id]).digest_size
+    ek = encr_key_len(encr_id, keylen_bits)
+    ak = INTEG[integ_id].key_len if integ_id else 0
+    km = prf_plus(prf_id, seed_key, ni + nr + spi_i + spi_r, 3 * prf_len + 2 * ak + 2 * ek)
+    parts = []
+    pos = 0
+    for n in (prf_len, ak, ak, ek, ek, prf_len, prf_len):
+        parts.append(km[pos : pos + n])
+        pos += n
+    return IkeKeys(*parts)
+
+
+def child_keymat(prf_id: int, sk_d: bytes, ni: bytes, nr: bytes, length: int, gir: bytes = b"") -> bytes:
+    """RFC 7296 section 2.17: KEYMAT = prf+(SK_d, [g^ir (new) |] Ni | Nr)."""
+    return prf_plus(prf_id, sk_d, gir + ni + nr, length)
+
+
+# --- key exchange --------------------------------------------------------------------------------
+
+
+def _bad_ke(group: int, why: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"invalid KE public value for group {group}: {why}", Notify.INVALID_SYNTAX)
+
+
+class KeyExchange:
+    """One side of a Diffie-Hellman exchange in IKE group ``group``.
+
+    ``public`` is the KE payload data; ``shared_secret(peer)`` gives g^ir as RFC 7296 /
+    RFC 5903 / RFC 8031 define it.  Peer public values are checked (range / on-curve /
+    non-zero result) and rejected with RemoteProtocolError."""
+
+    def __init__(self, group: int, rng: Rng | None = None, *, private: bytes | None = None) -> None:
+        if group not in KE_GROUPS:
+            raise LocalProtocolError(f"unsupported key exchange group {group}")
+        self.group = group
+        if private is None:
+            if rng is None:
+                raise LocalProtocolError("KeyExchange needs rng or private")
+            private = rng(self._private_len())
+            self._setup(private, exact=False)
+        else:
+            self._setup(private, exact=True)
+
+    def _private_len(self) -> int:
+        if self.group in MODP_PRIMES:
+            return (MODP_PRIMES[self.group].bit_length() + 7) // 8
+        if self.group == 24:
+            return 40
+        if self.group in _ECP:
+            return (_ECP[self.group]().key_size + 7) // 8 + 8
+        return 32 if self.group == 31 else 56
+
+    def _setup(self, private: bytes, exact: bool) -> None:
+        """``exact``: use ``private`` as the scalar (vectors); else reduce random bytes into range."""
+        g = self.group
+        if g in MODP_PRIMES or g == 24:
+            p, gen, q = (MODP_PRIMES[g], 2, (MODP_PRIMES[g] - 1) // 2) if g != 24 else MODP_GROUP24
+            self._p, self._q = p, q
+            x = int.from_bytes(private, "big")
+            self._x = x if exact else x % (q - 1) + 1
+            self.public = pow(gen, self._x, p).to_bytes((p.bit_length() + 7) // 8, "big")
+        elif g in _ECP:
+            curve = _ECP[g]()
+            d = int.from_bytes(private, "big")
+            # the group order of every NIST curve exceeds 2^(bits-1), so this lands in [1, n-1]
+            self._ec = ec.derive_private_key(d if exact else d % (1 << (curve.key_size - 1)) + 1, curve)
+            pt = self._ec.public_key().public_numbers()
+            size = (self._ec.curve.key_size + 7) // 8
+            self.public = pt.x.to_bytes(size, "big") + pt.y.to_bytes(size, "big")
+        elif g == 31:
+            self._xk = x25519.X25519PrivateKey.from_private_bytes(private)
+            self.public = self._xk.public_key().public_bytes_raw()
+        else:
+            self._xk = x448.X448PrivateKey.from_private_bytes(private)
+            self.public = self._xk.public_key().public_bytes_raw()
+
+    @staticmethod
+    def public_len(group: int) -> int:
+        if group in MODP_PRIMES:
+            return (MODP_PRIMES[group].bit_length() + 7) // 8
+        if group == 24:
+            return 256
+        if group in _ECP:
+            return 2 * ((_ECP[group]().key_size + 7) // 8)
+        if group == 31:
+            return 32
+        if group == 32:
+            return 56
+        raise LocalProtocolError(f"unsupported key exchange group {group}")
+
+    def shared_secret(self, peer: bytes) -> bytes:
+        g = self.group
+        if len(peer) != self.public_len(g):
+            raise _bad_ke(g, f"length {len(peer)}, expected {self.public_len(g)}")
+        if g in MODP_PRIMES or g == 24:
+            y = int.from_bytes(peer, "big")
+            if not 1 < y < self._p - 1:
+                raise _bad_ke(g, "out of range")
+            if g == 24 and pow(y, self._q, self._p) != 1:
+                raise _bad_ke(g, "not in the prime-order subgroup")
+            return pow(y, self._x, self._p).to_bytes(len(peer), "big")
+        if g in _ECP:
+            try:
+                pub = ec.EllipticCurvePublicKey.from_encoded_point(_ECP[g](), b"\x04" + peer)
+            except ValueError:
+                raise _bad_ke(g, "point not on the curve") from None
+            # g^ir is the x coordinate only (RFC 5903 section 7)
+            return self._ec.exchange(ec.ECDH(), pub)
+        try:
+            if g == 31:
+                out = self._xk.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+            else:
+                out = self._xk.exchange(x448.X448PublicKey.from_public_bytes(peer))
+        except ValueError:
+            raise _bad_ke(g, "low-order point") from None
+        if not any(out):  # RFC 8031 section 2: all-zero result must be rejected
+            raise _bad_ke(g, "all-zero shared secret")
+        return out
+
+
+# --- SK payload --------------------------------------------------------------------------------
+
+
+class SkCipher:
+    """One direction of the SK payload protection: encryption + integrity (or an AEAD)."""
+
+    def __init__(self, encr_id: int, enc_key: bytes, integ_id: int | None, integ_key: bytes) -> None:
+        self.encr = ENCR[encr_id]
+        self.encr_id = encr_id
+        self._key = enc_key
+        if self.encr.aead:
+            self._salt = enc_key[-self.encr.salt_len :]
+            k = enc_key[: -self.encr.salt_len]
+            self._aead = ChaCha20Poly1305(k) if encr_id == 28 else AESGCM(k)
+            self._aead_key = k
+            self.icv_len = self.encr.icv_len
+            self._integ = None
+        else:
+            if integ_id is None:
+                raise LocalProtocolError("non-AEAD encryption needs an integrity algorithm")
+            self._integ = INTEG[integ_id]
+            self._integ_key = integ_key
+            self.icv_len = self._integ.icv_len
+
+    def body_len(self, content_len_without_pad: int) -> tuple[int, int]:
+        """(pad_len, SK body length = IV | ciphertext | ICV) for ``inner`` of this length
+        (content = inner | padding | pad_length octet)."""
+        blk = self.encr.block if not self.encr.aead else 1
+        pad = (-(content_len_without_pad + 1)) % blk
+        return pad, self.encr.iv_len + content_len_without_pad + pad + 1 + self.icv_len
+
+    def seal(self, assoc: bytes, inner: bytes, iv: bytes, pad_bytes: bytes | None = None) -> bytes:
+        """Return IV | ciphertext | ICV.  ``assoc`` = IKE header | SK generic header (their
+        length fields already final)."""
+        pad, _ = self.body_len(len(inner))
+        content = inner + (pad_bytes if pad_bytes is not None else bytes(pad)) + bytes([pad])
+        if len(iv) != self.encr.iv_len:
+            raise LocalProtocolError(f"IV must be {self.encr.iv_len} bytes")
+        if self.encr.aead:
+            return iv + self._aead_seal(self._nonce(iv), content, assoc)
+        enc = self._cbc(iv).encryptor()
+        ct = enc.update(content) + enc.finalize()
+        assert self._integ is not None
+        icv = hmac.new(self._integ_key, assoc + iv + ct, self._integ.hash).digest()[: self.icv_len]
+        return iv + ct + icv
+
+    def open(self, assoc: bytes, body: bytes) -> bytes:
+        """Verify and decrypt IV | ciphertext | ICV; return the inner payloads (padding removed).
+        Raises IntegrityError on a bad ICV / tag, ParseError-like RemoteProtocolError on bad padding."""
+        iv_len, icv_len = self.encr.iv_len, self.icv_len
+        if len(body) < iv_len + icv_len + 1:
+            raise IntegrityError("SK payload too short")
+        iv = body[:iv_len]
+        if self.encr.aead:
+            try:
+                content = self._aead_open(self._nonce(iv), body[iv_len:], assoc)
+            except InvalidTag:
+                raise IntegrityError() from None
+        else:
+            ct, icv = body[iv_len:-icv_len], body[-icv_len:]
+            assert self._integ is not None
+            want = hmac.new(self._integ_key, assoc + body[:-icv_len], self._integ.hash).digest()[:icv_len]
+            if not hmac.compare_digest(want, icv):
+                raise IntegrityError()
+            if not ct or len(ct) % self.encr.block:
+                raise RemoteProtocolError("SK ciphertext not block aligned", Notify.INVALID_SYNTAX)
+            dec = self._cbc(iv).decryptor()
+            content = dec.update(ct) + dec.finalize()
+        return self.strip_padding(content)
+
+    @staticmethod
+    def strip_padding(content: bytes) -> bytes:
+        pad = content[-1] if content else 0
+        if not content or pad + 1 > len(content):
+            raise RemoteProtocolError("SK padding length too long", Notify.INVALID_SYNTAX)
+        return content[: len(content) - pad - 1]
+
+    def decrypt_unauthenticated(self, body: bytes) -> bytes:
+        """CBC decryption without the ICV check (for captures whose keys lack SK_a); tests only."""
+        iv_len = self.encr.iv_len
+        ct = body[iv_len : len(body) - self.icv_len]
+        dec = self._cbc(body[:iv_len]).decryptor()
+        return dec.update(ct) + dec.finalize()
+
+    def _aead_seal(self, nonce: bytes, content: bytes, aad: bytes) -> bytes:
+        if self.icv_len == 16:
+            return self._aead.encrypt(nonce, content, aad)
+        # truncated GCM tags (ENCR_AES_GCM_8/12) need the streaming API
+        enc = Cipher(algorithms.AES(self._aead_key), modes.GCM(nonce)).encryptor()
+        enc.authenticate_additional_data(aad)
+        ct = enc.update(content) + enc.finalize()
+        return ct + enc.tag[: self.icv_len]
+
+    def _aead_open(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        if self.icv_len == 16:
+            return self._aead.decrypt(nonce, data, aad)
+        ct, tag = data[: -self.icv_len], data[-self.icv_len :]
+        dec = Cipher(algorithms.AES(self._aead_key), modes.GCM(nonce, tag, min_tag_length=self.icv_len)).decryptor()
+        dec.authenticate_additional_data(aad)
+        return dec.update(ct) + dec.finalize()
+
+    def _nonce(self, iv: bytes) -> bytes:
+        return self._salt + iv
+
+    def _cbc(self, iv: bytes) -> Cipher:
+        if self.encr_id == 3:
+            return Cipher(TripleDES(self._key), modes.CBC(iv))
+        return Cipher(algorithms.AES(self._key), modes.CBC(iv))
+
+    def __repr__(self) -> str:
+        return f"SkCipher({self.encr.name}, <keys redacted>)"
