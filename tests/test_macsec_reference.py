@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import struct
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -403,3 +407,49 @@ def test_batch_matches_single() -> None:
     wires = [w for v, w in batch if v is Verdict.OK]
     assert rx1.validate_batch(wires) == [rx2.validate(w) for w in wires]
     assert all(r.verdict is Verdict.OK for r in rx1.validate_batch([]) + rx2.validate_batch([]))
+
+
+# --- tshark as an independent SecTAG dissector ---------------------------------------------------
+
+def _write_pcap(path: Path, frames: list[bytes]) -> None:
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))  # LINKTYPE_ETHERNET
+    for i, f in enumerate(frames):
+        out += struct.pack("<IIII", i, 0, len(f), len(f)) + f
+    path.write_bytes(bytes(out))
+
+
+def test_tshark_reads_our_sectags(tmp_path: Path) -> None:
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark not installed (make deps installs it)")
+    cases = [
+        (SecYConfig(), SHORT, 0),
+        (SecYConfig(confidentiality=False), LONG, 1),
+        (SecYConfig(include_sci=False, end_station=True), SHORT + b"q" * 50, 2),
+        (SecYConfig(include_sci=False, confidentiality=False), SHORT, 3),
+    ]
+    frames = []
+    for secy, frame, an in cases:
+        tx = MacsecTx(secy, sa_cfg("gcm-aes-xpn-128", next_pn=(9 << 32) + 0x1234 + an, an=an))
+        frames.append(sealed(tx, frame))
+    pcap = tmp_path / "macsec.pcap"
+    _write_pcap(pcap, frames)
+    fields = ["macsec.TCI.ES", "macsec.TCI.SC", "macsec.TCI.E", "macsec.TCI.C", "macsec.AN", "macsec.SL",
+              "macsec.PN", "macsec.SCI.system_identifier", "macsec.SCI.port_identifier", "macsec.ICV"]
+    cmd = ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]
+    for f in fields:
+        cmd += ["-e", f]
+    lines = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert len(lines) == len(cases)
+    for line, (secy, frame, an), wire in zip(lines, cases, frames, strict=True):
+        es, sc, e, c, t_an, sl, pn, sysid, port, icv = line.split("|")
+        truthy = {"1", "True"}
+        assert (es in truthy, sc in truthy) == (secy.end_station and not secy.include_sci, secy.include_sci)
+        assert (e in truthy, c in truthy) == (secy.confidentiality, secy.confidentiality)
+        assert int(t_an, 0) == an
+        secure_len = len(frame) - 12
+        assert int(sl, 0) == (secure_len if secure_len < 48 else 0)
+        assert int(pn, 0) == 0x1234 + an  # the low half of the XPN PN
+        if secy.include_sci:
+            assert (sysid, int(port, 0)) == ("02:00:00:00:00:01", 5)
+        if secy.confidentiality:  # tshark 4.0 splits off the ICV only for encrypted frames
+            assert bytes.fromhex(icv.replace(":", "")) == wire[-16:]
