@@ -1,0 +1,503 @@
+"""Key files for capture decryption: Wireshark's ``esp_sa`` and ``ikev2_decryption_table`` UAT
+files (tshark 4.0 format) and ipsecemu's MACsec SA JSON.
+
+A UAT file has one record per line, fields comma-separated and double-quoted; ``#`` starts a
+comment line.  In quoted strings Wireshark escapes ``"``, ``\\`` and non-printable bytes as
+``\\xNN``.  The ``esp_sa`` record has 8 fields::
+
+    "IPv4","192.0.2.1","192.0.2.2","0x0000abcd","AES-GCM with 16 octet ICV [RFC4106]","0x<key><salt>","NULL",""
+
+Algorithm names are the strings tshark 4.0 shows in its UAT dialog (checked against
+libwireshark 4.0.17).  Keys are ``0x``-prefixed hex, or taken literally as ASCII otherwise (as
+Wireshark does).  Addresses may be ``*`` (any), use ``*`` per IPv4 octet, or a ``/prefix``.
+The SPI is hex (``0x...``), decimal, or ``*``.
+
+Errors are :class:`KeyFileError` with the file name and line (or list index) in the message;
+key bytes never appear in messages.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipsecemu.dataplane.api import ESP_ENCR, ESP_INTEG, ConfigError, MacsecSaConfig
+
+__all__ = [
+    "KeyFileError", "EspSaRow", "EspAlgorithm", "ESP_ENCRYPTION", "ESP_AUTHENTICATION",
+    "parse_esp_sa", "read_esp_sa", "format_esp_sa", "write_esp_sa", "esp_row",
+    "IkeSaRow", "format_ikev2_table", "write_ikev2_table",
+    "parse_macsec_sa", "read_macsec_sa", "format_macsec_sa", "write_macsec_sa",
+]
+
+
+class KeyFileError(ValueError):
+    """A key file is missing or malformed; the message names the file and line."""
+
+
+# Wireshark ESP encryption string -> ipsecemu ESP_ENCR name (None: Wireshark knows it, ipsecemu
+# cannot decrypt it).  ChaCha20 is only in Wireshark >= 4.2; accepted here, tshark 4.0 rejects it.
+ESP_ENCRYPTION: dict[str, str | None] = {
+    "NULL": "null",
+    "TripleDES-CBC [RFC2451]": "3des-cbc",
+    "AES-CBC [RFC3602]": "aes-cbc",
+    "AES-GCM with 8 octet ICV [RFC4106]": "aes-gcm-8",
+    "AES-GCM with 12 octet ICV [RFC4106]": "aes-gcm-12",
+    "AES-GCM with 16 octet ICV [RFC4106]": "aes-gcm-16",
+    "ChaCha20 with Poly1305 [RFC7634]": "chacha20-poly1305",
+    "AES-CTR [RFC3686]": None,
+    "DES-CBC [RFC2405]": None,
+    "CAST5-CBC [RFC2144]": None,
+    "BLOWFISH-CBC [RFC2451]": None,
+    "TWOFISH-CBC": None,
+    "AES-GCM with IIV and 16 octet ICV [RFC4106 & RFC8750]": None,
+    "ChaCha20 with Poly1305 and IIV [RFC7634 & RFC8750]": None,
+}
+
+# Wireshark ESP authentication string -> (ipsecemu ESP_INTEG name or None, ICV length, checked).
+# "ANY n bit" and "NULL" mean: the ICV is (n/8 bytes or absent and) not verified.
+ESP_AUTHENTICATION: dict[str, tuple[str | None, int, bool]] = {
+    "NULL": (None, 0, False),
+    "HMAC-SHA-1-96 [RFC2404]": ("hmac-sha1-96", 12, True),
+    "HMAC-SHA-256-96 [draft-ietf-ipsec-ciph-sha-256-00]": (None, 12, True),
+    "HMAC-SHA-256-128 [RFC4868]": ("hmac-sha256-128", 16, True),
+    "HMAC-SHA-384-192 [RFC4868]": ("hmac-sha384-192", 24, True),
+    "HMAC-SHA-512-256 [RFC4868]": ("hmac-sha512-256", 32, True),
+    "HMAC-MD5-96 [RFC2403]": ("hmac-md5-96", 12, True),
+    "MAC-RIPEMD-160-96 [RFC2857]": (None, 12, True),
+    "ANY 64 bit authentication [no checking]": (None, 8, False),
+    "ANY 96 bit authentication [no checking]": (None, 12, False),
+    "ANY 128 bit authentication [no checking]": (None, 16, False),
+    "ANY 192 bit authentication [no checking]": (None, 24, False),
+    "ANY 256 bit authentication [no checking]": (None, 32, False),
+}
+
+_ENCR_TO_WS = {v: k for k, v in ESP_ENCRYPTION.items() if v}
+_INTEG_TO_WS = {v[0]: k for k, v in ESP_AUTHENTICATION.items() if v[0]}
+_UNCHECKED_TO_WS = {v[1]: k for k, v in ESP_AUTHENTICATION.items() if not v[2] and v[1]}
+
+
+@dataclass(frozen=True)
+class EspAlgorithm:
+    """What ipsecemu does with a row: ``encr``/``integ`` are data-plane names; ``verify`` is False
+    when the ICV (``icv_len`` bytes, possibly 0) is skipped, not checked."""
+
+    encr: str
+    integ: str | None
+    icv_len: int
+    verify: bool
+
+
+@dataclass(frozen=True)
+class EspSaRow:
+    """One ``esp_sa`` record.  ``encryption``/``authentication`` are the Wireshark strings."""
+
+    protocol: str  # "IPv4" | "IPv6"
+    src: str
+    dst: str
+    spi: str
+    encryption: str
+    enc_key: bytes
+    authentication: str
+    auth_key: bytes
+    line: int = 0  # 1-based line in the file it came from (0: built in code)
+
+    def __repr__(self) -> str:  # keys stay out of logs and tracebacks
+        return (f"EspSaRow({self.protocol} {self.src} -> {self.dst} spi={self.spi} "
+                f"{self.encryption!r} / {self.authentication!r})")
+
+    @property
+    def version(self) -> int:
+        return 6 if self.protocol == "IPv6" else 4
+
+    def spi_matches(self, spi: int) -> bool:
+        return self.spi.strip() == "*" or _parse_spi(self.spi) == spi
+
+    def matches(self, version: int, src: str, dst: str, spi: int) -> bool:
+        return (version == self.version and self.spi_matches(spi)
+                and _addr_matches(self.src, src, version) and _addr_matches(self.dst, dst, version))
+
+    def algorithm(self) -> EspAlgorithm | None:
+        """The data-plane view of this row, or None if ipsecemu cannot decrypt it."""
+        encr = ESP_ENCRYPTION[self.encryption]
+        integ, icv_len, checked = ESP_AUTHENTICATION[self.authentication]
+        if encr is None:
+            return None
+        aead_icv = ESP_ENCR[encr][4]
+        if aead_icv:  # AEAD: the ICV is the tag, always verified; the auth column is ignored
+            return EspAlgorithm(encr, None, aead_icv, True)
+        if checked and integ is None:
+            return None
+        return EspAlgorithm(encr, integ, icv_len, checked)
+
+    def unsupported_reason(self) -> str | None:
+        if ESP_ENCRYPTION[self.encryption] is None:
+            return f"encryption {self.encryption!r} is not supported by ipsecemu"
+        if self.algorithm() is None:
+            return f"authentication {self.authentication!r} is not supported by ipsecemu"
+        return None
+
+
+# ------------------------------------------------------------------ UAT lexing
+_FIELD = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^,"]*?))\s*(,|$)')
+
+
+def _unescape(s: str, where: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            n = s[i + 1]
+            if n == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", s[i + 2:i + 4]):
+                out.append(chr(int(s[i + 2:i + 4], 16)))
+                i += 4
+                continue
+            out.append({"n": "\n", "t": "\t", "r": "\r"}.get(n, n))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _escape(s: str) -> str:
+    return "".join(c if (" " <= c <= "~" and c not in '"\\') else f"\\x{ord(c):02x}" for c in s)
+
+
+def split_uat_line(line: str, where: str) -> list[str]:
+    """Split one UAT record into its (unescaped) fields."""
+    fields: list[str] = []
+    pos = 0
+    text = line.rstrip("\r\n")
+    while True:
+        m = _FIELD.match(text, pos)
+        if not m or (m.end() == pos and pos < len(text)):
+            raise KeyFileError(f"{where}: cannot parse field {len(fields) + 1} (unbalanced quotes?)")
+        quoted, bare, sep = m.groups()
+        fields.append(_unescape(quoted, where) if quoted is not None else (bare or "").strip())
+        pos = m.end()
+        if sep != ",":
+            if pos < len(text):
+                raise KeyFileError(f"{where}: unexpected text after field {len(fields)}")
+            return fields
+
+
+def _uat_records(text: str, source: str) -> Iterable[tuple[int, list[str]]]:
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        yield n, split_uat_line(line, f"{source}:{n}")
+
+
+# ------------------------------------------------------------------ keys, SPIs, addresses
+def _parse_key(value: str, where: str) -> bytes:
+    """Wireshark's rule: "0x" + hex digits (odd count: leading 0 implied), else the ASCII text."""
+    v = value.strip()
+    if v[:2].lower() == "0x":
+        digits = v[2:]
+        if len(digits) % 2:
+            digits = "0" + digits
+        try:
+            return bytes.fromhex(digits)
+        except ValueError:
+            raise KeyFileError(f"{where}: bad hex in key (expected 0x followed by hex digits)") from None
+    try:
+        return v.encode("ascii")
+    except UnicodeEncodeError:
+        raise KeyFileError(f"{where}: key is neither 0x-hex nor ASCII") from None
+
+
+def _parse_spi(value: str) -> int:
+    v = value.strip()
+    return int(v, 16) if v[:2].lower() == "0x" else int(v, 10)
+
+
+def _check_spi(value: str, where: str) -> None:
+    if value.strip() == "*":
+        return
+    try:
+        spi = _parse_spi(value)
+    except ValueError:
+        raise KeyFileError(f"{where}: bad SPI {value!r} (use 0x-hex, decimal or *)") from None
+    if not 0 <= spi < 1 << 32:
+        raise KeyFileError(f"{where}: SPI {value!r} out of range (32 bits)")
+
+
+def _addr_matches(pattern: str, addr: str, version: int) -> bool:
+    p = pattern.strip()
+    if p in ("*", ""):
+        return True
+    try:
+        if "/" in p:
+            return ipaddress.ip_address(addr) in ipaddress.ip_network(p, strict=False)
+        if version == 4 and "*" in p:
+            return all(a == "*" or a == b for a, b in zip(p.split("."), addr.split("."), strict=True))
+        return ipaddress.ip_address(p) == ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+
+
+def _check_addr(pattern: str, version: int, where: str) -> None:
+    p = pattern.strip()
+    if p in ("*", ""):
+        return
+    try:
+        if "/" in p:
+            net = ipaddress.ip_network(p, strict=False)
+            ok = net.version == version
+        elif version == 4 and "*" in p:
+            parts = p.split(".")
+            ok = len(parts) == 4 and all(x == "*" or (x.isdigit() and int(x) < 256) for x in parts)
+        else:
+            ok = ipaddress.ip_address(p).version == version
+    except ValueError:
+        ok = False
+    if not ok:
+        raise KeyFileError(f"{where}: bad IPv{version} address filter {pattern!r}")
+
+
+# ------------------------------------------------------------------ esp_sa
+def parse_esp_sa(text: str, source: str = "esp_sa") -> list[EspSaRow]:
+    """Parse an ``esp_sa`` UAT file's text.  Raises KeyFileError naming the bad line."""
+    rows: list[EspSaRow] = []
+    for n, f in _uat_records(text, source):
+        where = f"{source}:{n}"
+        if len(f) != 8:
+            raise KeyFileError(f"{where}: expected 8 fields (protocol, src, dst, spi, encryption, "
+                               f"key, authentication, key), got {len(f)}")
+        proto, src, dst, spi, encr, ekey, auth, akey = f
+        if proto not in ("IPv4", "IPv6"):
+            raise KeyFileError(f"{where}: protocol must be \"IPv4\" or \"IPv6\", got {proto!r}")
+        version = 6 if proto == "IPv6" else 4
+        _check_addr(src, version, where)
+        _check_addr(dst, version, where)
+        _check_spi(spi, where)
+        if encr not in ESP_ENCRYPTION:
+            raise KeyFileError(f"{where}: unknown encryption algorithm {encr!r}; known: "
+                               + ", ".join(repr(k) for k in ESP_ENCRYPTION))
+        if auth not in ESP_AUTHENTICATION:
+            raise KeyFileError(f"{where}: unknown authentication algorithm {auth!r}; known: "
+                               + ", ".join(repr(k) for k in ESP_AUTHENTICATION))
+        row = EspSaRow(proto, src, dst, spi, encr, _parse_key(ekey, where), auth, _parse_key(akey, where), n)
+        _check_key_lengths(row, where)
+        rows.append(row)
+    return rows
+
+
+def _check_key_lengths(row: EspSaRow, where: str) -> None:
+    alg = row.algorithm()
+    if alg is None:
+        return  # reported (and the row skipped) by the decryptor
+    keylens, salt, *_ = ESP_ENCR[alg.encr]
+    if len(row.enc_key) - salt not in keylens:
+        want = " or ".join(str(k + salt) for k in keylens)
+        raise KeyFileError(f"{where}: {row.encryption} needs a {want}-byte key"
+                           f"{' (key + 4-byte salt)' if salt else ''}, got {len(row.enc_key)} bytes")
+    if alg.integ and len(row.auth_key) != ESP_INTEG[alg.integ][0]:
+        raise KeyFileError(f"{where}: {row.authentication} needs a {ESP_INTEG[alg.integ][0]}-byte key, "
+                           f"got {len(row.auth_key)} bytes")
+
+
+def _read_text(path: str | Path, what: str) -> str:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} file not found: {p}") from None
+    except IsADirectoryError:
+        raise KeyFileError(f"{what} file is a directory: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read {what} file {p}: {exc}") from None
+
+
+def read_esp_sa(path: str | Path) -> list[EspSaRow]:
+    return parse_esp_sa(_read_text(path, "esp_sa"), str(path))
+
+
+def _hexkey(key: bytes) -> str:
+    return "0x" + key.hex() if key else ""
+
+
+def format_esp_sa(rows: Iterable[EspSaRow]) -> str:
+    """Render rows as an ``esp_sa`` UAT file tshark 4.0 reads."""
+    out = ["# This file is automatically generated, DO NOT MODIFY.\n"]
+    for r in rows:
+        fields = [r.protocol, r.src, r.dst, r.spi, r.encryption, _hexkey(r.enc_key),
+                  r.authentication, _hexkey(r.auth_key)]
+        out.append(",".join(f'"{_escape(x)}"' for x in fields) + "\n")
+    return "".join(out)
+
+
+def write_esp_sa(path: str | Path, rows: Iterable[EspSaRow]) -> None:
+    _write_secret(Path(path), format_esp_sa(rows))
+
+
+def esp_row(src: str, dst: str, spi: int, encr: str, enc_key: bytes, integ: str | None = None,
+            integ_key: bytes = b"", *, verify_icv: bool = True, icv_len: int = 12) -> EspSaRow:
+    """Build a row from data-plane names (``EspSaConfig.encr``/``integ``).  ``integ=None`` with a
+    non-AEAD cipher and ``verify_icv=False`` writes "ANY <icv_len*8> bit" (ICV present, unchecked)."""
+    if encr not in _ENCR_TO_WS:
+        raise ConfigError(f"encr: {encr!r} has no Wireshark name")
+    version = 6 if ":" in src or ":" in dst else 4
+    if ESP_ENCR[encr][4]:
+        auth, akey = "NULL", b""
+    elif integ is None or not verify_icv:
+        if icv_len == 0:
+            auth = "NULL"
+        elif icv_len in _UNCHECKED_TO_WS:
+            auth = _UNCHECKED_TO_WS[icv_len]
+        else:
+            raise ConfigError(f"icv_len: Wireshark has no unchecked {icv_len}-byte ICV")
+        akey = b""
+    else:
+        if integ not in _INTEG_TO_WS:
+            raise ConfigError(f"integ: {integ!r} has no Wireshark name")
+        auth, akey = _INTEG_TO_WS[integ], integ_key
+    return EspSaRow(f"IPv{version}", src, dst, f"0x{spi:08x}", _ENCR_TO_WS[encr], enc_key, auth, akey)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Key files are written owner-readable only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text, encoding="utf-8")
+
+
+# ------------------------------------------------------------------ ikev2_decryption_table
+# ipsecemu names (ipsecemu.ike.transforms keywords) -> tshark 4.0 strings
+IKE_ENCRYPTION: dict[str, str] = {
+    "null": "NULL [RFC2410]",
+    "3des": "3DES [RFC2451]",
+    **{f"aes{b}": f"AES-CBC-{b} [RFC3602]" for b in (128, 192, 256)},
+    **{f"aes{b}ctr": f"AES-CTR-{b} [RFC5930]" for b in (128, 192, 256)},
+    **{f"aes{b}gcm{i}": f"AES-GCM-{b} with {i} octet ICV [RFC5282]" for b in (128, 192, 256) for i in (8, 12, 16)},
+    **{f"aes{b}ccm{i}": f"AES-CCM-{b} with {i} octet ICV [RFC5282]" for b in (128, 192, 256) for i in (8, 12, 16)},
+}
+IKE_INTEGRITY: dict[str, str] = {
+    "md5": "HMAC_MD5_96 [RFC2403]",
+    "sha1": "HMAC_SHA1_96 [RFC2404]",
+    "md5_128": "HMAC_MD5_128 [RFC4595]",
+    "sha1_160": "HMAC_SHA1_160 [RFC4595]",
+    "sha256_96": "HMAC_SHA2_256_96 [draft-ietf-ipsec-ciph-sha-256-00]",
+    "sha256": "HMAC_SHA2_256_128 [RFC4868]",
+    "sha384": "HMAC_SHA2_384_192 [RFC4868]",
+    "sha512": "HMAC_SHA2_512_256 [RFC4868]",
+    "none": "NONE [RFC4306]",
+    **{f"any{n}": f"ANY {n}-bits of Authentication [No Checking]" for n in (64, 96, 128, 160, 192, 256)},
+}
+
+
+@dataclass(frozen=True)
+class IkeSaRow:
+    """One ``ikev2_decryption_table`` record.  ``encryption``/``integrity`` are either keys of
+    IKE_ENCRYPTION/IKE_INTEGRITY (strongSwan-style keywords) or the tshark strings themselves."""
+
+    spi_i: bytes  # 8 bytes
+    spi_r: bytes
+    sk_ei: bytes
+    sk_er: bytes
+    encryption: str
+    sk_ai: bytes
+    sk_ar: bytes
+    integrity: str
+
+    def __repr__(self) -> str:
+        return f"IkeSaRow({self.spi_i.hex()}/{self.spi_r.hex()} {self.encryption} {self.integrity})"
+
+
+def format_ikev2_table(rows: Iterable[IkeSaRow]) -> str:
+    """Render ``ikev2_decryption_table`` (SPIs and keys as bare hex, like Wireshark writes)."""
+    out = ["# This file is automatically generated, DO NOT MODIFY.\n"]
+    for r in rows:
+        if len(r.spi_i) != 8 or len(r.spi_r) != 8:
+            raise ConfigError("spi_i/spi_r: IKE SPIs are 8 bytes")
+        encr = IKE_ENCRYPTION.get(r.encryption, r.encryption)
+        integ = IKE_INTEGRITY.get(r.integrity, r.integrity)
+        if encr not in IKE_ENCRYPTION.values():
+            raise ConfigError(f"encryption: no tshark name for {r.encryption!r}")
+        if integ not in IKE_INTEGRITY.values():
+            raise ConfigError(f"integrity: no tshark name for {r.integrity!r}")
+        fields = [r.spi_i.hex(), r.spi_r.hex(), r.sk_ei.hex(), r.sk_er.hex(), encr,
+                  r.sk_ai.hex(), r.sk_ar.hex(), integ]
+        out.append(",".join(f'"{_escape(x)}"' for x in fields) + "\n")
+    return "".join(out)
+
+
+def write_ikev2_table(path: str | Path, rows: Iterable[IkeSaRow]) -> None:
+    _write_secret(Path(path), format_ikev2_table(rows))
+
+
+# ------------------------------------------------------------------ MACsec SA JSON
+def _hex_field(obj: dict, key: str, where: str, length: int | None = None) -> bytes:
+    v = obj.get(key)
+    if not isinstance(v, str):
+        raise KeyFileError(f"{where}: {key!r} must be a hex string")
+    s = v.strip().removeprefix("0x").replace(":", "")
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        raise KeyFileError(f"{where}: {key!r} is not valid hex") from None
+    if length is not None and len(b) != length:
+        raise KeyFileError(f"{where}: {key!r} must be {length * 2} hex digits, got {len(s)}")
+    return b
+
+
+def parse_macsec_sa(text: str, source: str = "macsec_sa") -> list[MacsecSaConfig]:
+    """Parse the MACsec SA JSON: a list of {"sci", "an", "cipher", "sak", ["ssci", "salt"]}."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeyFileError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise KeyFileError(f"{source}: expected a JSON list of SA objects")
+    out: list[MacsecSaConfig] = []
+    for i, obj in enumerate(data):
+        where = f"{source}[{i}]"
+        if not isinstance(obj, dict):
+            raise KeyFileError(f"{where}: expected an object")
+        unknown = set(obj) - {"sci", "an", "cipher", "sak", "ssci", "salt", "comment"}
+        if unknown:
+            raise KeyFileError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        sci = _hex_field(obj, "sci", where, 8)
+        an = obj.get("an")
+        if not isinstance(an, int) or isinstance(an, bool) or not 0 <= an <= 3:
+            raise KeyFileError(f"{where}: 'an' must be an integer 0..3")
+        cipher = obj.get("cipher")
+        if not isinstance(cipher, str):
+            raise KeyFileError(f"{where}: 'cipher' must be a string")
+        cipher = cipher.lower()
+        sak = _hex_field(obj, "sak", where)
+        ssci = int.from_bytes(_hex_field(obj, "ssci", where, 4), "big") if "ssci" in obj else None
+        salt = _hex_field(obj, "salt", where, 12) if "salt" in obj else None
+        try:
+            out.append(MacsecSaConfig(cipher=cipher, sak=sak, sci=sci, an=an, ssci=ssci, salt=salt))
+        except ConfigError as exc:
+            raise KeyFileError(f"{where}: {exc}") from None
+    return out
+
+
+def read_macsec_sa(path: str | Path) -> list[MacsecSaConfig]:
+    return parse_macsec_sa(_read_text(path, "MACsec SA"), str(path))
+
+
+def format_macsec_sa(sas: Sequence[MacsecSaConfig]) -> str:
+    items = []
+    for sa in sas:
+        obj: dict[str, object] = {"sci": sa.sci.hex(), "an": sa.an, "cipher": sa.cipher, "sak": sa.sak.hex()}
+        if sa.xpn:
+            obj["ssci"] = f"{sa.ssci:08x}"
+            obj["salt"] = (sa.salt or b"").hex()
+        items.append(obj)
+    return json.dumps(items, indent=1) + "\n"
+
+
+def write_macsec_sa(path: str | Path, sas: Sequence[MacsecSaConfig]) -> None:
+    _write_secret(Path(path), format_macsec_sa(sas))
