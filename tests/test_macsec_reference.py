@@ -453,3 +453,29 @@ def test_tshark_reads_our_sectags(tmp_path: Path) -> None:
             assert (sysid, int(port, 0)) == ("02:00:00:00:00:01", 5)
         if secy.confidentiality:  # tshark 4.0 splits off the ICV only for encrypted frames
             assert bytes.fromhex(icv.replace(":", "")) == wire[-16:]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=2, max_size=200),
+    st.sampled_from(["gcm-aes-128", "gcm-aes-256", "gcm-aes-xpn-128", "gcm-aes-xpn-256"]),
+    st.booleans(),
+    st.booleans(),
+    st.integers(min_value=1, max_value=(1 << 32) - 1),
+)
+def test_protect_validate_roundtrip(body: bytes, cipher: str, conf: bool, include_sci: bool, pn: int) -> None:
+    secy = SecYConfig(confidentiality=conf, include_sci=include_sci)
+    sa = sa_cfg(cipher, next_pn=pn, sci=SCI if include_sci else implicit_sci(SA_MAC))
+    frame = DA + SA_MAC + body
+    verdict, wire = MacsecTx(secy, sa).protect(frame)
+    assert verdict is Verdict.OK
+    assert len(wire) == len(frame) + 8 + (8 if include_sci else 0) + 16
+    hl = 12 + 8 + (8 if include_sci else 0)
+    if not conf:
+        assert wire[hl : hl + len(body)] == body  # integrity only: data travels in clear
+    elif len(body) >= 8:
+        assert wire[hl : hl + len(body)] != body
+    rx = MacsecRx(secy)
+    rx.add_sa(sa)
+    res = rx.validate(wire)
+    assert (res.verdict, res.frame, res.pn) == (Verdict.OK, frame, pn)
