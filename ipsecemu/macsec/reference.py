@@ -3,6 +3,20 @@
 This is the oracle the C data plane is checked against byte for byte, so it follows the
 per-packet rules in ``ipsecemu/dataplane/api.py`` literally and favours clarity over speed.
 GCM comes from pyca/cryptography; one AESGCM object is kept per SA.
+
+Details api.py leaves open, fixed here so the C backend can match them:
+
+* RX picks confidentiality vs integrity-only from the frame's E bit, not from the SecY
+  setting (E=0 with C=1 is treated as integrity-only).
+* XPN: a stale copy whose wire PN is below the low half of the lowest acceptable PN is read
+  as the next 2^32 block (802.1AEbw), so it fails with BAD_ICV rather than REPLAY.  A
+  recovery that would leave the 64-bit space is BAD_HEADER.
+* TX soft "pn" event: checked after each sent frame, fires once when next_pn >= threshold;
+  hard "pn" event: fires right after the last PN (2^32-1 / 2^64-1) was used.
+* Counters: ``MacsecRx.counters`` holds drops before an SA is found (too_short, bad_header
+  from the SecTAG checks, not_protected, unknown_sa); later drops and successes are counted
+  per SA.  Untagged frames passed through in "check"/"disabled" are not counted.
+  ``bytes`` counts secure-data bytes (the frame from its EtherType on) in both directions.
 """
 
 from __future__ import annotations
