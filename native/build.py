@@ -1,0 +1,141 @@
+"""Build the C fast path as a cffi extension (out-of-line API mode).
+
+    python native/build.py          -> ipsecemu/dataplane/_native.*.so
+    python native/build.py --asan   -> ipsecemu/dataplane/_native_asan.*.so (ASan + UBSan)
+
+Our C sources are compiled by gcc directly with -Wall -Wextra -Werror (the cffi-generated glue is
+compiled separately without -Werror, since its code is not ours).  Quiet on success; skips the
+rebuild when nothing changed; explains what is missing when gcc or libssl-dev is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+NATIVE = Path(__file__).resolve().parent
+REPO = NATIVE.parent
+HEADER = NATIVE / "include" / "ipsecemu.h"
+SOURCES = sorted((NATIVE / "src").glob("*.c"))
+INTERNAL = sorted((NATIVE / "src").glob("*.h"))
+DEST = REPO / "ipsecemu" / "dataplane"
+
+RELEASE_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-std=c11", "-D_GNU_SOURCE"]
+ASAN_FLAGS = [
+    "-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+    "-Wall", "-Wextra", "-Werror", "-fPIC", "-std=c11", "-D_GNU_SOURCE",
+]
+
+
+class BuildError(Exception):
+    pass
+
+
+def cdef_text() -> str:
+    """The declarations between the CDEF markers of the public header: all cffi ever sees."""
+    m = re.search(r"/\* CDEF BEGIN \*/(.*)/\* CDEF END \*/", HEADER.read_text(), re.S)
+    if not m:
+        raise BuildError(f"{HEADER}: CDEF BEGIN/END markers not found")
+    return m.group(1)
+
+
+def check_toolchain() -> str:
+    cc = os.environ.get("CC", "gcc")
+    if shutil.which(cc) is None:
+        raise BuildError(f"C compiler {cc!r} not found: install it (apt-get install gcc) or set CC")
+    probe = subprocess.run(
+        [cc, "-x", "c", "-fsyntax-only", "-"], input="#include <openssl/evp.h>\n",
+        capture_output=True, text=True,
+    )
+    if probe.returncode != 0:
+        raise BuildError("OpenSSL headers not found (<openssl/evp.h>): install libssl-dev")
+    return cc
+
+
+def fingerprint(flags: list[str], cc: str) -> str:
+    h = hashlib.sha256()
+    for p in [HEADER, Path(__file__).resolve(), *SOURCES, *INTERNAL]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    h.update(" ".join(flags + [cc, sys.version, sysconfig.get_config_var("EXT_SUFFIX") or ""]).encode())
+    return h.hexdigest()
+
+
+def build(asan: bool) -> Path | None:
+    """Build one variant; returns the .so path, or None when it was already up to date."""
+    module = "_native_asan" if asan else "_native"
+    flags = ASAN_FLAGS if asan else RELEASE_FLAGS
+    cc = check_toolchain()
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    target = DEST / f"{module}{suffix}"
+    outdir = NATIVE / "out" / module
+    stamp = outdir / "stamp"
+    fp = fingerprint(flags, cc)
+    if target.exists() and stamp.exists() and stamp.read_text() == fp:
+        return None
+    outdir.mkdir(parents=True, exist_ok=True)
+
+    objects = []
+    for src in SOURCES:
+        obj = outdir / (src.stem + ".o")
+        cmd = [cc, *flags, "-I", str(NATIVE / "include"), "-c", str(src), "-o", str(obj)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BuildError(f"compiling {src.name} failed:\n{res.stdout}{res.stderr}")
+        objects.append(str(obj))
+
+    import cffi  # imported late so a missing toolchain is reported first
+
+    ffi = cffi.FFI()
+    ffi.cdef(cdef_text())
+    glue_flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if asan else ["-O2"]
+    ffi.set_source(
+        f"ipsecemu.dataplane.{module}",
+        '#include "ipsecemu.h"\n',
+        include_dirs=[str(NATIVE / "include")],
+        extra_objects=objects,
+        libraries=["crypto"],
+        extra_compile_args=glue_flags,
+        extra_link_args=["-fsanitize=address,undefined"] if asan else [],
+    )
+    log = io.StringIO()
+    with tempfile.TemporaryDirectory(dir=outdir) as tmp:
+        try:
+            # distutils prints every command; keep the output for the error message only
+            with redirect_stdout(log), redirect_stderr(log):
+                built = Path(ffi.compile(tmpdir=tmp, verbose=False))
+        except Exception as exc:  # cffi raises VerificationError/CompileError/LinkError
+            raise BuildError(f"building the cffi module failed: {exc}\n{log.getvalue()}") from exc
+        tmp_target = target.with_name(target.name + ".tmp")
+        shutil.copyfile(built, tmp_target)
+        os.replace(tmp_target, target)  # atomic: a running import never sees half a file
+    stamp.write_text(fp)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--asan", action="store_true", help="build the ASan+UBSan variant (_native_asan)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="say what was built")
+    args = ap.parse_args(argv)
+    try:
+        built = build(args.asan)
+    except BuildError as exc:
+        print(f"native/build.py: {exc}", file=sys.stderr)
+        return 1
+    if args.verbose:
+        print(f"built {built}" if built else "up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

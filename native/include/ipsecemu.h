@@ -1,0 +1,225 @@
+/* ipsecemu.h - the whole C API of the ipsecemu data-plane fast path.
+ *
+ * ESP (RFC 4303, AES-GCM RFC 4106, AES-CBC RFC 3602 + HMAC-SHA1/SHA2) and MACsec (IEEE 802.1AE,
+ * GCM-AES-128/256 and XPN) transforms over batches of caller-owned packet buffers, in place.
+ * The exact per-packet semantics are those of ipsecemu/dataplane/api.py; the Python wrapper is
+ * ipsecemu/dataplane/native.py.
+ *
+ * Buffers: each packet is an ie_pkt descriptor (buf, off, len, cap).  Encap/protect grow the
+ * packet into the headroom (buf[0..off)) and tailroom (buf[off+len..cap)); decap/validate shrink
+ * it.  No function allocates per packet.
+ *
+ * Thread-safety (cffi releases the GIL during every call):
+ *   - An SA direction (ie_esp_out, ie_macsec_tx, one ie_esp_table, one ie_macsec_rx) is used by one
+ *     thread at a time; different SAs/tables may run on different threads concurrently.
+ *   - Table add/remove must not run concurrently with decap/validate on the same table (the caller
+ *     serialises them, e.g. the gateway applies IKE updates between batches).
+ *   - Counter/event reads are plain loads: call them from the thread that drives the SA, or accept
+ *     slightly stale values.
+ *
+ * Everything between the CDEF markers is fed to cffi's cdef verbatim, so it must stay plain C
+ * declarations (no #include, no #if, no OpenSSL types).
+ */
+#ifndef IPSECEMU_H
+#define IPSECEMU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF BEGIN */
+#define IE_ABI_VERSION 1
+
+/* Per-packet verdicts: the same numbers as ipsecemu.dataplane.api.Verdict. */
+enum ie_verdict {
+    IE_OK = 0,
+    IE_BAD_ICV = 1,
+    IE_REPLAY = 2,
+    IE_TOO_SHORT = 3,
+    IE_BAD_PADDING = 4,
+    IE_UNKNOWN_SA = 5,
+    IE_EXHAUSTED = 6,
+    IE_TFC_DUMMY = 7,
+    IE_TOO_BIG = 8,
+    IE_BAD_HEADER = 9,
+    IE_NOT_PROTECTED = 10,
+    IE_BAD_ALIGNMENT = 11
+};
+
+/* Return codes of setup calls (not per-packet). */
+enum ie_status {
+    IE_S_OK = 0,
+    IE_S_EINVAL = -1,  /* bad algorithm / key length / field */
+    IE_S_ENOMEM = -2,
+    IE_S_ECRYPTO = -3, /* libcrypto refused the key or algorithm */
+    IE_S_EEXIST = -4,  /* table already holds this SPI / (SCI, AN) */
+    IE_S_ENOENT = -5   /* no such SPI / (SCI, AN) */
+};
+
+/* ESP algorithms covered by C (others fall back to the Python reference). */
+enum ie_esp_encr {
+    IE_ENCR_AES_GCM_8 = 1,
+    IE_ENCR_AES_GCM_12 = 2,
+    IE_ENCR_AES_GCM_16 = 3,
+    IE_ENCR_AES_CBC = 4
+};
+enum ie_esp_integ {
+    IE_INTEG_NONE = 0,
+    IE_INTEG_HMAC_SHA1_96 = 1,
+    IE_INTEG_HMAC_SHA256_128 = 2,
+    IE_INTEG_HMAC_SHA384_192 = 3,
+    IE_INTEG_HMAC_SHA512_256 = 4
+};
+enum ie_macsec_cipher {
+    IE_MACSEC_GCM_AES_128 = 1,
+    IE_MACSEC_GCM_AES_256 = 2,
+    IE_MACSEC_GCM_AES_XPN_128 = 3,
+    IE_MACSEC_GCM_AES_XPN_256 = 4
+};
+enum ie_validate_mode {
+    IE_VALIDATE_STRICT = 0,
+    IE_VALIDATE_CHECK = 1,
+    IE_VALIDATE_DISABLED = 2
+};
+
+/* Expire events: code = kind | reason. */
+#define IE_EV_SOFT 16
+#define IE_EV_HARD 32
+#define IE_EV_BYTES 1
+#define IE_EV_PACKETS 2
+#define IE_EV_SEQ 3
+#define IE_EV_PN 4
+
+/* Room the caller must leave around a packet (worst case over all algorithms). */
+#define IE_ESP_HEADROOM 24   /* SPI + seq + 16-byte CBC IV */
+#define IE_ESP_TAILROOM 64   /* up to 15 pad + pad_len + next_header + 32-byte ICV, rounded */
+#define IE_MACSEC_HEADROOM 16 /* SecTAG with SCI */
+#define IE_MACSEC_TAILROOM 16 /* ICV */
+#define IE_MAX_REPLAY_WINDOW 4096
+
+/* ie_pkt.flags (out) */
+#define IE_PKT_DELIVER 1     /* [off, off+len) holds a payload/frame to hand on */
+
+typedef struct ie_pkt {
+    uint8_t *buf;            /* caller-owned buffer */
+    uint32_t off;            /* in/out: start of the packet in buf */
+    uint32_t len;            /* in/out: packet length */
+    uint32_t cap;            /* size of buf */
+    uint8_t next_header;     /* ESP encap: in; ESP decap: out */
+    uint8_t an;              /* MACsec validate: out */
+    uint8_t flags;           /* out: IE_PKT_* */
+    uint8_t reserved;
+    uint32_t spi;            /* ESP decap: out */
+    uint64_t seq;            /* out: ESP full sequence number / MACsec full PN */
+    uint64_t sci;            /* MACsec validate: out (big-endian SCI as an integer) */
+    const uint8_t *iv;       /* ESP encap: injected IV (8 GCM / 16 CBC bytes) or NULL */
+} ie_pkt;
+
+/* Same field order as ipsecemu.dataplane.api.SaCounters. */
+typedef struct ie_counters {
+    uint64_t packets;
+    uint64_t bytes;
+    uint64_t bad_icv;
+    uint64_t replay;
+    uint64_t too_short;
+    uint64_t bad_padding;
+    uint64_t bad_header;
+    uint64_t bad_alignment;
+    uint64_t tfc_dummy;
+    uint64_t exhausted;
+    uint64_t not_protected;
+    uint64_t unknown_sa;
+} ie_counters;
+
+typedef struct ie_esp_cfg {
+    uint32_t spi;
+    int encr;                /* enum ie_esp_encr */
+    int integ;               /* enum ie_esp_integ (IE_INTEG_NONE for GCM) */
+    const uint8_t *enc_key;  /* GCM: key || 4-byte salt */
+    uint32_t enc_key_len;
+    const uint8_t *integ_key;
+    uint32_t integ_key_len;
+    int esn;
+    uint32_t replay_window;  /* inbound: 0..IE_MAX_REPLAY_WINDOW */
+    uint64_t soft_bytes, hard_bytes, soft_packets, hard_packets; /* 0 = unlimited */
+    uint64_t seq_soft_margin;
+    uint64_t initial_seq;    /* outbound: first sequence number (>= 1); inbound: window top */
+} ie_esp_cfg;
+
+typedef struct ie_secy_cfg {
+    int include_sci;
+    int end_station;
+    int confidentiality;
+    int replay_protect;
+    uint32_t replay_window;
+    int validate;            /* enum ie_validate_mode */
+    uint64_t pn_exhaustion_threshold;
+} ie_secy_cfg;
+
+typedef struct ie_macsec_sa_cfg {
+    int cipher;              /* enum ie_macsec_cipher */
+    const uint8_t *sak;
+    uint32_t sak_len;
+    uint64_t sci;            /* big-endian SCI as an integer */
+    uint8_t an;
+    uint32_t ssci;           /* XPN only */
+    const uint8_t *salt;     /* XPN only: 12 bytes */
+    uint64_t next_pn;
+} ie_macsec_sa_cfg;
+
+typedef struct ie_esp_out ie_esp_out;
+typedef struct ie_esp_table ie_esp_table;
+typedef struct ie_macsec_tx ie_macsec_tx;
+typedef struct ie_macsec_rx ie_macsec_rx;
+
+int ie_abi_version(void);
+
+/* ESP outbound SA: the only owner of its sequence counter. */
+int ie_esp_out_new(const ie_esp_cfg *cfg, ie_esp_out **out);
+void ie_esp_out_free(ie_esp_out *sa);
+/* Encapsulate pkts[i] (payload, next_header) into SPI..ICV in place; verdicts[i] per packet. */
+void ie_esp_encap(ie_esp_out *sa, ie_pkt *pkts, size_t n, uint8_t *verdicts);
+uint64_t ie_esp_out_next_seq(const ie_esp_out *sa);
+void ie_esp_out_counters(const ie_esp_out *sa, ie_counters *out);
+/* Pop up to max pending expire event codes (firing order); returns how many. */
+size_t ie_esp_out_events(ie_esp_out *sa, uint8_t *codes, size_t max);
+
+/* ESP inbound SAD keyed by SPI (O(1) open-addressing hash). */
+ie_esp_table *ie_esp_table_new(void);
+void ie_esp_table_free(ie_esp_table *t);
+int ie_esp_table_add(ie_esp_table *t, const ie_esp_cfg *cfg);
+int ie_esp_table_remove(ie_esp_table *t, uint32_t spi);
+size_t ie_esp_table_size(const ie_esp_table *t);
+/* Decapsulate ESP packets in place: on OK/TFC the payload is [off, off+len). */
+void ie_esp_decap(ie_esp_table *t, ie_pkt *pkts, size_t n, uint8_t *verdicts);
+int ie_esp_table_counters(const ie_esp_table *t, uint32_t spi, ie_counters *out);
+/* Drops not tied to a known SA (UNKNOWN_SA, packets too short to hold an SPI). */
+void ie_esp_table_global_counters(const ie_esp_table *t, ie_counters *out);
+size_t ie_esp_table_events(ie_esp_table *t, uint32_t spi, uint8_t *codes, size_t max);
+
+/* MACsec transmit SA. */
+int ie_macsec_tx_new(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *sa, ie_macsec_tx **out);
+void ie_macsec_tx_free(ie_macsec_tx *tx);
+void ie_macsec_protect(ie_macsec_tx *tx, ie_pkt *pkts, size_t n, uint8_t *verdicts);
+uint64_t ie_macsec_tx_next_pn(const ie_macsec_tx *tx);
+void ie_macsec_tx_counters(const ie_macsec_tx *tx, ie_counters *out);
+size_t ie_macsec_tx_events(ie_macsec_tx *tx, uint8_t *codes, size_t max);
+
+/* MACsec receive SecY: SAs keyed by (SCI, AN). */
+int ie_macsec_rx_new(const ie_secy_cfg *secy, ie_macsec_rx **out);
+void ie_macsec_rx_free(ie_macsec_rx *rx);
+int ie_macsec_rx_add_sa(ie_macsec_rx *rx, const ie_macsec_sa_cfg *sa);
+int ie_macsec_rx_remove_sa(ie_macsec_rx *rx, uint64_t sci, uint8_t an);
+void ie_macsec_validate(ie_macsec_rx *rx, ie_pkt *pkts, size_t n, uint8_t *verdicts);
+int ie_macsec_rx_sa_counters(const ie_macsec_rx *rx, uint64_t sci, uint8_t an, ie_counters *out);
+void ie_macsec_rx_counters(const ie_macsec_rx *rx, ie_counters *out);
+int ie_macsec_rx_next_pn(const ie_macsec_rx *rx, uint64_t sci, uint8_t an, uint64_t *out);
+
+/* Benchmarks without Python per packet: n packets of `size` payload bytes, encap then decap
+ * (protect then validate) `iterations` times; ns[0] = total encap ns, ns[1] = total decap ns.
+ * Returns the number of packets that did not come back OK (0 on success), or -1 on setup error. */
+long ie_bench_esp(const ie_esp_cfg *cfg, uint32_t size, uint32_t n, uint32_t iterations, uint64_t *ns);
+long ie_bench_macsec(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *sa, uint32_t size, uint32_t n,
+                     uint32_t iterations, uint64_t *ns);
+/* CDEF END */
+
+#endif
