@@ -1,0 +1,287 @@
+"""``ipsecemu lab``: bring netns labs up and down, inspect them, run commands and captures in them."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, NoReturn
+
+import click
+
+from ipsecemu.lab.state import LabState, LabStateError, list_labs, pid_alive
+from ipsecemu.lab.topology import VPN_KINDS, TopologyError
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    click.echo(f"ipsecemu lab: {msg}", err=True)
+    sys.exit(code)
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        _fail(f"{what} needs root (network namespaces); run it with sudo")
+
+
+def _resolve(spec: str) -> tuple[LabState, str]:
+    """``lab/node`` or just ``node`` when exactly one lab is up."""
+    if "/" in spec:
+        lab, node = spec.split("/", 1)
+    else:
+        labs = list_labs()
+        if not labs:
+            _fail("no lab is up (ipsecemu lab up FILE)")
+        if len(labs) > 1:
+            _fail(f"several labs are up ({', '.join(labs)}): name the node as LAB/{spec}")
+        lab, node = labs[0], spec
+    try:
+        st = LabState.open(lab)
+    except LabStateError as exc:
+        _fail(str(exc))
+    nodes = st.data.get("nodes", {})
+    if node not in nodes:
+        _fail(f"lab '{lab}' has no node '{node}' (nodes: {', '.join(nodes) or 'none'})")
+    return st, node
+
+
+@click.group()
+def lab() -> None:
+    """Bring network-namespace labs up and down, inspect and capture them."""
+
+
+# ---------------------------------------------------------------- up
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@lab.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", help="Run the lab under another name (a second copy of the same file).")
+@click.option("--smoke", is_flag=True, help="After building, ping between every pair of host nodes.")
+def up(file: str, name: str | None, smoke: bool) -> None:
+    """Build the lab described by FILE (YAML) in network namespaces."""
+    from ipsecemu.lab import builder, topology
+
+    try:  # validate before anything else: a broken file never touches the system
+        topo = topology.load(file, name=name)
+    except TopologyError as exc:
+        _fail(str(exc))
+    _need_root("lab up")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM rolls back like Ctrl-C
+
+    def say(msg: str) -> None:
+        click.echo(f"  {msg}")
+
+    click.echo(f"lab {topo.name}: building from {file}")
+    t0 = time.monotonic()
+    try:
+        builder.build(topo, say)
+    except KeyboardInterrupt:
+        _fail(f"lab {topo.name}: interrupted, rolled back (nothing left behind)", 130)
+    except LabStateError as exc:
+        _fail(str(exc))
+    except builder.BuildError as exc:
+        _fail(f"lab {topo.name}: {exc} (rolled back)")
+    except OSError as exc:
+        _fail(f"lab {topo.name}: {exc.strerror or exc} (rolled back)")
+    dt = time.monotonic() - t0
+    nroutes = sum(len(n.routes) for n in topo.nodes)
+    necmp = sum(r.multipath for n in topo.nodes for r in n.routes)
+    click.echo(f"lab {topo.name} up in {dt:.1f} s: {len(topo.nodes)} nodes, {len(topo.links)} links, "
+               f"{len(topo.segments)} segments, {sum(len(n.addresses) for n in topo.nodes)} addresses, "
+               f"{nroutes} routes ({necmp} ECMP)")
+    vpn_nodes = [n.name for n in topo.nodes if n.kind in VPN_KINDS]
+    if vpn_nodes:
+        click.echo(f"  vpn: {len(topo.vpn)} connection(s) declared ({', '.join(c.name for c in topo.vpn) or '-'}); "
+                   f"nodes {', '.join(vpn_nodes)}: no daemon yet, traffic uses the underlay in clear")
+    hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
+    if len(hosts) >= 2:
+        dst = ipaddress.ip_interface(hosts[1].addresses[0][1]).ip
+        click.echo(f"  try: ipsecemu lab exec {topo.name}/{hosts[0].name} -- ping -c1 {dst}")
+    if smoke and not builder.smoke(topo, say):
+        _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')")
+
+
+# ---------------------------------------------------------------- down
+
+
+@lab.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Tear down every lab that is up.")
+def down(name: str | None, all_: bool) -> None:
+    """Remove every netns, link and process of a lab (idempotent)."""
+    from ipsecemu.lab import builder
+
+    labs = list_labs()
+    if all_:
+        targets = labs
+    elif name:
+        targets = [name]
+    elif len(labs) == 1:
+        targets = labs
+    elif not labs:
+        click.echo("no lab is up")
+        return
+    else:
+        _fail(f"several labs are up ({', '.join(labs)}): name one or use --all")
+    if not targets:
+        click.echo("no lab is up")
+        return
+    _need_root("lab down")
+    for t in targets:
+        if t not in labs:
+            click.echo(f"lab {t}: not up (nothing to do)")
+            continue
+        builder.teardown(t, lambda m: click.echo(m))
+
+
+# ---------------------------------------------------------------- status
+
+
+def _live_details(ns: str) -> dict[str, Any]:
+    from pyroute2 import IPRoute
+
+    ipr = IPRoute(netns=ns)
+    try:
+        names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
+        ifaces: dict[str, dict[str, Any]] = {}
+        for link in ipr.link("dump"):
+            ifaces[link.get("ifname")] = {"name": link.get("ifname"), "state": link.get("operstate"),
+                                          "addresses": []}
+        for a in ipr.addr("dump"):
+            n = names.get(a["index"])
+            if n in ifaces:
+                ifaces[n]["addresses"].append(f"{a.get('address')}/{a['prefixlen']}")
+        routes = []
+        for r in ipr.route("dump", table=254):
+            if r.get("proto") == 2:  # kernel connected routes: implied by addresses
+                continue
+            dst = f"{r.get('dst')}/{r['dst_len']}" if r.get("dst") else "default"
+            hops = [{"via": h.get("gateway"), "dev": names.get(h.get("oif"))} for h in r.get("multipath") or []]
+            if not hops:
+                hops = [{"via": r.get("gateway"), "dev": names.get(r.get("oif"))}]
+            routes.append({"dst": dst, "nexthops": hops})
+        return {"interfaces": [v for k, v in ifaces.items() if k != "lo" or v["addresses"]], "routes": routes}
+    finally:
+        ipr.close()
+
+
+def _lab_status(name: str) -> dict[str, Any]:
+    from ipsecemu.lab.builder import netns_exists
+
+    st = LabState.open(name)
+    d = st.data
+    root = os.geteuid() == 0
+    procs = [{**p, "alive": pid_alive(p["pid"], p.get("start_time"))} for p in d.get("processes", [])]
+    nodes = []
+    for node, kind in d.get("nodes", {}).items():
+        ns = st.node_netns(node)
+        entry: dict[str, Any] = {"name": node, "kind": kind, "netns": ns, "netns_present": bool(ns and netns_exists(ns))}
+        if kind in VPN_KINDS:
+            daemons = [p for p in procs if p.get("node") == node and p["role"] != "capture"]
+            entry["vpn"] = "running" if any(p["alive"] for p in daemons) else "no daemon yet"
+        if root and entry["netns_present"]:
+            entry.update(_live_details(ns))
+        nodes.append(entry)
+    return {"name": name, "status": d.get("status"), "source": d.get("source"), "created": d.get("created"),
+            "nodes": nodes, "links": d.get("links", []), "processes": procs,
+            "live_details": root}
+
+
+@lab.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(name: str | None, as_json: bool) -> None:
+    """Show labs: nodes, links, addresses, routes, recorded processes."""
+    names = [name] if name else list_labs()
+    labs = []
+    for n in names:
+        try:
+            labs.append(_lab_status(n))
+        except LabStateError as exc:
+            _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"labs": labs}, indent=2))
+        return
+    if not labs:
+        click.echo("no lab is up")
+        return
+    for lb in labs:
+        age = time.time() - (lb["created"] or time.time())
+        click.echo(f"lab {lb['name']}: {lb['status']} (from {lb['source']}, {age:.0f} s ago)")
+        for nd in lb["nodes"]:
+            flag = "" if nd["netns_present"] else "  [netns missing]"
+            vpn = f"  vpn: {nd['vpn']}" if "vpn" in nd else ""
+            click.echo(f"  {nd['name']:<10} {nd['kind']:<10} {nd['netns'] or '-'}{flag}{vpn}")
+            for i in nd.get("interfaces", []):
+                click.echo(f"      {i['name']:<10} {i['state']:<8} {' '.join(i['addresses'])}")
+            for r in nd.get("routes", []):
+                hops = ", ".join(f"via {h['via']}" if h["via"] else f"dev {h['dev']}" for h in r["nexthops"])
+                click.echo(f"      route {r['dst']} {hops}{'  (ECMP)' if len(r['nexthops']) > 1 else ''}")
+        click.echo(f"  links: {len(lb['links'])}")
+        for p in lb["processes"]:
+            click.echo(f"  pid {p['pid']} {p['role']} on {p.get('node') or '-'}: {'alive' if p['alive'] else 'dead'}")
+        if not lb["live_details"]:
+            click.echo("  (run as root for live interfaces and routes)")
+
+
+# ---------------------------------------------------------------- exec
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("node")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(node: str, cmd: tuple[str, ...]) -> None:
+    """Run CMD inside NODE's netns: ipsecemu lab exec [LAB/]NODE -- CMD ..."""
+    _need_root("lab exec")
+    st, n = _resolve(node)
+    ns = st.node_netns(n)
+    args = list(cmd[1:] if cmd and cmd[0] == "--" else cmd)
+    if not args:
+        _fail("no command given (ipsecemu lab exec NODE -- CMD ...)")
+    sys.stdout.flush()
+    try:
+        os.execvp("ip", ["ip", "netns", "exec", str(ns), *args])
+    except OSError as exc:
+        _fail(f"cannot run ip netns exec: {exc.strerror}")
+
+
+# ---------------------------------------------------------------- capture
+
+
+@lab.command()
+@click.argument("target", metavar="[LAB/]NODE:IFACE")
+@click.option("-w", "write", type=click.Path(dir_okay=False), help="pcap file (default LAB-NODE-IFACE.pcap).")
+@click.option("--duration", type=click.FloatRange(min=0.1), help="Seconds to capture (default: until Ctrl-C).")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False), help="Also write the lab's SA key files here.")
+def capture(target: str, write: str | None, duration: float | None, keys_dir: str | None) -> None:
+    """tcpdump on NODE:IFACE inside the lab; prints the packet count."""
+    from ipsecemu.lab.capture import Capture, CaptureError, export_keys
+
+    if ":" not in target:
+        _fail(f"expected NODE:IFACE, got {target!r}")
+    _need_root("lab capture")
+    spec, iface = target.rsplit(":", 1)
+    st, node = _resolve(spec)
+    path = write or f"{st.name}-{node}-{iface}.pcap"
+    cap = Capture(st, node, iface, path)
+    try:
+        cap.start()
+    except CaptureError as exc:
+        _fail(str(exc))
+    click.echo(f"capturing on {st.name}/{node}:{iface} -> {cap.path}"
+               f"{f' for {duration:g} s' if duration else ' (Ctrl-C to stop)'}", err=True)
+    cap.wait(duration)
+    n = cap.stop()
+    click.echo(f"{n} packets captured to {cap.path}")
+    if keys_dir:
+        copied = export_keys(st, keys_dir)
+        if copied:
+            click.echo(f"keys: wrote {', '.join(str(p) for p in copied)}")
+        else:
+            click.echo("keys: no SAs in this lab yet")
