@@ -191,7 +191,7 @@ def _uat_records(text: str, source: str) -> Iterable[tuple[int, list[str]]]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        yield n, split_uat_line(line, f"{source}:{n}")
+        yield n, split_uat_line(line, f"{source}, line {n}")
 
 
 # ------------------------------------------------------------------ keys, SPIs, addresses
@@ -266,7 +266,7 @@ def parse_esp_sa(text: str, source: str = "esp_sa") -> list[EspSaRow]:
     """Parse an ``esp_sa`` UAT file's text.  Raises KeyFileError naming the bad line."""
     rows: list[EspSaRow] = []
     for n, f in _uat_records(text, source):
-        where = f"{source}:{n}"
+        where = f"{source}, line {n}"
         if len(f) != 8:
             raise KeyFileError(f"{where}: expected 8 fields (protocol, src, dst, spi, encryption, "
                                f"key, authentication, key), got {len(f)}")
