@@ -129,7 +129,7 @@ def test_mistakes_are_located(tmp_path: Path, desc: str, old: str, new: str, nee
     err = ei.value
     assert err.field == field, str(err)
     assert msg in err.message, str(err)
-    nth = 1 if desc == "duplicate key" else 0
+    nth = 1 if desc in ("duplicate key", "duplicate address", "interface used twice") else 0
     assert err.line == _line_of(text, needle, nth), str(err)
     assert str(err).startswith(f"{f}:{err.line}: {field}: ")
     assert "\n" not in str(err)
