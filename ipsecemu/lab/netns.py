@@ -7,10 +7,12 @@ deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ from types import TracebackType
 
 from pyroute2 import IPRoute, netns
 
-__all__ = ["Netns", "NetnsError", "capture", "ns_exec", "two_hosts", "wait_for"]
+__all__ = ["Netns", "NetnsError", "capture", "entered", "ns_exec", "two_hosts", "wait_for"]
 
 MAX_IFNAME = 15
 
@@ -42,6 +44,40 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+@contextmanager
+def entered(ns: str | None) -> Iterator[None]:
+    """Run the block with the *calling thread* in netns ``ns`` (None: stay where we are).
+
+    Sockets and tun devices created inside stay in ``ns`` after the block, which lets one
+    asyncio loop serve several namespaces.  setns(2) is per thread, so other threads are not
+    affected; keep the block short and synchronous."""
+    if ns is None:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    here = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+    try:
+        try:
+            target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        except FileNotFoundError:
+            raise NetnsError(f"no netns named {ns!r}") from None
+        try:
+            if libc.setns(target, _CLONE_NEWNET) != 0:
+                raise NetnsError(f"setns({ns}): {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            if libc.setns(here, _CLONE_NEWNET) != 0:  # pragma: no cover - would leave us stranded
+                raise NetnsError(f"could not return from netns {ns}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(here)
 
 
 def _split(cidr: str) -> tuple[str, int, int]:
