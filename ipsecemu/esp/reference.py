@@ -255,6 +255,7 @@ class EspInbound:
         return DecapResult(verdict, spi=spi)
 
     def decap(self, packet: bytes) -> DecapResult:
+        packet = bytes(packet)  # accept bytearray/memoryview; results are always bytes
         t = self._t
         n = len(packet)
         if n < t.min_len:
