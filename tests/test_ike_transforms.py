@@ -19,7 +19,7 @@ ENCR_IANA = {
     "3des": "ENCR_3DES", "null": "ENCR_NULL", "chacha20poly1305": "ENCR_CHACHA20_POLY1305",
     **{f"aes{b}gcm{i}": f"ENCR_AES_GCM_{i}" for b in (128, 192, 256) for i in (8, 12, 16)},
 }
-PRF_IANA = {"prfsha1": "PRF_HMAC_SHA1", "prfsha256": "PRF_HMAC_SHA2_256",
+PRF_IANA = {"prfmd5": "PRF_HMAC_MD5", "prfsha1": "PRF_HMAC_SHA1", "prfsha256": "PRF_HMAC_SHA2_256",
             "prfsha384": "PRF_HMAC_SHA2_384", "prfsha512": "PRF_HMAC_SHA2_512"}
 INTEG_IANA = {"md5": "AUTH_HMAC_MD5_96", "sha1": "AUTH_HMAC_SHA1_96", "sha256": "AUTH_HMAC_SHA2_256_128",
               "sha384": "AUTH_HMAC_SHA2_384_192", "sha512": "AUTH_HMAC_SHA2_512_256"}

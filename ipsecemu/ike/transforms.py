@@ -142,6 +142,8 @@ for _b in (128, 192, 256):
 
 # ---------------------------------------------------------------- PRF
 _PRF_LIST: list[PrfAlg] = [
+    # HMAC-MD5 only because Azure's IKE integrity "MD5" doubles as the PRF (Azure policy names)
+    PrfAlg("prfmd5", 1, "md5", 16, "md5", "PRF_HMAC_MD5"),
     PrfAlg("prfsha1", 2, "sha1", 20, "sha1", "PRF_HMAC_SHA1"),
     PrfAlg("prfsha256", 5, "sha256", 32, "sha256", "PRF_HMAC_SHA2_256"),
     PrfAlg("prfsha384", 6, "sha384", 48, "sha384", "PRF_HMAC_SHA2_384"),

@@ -1,0 +1,693 @@
+"""Connection configuration: YAML file or plain dict -> frozen, validated dataclasses.
+
+A file holds one connection (its keys at the top level) or several under ``connections:``
+(name -> connection).  Key names are case-insensitive and ``-``/``_`` are interchangeable, so
+``IkeEncryption``, ``ike-encryption`` and ``ike_encryption`` are the same key.  Errors are
+:class:`ConnectionConfigError` naming the field (and, for YAML, ``file:line``) and what is
+allowed.  Proposals come either as strongSwan strings (``ike_proposals``/``esp_proposals``) or
+as Azure ``ipsec_policy`` names; both become :class:`~ipsecemu.ike.proposals.Proposal` lists.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, ConfigError, Lifetime
+from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
+from ipsecemu.ike.transforms import TransformType
+from ipsecemu.ike.ts import TrafficSelector
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class ConnectionConfigError(ConfigError):
+    """Invalid connection configuration; the message starts with ``[file:line: ]field:``."""
+
+
+# ---------------------------------------------------------------- dataclasses
+#: IKEv2 ID types (RFC 7296 §3.5)
+ID_TYPES = {"ipv4": 1, "fqdn": 2, "rfc822": 3, "ipv6": 5, "key_id": 11}
+
+
+@dataclass(frozen=True)
+class Identity:
+    type: str  # "fqdn" | "ipv4" | "ipv6" | "rfc822" | "key_id"
+    value: str  # key_id: lowercase hex
+
+    @property
+    def type_id(self) -> int:
+        return ID_TYPES[self.type]
+
+    def data(self) -> bytes:
+        """Identification Data as sent in IDi/IDr."""
+        if self.type in ("ipv4", "ipv6"):
+            return ipaddress.ip_address(self.value).packed
+        if self.type == "key_id":
+            return bytes.fromhex(self.value)
+        return self.value.encode()
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.value}"
+
+
+@dataclass(frozen=True)
+class Auth:
+    method: str  # "psk" | "cert"
+    secret: bytes = field(default=b"", repr=False)  # PSK; never logged
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+
+    def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
+        if self.method == "psk":
+            return "Auth(method='psk', secret=<hidden>)"
+        return f"Auth(method='cert', cert={self.cert!r}, key={self.key!r}, ca={self.ca!r})"
+
+
+@dataclass(frozen=True)
+class SaLifetime:
+    """Hard limits (0 = none) plus when to rekey before them.
+
+    Rekey (soft) time = ``seconds - rekey_margin - random(0..jitter)``; the data limits rekey at
+    ``100 - rekey_margin_percent`` % of ``kilobytes``/``packets``.
+    """
+
+    seconds: int
+    kilobytes: int = 0
+    packets: int = 0
+    rekey_margin: int = 0  # seconds
+    jitter: int = 0  # seconds
+    rekey_margin_percent: int = 10
+
+    def rekey_seconds(self, random_fraction: float = 0.0) -> float:
+        """When to start rekeying; ``random_fraction`` in [0, 1) comes from the caller's RNG."""
+        return self.seconds - self.rekey_margin - self.jitter * random_fraction
+
+    def to_dataplane(self) -> Lifetime:
+        """Byte/packet limits for :class:`ipsecemu.dataplane.api.EspSaConfig`."""
+        keep = (100 - self.rekey_margin_percent) / 100
+        hard_bytes = self.kilobytes * 1024
+        return Lifetime(
+            soft_bytes=int(hard_bytes * keep), hard_bytes=hard_bytes,
+            soft_packets=int(self.packets * keep), hard_packets=self.packets,
+        )
+
+
+@dataclass(frozen=True)
+class Dpd:
+    interval: int = 10  # seconds between liveness checks when idle; 0 disables DPD
+    timeout: int = 45  # Azure's DPD timeout: declare the peer dead after this long
+
+
+@dataclass(frozen=True)
+class NatT:
+    ike_port: int = 500
+    natt_port: int = 4500
+    force_encap: bool = False  # always float to UDP 4500 (what strongSwan libipsec needs)
+
+
+@dataclass(frozen=True)
+class AzurePolicy:
+    """The Azure ``--ipsec-policy`` values as given (canonical spelling)."""
+
+    ike_encryption: str
+    ike_integrity: str
+    dh_group: str
+    ipsec_encryption: str
+    ipsec_integrity: str
+    pfs_group: str
+    sa_lifetime_seconds: int = 3600
+    sa_datasize_kilobytes: int = 102400000
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    name: str
+    local_address: IpAddress | None  # None = any (responder)
+    remote_address: IpAddress | None  # None = any peer (responder only)
+    local_id: Identity | None  # None = our address (strongSwan's default)
+    remote_id: Identity | None  # None = accept any ID the peer proves
+    auth: Auth
+    ike_proposals: tuple[Proposal, ...]
+    esp_proposals: tuple[Proposal, ...]
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    mode: str = "tunnel"
+    ike_lifetime: SaLifetime = SaLifetime(28800, rekey_margin=2880, jitter=1440)
+    child_lifetime: SaLifetime = SaLifetime(3600, 102400000, rekey_margin=360, jitter=180)
+    dpd: Dpd = Dpd()
+    nat_t: NatT = NatT()
+    replay_window: int = 128
+    start_action: str = "initiate"  # "initiate" | "listen"
+    azure_policy: AzurePolicy | None = None
+
+    @property
+    def esn(self) -> bool:
+        """True when our first ESP proposal prefers extended sequence numbers."""
+        return bool(self.esp_proposals) and self.esp_proposals[0].esn
+
+    def effective_local_id(self) -> Identity | None:
+        if self.local_id is not None:
+            return self.local_id
+        if self.local_address is None:
+            return None
+        return Identity("ipv4" if self.local_address.version == 4 else "ipv6", str(self.local_address))
+
+
+# ---------------------------------------------------------------- error context
+def squash(key: object) -> str:
+    """Key normal form: lower case without ``-``, ``_`` or spaces."""
+    return re.sub(r"[-_ ]", "", str(key)).lower()
+
+
+Path_ = tuple[str | int, ...]
+
+
+class _Ctx:
+    """Where the data came from: file name and the YAML line of every (squashed) key path."""
+
+    def __init__(self, source: str | None = None, lines: dict[Path_, int] | None = None) -> None:
+        self.source = source
+        self.lines = lines or {}
+
+    def error(self, path: Path_, message: str) -> ConnectionConfigError:
+        where = ""
+        if self.source is not None:
+            line = None
+            p = tuple(squash(x) if isinstance(x, str) else x for x in path)
+            while p and line is None:  # the nearest enclosing key with a known line
+                line = self.lines.get(p)
+                p = p[:-1]
+            where = f"{self.source}:{line}: " if line else f"{self.source}: "
+        dotted = ".".join(str(x) for x in path) or "<top>"
+        return ConnectionConfigError(f"{where}{dotted}: {message}")
+
+
+def _keyed(ctx: _Ctx, path: Path_, data: object, allowed: dict[str, str]) -> dict[str, Any]:
+    """Check a mapping's keys against ``allowed`` (squashed -> canonical); return canonical dict."""
+    if not isinstance(data, Mapping):
+        raise ctx.error(path, f"must be a mapping, got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        canon = allowed.get(squash(k))
+        if canon is None:
+            names = ", ".join(sorted(set(allowed.values())))
+            raise ctx.error((*path, str(k)), f"unknown key; allowed: {names}")
+        if canon in out:
+            raise ctx.error((*path, str(k)), f"duplicate of {canon}")
+        out[canon] = v
+    return out
+
+
+def _canon(*names: str, **aliases: str) -> dict[str, str]:
+    table = {squash(n): n for n in names}
+    table.update({squash(a): n for a, n in aliases.items()})
+    return table
+
+
+def _int(ctx: _Ctx, path: Path_, v: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v.strip())
+        else:
+            raise ctx.error(path, f"must be an integer, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        raise ctx.error(path, f"must be in {lo}..{hi if hi is not None else 'inf'}, got {v}")
+    return v
+
+
+def _bool(ctx: _Ctx, path: Path_, v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("yes", "true", "no", "false"):
+        return v.lower() in ("yes", "true")
+    raise ctx.error(path, f"must be true or false, got {v!r}")
+
+
+def _str(ctx: _Ctx, path: Path_, v: object) -> str:
+    if isinstance(v, str | int | float) and not isinstance(v, bool):
+        return str(v)
+    raise ctx.error(path, f"must be a string, got {type(v).__name__}")
+
+
+# ---------------------------------------------------------------- field parsers
+def _address(ctx: _Ctx, path: Path_, v: object) -> IpAddress | None:
+    s = _str(ctx, path, v).strip()
+    if s in ("%any", "any", "0.0.0.0", "::"):
+        return None
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        raise ctx.error(path, f"not an IPv4/IPv6 address: {s!r} (use %any for any)") from None
+
+
+_ID_PREFIX = {"fqdn": "fqdn", "ipv4": "ipv4", "ipv6": "ipv6", "rfc822": "rfc822", "email": "rfc822",
+              "keyid": "key_id", "key_id": "key_id"}
+
+
+def parse_identity(text: str) -> Identity:
+    """strongSwan-style ID: ``fqdn:``/``ipv4:``/``ipv6:``/``email:``/``keyid:`` prefix, ``@name``
+    (FQDN), ``#hex`` (KEY_ID), an IP literal, ``user@host`` (RFC 822) or a host name (FQDN)."""
+    s = text.strip()
+    if not s:
+        raise ValueError("empty identity")
+    prefix, sep, rest = s.partition(":")
+    if sep and prefix.lower() in _ID_PREFIX:
+        kind, value = _ID_PREFIX[prefix.lower()], rest.strip()
+    elif s.startswith("#"):
+        kind, value = "key_id", s[1:]
+    elif s.startswith("@"):
+        kind, value = "fqdn", s[1:]
+    else:
+        try:
+            ip = ipaddress.ip_address(s)
+            return Identity(f"ipv{ip.version}", str(ip))
+        except ValueError:
+            kind, value = ("rfc822" if "@" in s else "fqdn"), s
+    if not value:
+        raise ValueError(f"{kind} identity without a value")
+    if kind in ("ipv4", "ipv6"):
+        ip = ipaddress.ip_address(value)  # ValueError names the bad address
+        if f"ipv{ip.version}" != kind:
+            raise ValueError(f"{value} is not an {kind} address")
+        value = str(ip)
+    elif kind == "key_id":
+        try:
+            value = bytes.fromhex(value.replace(":", "")).hex()
+        except ValueError:
+            raise ValueError(f"key_id must be hex, got {value!r}") from None
+    elif kind == "rfc822" and "@" not in value:
+        raise ValueError(f"rfc822 identity needs user@domain, got {value!r}")
+    elif kind == "fqdn" and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise ValueError(f"not a valid FQDN: {value!r}")
+    return Identity(kind, value)
+
+
+def _identity(ctx: _Ctx, path: Path_, v: object) -> Identity:
+    if isinstance(v, Mapping):
+        d = _keyed(ctx, path, v, _canon("type", "value"))
+        if "type" not in d or "value" not in d:
+            raise ctx.error(path, "needs both type and value")
+        kind = _ID_PREFIX.get(squash(d["type"]).replace("keyid", "key_id"))
+        if kind is None:
+            raise ctx.error((*path, "type"), f"must be one of fqdn, ipv4, ipv6, rfc822, key_id; got {d['type']!r}")
+        v = f"{kind}:{_str(ctx, (*path, 'value'), d['value'])}"
+    try:
+        return parse_identity(_str(ctx, path, v))
+    except ValueError as exc:
+        raise ctx.error(path, str(exc)) from None
+
+
+def _secret(ctx: _Ctx, path: Path_, v: object) -> bytes:
+    """A PSK: text, ``0x<hex>`` or ``env:VAR``."""
+    s = _str(ctx, path, v)
+    if s.startswith("env:"):
+        val = os.environ.get(s[4:])
+        if val is None:
+            raise ctx.error(path, f"environment variable {s[4:]} is not set")
+        s = val
+    if s.lower().startswith("0x"):
+        try:
+            return bytes.fromhex(s[2:])
+        except ValueError:
+            raise ctx.error(path, "0x-prefixed secret is not valid hex") from None
+    if not s:
+        raise ctx.error(path, "the pre-shared key is empty")
+    return s.encode()
+
+
+def _auth(ctx: _Ctx, path: Path_, v: object) -> Auth:
+    d = _keyed(ctx, path, v, _canon("method", "psk", "secret", "cert", "key", "ca"))
+    method = squash(d.get("method", "psk" if ("psk" in d or "secret" in d) else "cert"))
+    if method == "psk":
+        if "psk" in d and "secret" in d:
+            raise ctx.error(path, "give the PSK once (psk or secret)")
+        if "psk" not in d and "secret" not in d:
+            raise ctx.error(path, "method psk needs a secret")
+        for k in ("cert", "key", "ca"):
+            if k in d:
+                raise ctx.error((*path, k), "only valid with method cert")
+        key = "psk" if "psk" in d else "secret"
+        return Auth("psk", secret=_secret(ctx, (*path, key), d[key]))
+    if method in ("cert", "pubkey"):
+        for k in ("cert", "key"):
+            if k not in d:
+                raise ctx.error(path, f"method cert needs {k} (a PEM file path)")
+        if "psk" in d or "secret" in d:
+            raise ctx.error(path, "method cert takes no PSK")
+        return Auth("cert", cert=_str(ctx, (*path, "cert"), d["cert"]), key=_str(ctx, (*path, "key"), d["key"]),
+                    ca=_str(ctx, (*path, "ca"), d["ca"]) if "ca" in d else None)
+    raise ctx.error((*path, "method"), f"must be psk or cert, got {d['method']!r}")
+
+
+_PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmp6": 58, "ipv6-icmp": 58, "sctp": 132, "gre": 47, "any": 0}
+_TS_RE = re.compile(r"^\s*([^\[\s]+)\s*(?:\[\s*([^/\]]*)\s*(?:/\s*([^\]]*))?\])?\s*$")
+
+
+def parse_ts(text: str) -> TrafficSelector:
+    """``10.0.0.0/24``, ``10.0.0.0/24[tcp]``, ``10.0.0.0/24[tcp/8080]``, ``[6/1000-2000]``, ``[udp/%any]``."""
+    m = _TS_RE.match(text)
+    if not m:
+        raise ValueError(f"not a traffic selector: {text!r} (CIDR[proto/port])")
+    cidr, proto_s, port_s = m.group(1), (m.group(2) or "").strip(), (m.group(3) or "").strip()
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise ValueError(f"not a CIDR network: {cidr!r}") from None
+    proto = 0
+    if proto_s and proto_s != "%any":
+        if proto_s.lower() in _PROTO_NAMES:
+            proto = _PROTO_NAMES[proto_s.lower()]
+        elif proto_s.isdigit() and int(proto_s) < 256:
+            proto = int(proto_s)
+        else:
+            raise ValueError(f"unknown protocol {proto_s!r} (tcp, udp, icmp, icmp6, sctp, gre or 0-255)")
+    lo, hi = 0, 65535
+    if port_s and port_s != "%any":
+        if proto not in (6, 17, 132):
+            raise ValueError(f"ports need protocol tcp, udp or sctp, got {proto_s or 'any'!r}")
+        a, _, b = port_s.partition("-")
+        if not a.isdigit() or (b and not b.isdigit()):
+            raise ValueError(f"port must be N or N-M, got {port_s!r}")
+        lo, hi = int(a), int(b or a)
+        if not 0 <= lo <= hi <= 65535:
+            raise ValueError(f"port range must be within 0-65535 and low <= high, got {port_s!r}")
+    return TrafficSelector(net[0], net[-1], proto, lo, hi)
+
+
+def _ts_list(ctx: _Ctx, path: Path_, v: object) -> tuple[TrafficSelector, ...]:
+    items = [v] if isinstance(v, str | Mapping) else v
+    if not isinstance(items, list) or not items:
+        raise ctx.error(path, "must be a non-empty list of CIDR[proto/port] strings")
+    out: list[TrafficSelector] = []
+    for i, item in enumerate(items):
+        p = (*path, i)
+        if isinstance(item, Mapping):
+            d = _keyed(ctx, p, item, _canon("cidr", "protocol", "ports", subnet="cidr", proto="protocol", port="ports"))
+            if "cidr" not in d:
+                raise ctx.error(p, "needs cidr")
+            text = _str(ctx, p, d["cidr"])
+            if "protocol" in d or "ports" in d:
+                text += f"[{d.get('protocol', 'any')}/{d.get('ports', '%any')}]"
+            item = text
+        try:
+            out.append(parse_ts(_str(ctx, p, item)))
+        except ValueError as exc:
+            raise ctx.error(p, str(exc)) from None
+    return tuple(out)
+
+
+def _proposals(ctx: _Ctx, path: Path_, v: object, protocol: str) -> tuple[Proposal, ...]:
+    if isinstance(v, list):
+        if not v:
+            raise ctx.error(path, "empty proposal list")
+        v = ",".join(_str(ctx, (*path, i), x) for i, x in enumerate(v))
+    try:
+        return tuple(parse_proposals(_str(ctx, path, v), protocol))
+    except ProposalError as exc:
+        raise ctx.error(path, str(exc)) from None
+
+
+def _lifetime(ctx: _Ctx, path: Path_, v: object, default: SaLifetime) -> SaLifetime:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = {"seconds": v}
+    d = _keyed(ctx, path, v, _canon("seconds", "kilobytes", "packets", "rekey_margin", "jitter",
+                                    "rekey_margin_percent", time="seconds", life_time="seconds",
+                                    bytes_kb="kilobytes", margin="rekey_margin", rand_time="jitter"))
+    secs = _int(ctx, (*path, "seconds"), d.get("seconds", default.seconds), 1)
+    scale = secs / default.seconds  # default margin/jitter keep their proportion
+    margin = _int(ctx, (*path, "rekey_margin"), d.get("rekey_margin", int(default.rekey_margin * scale)), 0)
+    jitter = _int(ctx, (*path, "jitter"), d.get("jitter", int(default.jitter * scale)), 0)
+    if margin + jitter >= secs:
+        raise ctx.error(path, f"rekey_margin + jitter ({margin} + {jitter}) must be below seconds ({secs})")
+    return SaLifetime(
+        secs,
+        _int(ctx, (*path, "kilobytes"), d.get("kilobytes", default.kilobytes), 0),
+        _int(ctx, (*path, "packets"), d.get("packets", default.packets), 0),
+        margin, jitter,
+        _int(ctx, (*path, "rekey_margin_percent"), d.get("rekey_margin_percent", default.rekey_margin_percent), 0, 99),
+    )
+
+
+# ---------------------------------------------------------------- Azure ipsec-policy names
+_NO = None  # marks "None" (no algorithm)
+AZURE_IKE_ENCRYPTION = {"DES": "des", "DES3": "3des", "AES128": "aes128", "AES192": "aes192", "AES256": "aes256",
+                        "GCMAES128": "aes128gcm16", "GCMAES256": "aes256gcm16"}
+#: IKE integrity -> (integrity keyword or None for GCM, PRF keyword).  Azure uses the IKE integrity
+#: algorithm as the PRF too; with GCM we pick the SHA-2 PRF matching the key size.
+AZURE_IKE_INTEGRITY = {"MD5": ("md5", "prfmd5"), "SHA1": ("sha1", "prfsha1"), "SHA256": ("sha256", "prfsha256"),
+                       "SHA384": ("sha384", "prfsha384"), "GCMAES128": (None, "prfsha256"),
+                       "GCMAES256": (None, "prfsha384")}
+AZURE_DH_GROUP = {"None": _NO, "DHGroup1": "modp768", "DHGroup2": "modp1024", "DHGroup14": "modp2048",
+                  "DHGroup2048": "modp2048", "DHGroup24": "modp2048s256", "ECP256": "ecp256", "ECP384": "ecp384"}
+AZURE_IPSEC_ENCRYPTION = {"None": "null", "DES": "des", "DES3": "3des", "AES128": "aes128", "AES192": "aes192",
+                          "AES256": "aes256", "GCMAES128": "aes128gcm16", "GCMAES192": "aes192gcm16",
+                          "GCMAES256": "aes256gcm16"}
+AZURE_IPSEC_INTEGRITY = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256", "GCMAES128": _NO, "GCMAES192": _NO,
+                         "GCMAES256": _NO}
+AZURE_PFS_GROUP = {"None": _NO, "PFS1": "modp768", "PFS2": "modp1024", "PFS2048": "modp2048",
+                   "PFS14": "modp2048", "PFS24": "modp2048s256", "ECP256": "ecp256", "ECP384": "ecp384",
+                   "PFSMM": "PFSMM"}
+_AZURE_KEYS = _canon("ike_encryption", "ike_integrity", "dh_group", "ipsec_encryption", "ipsec_integrity",
+                     "pfs_group", "sa_lifetime_seconds", "sa_datasize_kilobytes",
+                     sa_life_time_seconds="sa_lifetime_seconds", sa_lifetime_in_seconds="sa_lifetime_seconds",
+                     sa_data_size_kilobytes="sa_datasize_kilobytes",
+                     sa_data_size_in_kilobytes="sa_datasize_kilobytes")
+_AZURE_TABLES = {"ike_encryption": AZURE_IKE_ENCRYPTION, "ike_integrity": AZURE_IKE_INTEGRITY,
+                 "dh_group": AZURE_DH_GROUP, "ipsec_encryption": AZURE_IPSEC_ENCRYPTION,
+                 "ipsec_integrity": AZURE_IPSEC_INTEGRITY, "pfs_group": AZURE_PFS_GROUP}
+
+
+def _azure_value(ctx: _Ctx, path: Path_, key: str, v: object) -> str:
+    table = _AZURE_TABLES[key]
+    s = _str(ctx, path, v)
+    for name in table:
+        if squash(name) == squash(s):
+            if table[name] in ("des",):
+                raise ctx.error(path, f"{name} (single DES) is not supported by ipsecemu: it is broken and our "
+                                      "crypto does not implement it; use DES3, AES or GCMAES")
+            return name
+    raise ctx.error(path, f"must be one of {', '.join(table)}; got {s!r}")
+
+
+def azure_policy(ctx: _Ctx, path: Path_, v: object) -> tuple[AzurePolicy, list[Proposal], list[Proposal]]:
+    """Azure ``--ipsec-policy`` names -> (policy, IKE proposals, ESP proposals)."""
+    d = _keyed(ctx, path, v, _AZURE_KEYS)
+    for k in _AZURE_TABLES:
+        if k not in d:
+            raise ctx.error(path, f"missing {k} (Azure needs all six: {', '.join(_AZURE_TABLES)})")
+    vals = {k: _azure_value(ctx, (*path, k), k, d[k]) for k in _AZURE_TABLES}
+    policy = AzurePolicy(
+        **vals,
+        sa_lifetime_seconds=_int(ctx, (*path, "sa_lifetime_seconds"), d.get("sa_lifetime_seconds", 3600), 1),
+        sa_datasize_kilobytes=_int(ctx, (*path, "sa_datasize_kilobytes"),
+                                   d.get("sa_datasize_kilobytes", 102400000), 1),
+    )
+    ie, ii = policy.ike_encryption, policy.ike_integrity
+    if ii.startswith("GCMAES") and ie != ii:
+        raise ctx.error((*path, "ike_integrity"), f"{ii} requires ike_encryption {ii}, got {ie}")
+    pe, pi = policy.ipsec_encryption, policy.ipsec_integrity
+    if pi.startswith("GCMAES") and pe != pi:
+        raise ctx.error((*path, "ipsec_integrity"), f"{pi} requires ipsec_encryption {pi}, got {pe}")
+    if pe.startswith("GCMAES") and pi != pe:
+        raise ctx.error((*path, "ipsec_encryption"), f"{pe} requires ipsec_integrity {pe}, got {pi}")
+    dh = AZURE_DH_GROUP[policy.dh_group]
+    if dh is None:
+        raise ctx.error((*path, "dh_group"), "None is not possible with IKEv2 (IKE_SA_INIT always runs a "
+                                             "key exchange); choose DHGroup14, DHGroup24, ECP256 or ECP384")
+    integ, prf = AZURE_IKE_INTEGRITY[ii]
+    ike = "-".join(x for x in (AZURE_IKE_ENCRYPTION[ie], integ if not ie.startswith("GCMAES") else None, prf, dh)
+                   if x)
+    pfs = AZURE_PFS_GROUP[policy.pfs_group]
+    pfs = dh if pfs == "PFSMM" else pfs
+    esp = "-".join(x for x in (AZURE_IPSEC_ENCRYPTION[pe], AZURE_IPSEC_INTEGRITY[pi], pfs) if x)
+    try:
+        return policy, parse_proposals(ike, "ike"), parse_proposals(esp, "esp")
+    except ProposalError as exc:  # pragma: no cover - the tables above only produce valid strings
+        raise ctx.error(path, str(exc)) from None
+
+
+# ---------------------------------------------------------------- connection
+_CONN_KEYS = _canon(
+    "name", "local_address", "remote_address", "local_id", "remote_id", "auth", "psk",
+    "ike_proposals", "esp_proposals", "ipsec_policy", "local_ts", "remote_ts", "mode", "ike_lifetime",
+    "child_lifetime", "dpd", "esn", "nat_t", "replay_window", "start_action",
+    local_addrs="local_address", remote_addrs="remote_address", local="local_address",
+    remote="remote_address", ike="ike_proposals", esp="esp_proposals", proposals="ike_proposals",
+    local_traffic_selectors="local_ts", remote_traffic_selectors="remote_ts", policy="ipsec_policy",
+    azure_policy="ipsec_policy", rekey="child_lifetime", child="child_lifetime", natt="nat_t",
+    replay="replay_window",
+)
+DEFAULT_IKE = "aes256gcm16-prfsha384-ecp384,aes256-sha256-modp2048"
+DEFAULT_ESP = "aes256gcm16,aes256-sha256"
+
+
+def parse_connection(data: Mapping[str, Any], name: str | None = None, *, _ctx: _Ctx | None = None,
+                     _path: Path_ = ()) -> ConnectionConfig:
+    """One connection from a dict (the same keys as in YAML)."""
+    ctx = _ctx or _Ctx()
+    d = _keyed(ctx, _path, data, _CONN_KEYS)
+
+    def p(key: str) -> Path_:
+        return (*_path, key)
+
+    name = _str(ctx, p("name"), d["name"]) if "name" in d else (name or "conn")
+    local = _address(ctx, p("local_address"), d["local_address"]) if "local_address" in d else None
+    if "remote_address" not in d:
+        raise ctx.error(_path, "remote_address is required (an IP address, or %any to accept any peer)")
+    remote = _address(ctx, p("remote_address"), d["remote_address"])
+    if local is not None and remote is not None and local.version != remote.version:
+        raise ctx.error(p("remote_address"), f"IPv{remote.version} peer but IPv{local.version} local address")
+
+    if "auth" in d and "psk" in d:
+        raise ctx.error(p("psk"), "give either psk or auth, not both")
+    if "psk" in d:
+        auth = Auth("psk", secret=_secret(ctx, p("psk"), d["psk"]))
+    elif "auth" in d:
+        auth = _auth(ctx, p("auth"), d["auth"])
+    else:
+        raise ctx.error(_path, "auth is required: psk: <secret>, or auth: {method: cert, cert: ..., key: ...}")
+
+    policy = None
+    if "ipsec_policy" in d:
+        for k in ("ike_proposals", "esp_proposals"):
+            if k in d:
+                raise ctx.error(p(k), "use either ike_proposals/esp_proposals or ipsec_policy, not both")
+        policy, ike_l, esp_l = azure_policy(ctx, p("ipsec_policy"), d["ipsec_policy"])
+        ike, esp = tuple(ike_l), tuple(esp_l)
+    else:
+        ike = _proposals(ctx, p("ike_proposals"), d.get("ike_proposals", DEFAULT_IKE), "ike")
+        esp = _proposals(ctx, p("esp_proposals"), d.get("esp_proposals", DEFAULT_ESP), "esp")
+
+    if "esn" in d:  # overrides the ESN transforms of every ESP proposal
+        want = Transform(TransformType.ESN, 1 if _bool(ctx, p("esn"), d["esn"]) else 0)
+        esp = tuple(Proposal("esp", (*(t for t in q.transforms if t.type != TransformType.ESN), want), q.number)
+                    for q in esp)
+
+    mode = _str(ctx, p("mode"), d.get("mode", "tunnel")).lower()
+    if mode not in ("tunnel", "transport"):
+        raise ctx.error(p("mode"), f"must be tunnel or transport, got {mode!r}")
+    start = _str(ctx, p("start_action"), d.get("start_action", "initiate")).lower()
+    start = {"start": "initiate", "none": "listen", "trap": "initiate"}.get(start, start)
+    if start not in ("initiate", "listen"):
+        raise ctx.error(p("start_action"), f"must be initiate or listen, got {d['start_action']!r}")
+    if start == "initiate" and remote is None:
+        raise ctx.error(p("start_action"), "initiate needs a concrete remote_address (not %any); use listen")
+
+    child_default = ConnectionConfig.child_lifetime
+    if policy is not None:
+        secs = policy.sa_lifetime_seconds
+        child_default = SaLifetime(secs, policy.sa_datasize_kilobytes, rekey_margin=secs // 10, jitter=secs // 20)
+        if "child_lifetime" in d:
+            raise ctx.error(p("child_lifetime"), "ipsec_policy already sets sa_lifetime_seconds and "
+                                                 "sa_datasize_kilobytes; give them there")
+    ike_lt = _lifetime(ctx, p("ike_lifetime"), d.get("ike_lifetime", {}), ConnectionConfig.ike_lifetime)
+    child_lt = _lifetime(ctx, p("child_lifetime"), d.get("child_lifetime", {}), child_default)
+
+    dpd = Dpd()
+    if "dpd" in d:
+        if d["dpd"] is False or d["dpd"] == 0:
+            dpd = Dpd(0, 0)
+        else:
+            dd = _keyed(ctx, p("dpd"), d["dpd"], _canon("interval", "timeout", delay="interval"))
+            dpd = Dpd(_int(ctx, (*p("dpd"), "interval"), dd.get("interval", Dpd.interval), 0),
+                      _int(ctx, (*p("dpd"), "timeout"), dd.get("timeout", Dpd.timeout), 1))
+            if dpd.interval and dpd.timeout < dpd.interval:
+                raise ctx.error(p("dpd"), f"timeout ({dpd.timeout}) must be >= interval ({dpd.interval})")
+    nat = NatT()
+    if "nat_t" in d:
+        nd = _keyed(ctx, p("nat_t"), d["nat_t"], _canon("ike_port", "natt_port", "force_encap", encap="force_encap"))
+        nat = NatT(_int(ctx, (*p("nat_t"), "ike_port"), nd.get("ike_port", 500), 1, 65535),
+                   _int(ctx, (*p("nat_t"), "natt_port"), nd.get("natt_port", 4500), 1, 65535),
+                   _bool(ctx, (*p("nat_t"), "force_encap"), nd.get("force_encap", False)))
+        if nat.ike_port == nat.natt_port:
+            raise ctx.error(p("nat_t"), "ike_port and natt_port must differ")
+
+    local_ts = _ts_list(ctx, p("local_ts"), d.get("local_ts", ["0.0.0.0/0"]))
+    remote_ts = _ts_list(ctx, p("remote_ts"), d.get("remote_ts", ["0.0.0.0/0"]))
+    if mode == "transport" and ("local_ts" not in d or "remote_ts" not in d):
+        # transport mode protects host-to-host traffic: default the selectors to the addresses
+        if "local_ts" not in d and local is not None:
+            local_ts = (TrafficSelector(local, local),)
+        if "remote_ts" not in d and remote is not None:
+            remote_ts = (TrafficSelector(remote, remote),)
+
+    return ConnectionConfig(
+        name=name, local_address=local, remote_address=remote,
+        local_id=_identity(ctx, p("local_id"), d["local_id"]) if "local_id" in d else None,
+        remote_id=_identity(ctx, p("remote_id"), d["remote_id"]) if "remote_id" in d else None,
+        auth=auth, ike_proposals=ike, esp_proposals=esp, local_ts=local_ts, remote_ts=remote_ts, mode=mode,
+        ike_lifetime=ike_lt, child_lifetime=child_lt, dpd=dpd, nat_t=nat,
+        replay_window=_int(ctx, p("replay_window"), d.get("replay_window", 128), 0, MAX_REPLAY_WINDOW),
+        start_action=start, azure_policy=policy,
+    )
+
+
+def parse_config(data: object, *, _ctx: _Ctx | None = None) -> list[ConnectionConfig]:
+    """A whole config (dict): ``connections: {name: {...}}`` or a single connection's keys."""
+    ctx = _ctx or _Ctx()
+    if not isinstance(data, Mapping):
+        raise ctx.error((), f"the config must be a mapping, got {type(data).__name__}")
+    keys = {squash(k): k for k in data}
+    if "connections" in keys:
+        if len(keys) > 1:
+            extra = sorted(str(k) for s, k in keys.items() if s != "connections")
+            raise ctx.error((), f"unknown top-level keys next to connections: {', '.join(extra)}")
+        conns = data[keys["connections"]]
+        if not isinstance(conns, Mapping) or not conns:
+            raise ctx.error(("connections",), "must be a non-empty mapping of name -> connection")
+        out = [parse_connection(c, str(n), _ctx=ctx, _path=("connections", str(n))) for n, c in conns.items()]
+        return out
+    return [parse_connection(data, _ctx=ctx)]
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            p = (*path, squash(k.value))
+            out[p] = k.start_mark.line + 1
+            _lines(v, p, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            p = (*path, i)
+            out[p] = v.start_mark.line + 1
+            _lines(v, p, out)
+
+
+def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
+    """Parse YAML text; errors carry ``source:line``."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConnectionConfigError(f"{source}{line}: YAML syntax error: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConnectionConfigError(f"{source}: YAML error: {exc}") from None
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    return parse_config(data, _ctx=_Ctx(source, lines))
+
+
+def load(path: str | os.PathLike[str]) -> list[ConnectionConfig]:
+    """Load a YAML config file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConnectionConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return loads(text, str(path))
