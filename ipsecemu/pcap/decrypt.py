@@ -52,6 +52,7 @@ ETH_IPV4, ETH_IPV6, ETH_MACSEC = 0x0800, 0x86DD, 0x88E5
 _VLAN_TPIDS = {0x8100, 0x88A8, 0x9100}
 MAX_DEPTH = 8  # nested ESP / MACsec layers walked per frame (bounded work for any input)
 TFC_NEXT_HEADER = 59
+XPN_REORDER_WINDOW = 1 << 30
 
 _FAILED = {
     Verdict.BAD_ICV: "authentication failed (ICV mismatch)",
@@ -185,7 +186,10 @@ class CaptureDecryptor:
         self._esp: dict[tuple[int, int], _EspSa] = {}
         self._macsec = None
         if macsec_sas:
-            self._macsec = self._be.MacsecRx(SecYConfig(replay_protect=False, replay_window=0, validate="strict"))
+            # No replay check; the window still matters: XPN recovers the PN's high half from the
+            # lowest acceptable PN (next_pn - window), so a wide one lets reordered frames decrypt.
+            self._macsec = self._be.MacsecRx(
+                SecYConfig(replay_protect=False, replay_window=XPN_REORDER_WINDOW, validate="strict"))
             for sa in macsec_sas:
                 self._macsec.add_sa(sa)
         self._layers = 0
