@@ -21,6 +21,7 @@ from ipsecemu.esp.framing import (
     build_ipv6,
     build_udp,
     classify_udp_payload,
+    fix_l4_checksum,
     frame_tunnel,
     inner_next_header,
     ip_checksum,
@@ -166,3 +167,30 @@ def test_transport_refuses_fragments_and_bad_headers() -> None:
         build_ipv6("10.0.0.1", "10.0.0.2", 6, b"")
     with pytest.raises(FramingError, match="too big"):
         build_ipv4("10.0.0.1", "10.0.0.2", 6, b"\x00" * 70000)
+
+
+@pytest.mark.parametrize("ip_cls,src,dst,nat", [(IP, "10.0.0.1", "10.0.0.2", "192.0.2.99"),
+                                                (IPv6, "fd00::1", "fd00::2", "2001:db8::99")])
+@pytest.mark.parametrize("l4", [TCP(sport=1, dport=2, flags="S"), UDP(sport=3, dport=4)])
+def test_fix_l4_checksum_after_nat(ip_cls: type, src: str, dst: str, nat: str, l4: object) -> None:
+    """Transport mode through NAT: the restored packet carries the NATed source address but
+    the sender's TCP/UDP checksum; compare the fix with scapy's own checksum."""
+    sent = ip_cls(bytes(ip_cls(src=src, dst=dst) / l4 / Raw(b"nat-t transport")))
+    header, proto, data = split_transport(bytes(sent))
+    restored = ip_cls(restore_transport(header, proto, data))
+    restored.src = nat  # what the receiver sees after NAT
+    if ip_cls is IP:
+        del restored.chksum
+    stale = bytes(restored)
+    want = ip_cls(stale)
+    del (want[TCP] if TCP in want else want[UDP]).chksum
+    fixed = fix_l4_checksum(stale)
+    assert fixed == bytes(ip_cls(bytes(want))) != stale
+
+
+def test_fix_l4_checksum_leaves_others_alone() -> None:
+    icmp = bytes(IP(src="1.1.1.1", dst="2.2.2.2") / ICMP())
+    assert fix_l4_checksum(icmp) == icmp
+    no_sum = bytearray(bytes(IP(src="1.1.1.1", dst="2.2.2.2") / UDP(sport=1, dport=2) / Raw(b"x")))
+    no_sum[26:28] = b"\0\0"  # IPv4 UDP without checksum stays without
+    assert fix_l4_checksum(bytes(no_sum)) == bytes(no_sum)

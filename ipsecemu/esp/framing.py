@@ -25,7 +25,7 @@ __all__ = [
     "ESP_PROTO", "UDP_PROTO", "IPIP_PROTO", "IPV6_PROTO", "NAT_T_PORT", "FramingError", "IpInfo",
     "Outer", "ip_checksum", "build_ipv4", "build_ipv6", "build_ip", "parse_ip", "build_udp",
     "classify_udp_payload", "inner_next_header", "frame_tunnel", "parse_outer", "split_transport",
-    "join_transport", "restore_transport",
+    "join_transport", "restore_transport", "fix_l4_checksum",
 ]
 
 ESP_PROTO = 50
@@ -276,6 +276,31 @@ def restore_transport(header: bytes, next_header: int, payload: bytes) -> bytes:
     header and the decrypted upper-layer data (RFC 3948 NAT checksum fix-ups not applied)."""
     info = _header_info(header)
     return _rewrite(header, info, next_header, len(payload)) + payload
+
+
+def fix_l4_checksum(ip_packet: bytes) -> bytes:
+    """Recompute the TCP/UDP checksum of a restored transport-mode packet (RFC 3948 3.1.2:
+    after NAT the addresses in the outer header differ from the ones the sender summed).
+    A zero IPv4 UDP checksum ("none") is left alone; other protocols pass through."""
+    info = parse_ip(ip_packet)
+    off = info.header_len
+    if info.fragment or info.proto not in (6, UDP_PROTO):
+        return ip_packet
+    l4 = bytearray(ip_packet[off: info.total_len])
+    csum_at = 16 if info.proto == 6 else 6
+    if len(l4) < csum_at + 2 or (info.proto == UDP_PROTO and info.version == 4 and l4[6:8] == b"\0\0"):
+        return ip_packet
+    l4[csum_at: csum_at + 2] = b"\0\0"
+    s, d = ipaddress.ip_address(info.src), ipaddress.ip_address(info.dst)
+    if info.version == 4:
+        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, info.proto, len(l4))
+    else:
+        pseudo = s.packed + d.packed + struct.pack("!I3xB", len(l4), info.proto)
+    csum = ip_checksum(pseudo + bytes(l4))
+    if info.proto == UDP_PROTO and csum == 0:
+        csum = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+    l4[csum_at: csum_at + 2] = struct.pack("!H", csum)
+    return ip_packet[:off] + bytes(l4) + ip_packet[info.total_len:]
 
 
 def _header_info(header: bytes) -> IpInfo:
