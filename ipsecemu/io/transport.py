@@ -92,7 +92,8 @@ class _Proto(asyncio.DatagramProtocol):
 
 
 class IkeTransport:
-    """UDP sockets on ``hosts`` x (``ike_port``, ``nat_port``) driving ``driver``.
+    """UDP sockets on ``hosts`` x (``ike_port``, ``nat_port``) driving ``driver`` (None: an
+    ESP-only transport for static keys; IKE datagrams are counted in ``ike_dropped``).
 
     ``on_esp(esp, remote, local)`` receives ESP packets that arrived on the NAT-T port (with the
     UDP header removed, ``SPI | seq | ...``); ``on_event(ev)`` receives the core's events (they
@@ -100,7 +101,7 @@ class IkeTransport:
     ``esp_out``, ``keepalive_in``, ``short``, ``send_error``, ``socket_error``, ``driver_error``.
     """
 
-    def __init__(self, driver: IkeDriver, hosts: Sequence[str], *, netns: str | None = None,
+    def __init__(self, driver: IkeDriver | None, hosts: Sequence[str], *, netns: str | None = None,
                  ike_port: int = IKE_PORT, nat_port: int = NAT_T_PORT, on_esp: EspHandler | None = None,
                  on_event: EventHandler | None = None) -> None:
         if not hosts:
@@ -178,6 +179,9 @@ class IkeTransport:
                 return
             data = data[4:]
         self.counters["ike_in"] += 1
+        if self.driver is None:  # an ESP-only transport (static keys)
+            self.counters["ike_dropped"] += 1
+            return
         try:
             self.driver.receive_datagram(data, remote, self.now(), local)
         except Exception:  # the core promises not to raise; if it does, keep serving others
@@ -189,6 +193,7 @@ class IkeTransport:
         self._timer = None
         self._timer_at = None
         try:
+            assert self.driver is not None  # no timer is ever armed without a driver
             self.driver.handle_timer(self.now())
         except Exception:
             self.counters["driver_error"] += 1
@@ -198,7 +203,7 @@ class IkeTransport:
     # -- output ------------------------------------------------------------------------
     def pump(self) -> None:
         """Send what the core wants sent, deliver its events, re-arm its timer."""
-        if self._closed:
+        if self._closed or self.driver is None:
             return
         now = self.now()
         for data, remote, local in self.driver.datagrams_to_send(now):

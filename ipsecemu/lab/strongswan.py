@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipsecemu.dataplane.api import EspSaConfig
 from ipsecemu.lab.netns import Netns, ns_exec, wait_for
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,13 @@ charon {{
             self._stderr.close()
             self._stderr = None
 
+    def kill(self) -> None:
+        """SIGKILL by pid: the peer sees no DELETE and keeps its SAs (tests take them over)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.stop()
+
     def cleanup(self) -> None:
         """Stop and remove the instance directory if we created it."""
         self.stop()
@@ -416,6 +424,38 @@ charon {{
             if sa:
                 row.update(spi_i=sa["initiator-spi"], spi_r=sa["responder-spi"])
         return kl
+
+
+    def esp_sa_configs(self) -> list[tuple[EspSaConfig, EspSaConfig, dict[str, Any]]]:
+        """``(inbound, outbound, child)`` data-plane configs of every installed CHILD_SA, built
+        from the key log (needs ``key_log=True``) and the algorithms list-sas reports."""
+        by_spi = {r["spi"]: r for r in self.keys().esp}
+        out = []
+        for child in self.child_sas():
+            if child.get("state") != "INSTALLED":
+                continue
+            encr = CHARON_ENCR.get(child.get("encr-alg", ""))
+            integ = CHARON_INTEG.get(child.get("integ-alg", ""))
+            if encr is None or child.get("integ-alg") and integ is None:
+                raise CharonError(f"no data-plane name for {child.get('encr-alg')}/{child.get('integ-alg')}")
+            pair = []
+            for spi in (child["spi-in"], child["spi-out"]):
+                row = by_spi.get(spi)
+                if row is None:
+                    raise CharonError(f"SPI {spi} not in the key log (start Charon with key_log=True)")
+                pair.append(EspSaConfig(spi=int(spi, 16), encr=encr, enc_key=bytes.fromhex(row["enc"]),
+                                        integ=integ, integ_key=bytes.fromhex(row["integ"]) if integ else b""))
+            out.append((pair[0], pair[1], child))
+        return out
+
+
+#: list-sas algorithm names -> ipsecemu.dataplane.api names
+CHARON_ENCR = {"AES_GCM_16": "aes-gcm-16", "AES_GCM_12": "aes-gcm-12", "AES_GCM_8": "aes-gcm-8",
+               "AES_CBC": "aes-cbc", "3DES_CBC": "3des-cbc", "CHACHA20_POLY1305": "chacha20-poly1305",
+               "NULL": "null"}
+CHARON_INTEG = {"HMAC_SHA1_96": "hmac-sha1-96", "HMAC_SHA2_256_128": "hmac-sha256-128",
+                "HMAC_SHA2_384_192": "hmac-sha384-192", "HMAC_SHA2_512_256": "hmac-sha512-256",
+                "HMAC_MD5_96": "hmac-md5-96"}
 
 
 # --------------------------------------------------------------------------- key log
