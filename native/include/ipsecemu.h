@@ -98,6 +98,7 @@ enum ie_validate_mode {
 
 /* ie_pkt.flags (out) */
 #define IE_PKT_DELIVER 1     /* [off, off+len) holds a payload/frame to hand on */
+#define IE_PKT_HAS_SCI 2     /* MACsec validate: sci/an are set */
 
 typedef struct ie_pkt {
     uint8_t *buf;            /* caller-owned buffer */
@@ -152,7 +153,7 @@ typedef struct ie_secy_cfg {
     int replay_protect;
     uint32_t replay_window;
     int validate;            /* enum ie_validate_mode */
-    uint64_t pn_exhaustion_threshold;
+    uint64_t pn_exhaustion_threshold; /* TX soft event when next PN reaches it (XPN: << 32) */
 } ie_secy_cfg;
 
 typedef struct ie_macsec_sa_cfg {
@@ -178,7 +179,10 @@ int ie_esp_out_new(const ie_esp_cfg *cfg, ie_esp_out **out);
 void ie_esp_out_free(ie_esp_out *sa);
 /* Encapsulate pkts[i] (payload, next_header) into SPI..ICV in place; verdicts[i] per packet. */
 void ie_esp_encap(ie_esp_out *sa, ie_pkt *pkts, size_t n, uint8_t *verdicts);
+/* Next sequence number; after the last one (2^32-1 / 2^64-1) was used it stays there and
+ * ie_esp_out_exhausted() returns 1. */
 uint64_t ie_esp_out_next_seq(const ie_esp_out *sa);
+int ie_esp_out_exhausted(const ie_esp_out *sa);
 void ie_esp_out_counters(const ie_esp_out *sa, ie_counters *out);
 /* Pop up to max pending expire event codes (firing order); returns how many. */
 size_t ie_esp_out_events(ie_esp_out *sa, uint8_t *codes, size_t max);
@@ -200,7 +204,8 @@ size_t ie_esp_table_events(ie_esp_table *t, uint32_t spi, uint8_t *codes, size_t
 int ie_macsec_tx_new(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *sa, ie_macsec_tx **out);
 void ie_macsec_tx_free(ie_macsec_tx *tx);
 void ie_macsec_protect(ie_macsec_tx *tx, ie_pkt *pkts, size_t n, uint8_t *verdicts);
-uint64_t ie_macsec_tx_next_pn(const ie_macsec_tx *tx);
+uint64_t ie_macsec_tx_next_pn(const ie_macsec_tx *tx);  /* as ie_esp_out_next_seq */
+int ie_macsec_tx_exhausted(const ie_macsec_tx *tx);
 void ie_macsec_tx_counters(const ie_macsec_tx *tx, ie_counters *out);
 size_t ie_macsec_tx_events(ie_macsec_tx *tx, uint8_t *codes, size_t max);
 

@@ -33,10 +33,10 @@ void ie_lifetime_account(const ie_lifetime *lt, ie_counters *c, ie_events *ev, u
     c->bytes += bytes;
     if (lt->soft_packets && c->packets >= lt->soft_packets)
         ie_event_fire(ev, IE_EV_SOFT | IE_EV_PACKETS);
-    if (lt->soft_bytes && c->bytes >= lt->soft_bytes)
-        ie_event_fire(ev, IE_EV_SOFT | IE_EV_BYTES);
     if (lt->hard_packets && c->packets >= lt->hard_packets)
         ie_event_fire(ev, IE_EV_HARD | IE_EV_PACKETS);
+    if (lt->soft_bytes && c->bytes >= lt->soft_bytes)
+        ie_event_fire(ev, IE_EV_SOFT | IE_EV_BYTES);
     if (lt->hard_bytes && c->bytes >= lt->hard_bytes)
         ie_event_fire(ev, IE_EV_HARD | IE_EV_BYTES);
 }

@@ -267,6 +267,11 @@ uint64_t ie_esp_out_next_seq(const ie_esp_out *o)
     return o->sa.next_seq;
 }
 
+int ie_esp_out_exhausted(const ie_esp_out *o)
+{
+    return o->sa.seq_done;
+}
+
 void ie_esp_out_counters(const ie_esp_out *o, ie_counters *out)
 {
     *out = o->sa.c;

@@ -29,7 +29,8 @@ struct ie_macsec_tx {
     msa sa;
     ie_secy_cfg secy;
     uint8_t tci;
-    uint64_t soft_at;
+    uint64_t soft_at_m1;  /* fire the soft event once pn >= soft_at - 1 */
+    int soft_mode;        /* 0: use soft_at_m1, 1: always, 2: never */
     int pn_done;
     ie_events ev;
 };
@@ -115,11 +116,13 @@ int ie_macsec_tx_new(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *cfg, ie_ma
     tx->secy = *secy;
     tx->tci = (uint8_t)((secy->include_sci ? TCI_SC : (secy->end_station ? TCI_ES : 0)) |
                         (secy->confidentiality ? TCI_E | TCI_C : 0) | tx->sa.an);
-    if (!tx->sa.xpn)
-        tx->soft_at = secy->pn_exhaustion_threshold;
+    /* soft when next_pn = pn + 1 >= threshold (XPN: threshold << 32), without 64-bit overflow */
+    if (secy->pn_exhaustion_threshold == 0)
+        tx->soft_mode = 1;
+    else if (tx->sa.xpn && secy->pn_exhaustion_threshold > (1ULL << 32))
+        tx->soft_mode = 2;
     else
-        tx->soft_at = secy->pn_exhaustion_threshold >= (1ULL << 32) ? UINT64_MAX
-                                                                    : secy->pn_exhaustion_threshold << 32;
+        tx->soft_at_m1 = (tx->sa.xpn ? secy->pn_exhaustion_threshold << 32 : secy->pn_exhaustion_threshold) - 1;
     *out = tx;
     return IE_S_OK;
 }
@@ -135,6 +138,11 @@ void ie_macsec_tx_free(ie_macsec_tx *tx)
 uint64_t ie_macsec_tx_next_pn(const ie_macsec_tx *tx)
 {
     return tx->sa.next_pn;
+}
+
+int ie_macsec_tx_exhausted(const ie_macsec_tx *tx)
+{
+    return tx->pn_done;
 }
 
 void ie_macsec_tx_counters(const ie_macsec_tx *tx, ie_counters *out)
@@ -190,13 +198,11 @@ static uint8_t protect_one(ie_macsec_tx *tx, ie_pkt *p)
     p->an = sa->an;
     sa->c.packets++;
     sa->c.bytes += sdlen;
-    if (tx->soft_at == 0 || pn >= tx->soft_at - 1)  /* next_pn (= pn + 1) reached the threshold */
+    if (tx->soft_mode == 1 || (tx->soft_mode == 0 && pn >= tx->soft_at_m1))
         ie_event_fire(&tx->ev, IE_EV_SOFT | IE_EV_PN);
     if (pn == max_pn) {
         ie_event_fire(&tx->ev, IE_EV_HARD | IE_EV_PN);
-        tx->pn_done = 1;
-        if (!sa->xpn)
-            sa->next_pn = pn + 1;
+        tx->pn_done = 1;  /* next_pn stays at the last PN; the wrapper reports last + 1 */
     } else {
         sa->next_pn = pn + 1;
     }
@@ -337,6 +343,11 @@ static uint8_t validate_one(ie_macsec_rx *rx, ie_pkt *p)
     }
     sl = f[15];
     sdlen = L - 12 - taglen - ICV_LEN;
+    p->an = tci & 3;
+    if (tci & TCI_SC) {
+        p->sci = ie_get64(f + 20);
+        p->flags = IE_PKT_HAS_SCI;
+    }
     if ((tci & TCI_V) || ((tci & TCI_ES) && (tci & TCI_SC)) || ((tci & TCI_SCB) && (tci & TCI_SC)) ||
         ((tci & TCI_E) && !(tci & TCI_C)) || sl >= 48 || (sl != 0 && sl != sdlen) ||
         (sl == 0 && sdlen < 48)) {
@@ -348,17 +359,18 @@ static uint8_t validate_one(ie_macsec_rx *rx, ie_pkt *p)
     else  /* implicit SCI: source MAC | port 1 */
         sci = (((uint64_t)ie_get32(f + 6) << 16 | (uint64_t)f[10] << 8 | f[11]) << 16) | 1;
     p->sci = sci;
-    p->an = tci & 3;
+    p->flags = IE_PKT_HAS_SCI;
+    pn32 = ie_get32(f + 16);
     sa = ie_map_get(&rx->map, sci, p->an);
     if (!sa) {
         rx->c.unknown_sa++;
+        p->seq = pn32;
         return IE_UNKNOWN_SA;
     }
-    pn32 = ie_get32(f + 16);
     lowest = sa->next_pn > rx->secy.replay_window ? sa->next_pn - rx->secy.replay_window : 1;
     if (!sa->xpn) {
         if (pn32 == 0) {
-            rx->c.bad_header++;
+            sa->c.bad_header++;
             return IE_BAD_HEADER;
         }
         pn = pn32;
@@ -366,14 +378,14 @@ static uint8_t validate_one(ie_macsec_rx *rx, ie_pkt *p)
         uint64_t hi = lowest >> 32;
         if (pn32 < (uint32_t)lowest) {
             if (hi == 0xFFFFFFFFULL) {  /* would need PN >= 2^64 */
-                rx->c.bad_header++;
+                sa->c.bad_header++;
                 return IE_BAD_HEADER;
             }
             hi++;
         }
         pn = hi << 32 | pn32;
         if (pn == 0) {
-            rx->c.bad_header++;
+            sa->c.bad_header++;
             return IE_BAD_HEADER;
         }
     }
@@ -400,7 +412,7 @@ static uint8_t validate_one(ie_macsec_rx *rx, ie_pkt *p)
     memmove(f + taglen, f, 12);
     p->off += taglen;
     p->len = 12 + sdlen;
-    p->flags = IE_PKT_DELIVER;
+    p->flags |= IE_PKT_DELIVER;
     if (!ok) {  /* "check" mode, integrity only: delivered but flagged */
         sa->c.bad_icv++;
         return IE_BAD_ICV;
