@@ -138,15 +138,15 @@ class EspSaConfig:
 
     spi: int
     encr: str
-    enc_key: bytes
+    enc_key: bytes = field(repr=False)  # keys never appear in repr()/logs
     integ: str | None = None  # None for AEAD algorithms
-    integ_key: bytes = b""
+    integ_key: bytes = field(default=b"", repr=False)
     mode: str = "tunnel"  # "tunnel" | "transport" (framing only; the transform is the same)
     esn: bool = False
     replay_window: int = 128  # inbound only; 0 disables replay protection
     lifetime: Lifetime = field(default_factory=Lifetime)
-    # Outbound: the SA refuses to send at this many packets before the sequence space ends
-    # and raises a soft expire event this many packets before that (so IKE rekeys first).
+    # Outbound: a soft "seq" expire event fires once no more than this many sequence numbers
+    # remain (so IKE rekeys first); the SA refuses to send past the last one (EXHAUSTED).
     seq_soft_margin: int = 1 << 16
 
     def __post_init__(self) -> None:
@@ -196,7 +196,7 @@ class MacsecSaConfig:
     """One MACsec SA: a SAK used by one SC (``sci``) under association number ``an``."""
 
     cipher: str
-    sak: bytes
+    sak: bytes = field(repr=False)
     sci: bytes  # 8 bytes: transmitter MAC || port
     an: int
     ssci: int | None = None  # XPN only (32 bit)
