@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CHARON", "Charon", "CharonError", "CharonPair", "Child", "Conn", "KeyLog", "charon_available",
-    "charon_pair", "parse_keys", "wireshark_esp_sa", "wireshark_ikev2",
+    "charon_pair", "pair_conn", "pair_topology", "PairTopology", "parse_keys", "wireshark_esp_sa", "wireshark_ikev2",
 ]
 
 CHARON = os.environ.get("IPSECEMU_CHARON", "/usr/lib/ipsec/charon")
@@ -611,15 +611,25 @@ def setup_gateway(lab: Netns, gw: str, host: str, prefix: str, side: str, gw_ins
     lab.sysctl(gw, "net.ipv4.ip_forward", "1")
 
 
+@dataclass(frozen=True)
+class PairTopology:
+    """Two gateways joined by one veth, an inside host behind each (see :func:`pair_topology`)."""
+
+    lab: Netns
+    gateways: tuple[str, str]
+    hosts: tuple[str, str]
+    outer: tuple[str, str]  # gateway addresses on the shared link
+    inside: tuple[str, str]  # inside host addresses
+    subnets: tuple[str, str]  # inside subnets (the traffic selectors)
+    links: tuple[str, str]  # the gateways' outer link names (for captures)
+
+
 @contextmanager
-def charon_pair(prefix: str, *, ike_proposal: str = "aes128gcm16-prfsha256-ecp256",
-                esp_proposal: str = "aes128gcm16", key_log: bool = False, psk: str = "ipsecemu-test-psk",
-                establish: bool = True) -> Iterator[CharonPair]:
-    """Bring up two charons (netns ``<prefix>L``/``<prefix>R``, hosts ``<prefix>HL``/``<prefix>HR``),
-    load a PSK connection on both, initiate from the left and wait until both show it
-    ESTABLISHED/INSTALLED.  Everything is stopped and deleted on exit."""
+def pair_topology(prefix: str) -> Iterator[PairTopology]:
+    """netns ``<prefix>L``/``<prefix>R`` (gateways, 192.0.2.1/.2 on one veth) and
+    ``<prefix>HL``/``<prefix>HR`` (inside hosts 10.1.0.2 / 10.2.0.2, gateways .1, forwarding on).
+    IPv6 is off everywhere (charon would send MOBIKE updates on address events)."""
     lab = Netns()
-    charons: list[Charon] = []
     try:
         gl, gr = lab.add(prefix + "L"), lab.add(prefix + "R")
         hl, hr = lab.add(prefix + "HL"), lab.add(prefix + "HR")
@@ -627,31 +637,52 @@ def charon_pair(prefix: str, *, ike_proposal: str = "aes128gcm16-prfsha256-ecp25
         lab.veth(gl, prefix + "o0", gr, prefix + "o1", (outer[0] + "/24",), (outer[1] + "/24",))
         setup_gateway(lab, gl, hl, prefix, "l", "10.1.0.1/24", "10.1.0.2/24")
         setup_gateway(lab, gr, hr, prefix, "r", "10.2.0.1/24", "10.2.0.2/24")
-        conns = []
-        for me, peer, mine, theirs, lid, rid in ((outer[0], outer[1], "10.1.0.0/24", "10.2.0.0/24", "left", "right"),
-                                                 (outer[1], outer[0], "10.2.0.0/24", "10.1.0.0/24", "right", "left")):
-            conns.append(Conn(name="pair", local_addrs=(me,), remote_addrs=(peer,), local_id=lid, remote_id=rid,
-                              psk=psk, proposals=(ike_proposal,),
-                              children=(Child(name="net", local_ts=(mine,), remote_ts=(theirs,),
-                                              esp_proposals=(esp_proposal,)),)))
-        left, right = Charon(gl, key_log=key_log), Charon(gr, key_log=key_log)
-        charons += [left, right]
-        left.start()
-        right.start()
-        left.load(conns[0])
-        right.load(conns[1])
-        pair = CharonPair(lab, left, right, (gl, gr), (hl, hr), outer, ("10.1.0.2", "10.2.0.2"),
-                          (conns[0], conns[1]))
-        if establish:
-            left.initiate(child="net", ike="pair")
-            left.wait_established()
-            right.wait_established()
-            # libipsec's route via ipsec0 appears right after the SA is installed
-            wait_for(lambda: "ipsec0" in ns_exec(gl, "ip", "route", "show", "table", "all").stdout, 3)
-        yield pair
+        yield PairTopology(lab, (gl, gr), (hl, hr), outer, ("10.1.0.2", "10.2.0.2"),
+                           ("10.1.0.0/24", "10.2.0.0/24"), (prefix + "o0", prefix + "o1"))
     finally:
-        for c in charons:
-            c.cleanup()
         lab.close()
 
 
+def pair_conn(topo: PairTopology, side: int, *, ike_proposal: str, esp_proposal: str, psk: str,
+              **conn_kw: Any) -> Conn:
+    """The charon connection for gateway ``side`` (0 left, 1 right) of a :class:`PairTopology`:
+    IDs "left"/"right", inside subnet to inside subnet, connection "pair", child "net"."""
+    me, peer = topo.outer[side], topo.outer[1 - side]
+    ids = ("left", "right")
+    child = Child(name="net", local_ts=(topo.subnets[side],), remote_ts=(topo.subnets[1 - side],),
+                  esp_proposals=(esp_proposal,))
+    return Conn(name="pair", local_addrs=(me,), remote_addrs=(peer,), local_id=ids[side],
+                remote_id=ids[1 - side], psk=psk, proposals=(ike_proposal,), children=(child,), **conn_kw)
+
+
+@contextmanager
+def charon_pair(prefix: str, *, ike_proposal: str = "aes128gcm16-prfsha256-ecp256",
+                esp_proposal: str = "aes128gcm16", key_log: bool = False, psk: str = "ipsecemu-test-psk",
+                establish: bool = True) -> Iterator[CharonPair]:
+    """Bring up two charons on a :func:`pair_topology`, load a PSK connection on both, initiate
+    from the left and wait until both show it ESTABLISHED/INSTALLED.  Everything is stopped and
+    deleted on exit."""
+    charons: list[Charon] = []
+    with pair_topology(prefix) as topo:
+        try:
+            gl, gr = topo.gateways
+            conns = [pair_conn(topo, i, ike_proposal=ike_proposal, esp_proposal=esp_proposal, psk=psk)
+                     for i in (0, 1)]
+            left, right = Charon(gl, key_log=key_log), Charon(gr, key_log=key_log)
+            charons += [left, right]
+            left.start()
+            right.start()
+            left.load(conns[0])
+            right.load(conns[1])
+            pair = CharonPair(topo.lab, left, right, topo.gateways, topo.hosts, topo.outer, topo.inside,
+                              (conns[0], conns[1]))
+            if establish:
+                left.initiate(child="net", ike="pair")
+                left.wait_established()
+                right.wait_established()
+                # libipsec's route via ipsec0 appears right after the SA is installed
+                wait_for(lambda: "ipsec0" in ns_exec(gl, "ip", "route", "show", "table", "all").stdout, 3)
+            yield pair
+        finally:
+            for c in charons:
+                c.cleanup()
