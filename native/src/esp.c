@@ -110,7 +110,7 @@ static void rp_commit(replay *r, uint64_t seq)
     }
 }
 
-/* ---- SA setup ---- */
+/* ---- SA setup (any SPI: reserved values are the config layer's business) ---- */
 
 static void sa_destroy(esp_sa *sa)
 {
@@ -130,7 +130,7 @@ static int sa_init(esp_sa *sa, const ie_esp_cfg *cfg, int enc)
     };
 
     memset(sa, 0, sizeof *sa);
-    if (!cfg || cfg->spi < 256 || cfg->replay_window > IE_MAX_REPLAY_WINDOW || !cfg->enc_key)
+    if (!cfg || cfg->replay_window > IE_MAX_REPLAY_WINDOW || !cfg->enc_key)
         return IE_S_EINVAL;
     sa->spi = cfg->spi;
     sa->esn = cfg->esn != 0;

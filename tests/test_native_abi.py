@@ -1,0 +1,50 @@
+"""ABI smoke tests: the C header and the Python contract agree on every number."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ipsecemu.dataplane import api, backend
+
+native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
+ffi, lib = native.ffi, native.lib
+
+
+def test_abi_version_matches_wrapper() -> None:
+    assert lib.IE_ABI_VERSION == native.ABI_VERSION == lib.ie_abi_version() == 1
+
+
+@pytest.mark.parametrize("verdict", list(api.Verdict), ids=lambda v: v.name)
+def test_verdict_numbers_match_api(verdict: api.Verdict) -> None:
+    assert getattr(lib, f"IE_{verdict.name}") == verdict.value
+
+
+def test_no_extra_c_verdicts() -> None:
+    c_names = {n for n in dir(lib) if n.startswith("IE_") and n[3:] in api.Verdict.__members__}
+    assert len(c_names) == len(api.Verdict)
+
+
+def test_counter_struct_mirrors_sacounters() -> None:
+    c_fields = [name for name, _ in ffi.typeof("ie_counters").fields]
+    assert c_fields == [f.name for f in dataclasses.fields(api.SaCounters)]
+
+
+def test_sizes() -> None:
+    assert lib.IE_MAX_REPLAY_WINDOW == api.MAX_REPLAY_WINDOW
+    # headroom/tailroom cover every algorithm the C path takes
+    for encr in ("aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "aes-cbc"):
+        _keys, _salt, iv, block, icv = api.ESP_ENCR[encr]
+        assert 8 + iv <= lib.IE_ESP_HEADROOM
+        worst_icv = icv or max(i for _k, i, _h in api.ESP_INTEG.values())
+        assert (block - 1) + 2 + worst_icv <= lib.IE_ESP_TAILROOM
+    assert lib.IE_MACSEC_HEADROOM == 16 and lib.IE_MACSEC_TAILROOM == 16
+    assert ffi.sizeof("ie_counters") == 8 * len(dataclasses.fields(api.SaCounters))
+
+
+def test_backend_selection() -> None:
+    assert backend("native") is native
+    assert backend("auto") is native
+    for cls in ("EspOutbound", "EspInbound", "EspInboundTable", "MacsecTx", "MacsecRx"):
+        assert hasattr(native, cls)
