@@ -55,7 +55,14 @@ def lab() -> None:
 # ---------------------------------------------------------------- up
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    # pyroute2 forks helpers for netns sockets and stops them with SIGTERM: a child must just
+    # die, never run the parent's rollback
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
     raise KeyboardInterrupt
 
 
@@ -72,6 +79,8 @@ def up(file: str, name: str | None, smoke: bool) -> None:
     except TopologyError as exc:
         _fail(str(exc))
     _need_root("lab up")
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM rolls back like Ctrl-C
 
     def say(msg: str) -> None:

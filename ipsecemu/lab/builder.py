@@ -78,6 +78,7 @@ class Builder:
         self.say = say
         self.base = base
         self.state: LabState | None = None
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------ entry point
     def up(self) -> LabState:
@@ -94,6 +95,8 @@ class Builder:
             self._routes_and_rules()
             self._user_sysctls()
         except BaseException as exc:  # includes KeyboardInterrupt from SIGINT/SIGTERM
+            if os.getpid() != self._pid:  # a forked helper (pyroute2) must never roll back
+                raise
             why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             self.say(f"{why}: rolling back")
             with _signals_ignored():

@@ -49,8 +49,9 @@ class Capture:
         self._check_iface()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # `ip netns exec` execs tcpdump in place, so the PID is tcpdump's; -Z root keeps it able to
-        # write anywhere root can; -U flushes per packet so the file is complete when stopped.
-        cmd = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "-n", "-U", "-Z", "root",
+        # write anywhere root can; -U and --immediate-mode hand over and flush each packet at once, so
+        # nothing still sits in the ring buffer when we stop it.
+        cmd = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-Z", "root",
                "-w", str(self.path)]
         # own session: a terminal Ctrl-C reaches us, and we stop tcpdump cleanly by PID
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
