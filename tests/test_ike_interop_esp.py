@@ -12,6 +12,7 @@ import pytest
 from ipsecemu.dataplane import BackendUnavailable, backend
 from ipsecemu.io.transport import IkeTransport
 from ipsecemu.io.tunnel import TunForwarder
+from ipsecemu.lab.netns import aping
 from ipsecemu.lab.strongswan import charon_available, charon_pair
 
 NO_CHARON = charon_available()
@@ -24,15 +25,6 @@ def _backend_or_skip(name: str) -> str:
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
     return name
-
-
-async def _ping(ns: str, dst: str, count: int, size: int) -> int:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", "-s", str(size),
-        dst, stdout=asyncio.subprocess.PIPE)
-    out, _ = await asyncio.wait_for(proc.communicate(), 20)
-    text = out.decode()
-    return int(text.split(" received")[0].rsplit(" ", 1)[-1]) if " received" in text else 0
 
 
 @pytest.mark.parametrize("esp", ["aes128gcm16", "aes256gcm16", "aes128gcm8", "aes128-sha1", "aes256-sha256",
@@ -52,8 +44,8 @@ def test_forwarder_takes_over_charon_sas(unique_name: str, esp: str, dp: str) ->
             try:
                 fw.install(inbound, outbound, (p.outer[0], 4500), ["10.1.0.0/24"], ["10.2.0.0/24"])
                 # right host -> left host (our encap first), then left -> right (libipsec first)
-                a = await _ping(p.hosts[1], p.inside[0], 3, 1200)
-                b = await _ping(p.hosts[0], p.inside[1], 3, 56)
+                a = await aping(p.hosts[1], p.inside[0], 3, 1200)
+                b = await aping(p.hosts[0], p.inside[1], 3, 56)
                 return a, b, dict(fw.counters)
             finally:
                 fw.close()

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from pyroute2 import IPRoute, netns
 
-__all__ = ["Netns", "NetnsError", "capture", "entered", "ns_exec", "two_hosts", "wait_for"]
+__all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "ns_exec", "two_hosts", "wait_for"]
 
 MAX_IFNAME = 15
 
@@ -212,3 +212,21 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
                 proc.wait(timeout)
         if proc.stderr:
             proc.stderr.close()
+
+
+async def aping(ns: str, dst: str, count: int = 3, size: int = 56, interval: float = 0.2,
+                timeout: float = 20.0) -> int:
+    """ping from netns ``ns`` without blocking the event loop; returns the replies received."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2",
+        "-s", str(size), dst, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 0
+    text = out.decode()
+    return int(text.split(" received")[0].rsplit(" ", 1)[-1]) if " received" in text else 0
