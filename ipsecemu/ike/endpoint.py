@@ -1,0 +1,164 @@
+"""IkeEndpoint: every IKE SA of one local address, behind the five sans-I/O calls (see ``sa.py``).
+
+It routes datagrams by SPI, creates responder SAs for IKE_SA_INIT requests, and hands out
+stateless COOKIEs (RFC 7296 section 2.6) while too many SAs are half-open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+
+from . import message as m
+from .consts import Exchange, Notify
+from .errors import LocalProtocolError, ParseError
+from .events import Event
+from .sa import Addr, IkeSa, Sink
+from .settings import Identity, IkeSaConfig
+from .states import IkeState
+
+Rng = Callable[[int], bytes]
+
+
+class IkeEndpoint:
+    def __init__(self, configs: list[IkeSaConfig], local: Addr, *, rng: Rng | None = None,
+                 cookie_threshold: int = 10) -> None:
+        self.configs = {c.name: c for c in configs}
+        self.local = local
+        self._rng: Rng = rng or os.urandom
+        self.cookie_threshold = cookie_threshold
+        self._cookie_secret = self._rng(32)
+        self._sink = Sink()
+        self.sas: dict[bytes, IkeSa] = {}  # our SPI -> SA
+        self._half_open: dict[tuple[bytes, Addr], IkeSa] = {}  # (SPIi, peer) -> responder SA
+        self.counters: dict[str, int] = {}
+
+    # --- the five driving calls -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float, local: Addr | None = None) -> None:
+        local = local or self.local
+        try:
+            msg = m.decode_header(data)
+        except ParseError as exc:
+            self._count("parse_error")
+            if exc.notify == Notify.INVALID_MAJOR_VERSION and len(data) >= m.HEADER_LEN and not data[19] & 0x20:
+                self._answer_version(data, addr, local)
+            return
+        if msg.exchange == Exchange.IKE_SA_INIT and not msg.response and msg.initiator:
+            self._sa_init_request(msg, data, addr, local, now)
+        else:
+            sa = self.sas.get(msg.spi_r if msg.initiator else msg.spi_i)
+            if sa is None:
+                self._count("unknown_spi")
+            else:
+                sa.receive_message(msg, data, addr, now, local)
+        self._housekeeping()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr, Addr]]:
+        out, self._sink.out = self._sink.out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        times = [t for t in (sa.get_timer() for sa in self.sas.values()) if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        for sa in list(self.sas.values()):
+            t = sa.get_timer()
+            if t is not None and now >= t:
+                sa.handle_timer(now)
+        self._housekeeping()
+
+    def next_event(self) -> Event | None:
+        return self._sink.events.popleft() if self._sink.events else None
+
+    # --- API ------------------------------------------------------------------------------------------
+
+    def initiate(self, name: str, now: float, remote: Addr | None = None) -> IkeSa:
+        cfg = self.configs.get(name)
+        if cfg is None:
+            raise LocalProtocolError(f"no connection named {name!r}; known: {', '.join(self.configs)}")
+        sa = IkeSa(cfg, initiator=True, local=self.local, remote=remote, rng=self._rng, sink=self._sink,
+                   config_lookup=self._lookup)
+        self.sas[sa.spi_i] = sa
+        sa.initiate(now)
+        return sa
+
+    def find(self, spi: bytes) -> IkeSa | None:
+        return self.sas.get(spi)
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def _housekeeping(self) -> None:
+        for new in self._sink.new_sas:
+            self.sas[new.local_spi] = new
+        self._sink.new_sas.clear()
+        for spi, sa in list(self.sas.items()):
+            if sa.state == IkeState.CLOSED:
+                del self.sas[spi]
+        for key, sa in list(self._half_open.items()):
+            if sa.state != IkeState.SA_INIT_DONE:
+                del self._half_open[key]
+
+    def _lookup(self, peer: Identity, _ours: Identity | None) -> IkeSaConfig | None:
+        """IKE_AUTH: the config whose remote identity is the peer's (exact match first)."""
+        exact = [c for c in self.configs.values() if c.remote_id == peer]
+        return exact[0] if exact else next((c for c in self.configs.values() if c.remote_id is None), None)
+
+    def _cookie(self, msg: m.Message, nonce: bytes, addr: Addr) -> bytes:
+        return b"\x00" + hmac.new(self._cookie_secret, nonce + addr[0].encode() + msg.spi_i, hashlib.sha256).digest()
+
+    def _sa_init_request(self, msg: m.Message, data: bytes, addr: Addr, local: Addr, now: float) -> None:
+        if msg.spi_r != bytes(8) or msg.msg_id != 0:
+            self._count("bad_sa_init")
+            return
+        existing = self._half_open.get((msg.spi_i, addr))
+        if existing is not None:
+            existing.receive_message(msg, data, addr, now, local)
+            return
+        if len(self._half_open) >= self.cookie_threshold:
+            try:
+                payloads = m.decode_payloads(data[16], data[m.HEADER_LEN:])
+            except ParseError:
+                self._count("parse_error")
+                return
+            nonce = next((p for p in payloads if isinstance(p, m.Nonce)), None)
+            if nonce is None:
+                return
+            want = self._cookie(msg, nonce.data, addr)
+            got = payloads[0] if payloads and isinstance(payloads[0], m.Notification) else None
+            if got is None or got.type != Notify.COOKIE or not hmac.compare_digest(got.data, want):
+                reply = m.Message(msg.spi_i, bytes(8), Exchange.IKE_SA_INIT, 0, False, True,
+                                  [m.Notification(Notify.COOKIE, want)])
+                self._sink.out.append((reply.encode(), addr, local))
+                self._count("cookie_sent")
+                return
+        cfg = self._config_for(addr)
+        if cfg is None:
+            self._count("no_config")
+            return
+        sa = IkeSa(cfg, initiator=False, local=local, remote=addr, rng=self._rng, sink=self._sink,
+                   config_lookup=self._lookup)
+        sa.receive_message(msg, data, addr, now, local)
+        if sa.state == IkeState.SA_INIT_DONE:
+            self.sas[sa.spi_r] = sa
+            self._half_open[(msg.spi_i, addr)] = sa
+
+    def _config_for(self, addr: Addr) -> IkeSaConfig | None:
+        """A responder config: one naming this peer's address, else one without a remote address."""
+        for c in self.configs.values():
+            if c.remote_addr is not None and c.remote_addr[0] == addr[0]:
+                return c
+        return next((c for c in self.configs.values() if c.remote_addr is None), None) or \
+            next(iter(self.configs.values()), None)
+
+    def _answer_version(self, data: bytes, addr: Addr, local: Addr) -> None:
+        """RFC 7296 section 1.5: answer an unknown major version with INVALID_MAJOR_VERSION."""
+        reply = m.Message(data[:8], data[8:16], data[18], int.from_bytes(data[20:24], "big"),
+                          False, True, [m.Notification(Notify.INVALID_MAJOR_VERSION)])
+        self._sink.out.append((reply.encode(), addr, local))
