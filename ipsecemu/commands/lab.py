@@ -102,7 +102,7 @@ def up(file: str, name: str | None, smoke: bool) -> None:
     nroutes = sum(len(n.routes) for n in topo.nodes)
     necmp = sum(r.multipath for n in topo.nodes for r in n.routes)
     click.echo(f"lab {topo.name} up in {dt:.1f} s: {len(topo.nodes)} nodes, {len(topo.links)} links, "
-               f"{len(topo.segments)} segments, {sum(len(n.addresses) for n in topo.nodes)} addresses, "
+               f"{len(topo.segments)} segment(s), {sum(len(n.addresses) for n in topo.nodes)} addresses, "
                f"{nroutes} routes ({necmp} ECMP)")
     vpn_nodes = [n.name for n in topo.nodes if n.kind in VPN_KINDS]
     if vpn_nodes:
@@ -153,10 +153,9 @@ def down(name: str | None, all_: bool) -> None:
 
 
 def _live_details(ns: str) -> dict[str, Any]:
-    from pyroute2 import IPRoute
+    from ipsecemu.lab.builder import ipr_in
 
-    ipr = IPRoute(netns=ns)
-    try:
+    with ipr_in(ns) as ipr:
         names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
         ifaces: dict[str, dict[str, Any]] = {}
         for link in ipr.link("dump"):
@@ -176,12 +175,10 @@ def _live_details(ns: str) -> dict[str, Any]:
                 hops = [{"via": r.get("gateway"), "dev": names.get(r.get("oif"))}]
             routes.append({"dst": dst, "nexthops": hops})
         return {"interfaces": [v for k, v in ifaces.items() if k != "lo" or v["addresses"]], "routes": routes}
-    finally:
-        ipr.close()
 
 
 def _lab_status(name: str) -> dict[str, Any]:
-    from ipsecemu.lab.builder import netns_exists
+    from ipsecemu.lab.builder import BuildError, netns_exists
 
     st = LabState.open(name)
     d = st.data
@@ -195,7 +192,10 @@ def _lab_status(name: str) -> dict[str, Any]:
             daemons = [p for p in procs if p.get("node") == node and p["role"] != "capture"]
             entry["vpn"] = "running" if any(p["alive"] for p in daemons) else "no daemon yet"
         if root and entry["netns_present"]:
-            entry.update(_live_details(ns))
+            try:
+                entry.update(_live_details(str(ns)))
+            except (OSError, BuildError) as exc:  # netns removed under our feet
+                entry["error"] = str(exc)
         nodes.append(entry)
     return {"name": name, "status": d.get("status"), "source": d.get("source"), "created": d.get("created"),
             "nodes": nodes, "links": d.get("links", []), "processes": procs,

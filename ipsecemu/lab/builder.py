@@ -46,12 +46,28 @@ def netns_exists(name: str) -> bool:
 
 
 @contextmanager
-def _ipr(ns: str) -> Iterator[IPRoute]:
-    ipr = IPRoute(netns=ns)
+def ipr_in(ns: str) -> Iterator[IPRoute]:
+    """A netlink socket bound to netns ``ns``.
+
+    Opened by entering the netns on this thread for the socket() call only (≈1.5 ms) instead of
+    pyroute2's ``IPRoute(netns=...)``, which forks a helper per socket (≈10 ms) that then
+    inherits our signal handlers.  flags=0: never create a missing netns by accident.
+    """
+    if not netns_exists(ns):
+        raise BuildError(f"netns {ns} does not exist")
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        netns.setns(ns, flags=0)
+        ipr = IPRoute()
+    finally:
+        netns.setns(own, flags=0)
+        os.close(own)
     try:
         yield ipr
     finally:
         ipr.close()
+
+
 
 
 def _sysctl(ns: str, pairs: list[tuple[str, str]]) -> None:
@@ -142,7 +158,7 @@ class Builder:
     def _veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int | None) -> None:
         assert self.state is not None
         self.state.add_link(kind="veth", netns=ns_a, ifname=if_a, peer_netns=ns_b, peer_ifname=if_b)
-        with _ipr(ns_a) as ipr:
+        with ipr_in(ns_a) as ipr:
             peer: dict = {"ifname": if_b}
             if ns_b != ns_a:
                 peer["net_ns_fd"] = ns_b
@@ -154,13 +170,13 @@ class Builder:
     def _segments(self) -> None:
         for s in self.topo.segments:
             sns = self.topo.segment_netns(s.name)
-            with _ipr(sns) as ipr:
+            with ipr_in(sns) as ipr:
                 ipr.link("add", ifname=BRIDGE, kind="bridge", br_forward_delay=0, br_stp_state=0)
                 ipr.link("set", index=_index(ipr, BRIDGE), state="up")
             for j, ep in enumerate(s.members):
                 port = f"p{j}"
                 self._veth(self.topo.netns(ep.node), ep.iface, sns, port, s.mtu)
-                with _ipr(sns) as ipr:
+                with ipr_in(sns) as ipr:
                     br = _index(ipr, BRIDGE)
                     ipr.link("set", index=_index(ipr, port), master=br, state="up")
             self.say(f"segment {s.name}: bridge with {len(s.members)} members "
@@ -180,7 +196,7 @@ class Builder:
     def _addresses_and_up(self) -> None:
         count = 0
         for n in self.topo.nodes:
-            with _ipr(self.topo.netns(n.name)) as ipr:
+            with ipr_in(self.topo.netns(n.name)) as ipr:
                 for iface, cidr in n.addresses:
                     ifi = ipaddress.ip_interface(cidr)
                     ipr.addr("add", index=_index(ipr, iface), address=str(ifi.ip), prefixlen=ifi.network.prefixlen)
@@ -193,7 +209,7 @@ class Builder:
         """Poll until every veth has carrier (both ends up) instead of sleeping."""
         deadline = time.monotonic() + LINK_UP_TIMEOUT
         for n in self.topo.nodes:
-            with _ipr(self.topo.netns(n.name)) as ipr:
+            with ipr_in(self.topo.netns(n.name)) as ipr:
                 for iface in self._node_ifaces(n):
                     left = max(0.1, deadline - time.monotonic())
                     try:
@@ -252,7 +268,7 @@ class Builder:
     def _routes_and_rules(self) -> None:
         nroutes = nrules = necmp = 0
         for n in self.topo.nodes:
-            with _ipr(self.topo.netns(n.name)) as ipr:
+            with ipr_in(self.topo.netns(n.name)) as ipr:
                 for i, r in enumerate(n.routes):
                     try:
                         ipr.route("add", **self._route_args(ipr, r))

@@ -11,8 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from .state import LabState
 
 _COUNT_RE = re.compile(r"^(\d+) packets? captured", re.M)
@@ -34,11 +32,13 @@ class Capture:
         self._stderr = b""
 
     def _check_iface(self) -> None:
-        ipr = IPRoute(netns=self.ns)
+        from .builder import BuildError, ipr_in
+
         try:
-            names = sorted(link.get("ifname") for link in ipr.link("dump"))
-        finally:
-            ipr.close()
+            with ipr_in(self.ns) as ipr:
+                names = sorted(link.get("ifname") for link in ipr.link("dump"))
+        except BuildError as exc:
+            raise CaptureError(str(exc)) from None
         if self.iface not in names:
             raise CaptureError(f"node '{self.node}' has no interface '{self.iface}' (has: {', '.join(names)})")
 
