@@ -1177,3 +1177,12 @@ def _eq(a: bytes, b: bytes) -> bool:
     import hmac
 
     return hmac.compare_digest(a, b)
+
+
+def __getattr__(name: str) -> object:
+    # ``from ipsecemu.ike.sa import IkeEndpoint`` as documented above (endpoint.py imports this module)
+    if name == "IkeEndpoint":
+        from .endpoint import IkeEndpoint
+
+        return IkeEndpoint
+    raise AttributeError(name)
