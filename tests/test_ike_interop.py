@@ -88,9 +88,9 @@ async def ours_vs_charon(prefix: str, ike: str, esp: str, *, charon_kw: dict | N
         try:
             await asyncio.to_thread(charon.start)
             charon.load(pair_conn(topo, 1, ike_proposal=ike, esp_proposal=esp, psk=PSK, **(charon_kw or {})))
+            kw: dict[str, Any] = {"retransmit_timeout_s": 1.0, "retransmit_tries": 3, **(ours_kw or {})}
             cfg = IkeSaConfig.simple("pair", PSK, "left", "right", ike=ike, esp=esp, local_ts=topo.subnets[0],
-                                     remote_ts=topo.subnets[1], remote_addr=(topo.outer[1], 500),
-                                     retransmit_timeout_s=1.0, retransmit_tries=3, **(ours_kw or {}))
+                                     remote_ts=topo.subnets[1], remote_addr=(topo.outer[1], 500), **kw)
             peer = IkePeer([cfg], topo.outer[0], netns=topo.gateways[0], tun_name=prefix + "t")
             await peer.start()
             try:

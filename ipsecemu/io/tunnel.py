@@ -16,9 +16,8 @@ import ipaddress
 import logging
 import os
 import struct
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ from pyroute2 import IPRoute
 from ipsecemu.dataplane import backend as dataplane_backend
 from ipsecemu.dataplane.api import EspSaConfig, Verdict
 from ipsecemu.io.transport import Addr, IkeTransport
-from ipsecemu.lab.netns import entered
+from ipsecemu.lab.netns import entered, netlink
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +51,6 @@ def open_tun(name: str, netns: str | None = None) -> int:
             raise
     os.set_blocking(fd, False)
     return fd
-
-
-def netlink(netns: str | None, fn: Callable[[IPRoute], T]) -> T:
-    """Run ``fn(IPRoute)`` on a helper thread: pyroute2's synchronous API refuses to run inside
-    a running asyncio loop, and these calls are short."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            with IPRoute(netns=netns) if netns else IPRoute() as ipr:
-                box["ok"] = fn(ipr)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["err"] = exc
-
-    t = threading.Thread(target=run, name="netlink")
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["ok"]
 
 
 def networks(selectors: Iterable[Any]) -> list[Network]:

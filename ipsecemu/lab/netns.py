@@ -7,6 +7,7 @@ deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ipaddress
 import os
@@ -17,12 +18,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 
-__all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "ns_exec", "two_hosts", "wait_for"]
+__all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "netlink", "ns_exec", "two_hosts", "wait_for"]
 
 MAX_IFNAME = 15
+T = TypeVar("T")
 
 
 class NetnsError(RuntimeError):
@@ -80,6 +83,33 @@ def entered(ns: str | None) -> Iterator[None]:
         os.close(here)
 
 
+def netlink(ns: str | None, fn: Callable[[IPRoute], T]) -> T:
+    """Run ``fn(IPRoute)`` in netns ``ns``.  Inside a running asyncio loop the call goes to a
+    helper thread, because pyroute2's synchronous API refuses to run in one; the calls are short."""
+    def run() -> T:
+        with IPRoute(netns=ns) if ns else IPRoute() as ipr:
+            return fn(ipr)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    box: dict[str, Any] = {}
+
+    def thread() -> None:
+        try:
+            box["ok"] = run()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["err"] = exc
+
+    t = threading.Thread(target=thread, name="netlink")
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return box["ok"]
+
+
 def _split(cidr: str) -> tuple[str, int, int]:
     iface = ipaddress.ip_interface(cidr)
     return str(iface.ip), iface.network.prefixlen, iface.version
@@ -122,8 +152,7 @@ class Netns:
             # no DAD delay: tests bind to fresh addresses right away
             for scope in ("all", "default"):
                 ns_exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        netlink(name, lambda ipr: ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up"))
         return name
 
     def veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str,
@@ -133,17 +162,17 @@ class Netns:
         for n in (if_a, if_b):
             if not 0 < len(n) <= MAX_IFNAME:
                 raise NetnsError(f"link name {n!r}: must be 1..{MAX_IFNAME} characters")
-        with IPRoute(netns=ns_a) as ipr:
-            try:
-                ipr.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
-            except Exception as exc:  # pyroute2 raises NetlinkError (an OSError) with errno text
-                raise NetnsError(f"veth {if_a}/{if_b}: {exc}") from exc
+        try:
+            netlink(ns_a, lambda ipr: ipr.link("add", ifname=if_a, kind="veth",
+                                               peer={"ifname": if_b, "net_ns_fd": ns_b}))
+        except Exception as exc:  # pyroute2 raises NetlinkError (an OSError) with errno text
+            raise NetnsError(f"veth {if_a}/{if_b}: {exc}") from exc
         for ns, ifname, addrs in ((ns_a, if_a, addrs_a), (ns_b, if_b, addrs_b)):
             self.addrs(ns, ifname, *addrs)
 
     def addrs(self, ns: str, ifname: str, *cidrs: str) -> None:
         """Add addresses to ``ifname`` in ``ns`` and bring it up."""
-        with IPRoute(netns=ns) as ipr:
+        def do(ipr: IPRoute) -> None:
             idx = ipr.link_lookup(ifname=ifname)
             if not idx:
                 raise NetnsError(f"no link {ifname!r} in netns {ns!r}")
@@ -152,15 +181,19 @@ class Netns:
                 ipr.addr("add", index=idx[0], address=ip, prefixlen=plen)
             ipr.link("set", index=idx[0], state="up")
 
+        netlink(ns, do)
+
     def route(self, ns: str, dst: str, *, gateway: str | None = None, dev: str | None = None) -> None:
         """Add a route in ``ns`` (via ``gateway`` and/or out of ``dev``)."""
-        with IPRoute(netns=ns) as ipr:
+        def do(ipr: IPRoute) -> None:
             kw: dict = {"dst": dst}
             if gateway:
                 kw["gateway"] = gateway
             if dev:
                 kw["oif"] = ipr.link_lookup(ifname=dev)[0]
             ipr.route("add", **kw)
+
+        netlink(ns, do)
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
         ns_exec(ns, "sysctl", "-qw", f"{key}={value}")
@@ -217,8 +250,6 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
 async def aping(ns: str, dst: str, count: int = 3, size: int = 56, interval: float = 0.2,
                 timeout: float = 20.0) -> int:
     """ping from netns ``ns`` without blocking the event loop; returns the replies received."""
-    import asyncio
-
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2",
         "-s", str(size), dst, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
