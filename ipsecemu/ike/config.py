@@ -649,6 +649,44 @@ def parse_config(data: object, *, _ctx: _Ctx | None = None) -> list[ConnectionCo
     return [parse_connection(data, _ctx=ctx)]
 
 
+# ---------------------------------------------------------------- to the IKE core
+def to_ike_sa_config(conn: ConnectionConfig) -> Any:
+    """The IKE core's view (:class:`ipsecemu.ike.settings.IkeSaConfig`) of a connection.
+
+    Raises :class:`ConnectionConfigError` for what the core cannot do yet (certificates).
+    """
+    from ipsecemu.ike.settings import Identity as CoreIdentity
+    from ipsecemu.ike.settings import IkeSaConfig
+
+    if conn.auth.method != "psk":
+        raise ConnectionConfigError(f"{conn.name}: auth: certificate authentication is not implemented by the "
+                                    "IKE core yet; use psk")
+    local_id = conn.effective_local_id()
+    if local_id is None:
+        raise ConnectionConfigError(f"{conn.name}: local_id: needed when local_address is %any")
+    child = conn.child_lifetime
+    return IkeSaConfig(
+        name=conn.name,
+        psk=conn.auth.secret,
+        local_id=CoreIdentity.of(local_id.type_id, local_id.value),
+        remote_id=CoreIdentity.of(conn.remote_id.type_id, conn.remote_id.value) if conn.remote_id else None,
+        ike_proposals=list(conn.ike_proposals),
+        esp_proposals=list(conn.esp_proposals),
+        local_ts=list(conn.local_ts),
+        remote_ts=list(conn.remote_ts),
+        remote_addr=(str(conn.remote_address), conn.nat_t.ike_port) if conn.remote_address is not None else None,
+        mode=conn.mode,
+        ike_lifetime_s=float(conn.ike_lifetime.seconds),
+        child_lifetime_s=float(child.seconds),
+        rekey_fraction=(child.seconds - child.rekey_margin) / child.seconds,
+        dpd_delay_s=float(conn.dpd.interval),
+        replay_window=conn.replay_window,
+        force_encap=conn.nat_t.force_encap,
+        extra={"dpd_timeout_s": conn.dpd.timeout, "child_lifetime": child, "ike_lifetime": conn.ike_lifetime,
+               "start_action": conn.start_action, "natt_port": conn.nat_t.natt_port},
+    )
+
+
 # ---------------------------------------------------------------- YAML with line numbers
 def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
     if isinstance(node, yaml.MappingNode):
