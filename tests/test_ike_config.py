@@ -402,3 +402,13 @@ def test_yaml_errors_carry_file_and_line() -> None:
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConnectionConfigError, match="cannot read"):
         load(tmp_path / "nope.yaml")
+
+
+def test_yaml_duplicate_keys_and_alias_bombs() -> None:
+    assert _err("remote_address: 1.2.3.4\npsk: a\nPSK: b\n").startswith(
+        "site.yaml:3: PSK: duplicate key (first at line 2)")
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+    # nine levels of nine-fold aliases: walking it naively would visit ~10^9 nodes
+    assert "unknown key" in _err(bomb)

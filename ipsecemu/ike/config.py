@@ -688,17 +688,28 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
 
 
 # ---------------------------------------------------------------- YAML with line numbers
-def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
+def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int], source: str, seen: set[int]) -> None:
+    """Record the line of every key path; reject duplicate keys (PyYAML silently keeps the last)."""
+    if id(node) in seen:  # an alias: walked once already (also keeps "billion laughs" linear)
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
+        keys: dict[str, int] = {}
         for k, v in node.value:
-            p = (*path, squash(k.value))
-            out[p] = k.start_mark.line + 1
-            _lines(v, p, out)
+            name = squash(k.value) if isinstance(k, yaml.ScalarNode) else f"<{k.tag}>"
+            line = k.start_mark.line + 1
+            if name in keys and name != "<<":
+                dotted = ".".join(str(x) for x in (*path, k.value))
+                raise ConnectionConfigError(f"{source}:{line}: {dotted}: duplicate key (first at line {keys[name]})")
+            keys[name] = line
+            p = (*path, name)
+            out[p] = line
+            _lines(v, p, out, source, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             p = (*path, i)
             out[p] = v.start_mark.line + 1
-            _lines(v, p, out)
+            _lines(v, p, out, source, seen)
 
 
 def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
@@ -718,7 +729,7 @@ def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
         raise ConnectionConfigError(f"{source}: YAML error: {exc}") from None
     lines: dict[Path_, int] = {}
     if node is not None:
-        _lines(node, (), lines)
+        _lines(node, (), lines, source, set())
     return parse_config(data, _ctx=_Ctx(source, lines))
 
 
