@@ -1,0 +1,142 @@
+"""CREATE_CHILD_SA: Child SA rekey (with and without PFS), extra Child SAs, IKE SA rekey,
+timed rekeys, make-before-break event order."""
+
+from __future__ import annotations
+
+from test_ike_exchanges import esp_both_ways, events, one, pair
+
+from ipsecemu.ike import events as ev
+from ipsecemu.ike import message as m
+from ipsecemu.ike.consts import Exchange
+from ipsecemu.ike.states import IkeState
+from ipsecemu.ike.ts import TrafficSelector
+
+
+def established(ike: str = "aes128gcm16-prfsha256-ecp256", esp: str = "aes128gcm16", **kw):
+    a, b, net = pair(ike, esp, **kw)
+    sa = a.initiate("c", 0.0)
+    net.run()
+    assert sa.state == IkeState.ESTABLISHED
+    events(a), events(b)
+    net.log.clear()
+    return a, b, net, sa, b.find(sa.spi_r)
+
+
+def _rekey_child(esp: str) -> None:
+    a, b, net, sa, sb = established(esp=esp)
+    old = next(iter(sa.children.values()))
+    sa.rekey_child(old.inbound_spi, net.now)
+    net.run()
+    ea, eb = events(a), events(b)
+    ra, rb = one(ea, ev.ChildSaRekeyed), one(eb, ev.ChildSaRekeyed)
+    assert ra.old_inbound_spi == old.inbound_spi == rb.old_outbound_spi
+    assert ra.keys.inbound == rb.keys.outbound and ra.keys.outbound == rb.keys.inbound
+    assert ra.keys.inbound.enc_key != old.keys.inbound.enc_key
+    esp_both_ways(ra.keys, rb.keys)
+    # make-before-break: the old SA goes only after the new one is in, on both sides
+    assert ea.index(ra) < ea.index(one(ea, ev.ChildSaDeleted))
+    assert one(ea, ev.ChildSaDeleted).reason == one(eb, ev.ChildSaDeleted).reason == "rekeyed"
+    assert list(sa.children) == [ra.keys.inbound.spi] and list(sb.children) == [rb.keys.inbound.spi]
+    return net
+
+
+def test_rekey_child_without_pfs() -> None:
+    net = _rekey_child("aes128gcm16")
+    req = m.decode_header(net.log[0].data)
+    assert req.exchange == Exchange.CREATE_CHILD_SA and len(net.log) == 4  # rekey + delete
+
+
+def test_rekey_child_with_pfs() -> None:
+    net = _rekey_child("aes256-sha256-modp2048")
+    assert len(net.log[0].data) > 300  # carries a 256-byte KE payload
+
+
+def test_rekey_child_pfs_invalid_ke_retry() -> None:
+    a, b, net, sa, sb = established(a_kw={"esp": "aes128gcm16-modp2048-ecp256"}, b_kw={"esp": "aes128gcm16-ecp256"})
+    old = next(iter(sa.children))
+    sa.rekey_child(old, net.now)
+    net.run()
+    assert one(events(a), ev.ChildSaRekeyed).keys.proposal == "aes128gcm16-ecp256"
+    assert len(net.log) == 6  # INVALID_KE round, rekey, delete
+
+
+def test_responder_rekeys_child() -> None:
+    a, b, net, sa, sb = established()
+    old = next(iter(sb.children))
+    sb.rekey_child(old, net.now)
+    net.run()
+    rb = one(events(b), ev.ChildSaRekeyed)
+    ra = one(events(a), ev.ChildSaRekeyed)
+    esp_both_ways(ra.keys, rb.keys)
+
+
+def test_additional_child_sa() -> None:
+    a, b, net, sa, sb = established(a_kw={"remote_ts": "10.2.0.0/16"}, b_kw={"local_ts": "10.2.0.0/16,10.3.0.0/16"})
+    sa.create_child(net.now, remote_ts=[TrafficSelector.from_cidr("10.2.5.0/24")])
+    net.run()
+    ca, cb = one(events(a), ev.ChildSaEstablished).keys, one(events(b), ev.ChildSaEstablished).keys
+    assert [str(t) for t in ca.remote_ts] == ["10.2.5.0/24"] and len(sa.children) == 2
+    esp_both_ways(ca, cb)
+
+
+def test_rekey_ike_sa_moves_children() -> None:
+    a, b, net, sa, sb = established()
+    child = next(iter(sa.children))
+    sa.rekey_ike(net.now)
+    net.run()
+    ea, eb = events(a), events(b)
+    ra, rb = one(ea, ev.IkeSaRekeyed), one(eb, ev.IkeSaRekeyed)
+    assert (ra.new_spi_i, ra.new_spi_r) == (rb.new_spi_i, rb.new_spi_r) != (sa.spi_i, sa.spi_r)
+    assert one(ea, ev.IkeSaDeleted).reason == one(eb, ev.IkeSaDeleted).reason == "rekeyed"
+    assert not [e for e in ea + eb if isinstance(e, ev.ChildSaDeleted)]  # children survive
+    new_a, new_b = a.find(ra.new_spi_i), b.find(ra.new_spi_r)
+    assert new_a is sa.successor and new_b is sb.successor and len(a.sas) == len(b.sas) == 1
+    assert new_a.keys == new_b.keys and new_a.keys != sa.keys
+    assert list(new_a.children) == [child]
+    # the new IKE SA works: message IDs restart at 0, child rekey and DPD go through it
+    net.log.clear()
+    new_a.rekey_child(child, net.now)
+    net.run()
+    assert m.decode_header(net.log[0].data).msg_id == 0
+    assert m.decode_header(net.log[0].data).spi_i == ra.new_spi_i
+    esp_both_ways(one(events(a), ev.ChildSaRekeyed).keys, one(events(b), ev.ChildSaRekeyed).keys)
+    new_b.dpd(net.now)
+    net.run()
+    assert new_b.state == IkeState.ESTABLISHED and not events(b)
+
+
+def test_responder_rekeys_ike_sa() -> None:
+    a, b, net, sa, sb = established()
+    sb.rekey_ike(net.now)
+    net.run()
+    ra, rb = one(events(a), ev.IkeSaRekeyed), one(events(b), ev.IkeSaRekeyed)
+    assert (ra.new_spi_i, ra.new_spi_r) == (rb.new_spi_i, rb.new_spi_r)
+    new_a = next(iter(a.sas.values()))
+    assert new_a.spi_i == rb.new_spi_i and b.find(rb.new_spi_i) is sb.successor
+    assert new_a is sa.successor and not new_a.initiator  # the rekey initiator is the new original initiator
+    new_a.delete(net.now)
+    net.run()
+    assert not a.sas and not b.sas
+
+
+def test_timed_child_and_ike_rekey() -> None:
+    a, b, net, sa, sb = established(a_kw={"child_lifetime_s": 100.0, "ike_lifetime_s": 1000.0},
+                                    b_kw={"child_lifetime_s": 10000.0, "ike_lifetime_s": 10000.0})
+    net.advance(95.0)
+    ra = one(events(a), ev.ChildSaRekeyed)
+    assert ra.keys.lifetime_s == 100.0
+    net.advance(1000.0)
+    evs = events(a)
+    assert len([e for e in evs if isinstance(e, ev.IkeSaRekeyed)]) == 1
+    assert len([e for e in evs if isinstance(e, ev.ChildSaRekeyed)]) >= 9
+    assert len(a.sas) == 1 and len(next(iter(a.sas.values())).children) == 1
+
+
+def test_rekey_of_unknown_child_gets_child_sa_not_found() -> None:
+    a, b, net, sa, sb = established()
+    old = next(iter(sa.children))
+    sb.children.clear()  # the peer forgot it (e.g. it expired there)
+    sa.rekey_child(old, net.now)
+    net.run()
+    failed = one(events(a), ev.ChildSaFailed)
+    assert failed.notify == 44  # CHILD_SA_NOT_FOUND
