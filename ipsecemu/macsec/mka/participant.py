@@ -115,6 +115,7 @@ class MkaParticipant:
         cipher: str = "gcm-aes-128",
         include_sci: bool = True,
         *,
+        confidentiality: bool = True,
         random: Callable[[int], bytes] = os.urandom,
         hello_time: float = 2.0,
         life_time: float = 6.0,
@@ -142,6 +143,7 @@ class MkaParticipant:
         self.priority = key_server_priority
         self.cipher = cipher
         self.include_sci = include_sci
+        self.confidentiality = confidentiality
         self.hello_time = hello_time
         self.life_time = life_time
         self.pn_exhaustion_threshold = pn_exhaustion_threshold
@@ -173,7 +175,11 @@ class MkaParticipant:
 
     def secy_config(self, **overrides: object) -> SecYConfig:
         """The SecY settings matching this participant (SCI on/off); other fields default."""
-        opts: dict[str, object] = {"include_sci": self.include_sci, "end_station": not self.include_sci}
+        opts: dict[str, object] = {
+            "include_sci": self.include_sci,
+            "end_station": not self.include_sci,
+            "confidentiality": self.confidentiality,
+        }
         opts.update(overrides)
         return SecYConfig(**opts)  # type: ignore[arg-type]
 
@@ -403,7 +409,9 @@ class MkaParticipant:
         nonce = self._random(self._sak_len)
         sak = kdf.derive_sak(self._cak, nonce, [self.mi] + [p.mi for p in live], self._kn, self._sak_len)
         suite = None if self.cipher == "gcm-aes-128" else CIPHER_SUITES[self.cipher]
-        self._distributing = DistributedSak(an, 0, self._kn, kdf.wrap_sak(self._kek, sak), suite)
+        # Confidentiality Offset field: 0 = integrity only, 1 = confidentiality at offset 0.
+        offset = 1 if self.confidentiality else 0
+        self._distributing = DistributedSak(an, offset, self._kn, kdf.wrap_sak(self._kek, sak), suite)
         self._install_key(self.mi, self._kn, an, sak, {p.mi: p.sci for p in live})
 
     def _accept_sak(self, ks: _Peer, m: Mkpdu) -> None:
