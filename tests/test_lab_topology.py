@@ -43,8 +43,10 @@ def test_er_vwan_matches_scenario() -> None:
     # the VPN section is kept, its IKE/ESP content opaque
     assert [c.name for c in t.vpn] == ["ce-hubgw0", "ce-hubgw1"]
     assert t.vpn[0].nodes == ("ce", "hubgw0")
-    assert t.vpn[0].options["ike"]["remote_addr"] == "10.51.230.4"
-    assert t.vpn[0].options["routes"] == ["10.0.1.0/24"]
+    assert t.vpn[0].addresses == ("172.24.127.211", "10.51.230.4")
+    assert t.vpn[1].addresses == ("172.24.127.211", "10.51.230.5")
+    assert t.vpn[0].routes_of("hubgw0") == ("10.0.1.0/24",)  # S1: the more specific prefix over VPN
+    assert t.vpn[0].config["ipsec_policy"]["ipsec_encryption"] == "GCMAES256"
     seg = t.segments[0]
     assert [str(m) for m in seg.members] == ["hub:hubnet", "hubgw0:eth0", "hubgw1:eth0"]
 
@@ -71,7 +73,7 @@ def test_frozen_and_renamed() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         t.name = "x"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        t.vpn[0].options["ike"] = {}  # type: ignore[index]
+        t.vpn[0].config["psk"] = "x"  # type: ignore[index]
     with pytest.raises(TopologyError, match="invalid lab name"):
         t.renamed("Bad Name")
 
@@ -109,6 +111,11 @@ MUTATIONS = [
      "bad IP address"),
     ("vpn to a router", "nodes: [ce, hubgw1]", "nodes: [ce, msee1]", "[ce, msee1]",
      "vpn.connections[1].nodes[1]", "kind 'router'"),
+    ("vpn address not on the node", "addresses: [172.24.127.211, 10.51.230.5]",
+     "addresses: [172.24.127.211, 10.51.230.9]", "10.51.230.9]", "vpn.connections[1].addresses[1]",
+     "not an address of node 'hubgw1'"),
+    ("vpn routes for a third node", "        hubgw1: [10.0.1.0/24]", "        hub: [10.0.1.0/24]",
+     "        hub: [10.0.1.0/24]", "vpn.connections[1].routes.hub", "not one of this connection's nodes"),
     ("interface used twice", '["msee2:hub", "hub:msee2"]', '["msee2:hub", "hub:msee1"]', '"hub:msee1"]',
      "links[5].endpoints[1]", "already used"),
     ("duplicate key", "  onprem2:\n    kind: host", "  onprem1:\n    kind: host", "onprem1:", "nodes.onprem1",
@@ -189,3 +196,18 @@ segments:
     assert dict(r.sysctls) == {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.ip_forward": "1"}
     assert t.segments[0].name == "lan" and len(t.segments[0].members) == 3
     assert t.segment_netns("lan") == "mini--lan"
+
+
+@pytest.mark.parametrize("path", [ER, PAIR], ids=["er-vwan", "pair"])
+def test_vpn_sections_parse_with_the_ike_config_parser(path: Path) -> None:
+    """The opaque part is for ipsecemu.ike.config: both sides of every connection must load there."""
+    from ipsecemu.ike.config import parse_connection
+
+    t = topology.load(path)
+    assert t.vpn
+    for c in t.vpn:
+        a, b = (parse_connection(c.side_config(n)) for n in c.nodes)
+        assert str(a.local_address) == str(b.remote_address) == c.addresses[0]
+        assert str(b.local_address) == str(a.remote_address) == c.addresses[1]
+        assert (a.start_action, b.start_action) == ("initiate", "listen")
+        assert a.esp_proposals == b.esp_proposals and a.auth.secret == b.auth.secret

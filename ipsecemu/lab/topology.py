@@ -115,9 +115,26 @@ class Segment:
 
 @dataclass(frozen=True)
 class VpnConnection:
+    """A route-based IPsec connection between two VPN nodes; ``nodes[0]`` initiates.
+
+    ``config`` is opaque here: ``ipsecemu.ike.config`` keys shared by both sides (psk,
+    ipsec_policy or proposals, lifetimes...).  :meth:`side_config` adds what differs per side.
+    """
+
     name: str
     nodes: tuple[str, str]
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    addresses: tuple[str, str]  # IKE endpoint address of nodes[0], nodes[1]
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (node, prefixes it sends into the tunnel)
+    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def side_config(self, node: str) -> dict[str, Any]:
+        """The connection as seen from ``node``: a dict for ``ipsecemu.ike.config.parse_connection``."""
+        i = self.nodes.index(node)
+        return {**self.config, "name": self.name, "local_address": self.addresses[i],
+                "remote_address": self.addresses[1 - i], "start_action": "initiate" if i == 0 else "listen"}
+
+    def routes_of(self, node: str) -> tuple[str, ...]:
+        return next((r for n, r in self.routes if n == node), ())
 
 
 @dataclass(frozen=True)
@@ -460,7 +477,7 @@ class _Validator:
         for i, c in enumerate(self._list(m.get("connections") or [], ("vpn", "connections"))):
             path = ("vpn", "connections", i)
             cm = self._mapping(c, path)
-            self._keys(cm, path, ("name", "nodes", "ike", "esp", "routes", "options"), ("name", "nodes"))
+            self._keys(cm, path, ("name", "nodes", "addresses", "routes", "config"), ("name", "nodes", "addresses"))
             cname = self._str(cm["name"], path + ("name",))
             if cname in names:
                 raise self.doc.error(path + ("name",), f"duplicate connection name '{cname}'")
@@ -474,12 +491,25 @@ class _Validator:
                 if nodes[n].kind not in VPN_KINDS:
                     raise self.doc.error(path + ("nodes", j),
                                          f"node '{n}' is kind '{nodes[n].kind}', VPN needs one of: {', '.join(VPN_KINDS)}")
-            for k in ("ike", "esp", "options"):
-                if k in cm:
-                    self._mapping(cm[k], path + (k,))
-            if "routes" in cm:
-                for j, r in enumerate(self._list(cm["routes"], path + ("routes",))):
-                    self._net(r, path + ("routes", j))
-            opts = {k: val for k, val in cm.items() if k not in ("name", "nodes")}
-            out.append(VpnConnection(cname, (ns[0], ns[1]), MappingProxyType(opts)))
+            addrs = self._list(cm["addresses"], path + ("addresses",))
+            if len(addrs) != 2:
+                raise self.doc.error(path + ("addresses",), "one IKE address per node, in the order of 'nodes'")
+            ips = []
+            for j, a in enumerate(addrs):
+                ip = self._ip(a, path + ("addresses", j))
+                own = {str(ipaddress.ip_interface(x).ip) for _, x in nodes[ns[j]].addresses}
+                if ip not in own:
+                    raise self.doc.error(path + ("addresses", j), f"{ip} is not an address of node '{ns[j]}'")
+                ips.append(ip)
+            routes: list[tuple[str, tuple[str, ...]]] = []
+            rm = self._mapping(cm.get("routes") or {}, path + ("routes",), "a mapping node -> [prefix, ...]")
+            for n, lst in rm.items():
+                if n not in ns:
+                    raise self.doc.error(path + ("routes", n), f"'{n}' is not one of this connection's nodes")
+                nets = tuple(self._net(r, path + ("routes", n, j))
+                             for j, r in enumerate(self._list(lst, path + ("routes", n))))
+                routes.append((n, nets))
+            config = self._mapping(cm.get("config") or {}, path + ("config",))
+            out.append(VpnConnection(cname, (ns[0], ns[1]), (ips[0], ips[1]), tuple(routes),
+                                     MappingProxyType(config)))
         return tuple(out)
