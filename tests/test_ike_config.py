@@ -7,6 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipsecemu.dataplane.api import EspSaConfig
 from ipsecemu.ike.config import (
@@ -412,3 +414,26 @@ def test_yaml_duplicate_keys_and_alias_bombs() -> None:
         f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
     # nine levels of nine-fold aliases: walking it naively would visit ~10^9 nodes
     assert "unknown key" in _err(bomb)
+
+
+# ---------------------------------------------------------------- robustness
+_VOCAB = ["remote_address", "local_address", "psk", "auth", "method", "secret", "cert", "key", "local_id",
+          "remote_id", "ike_proposals", "esp_proposals", "ipsec_policy", "ike_encryption", "dh_group",
+          "pfs_group", "ipsec_integrity", "local_ts", "remote_ts", "mode", "child_lifetime", "seconds",
+          "rekey_margin", "dpd", "interval", "timeout", "nat_t", "ike_port", "esn", "replay_window",
+          "start_action", "type", "value", "cidr", "ports", "connections", "name"]
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.sampled_from(
+    ["1.2.3.4", "::1", "%any", "psk", "cert", "AES256", "GCMAES256", "ECP384", "None", "PFSMM", "DES",
+     "aes256-sha256-modp2048", "aes256gcm16", "10.0.0.0/8[tcp/80]", "tunnel", "listen", "fqdn", "0x0g",
+     "env:NOPE_NOT_SET", "", "keyid:zz"]), st.text(max_size=12))
+_VALUES = st.recursive(_SCALARS, lambda kids: st.one_of(
+    st.lists(kids, max_size=4), st.dictionaries(st.sampled_from(_VOCAB), kids, max_size=5)), max_leaves=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(_VOCAB), _VALUES, max_size=8))
+def test_random_configs_give_a_config_or_a_config_error(data: dict) -> None:
+    try:
+        parse_config(data)
+    except ConnectionConfigError as exc:
+        assert str(exc)  # a message, never an unrelated exception type
