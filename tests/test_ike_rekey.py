@@ -3,6 +3,8 @@ timed rekeys, make-before-break event order."""
 
 from __future__ import annotations
 
+import random
+
 from test_ike_exchanges import esp_both_ways, events, one, pair
 
 from ipsecemu.ike import events as ev
@@ -140,3 +142,39 @@ def test_rekey_of_unknown_child_gets_child_sa_not_found() -> None:
     net.run()
     failed = one(events(a), ev.ChildSaFailed)
     assert failed.notify == 44  # CHILD_SA_NOT_FOUND
+
+
+def test_simultaneous_child_rekey_lowest_nonce_loses() -> None:
+    """RFC 7296 section 2.8.1: both peers rekey the same Child SA at once; exactly one new SA survives."""
+    winners = set()
+    for seed in range(6):  # different nonces -> either side may win
+        a, b, net, sa, sb = established(a_kw={"child_lifetime_s": 0.0}, b_kw={"child_lifetime_s": 0.0})
+        sa._rng = sb._rng = random.Random(seed).randbytes
+        xa, xb = next(iter(sa.children)), next(iter(sb.children))
+        sa.rekey_child(xa, net.now)
+        sb.rekey_child(xb, net.now)
+        net.run()
+        assert len(sa.children) == len(sb.children) == 1, (seed, sa.children, sb.children)
+        (ca,), (cb,) = sa.children.values(), sb.children.values()
+        assert ca.inbound_spi not in (xa, xb) and ca.outbound_spi == cb.inbound_spi
+        esp_both_ways(ca.keys, cb.keys)
+        ea, eb = events(a), events(b)
+        reasons = sorted(e.reason for e in ea + eb if isinstance(e, ev.ChildSaDeleted))
+        # each side deletes the old SA once and the redundant new SA once
+        assert len(reasons) == 4 and reasons.count("redundant") == 1, reasons
+        winners.add(any(isinstance(e, ev.ChildSaDeleted) and e.reason == "redundant" for e in ea))
+    assert winners == {True, False}  # both outcomes were exercised
+
+
+def test_simultaneous_ike_rekey() -> None:
+    a, b, net, sa, sb = established()
+    sa.rekey_ike(net.now)
+    sb.rekey_ike(net.now)
+    net.run()
+    assert len(a.sas) == len(b.sas) == 1
+    new_a, new_b = next(iter(a.sas.values())), next(iter(b.sas.values()))
+    assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r) and new_a.keys == new_b.keys
+    assert new_a.state == new_b.state == IkeState.ESTABLISHED and len(new_a.children) == 1
+    new_b.dpd(net.now)
+    net.run()
+    assert new_b.state == IkeState.ESTABLISHED

@@ -182,6 +182,8 @@ class _ChildNeg:
     local_ts: list[TrafficSelector]
     remote_ts: list[TrafficSelector]
     rekey_of: ChildSa | None = None
+    # simultaneous rekey (RFC 7296 section 2.8.1): the peer's new SA and the lowest nonce of its exchange
+    collision: tuple[ChildSa, bytes] | None = None
 
 
 class IkeSa:
@@ -242,6 +244,7 @@ class IkeSa:
         self.counters: dict[str, int] = {}
         self.successor: IkeSa | None = None
         self._rekeying_ike = False
+        self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
 
     # --- driving API ----------------------------------------------------------------------------
 
@@ -948,7 +951,19 @@ class IkeSa:
             return None
         self.children[child.inbound_spi] = child
         old = neg.rekey_of
-        if old is not None and old.inbound_spi in self.children:
+        if old is not None and neg.collision is not None:
+            _peer_child, peer_low = neg.collision
+            self._event(ChildSaRekeyed, old_inbound_spi=old.inbound_spi, old_outbound_spi=old.outbound_spi,
+                        keys=child.keys)
+            if min(ni, nr) < peer_low:
+                # our exchange has the lowest nonce: our new SA is the redundant one, we close it;
+                # the peer (initiator of the surviving exchange) deletes the old SA
+                self._queue.appendleft(("delete_child", lambda t: self._start_delete_child(
+                    t, child.inbound_spi, "redundant")))
+            else:
+                self._queue.appendleft(("delete_child", lambda t: self._start_delete_child(
+                    t, old.inbound_spi, "rekeyed")))
+        elif old is not None and old.inbound_spi in self.children:
             old.rekeyed = True
             self._event(ChildSaRekeyed, old_inbound_spi=old.inbound_spi, old_outbound_spi=old.outbound_spi,
                         keys=child.keys)
@@ -976,11 +991,13 @@ class IkeSa:
         if rekey_of is not None:
             payloads.append(m.Notification(Notify.REKEY_SA, b"", Protocol.ESP, rekey_of.inbound_spi.to_bytes(4, "big")))
         payloads += self._child_request_payloads(neg)
+        self._child_neg = neg
         self._send_request(now, Exchange.CREATE_CHILD_SA, payloads,
                            lambda r, t: self._on_create_child_response(r, t, neg),
                            "rekey_child" if rekey_of else "create_child")
 
     def _on_create_child_response(self, msg: m.Message, now: float, neg: _ChildNeg) -> None:
+        self._child_neg = None
         bad_ke = msg.notify(Notify.INVALID_KE_PAYLOAD)
         if bad_ke is not None and neg.ke is not None:
             want = int.from_bytes(bad_ke.data[:2], "big") if len(bad_ke.data) >= 2 else 0
@@ -1017,6 +1034,12 @@ class IkeSa:
         if rekey is not None:
             spi = int.from_bytes(rekey.spi, "big")
             old = next((c for c in self.children.values() if c.outbound_spi == spi), None)
+            if old is not None and old.rekeyed:
+                neg = self._child_neg
+                if neg is None or neg.rekey_of is not old or neg.collision is not None:
+                    # already replaced and being deleted (RFC 7296 section 2.25)
+                    self._send_response(msg, [m.Notification(Notify.TEMPORARY_FAILURE)], addr, local)
+                    return
             if old is None:
                 self._send_response(msg, [m.Notification(Notify.CHILD_SA_NOT_FOUND, b"", Protocol.ESP, rekey.spi)],
                                     addr, local)
@@ -1025,11 +1048,15 @@ class IkeSa:
         if nonce is None:
             self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
             return
-        payloads, child, _fail = self._respond_child(msg, nonce.data, self._nonce(), old, now)
+        nr = self._nonce()
+        payloads, child, _fail = self._respond_child(msg, nonce.data, nr, old, now)
         self._send_response(msg, payloads, addr, local)
         if child is None:
             return
         self.children[child.inbound_spi] = child
+        neg = self._child_neg
+        if old is not None and neg is not None and neg.rekey_of is old:
+            neg.collision = (child, min(nonce.data, nr))
         if old is not None:
             old.rekeyed = True
             self._event(ChildSaRekeyed, old_inbound_spi=old.inbound_spi, old_outbound_spi=old.outbound_spi,
