@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.contrib.ikev2 import IKEv2_Proposal, IKEv2_Transform
 
 from ipsecemu.dataplane.api import EspSaConfig
@@ -235,3 +237,37 @@ def test_transforms_encode_like_scapy() -> None:
     assert [(a, b) for a, b, _ in got] == [(int(t.type), t.id) for t in p.transforms]
     assert got[0][2] == 256
     assert bytes.fromhex("0100000c800e0100") in raw  # ENCR AES-CBC with Key Length 256
+
+
+_TOKENS = st.sampled_from(["aes128", "aes256", "aes256gcm16", "3des", "null", "chacha20poly1305", "sha1", "sha256",
+                           "md5", "prfsha256", "prfmd5", "modp2048", "ecp384", "x25519", "esn", "noesn", "", "des",
+                           "AES", "gcm", "-", ","])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_TOKENS, max_size=8), st.sampled_from(["ike", "esp"]))
+def test_random_strings_parse_or_raise_proposal_error(tokens: list[str], proto: str) -> None:
+    text = "-".join(tokens)
+    try:
+        ps = parse_proposals(text, proto)
+    except ProposalError as exc:
+        assert str(exc)
+        return
+    for p in ps:  # whatever parses round-trips through the display form and selects itself
+        assert parse_proposal(p.to_strongswan_string(), proto).transforms == p.transforms
+        assert select([p], [p]) is not None
+
+
+_TRANSFORMS = st.builds(Transform, st.integers(1, 7), st.integers(0, 40), st.sampled_from([None, 128, 256, 77]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.builds(Proposal, st.sampled_from(["ike", "esp"]), st.lists(_TRANSFORMS, max_size=6).map(tuple),
+                          st.integers(1, 5)), max_size=4))
+def test_select_on_arbitrary_offers_never_crashes(offered: list[Proposal]) -> None:
+    offered = [Proposal(p.protocol, p.transforms, n) for n, p in enumerate(offered, 1)]  # numbers are unique
+    local = parse_proposals("aes256-sha256-modp2048,aes128gcm16-prfsha256-ecp256", "ike")
+    local += parse_proposals("aes256gcm16-ecp256,aes128-sha1", "esp")
+    got = select(local, offered)
+    if got is not None:  # a chosen proposal is one the initiator-side check accepts
+        assert check_selected(offered, got)
