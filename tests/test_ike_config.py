@@ -437,3 +437,40 @@ def test_random_configs_give_a_config_or_a_config_error(data: dict) -> None:
         parse_config(data)
     except ConnectionConfigError as exc:
         assert str(exc)  # a message, never an unrelated exception type
+
+
+# ---------------------------------------------------------------- back to YAML
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"ipsec_policy": DOCS_POLICY, "local_id": "keyid:0a0b", "remote_id": "admin@example.com"},
+        {"mode": "transport", "esp_proposals": "3des-sha1,aes128gcm16-esn", "esn": True},
+        {"psk": "0x00ff10", "local_ts": ["10.2.27.0/25[tcp/8080]", "10.3.0.0/16[udp/1000-2000]"],
+         "remote_ts": ["10.0.1.0/24[icmp]"], "dpd": False, "start_action": "listen"},
+        {"psk": None, "auth": {"method": "cert", "cert": "a.pem", "key": "a.key"},
+         "nat_t": {"force_encap": True, "natt_port": 14500}, "replay_window": 0,
+         "child_lifetime": {"seconds": 1800, "packets": 5}, "ike_lifetime": 7200},
+    ],
+)
+def test_to_dict_and_dumps_round_trip(over: dict) -> None:
+    from ipsecemu.ike.config import dumps, to_dict
+
+    d = {**BASE, **over}
+    if d.get("psk") is None:
+        d.pop("psk")
+    c = parse_connection(d)
+    assert parse_connection(to_dict(c, include_secret=True)) == c
+    assert loads(dumps([c], include_secret=True)) == [c]
+    shared = dumps([c])
+    assert "abc123" not in shared and "00ff10" not in shared
+
+
+def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipsecemu.ike.config import dumps
+
+    c = conn(psk="\x01binary")
+    monkeypatch.setenv("IPSECEMU_PSK", "\x01binary")
+    assert "env:IPSECEMU_PSK" in dumps([c])
+    assert loads(dumps([c])) == [c]
+    assert "0x0162696e617279" in dumps([c], include_secret=True)

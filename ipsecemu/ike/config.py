@@ -599,7 +599,7 @@ def parse_connection(data: Mapping[str, Any], name: str | None = None, *, _ctx: 
         else:
             dd = _keyed(ctx, p("dpd"), d["dpd"], _canon("interval", "timeout", delay="interval"))
             dpd = Dpd(_int(ctx, (*p("dpd"), "interval"), dd.get("interval", Dpd.interval), 0),
-                      _int(ctx, (*p("dpd"), "timeout"), dd.get("timeout", Dpd.timeout), 1))
+                      _int(ctx, (*p("dpd"), "timeout"), dd.get("timeout", Dpd.timeout), 0))
             if dpd.interval and dpd.timeout < dpd.interval:
                 raise ctx.error(p("dpd"), f"timeout ({dpd.timeout}) must be >= interval ({dpd.interval})")
     nat = NatT()
@@ -647,6 +647,79 @@ def parse_config(data: object, *, _ctx: _Ctx | None = None) -> list[ConnectionCo
         out = [parse_connection(c, str(n), _ctx=ctx, _path=("connections", str(n))) for n, c in conns.items()]
         return out
     return [parse_connection(data, _ctx=ctx)]
+
+
+# ---------------------------------------------------------------- back to the file format
+def _ts_text(ts: TrafficSelector) -> list[str]:
+    nets = ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)  # type: ignore[arg-type]
+    extra = ""
+    if ts.ip_proto or (ts.start_port, ts.end_port) != (0, 65535):
+        ports = "%any" if (ts.start_port, ts.end_port) == (0, 65535) else (
+            str(ts.start_port) if ts.start_port == ts.end_port else f"{ts.start_port}-{ts.end_port}")
+        extra = f"[{ts.ip_proto}/{ports}]"
+    return [f"{n}{extra}" for n in nets]
+
+
+def to_dict(conn: ConnectionConfig, *, include_secret: bool = False) -> dict[str, Any]:
+    """The dict/YAML form of a connection; ``parse_connection(to_dict(c, include_secret=True)) == c``.
+
+    Without ``include_secret`` the PSK is replaced by ``env:IPSECEMU_PSK`` so the output can be
+    shared (and the secret supplied through the environment).
+    """
+    d: dict[str, Any] = {
+        "name": conn.name,
+        "local_address": str(conn.local_address) if conn.local_address is not None else "%any",
+        "remote_address": str(conn.remote_address) if conn.remote_address is not None else "%any",
+    }
+    if conn.local_id is not None:
+        d["local_id"] = str(conn.local_id)
+    if conn.remote_id is not None:
+        d["remote_id"] = str(conn.remote_id)
+    if conn.auth.method == "psk":
+        if include_secret:
+            try:
+                secret = conn.auth.secret.decode()
+                if secret.lower().startswith(("0x", "env:")) or not secret.isprintable():
+                    raise ValueError
+            except ValueError:
+                secret = "0x" + conn.auth.secret.hex()
+            d["psk"] = secret
+        else:
+            d["psk"] = "env:IPSECEMU_PSK"
+    else:
+        d["auth"] = {k: v for k, v in (("method", "cert"), ("cert", conn.auth.cert), ("key", conn.auth.key),
+                                       ("ca", conn.auth.ca)) if v is not None}
+    if conn.azure_policy is not None:
+        d["ipsec_policy"] = dict(vars(conn.azure_policy))
+    else:
+        d["ike_proposals"] = [p.to_strongswan_string() for p in conn.ike_proposals]
+        d["esp_proposals"] = [p.to_strongswan_string() for p in conn.esp_proposals]
+        lt = conn.child_lifetime
+        d["child_lifetime"] = {"seconds": lt.seconds, "kilobytes": lt.kilobytes, "packets": lt.packets,
+                               "rekey_margin": lt.rekey_margin, "jitter": lt.jitter,
+                               "rekey_margin_percent": lt.rekey_margin_percent}
+    lt = conn.ike_lifetime
+    d["ike_lifetime"] = {"seconds": lt.seconds, "kilobytes": lt.kilobytes, "packets": lt.packets,
+                         "rekey_margin": lt.rekey_margin, "jitter": lt.jitter,
+                         "rekey_margin_percent": lt.rekey_margin_percent}
+    d["local_ts"] = [t for ts in conn.local_ts for t in _ts_text(ts)]
+    d["remote_ts"] = [t for ts in conn.remote_ts for t in _ts_text(ts)]
+    d["mode"] = conn.mode
+    d["dpd"] = {"interval": conn.dpd.interval, "timeout": conn.dpd.timeout}
+    d["nat_t"] = {"ike_port": conn.nat_t.ike_port, "natt_port": conn.nat_t.natt_port,
+                  "force_encap": conn.nat_t.force_encap}
+    d["replay_window"] = conn.replay_window
+    d["start_action"] = conn.start_action
+    return d
+
+
+def dumps(conns: list[ConnectionConfig], *, include_secret: bool = False) -> str:
+    """YAML text for ``connections:`` (what ``loads`` reads back)."""
+    body = {"connections": {}}
+    for c in conns:
+        d = to_dict(c, include_secret=include_secret)
+        body["connections"][d.pop("name")] = d
+    return yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
 
 
 # ---------------------------------------------------------------- to the IKE core
