@@ -329,8 +329,9 @@ class MkaParticipant:
         return False
 
     def _elect(self) -> None:
-        cands = [(p.priority, p.sci) for p in self._peers.values() if p.live and p.priority != NOT_KEY_SERVER]
-        if cands and self.priority != NOT_KEY_SERVER:
+        live = [p for p in self._peers.values() if p.live]
+        cands = [(p.priority, p.sci) for p in live if p.priority != NOT_KEY_SERVER]
+        if live and self.priority != NOT_KEY_SERVER:
             cands.append((self.priority, self.sci))
         ks = min(cands)[1] if cands else None
         if ks != self._key_server:
