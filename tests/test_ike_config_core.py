@@ -141,3 +141,27 @@ def test_core_config_fields() -> None:
     assert core.child_lifetime_s == 3600 and core.rekey_fraction == pytest.approx(0.9)
     assert core.dpd_delay_s == 10 and core.replay_window == 128
     assert "abc123" not in repr(core)
+
+
+@pytest.mark.parametrize("policy", [
+    dict(ike_encryption="DES3", ike_integrity="MD5", dh_group="DHGroup1", ipsec_encryption="DES3",
+         ipsec_integrity="MD5", pfs_group="None"),
+    dict(ike_encryption="AES128", ike_integrity="SHA1", dh_group="DHGroup24", ipsec_encryption="None",
+         ipsec_integrity="SHA256", pfs_group="PFS24"),
+    dict(ike_encryption="AES192", ike_integrity="SHA384", dh_group="ECP256", ipsec_encryption="GCMAES192",
+         ipsec_integrity="GCMAES192", pfs_group="ECP384"),
+    dict(ike_encryption="GCMAES128", ike_integrity="GCMAES128", dh_group="DHGroup2048",
+         ipsec_encryption="AES192", ipsec_integrity="SHA1", pfs_group="PFS2"),
+], ids=["3des-md5-g1", "null-sha256-g24", "aes192-sha384-ecp256", "gcm128-g2048"])
+def test_azure_policies_through_the_core(policy: dict) -> None:
+    """Azure's weaker and odder policy values still negotiate end to end (both sides same policy)."""
+    side = {"psk": "abc123", "ipsec_policy": policy}
+    a = parse_connection({**side, "name": "a", "local_address": "192.0.2.1", "remote_address": "192.0.2.2"})
+    b = parse_connection({**side, "name": "b", "local_address": "192.0.2.2", "remote_address": "192.0.2.1",
+                          "start_action": "listen"})
+    ea, eb = _establish(a, b)
+    assert _one(ea, ev.IkeSaEstablished).proposal == a.ike_proposals[0].to_strongswan_string()
+    ka, kb = _one(ea, ev.ChildSaEstablished).keys, _one(eb, ev.ChildSaEstablished).keys
+    encr, integ, _ = a.esp_proposals[0].esp_dataplane()
+    assert (ka.outbound.encr, ka.outbound.integ) == (encr, integ)
+    _esp_both_ways(ka, kb)
