@@ -1,0 +1,231 @@
+"""``ipsecemu bench dataplane``: packets/s and Gbit/s of the ESP and MACsec transforms on one core,
+next to ``openssl speed -evp aes-{128,256}-gcm`` run in the same process tree, like
+``openssl speed`` for ipsecemu.
+
+Suites: ESP AES-GCM-128, AES-GCM-256, AES-CBC-256 + HMAC-SHA-256-128 (encap, decap); MACsec
+GCM-AES-128 and GCM-AES-XPN-256 (protect, validate).  ``size`` is the payload handed to the
+transform: the inner IP packet for ESP, the whole Ethernet frame for MACsec; Gbit/s counts
+those bytes.
+
+Native backend: the C timing loop (``native.bench_esp`` / ``bench_macsec``) when present, so
+no Python runs per packet; otherwise (and for the reference backend) batch calls are timed on
+pre-built buffers.  Decap/validate must see valid fresh packets every round: the inbound ESP SA
+has replay window 0 and the MACsec receiver replay protection off, so one pre-built batch can be
+opened again and again.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from types import ModuleType
+
+from ipsecemu.dataplane import backend as get_backend
+from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
+
+__all__ = ["Suite", "Result", "SUITES", "DEFAULT_SIZES", "DEFAULT_BATCHES", "run", "openssl_speed", "format_table"]
+
+DEFAULT_SIZES = (64, 512, 1400)
+DEFAULT_BATCHES = (1, 32, 256)
+_IPV4_HDR = bytes.fromhex("4500000000000000401100000a0000010a000002")  # payload looks like IPv4
+
+
+@dataclass(frozen=True)
+class Suite:
+    protocol: str  # "esp" | "macsec"
+    name: str
+    openssl: str | None  # openssl speed cipher to compare with
+    esp: EspSaConfig | None = None
+    macsec: MacsecSaConfig | None = None
+
+
+def _esp(encr: str, key_len: int, integ: str | None = None, integ_len: int = 0) -> EspSaConfig:
+    return EspSaConfig(spi=0x1000, encr=encr, enc_key=bytes(range(1, key_len + 1)), integ=integ,
+                       integ_key=bytes(range(100, 100 + integ_len)), replay_window=0)
+
+
+SUITES: tuple[Suite, ...] = (
+    Suite("esp", "aes-gcm-128", "aes-128-gcm", esp=_esp("aes-gcm-16", 20)),
+    Suite("esp", "aes-gcm-256", "aes-256-gcm", esp=_esp("aes-gcm-16", 36)),
+    Suite("esp", "aes-cbc-256+hmac-sha256-128", None, esp=_esp("aes-cbc", 32, "hmac-sha256-128", 32)),
+    Suite("macsec", "gcm-aes-128", "aes-128-gcm",
+          macsec=MacsecSaConfig("gcm-aes-128", bytes(range(16)), bytes.fromhex("020000000001" "0001"), 0)),
+    Suite("macsec", "gcm-aes-xpn-256", "aes-256-gcm",
+          macsec=MacsecSaConfig("gcm-aes-xpn-256", bytes(range(32)), bytes.fromhex("020000000001" "0001"), 0,
+                                ssci=1, salt=bytes(range(12)))),
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    protocol: str
+    suite: str
+    op: str
+    size: int
+    batch: int
+    pps: float
+    gbps: float
+    openssl_gbps: float | None
+    ratio: float | None
+    backend: str
+    packets: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ openssl speed
+_MR_LINE = re.compile(r"^\+F:\d+:([^:]+):([0-9.]+)")
+
+
+def openssl_speed(cipher: str, size: int, seconds: int = 1) -> float | None:
+    """Gbit/s of ``openssl speed -evp <cipher> -bytes <size>``, or None if openssl is missing or
+    its output cannot be parsed."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, "speed", "-mr", "-evp", cipher, "-bytes", str(size), "-seconds", str(seconds)],
+                              capture_output=True, text=True, timeout=seconds * 10 + 30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_openssl_speed(proc.stdout, cipher)
+
+
+def parse_openssl_speed(text: str, cipher: str) -> float | None:
+    """Parse ``openssl speed -mr`` output ("+F:<n>:<NAME>:<bytes per second>") into Gbit/s."""
+    for line in text.splitlines():
+        m = _MR_LINE.match(line.strip())
+        if m and m.group(1).lower() == cipher.lower():
+            return float(m.group(2)) * 8 / 1e9
+    return None
+
+
+# ------------------------------------------------------------------ timing
+def _frame(size: int, sci: bytes) -> bytes:
+    """An Ethernet frame of ``size`` bytes from the SCI's MAC (so implicit SCIs work too)."""
+    head = b"\x02" * 6 + sci[:6] + b"\x08\x00"
+    return (head + _IPV4_HDR + bytes(max(0, size)))[:size] if size >= 14 else head[:size]
+
+
+def _payload(size: int) -> bytes:
+    return (_IPV4_HDR + bytes(size))[:size]
+
+
+def _time_loop(fn: Callable[[], object], budget: float, batch: int) -> tuple[int, float]:
+    """Call ``fn`` (one batch) until ``budget`` seconds have passed; (packets, seconds)."""
+    fn()  # warm up (key schedules, allocations)
+    calls, start = 0, time.perf_counter()
+    deadline = start + budget
+    while True:
+        fn()
+        calls += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return calls * batch, now - start
+
+
+def _python_esp(be: ModuleType, cfg: EspSaConfig, size: int, batch: int, budget: float) -> dict[str, tuple[int, float]]:
+    out = be.EspOutbound(cfg)
+    payloads = [_payload(size)] * batch
+    packets = [p for v, p in out.encap_batch(payloads, 4) if v == Verdict.OK]
+    if len(packets) != batch:
+        raise RuntimeError("ESP benchmark: encap failed while preparing packets")
+    inbound = be.EspInbound(cfg)  # replay_window 0: the same packets decap every round
+    if any(r.verdict != Verdict.OK for r in inbound.decap_batch(packets)):
+        raise RuntimeError("ESP benchmark: decap failed while preparing packets")
+    return {"encap": _time_loop(lambda: out.encap_batch(payloads, 4), budget, batch),
+            "decap": _time_loop(lambda: inbound.decap_batch(packets), budget, batch)}
+
+
+def _python_macsec(be: ModuleType, sa: MacsecSaConfig, size: int, batch: int,
+                   budget: float) -> dict[str, tuple[int, float]]:
+    tx = be.MacsecTx(SecYConfig(), sa)
+    frames = [_frame(size, sa.sci)] * batch
+    protected = [f for v, f in tx.protect_batch(frames) if v == Verdict.OK]
+    if len(protected) != batch:
+        raise RuntimeError("MACsec benchmark: protect failed while preparing frames")
+    rx = be.MacsecRx(SecYConfig(replay_protect=False))
+    rx.add_sa(sa)
+    if any(r.verdict != Verdict.OK for r in rx.validate_batch(protected)):
+        raise RuntimeError("MACsec benchmark: validate failed while preparing frames")
+    return {"protect": _time_loop(lambda: tx.protect_batch(frames), budget, batch),
+            "validate": _time_loop(lambda: rx.validate_batch(protected), budget, batch)}
+
+
+def _c_loop(bench: Callable[[int], tuple[float, float]], ops: tuple[str, str], batch: int,
+            budget: float) -> dict[str, tuple[int, float]]:
+    """Drive a C timing helper: calibrate the iteration count, then one run of ~2 x budget."""
+    iters, enough = 1, min(0.05, budget / 2)
+    while True:
+        a, b = bench(iters)
+        spent = a + b
+        if spent >= enough or iters >= 1 << 24:
+            break
+        iters *= 8 if spent < enough / 10 else 2
+    iters = max(1, int(iters * (2 * budget) / max(spent, 1e-9)))
+    a, b = bench(iters)
+    return {ops[0]: (iters * batch, a), ops[1]: (iters * batch, b)}
+
+
+def _measure(be: ModuleType, suite: Suite, size: int, batch: int, budget: float) -> dict[str, tuple[int, float]]:
+    native = be.__name__.endswith(".native")
+    if suite.esp is not None:
+        cfg = suite.esp
+        helper = getattr(be, "bench_esp", None)
+        supported = getattr(be, "native_esp_supported", lambda _c: True)
+        if native and helper is not None and supported(cfg):
+            return _c_loop(lambda n: helper(cfg, size, batch, n), ("encap", "decap"), batch, budget)
+        return _python_esp(be, cfg, size, batch, budget)
+    sa = suite.macsec
+    assert sa is not None
+    helper = getattr(be, "bench_macsec", None)
+    if native and helper is not None:
+        secy = SecYConfig(replay_protect=False)
+        return _c_loop(lambda n: helper(secy, sa, size, batch, n), ("protect", "validate"), batch, budget)
+    return _python_macsec(be, sa, size, batch, budget)
+
+
+def run(*, backend: str = "native", suites: Sequence[Suite] = SUITES, sizes: Sequence[int] = DEFAULT_SIZES,
+        batches: Sequence[int] = DEFAULT_BATCHES, duration: float = 0.4, openssl_seconds: int = 1,
+        progress: Callable[[str], None] | None = None) -> list[Result]:
+    """Measure every (suite, size, batch); ``duration`` seconds per operation and cell.
+    ``openssl_seconds`` 0 skips the OpenSSL comparison."""
+    be = get_backend(backend)
+    be_name = be.__name__.rsplit(".", 1)[-1]
+    say = progress or (lambda _msg: None)
+    reference: dict[tuple[str, int], float | None] = {}
+    for cipher in sorted({s.openssl for s in suites if s.openssl and openssl_seconds > 0}):
+        for size in sizes:
+            say(f"openssl speed -evp {cipher} -bytes {size}")
+            reference[(cipher, size)] = openssl_speed(cipher, size, openssl_seconds)
+    results: list[Result] = []
+    for suite in suites:
+        for size in sizes:
+            for batch in batches:
+                say(f"{suite.protocol} {suite.name} {size} B x {batch}")
+                for op, (packets, seconds) in _measure(be, suite, size, batch, duration).items():
+                    pps = packets / seconds if seconds > 0 else 0.0
+                    gbps = pps * size * 8 / 1e9
+                    ossl = reference.get((suite.openssl, size)) if suite.openssl else None
+                    ratio = gbps / ossl if ossl else None
+                    results.append(Result(suite.protocol, suite.name, op, size, batch, pps, gbps, ossl, ratio,
+                                          be_name, packets, seconds))
+    return results
+
+
+def format_table(results: Sequence[Result]) -> str:
+    head = f"{'protocol':8} {'suite':28} {'op':9} {'size':>5} {'batch':>5} {'pkts/s':>12} {'Gbit/s':>8} " \
+           f"{'openssl':>8} {'ratio':>6}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ossl = f"{r.openssl_gbps:8.2f}" if r.openssl_gbps else f"{'-':>8}"
+        ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
+        lines.append(f"{r.protocol:8} {r.suite:28} {r.op:9} {r.size:5d} {r.batch:5d} {r.pps:12,.0f} "
+                     f"{r.gbps:8.2f} {ossl} {ratio}")
+    return "\n".join(lines)
