@@ -474,3 +474,13 @@ def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "env:IPSECEMU_PSK" in dumps([c])
     assert loads(dumps([c])) == [c]
     assert "0x0162696e617279" in dumps([c], include_secret=True)
+
+
+def test_summary_shows_the_negotiable_parts_not_the_secret() -> None:
+    from ipsecemu.ike.config import summary
+
+    text = summary(loads(YAML, "x.yaml"))
+    assert "azure-er-i0: 172.24.127.211 -> 10.51.230.4 (tunnel, initiate, auth psk)" in text
+    assert "  esp    aes256gcm16-modp2048" in text and "ipsec GCMAES256/GCMAES256/PFSMM" in text
+    assert "s5-transport: 10.2.27.10 -> 10.0.1.4 (transport" in text and "10.2.27.0/25[6/8080]" in text
+    assert "abc123" not in text and "s3cret" not in text

@@ -722,6 +722,31 @@ def dumps(conns: list[ConnectionConfig], *, include_secret: bool = False) -> str
     return yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
 
 
+def summary(conns: list[ConnectionConfig]) -> str:
+    """Human summary for ``config check`` (never shows the PSK)."""
+    out: list[str] = []
+    for c in conns:
+        la = str(c.local_address) if c.local_address is not None else "%any"
+        ra = str(c.remote_address) if c.remote_address is not None else "%any"
+        lid = c.effective_local_id()
+        out.append(f"{c.name}: {la} -> {ra} ({c.mode}, {c.start_action}, auth {c.auth.method})")
+        out.append(f"  ids    {lid or '%any'} -> {c.remote_id or '%any'}")
+        if c.azure_policy is not None:
+            pol = c.azure_policy
+            out.append(f"  azure  ike {pol.ike_encryption}/{pol.ike_integrity}/{pol.dh_group}, "
+                       f"ipsec {pol.ipsec_encryption}/{pol.ipsec_integrity}/{pol.pfs_group}")
+        out.append(f"  ike    {', '.join(p.to_strongswan_string() for p in c.ike_proposals)}")
+        out.append(f"  esp    {', '.join(p.to_strongswan_string() for p in c.esp_proposals)}")
+        out.append(f"  ts     {' '.join(str(t) for t in c.local_ts)} === {' '.join(str(t) for t in c.remote_ts)}")
+        ch, ik = c.child_lifetime, c.ike_lifetime
+        out.append(f"  life   ike {ik.seconds}s (rekey at {ik.seconds - ik.rekey_margin}s -{ik.jitter}s), "
+                   f"child {ch.seconds}s / {ch.kilobytes} KB (rekey at {ch.seconds - ch.rekey_margin}s -{ch.jitter}s)")
+        dpd = f"{c.dpd.interval}s/{c.dpd.timeout}s" if c.dpd.interval else "off"
+        out.append(f"  dpd {dpd}, nat-t {c.nat_t.ike_port}/{c.nat_t.natt_port}"
+                   f"{' forced' if c.nat_t.force_encap else ''}, replay window {c.replay_window}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 # ---------------------------------------------------------------- to the IKE core
 def to_ike_sa_config(conn: ConnectionConfig) -> Any:
     """The IKE core's view (:class:`ipsecemu.ike.settings.IkeSaConfig`) of a connection.
