@@ -81,6 +81,7 @@ _DELIVER = lib.IE_PKT_DELIVER
 _HAS_SCI = lib.IE_PKT_HAS_SCI
 _TFC_DUMMY = lib.IE_TFC_DUMMY
 _OK = lib.IE_OK
+_TOO_SHORT = lib.IE_TOO_SHORT
 
 
 def native_esp_supported(cfg: EspSaConfig) -> bool:
@@ -141,31 +142,20 @@ def _esp_cfg(cfg: EspSaConfig, initial: int) -> tuple[Any, list[Any]]:
 
 
 class _Batch:
-    """One contiguous buffer holding n packets, each with head/tail room, plus descriptors."""
+    """n packets back to back in one buffer, each with head/tail room, plus C descriptors."""
 
-    __slots__ = ("data", "base", "pkts", "verdicts", "starts", "n", "_ivs")
+    __slots__ = ("data", "base", "pkts", "verdicts", "n", "_ivs")
 
-    def __init__(self, items: Sequence[bytes], head: int, tail: int) -> None:
-        n = len(items)
-        self.n = n
-        gap = bytes(tail + head)
+    def __init__(self, items: Sequence[bytes], head: int, tail: int, next_header: int = 0) -> None:
+        n = self.n = len(items)
         # [head] item0 [tail+head] item1 ... [tail]: one join, one copy of the payloads
-        self.data = bytearray(head) + gap.join(items) + bytearray(tail)
+        self.data = bytearray(head) + bytes(tail + head).join(items) + bytearray(tail + 1)
         self.base = ffi.from_buffer("uint8_t[]", self.data)
         self.pkts = ffi.new("ie_pkt[]", max(n, 1))
         self.verdicts = ffi.new("uint8_t[]", max(n, 1))
-        self.starts = []
         self._ivs: Any = None
-        pos = 0
-        for i, item in enumerate(items):
-            length = len(item)
-            p = self.pkts[i]
-            p.buf = self.base + pos
-            p.off = head
-            p.len = length
-            p.cap = head + length + tail
-            self.starts.append(pos)
-            pos += head + length + tail
+        lens = ffi.new("uint32_t[]", [len(x) for x in items] or [0])
+        lib.ie_pkts_layout(self.pkts, n, self.base, lens, head, tail, next_header)
 
     def set_ivs(self, ivs: Sequence[bytes | None], iv_len: int) -> None:
         self._ivs = ffi.new("uint8_t[]", b"".join(iv if iv is not None else bytes(iv_len) for iv in ivs))
@@ -173,10 +163,22 @@ class _Batch:
             if iv is not None:
                 self.pkts[i].iv = self._ivs + i * iv_len
 
-    def out(self, i: int) -> bytes:
-        p = self.pkts[i]
-        start = self.starts[i] + p.off
-        return bytes(self.data[start:start + p.len])
+    def verdict_codes(self) -> list[int]:
+        return ffi.unpack(self.verdicts, self.n)  # type: ignore[no-any-return]
+
+    def outputs(self) -> list[bytes]:
+        """Every packet's current [off, off+len) bytes (callers pick the delivered ones)."""
+        spans = ffi.new("uint64_t[]", 2 * max(self.n, 1))
+        lib.ie_pkts_spans(self.pkts, self.n, self.base, spans)
+        sp = ffi.unpack(spans, 2 * self.n)
+        mv = memoryview(self.data)
+        return [mv[sp[k]:sp[k] + sp[k + 1]].tobytes() for k in range(0, 2 * self.n, 2)]
+
+
+def _tx_results(b: _Batch) -> list[tuple[Verdict, bytes]]:
+    codes = b.verdict_codes()
+    outs = b.outputs()
+    return [(_VERDICT[v], outs[i] if v == _OK else b"") for i, v in enumerate(codes)]
 
 
 # ---------------------------------------------------------------------------- ESP
@@ -240,27 +242,23 @@ class EspOutbound:
             for iv in ivs:
                 if iv is not None and len(iv) != self._iv_len:
                     raise ValueError(f"iv: {self.cfg.encr} needs a {self._iv_len}-byte IV, got {len(iv)}")
-        b = _Batch(payloads, lib.IE_ESP_HEADROOM, lib.IE_ESP_TAILROOM)
-        for i in range(b.n):
-            b.pkts[i].next_header = next_header
+        b = _Batch(payloads, lib.IE_ESP_HEADROOM, lib.IE_ESP_TAILROOM, next_header)
         if ivs is not None:
             b.set_ivs(ivs, self._iv_len)
         lib.ie_esp_encap(self._sa, b.pkts, b.n, b.verdicts)
-        return [
-            (_VERDICT[b.verdicts[i]], b.out(i) if b.verdicts[i] == _OK else b"") for i in range(b.n)
-        ]
+        return _tx_results(b)
 
 
 def _decap_results(b: _Batch) -> list[DecapResult]:
     res = []
-    for i in range(b.n):
-        v = b.verdicts[i]
+    outs = b.outputs()
+    for i, v in enumerate(b.verdict_codes()):
         p = b.pkts[i]
         if v == _OK:
-            res.append(DecapResult(Verdict.OK, b.out(i), p.next_header, p.seq, p.spi))
+            res.append(DecapResult(Verdict.OK, outs[i], p.next_header, p.seq, p.spi))
         elif v == _TFC_DUMMY:
             res.append(DecapResult(Verdict.TFC_DUMMY, next_header=p.next_header, seq=p.seq, spi=p.spi))
-        elif v == lib.IE_TOO_SHORT:
+        elif v == _TOO_SHORT:
             res.append(DecapResult(Verdict.TOO_SHORT))
         else:
             res.append(DecapResult(_VERDICT[v], spi=p.spi))
@@ -497,9 +495,7 @@ class MacsecTx:
     def protect_batch(self, frames: Iterable[bytes]) -> list[tuple[Verdict, bytes]]:
         b = _Batch(list(frames), lib.IE_MACSEC_HEADROOM, lib.IE_MACSEC_TAILROOM)
         lib.ie_macsec_protect(self._tx, b.pkts, b.n, b.verdicts)
-        return [
-            (_VERDICT[b.verdicts[i]], b.out(i) if b.verdicts[i] == _OK else b"") for i in range(b.n)
-        ]
+        return _tx_results(b)
 
 
 class MacsecRx:
@@ -552,11 +548,12 @@ class MacsecRx:
         b = _Batch(list(frames), 0, 0)
         lib.ie_macsec_validate(self._rx, b.pkts, b.n, b.verdicts)
         res = []
-        for i in range(b.n):
+        outs = b.outputs()
+        for i, v in enumerate(b.verdict_codes()):
             p = b.pkts[i]
             res.append(ValidateResult(
-                _VERDICT[b.verdicts[i]],
-                b.out(i) if p.flags & _DELIVER else b"",
+                _VERDICT[v],
+                outs[i] if p.flags & _DELIVER else b"",
                 p.sci.to_bytes(8, "big") if p.flags & _HAS_SCI else b"",
                 p.an,
                 p.seq,

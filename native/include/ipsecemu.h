@@ -174,6 +174,13 @@ typedef struct ie_macsec_rx ie_macsec_rx;
 
 int ie_abi_version(void);
 
+/* Wrapper helpers: lay out n packets back to back in one buffer (packet i's data at
+ * base + sum of earlier (head + lens[j] + tail) + head), and read back where each result
+ * lies as (offset from base, length) pairs; keeps per-packet work out of Python. */
+void ie_pkts_layout(ie_pkt *pkts, size_t n, uint8_t *base, const uint32_t *lens, uint32_t head,
+                    uint32_t tail, uint8_t next_header);
+void ie_pkts_spans(const ie_pkt *pkts, size_t n, const uint8_t *base, uint64_t *spans);
+
 /* ESP outbound SA: the only owner of its sequence counter. */
 int ie_esp_out_new(const ie_esp_cfg *cfg, ie_esp_out **out);
 void ie_esp_out_free(ie_esp_out *sa);
@@ -221,6 +228,7 @@ int ie_macsec_rx_next_pn(const ie_macsec_rx *rx, uint64_t sci, uint8_t an, uint6
 
 /* Benchmarks without Python per packet: n packets of `size` payload bytes, encap then decap
  * (protect then validate) `iterations` times; ns[0] = total encap ns, ns[1] = total decap ns.
+ * Times are thread CPU time (as openssl speed measures), so other load on the box hurts less.
  * Returns the number of packets that did not come back OK (0 on success), or -1 on setup error. */
 long ie_bench_esp(const ie_esp_cfg *cfg, uint32_t size, uint32_t n, uint32_t iterations, uint64_t *ns);
 long ie_bench_macsec(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *sa, uint32_t size, uint32_t n,

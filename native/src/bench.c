@@ -59,13 +59,15 @@ long ie_bench_esp(const ie_esp_cfg *cfg, uint32_t size, uint32_t n, uint32_t ite
 {
     ie_esp_out *out = NULL;
     ie_esp_table *t = ie_esp_table_new();
+    ie_esp_cfg in_cfg = *cfg;
     bench_bufs b;
     long bad = 0;
     uint32_t it, i;
 
     ns[0] = ns[1] = 0;
     if (!t || n == 0 || size > 65535 || ie_esp_out_new(cfg, &out) != IE_S_OK ||
-        ie_esp_table_add(t, cfg) != IE_S_OK || !bufs_new(&b, n, IE_ESP_HEADROOM + size + IE_ESP_TAILROOM)) {
+        (in_cfg.initial_seq = cfg->initial_seq ? cfg->initial_seq - 1 : 0, 0) ||
+        ie_esp_table_add(t, &in_cfg) != IE_S_OK || !bufs_new(&b, n, IE_ESP_HEADROOM + size + IE_ESP_TAILROOM)) {
         ie_esp_out_free(out);
         ie_esp_table_free(t);
         return -1;

@@ -9,10 +9,34 @@ int ie_abi_version(void)
     return IE_ABI_VERSION;
 }
 
+void ie_pkts_layout(ie_pkt *pkts, size_t n, uint8_t *base, const uint32_t *lens, uint32_t head,
+                    uint32_t tail, uint8_t next_header)
+{
+    size_t i, pos = 0;
+    for (i = 0; i < n; i++) {
+        memset(&pkts[i], 0, sizeof pkts[i]);
+        pkts[i].buf = base + pos;
+        pkts[i].off = head;
+        pkts[i].len = lens[i];
+        pkts[i].cap = head + lens[i] + tail;
+        pkts[i].next_header = next_header;
+        pos += (size_t)head + lens[i] + tail;
+    }
+}
+
+void ie_pkts_spans(const ie_pkt *pkts, size_t n, const uint8_t *base, uint64_t *spans)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        spans[2 * i] = (uint64_t)(pkts[i].buf - base) + pkts[i].off;
+        spans[2 * i + 1] = pkts[i].len;
+    }
+}
+
 uint64_t ie_now_ns(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); /* CPU time, as openssl speed counts */
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
