@@ -20,6 +20,7 @@ from ipsecemu.lab.strongswan import (
     CHARON_ENCR,
     CHARON_INTEG,
     Charon,
+    CharonError,
     PairTopology,
     charon_available,
     pair_conn,
@@ -88,8 +89,10 @@ async def ours_vs_charon(prefix: str, ike: str, esp: str, *, charon_kw: dict | N
         try:
             await asyncio.to_thread(charon.start)
             charon.load(pair_conn(topo, 1, ike_proposal=ike, esp_proposal=esp, psk=PSK, **(charon_kw or {})))
-            kw: dict[str, Any] = {"retransmit_timeout_s": 1.0, "retransmit_tries": 3, **(ours_kw or {})}
-            cfg = IkeSaConfig.simple("pair", PSK, "left", "right", ike=ike, esp=esp, local_ts=topo.subnets[0],
+            kw: dict[str, Any] = {"retransmit_timeout_s": 1.0, "retransmit_tries": 3, "ike": ike, "esp": esp,
+                                  "psk": PSK, **(ours_kw or {})}
+            psk = kw.pop("psk")
+            cfg = IkeSaConfig.simple("pair", psk, "left", "right", local_ts=topo.subnets[0],
                                      remote_ts=topo.subnets[1], remote_addr=(topo.outer[1], 500), **kw)
             peer = IkePeer([cfg], topo.outer[0], netns=topo.gateways[0], tun_name=prefix + "t")
             await peer.start()
@@ -246,5 +249,48 @@ def test_our_dpd_alive_and_dead_peer(unique_name: str) -> None:
             s.peer.call(sa.dpd)
             gone = await s.peer.transport.wait_event(ev.IkeSaDeleted, 10)
             assert gone.reason in ("dpd", "timeout")
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-init", "charon-init"])
+def test_wrong_psk_fails_cleanly(unique_name: str, we_initiate: bool) -> None:
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ours_kw={"psk": b"not-the-psk"}) as s:
+            if we_initiate:
+                s.peer.initiate("pair")
+            else:
+                with pytest.raises(CharonError):
+                    await s.charon_call(s.charon.initiate, child="net", ike="pair", timeout_ms=3000)
+            gone = await s.peer.transport.wait_event(ev.IkeSaDeleted, 8)
+            assert gone.reason == "auth_failed"
+            assert not any(isinstance(e, ev.ChildSaEstablished) for e in s.peer.history)
+            assert await s.until(lambda: not s.charon.list_sas())
+            assert s.peer.transport.counters["driver_error"] == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("ours_ike,ours_esp,expect", [
+    ("aes256-sha256-modp2048", "aes128gcm16", "no_proposal"),  # IKE proposals do not meet
+    (FAST, "aes256-sha256", "child_failed"),  # ESP proposals do not meet
+    (FAST, "aes128gcm16-esn", "child_failed"),  # libipsec has no ESN: charon refuses
+])
+def test_proposal_mismatch(unique_name: str, ours_ike: str, ours_esp: str, expect: str) -> None:
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ours_kw={"ike": ours_ike, "esp": ours_esp}) as s:
+            s.peer.initiate("pair")
+            if expect == "no_proposal":
+                gone = await s.peer.transport.wait_event(ev.IkeSaDeleted, 8)
+                assert gone.reason == "no_proposal"
+                assert await s.until(lambda: not s.charon.list_sas())
+            else:
+                failed = await s.peer.transport.wait_event(lambda e: isinstance(e, ev.ChildSaFailed
+                                                                                | ev.ChildSaEstablished), 8)
+                assert isinstance(failed, ev.ChildSaFailed)
+                # the IKE SA itself stands on both sides, without a CHILD_SA
+                assert await s.until(lambda: s.charon_sa().get("state") == "ESTABLISHED")
+                assert not s.charon_sa().get("child-sas")
+            assert (await aping(s.topo.hosts[0], s.topo.inside[1], 1)) == 0
 
     asyncio.run(main())
