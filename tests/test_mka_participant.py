@@ -464,3 +464,17 @@ def test_config_errors(kwargs: dict, match: str) -> None:
 def test_repr_hides_keys() -> None:
     (a,) = make(1)
     assert CAK.hex() not in repr(a.p) and "cak" not in repr(a.p).lower()
+
+
+def test_message_number_exhaustion_starts_a_new_member_identity() -> None:
+    a, b = make(2)
+    lan = Lan([a, b])
+    lan.run(1.0)
+    old_mi = a.p.mi
+    a.p.mn = 0xFFFFFFFF
+    lan.run(3.0)
+    assert a.p.mi != old_mi and a.p.mn < 10
+    assert any(isinstance(e, PeerLost) and e.mi == old_mi for e in b.events)
+    converged([a, b])
+    assert_traffic(a, b)
+    assert_traffic(b, a)

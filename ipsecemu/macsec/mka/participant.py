@@ -225,6 +225,11 @@ class MkaParticipant:
         """The MKPDUs due now: one at each hello time, or at once after a state change."""
         if not self._need_send and self._next_hello is not None and now < self._next_hello:
             return []
+        if self.mn >= 0xFFFFFFFF:
+            # The 32-bit message number is spent: continue as a new member (fresh MI).
+            self.mi = self._random(kdf.MI_LEN)
+            self.mn = 0
+            self._sent.clear()
         self.mn += 1
         self._sent.append((now, self.mn))
         while self._sent and self._sent[0][0] < now - self.life_time:
