@@ -83,8 +83,8 @@ class Setup:
 
 @contextlib.asynccontextmanager
 async def ours_vs_charon(prefix: str, ike: str, esp: str, *, charon_kw: dict | None = None,
-                         ours_kw: dict | None = None) -> AsyncIterator[Setup]:
-    with pair_topology(prefix) as topo:
+                         ours_kw: dict | None = None, ipv6: bool = False) -> AsyncIterator[Setup]:
+    with pair_topology(prefix, ipv6=ipv6) as topo:
         charon = Charon(topo.gateways[1], retransmit_timeout=1.0, retransmit_tries=2)
         try:
             await asyncio.to_thread(charon.start)
@@ -292,5 +292,19 @@ def test_proposal_mismatch(unique_name: str, ours_ike: str, ours_esp: str, expec
                 assert await s.until(lambda: s.charon_sa().get("state") == "ESTABLISHED")
                 assert not s.charon_sa().get("child-sas")
             assert (await aping(s.topo.hosts[0], s.topo.inside[1], 1)) == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-init", "charon-init"])
+def test_ipv6_outside_and_inside(unique_name: str, we_initiate: bool) -> None:
+    """IKE and ESP-in-UDP over IPv6, IPv6 inner packets (ESP next header 41)."""
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ipv6=True) as s:
+            ike_ev, child_ev = await establish(s, we_initiate)
+            check_same_sa(s, ike_ev, child_ev)
+            assert s.charon_sa()["remote-host"] == "2001:db8::1"
+            assert (await s.pings(3)) == (3, 3), (dict(s.peer.forwarder.counters), s.charon.log_tail())
+            assert int(s.charon_child()["packets-in"]) == 6
 
     asyncio.run(main())

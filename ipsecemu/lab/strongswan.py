@@ -607,8 +607,9 @@ def ping(ns: str, dst: str, count: int = 3, size: int = 56, timeout: float = 10.
 def setup_gateway(lab: Netns, gw: str, host: str, prefix: str, side: str, gw_inside: str, host_inside: str) -> None:
     """An inside host netns behind gateway ``gw`` on a veth, with forwarding on the gateway."""
     lab.veth(gw, f"{prefix}{side}i", host, f"{prefix}{side}h", (gw_inside,), (host_inside,))
-    lab.route(host, "0.0.0.0/0", gateway=gw_inside.split("/")[0])
-    lab.sysctl(gw, "net.ipv4.ip_forward", "1")
+    v6 = ":" in gw_inside
+    lab.route(host, "::/0" if v6 else "0.0.0.0/0", gateway=gw_inside.split("/")[0])
+    lab.sysctl(gw, "net.ipv6.conf.all.forwarding" if v6 else "net.ipv4.ip_forward", "1")
 
 
 @dataclass(frozen=True)
@@ -625,20 +626,29 @@ class PairTopology:
 
 
 @contextmanager
-def pair_topology(prefix: str) -> Iterator[PairTopology]:
+def pair_topology(prefix: str, *, ipv6: bool = False) -> Iterator[PairTopology]:
     """netns ``<prefix>L``/``<prefix>R`` (gateways, 192.0.2.1/.2 on one veth) and
     ``<prefix>HL``/``<prefix>HR`` (inside hosts 10.1.0.2 / 10.2.0.2, gateways .1, forwarding on).
-    IPv6 is off everywhere (charon would send MOBIKE updates on address events)."""
+    IPv6 is off everywhere (charon would send MOBIKE updates on address events) unless
+    ``ipv6``: then everything is IPv6 only (2001:db8::1/2 outside, fd00:1::/64 and fd00:2::/64
+    inside) and connections must say ``mobike = no`` (our :class:`Conn` default)."""
     lab = Netns()
     try:
-        gl, gr = lab.add(prefix + "L"), lab.add(prefix + "R")
-        hl, hr = lab.add(prefix + "HL"), lab.add(prefix + "HR")
-        outer = ("192.0.2.1", "192.0.2.2")
-        lab.veth(gl, prefix + "o0", gr, prefix + "o1", (outer[0] + "/24",), (outer[1] + "/24",))
-        setup_gateway(lab, gl, hl, prefix, "l", "10.1.0.1/24", "10.1.0.2/24")
-        setup_gateway(lab, gr, hr, prefix, "r", "10.2.0.1/24", "10.2.0.2/24")
-        yield PairTopology(lab, (gl, gr), (hl, hr), outer, ("10.1.0.2", "10.2.0.2"),
-                           ("10.1.0.0/24", "10.2.0.0/24"), (prefix + "o0", prefix + "o1"))
+        gl, gr = lab.add(prefix + "L", ipv6=ipv6), lab.add(prefix + "R", ipv6=ipv6)
+        hl, hr = lab.add(prefix + "HL", ipv6=ipv6), lab.add(prefix + "HR", ipv6=ipv6)
+        if ipv6:
+            outer, plen = ("2001:db8::1", "2001:db8::2"), "/64"
+            gw_in, host_in, subnets = ("fd00:1::1/64", "fd00:2::1/64"), ("fd00:1::2", "fd00:2::2"), \
+                ("fd00:1::/64", "fd00:2::/64")
+        else:
+            outer, plen = ("192.0.2.1", "192.0.2.2"), "/24"
+            gw_in, host_in, subnets = ("10.1.0.1/24", "10.2.0.1/24"), ("10.1.0.2", "10.2.0.2"), \
+                ("10.1.0.0/24", "10.2.0.0/24")
+        lab.veth(gl, prefix + "o0", gr, prefix + "o1", (outer[0] + plen,), (outer[1] + plen,))
+        hplen = "/" + gw_in[0].split("/")[1]
+        setup_gateway(lab, gl, hl, prefix, "l", gw_in[0], host_in[0] + hplen)
+        setup_gateway(lab, gr, hr, prefix, "r", gw_in[1], host_in[1] + hplen)
+        yield PairTopology(lab, (gl, gr), (hl, hr), outer, host_in, subnets, (prefix + "o0", prefix + "o1"))
     finally:
         lab.close()
 
