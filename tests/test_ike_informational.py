@@ -163,3 +163,22 @@ def test_api_misuse_is_local_error() -> None:
         sa.dpd(net.now)
     with pytest.raises(LocalProtocolError):
         sa.rekey_ike(net.now)
+
+
+def test_dpd_timeout_from_config_and_volume_lifetimes() -> None:
+    """What ike/config.py passes through ``extra``: Azure's 45 s DPD timeout and KB/packet limits."""
+    from ipsecemu.ike.config import SaLifetime
+
+    life = SaLifetime(3600, kilobytes=1000, packets=5000)
+    a, b, net, sa, sb = established(a_kw={"extra": {"dpd_timeout_s": 45, "child_lifetime": life}})
+    child = next(iter(sa.children.values()))
+    assert child.keys.outbound.lifetime.hard_bytes == 1000 * 1024
+    assert child.keys.inbound.lifetime.hard_packets == 5000
+    assert 0 < child.keys.inbound.lifetime.soft_packets < 5000
+    net.filter = lambda p: False
+    sa.dpd(100.0)
+    net.now = 100.0
+    net.advance(44.0)
+    assert sa.state == IkeState.ESTABLISHED
+    net.advance(2.0)
+    assert sa.state == IkeState.CLOSED and one(events(a), ev.IkeSaDeleted).reason == "dpd"

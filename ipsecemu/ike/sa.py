@@ -57,7 +57,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ipsecemu.dataplane.api import ConfigError, EspSaConfig
+from ipsecemu.dataplane.api import ConfigError, EspSaConfig, Lifetime
 
 from . import crypto
 from . import message as m
@@ -169,6 +169,7 @@ class _Request:
     kind: str
     tries: int = 0
     next_at: float = 0.0
+    started: float = 0.0
 
 
 @dataclass
@@ -269,6 +270,9 @@ class IkeSa:
         times = []
         if self._pending is not None:
             times.append(self._pending.next_at)
+            dpd_timeout = float(self.config.extra.get("dpd_timeout_s", 0) or 0)
+            if self._pending.kind == "dpd" and dpd_timeout:
+                times.append(self._pending.started + dpd_timeout)
         if self._half_open_deadline is not None:
             times.append(self._half_open_deadline)
         if self.state == IkeState.ESTABLISHED and self._pending is None:
@@ -290,6 +294,10 @@ class IkeSa:
             self._close(now, "timeout")
             return
         p = self._pending
+        dpd_timeout = float(self.config.extra.get("dpd_timeout_s", 0) or 0)
+        if p is not None and p.kind == "dpd" and dpd_timeout and now >= p.started + dpd_timeout:
+            self._close(now, "dpd")  # e.g. Azure: peer declared dead after 45 s without an answer
+            return
         if p is not None and now >= p.next_at:
             if p.tries >= self.config.retransmit_tries:
                 self._close(now, "dpd" if p.kind == "dpd" else "timeout")
@@ -430,7 +438,7 @@ class IkeSa:
         msg = m.Message(self.spi_i, self.spi_r, exchange, self._next_id, self.initiator, False, payloads)
         wire = self._encrypt(msg)
         self._pending = _Request(self._next_id, wire, exchange, on_response, kind, 0,
-                                 now + self.config.retransmit_timeout_s)
+                                 now + self.config.retransmit_timeout_s, now)
         self._emit(wire)
 
     def _send_response(self, req: m.Message, payloads: list, addr: Addr, local: Addr) -> None:
@@ -869,11 +877,14 @@ class IkeSa:
         i_enc, i_int, r_enc, r_int = km[:ek], km[ek:ek + ak], km[ek + ak:2 * ek + ak], km[2 * ek + ak:]
         out_keys, in_keys = ((i_enc, i_int), (r_enc, r_int)) if we_initiated else ((r_enc, r_int), (i_enc, i_int))
         encr_name, integ_name, esn = prop.esp_dataplane()
+        volume = self._volume_lifetime()
         try:
             inbound = EspSaConfig(spi=in_spi, encr=encr_name, enc_key=in_keys[0], integ=integ_name,
-                                  integ_key=in_keys[1], mode=mode, esn=esn, replay_window=self.config.replay_window)
+                                  integ_key=in_keys[1], mode=mode, esn=esn, replay_window=self.config.replay_window,
+                                  lifetime=volume)
             outbound = EspSaConfig(spi=out_spi, encr=encr_name, enc_key=out_keys[0], integ=integ_name,
-                                   integ_key=out_keys[1], mode=mode, esn=esn, replay_window=self.config.replay_window)
+                                   integ_key=out_keys[1], mode=mode, esn=esn, replay_window=self.config.replay_window,
+                                   lifetime=volume)
         except ConfigError as exc:
             raise RemoteProtocolError(f"unusable Child SA: {exc}", Notify.NO_PROPOSAL_CHOSEN) from None
         life, f = self.config.child_lifetime_s, self.config.rekey_fraction
@@ -881,6 +892,15 @@ class IkeSa:
                            self.local, self.remote, life, prop.to_strongswan_string())
         rekey_at = now + life * f - self._jitter(life) if f > 0 and life > 0 else None
         return ChildSa(in_spi, out_spi, keys, now, rekey_at, now + life if life > 0 else None)
+
+    def _volume_lifetime(self) -> Lifetime:
+        """Byte/packet limits for the data plane (its soft expire event should trigger rekey_child)."""
+        life = self.config.extra.get("child_lifetime")
+        hard_b = int(getattr(life, "kilobytes", 0) or 0) * 1024
+        hard_p = int(getattr(life, "packets", 0) or 0)
+        f = self.config.rekey_fraction if 0 < self.config.rekey_fraction < 1 else 0.9
+        return Lifetime(soft_bytes=int(hard_b * f), hard_bytes=hard_b, soft_packets=int(hard_p * f),
+                        hard_packets=hard_p)
 
     def _respond_child(self, msg: m.Message, ni: bytes, nr: bytes, rekey_of: ChildSa | None, now: float,
                        ike_auth: bool = False) -> tuple[list, ChildSa | None, int]:
