@@ -143,10 +143,10 @@ def down(name: str | None, all_: bool) -> None:
         return
     _need_root("lab down")
     for t in targets:
-        if t not in labs:
+        try:
+            builder.teardown(t, lambda m: click.echo(m))
+        except LabStateError:
             click.echo(f"lab {t}: not up (nothing to do)")
-            continue
-        builder.teardown(t, lambda m: click.echo(m))
 
 
 # ---------------------------------------------------------------- status
@@ -275,6 +275,7 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
     if ":" not in target:
         _fail(f"expected NODE:IFACE, got {target!r}")
     _need_root("lab capture")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop tcpdump cleanly on SIGTERM too
     spec, iface = target.rsplit(":", 1)
     st, node = _resolve(spec)
     path = write or f"{st.name}-{node}-{iface}.pcap"

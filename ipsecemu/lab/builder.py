@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import subprocess
 import time
@@ -24,13 +25,14 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .state import LabState, LabStateError, pid_alive, run_dir
+from .state import LabState, LabStateError, pid_alive
 from .topology import FORWARDING_KINDS, Node, Route, Rule, Topology
 
 Say = Callable[[str], None]
 NETNS_DIR = Path("/var/run/netns")
 BRIDGE = "br0"
 LINK_UP_TIMEOUT = 5.0
+IFA_F_NODAD = 0x02
 
 
 class BuildError(Exception):
@@ -199,7 +201,9 @@ class Builder:
             with ipr_in(self.topo.netns(n.name)) as ipr:
                 for iface, cidr in n.addresses:
                     ifi = ipaddress.ip_interface(cidr)
-                    ipr.addr("add", index=_index(ipr, iface), address=str(ifi.ip), prefixlen=ifi.network.prefixlen)
+                    kw = {"flags": IFA_F_NODAD} if ifi.version == 6 else {}  # usable at once, no DAD wait
+                    ipr.addr("add", index=_index(ipr, iface), address=str(ifi.ip), prefixlen=ifi.network.prefixlen,
+                             **kw)
                     count += 1
                 for iface in ["lo", *self._node_ifaces(n)]:
                     ipr.link("set", index=_index(ipr, iface), state="up")
@@ -355,15 +359,31 @@ def _stop(pids: list[tuple[int, int | None]], timeout: float = 3.0) -> int:
     return len(live)
 
 
+def orphan_netns(name: str) -> list[str]:
+    """Netns that by their name can only belong to lab ``name`` (node names contain no '-')."""
+    pat = re.compile(rf"^{re.escape(name)}--?[a-z][a-z0-9_]*$")
+    return sorted(n for n in os.listdir(NETNS_DIR) if pat.match(n)) if NETNS_DIR.is_dir() else []
+
+
 def teardown(name: str, say: Say = _quiet, base: Path | None = None) -> dict[str, int]:
-    """Remove every netns, link and process of lab ``name``.  Safe to run again."""
+    """Remove every netns, link and process of lab ``name``.  Safe to run again.
+
+    Raises LabStateError when there is nothing of that lab at all.
+    """
     try:
-        st = LabState.open(name, base)
+        st: LabState | None = LabState.open(name, base)
     except LabStateError:
-        raise
-    procs = [(p["pid"], p.get("start_time")) for p in st.data.get("processes", [])]
+        st = None
+    if st is not None:
+        namespaces = st.netns_names()
+        procs = [(p["pid"], p.get("start_time")) for p in st.data.get("processes", [])]
+    else:
+        # state lost (e.g. /run/ipsecemu removed by hand): fall back to the naming scheme
+        namespaces, procs = orphan_netns(name), []
+        if not namespaces:
+            raise LabStateError(f"no lab named '{name}' is up")
+        say(f"lab {name}: no state recorded; removing netns by name: {', '.join(namespaces)}")
     stopped = _stop(procs)
-    namespaces = st.netns_names()
     # anything else still running inside the lab (e.g. started by `lab exec ... &`)
     stray = [(p, None) for ns in namespaces for p in pids_in_netns(ns)]
     stopped += _stop(stray)
@@ -375,15 +395,10 @@ def teardown(name: str, say: Say = _quiet, base: Path | None = None) -> dict[str
                 removed += 1
             except OSError as exc:
                 say(f"warning: cannot remove netns {ns}: {exc}")
-    st.remove()
+    if st is not None:
+        st.remove()
     say(f"lab {name}: removed {removed} netns, stopped {stopped} processes")
     return {"netns": removed, "processes": stopped}
-
-
-def lab_names(base: Path | None = None) -> list[str]:
-    from .state import list_labs
-
-    return list_labs(base or run_dir())
 
 
 def smoke(topo: Topology, say: Say = _quiet) -> bool:
