@@ -190,3 +190,34 @@ def test_ns_exec_runs_inside_the_namespace(unique_name: str) -> None:
         out = ns_exec(ns, "ip", "-o", "addr", "show", "dev", unique_name + "a").stdout
         assert "10.77.0.1/24" in out
     assert unique_name not in netns.listnetns()
+
+
+@pytest.mark.root
+@needs_charon
+@pytest.mark.skipif(shutil.which("swanctl") is None, reason="swanctl not installed")
+def test_swanctl_conf_loads_the_same_connection(unique_name: str, tmp_path: Path) -> None:
+    """Independent check of the rendered swanctl.conf: swanctl parses it into the same
+    connection that our vici message produced."""
+    conn = Conn(name="viaici", local_addrs=("192.0.2.1",), remote_addrs=("192.0.2.2",), local_id="left",
+                remote_id="right", psk="a psk with spaces", proposals=("aes256-sha256-modp2048", "aes128gcm16-prfsha256-ecp256"),
+                dpd_delay=10, children=(Child(local_ts=("10.1.0.0/24",), remote_ts=("10.2.0.0/24", "10.3.0.0/24"),
+                                              esp_proposals=("aes256-sha256", "aes128gcm16")),))
+    file_conn = Conn(**{**conn.__dict__, "name": "viafile"})
+    conf_dir = tmp_path / "swanctl"
+    for d in ("x509", "x509ca", "private", "rsa", "ecdsa", "pkcs8", "pubkey", "conf.d"):
+        (conf_dir / d).mkdir(parents=True)
+    (conf_dir / "swanctl.conf").write_text(file_conn.swanctl_conf(include_secret=True))
+    with Netns() as lab:
+        ns = lab.add(unique_name)
+        with Charon(ns, tmp_path / "charon") as c:
+            # swanctl --load-all unloads what the file lacks, so it goes first
+            r = ns_exec(ns, "swanctl", "--load-all", "--file", str(conf_dir / "swanctl.conf"),
+                        "--uri", f"unix://{c.vici_path}", check=False)
+            assert r.returncode == 0, r.stdout + r.stderr
+            c.load(conn)
+            conns = c.list_conns()
+            a, b = conns["viaici"], conns["viafile"]
+            assert a == b and a["children"]["net"]["remote-ts"] == ["10.2.0.0/24", "10.3.0.0/24"]
+            shared = ns_exec(ns, "swanctl", "--list-creds", "--uri", f"unix://{c.vici_path}", check=False)
+            assert "a psk with spaces" not in (c.dir / "swanctl.conf").read_text()
+            assert "a psk with spaces" not in shared.stdout

@@ -127,8 +127,9 @@ class Conn:
         }
         return {self.name: body}
 
-    def swanctl_conf(self) -> str:
-        """Equivalent swanctl.conf text (the PSK is shown as a placeholder, never the secret)."""
+    def swanctl_conf(self, *, include_secret: bool = False) -> str:
+        """Equivalent swanctl.conf text.  The PSK is a placeholder unless ``include_secret``
+        (then hex-encoded, for a file handed to ``swanctl --load-all``; never logged)."""
         out = ["connections {", f"  {self.name} {{"]
         body = self.vici()[self.name]
         for k, v in body.items():
@@ -145,7 +146,7 @@ class Conn:
                 out.append(f"    {k} = {_fmt(v)}")
         out += ["  }", "}", "secrets {", f"  ike-{self.name} {{",
                 f"    id-1 = {self.local_id}", f"    id-2 = {self.remote_id}",
-                "    secret = <psk>", "  }", "}", ""]
+                f"    secret = {'0x' + self.psk.encode().hex() if include_secret else '<psk>'}", "  }", "}", ""]
         return "\n".join(out)
 
 
@@ -345,6 +346,9 @@ charon {{
     def load(self, conn: Conn) -> None:
         """load-conn + load-shared (the PSK)."""
         self._call(f"load-conn {conn.name}", "load_conn", conn.vici())
+        # the same connection as swanctl.conf text, for humans reading the instance dir
+        with open(self.dir / "swanctl.conf", "a") as f:
+            f.write(conn.swanctl_conf())
         if conn.psk:
             ids = [i for i in (conn.local_id, conn.remote_id) if i != "%any"] or ["%any"]
             self._call("load-shared", "load_shared",
@@ -382,6 +386,13 @@ charon {{
         """``{ike_name: sa_dict}`` with str values (one entry per IKE SA name; the newest wins)."""
         out: dict[str, dict[str, Any]] = {}
         for item in self._call("list-sas", "list_sas"):
+            out.update(_decode(item))
+        return out
+
+    def list_conns(self) -> dict[str, dict[str, Any]]:
+        """Loaded connections as charon reports them (``list-conns``), str values."""
+        out: dict[str, dict[str, Any]] = {}
+        for item in self._call("list-conns", "list_conns"):
             out.update(_decode(item))
         return out
 
