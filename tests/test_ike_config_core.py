@@ -98,6 +98,8 @@ def test_yaml_pair_with_azure_policy_establishes() -> None:
     assert ka.outbound.encr == "aes-gcm-16" and len(ka.outbound.enc_key) == 36  # AES-256 + salt
     assert [str(t) for t in ka.remote_ts] == ["10.51.230.0/24", "10.51.231.0/24"]
     assert ka.lifetime_s == 3600
+    # sa_datasize_kilobytes reaches the data plane as the hard byte limit
+    assert ka.outbound.lifetime.hard_bytes == ka.inbound.lifetime.hard_bytes == 102400000 * 1024
     _esp_both_ways(ka, kb)
 
 
