@@ -312,3 +312,53 @@ def test_esp_inside_macsec(tmp_path: Path) -> None:
     # MACsec key only: the ESP frames come out still encrypted
     result, out, _ = run(tmp_path, frames, macsec=[sa])
     assert out == esp_frames
+
+
+# ------------------------------------------------------------------ other capture shapes
+def test_pcapng_input(tmp_path: Path) -> None:
+    from scapy.utils import PcapNgWriter
+
+    kw, outer, udp, mode, v6 = ESP_CASES["gcm-raw-v4"]
+    cfg = EspSaConfig(spi=0x8000, **kw)
+    inners = inner_packets(n=3)
+    frames = encrypt_esp(cfg, outer, udp, mode, inners)
+    cap, out, keys = tmp_path / "in.pcapng", tmp_path / "out.pcap", tmp_path / "esp_sa"
+    w = PcapNgWriter(str(cap))
+    for i, f in enumerate(frames):
+        pkt = Ether(f)
+        pkt.time = 1700000000 + i + 0.25
+        w.write(pkt)
+    w.close()
+    write_esp_sa(keys, [row_for(cfg, outer, v6)])
+    result = CliRunner().invoke(cli, ["pcap", "decrypt", str(cap), "-o", str(out), "--esp-sa", str(keys)])
+    assert result.exit_code == 0, result.output
+    lt, data, stamps = read_pcap(out)
+    assert lt == 1 and data == [eth(p) for p in inners]
+    assert stamps == [(1700000000 + i, 250000) for i in range(3)]
+
+
+def test_linux_cooked_capture(tmp_path: Path) -> None:
+    """`tcpdump -i any` (SLL): the protocol field is fixed up like an EtherType."""
+    kw, outer, udp, mode, v6 = ESP_CASES["gcm-v6-outer-v4-inner"]
+    cfg = EspSaConfig(spi=0x8001, **kw)
+    inners = inner_packets(n=2)
+    sll = bytes.fromhex("0000" "0001" "0006" "020000000001" "0000" "86dd")
+    frames = [sll + f[14:] for f in encrypt_esp(cfg, outer, udp, mode, inners)]
+    result, out, lt = run(tmp_path, frames, esp=[row_for(cfg, outer, v6)], linktype=113)
+    assert result.exit_code == 0, result.output
+    assert lt == 113
+    assert out == [sll[:14] + b"\x08\x00" + p for p in inners]
+
+
+def test_tfc_dummy_left_out(tmp_path: Path) -> None:
+    kw, outer, udp, mode, v6 = ESP_CASES["cbc-udp4500"]
+    cfg = EspSaConfig(spi=0x8002, **kw)
+    tx = BE.EspOutbound(cfg)
+    inner = inner_packets(n=1)[0]
+    _, dummy = tx.encap(b"", 59)
+    _, real = tx.encap(inner, 4)
+    frames = [eth(framing.frame_tunnel(e, *outer, udp_ports=udp)) for e in (dummy, real)]
+    result, out, _ = run(tmp_path, frames, esp=[row_for(cfg, outer, v6)])
+    assert result.exit_code == 0, result.output
+    assert "TFC dummies dropped: 1" in result.output
+    assert out == [eth(inner)]
