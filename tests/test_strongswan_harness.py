@@ -22,6 +22,7 @@ from ipsecemu.lab.strongswan import (
     charon_pair,
     parse_keys,
     wireshark_esp_sa,
+    wireshark_ikev2,
 )
 
 NO_CHARON = charon_available()
@@ -221,3 +222,30 @@ def test_swanctl_conf_loads_the_same_connection(unique_name: str, tmp_path: Path
             shared = ns_exec(ns, "swanctl", "--list-creds", "--uri", f"unix://{c.vici_path}", check=False)
             assert "a psk with spaces" not in (c.dir / "swanctl.conf").read_text()
             assert "a psk with spaces" not in shared.stdout
+
+
+@pytest.mark.root
+@needs_charon
+@pytest.mark.skipif(shutil.which("tshark") is None or shutil.which("tcpdump") is None,
+                    reason="tshark/tcpdump not installed")
+def test_ike_keys_from_log_decrypt_ike_auth_in_tshark(unique_name: str, tmp_path: Path) -> None:
+    """SK_e/SK_a from charon's log, written as Wireshark's ikev2_decryption_table, let tshark
+    decrypt IKE_AUTH and show the identities inside it."""
+    pcap = tmp_path / "ike.pcap"
+    with charon_pair(unique_name, key_log=True, ike_proposal="aes256-sha256-modp2048",
+                     esp_proposal="aes256-sha256", establish=False) as p:
+        with capture(p.gateways[0], unique_name + "o0", pcap, "udp port 500 or udp port 4500"):
+            p.left.initiate(child="net", ike="pair")
+            p.left.wait_established()
+        keys = p.left.keys()
+    rows = [r for r in keys.ike if "spi_i" in r]
+    assert len(rows) == 1 and {"sk_ei", "sk_er", "sk_ai", "sk_ar"} <= set(rows[0])
+    assert len(rows[0]["sk_ei"]) == 64 and len(rows[0]["sk_ai"]) == 64  # AES-256 and HMAC-SHA-256 keys
+    conf = tmp_path / "ws"
+    (conf / "wireshark").mkdir(parents=True)
+    (conf / "wireshark" / "ikev2_decryption_table").write_text(wireshark_ikev2(rows))
+    r = subprocess.run(["tshark", "-n", "-r", str(pcap), "-Y", "isakmp.exchangetype == 35",
+                        "-T", "fields", "-e", "isakmp.id.data.fqdn"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "XDG_CONFIG_HOME": str(conf)})
+    ids = set(r.stdout.replace(",", " ").split())  # the request carries IDi and IDr
+    assert ids == {"left", "right"}, r.stdout + r.stderr
