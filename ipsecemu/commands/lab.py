@@ -98,6 +98,8 @@ def up(file: str, name: str | None, smoke: bool) -> None:
         _fail(f"lab {topo.name}: {exc} (rolled back)")
     except OSError as exc:
         _fail(f"lab {topo.name}: {exc.strerror or exc} (rolled back)")
+    except Exception as exc:  # an unexpected failure still gets one line; the lab is rolled back
+        _fail(f"lab {topo.name}: unexpected {type(exc).__name__}: {exc} (rolled back)")
     dt = time.monotonic() - t0
     nroutes = sum(len(n.routes) for n in topo.nodes)
     necmp = sum(r.multipath for n in topo.nodes for r in n.routes)

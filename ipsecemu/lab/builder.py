@@ -77,7 +77,10 @@ def _sysctl(ns: str, pairs: list[tuple[str, str]]) -> None:
     if not pairs:
         return
     cmd = ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *[f"{k}={v}" for k, v in pairs]]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BuildError(f"{ns}: sysctl: {exc}") from None
     if res.returncode != 0:
         msg = (res.stderr.strip().splitlines() or ["failed"])[-1]
         raise BuildError(f"{ns}: sysctl: {msg}")
@@ -118,7 +121,10 @@ class Builder:
             why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             self.say(f"{why}: rolling back")
             with _signals_ignored():
-                teardown(t.name, self.say, self.base)
+                try:
+                    teardown(t.name, self.say, self.base)
+                except Exception as td_exc:  # keep the original error; say what is left
+                    self.say(f"rollback incomplete ({td_exc}); run 'ipsecemu lab down {t.name}'")
             if isinstance(exc, NetlinkError):
                 raise BuildError(f"netlink: {exc.args[-1] if exc.args else exc}") from None
             raise
