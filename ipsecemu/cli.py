@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "gateway": "ipsecemu.commands.gateway:gateway",
     "sa": "ipsecemu.commands.sa:sa",
     "interop": "ipsecemu.commands.interop:interop",
+    "config": "ipsecemu.commands.config:config",
 }
 
 HELP = {
@@ -26,6 +27,7 @@ HELP = {
     "gateway": "Run one IPsec VPN gateway (IKE + C data plane).",
     "sa": "List, rekey and terminate SAs of a running gateway.",
     "interop": "Run the ipsecemu <-> strongSwan interop matrix.",
+    "config": "Check IKE connection configs; import Azure VPN device configs.",
 }
 
 
