@@ -308,3 +308,25 @@ def test_ipv6_outside_and_inside(unique_name: str, we_initiate: bool) -> None:
             assert int(s.charon_child()["packets-in"]) == 6
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("who", ["ours-timed", "charon"])
+def test_child_rekey_under_traffic_loses_nothing(unique_name: str, who: str) -> None:
+    """Make-before-break: a ping flood across a CHILD_SA rekey (our lifetime timer or charon's
+    vici rekey) loses no packet, and traffic ends up on the new SA."""
+    ours_kw = {"child_lifetime_s": 4.0, "rekey_fraction": 0.5} if who == "ours-timed" else {}
+
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ours_kw=ours_kw) as s:
+            _ike, child_ev = await establish(s, we_initiate=True)
+            flood = asyncio.create_task(aping(s.topo.hosts[0], s.topo.inside[1], count=60, interval=0.05))
+            if who == "charon":
+                await asyncio.sleep(1.0)
+                await s.charon_call(s.charon.rekey, child="net")
+            rekeyed = await s.peer.transport.wait_event(ev.ChildSaRekeyed, 6)
+            assert rekeyed.old_inbound_spi == child_ev.keys.inbound.spi
+            assert await flood == 60
+            child = s.charon_child()
+            assert int(child["spi-in"], 16) == rekeyed.keys.outbound.spi and int(child["packets-in"]) > 0
+
+    asyncio.run(main())
