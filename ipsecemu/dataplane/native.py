@@ -38,6 +38,7 @@ else:
 __all__ = [
     "EspOutbound", "EspInbound", "EspInboundTable", "MacsecTx", "MacsecRx",
     "ABI_VERSION", "bench_esp", "bench_macsec", "native_esp_supported", "ffi", "lib",
+    "EspUdpLoop", "parse_ike_record",
 ]
 
 #: The C API version this wrapper was written against.
@@ -559,6 +560,75 @@ class MacsecRx:
                 p.seq,
             ))
         return res
+
+
+# ---------------------------------------------------------------------------- gateway loop
+
+
+class EspUdpLoop:
+    """The C gateway loop: tun <-> ESP-in-UDP (RFC 3948) with one peer, batched, no Python per
+    packet.  ``run()`` blocks (without the GIL) until ``stop()``; ``start()`` runs it on a thread.
+
+    IKE datagrams (non-ESP marker) arriving on the UDP socket are sent to ``ike_fd`` (an
+    AF_UNIX SOCK_DGRAM socket) one message each; :func:`parse_ike_record` decodes them.
+    The SA objects must stay alive and must not be used from Python while the loop runs.
+    """
+
+    def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
+                 inbound: EspInboundTable, ike_fd: int = -1, batch: int = 32, mtu: int = 1500,
+                 poll_ms: int = 50) -> None:
+        import ipaddress
+        import threading
+
+        if outbound._sa is None:
+            raise ConfigError(f"encr: the C loop needs a C-path SA, not {outbound.cfg.encr}")
+        addr = ipaddress.ip_address(peer[0])
+        c = ffi.new("ie_loop_cfg *")
+        c.tun_fd, c.udp_fd, c.ike_fd = tun_fd, udp_fd, ike_fd
+        c.peer_family = addr.version
+        c.peer_addr = addr.packed + bytes(16 - len(addr.packed))
+        c.peer_port = peer[1]
+        c.batch, c.mtu, c.poll_ms = batch, mtu, poll_ms
+        out = ffi.new("ie_loop **")
+        _check(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out), "gateway loop")
+        self._loop = ffi.gc(out[0], lib.ie_loop_free)
+        self._keep = (outbound, inbound)  # borrowed by C: keep them alive
+        self._thread: threading.Thread | None = None
+        self._threading = threading
+        self.result: int | None = None
+
+    def run(self) -> int:
+        self.result = int(lib.ie_loop_run(self._loop))
+        return self.result
+
+    def start(self) -> None:
+        self._thread = self._threading.Thread(target=self.run, name="ipsecemu-esp-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        lib.ie_loop_stop(self._loop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def step(self, timeout_ms: int = 0) -> int:
+        return int(lib.ie_loop_step(self._loop, timeout_ms))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        s = ffi.new("ie_loop_stats *")
+        lib.ie_loop_get_stats(self._loop, s)
+        return {name: getattr(s, name) for name, _ in ffi.typeof("ie_loop_stats").fields}
+
+
+def parse_ike_record(record: bytes) -> tuple[tuple[str, int], bytes]:
+    """Decode one message the loop wrote to ``ike_fd``: ((address, port), IKE message)."""
+    import ipaddress
+
+    if len(record) < 19 or record[0] not in (4, 6):
+        raise ValueError("not an ipsecemu IKE record")
+    raw = record[1:5] if record[0] == 4 else record[1:17]
+    return (str(ipaddress.ip_address(raw)), int.from_bytes(record[17:19], "big")), record[19:]
 
 
 # ---------------------------------------------------------------------------- benchmarks

@@ -233,6 +233,52 @@ int ie_macsec_rx_next_pn(const ie_macsec_rx *rx, uint64_t sci, uint8_t an, uint6
 long ie_bench_esp(const ie_esp_cfg *cfg, uint32_t size, uint32_t n, uint32_t iterations, uint64_t *ns);
 long ie_bench_macsec(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *sa, uint32_t size, uint32_t n,
                      uint32_t iterations, uint64_t *ns);
+/* ---- Gateway batch loop (ESP-in-UDP, RFC 3948) ----
+ * tun -> encap -> sendmmsg to one peer; recvmmsg -> decap -> tun.  UDP datagrams starting with
+ * the 4-byte non-ESP marker (IKE) are passed to ike_fd (an AF_UNIX SOCK_DGRAM socket) as one
+ * message each: family (4|6) | 16-byte address | port (2, big-endian) | IKE message (marker
+ * stripped).  NAT-keepalives (one 0xFF byte) are counted and dropped.  The SA/table pointers
+ * are borrowed: keep them alive (and do not free or modify them) while the loop runs.  Run
+ * ie_loop_run on its own thread; ie_loop_stop may be called from any thread.  ie_loop_new
+ * puts tun_fd into non-blocking mode. */
+#define IE_LOOP_MAX_BATCH 256
+
+typedef struct ie_loop_cfg {
+    int tun_fd;              /* IFF_TUN | IFF_NO_PI device */
+    int udp_fd;              /* bound UDP socket (e.g. :4500) */
+    int ike_fd;              /* -1: IKE datagrams are counted and dropped */
+    int peer_family;         /* 4 or 6 */
+    uint8_t peer_addr[16];
+    uint16_t peer_port;
+    uint32_t batch;          /* 1..IE_LOOP_MAX_BATCH */
+    uint32_t mtu;            /* largest inner packet read from tun */
+    int poll_ms;             /* how often the stop flag is looked at when idle */
+} ie_loop_cfg;
+
+typedef struct ie_loop_stats {
+    uint64_t tun_rx;         /* inner packets read from tun */
+    uint64_t esp_tx;         /* ESP datagrams sent */
+    uint64_t encap_drop;     /* not encapsulated (EXHAUSTED, TOO_BIG, not IP) */
+    uint64_t send_errors;
+    uint64_t udp_rx;         /* datagrams received */
+    uint64_t esp_ok;         /* decapsulated and written to tun */
+    uint64_t decap_drop;     /* any non-OK decap verdict (see the SA/table counters) */
+    uint64_t ike_rx;         /* handed to ike_fd */
+    uint64_t ike_drop;       /* no ike_fd, or it was full */
+    uint64_t keepalive;
+    uint64_t tun_tx_errors;
+    uint64_t batches;
+} ie_loop_stats;
+
+typedef struct ie_loop ie_loop;
+int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_loop **loop);
+void ie_loop_free(ie_loop *loop);
+/* One poll + at most one batch each way; returns packets handled, or -errno. */
+int ie_loop_step(ie_loop *loop, int timeout_ms);
+/* Until ie_loop_stop; returns 0, or -errno on a fatal poll error. */
+int ie_loop_run(ie_loop *loop);
+void ie_loop_stop(ie_loop *loop);
+void ie_loop_get_stats(const ie_loop *loop, ie_loop_stats *out);
 /* CDEF END */
 
 #endif

@@ -1,0 +1,287 @@
+/* loop.c - the gateway data path: tun <-> ESP-in-UDP (RFC 3948) in batches, no Python per packet. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define IKE_HDR 19  /* family | address(16) | port(2) */
+
+struct ie_loop {
+    ie_loop_cfg cfg;
+    ie_esp_out *out;
+    ie_esp_table *in;
+    atomic_int stop;
+    ie_loop_stats st;
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    uint32_t stride;
+    uint8_t *txmem, *rxmem, *txv, *rxv;
+    ie_pkt *txp, *rxp;
+    struct mmsghdr *txm, *rxm;
+    struct iovec *txiov, *rxiov;
+    struct sockaddr_storage *rxaddr;
+    uint32_t *rxidx;  /* decap batch slot -> rx datagram */
+};
+
+int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_loop **loop)
+{
+    ie_loop *l;
+    uint32_t n;
+
+    *loop = NULL;
+    if (!cfg || !out || !in || cfg->batch == 0 || cfg->batch > IE_LOOP_MAX_BATCH || cfg->mtu < 68 ||
+        cfg->mtu > 65535 || (cfg->peer_family != 4 && cfg->peer_family != 6))
+        return IE_S_EINVAL;
+    /* the batch read stops at EAGAIN, so tun must not block */
+    {
+        int fl = fcntl(cfg->tun_fd, F_GETFL);
+        if (fl < 0 || fcntl(cfg->tun_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+            return IE_S_EINVAL;
+    }
+    l = calloc(1, sizeof *l);
+    if (!l)
+        return IE_S_ENOMEM;
+    l->cfg = *cfg;
+    l->out = out;
+    l->in = in;
+    n = cfg->batch;
+    l->stride = IE_ESP_HEADROOM + cfg->mtu + IE_ESP_TAILROOM;
+    l->txmem = malloc((size_t)n * l->stride);
+    l->rxmem = malloc((size_t)n * l->stride);
+    l->txv = calloc(n, 1);
+    l->rxv = calloc(n, 1);
+    l->txp = calloc(n, sizeof *l->txp);
+    l->rxp = calloc(n, sizeof *l->rxp);
+    l->txm = calloc(n, sizeof *l->txm);
+    l->rxm = calloc(n, sizeof *l->rxm);
+    l->txiov = calloc(n, sizeof *l->txiov);
+    l->rxiov = calloc(n, sizeof *l->rxiov);
+    l->rxaddr = calloc(n, sizeof *l->rxaddr);
+    l->rxidx = calloc(n, sizeof *l->rxidx);
+    if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
+        !l->txiov || !l->rxiov || !l->rxaddr || !l->rxidx) {
+        ie_loop_free(l);
+        return IE_S_ENOMEM;
+    }
+    if (cfg->peer_family == 4) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&l->peer;
+        a->sin_family = AF_INET;
+        a->sin_port = htons(cfg->peer_port);
+        memcpy(&a->sin_addr, cfg->peer_addr, 4);
+        l->peer_len = sizeof *a;
+    } else {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&l->peer;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(cfg->peer_port);
+        memcpy(&a->sin6_addr, cfg->peer_addr, 16);
+        l->peer_len = sizeof *a;
+    }
+    atomic_init(&l->stop, 0);
+    *loop = l;
+    return IE_S_OK;
+}
+
+void ie_loop_free(ie_loop *l)
+{
+    if (!l)
+        return;
+    free(l->txmem);
+    free(l->rxmem);
+    free(l->txv);
+    free(l->rxv);
+    free(l->txp);
+    free(l->rxp);
+    free(l->txm);
+    free(l->rxm);
+    free(l->txiov);
+    free(l->rxiov);
+    free(l->rxaddr);
+    free(l->rxidx);
+    free(l);
+}
+
+void ie_loop_stop(ie_loop *l)
+{
+    atomic_store(&l->stop, 1);
+}
+
+void ie_loop_get_stats(const ie_loop *l, ie_loop_stats *out)
+{
+    *out = l->st;  /* plain snapshot: may be a batch behind while the loop runs */
+}
+
+/* tun -> encap -> one sendmmsg.  Returns packets read. */
+static int tun_to_udp(ie_loop *l)
+{
+    uint32_t n = 0, i, k = 0;
+
+    while (n < l->cfg.batch) {
+        ie_pkt *p = &l->txp[n];
+        uint8_t *buf = l->txmem + (size_t)n * l->stride;
+        ssize_t r = read(l->cfg.tun_fd, buf + IE_ESP_HEADROOM, l->cfg.mtu);
+        if (r <= 0)
+            break;  /* EAGAIN (nonblocking tun) or nothing more */
+        memset(p, 0, sizeof *p);
+        p->buf = buf;
+        p->off = IE_ESP_HEADROOM;
+        p->len = (uint32_t)r;
+        p->cap = l->stride;
+        p->next_header = (buf[IE_ESP_HEADROOM] >> 4) == 6 ? 41 : 4;  /* IPv6 / IPv4 in tunnel mode */
+        n++;
+    }
+    if (!n)
+        return 0;
+    l->st.tun_rx += n;
+    ie_esp_encap(l->out, l->txp, n, l->txv);
+    for (i = 0; i < n; i++) {
+        if (l->txv[i] != IE_OK) {
+            l->st.encap_drop++;
+            continue;
+        }
+        l->txiov[k].iov_base = l->txp[i].buf + l->txp[i].off;
+        l->txiov[k].iov_len = l->txp[i].len;
+        memset(&l->txm[k], 0, sizeof l->txm[k]);
+        l->txm[k].msg_hdr.msg_iov = &l->txiov[k];
+        l->txm[k].msg_hdr.msg_iovlen = 1;
+        l->txm[k].msg_hdr.msg_name = &l->peer;
+        l->txm[k].msg_hdr.msg_namelen = l->peer_len;
+        k++;
+    }
+    for (i = 0; i < k;) {
+        int s = sendmmsg(l->cfg.udp_fd, l->txm + i, k - i, 0);
+        if (s <= 0) {
+            if (s < 0 && errno == EINTR)
+                continue;
+            l->st.send_errors += k - i;  /* a full socket buffer drops, like a NIC queue would */
+            break;
+        }
+        l->st.esp_tx += (uint64_t)s;
+        i += (uint32_t)s;
+    }
+    return (int)n;
+}
+
+static void to_ike(ie_loop *l, const struct sockaddr_storage *from, const uint8_t *msg, size_t len)
+{
+    uint8_t hdr[IKE_HDR] = {0};
+    struct iovec iov[2];
+    struct msghdr mh;
+
+    if (l->cfg.ike_fd < 0) {
+        l->st.ike_drop++;
+        return;
+    }
+    if (from->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)from;
+        hdr[0] = 4;
+        memcpy(hdr + 1, &a->sin_addr, 4);
+        memcpy(hdr + 17, &a->sin_port, 2);
+    } else {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)from;
+        hdr[0] = 6;
+        memcpy(hdr + 1, &a->sin6_addr, 16);
+        memcpy(hdr + 17, &a->sin6_port, 2);
+    }
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = sizeof hdr;
+    iov[1].iov_base = (void *)msg;
+    iov[1].iov_len = len;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = iov;
+    mh.msg_iovlen = 2;
+    if (sendmsg(l->cfg.ike_fd, &mh, MSG_DONTWAIT) < 0)
+        l->st.ike_drop++;
+    else
+        l->st.ike_rx++;
+}
+
+/* one recvmmsg -> classify -> decap -> write each OK payload to tun.  Returns datagrams. */
+static int udp_to_tun(ie_loop *l)
+{
+    uint32_t n = l->cfg.batch, i, k = 0;
+    int r;
+
+    for (i = 0; i < n; i++) {
+        l->rxiov[i].iov_base = l->rxmem + (size_t)i * l->stride;
+        l->rxiov[i].iov_len = l->stride;
+        memset(&l->rxm[i], 0, sizeof l->rxm[i]);
+        l->rxm[i].msg_hdr.msg_iov = &l->rxiov[i];
+        l->rxm[i].msg_hdr.msg_iovlen = 1;
+        l->rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
+        l->rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
+    }
+    r = recvmmsg(l->cfg.udp_fd, l->rxm, n, MSG_DONTWAIT, NULL);
+    if (r <= 0)
+        return 0;
+    l->st.udp_rx += (uint64_t)r;
+    for (i = 0; i < (uint32_t)r; i++) {
+        uint8_t *d = l->rxiov[i].iov_base;
+        uint32_t len = l->rxm[i].msg_len;
+        if (l->rxm[i].msg_hdr.msg_flags & MSG_TRUNC) {
+            l->st.decap_drop++;
+            continue;
+        }
+        if (len == 1 && d[0] == 0xFF) {  /* RFC 3948 NAT-keepalive */
+            l->st.keepalive++;
+            continue;
+        }
+        if (len >= 4 && !d[0] && !d[1] && !d[2] && !d[3]) {  /* non-ESP marker: IKE */
+            to_ike(l, &l->rxaddr[i], d + 4, len - 4);
+            continue;
+        }
+        memset(&l->rxp[k], 0, sizeof l->rxp[k]);
+        l->rxp[k].buf = d;
+        l->rxp[k].len = len;
+        l->rxp[k].cap = l->stride;
+        l->rxidx[k++] = i;
+    }
+    if (k) {
+        ie_esp_decap(l->in, l->rxp, k, l->rxv);
+        for (i = 0; i < k; i++) {
+            if (l->rxv[i] != IE_OK) {
+                l->st.decap_drop++;
+                continue;
+            }
+            if (write(l->cfg.tun_fd, l->rxp[i].buf + l->rxp[i].off, l->rxp[i].len) < 0)
+                l->st.tun_tx_errors++;
+            else
+                l->st.esp_ok++;
+        }
+    }
+    return r;
+}
+
+int ie_loop_step(ie_loop *l, int timeout_ms)
+{
+    struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = POLLIN}, {.fd = l->cfg.udp_fd, .events = POLLIN}};
+    int r = poll(pfd, 2, timeout_ms), done = 0;
+
+    if (r < 0)
+        return errno == EINTR ? 0 : -errno;
+    if (pfd[0].revents & (POLLERR | POLLNVAL) || pfd[1].revents & (POLLERR | POLLNVAL))
+        return -EBADF;
+    if (pfd[0].revents & POLLIN)
+        done += tun_to_udp(l);
+    if (pfd[1].revents & POLLIN)
+        done += udp_to_tun(l);
+    if (done)
+        l->st.batches++;
+    return done;
+}
+
+int ie_loop_run(ie_loop *l)
+{
+    while (!atomic_load(&l->stop)) {
+        int r = ie_loop_step(l, l->cfg.poll_ms > 0 ? l->cfg.poll_ms : 100);
+        if (r < 0)
+            return r;
+    }
+    atomic_store(&l->stop, 0);
+    return 0;
+}
