@@ -308,3 +308,31 @@ def test_payload_order_of_auth_request() -> None:
         12, sa.keys.sk_ei, 12, sa.keys.sk_ai))
     kinds = [p.ptype for p in inner]
     assert kinds[0] == Payload.IDi and Payload.AUTH in kinds and kinds[-2:] == [Payload.TSi, Payload.TSr]
+
+
+def test_responder_picks_config_by_proposal_and_identity() -> None:
+    """Two responder configs: the one whose IKE proposal matches serves IKE_SA_INIT, then IKE_AUTH
+    switches by the initiator's identity (with that config's PSK and selectors)."""
+    a1 = IkeEndpoint([IkeSaConfig.simple("x", "psk-x", "site-x", "hub", ike="aes128-sha256-ecp256",
+                                         remote_addr=B, local_ts="10.8.0.0/16", remote_ts="10.2.0.0/16")], A)
+    hub = IkeEndpoint([
+        IkeSaConfig.simple("y", "psk-y", "hub", "site-y", ike="aes256-sha384-x25519", local_ts="10.2.0.0/16",
+                           remote_ts="10.9.0.0/16"),
+        IkeSaConfig.simple("x", "psk-x", "hub", "site-x", ike="aes128-sha256-ecp256", local_ts="10.2.0.0/16",
+                           remote_ts="10.8.0.0/16"),
+    ], B)
+    net = LoopbackNet([a1, hub])
+    sa = a1.initiate("x", 0.0)
+    net.run()
+    assert sa.state == IkeState.ESTABLISHED
+    e = one(events(hub), ev.IkeSaEstablished)
+    assert e.remote_id == "site-x" and hub.find(sa.spi_r).config.name == "x"
+
+
+def test_states_as_data() -> None:
+    from ipsecemu.ike.states import TRANSITIONS, check, dot
+
+    assert all(s.value in dot() for s in IkeState)
+    with pytest.raises(AssertionError):
+        check(IkeState.CLOSED, IkeState.ESTABLISHED)
+    assert (IkeState.SA_INIT_DONE, IkeState.ESTABLISHED) in TRANSITIONS

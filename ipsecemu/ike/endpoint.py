@@ -15,7 +15,8 @@ from . import message as m
 from .consts import Exchange, Notify
 from .errors import LocalProtocolError, ParseError
 from .events import Event
-from .sa import Addr, IkeSa, Sink
+from .proposals import select
+from .sa import Addr, IkeSa, Sink, from_wire
 from .settings import Identity, IkeSaConfig
 from .states import IkeState
 
@@ -138,7 +139,7 @@ class IkeEndpoint:
                 self._sink.out.append((reply.encode(), addr, local))
                 self._count("cookie_sent")
                 return
-        cfg = self._config_for(addr)
+        cfg = self._config_for(addr, data)
         if cfg is None:
             self._count("no_config")
             return
@@ -149,13 +150,19 @@ class IkeEndpoint:
             self.sas[sa.spi_r] = sa
             self._half_open[(msg.spi_i, addr)] = sa
 
-    def _config_for(self, addr: Addr) -> IkeSaConfig | None:
-        """A responder config: one naming this peer's address, else one without a remote address."""
-        for c in self.configs.values():
-            if c.remote_addr is not None and c.remote_addr[0] == addr[0]:
-                return c
-        return next((c for c in self.configs.values() if c.remote_addr is None), None) or \
-            next(iter(self.configs.values()), None)
+    def _config_for(self, addr: Addr, data: bytes) -> IkeSaConfig | None:
+        """A responder config: those naming this peer's address first, then those without one,
+        then the rest; among them the first whose IKE proposals match the offer (IKE_AUTH may
+        still switch by identity)."""
+        cands = [c for c in self.configs.values() if c.remote_addr is not None and c.remote_addr[0] == addr[0]]
+        cands += [c for c in self.configs.values() if c.remote_addr is None]
+        cands += [c for c in self.configs.values() if c not in cands]
+        try:
+            sa = next(p for p in m.decode_payloads(data[16], data[m.HEADER_LEN:]) if isinstance(p, m.SA))
+            offered = [p for p in from_wire(sa.proposals) if p.protocol == "ike"]
+        except (ParseError, StopIteration):
+            return cands[0] if cands else None
+        return next((c for c in cands if select(c.ike_proposals, offered) is not None), cands[0] if cands else None)
 
     def _answer_version(self, data: bytes, addr: Addr, local: Addr) -> None:
         """RFC 7296 section 1.5: answer an unknown major version with INVALID_MAJOR_VERSION."""

@@ -4,44 +4,53 @@ API (stable; the asyncio transport in ``ipsecemu.io`` codes against this)
 --------------------------------------------------------------------------
 
 Addresses are ``(host: str, port: int)`` tuples.  ``now`` is a float in seconds (any monotonic
-clock the caller likes).  Randomness (SPIs, nonces, DH private keys, IVs) comes from
-``rng: Callable[[int], bytes]`` (default ``os.urandom``) so published vectors reproduce.
+clock the caller likes).  Randomness (SPIs, nonces, DH private keys, IVs, rekey jitter) comes from
+``rng: Callable[[int], bytes]`` (default ``os.urandom``) so runs and published vectors reproduce.
 
-``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10)`` — what a transport drives.
-    Owns every IKE SA of one local address; routes datagrams by SPI; answers IKE_SA_INIT requests
-    for the configs it holds (responder role); sends COOKIE challenges when more than
-    ``cookie_threshold`` SAs are half-open.
+``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10)`` (``ipsecemu.ike.endpoint``,
+also importable from here) -- what a transport drives.  ``configs`` are ``settings.IkeSaConfig``
+(``ike.config.to_ike_sa_config`` builds them from YAML).  It owns every IKE SA of one local
+address; routes datagrams by SPI; answers IKE_SA_INIT requests (responder role: the config
+naming the peer address / matching the offered IKE proposal, switched in IKE_AUTH by the peer's
+identity); sends stateless COOKIEs once ``cookie_threshold`` SAs are half-open.
     * ``receive_datagram(data: bytes, addr: Addr, now: float, local: Addr | None = None) -> None``
       ``data`` is the IKE message *without* the 4-byte non-ESP marker (the transport strips it on
-      port 4500 and drops 1-byte 0xFF keepalives).  Bad input never raises; it is counted in
-      ``counters`` and, where RFC 7296 says so, answered.
+      port 4500 and drops 1-byte 0xFF keepalives).  ``local`` is the address the datagram arrived
+      on -- it must be the real address, not 0.0.0.0, because NAT detection hashes it.  Bad input
+      never raises; it is counted in ``counters`` (endpoint and per SA) and, where RFC 7296 says
+      so, answered with a notify.
     * ``datagrams_to_send(now) -> list[tuple[bytes, Addr, Addr]]``: ``(data, remote, local)``.
-      ``local`` tells the transport which socket to use; the port is 4500 once NAT-T floated
+      ``local`` tells the transport which socket to use; its port is 4500 once NAT-T floated
       (prepend the non-ESP marker then).
     * ``get_timer() -> float | None``: the earliest time ``handle_timer`` must be called.
-    * ``handle_timer(now) -> None``: retransmissions, DPD, lifetimes.
-    * ``next_event() -> Event | None``: events from ``ipsecemu.ike.events`` in order.
+    * ``handle_timer(now) -> None``: retransmissions, DPD, half-open timeouts, timed rekeys/expiry.
+    * ``next_event() -> Event | None``: events from ``ipsecemu.ike.events``, in order.
     * ``initiate(name, now, remote: Addr | None = None) -> IkeSa``: start an IKE SA for config
-      ``name`` (IKE_SA_INIT + IKE_AUTH with the first Child SA).
-    * ``sas``: dict ``spi_i -> IkeSa``; ``counters``: dict of drop reasons.
+      ``name`` (IKE_SA_INIT + IKE_AUTH carrying the first Child SA).
+    * ``sas``: dict our SPI -> ``IkeSa`` (rekeyed SAs replace their predecessor); ``find(spi)``;
+      ``counters``: dict of drop reasons.
 
-``IkeSa`` — one IKE SA (either role); usable alone in tests with the same five driving calls
-    (``receive_datagram``, ``datagrams_to_send``, ``get_timer``, ``handle_timer``, ``next_event``)
-    plus the API calls ``initiate(now)``, ``rekey_child(inbound_spi, now)``, ``rekey_ike(now)``,
-    ``delete_child(inbound_spi, now)``, ``delete(now)``, ``dpd(now)``.  Properties: ``state``
-    (``ipsecemu.ike.states.IkeState``), ``spi_i``, ``spi_r``, ``initiator`` (bool, original role),
-    ``children`` (dict inbound SPI -> ``ChildSa``), ``nat_local`` / ``nat_remote`` (we / the peer
-    are behind a NAT; either one True means "float to 4500"), ``keys`` (``IkeKeys``, SK_*).
+``IkeSa`` -- one IKE SA (either role); usable alone with the same five driving calls plus the
+API calls ``initiate(now)``, ``rekey_child(inbound_spi, now)``, ``create_child(now, local_ts,
+remote_ts)``, ``delete_child(inbound_spi, now)``, ``rekey_ike(now)``, ``delete(now)``, ``dpd(now)``.
+Requests queue behind each other (window size 1).  Attributes: ``state`` (``states.IkeState``),
+``spi_i``, ``spi_r``, ``initiator`` (original role), ``children`` (inbound SPI -> ``ChildSa``),
+``nat_local`` / ``nat_remote`` / ``encap``, ``local`` / ``remote`` (current addresses),
+``keys`` (``crypto.IkeKeys``: SK_d, SK_ai ... with a redacting repr), ``successor`` (after a rekey),
+``counters``.
 
-Events (``ipsecemu.ike.events``), all frozen dataclasses carrying ``ike_spi_i``/``ike_spi_r``:
-    ``IkeSaEstablished``, ``IkeSaRekeyed`` (old and new SPIs), ``IkeSaDeleted`` (``reason``:
-    "local", "remote", "dpd", "timeout", "auth_failed", "no_proposal", ...),
-    ``ChildSaEstablished`` / ``ChildSaRekeyed`` (new SA installed *before* the old is deleted:
-    make-before-break) carrying ``ChildSaKeys``: ``inbound`` and ``outbound``
-    ``ipsecemu.dataplane.api.EspSaConfig`` objects (``encr`` like "aes-gcm-16", ``enc_key``
-    including the 4-byte salt, ``integ`` like "hmac-sha256-128" or None), ``local_ts``/``remote_ts``
-    (lists of ``TrafficSelector``), ``mode``, ``lifetime_s``; ``ChildSaDeleted`` (SPIs).
-    ``NatDetected`` (``local_behind_nat``, ``remote_behind_nat``).
+Events (``ipsecemu.ike.events``), frozen dataclasses carrying ``ike_spi_i``/``ike_spi_r``:
+    ``IkeSaEstablished`` (ids, proposal, addresses, NAT flags), ``NatDetected``,
+    ``IkeSaRekeyed`` (new SPIs; Child SAs move over silently), ``IkeSaDeleted`` (``reason``:
+    "local", "remote", "dpd", "timeout", "auth_failed", "no_proposal", "failed", "rekeyed"; plus
+    the error ``notify``), ``ChildSaEstablished`` / ``ChildSaRekeyed`` (the new SA is complete
+    *before* the old one's ``ChildSaDeleted``: make-before-break) carrying ``ChildSaKeys``:
+    ``inbound`` / ``outbound`` ``ipsecemu.dataplane.api.EspSaConfig`` (``encr`` like "aes-gcm-16",
+    ``enc_key`` including the 4-byte salt, ``integ`` like "hmac-sha256-128" or None, byte/packet
+    ``lifetime``), ``local_ts``/``remote_ts``, ``mode``, ``encap``, outer ``local``/``remote``,
+    ``lifetime_s``, ``proposal``; ``ChildSaDeleted`` (SPIs, ``reason``: "local", "remote",
+    "rekeyed", "redundant" for the loser of a simultaneous rekey); ``ChildSaFailed`` (a Child SA
+    was refused -- the IKE SA stays up).
 
 Errors (``ipsecemu.ike.errors``): ``LocalProtocolError`` for caller misuse (raised from API calls),
 ``RemoteProtocolError`` for a misbehaving peer (never escapes the driving calls; carries the
@@ -246,6 +255,7 @@ class IkeSa:
         self.successor: IkeSa | None = None
         self._rekeying_ike = False
         self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
+        self.last_error = ""  # the last peer protocol error (for logs; never contains key material)
 
     # --- driving API ----------------------------------------------------------------------------
 
@@ -479,7 +489,7 @@ class IkeSa:
             self._count("integrity")
         except RemoteProtocolError as exc:
             self._count("protocol_error")
-            self._last_error = str(exc)
+            self.last_error = str(exc)
 
     def _decrypt(self, msg: m.Message, data: bytes) -> list:
         if self._cin is None:
