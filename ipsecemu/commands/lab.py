@@ -112,8 +112,8 @@ def up(file: str, name: str | None, smoke: bool) -> None:
                    f"nodes {', '.join(vpn_nodes)}: no daemon yet, traffic uses the underlay in clear")
     hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
     if len(hosts) >= 2:
-        dst = ipaddress.ip_interface(hosts[1].addresses[0][1]).ip
-        click.echo(f"  try: ipsecemu lab exec {topo.name}/{hosts[0].name} -- ping -c1 {dst}")
+        dst = ipaddress.ip_interface(hosts[0].addresses[0][1]).ip
+        click.echo(f"  try: ipsecemu lab exec {topo.name}/{hosts[-1].name} -- ping -c1 {dst}")
     if smoke and not builder.smoke(topo, say):
         _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')")
 
@@ -248,7 +248,10 @@ def status(name: str | None, as_json: bool) -> None:
 @click.argument("node")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(node: str, cmd: tuple[str, ...]) -> None:
-    """Run CMD inside NODE's netns: ipsecemu lab exec [LAB/]NODE -- CMD ..."""
+    """Run a command inside a node's netns.
+
+    ipsecemu lab exec [LAB/]NODE -- CMD ...  (LAB/ may be left out when one lab is up)
+    """
     _need_root("lab exec")
     st, n = _resolve(node)
     ns = st.node_netns(n)
