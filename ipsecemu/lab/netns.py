@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -247,9 +248,16 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
             proc.stderr.close()
 
 
+def need_ping() -> None:
+    """A clear error instead of "0 replies" when iputils-ping is missing."""
+    if shutil.which("ping") is None:
+        raise NetnsError("ping not installed: apt-get install iputils-ping")
+
+
 async def aping(ns: str, dst: str, count: int = 3, size: int = 56, interval: float = 0.2,
                 timeout: float = 20.0) -> int:
     """ping from netns ``ns`` without blocking the event loop; returns the replies received."""
+    need_ping()
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2",
         "-s", str(size), dst, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.dataplane.api import EspSaConfig
-from ipsecemu.lab.netns import Netns, ns_exec, wait_for
+from ipsecemu.lab.netns import Netns, need_ping, ns_exec, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -609,6 +609,7 @@ class CharonPair:
 
 def ping(ns: str, dst: str, count: int = 3, size: int = 56, timeout: float = 10.0, interval: float = 0.2) -> int:
     """Ping from netns ``ns``; returns the number of replies received."""
+    need_ping()
     r = ns_exec(ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2", "-s", str(size), dst,
                 timeout=timeout, check=False)
     m = re.search(r"(\d+) received", r.stdout)
