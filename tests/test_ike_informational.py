@@ -182,3 +182,21 @@ def test_dpd_timeout_from_config_and_volume_lifetimes() -> None:
     assert sa.state == IkeState.ESTABLISHED
     net.advance(2.0)
     assert sa.state == IkeState.CLOSED and one(events(a), ev.IkeSaDeleted).reason == "dpd"
+
+
+def test_initial_contact_replaces_stale_sas_of_a_rebooted_peer() -> None:
+    a, b, net, sa, sb = established()
+    # the initiator "reboots": a fresh endpoint with the same config and address, no memory
+    from test_ike_exchanges import seeded
+
+    from ipsecemu.ike.endpoint import IkeEndpoint
+    from ipsecemu.ike.loopback import LoopbackNet
+
+    a2 = IkeEndpoint(list(a.configs.values()), a.local, rng=seeded(99))
+    net2 = LoopbackNet([a2, b], now=net.now)
+    sa2 = a2.initiate("c", net2.now)
+    net2.run()
+    assert sa2.state == IkeState.ESTABLISHED and sb.state == IkeState.CLOSED
+    assert list(b.sas) == [sa2.spi_r] and b.counters["replaced_by_initial_contact"] == 1
+    gone = [e for e in events(b) if isinstance(e, ev.IkeSaDeleted)]
+    assert [g.reason for g in gone] == ["replaced"] and gone[0].ike_spi_i == sa.spi_i

@@ -55,6 +55,9 @@ class IkeEndpoint:
                 self._count("unknown_spi")
             else:
                 sa.receive_message(msg, data, addr, now, local)
+                if sa.peer_initial_contact and sa.state == IkeState.ESTABLISHED:
+                    sa.peer_initial_contact = False
+                    self._drop_stale(sa, now)
         self._housekeeping()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr, Addr]]:
@@ -105,6 +108,14 @@ class IkeEndpoint:
         for key, sa in list(self._half_open.items()):
             if sa.state != IkeState.SA_INIT_DONE:
                 del self._half_open[key]
+
+    def _drop_stale(self, fresh: IkeSa, now: float) -> None:
+        """INITIAL_CONTACT: every other IKE SA of this config with the same peer identity is stale."""
+        for sa in list(self.sas.values()):
+            if sa is not fresh and sa.remote_id == fresh.remote_id and sa.config.name == fresh.config.name \
+                    and sa.state != IkeState.CLOSED:
+                sa.close_replaced(now)
+                self._count("replaced_by_initial_contact")
 
     def _lookup(self, peer: Identity, _ours: Identity | None) -> IkeSaConfig | None:
         """IKE_AUTH: the config whose remote identity is the peer's (exact match first)."""

@@ -255,6 +255,7 @@ class IkeSa:
         self.successor: IkeSa | None = None
         self._rekeying_ike = False
         self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
+        self.peer_initial_contact = False  # the peer said INITIAL_CONTACT: its older SAs are stale
         self.last_error = ""  # the last peer protocol error (for logs; never contains key material)
 
     # --- driving API ----------------------------------------------------------------------------
@@ -469,6 +470,10 @@ class IkeSa:
         self._half_open_deadline = None
         self.state = IkeState.CLOSED
         self._event(IkeSaDeleted, reason=reason, notify=notify)
+
+    def close_replaced(self, now: float) -> None:
+        """Forget this SA without telling the peer (it rebooted: RFC 7296 section 2.4 INITIAL_CONTACT)."""
+        self._close(now, "replaced")
 
     # --- receiving --------------------------------------------------------------------------------
 
@@ -839,6 +844,7 @@ class IkeSa:
             self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
             return
         self.config, self.remote_id = cfg, peer
+        self.peer_initial_contact = msg.notify(Notify.INITIAL_CONTACT) is not None
         idr = m.ID(Payload.IDr, cfg.local_id.id_type, cfg.local_id.data)
         payloads: list = [idr, m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, self._init_resp, self.ni,
                                                                       self.keys.sk_pr, idr.body()))]
