@@ -176,3 +176,20 @@ def test_capture_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert st.data["processes"] == []
     finally:
         cli("down", name)
+
+
+def test_same_name_twice_at_once_one_wins() -> None:
+    name = new_name()
+    cmd = [sys.executable, "-m", "ipsecemu", "lab", "up", str(PAIR), "--name", name]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(2)]
+    try:
+        results = [p.communicate(timeout=60) for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 1], results
+        loser = next(err for p, (_, err) in zip(procs, results, strict=True) if p.returncode == 1)
+        assert "already up" in loser and "Traceback" not in loser
+        assert len(builder.orphan_netns(name)) == 4
+    finally:
+        cli("down", name)
+    assert builder.orphan_netns(name) == []
