@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,12 +50,12 @@ def cdef_text() -> str:
     return m.group(1)
 
 
-def check_toolchain() -> str:
-    cc = os.environ.get("CC", "gcc")
-    if shutil.which(cc) is None:
-        raise BuildError(f"C compiler {cc!r} not found: install it (apt-get install gcc) or set CC")
+def check_toolchain() -> list[str]:
+    cc = shlex.split(os.environ.get("CC", "gcc")) or ["gcc"]
+    if shutil.which(cc[0]) is None:
+        raise BuildError(f"C compiler {cc[0]!r} not found: install it (apt-get install gcc) or set CC")
     probe = subprocess.run(
-        [cc, "-x", "c", "-fsyntax-only", "-"], input="#include <openssl/evp.h>\n",
+        [*cc, "-x", "c", "-fsyntax-only", "-"], input="#include <openssl/evp.h>\n",
         capture_output=True, text=True,
     )
     if probe.returncode != 0:
@@ -62,11 +63,11 @@ def check_toolchain() -> str:
     return cc
 
 
-def fingerprint(flags: list[str], cc: str) -> str:
+def fingerprint(flags: list[str], cc: list[str]) -> str:
     h = hashlib.sha256()
     for p in [HEADER, Path(__file__).resolve(), *SOURCES, *INTERNAL]:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    h.update(" ".join(flags + [cc, sys.version, sysconfig.get_config_var("EXT_SUFFIX") or ""]).encode())
+    h.update(" ".join(flags + cc + [sys.version, sysconfig.get_config_var("EXT_SUFFIX") or ""]).encode())
     return h.hexdigest()
 
 
@@ -74,20 +75,20 @@ def build(asan: bool) -> Path | None:
     """Build one variant; returns the .so path, or None when it was already up to date."""
     module = "_native_asan" if asan else "_native"
     flags = ASAN_FLAGS if asan else RELEASE_FLAGS
-    cc = check_toolchain()
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = DEST / f"{module}{suffix}"
     outdir = NATIVE / "out" / module
     stamp = outdir / "stamp"
-    fp = fingerprint(flags, cc)
+    fp = fingerprint(flags, shlex.split(os.environ.get("CC", "gcc")))
     if target.exists() and stamp.exists() and stamp.read_text() == fp:
-        return None
+        return None  # up to date: no compiler needed
+    cc = check_toolchain()
     outdir.mkdir(parents=True, exist_ok=True)
 
     objects = []
     for src in SOURCES:
         obj = outdir / (src.stem + ".o")
-        cmd = [cc, *flags, "-I", str(NATIVE / "include"), "-c", str(src), "-o", str(obj)]
+        cmd = [*cc, *flags, "-I", str(NATIVE / "include"), "-c", str(src), "-o", str(obj)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise BuildError(f"compiling {src.name} failed:\n{res.stdout}{res.stderr}")
