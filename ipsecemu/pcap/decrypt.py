@@ -48,6 +48,7 @@ __all__ = ["DecryptError", "Failure", "Summary", "CaptureDecryptor", "decrypt_fi
 # link types (https://www.tcpdump.org/linktypes.html)
 LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2 = 0, 1, 101, 108, 113, 228, 229, 276
 _RAW_ALIASES = {12, 14}  # DLT_RAW values some systems write into pcap files
+SUPPORTED_LINKTYPES = {LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2, *_RAW_ALIASES}
 ETH_IPV4, ETH_IPV6, ETH_MACSEC = 0x0800, 0x86DD, 0x88E5
 _VLAN_TPIDS = {0x8100, 0x88A8, 0x9100}
 MAX_DEPTH = 8  # nested ESP / MACsec layers walked per frame (bounded work for any input)
@@ -276,7 +277,10 @@ class CaptureDecryptor:
             self._nokey = True
             return frame
         tags = frame[12:off]  # VLAN tags captured outside the SecTAG are put back afterwards
-        res = self._macsec.validate(frame[:12] + frame[off:])
+        try:
+            res = self._macsec.validate(frame[:12] + frame[off:])
+        except Exception as exc:  # a transform bug must not abort the whole capture
+            raise _Fail(f"MACsec: data-plane error: {type(exc).__name__}: {exc}") from None
         if res.verdict == Verdict.UNKNOWN_SA:
             self._nokey = True
             return frame
@@ -298,12 +302,17 @@ class CaptureDecryptor:
         if outer.kind != "esp":
             return packet
         esp = outer.payload
+        if len(esp) < 8:  # not even SPI + sequence number: nothing to look a key up by
+            return packet
         spi, seq = struct.unpack_from("!II", esp)
         sa = self._find_sa(outer.ip.version, outer.ip.src, outer.ip.dst, spi)
         if sa is None:
             self._nokey = True
             return packet
-        res = sa.decap(esp)
+        try:
+            res = sa.decap(esp)
+        except Exception as exc:  # a transform bug must not abort the whole capture
+            raise _Fail(f"ESP SPI 0x{spi:08x} seq {seq}: data-plane error: {type(exc).__name__}: {exc}") from None
         where = f"ESP SPI 0x{spi:08x} seq {seq} ({outer.ip.src} -> {outer.ip.dst})"
         if res.verdict == Verdict.TFC_DUMMY:
             self._layers += 1
@@ -424,6 +433,8 @@ def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[E
     """Decrypt ``in_path`` into ``out_path``; returns the summary (failures listed in it)."""
     linktype, nano, records = read_capture(in_path)
     dec = CaptureDecryptor(esp_rows, macsec_sas, backend=backend)
+    if linktype not in SUPPORTED_LINKTYPES:
+        dec.summary.warnings.append(f"link type {linktype} is not supported; frames are copied unchanged")
     out_lt = _output_linktype(linktype)
     try:
         f = open(out_path, "wb")  # noqa: SIM115 - closed below
