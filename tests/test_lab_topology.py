@@ -147,6 +147,8 @@ def test_mistakes_are_located(tmp_path: Path, desc: str, old: str, new: str, nee
     ("name: x1\nnodes:\n  a:\n    kind: host\n   bad: 1\n", 5, "YAML syntax error"),
     ("name: x1\nnodes: [\n", 3, "YAML syntax error"),
     ("", None, "empty file"),
+    ("name: x1\nnodes:\n  a: !!python/object:os.system {kind: host}\n", 3, "unsupported YAML tag"),
+    ("name: x1\nnodes:\n  a: {kind: host}\x00\n", None, "YAML error"),
     ("- just\n- a list\n", 1, "must be a mapping"),
     ("name: Bad_Name\nnodes: {a: {kind: host}}\n", 1, "invalid lab name"),
     ("name: ok\nnodes: {a-b: {kind: host}}\n", 2, "invalid node name"),

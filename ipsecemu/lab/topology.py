@@ -171,6 +171,9 @@ _LAB_NAME_HELP = "lowercase letters, digits and single '-', 2-32 chars, starting
 # ---------------------------------------------------------------- YAML with marks
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "seq", "str", "int", "float", "bool", "null")}
+
+
 class _Doc:
     """Plain Python values from a YAML document plus the line of every field path."""
 
@@ -182,6 +185,8 @@ class _Doc:
 
     def _walk(self, node: yaml.Node, path: tuple) -> Any:
         self.lines[path] = node.start_mark.line + 1
+        if node.tag not in _PLAIN_TAGS:  # plain data only: no !!python/... or custom tags
+            raise TopologyError(self.file, node.start_mark.line + 1, _fmt(path), f"unsupported YAML tag {node.tag}")
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for knode, vnode in node.value:
@@ -234,15 +239,16 @@ def loads(text: str, file: str = "<string>") -> Topology:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         raise TopologyError(file, line, "", f"YAML syntax error: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise TopologyError(file, None, "", f"YAML error: {exc}") from None
+    except yaml.YAMLError as exc:  # e.g. a control character: no mark, multi-line message
+        raise TopologyError(file, None, "", f"YAML error: {str(exc).splitlines()[0]}") from None
     if root is None:
         raise TopologyError(file, None, "", "empty file")
     try:
         doc = _Doc(file, root)
-    except yaml.YAMLError as exc:  # e.g. a bad !tag
-        raise TopologyError(file, getattr(getattr(exc, "problem_mark", None), "line", -1) + 1 or None, "",
-                            f"YAML error: {getattr(exc, 'problem', exc)}") from None
+    except yaml.MarkedYAMLError as exc:  # e.g. a scalar with an unknown !tag
+        mark = exc.problem_mark or exc.context_mark
+        raise TopologyError(file, mark.line + 1 if mark else None, "",
+                            f"YAML error: {exc.problem or exc.context}") from None
     return _Validator(doc).topology()
 
 
