@@ -83,6 +83,9 @@ PRF_NAMES = {
 }
 
 _ECP = {19: ec.SECP256R1, 20: ec.SECP384R1, 21: ec.SECP521R1}
+#: MODP private exponent sizes in bits: 2 x the strength estimate of RFC 3526 section 8, >= 256
+_MODP_EXP_BITS = {1: 256, 2: 256, 5: 256, 14: 320, 15: 384, 16: 448, 17: 512, 18: 512}
+
 #: every supported key exchange group
 KE_GROUPS: frozenset[int] = frozenset({*MODP_PRIMES, 24, *_ECP, 31, 32})
 
@@ -203,7 +206,9 @@ class KeyExchange:
 
     def _private_len(self) -> int:
         if self.group in MODP_PRIMES:
-            return (MODP_PRIMES[self.group].bit_length() + 7) // 8
+            # exponent of twice the group's strength (RFC 3526 section 8 / NIST SP 800-57), at
+            # least 256 bits: as secure as a full-length one and 4-8x faster with pow()
+            return _MODP_EXP_BITS.get(self.group, 512) // 8
         if self.group == 24:
             return 40
         if self.group in _ECP:
@@ -218,6 +223,8 @@ class KeyExchange:
             self._p, self._q = p, q
             x = int.from_bytes(private, "big")
             self._x = x if exact else x % (q - 1) + 1
+            if not 1 <= self._x < q:
+                raise LocalProtocolError(f"group {g}: private exponent out of range")
             self.public = pow(gen, self._x, p).to_bytes((p.bit_length() + 7) // 8, "big")
         elif g in _ECP:
             curve = _ECP[g]()
