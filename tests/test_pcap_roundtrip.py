@@ -113,15 +113,16 @@ def row_for(cfg: EspSaConfig, outer: tuple[str, str] | None, v6: bool):
     return esp_row(src, dst, cfg.spi, cfg.encr, cfg.enc_key, cfg.integ, cfg.integ_key)
 
 
+@pytest.mark.parametrize("be", ["auto", "reference"])
 @pytest.mark.parametrize("case", list(ESP_CASES))
-def test_esp_round_trip(tmp_path: Path, case: str) -> None:
+def test_esp_round_trip(tmp_path: Path, case: str, be: str) -> None:
     kw, outer, udp, mode, v6 = ESP_CASES[case]
     cfg = EspSaConfig(spi=0x1000 + len(case), **kw)
     inners = inner_packets(v6)
     frames = encrypt_esp(cfg, outer, udp, mode, inners)
     if case == "chacha":  # tshark 4.0 has no ChaCha20 string, but ipsecemu reads the newer one
         assert row_for(cfg, outer, v6).encryption == "ChaCha20 with Poly1305 [RFC7634]"
-    result, out, lt = run(tmp_path, frames, esp=[row_for(cfg, outer, v6)])
+    result, out, lt = run(tmp_path, frames, esp=[row_for(cfg, outer, v6)], extra=("--backend", be))
     assert result.exit_code == 0, result.output
     assert f"decrypted: {len(inners)} (ESP layers: {len(inners)}" in result.output
     assert lt == 1
@@ -260,9 +261,10 @@ def plain_frames(n: int = 4) -> list[bytes]:
             for i in range(n)]
 
 
+@pytest.mark.parametrize("be", ["auto", "reference"])
 @pytest.mark.parametrize("cipher", list(MACSEC_CIPHERS))
 @pytest.mark.parametrize("include_sci", [True, False])
-def test_macsec_round_trip(tmp_path: Path, cipher: str, include_sci: bool) -> None:
+def test_macsec_round_trip(tmp_path: Path, cipher: str, include_sci: bool, be: str) -> None:
     xpn = MACSEC_CIPHERS[cipher][1]
     sa = macsec_sa(cipher, SCI_EXPLICIT if include_sci else SCI_IMPLICIT, next_pn=(1 << 32) - 2 if xpn else 1)
     tx = BE.MacsecTx(SecYConfig(include_sci=include_sci), sa)
@@ -272,7 +274,7 @@ def test_macsec_round_trip(tmp_path: Path, cipher: str, include_sci: bool) -> No
         verdict, wire = tx.protect(f)
         assert verdict == Verdict.OK
         frames.append(wire)
-    result, out, _ = run(tmp_path, frames, macsec=[sa])
+    result, out, _ = run(tmp_path, frames, macsec=[sa], extra=("--backend", be))
     assert result.exit_code == 0, result.output
     assert "MACsec layers: 4" in result.output
     assert out == plain
