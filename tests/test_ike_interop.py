@@ -83,9 +83,10 @@ class Setup:
 
 @contextlib.asynccontextmanager
 async def ours_vs_charon(prefix: str, ike: str, esp: str, *, charon_kw: dict | None = None,
-                         ours_kw: dict | None = None, ipv6: bool = False) -> AsyncIterator[Setup]:
+                         ours_kw: dict | None = None, ipv6: bool = False,
+                         key_log: bool = False) -> AsyncIterator[Setup]:
     with pair_topology(prefix, ipv6=ipv6) as topo:
-        charon = Charon(topo.gateways[1], retransmit_timeout=1.0, retransmit_tries=2)
+        charon = Charon(topo.gateways[1], retransmit_timeout=1.0, retransmit_tries=2, key_log=key_log)
         try:
             await asyncio.to_thread(charon.start)
             charon.load(pair_conn(topo, 1, ike_proposal=ike, esp_proposal=esp, psk=PSK, **(charon_kw or {})))
@@ -130,16 +131,32 @@ def check_same_sa(s: Setup, ike_ev: Any, child_ev: Any) -> None:
     assert sa["remote-id"] == "left" and sa["local-id"] == "right"
 
 
+def check_same_keys(s: Setup, child_ev: Any) -> None:
+    """Byte-for-byte: the keys we derived are the ones charon logged (SK_* and ESP, per direction)."""
+    keylog = s.charon.keys()
+    ours = s.peer.sa().keys
+    theirs = [r for r in keylog.ike if "spi_i" in r][-1]
+    for name in ("sk_d", "sk_ei", "sk_er", "sk_ai", "sk_ar", "sk_pi", "sk_pr"):
+        assert getattr(ours, name).hex() == theirs.get(name, ""), name
+    inbound, outbound, _child = s.charon.esp_sa_configs()[-1]
+    # charon's inbound is our outbound and vice versa
+    assert (inbound.spi, inbound.enc_key, inbound.integ_key) == (
+        child_ev.keys.outbound.spi, child_ev.keys.outbound.enc_key, child_ev.keys.outbound.integ_key)
+    assert (outbound.spi, outbound.enc_key, outbound.integ_key) == (
+        child_ev.keys.inbound.spi, child_ev.keys.inbound.enc_key, child_ev.keys.inbound.integ_key)
+
+
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-init", "charon-init"])
 @pytest.mark.parametrize("ike", list(CASES))
 def test_establish_and_ping(unique_name: str, ike: str, we_initiate: bool) -> None:
     esp, dh = CASES[ike]
 
     async def main() -> None:
-        async with ours_vs_charon(unique_name, ike, esp) as s:
+        async with ours_vs_charon(unique_name, ike, esp, key_log=True) as s:
             ike_ev, child_ev = await establish(s, we_initiate)
             check_same_sa(s, ike_ev, child_ev)
             assert s.charon_sa()["dh-group"] == dh
+            check_same_keys(s, child_ev)
             assert (await s.pings(3)) == (3, 3), (dict(s.peer.forwarder.counters), s.charon.log_tail())
             child = s.charon_child()
             assert int(child["packets-in"]) == 6 and int(child["packets-out"]) == 6

@@ -46,9 +46,9 @@ def test_swanctl_conf_never_shows_the_psk() -> None:
 
 SAMPLE_LOG = """\
 03:11:33.012 14[ENC] <pair|7> parsed IKE_SA_INIT response 0 [ SA KE No ]
-03:11:33.012 14[IKE] <pair|7> Sk_ei secret => 20 bytes @ 0x7f2d6800b5a0
-03:11:33.012 14[IKE] <pair|7>    0: EC 48 77 30 57 D3 C0 F8 D6 63 1E 0E 58 5B F2 2A  .Hw0W....c..X[.*
-03:11:33.012 14[IKE] <pair|7>   16: 84 F3 37 76                                      ..7v
+03:11:33.012 14[IKE] <7> Sk_ei secret => 20 bytes @ 0x7f2d6800b5a0
+03:11:33.012 14[IKE] <7>    0: EC 48 77 30 57 D3 C0 F8 D6 63 1E 0E 58 5B F2 2A  .Hw0W....c..X[.*
+03:11:33.012 14[IKE] <7>   16: 84 F3 37 76                                      ..7v
 03:11:33.014 09[ENC] <pair|7> parsed IKE_AUTH request 1 [ IDi AUTH SA TSi TSr ]
 03:11:33.015 09[CHD] <pair|7> encryption initiator key => 4 bytes @ 0x7f2d74030490
 03:11:33.015 09[CHD] <pair|7>    0: 15 11 54 CC                                      ..T.

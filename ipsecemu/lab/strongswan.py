@@ -484,7 +484,8 @@ class KeyLog:
     esp: list[dict[str, str]] = field(default_factory=list)
 
 
-_PREFIX = re.compile(r"^\S+ (\d+)\[(\w+)\] (?:<[^|>]*\|(\d+)> )?(.*)$")
+# "<conn|uid>", or just "<uid>" while a responder does not know the connection yet
+_PREFIX = re.compile(r"^\S+ (\d+)\[(\w+)\] (?:<(?:[^|>]*\|)?(\d+)> )?(.*)$")
 _HEXLINE = re.compile(r"^\s*\d+: ((?:[0-9A-F]{2} ){1,16})")
 _SECRET = re.compile(r"^(Sk_\w+) secret => (\d+) bytes")
 _CHILDKEY = re.compile(r"^(encryption|integrity) (initiator|responder) key => (\d+) bytes")
