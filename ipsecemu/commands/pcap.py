@@ -31,7 +31,7 @@ def pcap() -> None:
               help="Data-plane implementation to decrypt with.")
 def decrypt(capture: str, output: str, esp_sa: str | None, macsec_sa: str | None, allow_failures: bool,
             backend: str) -> None:
-    """Decrypt CAPTURE into OUTPUT.
+    """Decrypt the ESP and MACsec frames of CAPTURE (pcap or pcapng) into the -o file.
 
     Decrypted frames keep their timestamps and link-layer header (EtherType fixed up); ESP
     tunnel mode yields the inner packet, transport mode the IP packet without ESP, MACsec the
