@@ -261,3 +261,19 @@ def test_macsec_too_short_tx() -> None:
     tx = native.MacsecTx(SecYConfig(), SA)
     assert tx.protect(b"\x00" * 13) == (Verdict.TOO_SHORT, b"")
     assert tx.counters.too_short == 1 and tx.next_pn == 1
+
+
+def test_macsec_add_sa_replaces_and_remove() -> None:
+    secy = SecYConfig()
+    tx = native.MacsecTx(secy, SA)
+    frames = [tx.protect(FRAME)[1] for _ in range(3)]
+    rx = native.MacsecRx(secy)
+    rx.add_sa(SA)
+    assert rx.validate(frames[2]).verdict is Verdict.OK and rx.next_pn_for(SCI, 1) == 4
+    rx.add_sa(SA)  # an AN reused for a new SAK: the SA starts over
+    assert rx.next_pn_for(SCI, 1) == 1 and rx.counters_for(SCI, 1) == SaCounters()
+    assert rx.validate(frames[0]).verdict is Verdict.OK
+    rx.remove_sa(SCI, 1)
+    assert rx.validate(frames[1]).verdict is Verdict.UNKNOWN_SA
+    with pytest.raises(ValueError, match="sci/an"):
+        rx.counters_for(SCI, 1)

@@ -14,8 +14,9 @@
  *     thread at a time; different SAs/tables may run on different threads concurrently.
  *   - Table add/remove must not run concurrently with decap/validate on the same table (the caller
  *     serialises them, e.g. the gateway applies IKE updates between batches).
- *   - Counter/event reads are plain loads: call them from the thread that drives the SA, or accept
- *     slightly stale values.
+ *   - Counter and next_seq/next_pn reads are plain loads: from another thread they may be a
+ *     packet or a batch stale.  Event polling (ie_*_events) is a lock-free single-consumer ring:
+ *     one control thread may poll while the data-path thread runs.
  *
  * Everything between the CDEF markers is fed to cffi's cdef verbatim, so it must stay plain C
  * declarations (no #include, no #if, no OpenSSL types).

@@ -42,12 +42,13 @@ uint64_t ie_now_ns(void)
 
 size_t ie_events_pop(ie_events *ev, uint8_t *codes, size_t max)
 {
+    uint32_t h = atomic_load_explicit(&ev->head, memory_order_relaxed);
+    uint32_t t = atomic_load_explicit(&ev->tail, memory_order_acquire);
     size_t n = 0;
-    while (n < max && ev->count) {
-        codes[n++] = ev->queue[ev->head];
-        ev->head = (uint8_t)((ev->head + 1) % sizeof ev->queue);
-        ev->count--;
-    }
+
+    while (n < max && h != t)
+        codes[n++] = ev->queue[h++ % sizeof ev->queue];
+    atomic_store_explicit(&ev->head, h, memory_order_release);
     return n;
 }
 

@@ -2,6 +2,7 @@
 #ifndef IE_INTERNAL_H
 #define IE_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -35,20 +36,27 @@ static inline void ie_put64(uint8_t *p, uint64_t v)
     ie_put32(p + 4, (uint32_t)v);
 }
 
-/* Expire events: each code fires at most once per SA; a tiny FIFO keeps firing order. */
+/* Expire events: each code fires at most once per SA.  A single-producer (the data path) /
+ * single-consumer (the control plane polling) ring, so polling may run on another thread. */
 typedef struct ie_events {
-    uint64_t fired;       /* bit per code (codes < 64) */
+    uint64_t fired;       /* bit per code (codes < 64); producer only */
     uint8_t queue[16];
-    uint8_t head, count;
+    _Atomic uint32_t head, tail;
 } ie_events;
 
 static inline void ie_event_fire(ie_events *ev, uint8_t code)
 {
+    uint32_t t, h;
+
     if (ev->fired & (1ULL << (code & 63)))
         return;
     ev->fired |= 1ULL << (code & 63);
-    if (ev->count < sizeof ev->queue)
-        ev->queue[(ev->head + ev->count++) % sizeof ev->queue] = code;
+    t = atomic_load_explicit(&ev->tail, memory_order_relaxed);
+    h = atomic_load_explicit(&ev->head, memory_order_acquire);
+    if (t - h < sizeof ev->queue) {  /* at most 8 distinct codes exist, so this never drops */
+        ev->queue[t % sizeof ev->queue] = code;
+        atomic_store_explicit(&ev->tail, t + 1, memory_order_release);
+    }
 }
 
 size_t ie_events_pop(ie_events *ev, uint8_t *codes, size_t max);
