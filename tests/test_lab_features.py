@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_lab_netns import non_root_prefix
 
 from ipsecemu.lab import builder, topology
 from ipsecemu.lab.state import LabState, run_dir
@@ -127,8 +128,7 @@ def test_smoke_flag_and_non_root_status() -> None:
         assert "smoke: left -> right (10.2.0.10): ok" in res.stdout
         assert "smoke: right -> left (10.1.0.10): ok" in res.stdout
         # status reads the state file without root (no live details then)
-        nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                                 "-m", "ipsecemu", "lab", "status", name, "--json"],
+        nobody = subprocess.run([*non_root_prefix(), sys.executable, "-m", "ipsecemu", "lab", "status", name, "--json"],
                                 capture_output=True, text=True, timeout=60, cwd="/")
         assert nobody.returncode == 0, nobody.stderr
         (lab,) = json.loads(nobody.stdout)["labs"]

@@ -285,10 +285,18 @@ def test_broken_yaml_creates_nothing(case: str, tmp_path: Path) -> None:
     assert_no_new_lab_links(links_before, ER)
 
 
+def non_root_prefix() -> list[str]:
+    """setpriv to nobody; if nobody cannot read the checkout (CI under /root), an unmapped user
+    namespace instead: euid 65534 there, still able to read root-owned files."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*nobody, sys.executable, "-c", f"import ipsecemu.commands.lab; open({str(ER)!r})"],
+                           capture_output=True, timeout=60, cwd="/")
+    return nobody if probe.returncode == 0 else ["unshare", "--user"]
+
+
 def test_non_root_up_says_so() -> None:
-    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                          "ipsecemu", "lab", "up", str(ER), "--name", new_name()],
-                         capture_output=True, text=True, timeout=60, cwd="/")
+    res = subprocess.run([*non_root_prefix(), sys.executable, "-m", "ipsecemu", "lab", "up", str(ER),
+                          "--name", new_name()], capture_output=True, text=True, timeout=60, cwd="/")
     assert res.returncode == 1
     assert "needs root" in one_line_error(res)
 
