@@ -151,3 +151,28 @@ def test_loop_wire_format_matches_reference_and_scapy(nodes: tuple[Node, Node]) 
         assert pkt[ICMP].type == 0 and pkt[ICMP].id == 0x4242 and bytes(pkt[ICMP].payload) == b"ipsecemu"
         assert [r.seq for r in replies] == list(range(1, len(replies) + 1))
         assert loop.stats["esp_ok"] == 1 and loop.stats["esp_tx"] == len(replies)
+
+
+def test_loop_drops_inner_packets_larger_than_mtu(nodes: tuple[Node, Node]) -> None:
+    a, _b = nodes
+    ip("link", "set", a.tun, "mtu", "3000", ns=a.ns)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        table = native.EspInboundTable()
+        table.add(BA)
+        out = native.EspOutbound(AB)
+        loop = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=peer.getsockname(),
+                                 outbound=out, inbound=table, mtu=1400)
+        subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "1", "-s", "2000", "-W", "1", "10.2.0.1"],
+                       capture_output=True, timeout=10)
+        deadline = time.monotonic() + 5
+        while loop.stats["encap_drop"] < 1 and time.monotonic() < deadline:
+            loop.step(50)
+        assert loop.stats["encap_drop"] == 1
+        sent = loop.stats["esp_tx"]
+        peer.settimeout(0.2)
+        sizes = []
+        for _ in range(sent):
+            sizes.append(len(peer.recv(65535)))
+        assert all(s < 1400 + 100 for s in sizes)  # only small IPv6 noise made it out
+        assert out.next_seq == sent + 1  # the dropped packet used no sequence number

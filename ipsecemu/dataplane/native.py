@@ -361,6 +361,16 @@ class _TableSa:
     def counters(self) -> SaCounters:
         return self._table.counters_for(self.cfg.spi)
 
+    def poll_events(self) -> list[ExpireEvent]:
+        return self._table._c.events(self.cfg.spi)
+
+    def decap(self, packet: bytes) -> DecapResult:
+        """Through the table (a foreign SPI is counted table-wide, not on this SA)."""
+        return self._table.decap(packet)
+
+    def decap_batch(self, packets: Iterable[bytes]) -> list[DecapResult]:
+        return self._table.decap_batch(packets)
+
 
 class EspInboundTable:
     """The inbound SAD by SPI (C hash table).  Table-wide ``counters`` hold drops tied to no SA."""

@@ -259,7 +259,7 @@ typedef struct ie_loop_cfg {
 typedef struct ie_loop_stats {
     uint64_t tun_rx;         /* inner packets read from tun */
     uint64_t esp_tx;         /* ESP datagrams sent */
-    uint64_t encap_drop;     /* not encapsulated (EXHAUSTED, TOO_BIG, not IP) */
+    uint64_t encap_drop;     /* not encapsulated (EXHAUSTED, larger than mtu) */
     uint64_t send_errors;
     uint64_t udp_rx;         /* datagrams received */
     uint64_t esp_ok;         /* decapsulated and written to tun */

@@ -124,9 +124,15 @@ static int tun_to_udp(ie_loop *l)
     while (n < l->cfg.batch) {
         ie_pkt *p = &l->txp[n];
         uint8_t *buf = l->txmem + (size_t)n * l->stride;
-        ssize_t r = read(l->cfg.tun_fd, buf + IE_ESP_HEADROOM, l->cfg.mtu);
+        /* one byte more than the MTU (the tailroom has it) tells an oversized packet apart */
+        ssize_t r = read(l->cfg.tun_fd, buf + IE_ESP_HEADROOM, (size_t)l->cfg.mtu + 1);
         if (r <= 0)
             break;  /* EAGAIN (nonblocking tun) or nothing more */
+        if ((size_t)r > l->cfg.mtu) {
+            l->st.tun_rx++;
+            l->st.encap_drop++;
+            continue;
+        }
         memset(p, 0, sizeof *p);
         p->buf = buf;
         p->off = IE_ESP_HEADROOM;
