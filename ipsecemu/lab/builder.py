@@ -57,7 +57,7 @@ def ipr_in(ns: str) -> Iterator[IPRoute]:
     """
     if not netns_exists(ns):
         raise BuildError(f"netns {ns} does not exist")
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # setns is per thread
     try:
         netns.setns(ns, flags=0)
         ipr = IPRoute()
