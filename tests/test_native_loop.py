@@ -176,3 +176,36 @@ def test_loop_drops_inner_packets_larger_than_mtu(nodes: tuple[Node, Node]) -> N
             sizes.append(len(peer.recv(65535)))
         assert all(s < 1400 + 100 for s in sizes)  # only small IPv6 noise made it out
         assert out.next_seq == sent + 1  # the dropped packet used no sequence number
+
+
+def test_two_loops_over_raw_esp(nodes: tuple[Node, Node], unique_name: str) -> None:
+    a, b = nodes
+    # rarely used loopback addresses, so no other raw ESP socket on the host sees our packets
+    h = int(unique_name[1:], 16)
+    addr_a, addr_b = (f"127.{100 + h % 100}.{(h >> 8) & 255}.{(h >> 16) & 254 | k}" for k in (0, 1))
+    raw_a = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+    raw_b = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+    loops = []
+    try:
+        raw_a.bind((addr_a, 0))
+        raw_b.bind((addr_b, 0))
+        a_table, b_table = native.EspInboundTable(), native.EspInboundTable()
+        a_table.add(BA)
+        b_table.add(AB)
+        loops = [native.EspUdpLoop(tun_fd=a.fd, udp_fd=raw_a.fileno(), peer=(addr_b, 0), raw_esp=True,
+                                   outbound=native.EspOutbound(AB), inbound=a_table),
+                 native.EspUdpLoop(tun_fd=b.fd, udp_fd=raw_b.fileno(), peer=(addr_a, 0), raw_esp=True,
+                                   outbound=native.EspOutbound(BA), inbound=b_table)]
+        for loop in loops:
+            loop.start()
+        res = ping(b.ns, "10.1.0.1")
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        for loop in loops:
+            loop.stop()
+        raw_a.close()
+        raw_b.close()
+    sa, sb = loops[0].stats, loops[1].stats
+    assert sb["esp_tx"] >= 3 and sa["esp_ok"] >= 3 and sa["esp_tx"] >= 3 and sb["esp_ok"] >= 3
+    assert sa["decap_drop"] == sb["decap_drop"] == 0 and sa["ike_rx"] == 0
+    assert a_table.counters_for(BA.spi).packets == sb["esp_tx"]

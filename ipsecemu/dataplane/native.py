@@ -581,12 +581,13 @@ class EspUdpLoop:
 
     IKE datagrams (non-ESP marker) arriving on the UDP socket are sent to ``ike_fd`` (an
     AF_UNIX SOCK_DGRAM socket) one message each; :func:`parse_ike_record` decodes them.
+    ``raw_esp=True``: ``udp_fd`` is a raw IP protocol 50 socket instead (peer port ignored).
     The SA objects must stay alive and must not be used from Python while the loop runs.
     """
 
     def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
                  inbound: EspInboundTable, ike_fd: int = -1, batch: int = 32, mtu: int = 1500,
-                 poll_ms: int = 50) -> None:
+                 poll_ms: int = 50, raw_esp: bool = False) -> None:
         import ipaddress
         import threading
 
@@ -599,6 +600,7 @@ class EspUdpLoop:
         c.peer_addr = addr.packed + bytes(16 - len(addr.packed))
         c.peer_port = peer[1]
         c.batch, c.mtu, c.poll_ms = batch, mtu, poll_ms
+        c.raw_esp = int(raw_esp)
         out = ffi.new("ie_loop **")
         _check(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out), "gateway loop")
         self._loop = ffi.gc(out[0], lib.ie_loop_free)

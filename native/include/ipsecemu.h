@@ -254,6 +254,8 @@ typedef struct ie_loop_cfg {
     uint32_t batch;          /* 1..IE_LOOP_MAX_BATCH */
     uint32_t mtu;            /* largest inner packet read from tun */
     int poll_ms;             /* how often the stop flag is looked at when idle */
+    int raw_esp;             /* 1: udp_fd is a raw IPPROTO_ESP socket (IP protocol 50, no UDP,
+                                no IKE/keepalive split; IPv4 receive skips the IP header) */
 } ie_loop_cfg;
 
 typedef struct ie_loop_stats {

@@ -1,4 +1,5 @@
-/* loop.c - the gateway data path: tun <-> ESP-in-UDP (RFC 3948) in batches, no Python per packet. */
+/* loop.c - the gateway data path: tun <-> ESP-in-UDP (RFC 3948) or raw ESP, in batches, no Python
+ * per packet. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -233,11 +234,22 @@ static int udp_to_tun(ie_loop *l)
             l->st.decap_drop++;
             continue;
         }
-        if (len == 1 && d[0] == 0xFF) {  /* RFC 3948 NAT-keepalive */
+        if (l->cfg.raw_esp) {
+            /* raw IPv4 sockets hand over the IP header too; IPv6 ones do not */
+            if (l->cfg.peer_family == 4) {
+                uint32_t ihl = len ? (uint32_t)(d[0] & 15) * 4 : 0;
+                if (len < 20 || (d[0] >> 4) != 4 || ihl < 20 || ihl > len) {
+                    l->st.decap_drop++;
+                    continue;
+                }
+                d += ihl;
+                len -= ihl;
+            }
+        } else if (len == 1 && d[0] == 0xFF) {  /* RFC 3948 NAT-keepalive */
             l->st.keepalive++;
             continue;
         }
-        if (len >= 4 && !d[0] && !d[1] && !d[2] && !d[3]) {  /* non-ESP marker: IKE */
+        if (!l->cfg.raw_esp && len >= 4 && !d[0] && !d[1] && !d[2] && !d[3]) {  /* non-ESP marker: IKE */
             to_ike(l, &l->rxaddr[i], d + 4, len - 4);
             continue;
         }
