@@ -1,0 +1,235 @@
+"""The gateway config file (YAML) -> a validated :class:`GatewayConfig`.
+
+Layout::
+
+    node: gw-a                      # required: this gateway's name
+    lab: demo                       # optional: state dir defaults to /run/ipsecemu/<lab>/<node>
+    state_dir: /run/ipsecemu/x      # optional: overrides the default (so does --state-dir)
+    local_addresses: [192.0.2.1]    # IKE addresses; default local_address of every connection
+    datapath:
+      encapsulation: auto           # auto (UDP 4500 when NAT is seen) | udp (always) | esp (proto 50)
+      batch: 32                     # packets per C loop batch (1..256)
+    dpd: {interval: 10, timeout: 45}  # default for connections that do not set their own
+    connections:
+      to-b:                         # any ipsecemu.ike.config connection keys, plus:
+        remote_address: 192.0.2.2
+        psk: env:PSK
+        local_ts: [10.1.0.0/24]
+        remote_ts: [10.2.0.0/24]
+        close_action: none          # none | restart: re-initiate when the peer deletes the SA
+        tunnel:
+          name: vti0                # tun device (<= 15 characters)
+          address: 169.254.0.1/30   # optional inner address
+          routes: [10.2.0.0/24]     # prefixes routed into the tunnel (default: the remote TS)
+          mtu: 1400
+
+Errors are :class:`~ipsecemu.ike.config.ConnectionConfigError` with ``file:line: field:``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ipsecemu.ike import config as ikecfg
+from ipsecemu.ike.config import ConnectionConfig, ConnectionConfigError
+
+__all__ = ["GatewayConfig", "GatewayConnection", "TunnelConfig", "load", "loads", "summary", "ConnectionConfigError"]
+
+ENCAPSULATIONS = ("auto", "udp", "esp")
+MAX_IFNAME = 15
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    name: str
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
+    routes: tuple[Network, ...] = ()  # empty: route the negotiated remote traffic selectors
+    mtu: int = 1400
+
+
+@dataclass(frozen=True)
+class GatewayConnection:
+    conn: ConnectionConfig
+    tunnel: TunnelConfig
+    close_action: str = "none"  # "none" | "restart"
+
+    @property
+    def name(self) -> str:
+        return self.conn.name
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    node: str
+    lab: str | None
+    state_dir: Path
+    local_addresses: tuple[str, ...]
+    encapsulation: str
+    batch: int
+    connections: tuple[GatewayConnection, ...]
+    source: str = "<string>"
+
+    def connection(self, name: str) -> GatewayConnection | None:
+        return next((c for c in self.connections if c.name == name), None)
+
+
+_TOP = ikecfg._canon("node", "lab", "state_dir", "local_addresses", "datapath", "dpd", "connections",
+                     local_address="local_addresses", local="local_addresses")
+_DATAPATH = ikecfg._canon("encapsulation", "batch", encap="encapsulation")
+_TUNNEL = ikecfg._canon("name", "address", "routes", "mtu")
+
+
+def _tunnel(ctx: ikecfg._Ctx, path: ikecfg.Path_, v: object, conn_name: str, index: int) -> TunnelConfig:
+    d = ikecfg._keyed(ctx, path, v if v is not None else {}, _TUNNEL)
+    name = ikecfg._str(ctx, (*path, "name"), d.get("name", f"ipsec{index}"))
+    if not 0 < len(name) <= MAX_IFNAME or "/" in name or " " in name:
+        raise ctx.error((*path, "name"), f"a link name of 1..{MAX_IFNAME} characters without '/' or spaces, "
+                                         f"got {name!r}")
+    addr = None
+    if d.get("address") is not None:
+        try:
+            addr = ipaddress.ip_interface(str(d["address"]))
+        except ValueError:
+            raise ctx.error((*path, "address"), f"an address/prefix like 169.254.0.1/30, got {d['address']!r}") \
+                from None
+    routes_raw = d.get("routes", [])
+    if isinstance(routes_raw, str):
+        routes_raw = [routes_raw]
+    if not isinstance(routes_raw, list):
+        raise ctx.error((*path, "routes"), "a list of prefixes")
+    routes = []
+    for i, r in enumerate(routes_raw):
+        try:
+            routes.append(ipaddress.ip_network(str(r), strict=False))
+        except ValueError:
+            raise ctx.error((*path, "routes", i), f"not a prefix: {r!r}") from None
+    mtu = ikecfg._int(ctx, (*path, "mtu"), d.get("mtu", 1400), 576, 9000)
+    return TunnelConfig(name, addr, tuple(routes), mtu)
+
+
+def parse(data: object, *, source: str = "<string>", lines: dict | None = None,
+          state_dir: str | None = None) -> GatewayConfig:
+    ctx = ikecfg._Ctx(source, lines or {})
+    top = ikecfg._keyed(ctx, (), data, _TOP)
+    if "node" not in top:
+        raise ctx.error((), "node is required (this gateway's name)")
+    node = ikecfg._str(ctx, ("node",), top["node"])
+    lab = ikecfg._str(ctx, ("lab",), top["lab"]) if top.get("lab") is not None else None
+    for what, val in (("node", node), ("lab", lab)):
+        if val is not None and ("/" in val or val in (".", "..") or not val):
+            raise ctx.error((what,), f"must be a plain name, got {val!r}")
+    if state_dir is None:
+        state_dir = ikecfg._str(ctx, ("state_dir",), top["state_dir"]) if "state_dir" in top else \
+            os.path.join("/run/ipsecemu", lab or "default", node)
+
+    addrs_raw = top.get("local_addresses", [])
+    if isinstance(addrs_raw, str):
+        addrs_raw = [addrs_raw]
+    if not isinstance(addrs_raw, list):
+        raise ctx.error(("local_addresses",), "a list of IP addresses")
+    addrs: list[str] = []
+    for i, a in enumerate(addrs_raw):
+        try:
+            addrs.append(str(ipaddress.ip_address(str(a))))
+        except ValueError:
+            raise ctx.error(("local_addresses", i), f"not an IP address: {a!r}") from None
+
+    dp = ikecfg._keyed(ctx, ("datapath",), top.get("datapath") or {}, _DATAPATH)
+    encap = ikecfg._str(ctx, ("datapath", "encapsulation"), dp.get("encapsulation", "auto")).lower()
+    if encap not in ENCAPSULATIONS:
+        raise ctx.error(("datapath", "encapsulation"), f"must be one of {', '.join(ENCAPSULATIONS)}, got {encap!r}")
+    batch = ikecfg._int(ctx, ("datapath", "batch"), dp.get("batch", 32), 1, 256)
+
+    conns_raw = top.get("connections")
+    if not isinstance(conns_raw, Mapping) or not conns_raw:
+        raise ctx.error(("connections",), "must be a non-empty mapping of name -> connection")
+    conns: list[GatewayConnection] = []
+    tun_names: dict[str, str] = {}
+    for index, (name, raw) in enumerate(conns_raw.items()):
+        path: ikecfg.Path_ = ("connections", str(name))
+        if not isinstance(raw, Mapping):
+            raise ctx.error(path, f"must be a mapping, got {type(raw).__name__}")
+        d: dict[str, Any] = dict(raw)
+        keys = {ikecfg.squash(k): k for k in d}
+        tunnel = _tunnel(ctx, (*path, "tunnel"), d.pop(keys["tunnel"]) if "tunnel" in keys else None, str(name),
+                         index)
+        close = "none"
+        if "closeaction" in keys:
+            close = ikecfg._str(ctx, (*path, "close_action"), d.pop(keys["closeaction"])).lower()
+            if close not in ("none", "restart"):
+                raise ctx.error((*path, "close_action"), f"must be none or restart, got {close!r}")
+        if "localaddress" not in keys and addrs:
+            d["local_address"] = addrs[0]
+        if "dpd" not in keys and "dpd" in top:
+            d["dpd"] = top["dpd"]
+        conn = ikecfg.parse_connection(d, str(name), _ctx=ctx, _path=path)
+        if encap == "udp" and not conn.nat_t.force_encap:
+            conn = dataclasses.replace(conn, nat_t=dataclasses.replace(conn.nat_t, force_encap=True))
+        if conn.local_address is None:
+            raise ctx.error(path, "local_address is needed (here or in local_addresses) to bind IKE sockets")
+        if tunnel.name in tun_names:
+            raise ctx.error((*path, "tunnel", "name"), f"{tunnel.name} is already used by {tun_names[tunnel.name]}")
+        tun_names[tunnel.name] = str(name)
+        try:
+            ikecfg.to_ike_sa_config(conn)  # what the IKE core cannot do is a config error too
+        except ConnectionConfigError as exc:
+            raise ctx.error(path, str(exc)) from None
+        conns.append(GatewayConnection(conn, tunnel, close))
+    if not addrs:
+        addrs = sorted({str(c.conn.local_address) for c in conns})
+    for c in conns:
+        if str(c.conn.local_address) not in addrs:
+            addrs.append(str(c.conn.local_address))
+    return GatewayConfig(node, lab, Path(state_dir), tuple(addrs), encap, batch, tuple(conns), source)
+
+
+def loads(text: str, source: str = "<string>", *, state_dir: str | None = None) -> GatewayConfig:
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConnectionConfigError(f"{source}{line}: YAML syntax error: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConnectionConfigError(f"{source}: YAML error: {exc}") from None
+    lines: dict = {}
+    if node is not None:
+        ikecfg._lines(node, (), lines, source, set())
+    return parse(data, source=source, lines=lines, state_dir=state_dir)
+
+
+def load(path: str | os.PathLike[str], *, state_dir: str | None = None) -> GatewayConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConnectionConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return loads(text, str(path), state_dir=state_dir)
+
+
+def summary(cfg: GatewayConfig) -> str:
+    """``gateway check`` output (no secrets)."""
+    out = [f"node {cfg.node}" + (f" (lab {cfg.lab})" if cfg.lab else ""),
+           f"  state dir  {cfg.state_dir}",
+           f"  IKE on     {', '.join(cfg.local_addresses)}",
+           f"  data path  encapsulation {cfg.encapsulation}, batch {cfg.batch}"]
+    out.append(ikecfg.summary([c.conn for c in cfg.connections]).rstrip("\n"))
+    for c in cfg.connections:
+        t = c.tunnel
+        routes = ", ".join(str(r) for r in t.routes) or "remote traffic selectors"
+        out.append(f"{c.name}: tunnel {t.name} mtu {t.mtu}" + (f" address {t.address}" if t.address else "") +
+                   f", routes {routes}, close_action {c.close_action}")
+    return "\n".join(out) + "\n"

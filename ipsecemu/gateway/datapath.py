@@ -1,0 +1,368 @@
+"""One connection's data path: its tun device, routes, inbound SA table, outbound SA and the
+forwarder that moves packets between the tun and the wire.
+
+Fast path: the C batch loop (``native.EspUdpLoop``) on its own thread, ESP-in-UDP on the
+gateway's 4500 socket; no Python runs per data packet.  The loop borrows the SA objects, so
+every SA change (install, rekey, delete) stops the loop between batches, edits the table and
+starts a new loop; packets arriving meanwhile wait in the kernel queues (tun/socket), so a
+make-before-break rekey loses nothing.
+
+Slow path (logged loudly as "slow path"): raw ESP (IP protocol 50) when the built C loop lacks
+that mode, SAs whose algorithm has no C implementation, the C module not built, or a second
+connection on a socket another connection's C loop already reads.  There Python encapsulates per packet through the same backend objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipsecemu.dataplane import BackendUnavailable
+from ipsecemu.dataplane import backend as dataplane_backend
+from ipsecemu.dataplane.api import ConfigError, EspSaConfig, SaCounters, Verdict
+from ipsecemu.gateway.config import GatewayConnection, Network
+from ipsecemu.ike.events import ChildSaKeys
+from ipsecemu.io.tunnel import networks, open_tun
+from ipsecemu.lab.netns import netlink
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ConnectionDatapath", "Port", "loop_supports_raw"]
+
+ANY_NETS = {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
+
+
+@dataclass
+class Port:
+    """A socket ESP travels on (the NAT-T UDP socket, or a raw IP protocol 50 socket) for one
+    local address; at most one connection's C loop reads it at a time."""
+
+    fd: int
+    pause: Callable[[], None]  # stop asyncio reading it (the C loop reads it then)
+    resume: Callable[[], None]
+    send: Callable[[bytes, tuple[str, int]], None]  # slow path: one ESP packet (SPI onward)
+    raw: bool = False
+    ike_fd: int = -1  # UDP: where the C loop hands IKE datagrams (the daemon reads the other end)
+    owner: str | None = None  # connection whose C loop reads the socket
+
+
+def loop_supports_raw() -> bool:
+    """Whether the built C module's loop has the raw ESP (protocol 50) mode."""
+    try:
+        from ipsecemu.dataplane import native
+        return "raw_esp" in dict(native.ffi.typeof("ie_loop_cfg").fields)
+    except Exception:
+        return False
+
+
+@dataclass
+class _Child:
+    inbound: EspSaConfig
+    outbound: EspSaConfig
+    keys: ChildSaKeys
+    out_sa: Any
+    installed: float
+    soft_fired: bool = False
+    routes: list[Network] = field(default_factory=list)
+
+
+class ConnectionDatapath:
+    """Tun + SAs + forwarder of one gateway connection (all calls from the asyncio thread)."""
+
+    def __init__(self, gw: GatewayConnection, *, batch: int = 32, backend: str = "auto") -> None:
+        self.gw = gw
+        self.batch = batch
+        try:
+            self.dp = dataplane_backend(backend)
+        except BackendUnavailable:
+            self.dp = dataplane_backend("reference")
+        self.native = self.dp.__name__.endswith("native")
+        self.table = self.dp.EspInboundTable()
+        self.children: dict[int, _Child] = {}  # inbound SPI -> child
+        self.current: _Child | None = None  # the one whose outbound SA carries traffic
+        self.tun_fd: int | None = None
+        self._loop_obj: Any = None  # native.EspUdpLoop while the C loop runs
+        self._slow_send: Callable[[bytes, tuple[str, int]], None] | None = None
+        self._slow_reader = False
+        self._port: Port | None = None
+        self.routes: set[Network] = set()
+        self.mode = "idle"  # "native" | "slow" | "idle"
+        self.slow_counters: dict[str, int] = {}
+        self._stats_acc: dict[str, int] = {}
+
+    # -- tun and routes ----------------------------------------------------------------
+    def ensure_tun(self) -> None:
+        if self.tun_fd is not None:
+            return
+        t = self.gw.tunnel
+        self.tun_fd = open_tun(t.name)
+
+        def setup(ipr: Any) -> None:
+            idx = ipr.link_lookup(ifname=t.name)[0]
+            ipr.link("set", index=idx, mtu=t.mtu, state="up")
+            if t.address is not None:
+                ipr.addr("add", index=idx, address=str(t.address.ip), prefixlen=t.address.network.prefixlen)
+
+        try:
+            netlink(None, setup)
+        except BaseException:
+            os.close(self.tun_fd)
+            self.tun_fd = None
+            raise
+        log.info("%s: tun %s up (mtu %d)", self.gw.name, t.name, t.mtu)
+
+    def _wanted_routes(self, keys: ChildSaKeys) -> list[Network]:
+        if self.gw.tunnel.routes:
+            return list(self.gw.tunnel.routes)
+        nets = [n for n in networks(keys.remote_ts) if n not in ANY_NETS]
+        if len(nets) < len(keys.remote_ts):
+            log.warning("%s: remote TS covers everything; not routing a default route into %s (set tunnel.routes)",
+                        self.gw.name, self.gw.tunnel.name)
+        return nets
+
+    def _set_routes(self, nets: list[Network]) -> None:
+        want = set(nets)
+        add, drop = want - self.routes, self.routes - want
+        if not add and not drop:
+            return
+        name = self.gw.tunnel.name
+
+        def do(ipr: Any) -> None:
+            idx = ipr.link_lookup(ifname=name)
+            if not idx:
+                return
+            for n in add:
+                ipr.route("replace", dst=str(n), oif=idx[0])
+            for n in drop:
+                try:
+                    ipr.route("del", dst=str(n), oif=idx[0])
+                except Exception:  # already gone (link down, admin removed it)
+                    pass
+
+        netlink(None, do)
+        self.routes = want
+        if add:
+            log.info("%s: routes %s -> %s", self.gw.name, ", ".join(map(str, sorted(add, key=str))), name)
+        if drop:
+            log.info("%s: routes removed: %s", self.gw.name, ", ".join(map(str, sorted(drop, key=str))))
+
+    # -- SA changes (IKE events) ---------------------------------------------------------
+    def install(self, keys: ChildSaKeys, now: float, port: Port | None) -> None:
+        """A new Child SA (first or rekeyed): add inbound first, then switch outbound to it."""
+        self.ensure_tun()
+        child = _Child(keys.inbound, keys.outbound, keys, self.dp.EspOutbound(keys.outbound), now)
+        with self._paused():
+            self.table.add(keys.inbound)
+            self.children[keys.inbound.spi] = child
+            self.current = child
+            self._choose_path(keys, port)
+        child.routes = self._wanted_routes(keys)
+        self._set_routes(child.routes)
+        log.info("%s: installed SA in %08x out %08x (%s, %s, %s path)", self.gw.name, keys.inbound.spi,
+                 keys.outbound.spi, keys.proposal, "ESP-in-UDP" if keys.encap else "ESP", self.mode)
+
+    def remove(self, inbound_spi: int) -> bool:
+        """Remove one Child SA; when it was the last, remove the routes (traffic falls back)."""
+        child = self.children.get(inbound_spi)
+        if child is None:
+            return False
+        with self._paused():
+            del self.children[inbound_spi]
+            try:
+                self.table.remove(inbound_spi)
+            except (KeyError, ConfigError, ValueError):
+                pass
+            if self.current is child:
+                self.current = max(self.children.values(), key=lambda c: c.installed, default=None)
+            if self.current is None:
+                self._stop_slow()
+                self.mode = "idle"
+                self._release_port()
+        if self.current is None:
+            self._set_routes([])
+        log.info("%s: removed SA in %08x out %08x", self.gw.name, inbound_spi, child.outbound.spi)
+        return True
+
+    def remove_all(self) -> None:
+        for spi in list(self.children):
+            self.remove(spi)
+
+    def close(self) -> None:
+        self.remove_all()
+        self._stop_loop()
+        self._stop_slow()
+        self._release_port()
+        if self.tun_fd is not None:
+            os.close(self.tun_fd)  # the last fd: the kernel deletes the tun and its routes
+            self.tun_fd = None
+            self.routes.clear()
+            log.info("%s: tun %s removed", self.gw.name, self.gw.tunnel.name)
+
+    # -- forwarding ----------------------------------------------------------------------
+    class _Pause:
+        def __init__(self, dp: ConnectionDatapath) -> None:
+            self.dp = dp
+
+        def __enter__(self) -> None:
+            self.dp._stop_loop()
+
+        def __exit__(self, *exc: object) -> None:
+            if self.dp.mode == "native" and self.dp.current is not None:
+                self.dp._start_loop()
+
+    def _paused(self) -> ConnectionDatapath._Pause:
+        """Stop the C loop (it borrows the SAs) while the block edits them; restart after."""
+        return ConnectionDatapath._Pause(self)
+
+    def _release_port(self) -> None:
+        if self._port is not None and self._port.owner == self.gw.name:
+            self._port.owner = None  # asyncio reads the socket again
+            self._port.resume()
+        self._port = None
+
+    def _choose_path(self, keys: ChildSaKeys, port: Port | None) -> None:
+        why = ""
+        if port is None:
+            why = "there is no socket for this encapsulation"
+        elif not self.native:
+            why = "the C data-plane module is not built (make build)"
+        elif port.raw and not loop_supports_raw():
+            why = "the built C loop has no raw ESP (protocol 50) mode"
+        elif getattr(self.current.out_sa if self.current else None, "_sa", 1) is None:
+            why = f"{keys.outbound.encr} has no C implementation"
+        elif port.owner not in (None, self.gw.name):
+            why = f"the socket is already driven by {port.owner}'s C loop"
+        if self._port is not None and self._port is not port:
+            self._release_port()
+        if not why:
+            assert port is not None
+            self._stop_slow()
+            port.owner = self.gw.name
+            self._port = port
+            self.mode = "native"
+            return
+        self.mode = "slow"
+        log.warning("%s: slow path: Python encapsulates every packet because %s", self.gw.name, why)
+        if port is not None:
+            self._start_slow(port.send)
+
+    def _start_loop(self) -> None:
+        assert self.current is not None and self._port is not None and self.tun_fd is not None
+        from ipsecemu.dataplane import native  # only when the C module is built
+
+        port = self._port
+        port.pause()
+        kw = {"raw_esp": True} if port.raw else {}
+        try:
+            self._loop_obj = native.EspUdpLoop(tun_fd=self.tun_fd, udp_fd=port.fd, peer=self.current.keys.remote,
+                                               outbound=self.current.out_sa, inbound=self.table,
+                                               ike_fd=port.ike_fd, batch=self.batch, mtu=self.gw.tunnel.mtu,
+                                               poll_ms=20, **kw)
+            self._loop_obj.start()
+        except Exception as exc:  # a C module older than its wrapper, a refused fd: keep forwarding
+            log.error("%s: the C loop did not start (%s: %s); slow path: Python forwards every packet",
+                      self.gw.name, type(exc).__name__, exc)
+            self._loop_obj = None
+            port.owner = None
+            port.resume()
+            self._port = None
+            self.mode = "slow"
+            self._start_slow(port.send)
+
+    def _stop_loop(self) -> None:
+        if self._loop_obj is not None:
+            self._loop_obj.stop()
+            for k, v in self._loop_obj.stats.items():  # loops come and go with SA changes: keep totals
+                self._stats_acc[k] = self._stats_acc.get(k, 0) + v
+            self._loop_obj = None
+
+    def _start_slow(self, send: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self._slow_send = send
+        if not self._slow_reader and self.tun_fd is not None:
+            os.set_blocking(self.tun_fd, False)
+            asyncio.get_running_loop().add_reader(self.tun_fd, self._on_tun)
+            self._slow_reader = True
+
+    def _stop_slow(self) -> None:
+        self._slow_send = None
+        if self._slow_reader and self.tun_fd is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.tun_fd)
+            except RuntimeError:
+                pass
+            self._slow_reader = False
+
+    def _count(self, key: str) -> None:
+        self.slow_counters[key] = self.slow_counters.get(key, 0) + 1
+
+    def _on_tun(self) -> None:
+        assert self.tun_fd is not None
+        for _ in range(64):  # bounded so IKE is not starved
+            try:
+                pkt = os.read(self.tun_fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._count("tun_error")
+                return
+            cur = self.current
+            if cur is None or self._slow_send is None or not pkt:
+                self._count("no_sa")
+                continue
+            verdict, esp = cur.out_sa.encap(pkt, 41 if pkt[0] >> 4 == 6 else 4)
+            if verdict != Verdict.OK:
+                self._count(f"encap_{Verdict(verdict).name.lower()}")
+                continue
+            self._slow_send(esp, cur.keys.remote)
+            self._count("esp_tx")
+
+    def slow_input(self, esp: bytes) -> None:
+        """Slow path: one ESP packet (SPI onward) from the wire."""
+        res = self.table.decap(esp)
+        if res.verdict != Verdict.OK:
+            self._count(f"decap_{Verdict(res.verdict).name.lower()}")
+            return
+        self._count("esp_ok")
+        if self.tun_fd is not None:
+            try:
+                os.write(self.tun_fd, res.payload)
+            except OSError:
+                self._count("tun_error")
+
+    # -- views -----------------------------------------------------------------------------
+    def has_spi(self, spi: int) -> bool:
+        return spi in self.children
+
+    def counters(self, inbound_spi: int) -> tuple[SaCounters, SaCounters]:
+        """(inbound, outbound) counters of one child; plain loads while the loop runs."""
+        child = self.children[inbound_spi]
+        return self.table.counters_for(inbound_spi), child.out_sa.counters
+
+    def loop_stats(self) -> dict[str, int]:
+        out = dict(self._stats_acc)
+        if self._loop_obj is not None:
+            for k, v in self._loop_obj.stats.items():
+                out[k] = out.get(k, 0) + v
+        for k, v in self.slow_counters.items():
+            out["slow_" + k] = v
+        return out
+
+    def soft_expired(self) -> list[int]:
+        """Inbound SPIs of children whose byte/packet soft limit was reached (each reported once)."""
+        out = []
+        for spi, ch in self.children.items():
+            if ch.soft_fired:
+                continue
+            cin, cout = self.counters(spi)
+            for cfg, c in ((ch.inbound, cin), (ch.outbound, cout)):
+                lt = cfg.lifetime
+                if (lt.soft_bytes and c.bytes >= lt.soft_bytes) or (lt.soft_packets and c.packets >= lt.soft_packets):
+                    ch.soft_fired = True
+            if ch.soft_fired:
+                out.append(spi)
+        return out
