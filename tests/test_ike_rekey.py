@@ -167,10 +167,14 @@ def test_simultaneous_child_rekey_lowest_nonce_loses() -> None:
 
 
 def test_simultaneous_ike_rekey() -> None:
+    """Both refuse the other with TEMPORARY_FAILURE (each has an exchange in flight) and retry
+    after a random 2-6 s; then one rekey wins and the other finds the SA gone or rekeyed."""
     a, b, net, sa, sb = established()
     sa.rekey_ike(net.now)
     sb.rekey_ike(net.now)
     net.run()
+    assert sa.counters["rekey_retry"] == sb.counters["rekey_retry"] == 1
+    net.advance(10.0)
     assert len(a.sas) == len(b.sas) == 1
     new_a, new_b = next(iter(a.sas.values())), next(iter(b.sas.values()))
     assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r) and new_a.keys == new_b.keys

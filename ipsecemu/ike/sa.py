@@ -255,6 +255,9 @@ class IkeSa:
         self.successor: IkeSa | None = None
         self._rekeying_ike = False
         self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
+        # Deletes for outbound SPIs we do not know yet, received while our CREATE_CHILD_SA was in
+        # flight: the peer answered it (response lost or late) and already deleted the result
+        self._early_deletes: set[int] = set()
         self.peer_initial_contact = False  # the peer said INITIAL_CONTACT: its older SAs are stale
         self.last_error = ""  # the last peer protocol error (for logs; never contains key material)
 
@@ -873,6 +876,10 @@ class IkeSa:
         f, life = self.config.rekey_fraction, self.config.ike_lifetime_s
         self._ike_rekey_at = now + life * f - self._jitter(life) if f > 0 and life > 0 else None
 
+    def _retry_delay(self) -> float:
+        """2-6 s from the injected rng, so two peers that refused each other do not collide again."""
+        return 2.0 + 4.0 * int.from_bytes(self._rng(2), "big") / 65535
+
     def _jitter(self, span: float) -> float:
         """Up to 10% of ``span`` earlier, from the injected rng, so both peers rarely collide."""
         return span * 0.1 * int.from_bytes(self._rng(2), "big") / 65535
@@ -965,6 +972,11 @@ class IkeSa:
         """Initiator side: check the responder's choice, derive keys, emit events."""
         errors = [n for n in msg.get(m.Notification) if n.type < STATUS_NOTIFY_MIN]
         if errors:
+            if errors[0].type == Notify.TEMPORARY_FAILURE and neg.rekey_of is not None \
+                    and neg.rekey_of.inbound_spi in self.children and not neg.rekey_of.rekeyed:
+                neg.rekey_of.rekey_at = now + self._retry_delay()  # RFC 7296 2.25: retry a bit later
+                self._count("rekey_retry")
+                return None
             self._event(ChildSaFailed, notify=errors[0].type, reason="refused by peer")
             return None
         sa, tsi, tsr = msg.first(m.SA), msg.first(m.TS, Payload.TSi), msg.first(m.TS, Payload.TSr)
@@ -1008,6 +1020,10 @@ class IkeSa:
                                                                                         "rekeyed")))
         else:
             self._event(ChildSaEstablished, keys=child.keys)
+        if child.outbound_spi in self._early_deletes:
+            self.children.pop(child.inbound_spi, None)
+            self._event(ChildSaDeleted, inbound_spi=child.inbound_spi, outbound_spi=child.outbound_spi,
+                        reason="remote")
         return child
 
     def _start_create_child(self, now: float, rekey_of: ChildSa | None, local_ts: list | None = None,
@@ -1056,6 +1072,7 @@ class IkeSa:
                     self._event(ChildSaFailed, notify=exc.notify, reason=str(exc))
                     return
         self._finish_child(msg, neg, neg.nonce, nonce.data if nonce else b"", gir, now)
+        self._early_deletes.clear()
 
     def _recv_create_child(self, msg: m.Message, addr: Addr, local: Addr, now: float) -> None:
         sa = msg.first(m.SA)
@@ -1117,6 +1134,8 @@ class IkeSa:
                 spi = int.from_bytes(spi_b, "big")
                 child = next((c for c in self.children.values() if c.outbound_spi == spi), None)
                 if child is None:
+                    if self._child_neg is not None and len(self._early_deletes) < 64:
+                        self._early_deletes.add(spi)
                     continue
                 del self.children[child.inbound_spi]
                 ours.append(child.inbound_spi.to_bytes(4, "big"))
@@ -1171,8 +1190,12 @@ class IkeSa:
         if not (sa and nonce and kep) or len(props) != 1 or len(props[0].spi) != 8 \
                 or not check_selected(self.config.ike_proposals, props[0]) or props[0].ke is None \
                 or props[0].ke.id != ke.group or kep.group != ke.group:
-            self._count("rekey_failed")
-            self._schedule_ike_rekey(now)
+            if msg.notify(Notify.TEMPORARY_FAILURE) is not None:
+                self._ike_rekey_at = now + self._retry_delay()  # RFC 7296 2.25: retry a bit later
+                self._count("rekey_retry")
+            else:
+                self._count("rekey_failed")
+                self._schedule_ike_rekey(now)
             return
         try:
             gir = ke.shared_secret(kep.data)
@@ -1188,8 +1211,10 @@ class IkeSa:
         if not (sa and nonce and kep):
             self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
             return
-        if self._rekeying_ike and self.initiator:
-            # simultaneous IKE rekey: the original initiator's attempt wins here (simplified 2.8.2)
+        if self._pending is not None or self._queue or self.state != IkeState.ESTABLISHED:
+            # an exchange of ours is in flight on this SA (a Child SA being created or rekeyed, our
+            # own IKE rekey, a delete): moving the Child SAs now could strand it, so the peer has
+            # to retry later (RFC 7296 2.25; strongSwan refuses the same way)
             self._send_response(msg, [m.Notification(Notify.TEMPORARY_FAILURE)], addr, local)
             return
         chosen = select(self.config.ike_proposals, [p for p in from_wire(sa.proposals) if p.protocol == "ike"])
