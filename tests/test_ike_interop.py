@@ -9,30 +9,17 @@ charon's libipsec both ways, and charon's own packet counters see them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from ipsecemu.lab.netns import aping, wait_for
-from ipsecemu.lab.strongswan import (
-    CHARON_ENCR,
-    CHARON_INTEG,
-    Charon,
-    CharonError,
-    PairTopology,
-    charon_available,
-    pair_conn,
-    pair_topology,
-)
+from ipsecemu.lab.netns import aping
+from ipsecemu.lab.strongswan import CharonError, charon_available
 
 NO_CHARON = charon_available()
 try:
     from ipsecemu.ike import events as ev
     from ipsecemu.ike.sa import IkeEndpoint  # noqa: F401 - presence check
-    from ipsecemu.ike.settings import IkeSaConfig
-    from ipsecemu.io.peer import IkePeer
+    from ipsecemu.io.interop import DEFAULT_CASES, InteropMismatch, ours_vs_charon, run_case
 
     NO_CORE = None
 except ImportError as exc:  # the core lands in stages
@@ -44,119 +31,29 @@ pytestmark = [
     pytest.mark.skipif(NO_CORE is not None, reason=NO_CORE or ""),
 ]
 
-PSK = "ipsecemu-interop-psk"
-# IKE proposal -> (ESP proposal, charon's dh-group name)
-CASES = {
-    "aes256-sha256-modp1024": ("aes256-sha256", "MODP_1024"),
-    "aes256-sha256-modp2048": ("aes256-sha256", "MODP_2048"),
-    "aes128-sha1-modp2048": ("aes128-sha1", "MODP_2048"),
-    "aes256gcm16-prfsha384-ecp384": ("aes256gcm16", "ECP_384"),
-    "aes128gcm16-prfsha256-ecp256": ("aes128gcm16", "ECP_256"),
-    "aes256-sha384-x25519": ("aes256-sha384", "CURVE_25519"),
+# IKE proposal -> charon's dh-group name
+DH = {
+    "aes256-sha256-modp1024": "MODP_1024",
+    "aes256-sha256-modp2048": "MODP_2048",
+    "aes128-sha1-modp2048": "MODP_2048",
+    "aes256gcm16-prfsha384-ecp384": "ECP_384",
+    "aes128gcm16-prfsha256-ecp256": "ECP_256",
+    "aes256-sha384-x25519": "CURVE_25519",
 }
 FAST = "aes128gcm16-prfsha256-ecp256"
 
 
-class Setup:
-    def __init__(self, topo: PairTopology, charon: Charon, peer: Any) -> None:
-        self.topo, self.charon, self.peer = topo, charon, peer
-
-    async def charon_call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        """vici calls that wait for an exchange must not block our event loop (we answer it)."""
-        return await asyncio.to_thread(fn, *args, **kw)
-
-    async def until(self, pred: Any, timeout: float = 8.0) -> bool:
-        return await asyncio.to_thread(wait_for, pred, timeout, 0.05)
-
-    def charon_sa(self) -> dict:
-        return self.charon.list_sas().get("pair", {})
-
-    def charon_child(self) -> dict:
-        children = [c for c in self.charon_sa().get("child-sas", {}).values() if c.get("state") == "INSTALLED"]
-        return children[-1] if children else {}
-
-    async def pings(self, count: int = 2) -> tuple[int, int]:
-        a = await aping(self.topo.hosts[0], self.topo.inside[1], count, 1000)
-        b = await aping(self.topo.hosts[1], self.topo.inside[0], count, 56)
-        return a, b
-
-
-@contextlib.asynccontextmanager
-async def ours_vs_charon(prefix: str, ike: str, esp: str, *, charon_kw: dict | None = None,
-                         ours_kw: dict | None = None, ipv6: bool = False,
-                         key_log: bool = False) -> AsyncIterator[Setup]:
-    with pair_topology(prefix, ipv6=ipv6) as topo:
-        charon = Charon(topo.gateways[1], retransmit_timeout=1.0, retransmit_tries=2, key_log=key_log)
-        try:
-            await asyncio.to_thread(charon.start)
-            charon.load(pair_conn(topo, 1, ike_proposal=ike, esp_proposal=esp, psk=PSK, **(charon_kw or {})))
-            kw: dict[str, Any] = {"retransmit_timeout_s": 1.0, "retransmit_tries": 3, "ike": ike, "esp": esp,
-                                  "psk": PSK, **(ours_kw or {})}
-            psk = kw.pop("psk")
-            cfg = IkeSaConfig.simple("pair", psk, "left", "right", local_ts=topo.subnets[0],
-                                     remote_ts=topo.subnets[1], remote_addr=(topo.outer[1], 500), **kw)
-            peer = IkePeer([cfg], topo.outer[0], netns=topo.gateways[0], tun_name=prefix + "t")
-            await peer.start()
-            try:
-                yield Setup(topo, charon, peer)
-            finally:
-                peer.close()
-        finally:
-            charon.cleanup()
-
-
-async def establish(s: Setup, we_initiate: bool) -> tuple[Any, Any]:
-    t = s.peer.transport
-    if we_initiate:
-        s.peer.initiate("pair")
-    else:
-        await s.charon_call(s.charon.initiate, child="net", ike="pair")
-    ike_ev = await t.wait_event(ev.IkeSaEstablished, 10)
-    child_ev = await t.wait_event(lambda e: isinstance(e, ev.ChildSaEstablished), 10)
-    assert await s.until(lambda: bool(s.charon_child())), s.charon.log_tail()
-    return ike_ev, child_ev
-
-
-def check_same_sa(s: Setup, ike_ev: Any, child_ev: Any) -> None:
-    sa, child = s.charon_sa(), s.charon_child()
-    assert sa["state"] == "ESTABLISHED" and child["state"] == "INSTALLED"
-    assert (sa["initiator-spi"], sa["responder-spi"]) == (ike_ev.ike_spi_i.hex(), ike_ev.ike_spi_r.hex())
-    keys = child_ev.keys
-    assert int(child["spi-in"], 16) == keys.outbound.spi and int(child["spi-out"], 16) == keys.inbound.spi
-    assert CHARON_ENCR[child["encr-alg"]] == keys.inbound.encr
-    assert CHARON_INTEG.get(child.get("integ-alg", "")) == keys.inbound.integ
-    salt = 4 if keys.inbound.encr.startswith(("aes-gcm", "chacha")) else 0
-    assert int(child["encr-keysize"]) == (len(keys.inbound.enc_key) - salt) * 8
-    assert child["encap"] == "yes" and keys.encap
-    assert sa["remote-id"] == "left" and sa["local-id"] == "right"
-
-
-def check_same_keys(s: Setup, child_ev: Any) -> None:
-    """Byte-for-byte: the keys we derived are the ones charon logged (SK_* and ESP, per direction)."""
-    keylog = s.charon.keys()
-    ours = s.peer.sa().keys
-    theirs = [r for r in keylog.ike if "spi_i" in r][-1]
-    for name in ("sk_d", "sk_ei", "sk_er", "sk_ai", "sk_ar", "sk_pi", "sk_pr"):
-        assert getattr(ours, name).hex() == theirs.get(name, ""), name
-    inbound, outbound, _child = s.charon.esp_sa_configs()[-1]
-    # charon's inbound is our outbound and vice versa
-    assert (inbound.spi, inbound.enc_key, inbound.integ_key) == (
-        child_ev.keys.outbound.spi, child_ev.keys.outbound.enc_key, child_ev.keys.outbound.integ_key)
-    assert (outbound.spi, outbound.enc_key, outbound.integ_key) == (
-        child_ev.keys.inbound.spi, child_ev.keys.inbound.enc_key, child_ev.keys.inbound.integ_key)
-
-
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-init", "charon-init"])
-@pytest.mark.parametrize("ike", list(CASES))
+@pytest.mark.parametrize("ike", list(DEFAULT_CASES))
 def test_establish_and_ping(unique_name: str, ike: str, we_initiate: bool) -> None:
-    esp, dh = CASES[ike]
+    esp, dh = DEFAULT_CASES[ike], DH[ike]
 
     async def main() -> None:
         async with ours_vs_charon(unique_name, ike, esp, key_log=True) as s:
-            ike_ev, child_ev = await establish(s, we_initiate)
-            check_same_sa(s, ike_ev, child_ev)
+            ike_ev, child_ev = await s.establish(we_initiate)
+            s.check_same_sa(ike_ev, child_ev)
             assert s.charon_sa()["dh-group"] == dh
-            check_same_keys(s, child_ev)
+            s.check_same_keys(child_ev)
             assert (await s.pings(3)) == (3, 3), (dict(s.peer.forwarder.counters), s.charon.log_tail())
             child = s.charon_child()
             assert int(child["packets-in"]) == 6 and int(child["packets-out"]) == 6
@@ -170,7 +67,7 @@ def test_establish_and_ping(unique_name: str, ike: str, we_initiate: bool) -> No
 def test_delete_child_then_ike(unique_name: str, who: str) -> None:
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16") as s:
-            _ike_ev, child_ev = await establish(s, we_initiate=True)
+            _ike_ev, child_ev = await s.establish(True)
             t = s.peer.transport
             if who == "ours":
                 sa = s.peer.sa()
@@ -196,7 +93,7 @@ def test_delete_child_then_ike(unique_name: str, who: str) -> None:
 def test_rekey_child(unique_name: str, who: str) -> None:
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16") as s:
-            _ike_ev, child_ev = await establish(s, we_initiate=who == "charon")
+            _ike_ev, child_ev = await s.establish(who == "charon")
             old_in = child_ev.keys.inbound.spi
             assert (await s.pings(1)) == (1, 1)
             if who == "ours":
@@ -219,7 +116,7 @@ def test_rekey_child(unique_name: str, who: str) -> None:
 def test_rekey_ike(unique_name: str, who: str) -> None:
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16") as s:
-            ike_ev, _child_ev = await establish(s, we_initiate=True)
+            ike_ev, _child_ev = await s.establish(True)
             if who == "ours":
                 s.peer.call(s.peer.sa().rekey_ike)
             else:
@@ -241,7 +138,7 @@ def test_rekey_ike(unique_name: str, who: str) -> None:
 def test_dpd_from_charon_is_answered(unique_name: str) -> None:
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16", charon_kw={"dpd_delay": 1}) as s:
-            await establish(s, we_initiate=True)
+            await s.establish(True)
             await asyncio.sleep(2.6)  # >= 2 DPD rounds (charon only probes an idle SA)
             log = s.charon.log_file.read_text()
             assert log.count("sending DPD request") >= 2, log[-2000:]
@@ -255,7 +152,7 @@ def test_our_dpd_alive_and_dead_peer(unique_name: str) -> None:
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16",
                                   ours_kw={"retransmit_timeout_s": 0.3, "retransmit_tries": 2}) as s:
-            await establish(s, we_initiate=True)
+            await s.establish(True)
             sa = s.peer.sa()
             before = s.peer.transport.counters["ike_in"]
             s.peer.call(sa.dpd)
@@ -318,8 +215,8 @@ def test_ipv6_outside_and_inside(unique_name: str, we_initiate: bool) -> None:
     """IKE and ESP-in-UDP over IPv6, IPv6 inner packets (ESP next header 41)."""
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ipv6=True) as s:
-            ike_ev, child_ev = await establish(s, we_initiate)
-            check_same_sa(s, ike_ev, child_ev)
+            ike_ev, child_ev = await s.establish(we_initiate)
+            s.check_same_sa(ike_ev, child_ev)
             assert s.charon_sa()["remote-host"] == "2001:db8::1"
             assert (await s.pings(3)) == (3, 3), (dict(s.peer.forwarder.counters), s.charon.log_tail())
             assert int(s.charon_child()["packets-in"]) == 6
@@ -335,7 +232,7 @@ def test_child_rekey_under_traffic_loses_nothing(unique_name: str, who: str) -> 
 
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ours_kw=ours_kw) as s:
-            _ike, child_ev = await establish(s, we_initiate=True)
+            _ike, child_ev = await s.establish(True)
             flood = asyncio.create_task(aping(s.topo.hosts[0], s.topo.inside[1], count=60, interval=0.05))
             if who == "charon":
                 await asyncio.sleep(1.0)
@@ -345,5 +242,23 @@ def test_child_rekey_under_traffic_loses_nothing(unique_name: str, who: str) -> 
             assert await flood == 60
             child = s.charon_child()
             assert int(child["spi-in"], 16) == rekeyed.keys.outbound.spi and int(child["packets-in"]) > 0
+
+    asyncio.run(main())
+
+
+def test_matrix_runner_reports_pass_and_fail(unique_name: str) -> None:
+    """What ``ipsecemu interop`` runs: a good case passes with a setup time, a bad one is a
+    readable failure (not an exception) within a few seconds."""
+    good = asyncio.run(run_case(FAST, "aes128gcm16", True, prefix=unique_name, pings=1))
+    assert good.ok and good.pings == (1, 1) and 0 < good.setup_ms < 5000, good
+    bad = asyncio.run(run_case(FAST, "aes128gcm16-esn", False, prefix=unique_name, pings=1))
+    assert not bad.ok and bad.initiator == "charon" and bad.detail, bad
+
+
+def test_establish_fails_fast_on_refused_child(unique_name: str) -> None:
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ours_kw={"esp": "aes256-sha256"}) as s:
+            with pytest.raises(InteropMismatch, match="CHILD_SA failed"):
+                await s.establish(True, timeout=5)
 
     asyncio.run(main())
