@@ -13,13 +13,13 @@ import asyncio
 import pytest
 
 from ipsecemu.lab.netns import aping
-from ipsecemu.lab.strongswan import CharonError, charon_available
+from ipsecemu.lab.strongswan import CharonError, charon_available, pair_conn
 
 NO_CHARON = charon_available()
 try:
     from ipsecemu.ike import events as ev
     from ipsecemu.ike.sa import IkeEndpoint  # noqa: F401 - presence check
-    from ipsecemu.io.interop import DEFAULT_CASES, InteropMismatch, ours_vs_charon, run_case
+    from ipsecemu.io.interop import DEFAULT_CASES, PSK, InteropMismatch, ours_vs_charon, run_case
 
     NO_CORE = None
 except ImportError as exc:  # the core lands in stages
@@ -260,5 +260,27 @@ def test_establish_fails_fast_on_refused_child(unique_name: str) -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16", ours_kw={"esp": "aes256-sha256"}) as s:
             with pytest.raises(InteropMismatch, match="CHILD_SA failed"):
                 await s.establish(True, timeout=5)
+
+    asyncio.run(main())
+
+
+def test_retransmits_until_charon_appears(unique_name: str) -> None:
+    """The transport's one timer drives the core's retransmissions: IKE_SA_INIT sent while no
+    charon listens is retransmitted until one starts, then the SA comes up."""
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, FAST, "aes128gcm16",
+                                  ours_kw={"retransmit_timeout_s": 0.4, "retransmit_tries": 6}) as s:
+            conn = s.charon.list_conns()
+            assert "pair" in conn
+            await asyncio.to_thread(s.charon.stop)
+            s.peer.initiate("pair")
+            await asyncio.sleep(1.5)
+            sent_while_down = s.peer.transport.counters["ike_out"]
+            assert sent_while_down >= 3  # first try + at least two retransmissions
+            await asyncio.to_thread(s.charon.start)
+            s.charon.load(pair_conn(s.topo, 1, ike_proposal=FAST, esp_proposal="aes128gcm16", psk=PSK))
+            await s.peer.transport.wait_event(ev.ChildSaEstablished, 8)
+            assert await s.until(lambda: bool(s.charon_child()))
+            assert (await s.pings(1)) == (1, 1)
 
     asyncio.run(main())
