@@ -336,3 +336,29 @@ def test_states_as_data() -> None:
     with pytest.raises(AssertionError):
         check(IkeState.CLOSED, IkeState.ESTABLISHED)
     assert (IkeState.SA_INIT_DONE, IkeState.ESTABLISHED) in TRANSITIONS
+
+
+def test_nat_rebinding_is_followed() -> None:
+    nat = Nat(inside=A[0], public="198.51.100.7")
+    a, b, net = pair(nat=nat)
+    sa = a.initiate("c", 0.0)
+    net.run()
+    sb = b.find(sa.spi_r)
+    events(a), events(b)
+    old = sb.remote
+    nat._map.clear()  # the NAT forgets its mappings: the next packet gets a new public port
+    nat._map[(A[0], 4500)] = ("198.51.100.7", 40000)
+    sa.dpd(net.now)
+    net.run()
+    assert sb.remote == ("198.51.100.7", 40000) != old
+    moved = one(events(b), ev.PeerAddressChanged)
+    assert moved.remote == sb.remote
+    # neither a tampered nor a replayed request from elsewhere moves it
+    sa.dpd(net.now)
+    (wire, _r, _l), = a.datagrams_to_send(net.now)
+    bad = bytearray(wire)
+    bad[-1] ^= 1
+    b.receive_datagram(bytes(bad), ("203.0.113.9", 4500), net.now, (B[0], 4500))
+    last = [p for p in net.log if p.dst[0] == B[0]][-1]
+    b.receive_datagram(last.data, ("203.0.113.9", 4500), net.now, (B[0], 4500))
+    assert sb.remote == ("198.51.100.7", 40000) and sb.counters["integrity"] == 1

@@ -98,3 +98,11 @@ class ChildSaFailed(Event):
 class NatDetected(Event):
     local_behind_nat: bool
     remote_behind_nat: bool
+
+
+@dataclass(frozen=True)
+class PeerAddressChanged(Event):
+    """The NATed peer now talks from ``remote`` (NAT rebinding): send IKE and ESP there."""
+
+    local: Addr = ("", 0)
+    remote: Addr = ("", 0)

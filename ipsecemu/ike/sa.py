@@ -83,6 +83,7 @@ from .events import (
     IkeSaEstablished,
     IkeSaRekeyed,
     NatDetected,
+    PeerAddressChanged,
 )
 from .proposals import PROTOCOL_IDS, Proposal, Transform, check_selected, select
 from .settings import Identity, IkeSaConfig
@@ -523,10 +524,16 @@ class IkeSa:
         self._last_recv = now
         self._pending = None
         self._next_id += 1
-        if self.state == IkeState.ESTABLISHED and self.nat_local:
-            self.remote = addr  # follow the NAT mapping of an authenticated peer
+        self._follow_peer(addr)
         p.on_response(msg, now)
         self._kick(now)
+
+    def _follow_peer(self, addr: Addr) -> None:
+        """RFC 7296 section 2.23: a peer behind a NAT may change its address/port (NAT rebinding);
+        follow it on every authenticated message, and tell the data plane."""
+        if self.state == IkeState.ESTABLISHED and self.nat_remote and addr != self.remote:
+            self.remote = addr
+            self._event(PeerAddressChanged, local=self.local, remote=addr)
 
     def _recv_request(self, msg: m.Message, data: bytes, addr: Addr, local: Addr, now: float) -> None:
         if msg.initiator == self.initiator:
@@ -551,6 +558,7 @@ class IkeSa:
             return
         self._last_recv = now
         self._expect_id += 1
+        self._follow_peer(addr)
         crit = [p for p in msg.payloads if isinstance(p, m.Unknown) and p.critical]
         if crit:
             self._send_response(msg, [m.Notification(Notify.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([crit[0].ptype]))],
