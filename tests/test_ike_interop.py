@@ -218,6 +218,8 @@ def test_ipv6_outside_and_inside(unique_name: str, we_initiate: bool) -> None:
             ike_ev, child_ev = await s.establish(we_initiate)
             s.check_same_sa(ike_ev, child_ev)
             assert s.charon_sa()["remote-host"] == "2001:db8::1"
+            # nothing was lost to neighbour discovery: IKE_SA_INIT + IKE_AUTH, no retransmission
+            assert s.peer.transport.counters["ike_out"] == 2
             assert (await s.pings(3)) == (3, 3), (dict(s.peer.forwarder.counters), s.charon.log_tail())
             assert int(s.charon_child()["packets-in"]) == 6
 

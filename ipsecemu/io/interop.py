@@ -184,12 +184,12 @@ class CaseResult:
 
 
 async def run_case(ike: str, esp: str, we_initiate: bool, *, prefix: str | None = None, pings: int = 3,
-                   backend: str = "auto") -> CaseResult:
+                   backend: str = "auto", ipv6: bool = False) -> CaseResult:
     """One interop case; failures become a :class:`CaseResult` with ``ok=False``, never raise."""
     prefix = prefix or "i" + uuid.uuid4().hex[:6]
     res = CaseResult(ike, esp, "ipsecemu" if we_initiate else "charon", False)
     try:
-        async with ours_vs_charon(prefix, ike, esp, key_log=True, backend=backend) as s:
+        async with ours_vs_charon(prefix, ike, esp, key_log=True, backend=backend, ipv6=ipv6) as s:
             t0 = time.perf_counter()
             ike_ev, child_ev = await s.establish(we_initiate)
             res.setup_ms = (time.perf_counter() - t0) * 1000
@@ -208,11 +208,12 @@ async def run_case(ike: str, esp: str, we_initiate: bool, *, prefix: str | None 
 
 
 def run_matrix(cases: dict[str, str] | None = None, initiators: Sequence[bool] = (True, False),
-               backend: str = "auto", progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+               backend: str = "auto", progress: Callable[[CaseResult], None] | None = None,
+               ipv6: bool = False) -> list[CaseResult]:
     out = []
     for ike, esp in (cases or DEFAULT_CASES).items():
         for we in initiators:
-            r = asyncio.run(run_case(ike, esp, we, backend=backend))
+            r = asyncio.run(run_case(ike, esp, we, backend=backend, ipv6=ipv6))
             if progress:
                 progress(r)
             out.append(r)
@@ -226,8 +227,9 @@ def run_matrix(cases: dict[str, str] | None = None, initiators: Sequence[bool] =
 @click.option("--initiator", type=click.Choice(["both", "ipsecemu", "charon"]), default="both", show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "native", "reference"]), default="auto", show_default=True,
               help="Data-plane implementation for our ESP.")
+@click.option("--ipv6", is_flag=True, help="IPv6 outside and inside instead of IPv4.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per case instead of a table.")
-def interop(proposals: tuple[str, ...], initiator: str, backend: str, as_json: bool) -> None:
+def interop(proposals: tuple[str, ...], initiator: str, backend: str, ipv6: bool, as_json: bool) -> None:
     """Run ipsecemu against strongSwan's charon (kernel-libipsec) in network namespaces.
 
     Each case: IKE_SA_INIT + IKE_AUTH (PSK) with one CHILD_SA, checked through vici (same SPIs and
@@ -253,7 +255,7 @@ def interop(proposals: tuple[str, ...], initiator: str, backend: str, as_json: b
             click.echo(f"{mark}  {r.ike:<32} {r.esp:<16} {r.initiator:<9} setup {r.setup_ms:6.1f} ms"
                        f"{'' if r.ok else '  ' + r.detail.splitlines()[0] if r.detail else ''}")
 
-    results = run_matrix(cases or None, initiators, backend, show)
+    results = run_matrix(cases or None, initiators, backend, show, ipv6)
     failed = sum(not r.ok for r in results)
     if not as_json:
         click.echo(f"{len(results) - failed}/{len(results)} cases passed")

@@ -625,6 +625,11 @@ def setup_gateway(lab: Netns, gw: str, host: str, prefix: str, side: str, gw_ins
     lab.sysctl(gw, "net.ipv6.conf.all.forwarding" if v6 else "net.ipv4.ip_forward", "1")
 
 
+def _link_local_ready(ns: str, link: str) -> bool:
+    out = ns_exec(ns, "ip", "-6", "-o", "addr", "show", "dev", link, "scope", "link", check=False).stdout
+    return "fe80" in out and "tentative" not in out
+
+
 @dataclass(frozen=True)
 class PairTopology:
     """Two gateways joined by one veth, an inside host behind each (see :func:`pair_topology`)."""
@@ -661,6 +666,12 @@ def pair_topology(prefix: str, *, ipv6: bool = False) -> Iterator[PairTopology]:
         hplen = "/" + gw_in[0].split("/")[1]
         setup_gateway(lab, gl, hl, prefix, "l", gw_in[0], host_in[0] + hplen)
         setup_gateway(lab, gr, hr, prefix, "r", gw_in[1], host_in[1] + hplen)
+        if ipv6:
+            # neighbour discovery needs a usable link-local address; until the kernel has one,
+            # the first packets wait (about a second), which would look like IKE retransmissions
+            for ns, link in ((gl, prefix + "o0"), (gr, prefix + "o1"), (gl, prefix + "li"), (gr, prefix + "ri"),
+                             (hl, prefix + "lh"), (hr, prefix + "rh")):
+                wait_for(lambda ns=ns, link=link: _link_local_ready(ns, link), 5)
         yield PairTopology(lab, (gl, gr), (hl, hr), outer, host_in, subnets, (prefix + "o0", prefix + "o1"))
     finally:
         lab.close()
