@@ -17,8 +17,10 @@ from ipsecemu.ike.message import (
     KE,
     SA,
     SK,
+    SKF,
     TS,
     Auth,
+    Cert,
     Delete,
     Message,
     Nonce,
@@ -29,6 +31,7 @@ from ipsecemu.ike.message import (
     decode_message,
     decode_payloads,
     decrypt,
+    encode_payloads,
 )
 from ipsecemu.ike.ts import TrafficSelector, narrow
 
@@ -100,7 +103,9 @@ def _sample() -> Message:
     return Message(b"A" * 8, b"B" * 8, Exchange.IKE_AUTH, 1, True, False, [
         ID(Payload.IDi, 2, b"left.example"), Auth(2, bytes(32)), SA([prop]),
         TS(Payload.TSi, ts), TS(Payload.TSr, ts[:1]), Notification(Notify.INITIAL_CONTACT),
-        Delete(3, [b"\0\0\1\0", b"\0\0\2\0"]), Nonce(bytes(32)), Unknown(200, b"xyz"),
+        Delete(3, [b"\0\0\1\0", b"\0\0\2\0"]), Delete(1), Nonce(bytes(32)), Unknown(200, b"xyz"),
+        Cert(Payload.CERT, 4, b"0\x82der"), Cert(Payload.CERTREQ, 4, bytes(20)), Unknown(Payload.CP, b"\1\0\0\0"),
+        SA([Proposal(1, 1, b"", (Transform(1, 12, 128, ((15, b"\x00\x01"), (200, b"tlv"))),))]),
     ])
 
 
@@ -119,6 +124,15 @@ def test_roundtrip_encrypted() -> None:
     wire = msg.encode_encrypted(c, bytes(range(16)))
     back = decode_message(wire)
     assert decrypt(back, wire, c) == msg.payloads
+
+
+def test_skf_fragment_header() -> None:
+    body = struct.pack("!HH", 2, 3) + b"iv-and-ciphertext"
+    (skf,) = decode_payloads(Payload.SKF, struct.pack("!BBH", 0, 0, 4 + len(body)) + body)
+    assert isinstance(skf, SKF) and (skf.number, skf.total, skf.data) == (2, 3, b"iv-and-ciphertext")
+    assert encode_payloads([skf]) == struct.pack("!BBH", 0, 0, 4 + len(body)) + body
+    with pytest.raises(ParseError):  # fragment 4 of 3
+        decode_payloads(Payload.SKF, struct.pack("!BBHHH", 0, 0, 8, 4, 3))
 
 
 def test_unknown_critical_payload_is_refused_with_notify() -> None:

@@ -50,7 +50,8 @@ Events (``ipsecemu.ike.events``), frozen dataclasses carrying ``ike_spi_i``/``ik
     ``lifetime``), ``local_ts``/``remote_ts``, ``mode``, ``encap``, outer ``local``/``remote``,
     ``lifetime_s``, ``proposal``; ``ChildSaDeleted`` (SPIs, ``reason``: "local", "remote",
     "rekeyed", "redundant" for the loser of a simultaneous rekey); ``ChildSaFailed`` (a Child SA
-    was refused -- the IKE SA stays up).
+    was refused -- the IKE SA stays up); ``PeerAddressChanged`` (a NATed peer moved: send IKE and
+    ESP to the new ``remote``).
 
 Errors (``ipsecemu.ike.errors``): ``LocalProtocolError`` for caller misuse (raised from API calls),
 ``RemoteProtocolError`` for a misbehaving peer (never escapes the driving calls; carries the
