@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,14 @@ class Gw:
             return None
 
 
+PROPOSALS = """\
+    esp_proposals: aes128gcm16-modp2048
+    ike_proposals: aes128gcm16-prfsha256-modp2048
+"""
+
+
 def gateway_yaml(node: str, state: Path, local: str, remote: str, lts: str, rts: str, tun: str, *,
-                 encap: str, start: str, extra: str = "") -> str:
+                 encap: str, start: str, extra: str = "", proposals: str = PROPOSALS) -> str:
     return f"""\
 node: {node}
 state_dir: {state}
@@ -90,9 +97,7 @@ connections:
   vpn:
     remote_address: {remote}
     psk: {PSK}
-    esp_proposals: aes128gcm16-modp2048
-    ike_proposals: aes128gcm16-prfsha256-modp2048
-    local_ts: [{lts}]
+{proposals}    local_ts: [{lts}]
     remote_ts: [{rts}]
     start_action: {start}
     dpd: {{interval: 0}}
@@ -110,7 +115,7 @@ class Lab:
 
 
 def build_lab(prefix: str, tmp: Path, net: Netns, *, encap: str = "udp", extra_a: str = "",
-              extra_b: str = "") -> Lab:
+              extra_b: str = "", proposals: str = PROPOSALS) -> Lab:
     left, a, b, right = (net.add(prefix + s) for s in ("l", "a", "b", "r"))
     net.veth(left, prefix + "lh", a, prefix + "ai", ("10.1.0.2/24",), ("10.1.0.1/24",))
     net.veth(a, prefix + "ao", b, prefix + "bo", ("192.0.2.1/24",), ("192.0.2.2/24",))
@@ -127,7 +132,7 @@ def build_lab(prefix: str, tmp: Path, net: Netns, *, encap: str = "udp", extra_a
         tun = prefix + "t" + node
         cfg = tmp / f"{node}.yaml"
         cfg.write_text(gateway_yaml(node, state, local, remote, lts, rts, tun, encap=encap, start=start,
-                                    extra=extra))
+                                    extra=extra, proposals=proposals))
         gws.append(Gw(ns, cfg, state, tun))
     return Lab(left, right, gws[0], gws[1], prefix + "ao")
 
@@ -226,3 +231,59 @@ def test_two_gateways_ping_only_esp_on_the_wire_terminate_and_sigterm(lab_factor
     assert not lab.a.sock.exists() and not (lab.a.state / "gateway.pid").exists()
     assert "secret" not in (lab.a.state / "gateway.log").read_text().lower() or PSK not in lab.a.log()
     assert PSK not in (lab.a.state / "gateway.log").read_text()
+
+
+def start_ping(ns: str, dst: str, count: int, interval: float = 0.02, size: int = 56) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval),
+                             "-W", "2", "-s", str(size), dst], stdout=subprocess.PIPE, text=True)
+
+
+def received(proc: subprocess.Popen, timeout: float = 60) -> int:
+    out, _ = proc.communicate(timeout=timeout)
+    for line in out.splitlines():
+        if "received" in line:
+            return int(line.split(",")[1].split()[0])
+    raise AssertionError(out)
+
+
+def child_spis(gw: Gw) -> list[str]:
+    return [c["spi_in"] for s in gw.sas() for c in s["child_sas"]]
+
+
+def test_rekey_by_command_under_ping_loses_nothing(lab_factory) -> None:
+    lab: Lab = lab_factory(encap="udp")
+    up(lab)
+    first = child_spis(lab.a)
+    p = start_ping(lab.left, "10.2.0.2", count=150)
+    time.sleep(0.6)
+    assert lab.a.cli("rekey", "vpn").stdout.startswith("rekeying child")  # initiator side rekeys
+    time.sleep(1.2)
+    lab.b.cli("rekey", "vpn")  # then the responder side starts one
+    assert received(p) == 150, lab.a.log() + lab.b.log()
+    # two rekeys: a new SA, and after the old ones are deleted exactly one left on each side
+    assert wait_for(lambda: len(child_spis(lab.a)) == 1 and len(child_spis(lab.b)) == 1, 10)
+    assert child_spis(lab.a)[0] not in first
+    log = (lab.a.state / "gateway.log").read_text()
+    assert log.count("Child SA rekeyed") == 2, log
+
+
+def test_azure_datasize_lifetime_rekeys_under_ping(lab_factory) -> None:
+    policy = """\
+    ipsec_policy: {ike_encryption: GCMAES128, ike_integrity: GCMAES128, dh_group: DHGroup14,
+                   ipsec_encryption: GCMAES128, ipsec_integrity: GCMAES128, pfs_group: None,
+                   sa_lifetime_seconds: 3600, sa_datasize_kilobytes: 128}
+"""
+    lab: Lab = lab_factory(encap="udp", proposals=policy)
+    up(lab)
+    first = child_spis(lab.a)
+    # 260 x 1028-byte inner packets each way = ~260 KB: the 128 KB limit (soft at 90%) rekeys twice
+    p = start_ping(lab.left, "10.2.0.2", count=260, size=1000)
+    assert received(p) == 260, lab.a.log() + lab.b.log()
+    logs = (lab.a.state / "gateway.log").read_text() + (lab.b.state / "gateway.log").read_text()
+    assert "soft byte/packet limit" in logs
+    assert logs.count("Child SA rekeyed") >= 4, logs  # >= 2 rekeys, seen on both sides
+    assert wait_for(lambda: child_spis(lab.a) and first[0] not in child_spis(lab.a), 5)
+    # every live SA still has room: the hard limit was never reached, so nothing was refused
+    c = lab.a.counters()["connections"]["vpn"]
+    assert all(s["out"]["exhausted"] == 0 and s["in"]["exhausted"] == 0 for s in c["sas"])
+    assert c["loop"]["encap_drop"] == 0 and c["loop"]["decap_drop"] == 0, c["loop"]

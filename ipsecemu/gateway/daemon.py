@@ -3,7 +3,7 @@
 One :class:`IkeEndpoint` + :class:`IkeTransport` per local address.  IKE events drive the
 per-connection :class:`ConnectionDatapath` (install / make-before-break rekey / remove).  While
 a C loop reads a NAT-T socket, IKE datagrams arriving there come back through a unix datagram
-socketpair and are fed to the transport as if read directly.  A 0.25 s tick turns data-plane
+socketpair and are fed to the transport as if read directly.  A 0.1 s tick turns data-plane
 soft byte/packet limits into Child SA rekeys (Azure's SADataSizeInKilobytes).
 """
 
@@ -41,7 +41,7 @@ log = logging.getLogger("ipsecemu.gateway")
 
 __all__ = ["Gateway", "GatewayError", "run"]
 
-TICK = 0.25
+TICK = 0.1
 SHUTDOWN_GRACE = 2.0  # seconds to wait for DELETE answers on SIGTERM
 RESTART_DELAY = 1.0
 
@@ -236,7 +236,8 @@ class Gateway:
             self.child_created[keys.inbound.spi] = time.time()
             if isinstance(ev, ChildSaRekeyed):
                 log.info("%s: Child SA rekeyed %08x -> %08x", conn, ev.old_inbound_spi, keys.inbound.spi)
-            self.dps[conn].install(keys, self.now(), local.udp if keys.encap else self._raw(local))
+            self.dps[conn].install(keys, self.now(), local.udp if keys.encap else self._raw(local),
+                                   rekey=isinstance(ev, ChildSaRekeyed))
         elif isinstance(ev, ChildSaDeleted):
             for dp in self.dps.values():
                 if dp.remove(ev.inbound_spi):
@@ -304,6 +305,7 @@ class Gateway:
 
     def _check_lifetimes(self) -> None:
         for dp in self.dps.values():
+            dp.promote(self.now())
             for spi in dp.soft_expired():
                 owner = self._owner_of_child(spi)
                 if owner is None:

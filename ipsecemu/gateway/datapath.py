@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ConnectionDatapath", "Port", "loop_supports_raw"]
 
+GRACE = 1.0  # seconds a replaced SA's inbound stays for packets already in flight
+PROMOTE_AFTER = 2.0  # seconds after which a rekeyed SA takes the outbound even without a sign
 ANY_NETS = {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
 
 
@@ -68,6 +70,7 @@ class _Child:
     out_sa: Any
     installed: float
     soft_fired: bool = False
+    pending: bool = False  # rekeyed in, outbound not switched yet
     routes: list[Network] = field(default_factory=list)
 
 
@@ -94,6 +97,7 @@ class ConnectionDatapath:
         self.mode = "idle"  # "native" | "slow" | "idle"
         self.slow_counters: dict[str, int] = {}
         self._stats_acc: dict[str, int] = {}
+        self._retiring: set[int] = set()  # replaced SAs whose inbound lingers for GRACE
 
     # -- tun and routes ----------------------------------------------------------------
     def ensure_tun(self) -> None:
@@ -152,41 +156,71 @@ class ConnectionDatapath:
             log.info("%s: routes removed: %s", self.gw.name, ", ".join(map(str, sorted(drop, key=str))))
 
     # -- SA changes (IKE events) ---------------------------------------------------------
-    def install(self, keys: ChildSaKeys, now: float, port: Port | None) -> None:
-        """A new Child SA (first or rekeyed): add inbound first, then switch outbound to it."""
+    def install(self, keys: ChildSaKeys, now: float, port: Port | None, *, rekey: bool = False) -> None:
+        """A new Child SA.  First SA: carries traffic at once.  Rekeyed SA: its inbound goes in
+        now, but the outbound stays on the old SA until the old one is deleted, the new inbound
+        sees traffic, or PROMOTE_AFTER passes; so neither end sends on an SA the other has not
+        installed yet, whichever end started the rekey (make-before-break)."""
         self.ensure_tun()
         child = _Child(keys.inbound, keys.outbound, keys, self.dp.EspOutbound(keys.outbound), now)
+        child.pending = rekey and self.current is not None
         with self._paused():
             self.table.add(keys.inbound)
             self.children[keys.inbound.spi] = child
-            self.current = child
-            self._choose_path(keys, port)
+            if not child.pending:
+                self.current = child
+                self._choose_path(keys, port)
         child.routes = self._wanted_routes(keys)
         self._set_routes(child.routes)
-        log.info("%s: installed SA in %08x out %08x (%s, %s, %s path)", self.gw.name, keys.inbound.spi,
-                 keys.outbound.spi, keys.proposal, "ESP-in-UDP" if keys.encap else "ESP", self.mode)
+        log.info("%s: installed SA in %08x out %08x (%s, %s, %s path%s)", self.gw.name, keys.inbound.spi,
+                 keys.outbound.spi, keys.proposal, "ESP-in-UDP" if keys.encap else "ESP", self.mode,
+                 ", outbound after the old SA goes" if child.pending else "")
 
-    def remove(self, inbound_spi: int) -> bool:
-        """Remove one Child SA; when it was the last, remove the routes (traffic falls back)."""
-        child = self.children.get(inbound_spi)
-        if child is None:
-            return False
+    def _switch_to(self, child: _Child | None) -> None:
         with self._paused():
-            del self.children[inbound_spi]
-            try:
-                self.table.remove(inbound_spi)
-            except (KeyError, ConfigError, ValueError):
-                pass
-            if self.current is child:
-                self.current = max(self.children.values(), key=lambda c: c.installed, default=None)
-            if self.current is None:
+            if child is not None:
+                child.pending = False
+            self.current = child
+            if child is None:
                 self._stop_slow()
                 self.mode = "idle"
                 self._release_port()
-        if self.current is None:
+
+    def promote(self, now: float) -> None:
+        """Tick: move the outbound to a pending rekeyed SA once the peer evidently uses it."""
+        for spi, ch in list(self.children.items()):
+            if ch.pending and (now - ch.installed >= PROMOTE_AFTER or self.table.counters_for(spi).packets > 0):
+                log.info("%s: outbound now on %08x", self.gw.name, ch.outbound.spi)
+                self._switch_to(ch)
+
+    def remove(self, inbound_spi: int) -> bool:
+        """Remove one Child SA.  If others remain (a rekey), its inbound lingers for GRACE seconds
+        for packets the peer sent before it switched; the last one takes the routes with it."""
+        child = self.children.pop(inbound_spi, None)
+        if child is None:
+            return False
+        if self.current is child:
+            # the newest remaining SA takes over the outbound direction
+            nxt = max(self.children.values(), key=lambda c: c.installed, default=None)
+            self._switch_to(nxt)
+        if self.children:
+            self._retiring.add(inbound_spi)
+            asyncio.get_running_loop().call_later(GRACE, self._drop_inbound, inbound_spi)
+        else:
+            self._drop_inbound(inbound_spi)
             self._set_routes([])
         log.info("%s: removed SA in %08x out %08x", self.gw.name, inbound_spi, child.outbound.spi)
         return True
+
+    def _drop_inbound(self, spi: int) -> None:
+        self._retiring.discard(spi)
+        if spi in self.children or self.tun_fd is None:
+            return
+        with self._paused():
+            try:
+                self.table.remove(spi)
+            except (KeyError, ConfigError, ValueError):
+                pass
 
     def remove_all(self) -> None:
         for spi in list(self.children):
@@ -336,7 +370,7 @@ class ConnectionDatapath:
 
     # -- views -----------------------------------------------------------------------------
     def has_spi(self, spi: int) -> bool:
-        return spi in self.children
+        return spi in self.children or spi in self._retiring
 
     def counters(self, inbound_spi: int) -> tuple[SaCounters, SaCounters]:
         """(inbound, outbound) counters of one child; plain loads while the loop runs."""
