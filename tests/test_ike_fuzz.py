@@ -116,3 +116,59 @@ def test_endpoints_survive_mutated_handshakes(stage: int, op: str, pos: int, val
         counted = sum(a.counters.values()) + sum(b.counters.values()) + sum(sa.counters.values())
         ended = [e for e in iter(a.next_event, None) if type(e).__name__ == "IkeSaDeleted"]
         assert counted or ended
+
+
+def _payloads() -> st.SearchStrategy:
+    from ipsecemu.ike.consts import Payload
+    from ipsecemu.ike.ts import TrafficSelector
+
+    spi = st.binary(min_size=0, max_size=9)
+    transform = st.builds(m.Transform, st.integers(1, 6), st.integers(0, 40), st.one_of(st.none(), st.sampled_from(
+        [128, 192, 256, 7])))
+    proposal = st.builds(m.Proposal, st.integers(1, 3), st.integers(1, 4), spi,
+                         st.lists(transform, max_size=5).map(tuple))
+    ts = st.builds(TrafficSelector.from_cidr, st.sampled_from(["10.0.0.0/8", "10.2.0.0/16", "192.0.2.0/24",
+                                                               "fd00::/64", "10.1.2.3"]))
+    return st.one_of(
+        st.builds(m.SA, st.lists(proposal, max_size=3)),
+        st.builds(m.KE, st.sampled_from([19, 31, 14, 2, 99]), st.binary(max_size=80)),
+        st.builds(m.Nonce, st.binary(min_size=16, max_size=40)),
+        st.builds(m.Notification, st.sampled_from([16393, 16391, 16384, 14, 17, 43, 44, 40000]),
+                  st.binary(max_size=4), st.sampled_from([0, 1, 3]), spi),
+        st.builds(m.Delete, st.sampled_from([1, 2, 3]), st.lists(st.binary(min_size=4, max_size=4), max_size=3)),
+        st.builds(m.TS, st.sampled_from([Payload.TSi, Payload.TSr]), st.lists(ts, max_size=3)),
+        st.builds(m.Vendor, st.binary(max_size=8)),
+        st.builds(m.ID, st.sampled_from([Payload.IDi, Payload.IDr]), st.integers(0, 12), st.binary(max_size=8)),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([34, 35, 36, 37, 99]), st.lists(_payloads(), max_size=7))
+def test_authenticated_garbage_requests_are_answered(exchange: int, payloads: list) -> None:
+    """A peer with valid keys sends nonsense: we answer every request exactly once, never raise,
+    and the IKE SA keeps working unless the nonsense was a legitimate IKE SA Delete."""
+    a, b, net = pair("aes128gcm16-prfsha256-ecp256", "aes128gcm16")
+    sa = a.initiate("c", 0.0)
+    net.run()
+    sb = b.find(sa.spi_r)
+    msg = m.Message(sa.spi_i, sa.spi_r, exchange, sa._next_id, True, False, payloads)
+    wire = sa._encrypt(msg)
+    b.receive_datagram(wire, A_ADDR, 1.0, B_ADDR)
+    out = b.datagrams_to_send(1.0)
+    if exchange == 34:
+        assert not out  # IKE_SA_INIT with a non-zero SPIr: not for us
+        return
+    assert len(out) == 1
+    resp = m.decode_message(out[0][0])
+    assert resp.response and resp.msg_id == msg.msg_id
+    deleted_ike = exchange == 37 and any(isinstance(p, m.Delete) and p.protocol == 1 for p in payloads)
+    if not deleted_ike:
+        assert sb.state == IkeState.ESTABLISHED
+        sa._pending = None
+        sa._next_id += 1
+        sa.dpd(2.0)
+        net.run()
+        assert sa.state == IkeState.ESTABLISHED and sb.counters.get("bad_message_id") is None
+
+
+A_ADDR, B_ADDR = ("192.0.2.1", 500), ("192.0.2.2", 500)

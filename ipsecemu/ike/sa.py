@@ -565,17 +565,26 @@ class IkeSa:
             self._send_response(msg, [m.Notification(Notify.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([crit[0].ptype]))],
                                 addr, local)
             return
-        if msg.exchange == Exchange.IKE_AUTH:
-            self._recv_auth_request(msg, addr, local, now)
-        elif self.state not in (IkeState.ESTABLISHED, IkeState.DELETING):
-            self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
-        elif msg.exchange == Exchange.INFORMATIONAL:
-            self._recv_informational(msg, addr, local, now)
-        elif msg.exchange == Exchange.CREATE_CHILD_SA:
-            self._recv_create_child(msg, addr, local, now)
-        else:
-            self._count("unknown_exchange")
-            self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
+        try:
+            if msg.exchange == Exchange.IKE_AUTH:
+                self._recv_auth_request(msg, addr, local, now)
+            elif self.state not in (IkeState.ESTABLISHED, IkeState.DELETING):
+                self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
+            elif msg.exchange == Exchange.INFORMATIONAL:
+                self._recv_informational(msg, addr, local, now)
+            elif msg.exchange == Exchange.CREATE_CHILD_SA:
+                self._recv_create_child(msg, addr, local, now)
+            else:
+                self._count("unknown_exchange")
+                self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
+        except RemoteProtocolError as exc:
+            # an authenticated but unusable request (bad KE value, odd SPI sizes...): every request
+            # gets an answer, or the peer retransmits into a message ID we have moved past
+            self._count("protocol_error")
+            self.last_error = str(exc)
+            if self.state != IkeState.CLOSED and (self._last_response is None or self._last_response[0] != msg.msg_id):
+                self._send_response(msg, [m.Notification(exc.notify or Notify.INVALID_SYNTAX, exc.notify_data)],
+                                    addr, local)
         self._kick(now)
 
     # --- IKE_SA_INIT ------------------------------------------------------------------------------
