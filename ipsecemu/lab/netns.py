@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 
-__all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "netlink", "ns_exec", "two_hosts", "wait_for"]
+__all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "netlink", "ns_exec", "wait_for"]
 
 MAX_IFNAME = 15
 T = TypeVar("T")
@@ -198,20 +198,6 @@ class Netns:
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
         ns_exec(ns, "sysctl", "-qw", f"{key}={value}")
-
-
-@contextmanager
-def two_hosts(prefix: str, a_addr: str = "192.0.2.1/24",
-              b_addr: str = "192.0.2.2/24", *, ipv6: bool = False) -> Iterator[tuple[Netns, str, str]]:
-    """Two namespaces ``<prefix>a`` and ``<prefix>b`` joined by one veth (``<prefix>a0``/``b0``)."""
-    lab = Netns()
-    try:
-        a = lab.add(prefix + "a", ipv6=ipv6)
-        b = lab.add(prefix + "b", ipv6=ipv6)
-        lab.veth(a, prefix + "a0", b, prefix + "b0", (a_addr,), (b_addr,))
-        yield lab, a, b
-    finally:
-        lab.close()
 
 
 @contextmanager
