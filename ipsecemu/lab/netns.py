@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 
-__all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "netlink", "ns_exec", "wait_for"]
+__all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "need_ping", "netlink", "ns_exec", "wait_for"]
 
 MAX_IFNAME = 15
 T = TypeVar("T")
