@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -84,7 +85,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
     return s[k]
 
 
@@ -295,6 +296,10 @@ class Worker:
             ["ip", "netns", "exec", ns, sys.executable, "-m", "ipsecemu.bench.ike", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
             start_new_session=True)  # Ctrl-C reaches only us; we stop the worker ourselves
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -514,6 +519,7 @@ def run(*, groups: list[str], duration: float | None, count: int | None, concurr
     if reason:
         raise BenchError(reason)
     checks = checks if checks is not None else {}
+    checks.update(netns=[], pids=[])
     prefix = "bi" + uuid.uuid4().hex[:5]
     results: list[Result] = []
     workers: list[Worker] = []
@@ -533,6 +539,7 @@ def run(*, groups: list[str], duration: float | None, count: int | None, concurr
     with _sigterm_as_interrupt(), Netns() as lab:
         try:
             a, b = lab.add(prefix + "A"), lab.add(prefix + "B")
+            checks["netns"] += [a, b]
             lab.veth(a, prefix + "a", b, prefix + "b", (ADDR[0] + "/24",), (ADDR[1] + "/24",))
             # the inside subnets live on lo: libipsec routes need a local source address in the TS
             lab.addrs(a, "lo", NETS[0].replace(".0/", ".1/"))
@@ -542,14 +549,18 @@ def run(*, groups: list[str], duration: float | None, count: int | None, concurr
             progress("ipsecemu <-> ipsecemu: starting two worker processes")
             resp = Worker(b, ["responder", "--host", ADDR[1]])
             workers.append(resp)
+            checks["pids"].append(resp.pid)
             init = Worker(a, ["initiator", "--host", ADDR[0], "--remote", ADDR[1], "--groups", ",".join(groups),
                               *timing])
             workers.append(init)
+            checks["pids"].append(init.pid)
             resp.read(20)
             init.read(20)
+            progress(f"ipsecemu workers up: responder pid {resp.pid} in {b}, initiator pid {init.pid} in {a}")
             for group in groups:
                 init.send("go")
                 out = init.read((duration or 0) + SETTLE_S + (count or 0) * 0.5 + 10)
+                checks.setdefault("ipsecemu_initiator", []).append({k: v for k, v in out.items() if k != "latencies"})
                 resp.send("report")
                 rep = resp.read(10)
                 checks.setdefault("ipsecemu_responder", []).append(rep)
@@ -563,6 +574,8 @@ def run(*, groups: list[str], duration: float | None, count: int | None, concurr
             cb = Charon(b, extra_conf=_charon_conf(concurrency), retransmit_timeout=2.0)
             charons.append(cb)
             cb.start()
+            checks["pids"].append(cb.pid)
+            progress(f"charon pid {cb.pid} up in {b}")
             cb.load(Conn(name="bench", local_addrs=(ADDR[1],), remote_addrs=(ADDR[0],), local_id="right",
                          remote_id="left", psk=PSK, proposals=tuple(ike_proposal(g) for g in GROUPS),
                          children=(Child(local_ts=(NETS[1],), remote_ts=(NETS[0],), esp_proposals=(ESP,)),)))
@@ -571,10 +584,13 @@ def run(*, groups: list[str], duration: float | None, count: int | None, concurr
             init = Worker(a, ["initiator", "--host", ADDR[0], "--remote", ADDR[1], "--groups", ",".join(groups),
                               *timing])
             workers.append(init)
+            checks["pids"].append(init.pid)
             init.read(20)
+            progress(f"ipsecemu initiator pid {init.pid} up in {a}")
             for group in groups:
                 init.send("go")
                 out = init.read((duration or 0) + SETTLE_S + (count or 0) * 0.5 + 10)
+                checks.setdefault("ipsecemu_initiator", []).append({k: v for k, v in out.items() if k != "latencies"})
                 lb.settle(len(out["latencies"]))
                 confirmed, _ = lb.snapshot()
                 record(PAIRS[1], group, Run(out["latencies"], out["seconds"], out["failed"]), confirmed)
@@ -586,6 +602,8 @@ def run(*, groups: list[str], duration: float | None, count: int | None, concurr
             ca = Charon(a, extra_conf=_charon_conf(concurrency), retransmit_timeout=2.0)
             charons.append(ca)
             ca.start()
+            checks["pids"].append(ca.pid)
+            progress(f"charon pid {ca.pid} up in {a}")
             for group in groups:
                 ca.load(Conn(name=f"bench-{group}", local_addrs=(ADDR[0],), remote_addrs=(ADDR[1],),
                              local_id="left", remote_id="right", psk=PSK, proposals=(ike_proposal(group),),
@@ -658,6 +676,9 @@ def command(as_json: bool, duration: float | None, count: int | None, concurrenc
             quick: bool) -> None:
     """IKE_SA + Child SA setups/s and p50/p95 latency (PSK): ipsecemu<->ipsecemu,
     ipsecemu->strongSwan and strongSwan<->strongSwan, in two network namespaces.  Needs root."""
+    from ipsecemu.lab.netns import NetnsError
+    from ipsecemu.lab.strongswan import CharonError
+
     if duration is not None and count is not None:
         raise click.UsageError("--duration and --count exclude each other")
     if count is None and duration is None:
@@ -665,7 +686,7 @@ def command(as_json: bool, duration: float | None, count: int | None, concurrenc
     try:
         results = run(groups=groups, duration=duration, count=count, concurrency=concurrency,
                       progress=lambda msg: click.echo(f"bench ike: {msg}", err=True))
-    except BenchError as exc:
+    except (BenchError, NetnsError, CharonError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         raise click.Abort() from None

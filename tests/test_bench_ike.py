@@ -1,0 +1,169 @@
+"""`ipsecemu bench ike`: the three pairs end to end in netns (ipsecemu workers, charon via vici),
+setups counted only when the responder saw them too, cleanup on exit / Ctrl-C / SIGTERM, and
+clear errors for bad options."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from ipsecemu.bench.ike import GROUPS, PAIRS, Result, Run, make_result, percentile, run
+from ipsecemu.cli import cli
+from ipsecemu.lab.strongswan import charon_available
+
+KEYS = {"pair", "group", "setups", "seconds", "rate", "p50_ms", "p95_ms", "ratio_to_strongswan"}
+NO_CHARON = charon_available()
+needs_charon = pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")
+
+
+def netns_names() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie still answers kill(0); it is not running
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+# --------------------------------------------------------------------------- no root needed
+def test_percentile_nearest_rank() -> None:
+    vals = [float(v) for v in range(1, 101)]
+    assert percentile(vals, 50) == 50.0 and percentile(vals, 95) == 95.0
+    assert percentile([7.0], 95) == 7.0 and percentile([], 50) == 0.0
+
+
+def test_only_setups_the_responder_confirmed_count() -> None:
+    r = Run({"aa": 0.010, "bb": 0.020, "cc": 0.030, "dd": 0.500}, 2.0, 1)
+    res, unconfirmed = make_result("ipsecemu-ipsecemu", "ecp256", r, {"aa", "bb", "cc", "zz"})
+    assert (res.setups, unconfirmed) == (3, 1)
+    assert res.rate == 1.5 and res.p95_ms == 30.0  # the unconfirmed 500 ms outlier is not in it
+    assert isinstance(res, Result) and set(res.as_dict()) == KEYS
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--duration", "2", "--count", "5"], "exclude each other"),
+    (["--groups", "ecp256,modp1024"], "modp1024"),
+    (["--groups", ","], "empty list"),
+    (["--concurrency", "0"], "--concurrency"),
+    (["--count", "0"], "--count"),
+    (["--duration", "-1"], "--duration"),
+])
+def test_bad_options_give_a_clear_error(args: list[str], msg: str) -> None:
+    res = CliRunner().invoke(cli, ["bench", "ike", *args])
+    assert res.exit_code == 2, res.output
+    assert msg in res.output and "Traceback" not in res.output
+
+
+def test_listed_under_bench() -> None:
+    res = CliRunner().invoke(cli, ["bench", "--help"])
+    assert res.exit_code == 0 and "ike" in res.output
+    res = CliRunner().invoke(cli, ["bench", "ike", "--help"])
+    assert res.exit_code == 0 and "--concurrency" in res.output
+
+
+# --------------------------------------------------------------------------- the lab runs
+@pytest.mark.root
+@needs_charon
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_quick_json_all_pairs() -> None:
+    before = netns_names()
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "ipsecemu", "bench", "ike", "--quick", "--json"],
+                         capture_output=True, text=True, timeout=80)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout)
+    assert {(r["pair"], r["group"]) for r in rows} == {(p, g) for p in PAIRS for g in GROUPS}
+    for r in rows:
+        assert set(r) == KEYS
+        assert r["setups"] > 0 and r["rate"] > 0 and r["seconds"] > 0
+        assert 0 < r["p50_ms"] <= r["p95_ms"]
+        assert r["rate"] == pytest.approx(r["setups"] / r["seconds"], rel=0.02)
+        assert r["ratio_to_strongswan"] > 0
+    base = {r["group"]: r["rate"] for r in rows if r["pair"] == "strongswan-strongswan"}
+    for r in rows:
+        assert r["ratio_to_strongswan"] == pytest.approx(r["rate"] / base[r["group"]], abs=0.01)
+    assert "bench ike:" in res.stderr and "bench ike:" not in res.stdout  # progress on stderr only
+    assert took < 40, f"--quick took {took:.1f}s"
+    assert not {n for n in netns_names() - before if n.startswith("bi")}
+
+
+@pytest.mark.root
+@needs_charon
+@pytest.mark.timeout(60)
+def test_count_setups_verified_on_both_sides() -> None:
+    """Exactly N setups per pair; the responder of each pair saw every counted one established
+    (ipsecemu: ChildSaEstablished; charon: vici child-updown with ESTABLISHED / INSTALLED), the
+    IKE SAs were deleted afterwards, and every process and netns is gone at the end."""
+    checks: dict = {}
+    n = 12
+    results = run(groups=["ecp256"], duration=None, count=n, concurrency=4, progress=lambda m: None,
+                  checks=checks)
+    assert [r.pair for r in results] == list(PAIRS)
+    for r in results:
+        assert r.setups == n, r  # every one confirmed by the responder
+        assert r.p50_ms <= r.p95_ms
+    # ipsecemu responder: the same IKE SAs (by initiator SPI), and nothing left after the deletes
+    (resp,) = checks["ipsecemu_responder"]
+    assert len(set(resp["established"])) == n and resp["sas"] == 0
+    assert all(o["leftover"] == 0 and o["failed"] == 0 for o in checks["ipsecemu_initiator"])
+    for who in ("charon_responder_samples", "charon_initiator_samples"):
+        sample = checks[who][0]
+        assert sample["state"] == "ESTABLISHED" and sample["child-states"] == ["INSTALLED"], sample
+        assert re.fullmatch(r"[0-9a-f]{16}", sample["initiator-spi"])
+    assert all(pid_gone(p) for p in checks["pids"]) and len(checks["pids"]) == 5
+    assert not set(checks["netns"]) & netns_names()
+
+
+@pytest.mark.root
+@needs_charon
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_cleans_up(sig: int) -> None:
+    """Interrupted while charon and our initiator run: both are stopped and the netns removed."""
+    proc = subprocess.Popen([sys.executable, "-m", "ipsecemu", "bench", "ike", "--duration", "3",
+                             "--groups", "ecp256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "ipsecemu initiator pid" in line:
+                break
+        text = "".join(seen)
+        pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        spaces = set(re.findall(r" in (bi\w+)", text))
+        assert len(pids) == 4 and len(spaces) == 2, text  # 2 workers, charon, new initiator
+        time.sleep(0.5)  # mid-run: pair 2 measures for 3 s
+        os.kill(proc.pid, sig)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr.read()
+    assert all(pid_gone(p) for p in pids)
+    assert not spaces & netns_names()
