@@ -87,7 +87,8 @@ PROPOSALS = """\
 
 
 def gateway_yaml(node: str, state: Path, local: str, remote: str, lts: str, rts: str, tun: str, *,
-                 encap: str, start: str, extra: str = "", proposals: str = PROPOSALS) -> str:
+                 encap: str, start: str, extra: str = "", proposals: str = PROPOSALS,
+                 dpd: str = "{interval: 0}") -> str:
     return f"""\
 node: {node}
 state_dir: {state}
@@ -100,7 +101,7 @@ connections:
 {proposals}    local_ts: [{lts}]
     remote_ts: [{rts}]
     start_action: {start}
-    dpd: {{interval: 0}}
+    dpd: {dpd}
 {extra}    tunnel: {{name: {tun}, mtu: 1400}}
 """
 
@@ -115,7 +116,7 @@ class Lab:
 
 
 def build_lab(prefix: str, tmp: Path, net: Netns, *, encap: str = "udp", extra_a: str = "",
-              extra_b: str = "", proposals: str = PROPOSALS) -> Lab:
+              extra_b: str = "", proposals: str = PROPOSALS, dpd_a: str = "{interval: 0}") -> Lab:
     left, a, b, right = (net.add(prefix + s) for s in ("l", "a", "b", "r"))
     net.veth(left, prefix + "lh", a, prefix + "ai", ("10.1.0.2/24",), ("10.1.0.1/24",))
     net.veth(a, prefix + "ao", b, prefix + "bo", ("192.0.2.1/24",), ("192.0.2.2/24",))
@@ -125,14 +126,14 @@ def build_lab(prefix: str, tmp: Path, net: Netns, *, encap: str = "udp", extra_a
     for ns in (a, b):
         net.sysctl(ns, "net.ipv4.ip_forward", "1")
     gws = []
-    for node, ns, local, remote, lts, rts, start, extra in (
-            ("a", a, "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", "initiate", extra_a),
-            ("b", b, "192.0.2.2", "192.0.2.1", "10.2.0.0/24", "10.1.0.0/24", "listen", extra_b)):
+    for node, ns, local, remote, lts, rts, start, extra, dpd in (
+            ("a", a, "192.0.2.1", "192.0.2.2", "10.1.0.0/24", "10.2.0.0/24", "initiate", extra_a, dpd_a),
+            ("b", b, "192.0.2.2", "192.0.2.1", "10.2.0.0/24", "10.1.0.0/24", "listen", extra_b, "{interval: 0}")):
         state = tmp / node
         tun = prefix + "t" + node
         cfg = tmp / f"{node}.yaml"
         cfg.write_text(gateway_yaml(node, state, local, remote, lts, rts, tun, encap=encap, start=start,
-                                    extra=extra, proposals=proposals))
+                                    extra=extra, proposals=proposals, dpd=dpd))
         gws.append(Gw(ns, cfg, state, tun))
     return Lab(left, right, gws[0], gws[1], prefix + "ao")
 
@@ -330,3 +331,29 @@ def test_counters_come_from_the_c_loop_and_exported_keys_decrypt_the_wire(lab_fa
     assert "Traffic Selector" in tshark(home, pcap, "-Y", "isakmp", "-V")
     assert PSK not in (lab.a.state / "gateway.log").read_text()
 
+
+
+@pytest.mark.slow
+def test_dpd_death_removes_routes_then_reinitiates(lab_factory) -> None:
+    lab: Lab = lab_factory(encap="udp", dpd_a="{interval: 1, timeout: 3}")
+    up(lab)
+    assert ping(lab.left, "10.2.0.2", count=2) == 2
+    # b dies without a word (no DELETE): a's DPD gives up, its SA and routes go
+    os.kill(lab.b.proc.pid, signal.SIGKILL)
+    lab.b.proc.wait(5)
+    assert wait_for(lambda: "10.2.0.0/24" not in routes(lab.a.ns), 10), lab.a.log()
+    assert "IKE SA deleted (dpd)" in lab.a.log() and "re-initiating" in lab.a.log()
+    assert lab.a.tun in links(lab.a.ns)  # the tun stays; only the routes went (traffic can fall back)
+    # b comes back: a (start_action initiate) brings the tunnel up again by itself
+    lab.b.sock.unlink()
+    lab.b.start()
+    assert wait_for(lambda: established(lab.a) and established(lab.b), 20), lab.a.log()
+    assert ping(lab.left, "10.2.0.2", count=2) == 2
+
+
+def test_second_gateway_on_the_same_state_dir_is_refused(lab_factory) -> None:
+    lab: Lab = lab_factory(encap="udp")
+    r = subprocess.run(["ip", "netns", "exec", lab.a.ns, sys.executable, "-m", "ipsecemu", "gateway", "run",
+                        str(lab.a.cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "already running" in r.stderr and "Traceback" not in r.stderr
+    assert lab.a.proc.poll() is None and lab.a.sock.exists()  # the running one is untouched
