@@ -1,0 +1,1 @@
+"""IKE SA concerns, one module each (mixed into ``ipsecemu.ike.sa.IkeSa``)."""

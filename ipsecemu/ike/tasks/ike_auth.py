@@ -1,0 +1,145 @@
+"""IKE_AUTH with pre-shared keys (RFC 7296 section 2.15) carrying the first Child SA.
+
+A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
+``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
+
+from __future__ import annotations
+
+from .. import crypto
+from .. import message as m
+from ..consts import STATUS_NOTIFY_MIN, AuthMethod, Exchange, Notify, Payload
+from ..events import (
+    ChildSaEstablished,
+    ChildSaFailed,
+    IkeSaEstablished,
+    NatDetected,
+)
+from ..settings import Identity
+from ..states import IkeState
+from .base import (
+    KEY_PAD,
+    Addr,
+    _ChildNeg,
+    _eq,
+    _strip_ke,
+    to_wire,
+)
+
+
+class IkeAuthTask:
+    # --- IKE_AUTH ---------------------------------------------------------------------------------
+
+    def _psk_auth(self, psk: bytes, signed: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
+        """RFC 7296 section 2.15: prf(prf(PSK, "Key Pad for IKEv2"), <SignedOctets>)."""
+        p = self._prf_id
+        return crypto.prf(p, crypto.prf(p, psk, KEY_PAD), signed + nonce + crypto.prf(p, sk_p, id_body))
+
+    def _send_auth_request(self, now: float) -> None:
+        assert self.keys is not None and self._first_child is not None
+        cfg = self.config
+        idi = m.ID(Payload.IDi, cfg.local_id.id_type, cfg.local_id.data)
+        payloads: list = [idi]
+        if cfg.remote_id is not None:
+            payloads.append(m.ID(Payload.IDr, cfg.remote_id.id_type, cfg.remote_id.data))
+        payloads.append(m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, self._init_req, self.nr, self.keys.sk_pi,
+                                                              idi.body())))
+        if cfg.initial_contact:
+            payloads.append(m.Notification(Notify.INITIAL_CONTACT))
+        neg = self._first_child
+        neg.proposals = _strip_ke(cfg.esp_proposals)
+        payloads += self._child_request_payloads(neg)
+        self._set_state(IkeState.AUTH_SENT)
+        self._send_request(now, Exchange.IKE_AUTH, payloads, self._on_auth_response, "auth")
+
+    def _child_request_payloads(self, neg: _ChildNeg) -> list:
+        out: list = []
+        if self.config.mode == "transport":
+            out.append(m.Notification(Notify.USE_TRANSPORT_MODE))
+        out.append(m.SA(to_wire(neg.proposals, neg.inbound_spi.to_bytes(4, "big"))))
+        if neg.nonce:
+            out.append(m.Nonce(neg.nonce))
+        if neg.ke is not None:
+            out.append(m.KE(neg.ke.group, neg.ke.public))
+        out += [m.TS(Payload.TSi, neg.local_ts), m.TS(Payload.TSr, neg.remote_ts)]
+        return out
+
+    def _on_auth_response(self, msg: m.Message, now: float) -> None:
+        errors = [n for n in msg.get(m.Notification) if n.type < STATUS_NOTIFY_MIN]
+        if any(n.type == Notify.AUTHENTICATION_FAILED for n in errors):
+            self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
+            return
+        idr, auth = msg.first(m.ID, Payload.IDr), msg.first(m.Auth)
+        if idr is None or auth is None:
+            self._close(now, "failed", errors[0].type if errors else Notify.INVALID_SYNTAX)
+            return
+        peer = Identity(idr.id_type, idr.data)
+        assert self.keys is not None
+        want = self._psk_auth(self.config.psk, self._init_resp, self.ni, self.keys.sk_pr, idr.body())
+        if (self.config.remote_id is not None and peer != self.config.remote_id) or auth.method != AuthMethod.PSK \
+                or not _eq(want, auth.data):
+            self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
+            return
+        self.remote_id = peer
+        self._establish(now)
+        assert self._first_child is not None
+        self._finish_child(msg, self._first_child, self.ni, self.nr, b"", now)
+
+    def _recv_auth_request(self, msg: m.Message, addr: Addr, local: Addr, now: float) -> None:
+        if self.initiator or self.state != IkeState.SA_INIT_DONE:
+            self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
+            return
+        self.remote, self.local = addr, local  # the peer may have floated to 4500
+        idi, auth = msg.first(m.ID, Payload.IDi), msg.first(m.Auth)
+        if idi is None or auth is None:
+            self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
+            self._close(now, "failed", Notify.INVALID_SYNTAX)
+            return
+        peer = Identity(idi.id_type, idi.data)
+        idr_req = msg.first(m.ID, Payload.IDr)
+        cfg = self.config
+        if self._config_lookup is not None:
+            cfg = self._config_lookup(peer, Identity(idr_req.id_type, idr_req.data) if idr_req else None) or cfg
+        assert self.keys is not None
+        want = self._psk_auth(cfg.psk, self._init_req, self.nr, self.keys.sk_pi, idi.body())
+        if (cfg.remote_id is not None and cfg.remote_id != peer) or auth.method != AuthMethod.PSK \
+                or not _eq(want, auth.data):
+            self._send_response(msg, [m.Notification(Notify.AUTHENTICATION_FAILED)], addr, local)
+            self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
+            return
+        self.config, self.remote_id = cfg, peer
+        self.peer_initial_contact = msg.notify(Notify.INITIAL_CONTACT) is not None
+        idr = m.ID(Payload.IDr, cfg.local_id.id_type, cfg.local_id.data)
+        payloads: list = [idr, m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, self._init_resp, self.ni,
+                                                                      self.keys.sk_pr, idr.body()))]
+        child_payloads, child, fail = self._respond_child(msg, self.ni, self.nr, None, now, ike_auth=True)
+        self._send_response(msg, payloads + child_payloads, addr, local)
+        self._establish(now)
+        if child is not None:
+            self.children[child.inbound_spi] = child
+            self._event(ChildSaEstablished, keys=child.keys)
+        else:
+            self._event(ChildSaFailed, notify=fail, reason="first Child SA refused")
+
+    def _establish(self, now: float) -> None:
+        self._set_state(IkeState.ESTABLISHED)
+        self._half_open_deadline = None
+        self._last_recv = now
+        assert self.proposal is not None
+        self._event(IkeSaEstablished, local_id=str(self.config.local_id), remote_id=str(self.remote_id),
+                    proposal=self.proposal.to_strongswan_string(), local=self.local, remote=self.remote,
+                    nat_local=self.nat_local, nat_remote=self.nat_remote)
+        if self.nat_local or self.nat_remote:
+            self._event(NatDetected, local_behind_nat=self.nat_local, remote_behind_nat=self.nat_remote)
+        self._schedule_ike_rekey(now)
+
+    def _schedule_ike_rekey(self, now: float) -> None:
+        f, life = self.config.rekey_fraction, self.config.ike_lifetime_s
+        self._ike_rekey_at = now + life * f - self._jitter(life) if f > 0 and life > 0 else None
+
+    def _retry_delay(self) -> float:
+        """2-6 s from the injected rng, so two peers that refused each other do not collide again."""
+        return 2.0 + 4.0 * int.from_bytes(self._rng(2), "big") / 65535
+
+    def _jitter(self, span: float) -> float:
+        """Up to 10% of ``span`` earlier, from the injected rng, so both peers rarely collide."""
+        return span * 0.1 * int.from_bytes(self._rng(2), "big") / 65535
