@@ -184,6 +184,20 @@ class Netns:
 
         netlink(ns, do)
 
+    def bridge(self, ns: str, name: str, ports: tuple[str, ...], addrs: tuple[str, ...] = ()) -> None:
+        """A Linux bridge ``name`` in ``ns`` with the given existing links as ports."""
+        def do(ipr: IPRoute) -> None:
+            ipr.link("add", ifname=name, kind="bridge")
+            br = ipr.link_lookup(ifname=name)[0]
+            for port in ports:
+                idx = ipr.link_lookup(ifname=port)
+                if not idx:
+                    raise NetnsError(f"no link {port!r} in netns {ns!r}")
+                ipr.link("set", index=idx[0], master=br, state="up")
+
+        netlink(ns, do)
+        self.addrs(ns, name, *addrs)
+
     def route(self, ns: str, dst: str, *, gateway: str | None = None, dev: str | None = None) -> None:
         """Add a route in ``ns`` (via ``gateway`` and/or out of ``dev``)."""
         def do(ipr: IPRoute) -> None:

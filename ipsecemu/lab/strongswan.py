@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CHARON", "Charon", "CharonError", "CharonPair", "Child", "Conn", "KeyLog", "charon_available",
-    "charon_pair", "pair_conn", "pair_topology", "PairTopology", "parse_keys", "wireshark_esp_sa", "wireshark_ikev2",
+    "charon_pair", "pair_conn", "pair_topology", "PairTopology", "star_topology", "StarTopology", "parse_keys", "wireshark_esp_sa", "wireshark_ikev2",
 ]
 
 CHARON = os.environ.get("IPSECEMU_CHARON", "/usr/lib/ipsec/charon")
@@ -673,6 +673,54 @@ def pair_topology(prefix: str, *, ipv6: bool = False) -> Iterator[PairTopology]:
                              (hl, prefix + "lh"), (hr, prefix + "rh")):
                 wait_for(lambda ns=ns, link=link: _link_local_ready(ns, link), 5)
         yield PairTopology(lab, (gl, gr), (hl, hr), outer, host_in, subnets, (prefix + "o0", prefix + "o1"))
+    finally:
+        lab.close()
+
+
+@dataclass(frozen=True)
+class StarTopology:
+    """One gateway (``hub``) and ``n`` remote gateways on one bridged segment, an inside host
+    behind each (see :func:`star_topology`)."""
+
+    lab: Netns
+    hub: str
+    hub_host: str
+    remotes: tuple[str, ...]
+    remote_hosts: tuple[str, ...]
+    hub_addr: str
+    remote_addrs: tuple[str, ...]
+    hub_subnet: str
+    remote_subnets: tuple[str, ...]
+    hub_inside: str
+    remote_inside: tuple[str, ...]
+
+
+@contextmanager
+def star_topology(prefix: str, n: int = 2) -> Iterator[StarTopology]:
+    """netns ``<prefix>H`` (hub, 192.0.2.1 on a bridge) + ``<prefix>R0..`` (192.0.2.2.., each on a
+    veth into the hub's bridge), inside hosts ``<prefix>HH`` (10.1.0.2) and ``<prefix>HR<i>``
+    (10.<i+2>.0.2).  E.g. an on-premises device with tunnels to both instances of an
+    active-active Azure VPN gateway."""
+    if not 1 <= n <= 8:
+        raise ValueError(f"n: 1..8 remote gateways, got {n}")
+    lab = Netns()
+    try:
+        hub, hub_host = lab.add(prefix + "H"), lab.add(prefix + "HH")
+        setup_gateway(lab, hub, hub_host, prefix, "h", "10.1.0.1/24", "10.1.0.2/24")
+        remotes, hosts, addrs, subnets, inside = [], [], [], [], []
+        for i in range(n):
+            r, h = lab.add(f"{prefix}R{i}"), lab.add(f"{prefix}HR{i}")
+            addr = f"192.0.2.{i + 2}"
+            lab.veth(hub, f"{prefix}b{i}", r, f"{prefix}o{i}", (), (addr + "/24",))
+            setup_gateway(lab, r, h, prefix, f"r{i}", f"10.{i + 2}.0.1/24", f"10.{i + 2}.0.2/24")
+            remotes.append(r)
+            hosts.append(h)
+            addrs.append(addr)
+            subnets.append(f"10.{i + 2}.0.0/24")
+            inside.append(f"10.{i + 2}.0.2")
+        lab.bridge(hub, prefix + "br", tuple(f"{prefix}b{i}" for i in range(n)), ("192.0.2.1/24",))
+        yield StarTopology(lab, hub, hub_host, tuple(remotes), tuple(hosts), "192.0.2.1", tuple(addrs),
+                           "10.1.0.0/24", tuple(subnets), "10.1.0.2", tuple(inside))
     finally:
         lab.close()
 
