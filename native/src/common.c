@@ -93,7 +93,7 @@ int ie_gcm_seal(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, int 
                 uint8_t *data, int len, uint8_t *tag, int taglen)
 {
     int outl;
-    uint8_t full[16];
+    uint8_t full[16], none[16];  /* GCM's Final writes no data; `none` avoids NULL + 0 */
 
     if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, 1) != 1)
         return 0;
@@ -101,7 +101,7 @@ int ie_gcm_seal(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, int 
         return 0;
     if (len && EVP_CipherUpdate(ctx, data, &outl, data, len) != 1)
         return 0;
-    if (EVP_CipherFinal_ex(ctx, data + len, &outl) != 1)
+    if (EVP_CipherFinal_ex(ctx, none, &outl) != 1)
         return 0;
     if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, full) != 1)
         return 0;
@@ -113,6 +113,7 @@ int ie_gcm_open(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, int 
                 uint8_t *data, int len, const uint8_t *tag, int taglen)
 {
     int outl;
+    uint8_t none[16];
 
     if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, 0) != 1)
         return 0;
@@ -122,7 +123,7 @@ int ie_gcm_open(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, int 
         return 0;
     if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, taglen, (void *)tag) != 1)
         return 0;
-    return EVP_CipherFinal_ex(ctx, data + len, &outl) == 1;
+    return EVP_CipherFinal_ex(ctx, none, &outl) == 1;
 }
 
 /* ---- hash map ---- */
