@@ -37,6 +37,7 @@ class Gw:
     state: Path
     tun: str
     proc: subprocess.Popen | None = None
+    args: tuple[str, ...] = ()
 
     @property
     def sock(self) -> Path:
@@ -61,7 +62,7 @@ class Gw:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "ipsecemu",
-                                      "gateway", "run", str(self.cfg)],
+                                      "gateway", "run", str(self.cfg), *self.args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if not wait_for(lambda: self.sock.exists() or self.proc.poll() is not None, 15):
             raise AssertionError(f"gateway in {self.ns} did not start\n{self.log()}")
@@ -143,9 +144,10 @@ def lab_factory(unique_name: str, tmp_path: Path) -> Iterator:
     net = Netns()
     labs: list[Lab] = []
 
-    def make(**kw: object) -> Lab:
+    def make(args: tuple[str, ...] = (), **kw: object) -> Lab:
         lab = build_lab(unique_name, tmp_path, net, **kw)  # type: ignore[arg-type]
         labs.append(lab)
+        lab.a.args = lab.b.args = args
         lab.b.start()
         lab.a.start()
         return lab
@@ -357,3 +359,14 @@ def test_second_gateway_on_the_same_state_dir_is_refused(lab_factory) -> None:
                         str(lab.a.cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "already running" in r.stderr and "Traceback" not in r.stderr
     assert lab.a.proc.poll() is None and lab.a.sock.exists()  # the running one is untouched
+
+
+@pytest.mark.parametrize("encap", ["udp", "esp"])
+def test_python_slow_path_still_forwards_and_says_so(lab_factory, encap: str) -> None:
+    lab: Lab = lab_factory(encap=encap, args=("--backend", "reference"))
+    up(lab)
+    assert lab.a.sas()[0]["child_sas"][0]["backend"] == "slow"
+    assert ping(lab.left, "10.2.0.2", count=3) == 3
+    assert "slow path" in lab.a.log()
+    c = lab.a.counters()["connections"]["vpn"]
+    assert c["loop"]["slow_esp_tx"] >= 3 and c["loop"]["slow_esp_ok"] >= 3 and c["native"] is False

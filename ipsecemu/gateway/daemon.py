@@ -32,6 +32,7 @@ from ipsecemu.ike.events import (
     ChildSaRekeyed,
     IkeSaDeleted,
     IkeSaEstablished,
+    IkeSaRekeyed,
 )
 from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState
@@ -72,6 +73,7 @@ class Gateway:
             c.name: ConnectionDatapath(c, batch=cfg.batch, backend=backend) for c in cfg.connections}
         self.ike_info: dict[tuple[bytes, bytes], dict[str, Any]] = {}  # established IKE SAs
         self.child_created: dict[int, float] = {}
+        self.ike_conn: dict[bytes, str] = {}  # IKE SPIi -> connection name
         self.stopping = False
         self.held: set[str] = set()  # terminated by the operator: no automatic restart
         self._stop = asyncio.Event()
@@ -223,6 +225,10 @@ class Gateway:
     def _on_event(self, ev: object) -> None:
         found = self._sa_for(ev.ike_spi_i, ev.ike_spi_r) if hasattr(ev, "ike_spi_i") else None
         conn = found[1].config.name if found else None
+        if conn is not None:
+            self.ike_conn[ev.ike_spi_i] = conn  # type: ignore[attr-defined]
+        if isinstance(ev, IkeSaRekeyed) and conn is not None:
+            self.ike_conn[ev.new_spi_i] = conn
         if isinstance(ev, IkeSaEstablished):
             self.ike_info[(ev.ike_spi_i, ev.ike_spi_r)] = {"established": time.time(), "proposal": ev.proposal,
                                                           "local_id": ev.local_id, "remote_id": ev.remote_id}
@@ -246,16 +252,12 @@ class Gateway:
             self.ike_info.pop((ev.ike_spi_i, ev.ike_spi_r), None)
             if ev.reason == "rekeyed":
                 return
-            name = conn or self._conn_of_deleted(ev)
+            # the endpoint drops a closed SA before its event is delivered: use what we noted
+            name = self.ike_conn.pop(ev.ike_spi_i, None) or conn
             log.info("%s: IKE SA deleted (%s)", name or "?", ev.reason)
             self._reconcile()
             if name and not self.stopping:
                 self._maybe_restart(name, ev.reason)
-
-    def _conn_of_deleted(self, ev: IkeSaDeleted) -> str | None:
-        # the endpoint may already have dropped the SA; uniqueids remember nothing useful, so
-        # fall back to the only connection when there is one
-        return self.cfg.connections[0].name if len(self.cfg.connections) == 1 else None
 
     def _live_children(self) -> set[int]:
         live: set[int] = set()
@@ -336,6 +338,7 @@ class Gateway:
             sa = local.endpoint.initiate(name, self.now())
         except LocalProtocolError as exc:
             raise ControlError(str(exc)) from None
+        self.ike_conn[sa.spi_i] = name
         local.transport.pump()
         log.info("%s: initiating to %s", name, gw.conn.remote_address)
         return sa.spi_i.hex()
