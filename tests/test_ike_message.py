@@ -171,3 +171,37 @@ def test_narrowing() -> None:
     got = narrow(prop, allowed)
     assert got == [TrafficSelector.from_cidr("10.1.0.0/16")]
     assert got[0].start_addr == ipaddress.ip_address("10.1.0.0") and str(got[0]) == "10.1.0.0/16"
+
+
+def test_scapy_reads_our_ike_sa_init_and_we_read_scapys() -> None:
+    """scapy's independent IKEv2 dissector agrees with our encoding, and its encoding parses here."""
+    from scapy.contrib.ikev2 import IKEv2, IKEv2_KE, IKEv2_Nonce, IKEv2_Notify, IKEv2_Proposal, IKEv2_SA
+    from scapy.contrib.ikev2 import IKEv2_Transform as ST
+    from test_ike_exchanges import pair
+
+    a, b, net = pair("aes256-sha256-modp2048", "aes256gcm16")
+    a.initiate("c", 0.0)
+    net.run()
+    ours = decode_message(net.log[1].data)
+    theirs = IKEv2(net.log[1].data)
+    assert theirs.init_SPI == ours.spi_i and theirs.resp_SPI == ours.spi_r and theirs.length == len(net.log[1].data)
+    assert theirs[IKEv2_KE].group == 14 and theirs[IKEv2_KE].ke == ours.first(KE).data
+    assert theirs[IKEv2_Nonce].nonce == ours.first(Nonce).data
+    trans = theirs[IKEv2_Proposal].trans
+    got = []
+    while trans is not None and isinstance(trans, ST):
+        got.append((trans.transform_type, trans.transform_id, trans.key_length))
+        trans = trans.payload if isinstance(trans.payload, ST) else None
+    want = [(t.type, t.id, t.keylen) for t in ours.first(SA).proposals[0].transforms]
+    assert [(t, i) for t, i, _k in got] == [(t, i) for t, i, _k in want] and got[0][2] == 256
+    notes = [p.type for p in theirs.iterpayloads() if isinstance(p, IKEv2_Notify)]
+    assert notes == [Notify.NAT_DETECTION_SOURCE_IP, Notify.NAT_DETECTION_DESTINATION_IP]
+    # and the other way round: a message scapy builds decodes here
+    built = IKEv2(init_SPI=b"\x01" * 8, resp_SPI=bytes(8), exch_type=34, flags="Initiator") / IKEv2_SA(
+        prop=IKEv2_Proposal(proposal=1, proto=1, trans_nb=3, trans=ST(transform_type=1, transform_id=20, key_length=128, length=12)
+                            / ST(transform_type=2, transform_id=5) / ST(transform_type=4, transform_id=19))) \
+        / IKEv2_KE(group=19, ke=bytes(64)) / IKEv2_Nonce(nonce=bytes(range(32)))
+    msg = decode_message(bytes(built))
+    (prop,) = msg.first(SA).proposals
+    assert [(t.type, t.id, t.keylen) for t in prop.transforms] == [(1, 20, 128), (2, 5, None), (4, 19, None)]
+    assert msg.first(KE).group == 19 and msg.first(Nonce).data == bytes(range(32))
