@@ -209,3 +209,14 @@ def test_two_loops_over_raw_esp(nodes: tuple[Node, Node], unique_name: str) -> N
     assert sb["esp_tx"] >= 3 and sa["esp_ok"] >= 3 and sa["esp_tx"] >= 3 and sb["esp_ok"] >= 3
     assert sa["decap_drop"] == sb["decap_drop"] == 0 and sa["ike_rx"] == 0
     assert a_table.counters_for(BA.spi).packets == sb["esp_tx"]
+
+
+@pytest.mark.parametrize("kwargs,match", [({"batch": 0}, "batch"), ({"mtu": 20}, "mtu"),
+                                          ({"peer": ("not-an-ip", 4500)}, "peer"), ({"tun_fd": -1}, "tun_fd")])
+def test_loop_bad_arguments_are_config_errors(kwargs: dict, match: str) -> None:
+    table = native.EspInboundTable()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        args = {"tun_fd": s.fileno(), "udp_fd": s.fileno(), "peer": ("127.0.0.1", 4500),
+                "outbound": native.EspOutbound(AB), "inbound": table, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            native.EspUdpLoop(**args)

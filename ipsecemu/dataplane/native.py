@@ -593,7 +593,16 @@ class EspUdpLoop:
 
         if outbound._sa is None:
             raise ConfigError(f"encr: the C loop needs a C-path SA, not {outbound.cfg.encr}")
-        addr = ipaddress.ip_address(peer[0])
+        if not 1 <= batch <= lib.IE_LOOP_MAX_BATCH:
+            raise ConfigError(f"batch: must be 1..{lib.IE_LOOP_MAX_BATCH}, got {batch}")
+        if not 68 <= mtu <= 65535:
+            raise ConfigError(f"mtu: must be 68..65535, got {mtu}")
+        if tun_fd < 0 or udp_fd < 0:
+            raise ConfigError("tun_fd/udp_fd: need open file descriptors")
+        try:
+            addr = ipaddress.ip_address(peer[0])
+        except ValueError as exc:
+            raise ConfigError(f"peer: {exc}") from None
         c = ffi.new("ie_loop_cfg *")
         c.tun_fd, c.udp_fd, c.ike_fd = tun_fd, udp_fd, ike_fd
         c.peer_family = addr.version
