@@ -362,3 +362,21 @@ def test_nat_rebinding_is_followed() -> None:
     last = [p for p in net.log if p.dst[0] == B[0]][-1]
     b.receive_datagram(last.data, ("203.0.113.9", 4500), net.now, (B[0], 4500))
     assert sb.remote == ("198.51.100.7", 40000) and sb.counters["integrity"] == 1
+
+
+def test_two_bare_ike_sas_without_an_endpoint() -> None:
+    """The documented low-level use: two IkeSa objects, datagrams moved by hand."""
+    from ipsecemu.ike.sa import IkeSa
+
+    ca = IkeSaConfig.simple("c", "k", "a", "b", ike="aes128gcm16-prfsha256-x25519", esp="aes128gcm16", remote_addr=B)
+    cb = IkeSaConfig.simple("c", "k", "b", "a", ike="aes128gcm16-prfsha256-x25519", esp="aes128gcm16")
+    ia = IkeSa(ca, initiator=True, local=A, rng=seeded(5))
+    rb = IkeSa(cb, initiator=False, local=B, remote=A, rng=seeded(6))
+    ia.initiate(0.0)
+    for _ in range(4):
+        for src, dst in ((ia, rb), (rb, ia)):
+            for data, remote, local in src.datagrams_to_send(0.0):
+                dst.receive_datagram(data, local, 0.0, remote)
+    assert ia.state == rb.state == IkeState.ESTABLISHED
+    assert isinstance(ia.next_event(), ev.IkeSaEstablished) and isinstance(rb.next_event(), ev.IkeSaEstablished)
+    assert ia.get_timer() is not None  # rekey/expiry timers are armed
