@@ -73,6 +73,15 @@ def test_bad_options_give_a_clear_error(args: list[str], msg: str) -> None:
     assert msg in res.output and "Traceback" not in res.output
 
 
+def test_missing_charon_is_a_clear_error() -> None:
+    env = {**os.environ, "IPSECEMU_CHARON": "/nonexistent/charon"}
+    res = subprocess.run([sys.executable, "-m", "ipsecemu", "bench", "ike", "--quick"], capture_output=True,
+                         text=True, env=env, timeout=30)
+    assert res.returncode == 1
+    assert "Error:" in res.stderr and ("charon not installed" in res.stderr or "needs root" in res.stderr)
+    assert "Traceback" not in res.stderr
+
+
 def test_listed_under_bench() -> None:
     res = CliRunner().invoke(cli, ["bench", "--help"])
     assert res.exit_code == 0 and "ike" in res.output

@@ -503,7 +503,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _charon_conf(k: int) -> str:
     # a vici initiate blocks a worker thread: threads >= concurrent initiates + 16 (notes)
-    return f"charon {{\n  threads = {max(24, k + 24)}\n}}\n"
+    # log level 0: errors and one line per SA, as a busy gateway would run (not the harness's 1)
+    lvl = 0
+    return (f"charon {{\n  threads = {max(24, k + 24)}\n"
+            f"  filelog {{\n    main {{\n      default = {lvl}\n      ike = {lvl}\n      chd = {lvl}\n    }}\n  }}\n}}\n")
 
 
 def run(*, groups: list[str], duration: float | None, count: int | None, concurrency: int,
