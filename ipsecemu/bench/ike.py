@@ -325,8 +325,8 @@ class Worker:
         if proc.poll() is None:
             try:
                 if proc.stdin:
-                    proc.stdin.close()  # the polite way: EOF ends the worker
-                proc.wait(2)
+                    proc.stdin.close()  # the polite way: EOF ends an idle worker
+                proc.wait(0.5)
             except (subprocess.TimeoutExpired, OSError):
                 try:
                     os.kill(proc.pid, signal.SIGTERM)
