@@ -10,6 +10,7 @@ from test_ike_exchanges import esp_both_ways, events, one, pair
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
 from ipsecemu.ike.consts import Exchange
+from ipsecemu.ike.proposals import parse_proposals
 from ipsecemu.ike.states import IkeState
 from ipsecemu.ike.ts import TrafficSelector
 
@@ -182,3 +183,15 @@ def test_simultaneous_ike_rekey() -> None:
     new_b.dpd(net.now)
     net.run()
     assert new_b.state == IkeState.ESTABLISHED
+
+
+def test_ike_sa_expires_when_rekeying_keeps_failing() -> None:
+    a, b, net, sa, sb = established(a_kw={"ike_lifetime_s": 100.0, "child_lifetime_s": 0.0},
+                                    b_kw={"ike_lifetime_s": 0.0, "child_lifetime_s": 0.0})
+    b.configs["c"].ike_proposals = parse_proposals("aes256-sha512-modp4096", "ike")  # rekeys now get refused
+    net.advance(99.0)
+    assert sa.state == IkeState.ESTABLISHED and sa.counters.get("rekey_failed", 0) >= 1  # NO_PROPOSAL_CHOSEN
+    net.advance(2.0)
+    assert sa.state == IkeState.CLOSED and sa.counters["ike_lifetime_expired"] == 1
+    assert one([e for e in events(a) if isinstance(e, ev.IkeSaDeleted)], ev.IkeSaDeleted).reason == "local"
+    assert sb.state == IkeState.CLOSED

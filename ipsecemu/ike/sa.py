@@ -153,6 +153,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self._created = 0.0
         self._last_recv = 0.0
         self._ike_rekey_at: float | None = None
+        self._ike_expire_at: float | None = None  # hard limit if rekeying keeps failing
         self._half_open_deadline: float | None = None
         self.counters: dict[str, int] = {}
         self.successor: IkeSa | None = None
@@ -197,6 +198,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
                 times.append(self._last_recv + self.config.dpd_delay_s)
             if self._ike_rekey_at is not None and not self._rekeying_ike:
                 times.append(self._ike_rekey_at)
+            if self._ike_expire_at is not None:
+                times.append(self._ike_expire_at)
             for c in self.children.values():
                 if c.rekey_at is not None and not c.rekeyed:
                     times.append(c.rekey_at)
@@ -225,6 +228,11 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._count("retransmit")
             return
         if self.state != IkeState.ESTABLISHED or self._pending is not None:
+            return
+        if self._ike_expire_at is not None and now >= self._ike_expire_at:
+            self._ike_expire_at = None
+            self._count("ike_lifetime_expired")
+            self.delete(now)
             return
         for c in list(self.children.values()):
             if c.expire_at is not None and now >= c.expire_at:

@@ -135,6 +135,7 @@ class IkeAuthTask:
     def _schedule_ike_rekey(self, now: float) -> None:
         f, life = self.config.rekey_fraction, self.config.ike_lifetime_s
         self._ike_rekey_at = now + life * f - self._jitter(life) if f > 0 and life > 0 else None
+        self._ike_expire_at = now + life if f > 0 and life > 0 else None
 
     def _retry_delay(self) -> float:
         """2-6 s from the injected rng, so two peers that refused each other do not collide again."""

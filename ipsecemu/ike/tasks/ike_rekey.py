@@ -55,8 +55,9 @@ class IkeRekeyTask:
                 self._ike_rekey_at = now + self._retry_delay()  # RFC 7296 2.25: retry a bit later
                 self._count("rekey_retry")
             else:
+                # refused (e.g. NO_PROPOSAL_CHOSEN): try again in 20-60 s; the hard lifetime still ends it
                 self._count("rekey_failed")
-                self._schedule_ike_rekey(now)
+                self._ike_rekey_at = now + 10 * self._retry_delay()
             return
         try:
             gir = ke.shared_secret(kep.data)
