@@ -123,7 +123,8 @@ def test_quick_json_all_pairs() -> None:
 def test_count_setups_verified_on_both_sides() -> None:
     """Exactly N setups per pair; the responder of each pair saw every counted one established
     (ipsecemu: ChildSaEstablished; charon: vici child-updown with ESTABLISHED / INSTALLED), the
-    IKE SAs were deleted afterwards, and every process and netns is gone at the end."""
+    Child SAs were installed in and removed from our SAD, the IKE SAs deleted afterwards, and
+    every process and netns is gone at the end."""
     checks: dict = {}
     n = 12
     results = run(groups=["ecp256"], duration=None, count=n, concurrency=4, progress=lambda m: None,
@@ -135,7 +136,10 @@ def test_count_setups_verified_on_both_sides() -> None:
     # ipsecemu responder: the same IKE SAs (by initiator SPI), and nothing left after the deletes
     (resp,) = checks["ipsecemu_responder"]
     assert len(set(resp["established"])) == n and resp["sas"] == 0
-    assert all(o["leftover"] == 0 and o["failed"] == 0 for o in checks["ipsecemu_initiator"])
+    # each Child SA went into the data plane's SAD on both sides, and out again with its IKE SA
+    assert (resp["installed"], resp["sad"]) == (n, 0)
+    for out in checks["ipsecemu_initiator"]:
+        assert (out["installed"], out["sad"], out["leftover"], out["failed"]) == (n, 0, 0, 0)
     for who in ("charon_responder_samples", "charon_initiator_samples"):
         sample = checks[who][0]
         assert sample["state"] == "ESTABLISHED" and sample["child-states"] == ["INSTALLED"], sample

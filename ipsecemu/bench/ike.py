@@ -14,7 +14,8 @@ is deleted (INFORMATIONAL) right after it came up, so state stays bounded.  A se
 if the responder reported the same IKE SA (by initiator SPI) established with its Child SA too:
 the ipsecemu responder reports its ``ChildSaEstablished`` events, charon its vici ``child-updown``
 events.  Both peers and the driver share this machine's cores, so every rate includes the DH and
-IKE work of both sides.
+IKE work of both sides.  Our Child SAs go into the data plane (native inbound SAD + outbound SA)
+and out again with their IKE SA, as charon installs them into libipsec.
 
 The worker processes each own one core's worth of Python, the same way each charon is its own
 process; they talk JSON lines over stdin/stdout (``{"ready"}``, ``go``, one result per group).
@@ -118,6 +119,45 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+class Sad:
+    """Child SAs go into the data plane as they come up (inbound SAD + an outbound SA each) and
+    leave with their IKE SA, as charon installs them into libipsec: a setup includes that."""
+
+    def __init__(self) -> None:
+        from ipsecemu.dataplane import backend
+
+        self.dp = backend("auto")
+        self.table = self.dp.EspInboundTable()
+        self.outbound: dict[int, Any] = {}  # inbound SPI -> EspOutbound
+        self.by_ike: dict[bytes, list[int]] = {}  # IKE initiator SPI -> inbound SPIs
+        self.installed = 0
+
+    def on_event(self, ev: object) -> None:
+        from ipsecemu.ike.events import ChildSaDeleted, ChildSaEstablished, IkeSaDeleted
+
+        if isinstance(ev, ChildSaEstablished):
+            spi = ev.keys.inbound.spi
+            self.table.add(ev.keys.inbound)
+            self.outbound[spi] = self.dp.EspOutbound(ev.keys.outbound)
+            self.by_ike.setdefault(ev.ike_spi_i, []).append(spi)
+            self.installed += 1
+        elif isinstance(ev, ChildSaDeleted):
+            self._remove(ev.inbound_spi)
+            spis = self.by_ike.get(ev.ike_spi_i, [])
+            if ev.inbound_spi in spis:
+                spis.remove(ev.inbound_spi)
+        elif isinstance(ev, IkeSaDeleted):
+            for spi in self.by_ike.pop(ev.ike_spi_i, []):
+                self._remove(spi)
+
+    def _remove(self, spi: int) -> None:
+        if self.outbound.pop(spi, None) is not None:
+            self.table.remove(spi)
+
+    def __len__(self) -> int:
+        return len(self.outbound)
+
+
 async def _stdin_reader() -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -131,8 +171,10 @@ async def _responder(host: str) -> None:
     from ipsecemu.io.transport import IkeTransport
 
     established: list[str] = []
+    sad = Sad()
 
     def on_event(ev: object) -> None:
+        sad.on_event(ev)
         if isinstance(ev, ChildSaEstablished):
             established.append(ev.ike_spi_i.hex())
 
@@ -149,7 +191,9 @@ async def _responder(host: str) -> None:
                 break  # parent gone or done
             if line.strip() == b"report":
                 # report and forget, so the list never grows across groups
-                _emit({"established": established[:], "sas": len(ep.sas), "counters": ep.counters})
+                _emit({"established": established[:], "sas": len(ep.sas), "counters": ep.counters,
+                       "installed": sad.installed, "sad": len(sad)})
+                sad.installed = 0
                 established.clear()
             while not tr.events.empty():
                 tr.events.get_nowait()
@@ -157,7 +201,7 @@ async def _responder(host: str) -> None:
         tr.close()
 
 
-async def _initiate_group(ep: Any, tr: Any, name: str, duration: float | None, count: int | None,
+async def _initiate_group(ep: Any, tr: Any, sad: Sad, name: str, duration: float | None, count: int | None,
                           k: int) -> dict[str, Any]:
     from ipsecemu.ike.events import ChildSaEstablished, ChildSaFailed, IkeSaDeleted
 
@@ -183,6 +227,7 @@ async def _initiate_group(ep: Any, tr: Any, name: str, duration: float | None, c
             done.set()
 
     def on_event(ev: object) -> None:
+        sad.on_event(ev)
         now = loop.time()
         spi = getattr(ev, "ike_spi_i", b"")
         if spi not in started:
@@ -211,7 +256,6 @@ async def _initiate_group(ep: Any, tr: Any, name: str, duration: float | None, c
         await asyncio.wait_for(done.wait(), limit)
     except TimeoutError:
         state["failed"] += len(started)
-    tr.on_event = None
     for spi in list(started):  # give up on stragglers, quietly
         sa = ep.find(spi)
         if sa is not None:
@@ -222,10 +266,12 @@ async def _initiate_group(ep: Any, tr: Any, name: str, duration: float | None, c
         if not ep.sas:
             break
         await asyncio.sleep(0.02)
+    tr.on_event = sad.on_event
     while not tr.events.empty():
         tr.events.get_nowait()
+    installed, sad.installed = sad.installed, 0
     return {"latencies": lat, "seconds": (state["last"] or loop.time()) - t0, "failed": state["failed"],
-            "leftover": len(ep.sas)}
+            "leftover": len(ep.sas), "installed": installed, "sad": len(sad)}
 
 
 async def _initiator(host: str, remote: str, groups: list[str], duration: float | None, count: int | None,
@@ -234,7 +280,8 @@ async def _initiator(host: str, remote: str, groups: list[str], duration: float 
     from ipsecemu.io.transport import IkeTransport
 
     ep = IkeEndpoint(_configs("initiator", groups, remote), (host, 500))
-    tr = IkeTransport(ep, [host])
+    sad = Sad()
+    tr = IkeTransport(ep, [host], on_event=sad.on_event)
     await tr.start()
     try:
         reader = await _stdin_reader()
@@ -243,7 +290,7 @@ async def _initiator(host: str, remote: str, groups: list[str], duration: float 
             line = await reader.readline()  # "go": the parent starts the clock for everyone
             if not line:
                 return
-            res = await _initiate_group(ep, tr, f"bench-{group}", duration, count, k)
+            res = await _initiate_group(ep, tr, sad, f"bench-{group}", duration, count, k)
             _emit({"group": group, **res})
     finally:
         tr.close()
