@@ -12,10 +12,12 @@ netns, delete the netns, delete the state dir.  Teardown is idempotent.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import re
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +27,18 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from . import services
 from .state import LabState, LabStateError, pid_alive
-from .topology import FORWARDING_KINDS, Node, Route, Rule, Topology
+from .topology import FORWARDING_KINDS, Node, Route, Rule, Topology, phy_ifname
 
 Say = Callable[[str], None]
 NETNS_DIR = Path("/var/run/netns")
 BRIDGE = "br0"
 LINK_UP_TIMEOUT = 5.0
 IFA_F_NODAD = 0x02
+
+
+MACSEC_OVERHEAD = 40  # SecTAG with SCI (16) + ICV (16) + one 802.1Q tag (4), rounded up
 
 
 class BuildError(Exception):
@@ -70,6 +76,29 @@ def ipr_in(ns: str) -> Iterator[IPRoute]:
         ipr.close()
 
 
+
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+
+
+def _persistent_tap(ns: str, ifname: str) -> None:
+    """Create a persistent tap inside ``ns`` (the ioctl acts in the calling thread's netns, which is
+    why pyroute2's tuntap support cannot be used from outside)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        netns.setns(ns, flags=0)
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+        finally:
+            os.close(fd)
+    finally:
+        netns.setns(own, flags=0)
+        os.close(own)
 
 
 def _sysctl(ns: str, pairs: list[tuple[str, str]]) -> None:
@@ -115,6 +144,7 @@ class Builder:
             self._wait_links_up()
             self._routes_and_rules()
             self._user_sysctls()
+            services.start(self.topo, self.state, self.say)
         except BaseException as exc:  # includes KeyboardInterrupt from SIGINT/SIGTERM
             if os.getpid() != self._pid:  # a forked helper (pyroute2) must never roll back
                 raise
@@ -192,14 +222,36 @@ class Builder:
 
     def _links(self) -> None:
         for lk in self.topo.links:
-            self._veth(self.topo.netns(lk.a.node), lk.a.iface, self.topo.netns(lk.b.node), lk.b.iface, lk.mtu)
+            if lk.macsec is None:
+                self._veth(self.topo.netns(lk.a.node), lk.a.iface, self.topo.netns(lk.b.node), lk.b.iface, lk.mtu)
+                continue
+            # MACsec: the veth carries SecTAG + ICV (+ a VLAN tag) on top of the tap's frames.
+            mtu = (lk.mtu or 1500) + MACSEC_OVERHEAD
+            self._veth(self.topo.netns(lk.a.node), phy_ifname(lk.a.iface),
+                       self.topo.netns(lk.b.node), phy_ifname(lk.b.iface), mtu)
+            for ep in (lk.a, lk.b):
+                self._tap(self.topo.netns(ep.node), ep.iface, lk.mtu)
         if self.topo.links:
             self.say(f"links: {len(self.topo.links)} veth pairs")
 
+    def _tap(self, ns: str, ifname: str, mtu: int | None) -> None:
+        """A persistent tap: the L3 side of a MACsec link, opened later by the link daemon."""
+        assert self.state is not None
+        self.state.add_link(kind="tap", netns=ns, ifname=ifname)
+        _persistent_tap(ns, ifname)
+        with ipr_in(ns) as ipr:
+            if mtu:
+                ipr.link("set", index=_index(ipr, ifname), mtu=mtu)
+
     def _node_ifaces(self, n: Node) -> list[str]:
         out = [ep.iface for lk in self.topo.links for ep in (lk.a, lk.b) if ep.node == n.name]
+        out += [phy_ifname(ep.iface) for lk in self.topo.links if lk.macsec is not None
+                for ep in (lk.a, lk.b) if ep.node == n.name]
         out += [ep.iface for s in self.topo.segments for ep in s.members if ep.node == n.name]
         return out
+
+    def _tap_ifaces(self, n: Node) -> set[str]:
+        return {ep.iface for lk in self.topo.links if lk.macsec is not None for ep in (lk.a, lk.b) if ep.node == n.name}
 
     def _addresses_and_up(self) -> None:
         count = 0
@@ -220,7 +272,8 @@ class Builder:
         deadline = time.monotonic() + LINK_UP_TIMEOUT
         for n in self.topo.nodes:
             with ipr_in(self.topo.netns(n.name)) as ipr:
-                for iface in self._node_ifaces(n):
+                taps = self._tap_ifaces(n)  # no carrier until the MACsec daemon opens them
+                for iface in (i for i in self._node_ifaces(n) if i not in taps):
                     left = max(0.1, deadline - time.monotonic())
                     try:
                         ipr.poll(ipr.link, "dump", timeout=left, interval=0.01, ifname=iface, operstate="UP")

@@ -102,6 +102,15 @@ class Link:
     a: Endpoint
     b: Endpoint
     mtu: int | None = None
+    # A MACsec-protected link (scenario S4): the raw mapping under ``macsec:``, validated and run
+    # by ipsecemu.lab.svc_macsec.  The node's L3 interface is then a tap named after the endpoint;
+    # the veth underneath carries the protected frames and is named by ``phy_ifname``.
+    macsec: Mapping[str, Any] | None = None
+
+
+def phy_ifname(iface: str) -> str:
+    """Name of the veth end under a MACsec link's tap ``iface`` (15-character limit)."""
+    return iface[:11] + "_phy"
 
 
 @dataclass(frozen=True)
@@ -346,14 +355,17 @@ class _Validator:
 
     def _link(self, v: Any, path: tuple, nodes: dict) -> Link:
         m = self._mapping(v, path)
-        self._keys(m, path, ("endpoints", "mtu"), ("endpoints",))
+        self._keys(m, path, ("endpoints", "mtu", "macsec"), ("endpoints",))
         eps = self._list(m["endpoints"], path + ("endpoints",))
         if len(eps) != 2:
             raise self.doc.error(path + ("endpoints",), "a link has exactly two endpoints (use segments: for more)")
         a = self._endpoint(eps[0], path + ("endpoints", 0), nodes)
         b = self._endpoint(eps[1], path + ("endpoints", 1), nodes)
         mtu = self._int(m["mtu"], path + ("mtu",), 68, 65535) if "mtu" in m else None
-        return Link(a, b, mtu)
+        macsec = None
+        if "macsec" in m:
+            macsec = MappingProxyType(dict(self._mapping(m["macsec"] or {}, path + ("macsec",))))
+        return Link(a, b, mtu, macsec)
 
     def _segments(self, v: Any, nodes: dict) -> tuple[Segment, ...]:
         out: list[Segment] = []
