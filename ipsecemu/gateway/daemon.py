@@ -64,6 +64,48 @@ class _Local:
         self.ike_pair: tuple[socket.socket, socket.socket] | None = None
 
 
+class _EventsFirst:
+    """The endpoint as the transport's driver, with one change: the core's events are handled
+    *before* the datagrams they came with are sent.  So a Child SA is in the data path before
+    our CREATE_CHILD_SA/IKE_AUTH response or our DELETE of its predecessor leaves (as a kernel
+    IPsec stack does it), and the peer can never send on an SA we have not installed.  It also
+    notes whether the input being handled was a response: events then come from exchanges we
+    started (we are the initiator of that rekey)."""
+
+    def __init__(self, endpoint: IkeEndpoint, on_event: Any) -> None:
+        self.endpoint = endpoint
+        self.on_event = on_event
+        self.from_response = False
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float,
+                         local: tuple[str, int] | None = None) -> None:
+        self.from_response = len(data) >= 28 and bool(data[19] & 0x20)  # IKE header R flag
+        self.endpoint.receive_datagram(data, addr, now, local)
+        self._drain()
+
+    def handle_timer(self, now: float) -> None:
+        self.from_response = False
+        self.endpoint.handle_timer(now)
+        self._drain()
+
+    def _drain(self) -> None:
+        while (ev := self.endpoint.next_event()) is not None:
+            try:
+                self.on_event(ev, self.from_response)
+            except Exception:  # one bad event must not stop IKE
+                log.exception("handling %s failed", type(ev).__name__)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int], tuple[str, int]]]:
+        self._drain()  # API calls (rekey, delete, initiate) may have queued events too
+        return self.endpoint.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        return self.endpoint.get_timer()
+
+    def next_event(self) -> None:
+        return None  # already handled in _drain
+
+
 class Gateway:
     def __init__(self, cfg: GatewayConfig, *, backend: str = "auto") -> None:
         self.cfg = cfg
@@ -100,8 +142,8 @@ class Gateway:
                 raise GatewayError(f"{addr}: connections on one address must share nat_t ports, got {sorted(ports)}")
             ike_port, nat_port = ports.pop()
             endpoint = IkeEndpoint([ikecfg.to_ike_sa_config(c.conn) for c in conns], (addr, ike_port))
-            transport = IkeTransport(endpoint, [addr], ike_port=ike_port, nat_port=nat_port,
-                                     on_esp=self._on_esp, on_event=self._on_event)
+            transport = IkeTransport(_EventsFirst(endpoint, self._on_event), [addr], ike_port=ike_port,
+                                     nat_port=nat_port, on_esp=self._on_esp)
             try:
                 await transport.start()
             except OSError as exc:
@@ -222,7 +264,7 @@ class Gateway:
             self._uids[spi_i] = self._uid
         return self._uids[spi_i]
 
-    def _on_event(self, ev: object) -> None:
+    def _on_event(self, ev: object, from_response: bool = False) -> None:
         found = self._sa_for(ev.ike_spi_i, ev.ike_spi_r) if hasattr(ev, "ike_spi_i") else None
         conn = found[1].config.name if found else None
         if conn is not None:
@@ -243,7 +285,7 @@ class Gateway:
             if isinstance(ev, ChildSaRekeyed):
                 log.info("%s: Child SA rekeyed %08x -> %08x", conn, ev.old_inbound_spi, keys.inbound.spi)
             self.dps[conn].install(keys, self.now(), local.udp if keys.encap else self._raw(local),
-                                   rekey=isinstance(ev, ChildSaRekeyed))
+                                   rekey=isinstance(ev, ChildSaRekeyed), we_started=from_response)
         elif isinstance(ev, ChildSaDeleted):
             for dp in self.dps.values():
                 if dp.remove(ev.inbound_spi):

@@ -156,14 +156,16 @@ class ConnectionDatapath:
             log.info("%s: routes removed: %s", self.gw.name, ", ".join(map(str, sorted(drop, key=str))))
 
     # -- SA changes (IKE events) ---------------------------------------------------------
-    def install(self, keys: ChildSaKeys, now: float, port: Port | None, *, rekey: bool = False) -> None:
-        """A new Child SA.  First SA: carries traffic at once.  Rekeyed SA: its inbound goes in
-        now, but the outbound stays on the old SA until the old one is deleted, the new inbound
-        sees traffic, or PROMOTE_AFTER passes; so neither end sends on an SA the other has not
-        installed yet, whichever end started the rekey (make-before-break)."""
+    def install(self, keys: ChildSaKeys, now: float, port: Port | None, *, rekey: bool = False,
+                we_started: bool = False) -> None:
+        """A new Child SA (installed before the IKE message that completes it leaves).  First SA,
+        or a rekey we started (the peer installed it before answering): it carries traffic at
+        once.  A rekey the peer started: its inbound goes in now, the outbound stays on the old
+        SA until the peer deletes that one (by then the peer has the new SA), the new inbound
+        sees traffic, or PROMOTE_AFTER passes (make-before-break, as strongSwan's responder)."""
         self.ensure_tun()
         child = _Child(keys.inbound, keys.outbound, keys, self.dp.EspOutbound(keys.outbound), now)
-        child.pending = rekey and self.current is not None
+        child.pending = rekey and not we_started and self.current is not None
         with self._paused():
             self.table.add(keys.inbound)
             self.children[keys.inbound.spi] = child
