@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "sa": "ipsecemu.commands.sa:sa",
     "interop": "ipsecemu.commands.interop:interop",
     "config": "ipsecemu.commands.config:config",
+    "macsec": "ipsecemu.commands.macsec:macsec",
 }
 
 HELP = {
@@ -28,6 +29,7 @@ HELP = {
     "sa": "List, rekey and terminate SAs of a running gateway.",
     "interop": "Run the ipsecemu <-> strongSwan interop matrix.",
     "config": "Check IKE connection configs; import Azure VPN device configs.",
+    "macsec": "Run and inspect MACsec links (userspace SecY + MKA).",
 }
 
 
