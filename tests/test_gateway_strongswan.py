@@ -75,3 +75,40 @@ def test_gateway_and_charon_ping_both_ways(unique_name: str, tmp_path: Path, we_
         finally:
             gw.stop()
             charon.cleanup()
+
+
+@pytest.mark.slow
+def test_rekeys_under_ping_with_charon_lose_nothing(unique_name: str, tmp_path: Path) -> None:
+    """Both directions of make-before-break against charon's own rekey logic: we rekey (charon
+    answers, then our DELETE), then charon rekeys (we answer, then its DELETE)."""
+    import subprocess
+    import time
+
+    with pair_topology(unique_name) as topo:
+        gl, gr = topo.gateways
+        charon = Charon(gr)
+        gw = Gw(gl, tmp_path / "left.yaml", tmp_path / "left", unique_name + "tl")
+        try:
+            charon.start()
+            charon.load(pair_conn(topo, 1, ike_proposal=IKE, esp_proposal=ESP, psk=PSK))
+            our_config(gw.cfg, gw.state, gw.tun, "initiate")
+            gw.start()
+            charon.wait_established(15)
+            assert wait_for(lambda: any(s["child_sas"] for s in gw.sas()), 10), gw.log()
+            first = gw.sas()[0]["child_sas"][0]["spi_in"]
+            assert ping(topo.hosts[0], topo.inside[1], count=1, timeout=10) == 1  # warm ARP/routes
+            p = subprocess.Popen(["ip", "netns", "exec", topo.hosts[0], "ping", "-n", "-q", "-c", "150", "-i",
+                                  "0.02", "-W", "2", topo.inside[1]], stdout=subprocess.PIPE, text=True)
+            time.sleep(0.6)
+            gw.cli("rekey", "pair")
+            time.sleep(1.2)
+            charon.rekey(child="net")
+            out, _ = p.communicate(timeout=60)
+            assert " 150 received" in out, out + gw.log() + charon.log_tail()
+            assert wait_for(lambda: len(charon.child_sas()) == 1 and len(gw.sas()[0]["child_sas"]) == 1, 10)
+            now = gw.sas()[0]["child_sas"][0]
+            assert now["spi_in"] != first and now["spi_in"] == charon.child_sas()[0]["spi-out"]
+            assert gw.log().count("Child SA rekeyed") == 2
+        finally:
+            gw.stop()
+            charon.cleanup()
