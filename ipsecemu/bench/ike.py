@@ -721,7 +721,7 @@ def _groups(ctx: click.Context, param: click.Parameter, value: str | None) -> li
               help="Setups in flight at once.")
 @click.option("--groups", "groups", callback=_groups, default=None,
               help="DH groups, comma separated [default: ecp256,modp2048].")
-@click.option("--quick", is_flag=True, help=f"About 15 s: {QUICK_DURATION:g} s per pair and group.")
+@click.option("--quick", is_flag=True, help=f"About 10 s in all: {QUICK_DURATION:g} s per pair and group.")
 def command(as_json: bool, duration: float | None, count: int | None, concurrency: int, groups: list[str],
             quick: bool) -> None:
     """IKE_SA + Child SA setups/s and p50/p95 latency (PSK): ipsecemu<->ipsecemu,
