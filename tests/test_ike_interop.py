@@ -139,9 +139,17 @@ def test_dpd_from_charon_is_answered(unique_name: str) -> None:
     async def main() -> None:
         async with ours_vs_charon(unique_name, FAST, "aes128gcm16", charon_kw={"dpd_delay": 1}) as s:
             await s.establish(True)
-            await asyncio.sleep(2.6)  # >= 2 DPD rounds (charon only probes an idle SA)
-            log = s.charon.log_file.read_text()
-            assert log.count("sending DPD request") >= 2, log[-2000:]
+
+            def log() -> str:
+                return s.charon.log_file.read_text()
+
+            # charon probes an idle SA every second; wait for two rounds
+            assert await s.until(lambda: log().count("sending DPD request") >= 2, 6), log()[-2000:]
+            await asyncio.sleep(0.2)
+            text = log()
+            # every probe was answered at once: as many INFORMATIONAL responses, no retransmission
+            assert text.count("parsed INFORMATIONAL response") >= 2
+            assert "retransmit" not in text
             assert s.charon_sa().get("state") == "ESTABLISHED"
             assert not any(isinstance(e, ev.IkeSaDeleted) for e in s.peer.history)
 
