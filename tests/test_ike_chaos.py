@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from test_ike_exchanges import pair
 
 from ipsecemu.ike.errors import LocalProtocolError
+from ipsecemu.ike.loopback import Nat
 from ipsecemu.ike.states import IkeState
 
 OPS = ["rekey_child", "rekey_ike", "create_child", "delete_child", "dpd", "wait"]
@@ -22,11 +23,13 @@ def live(ep):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(OPS), st.booleans(), st.floats(0, 6)), min_size=1, max_size=25),
-       st.integers(0, 2**32), st.sampled_from([0.0, 0.2, 0.5]))
-def test_peers_agree_after_chaos(ops: list, seed: int, loss: float) -> None:
-    a, b, net = pair("aes128gcm16-prfsha256-ecp256", "aes128gcm16",
+       st.integers(0, 2**32), st.sampled_from([0.0, 0.2, 0.5]), st.sampled_from(["aes128gcm16", "aes128gcm16-ecp256"]),
+       st.booleans())
+def test_peers_agree_after_chaos(ops: list, seed: int, loss: float, esp: str, natted: bool) -> None:
+    a, b, net = pair("aes128gcm16-prfsha256-ecp256", esp,
                      a_kw={"child_lifetime_s": 0.0, "ike_lifetime_s": 0.0},
-                     b_kw={"child_lifetime_s": 0.0, "ike_lifetime_s": 0.0})
+                     b_kw={"child_lifetime_s": 0.0, "ike_lifetime_s": 0.0},
+                     nat=Nat(inside="192.0.2.1", public="198.51.100.1") if natted else None)
     sa = a.initiate("c", 0.0)
     net.run()
     assert sa.state == IkeState.ESTABLISHED
