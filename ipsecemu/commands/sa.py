@@ -52,7 +52,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     from ipsecemu.ike.render import render_json, render_text
 
     sas = _call(ctx, "list_sas")
-    click.echo(render_json(sas) if as_json else render_text(sas), nl=not not as_json)
+    click.echo(render_json(sas) if as_json else render_text(sas), nl=as_json)
 
 
 @sa.command()

@@ -485,7 +485,8 @@ class Gateway:
             for spi, ch in sa.children.items():
                 k = ch.keys
                 c: dict[str, Any] = {
-                    "name": name, "uniqueid": spi, "reqid": 1, "state": "REKEYED" if ch.rekeyed else "INSTALLED",
+                    "name": name, "uniqueid": self._uniqueid(spi.to_bytes(4, "big")), "reqid": 1,
+                    "state": "REKEYED" if ch.rekeyed else "INSTALLED",
                     "mode": k.mode.upper(), "protocol": "ESP", "encap": k.encap,
                     "spi-in": f"{ch.inbound_spi:08x}", "spi-out": f"{ch.outbound_spi:08x}", "proposal": k.proposal,
                     "install-time": int(now_wall - self.child_created.get(spi, now_wall)),

@@ -389,7 +389,9 @@ class ConnectionDatapath:
         return out
 
     def soft_expired(self) -> list[int]:
-        """Inbound SPIs of children whose byte/packet soft limit was reached (each reported once)."""
+        """Inbound SPIs of children whose byte/packet soft limit was reached, or whose outbound
+        sequence numbers are nearly used up (each reported once).  Plain counter loads: no
+        events are popped from the SAs the C loop is driving."""
         out = []
         for spi, ch in self.children.items():
             if ch.soft_fired:
@@ -399,6 +401,9 @@ class ConnectionDatapath:
                 lt = cfg.lifetime
                 if (lt.soft_bytes and c.bytes >= lt.soft_bytes) or (lt.soft_packets and c.packets >= lt.soft_packets):
                     ch.soft_fired = True
+            last = (1 << 64) - 1 if ch.outbound.esn else (1 << 32) - 1
+            if ch.outbound.seq_soft_margin and last - ch.out_sa.next_seq <= ch.outbound.seq_soft_margin:
+                ch.soft_fired = True  # the sequence space runs out before any byte limit
             if ch.soft_fired:
                 out.append(spi)
         return out
