@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 C_PATH_TESTS = ["test_native_abi.py", "test_native_vectors.py", "test_native_bad_input.py",
-                "test_native_vs_reference.py", "test_native_loop.py"]
+                "test_native_vs_reference.py", "test_native_loop.py", "test_native_macsec_loop.py"]
 ASAN_MODULE = REPO / "ipsecemu" / "dataplane" / f"_native_asan{sysconfig.get_config_var('EXT_SUFFIX')}"
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
 

@@ -282,6 +282,61 @@ int ie_loop_step(ie_loop *loop, int timeout_ms);
 int ie_loop_run(ie_loop *loop);
 void ie_loop_stop(ie_loop *loop);
 void ie_loop_get_stats(const ie_loop *loop, ie_loop_stats *out);
+/* ---- MACsec link loop (macsec_loop.c) ----
+ * tap (IFF_TAP | IFF_NO_PI: one Ethernet frame per read) -> ie_macsec_protect -> sendmmsg on
+ * phy_fd (an AF_PACKET SOCK_RAW socket bound to the link's veth); recvmmsg on phy_fd ->
+ * EtherType 0x88E5 -> ie_macsec_validate -> tap.  Frames we sent (PACKET_OUTGOING) are skipped,
+ * EAPOL (0x888E) frames are only counted (MKA reads them on its own socket), any other frame is
+ * dropped (validate strict) or written to the tap as is (check / disabled).  With no Tx SA yet,
+ * frames from the tap are dropped and counted (nothing leaves in clear).
+ * Thread-safety: run ie_mloop_run on one thread; ie_mloop_set_tx, ie_mloop_rx_* and
+ * ie_mloop_get_stats may be called from any other thread while it runs: they take the loop's
+ * mutex, which the loop holds only while it handles one batch (so SA changes land between
+ * batches and no frame is lost).  Do not call ie_macsec_rx_add_sa/remove_sa on the borrowed rx
+ * directly while the loop exists.  The Tx SA passed to ie_mloop_set_tx is borrowed until a later
+ * ie_mloop_set_tx returns it (or the loop is freed); reading its counters/next_pn/events from
+ * another thread follows the general rules above.  ie_mloop_new puts both fds in non-blocking
+ * mode.  Frames up to max_frame bytes (Ethernet header included, no FCS) are carried. */
+typedef struct ie_mloop_cfg {
+    int tap_fd;
+    int phy_fd;
+    uint32_t batch;          /* 1..IE_LOOP_MAX_BATCH */
+    uint32_t max_frame;      /* largest frame read from the tap (60..65535) */
+    int poll_ms;             /* how often the stop flag is looked at when idle */
+    int validate;            /* enum ie_validate_mode: what happens to unprotected phy frames */
+} ie_mloop_cfg;
+
+typedef struct ie_mloop_stats {
+    uint64_t tap_rx;         /* frames read from the tap */
+    uint64_t phy_tx;         /* protected frames sent */
+    uint64_t no_tx_sa;       /* dropped: no Tx SA installed yet */
+    uint64_t protect_drop;   /* larger than max_frame, or a non-OK protect verdict */
+    uint64_t send_errors;
+    uint64_t phy_rx;         /* frames received on the phy (not our own) */
+    uint64_t validated;      /* validated and written to the tap */
+    uint64_t validate_drop;  /* not delivered by the SecY (see the SA/SecY counters), or runt */
+    uint64_t eapol;          /* EAPOL frames seen (left to MKA) */
+    uint64_t unprotected_drop;
+    uint64_t unprotected_pass;
+    uint64_t tap_tx_errors;
+    uint64_t batches;
+} ie_mloop_stats;
+
+typedef struct ie_mloop ie_mloop;
+int ie_mloop_new(const ie_mloop_cfg *cfg, ie_macsec_rx *rx, ie_mloop **loop);
+void ie_mloop_free(ie_mloop *loop);
+/* One poll + at most one batch each way; returns frames handled, or -errno. */
+int ie_mloop_step(ie_mloop *loop, int timeout_ms);
+/* Until ie_mloop_stop; returns 0, or -errno on a fatal poll error. */
+int ie_mloop_run(ie_mloop *loop);
+void ie_mloop_stop(ie_mloop *loop);
+void ie_mloop_get_stats(ie_mloop *loop, ie_mloop_stats *out);
+/* Switch the Tx SA (NULL: stop transmitting); returns the previous one, now unused by the loop. */
+ie_macsec_tx *ie_mloop_set_tx(ie_mloop *loop, ie_macsec_tx *tx);
+/* Add (replacing the same (SCI, AN)) / remove a receive SA between batches. */
+int ie_mloop_rx_add_sa(ie_mloop *loop, const ie_macsec_sa_cfg *sa);
+int ie_mloop_rx_remove_sa(ie_mloop *loop, uint64_t sci, uint8_t an);
+int ie_mloop_rx_sa_counters(ie_mloop *loop, uint64_t sci, uint8_t an, ie_counters *out);
 /* CDEF END */
 
 #endif
