@@ -370,3 +370,71 @@ def test_python_slow_path_still_forwards_and_says_so(lab_factory, encap: str) ->
     assert "slow path" in lab.a.log()
     c = lab.a.counters()["connections"]["vpn"]
     assert c["loop"]["slow_esp_tx"] >= 3 and c["loop"]["slow_esp_ok"] >= 3 and c["native"] is False
+
+
+def test_one_address_two_tunnels_each_on_its_own_c_loop(unique_name: str, tmp_path: Path) -> None:
+    """A hub with one IKE address and two connections (like an on-prem device to Azure's two
+    active-active instances), both UDP-encapsulated on the same port 4500: each connection
+    gets its own connected socket and C loop, and traffic to each spoke goes the right way.
+
+        [l] 10.1.0.2 -- [a] 192.0.2.1 (lo) -- 198.51.100.2 [b] 10.2.0.1 (lo)
+                                           -- 203.0.113.2  [c] 10.3.0.1 (lo)
+    """
+    p = unique_name
+    net = Netns()
+    gws: list[Gw] = []
+    try:
+        left, a, b, c = (net.add(p + s) for s in ("l", "a", "b", "c"))
+        net.veth(left, p + "lh", a, p + "ai", ("10.1.0.2/24",), ("10.1.0.1/24",))
+        net.veth(a, p + "ab", b, p + "ba", ("198.51.100.1/30",), ("198.51.100.2/30",))
+        net.veth(a, p + "ac", c, p + "ca", ("203.0.113.1/30",), ("203.0.113.2/30",))
+        net.addrs(a, "lo", "192.0.2.1/32")
+        net.addrs(b, "lo", "10.2.0.1/32")
+        net.addrs(c, "lo", "10.3.0.1/32")
+        net.route(left, "0.0.0.0/0", gateway="10.1.0.1")
+        net.route(b, "192.0.2.1/32", gateway="198.51.100.1")
+        net.route(c, "192.0.2.1/32", gateway="203.0.113.1")
+        net.sysctl(a, "net.ipv4.ip_forward", "1")
+        conn = """\
+  {name}:
+    remote_address: {remote}
+    psk: {psk}
+{proposals}    local_ts: [{lts}]
+    remote_ts: [{rts}]
+    start_action: {start}
+    dpd: {{interval: 0}}
+    tunnel: {{name: {tun}}}
+"""
+        hub = tmp_path / "hub.yaml"
+        hub.write_text(f"node: hub\nstate_dir: {tmp_path / 'hub'}\nlocal_addresses: [192.0.2.1]\n"
+                       "datapath: {encapsulation: udp}\nconnections:\n"
+                       + conn.format(name="to-b", remote="198.51.100.2", psk=PSK, proposals=PROPOSALS,
+                                     lts="10.1.0.0/24", rts="10.2.0.0/24", start="initiate", tun=p + "tb")
+                       + conn.format(name="to-c", remote="203.0.113.2", psk=PSK, proposals=PROPOSALS,
+                                     lts="10.1.0.0/24", rts="10.3.0.0/24", start="initiate", tun=p + "tc"))
+        for node, ns, local, rts in (("b", b, "198.51.100.2", "10.2.0.0/24"), ("c", c, "203.0.113.2", "10.3.0.0/24")):
+            cfg = tmp_path / f"{node}.yaml"
+            cfg.write_text(f"node: {node}\nstate_dir: {tmp_path / node}\nlocal_addresses: [{local}]\n"
+                           "datapath: {encapsulation: udp}\nconnections:\n"
+                           + conn.format(name="hub", remote="192.0.2.1", psk=PSK, proposals=PROPOSALS, lts=rts,
+                                         rts="10.1.0.0/24", start="listen", tun=p + "t" + node))
+            gws.append(Gw(ns, cfg, tmp_path / node, p + "t" + node))
+        gws.append(Gw(a, hub, tmp_path / "hub", p + "tb"))
+        for g in gws:
+            g.start()
+        hubgw = gws[-1]
+        assert wait_for(lambda: sum(bool(s["child_sas"]) for s in hubgw.sas()) == 2, 20), hubgw.log()
+        assert ping(left, "10.2.0.1", count=3) == 3 and ping(left, "10.3.0.1", count=4) == 4
+        cs = hubgw.counters()["connections"]
+        assert cs["to-b"]["backend"] == cs["to-c"]["backend"] == "native"
+        assert cs["to-b"]["loop"]["esp_ok"] == 3 and cs["to-c"]["loop"]["esp_ok"] == 4
+        assert cs["to-b"]["routes"] == ["10.2.0.0/24"] and cs["to-c"]["routes"] == ["10.3.0.0/24"]
+        # one tunnel going away leaves the other one alone
+        hubgw.cli("terminate", "to-b")
+        assert wait_for(lambda: [s["name"] for s in hubgw.sas()] == ["to-c"], 10)
+        assert ping(left, "10.3.0.1", count=2) == 2 and ping(left, "10.2.0.1", count=1, wait=1) == 0
+        assert all(g.stop() == 0 for g in gws)
+    finally:
+        for g in gws:
+            g.stop()
+        net.close()

@@ -29,6 +29,7 @@ from ipsecemu.ike.errors import LocalProtocolError
 from ipsecemu.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
+    ChildSaKeys,
     ChildSaRekeyed,
     IkeSaDeleted,
     IkeSaEstablished,
@@ -58,9 +59,7 @@ class _Local:
         self.addr = addr
         self.endpoint = endpoint
         self.transport = transport
-        self.udp: Port | None = None
-        self.raw: Port | None = None
-        self.raw_sock: socket.socket | None = None
+        self.nat_port = 4500
         self.ike_pair: tuple[socket.socket, socket.socket] | None = None
 
 
@@ -116,6 +115,7 @@ class Gateway:
         self.ike_info: dict[tuple[bytes, bytes], dict[str, Any]] = {}  # established IKE SAs
         self.child_created: dict[int, float] = {}
         self.ike_conn: dict[bytes, str] = {}  # IKE SPIi -> connection name
+        self.ports: dict[str, Port] = {}  # connection -> its own ESP socket
         self.stopping = False
         self.held: set[str] = set()  # terminated by the operator: no automatic restart
         self._stop = asyncio.Event()
@@ -165,8 +165,8 @@ class Gateway:
                 self.initiate(c.name)
 
     def _setup_udp(self, local: _Local, nat_port: int) -> None:
-        tr = local.transport._socks[(local.addr, nat_port)]
-        sock = tr.get_extra_info("socket")
+        """The socketpair over which C loops hand IKE datagrams (NAT-T port) back to us."""
+        local.nat_port = nat_port
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         for s in (a, b):
             s.setblocking(False)
@@ -174,41 +174,69 @@ class Gateway:
         local.ike_pair = (a, b)
         self.loop.add_reader(b.fileno(), self._on_ike_record, local, b, nat_port)
 
-        def send(esp: bytes, remote: tuple[str, int]) -> None:
-            local.transport.send_esp(esp, remote, local.addr)
-
-        local.udp = Port(sock.fileno(), tr.pause_reading, tr.resume_reading, send, raw=False, ike_fd=a.fileno())
-
-    def _raw(self, local: _Local) -> Port | None:
-        """The raw IP protocol 50 socket of ``local`` (made on first use)."""
-        if local.raw is None:
-            v6 = ":" in local.addr
-            try:
-                s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ESP)
+    def _port_for(self, local: _Local, name: str, keys: ChildSaKeys) -> Port | None:
+        """A socket of this connection's own for its ESP, *connected* to the peer: UDP bound to
+        the NAT-T port beside the transport's (SO_REUSEADDR; the kernel prefers the connected
+        socket for the peer's datagrams, IKE included, which the C loop hands back), or raw IP
+        protocol 50 (a connected raw socket only sees the peer's packets).  So every connection
+        gets its own C loop, e.g. two tunnels to an active-active pair from one address."""
+        key = (keys.encap, keys.remote if keys.encap else (keys.remote[0], 0))
+        old = self.ports.get(name)
+        if old is not None and old.key == key:
+            return old
+        v6 = ":" in local.addr
+        fam = socket.AF_INET6 if v6 else socket.AF_INET
+        try:
+            if keys.encap:
+                s = socket.socket(fam, socket.SOCK_DGRAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if v6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind((local.addr, local.nat_port))
+            else:
+                s = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_ESP)
                 s.bind((local.addr, 0))
-                s.setblocking(False)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.connect(key[1])
+            s.setblocking(False)
+        except OSError as exc:
+            log.error("%s: ESP socket to %s: %s", name, key[1][0], exc)
+            return None
+        fd = s.fileno()
+        reading = [False]
+
+        def send(esp: bytes, _remote: tuple[str, int]) -> None:
+            try:
+                s.send(esp)
             except OSError as exc:
-                log.error("raw ESP socket on %s: %s", local.addr, exc)
-                return None
-            fd = s.fileno()
+                log.debug("%s: ESP send: %s", name, exc)
 
-            def send(esp: bytes, remote: tuple[str, int]) -> None:
-                try:
-                    s.sendto(esp, (remote[0], 0))
-                except OSError as exc:
-                    log.debug("raw ESP send to %s: %s", remote[0], exc)
-
-            def pause() -> None:
+        def pause() -> None:
+            if reading[0]:
                 self.loop.remove_reader(fd)
+                reading[0] = False
 
-            def resume() -> None:
-                self.loop.add_reader(fd, self._on_raw, s, v6)
+        def resume() -> None:
+            if not reading[0]:
+                self.loop.add_reader(fd, self._on_port, local, s, keys.encap, v6)
+                reading[0] = True
 
-            local.raw_sock = s
-            local.raw = Port(fd, pause, resume, send, raw=True)
-            resume()
-        return local.raw
+        def close() -> None:
+            pause()
+            s.close()
+
+        port = Port(fd, pause, resume, send, raw=not keys.encap,
+                    ike_fd=local.ike_pair[0].fileno() if keys.encap and local.ike_pair else -1,
+                    key=key, close=close)
+        resume()  # asyncio reads it until a C loop takes it over
+        self.ports[name] = port
+        if old is not None:  # the data path lets go of the old one when it installs the new
+            self.loop.call_soon(self._close_port, old)
+        return port
+
+    def _close_port(self, port: Port) -> None:
+        if port.owner is None and port not in self.ports.values():
+            port.close()
 
     # -- input glue ----------------------------------------------------------------------
     def _on_ike_record(self, local: _Local, sock: socket.socket, nat_port: int) -> None:
@@ -236,12 +264,19 @@ class Gateway:
         if dp is not None:
             dp.slow_input(esp)
 
-    def _on_raw(self, sock: socket.socket, v6: bool) -> None:
+    def _on_port(self, local: _Local, sock: socket.socket, udp: bool, v6: bool) -> None:
+        """Slow path / before a C loop starts: what arrives on a connection's own socket."""
         for _ in range(64):
             try:
-                pkt = sock.recv(65536)
+                pkt, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:  # e.g. ICMP port unreachable reported on a connected socket
+                return
+            if udp:
+                # IKE (non-ESP marker) and keepalives go the transport's usual way
+                local.transport._on_datagram(pkt, (addr[0], addr[1]), (local.addr, local.nat_port))
+                continue
             if not v6:  # IPv4 raw sockets deliver the IP header too
                 if len(pkt) < 20:
                     continue
@@ -284,7 +319,7 @@ class Gateway:
             self.child_created[keys.inbound.spi] = time.time()
             if isinstance(ev, ChildSaRekeyed):
                 log.info("%s: Child SA rekeyed %08x -> %08x", conn, ev.old_inbound_spi, keys.inbound.spi)
-            self.dps[conn].install(keys, self.now(), local.udp if keys.encap else self._raw(local),
+            self.dps[conn].install(keys, self.now(), self._port_for(local, conn, keys),
                                    rekey=isinstance(ev, ChildSaRekeyed), we_started=from_response)
         elif isinstance(ev, ChildSaDeleted):
             for dp in self.dps.values():
@@ -602,9 +637,9 @@ class Gateway:
                     pass
                 for s in lo.ike_pair:
                     s.close()
-            if lo.raw_sock is not None:
-                self.loop.remove_reader(lo.raw_sock.fileno())
-                lo.raw_sock.close()
+        for port in self.ports.values():
+            port.close()
+        self.ports.clear()
         if self.control is not None:
             await self.control.close()
         log.info("gateway %s stopped", self.cfg.node)

@@ -1,15 +1,16 @@
 """One connection's data path: its tun device, routes, inbound SA table, outbound SA and the
 forwarder that moves packets between the tun and the wire.
 
-Fast path: the C batch loop (``native.EspUdpLoop``) on its own thread, ESP-in-UDP on the
-gateway's 4500 socket; no Python runs per data packet.  The loop borrows the SA objects, so
+Fast path: the C batch loop (``native.EspUdpLoop``) on its own thread, over the connection's
+own socket connected to the peer (ESP-in-UDP on 4500, or raw IP protocol 50); no Python runs
+per data packet.  The loop borrows the SA objects, so
 every SA change (install, rekey, delete) stops the loop between batches, edits the table and
 starts a new loop; packets arriving meanwhile wait in the kernel queues (tun/socket), so a
 make-before-break rekey loses nothing.
 
 Slow path (logged loudly as "slow path"): raw ESP (IP protocol 50) when the built C loop lacks
-that mode, SAs whose algorithm has no C implementation, the C module not built, or a second
-connection on a socket another connection's C loop already reads.  There Python encapsulates per packet through the same backend objects.
+that mode, SAs whose algorithm has no C implementation (e.g. ChaCha20, 3DES), or the C module
+not built (``--backend reference``).  There Python encapsulates per packet through the same backend objects.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ PROMOTE_AFTER = 2.0  # seconds after which a rekeyed SA takes the outbound even 
 ANY_NETS = {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
 
 
-@dataclass
+@dataclass(eq=False)
 class Port:
     """A socket ESP travels on (the NAT-T UDP socket, or a raw IP protocol 50 socket) for one
     local address; at most one connection's C loop reads it at a time."""
@@ -51,6 +52,8 @@ class Port:
     raw: bool = False
     ike_fd: int = -1  # UDP: where the C loop hands IKE datagrams (the daemon reads the other end)
     owner: str | None = None  # connection whose C loop reads the socket
+    key: object = None  # what the socket was made for (encapsulation, peer)
+    close: Callable[[], None] | None = None
 
 
 def loop_supports_raw() -> bool:
