@@ -108,7 +108,7 @@ def run_in(ns: str, cfg: Path, timeout: float = 20) -> subprocess.CompletedProce
 
 
 @pytest.mark.root
-def test_run_refuses_missing_address_and_busy_port(unique_name: str, tmp_path: Path) -> None:
+def test_run_refuses_missing_address_busy_port_and_taken_tun_name(unique_name: str, tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(GOOD.replace("lab: demo", f"state_dir: {tmp_path / 'st'}"))
     with Netns() as net:
@@ -125,6 +125,9 @@ def test_run_refuses_missing_address_and_busy_port(unique_name: str, tmp_path: P
             assert r.returncode == 2 and "is in use" in r.stderr and "Traceback" not in r.stderr, r.stderr
         finally:
             busy.close()
+        net.veth(ns, "vti0", ns, unique_name + "x")
+        r = run_in(ns, cfg)
+        assert r.returncode == 2 and "tunnel device vti0 already exists" in r.stderr, r.stderr
         assert not (tmp_path / "st" / "gateway.pid").exists()
 
 

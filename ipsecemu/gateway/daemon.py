@@ -133,6 +133,13 @@ class Gateway:
         return self.loop.time()
 
     async def start(self) -> None:
+        from ipsecemu.lab.netns import netlink
+
+        names = [c.tunnel.name for c in self.cfg.connections]
+        taken = netlink(None, lambda ipr: [n for n in names if ipr.link_lookup(ifname=n)])
+        if taken:
+            raise GatewayError(f"tunnel device {', '.join(taken)} already exists here (another gateway, or a "
+                               "leftover link: ip link del NAME)")
         by_addr: dict[str, list[GatewayConnection]] = {}
         for c in self.cfg.connections:
             by_addr.setdefault(str(c.conn.local_address), []).append(c)
