@@ -135,6 +135,10 @@ class VpnConnection:
     addresses: tuple[str, str]  # IKE endpoint address of nodes[0], nodes[1]
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (node, prefixes it sends into the tunnel)
     config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    tables: tuple[tuple[str, int], ...] = ()  # (node, routing table for its tunnel routes); default main
+
+    def table_of(self, node: str) -> int:
+        return next((t for n, t in self.tables if n == node), 254)
 
     def side_config(self, node: str) -> dict[str, Any]:
         """The connection as seen from ``node``: a dict for ``ipsecemu.ike.config.parse_connection``."""
@@ -495,7 +499,8 @@ class _Validator:
         for i, c in enumerate(self._list(m.get("connections") or [], ("vpn", "connections"))):
             path = ("vpn", "connections", i)
             cm = self._mapping(c, path)
-            self._keys(cm, path, ("name", "nodes", "addresses", "routes", "config"), ("name", "nodes", "addresses"))
+            self._keys(cm, path, ("name", "nodes", "addresses", "routes", "table", "config"),
+                       ("name", "nodes", "addresses"))
             cname = self._str(cm["name"], path + ("name",))
             if cname in names:
                 raise self.doc.error(path + ("name",), f"duplicate connection name '{cname}'")
@@ -527,7 +532,13 @@ class _Validator:
                 nets = tuple(self._net(r, path + ("routes", n, j))
                              for j, r in enumerate(self._list(lst, path + ("routes", n))))
                 routes.append((n, nets))
+            tables: list[tuple[str, int]] = []
+            tm = self._mapping(cm.get("table") or {}, path + ("table",), "a mapping node -> routing table")
+            for n, tv in tm.items():
+                if n not in ns:
+                    raise self.doc.error(path + ("table", n), f"'{n}' is not one of this connection's nodes")
+                tables.append((n, self._table(tv, path + ("table", n))))
             config = self._mapping(cm.get("config") or {}, path + ("config",))
             out.append(VpnConnection(cname, (ns[0], ns[1]), (ips[0], ips[1]), tuple(routes),
-                                     MappingProxyType(config)))
+                                     MappingProxyType(config), tuple(tables)))
         return tuple(out)
