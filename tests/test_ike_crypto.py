@@ -162,3 +162,35 @@ def test_sk_cipher_roundtrip_and_tamper(encr: int, keylen: int | None, integ: in
         flipped[-1] ^= 1
         with pytest.raises(IntegrityError):
             c.open(b"hdr", bytes(flipped))
+
+
+@pytest.mark.parametrize("group", [1, 2, 5, 14, 15, 16, 17, 18, 24])
+def test_modp_openssl_matches_pow_with_injected_exponent(group: int) -> None:
+    """The OpenSSL-backed MODP path reproduces plain pow() arithmetic for an injected private
+    exponent (so vectors still hold), pads to the group size, and leaks no FFDH deprecation warning."""
+    import warnings
+
+    from ipsecemu.ike.modp import MODP_GROUP24, MODP_PRIMES
+
+    p, g = (MODP_GROUP24[0], MODP_GROUP24[1]) if group == 24 else (MODP_PRIMES[group], 2)
+    size = (p.bit_length() + 7) // 8
+    # small exponents make leading-zero public values likely to be exercised by the padding
+    xa, xb = 0x1234567 * group + 3, (1 << 200) + 977 * group
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = KeyExchange(group, private=xa.to_bytes(32, "big"))
+        b = KeyExchange(group, private=xb.to_bytes(32, "big"))
+        assert a.public == pow(g, xa, p).to_bytes(size, "big")
+        assert b.public == pow(g, xb, p).to_bytes(size, "big")
+        want = pow(g, xa * xb, p).to_bytes(size, "big")
+        assert a.shared_secret(b.public) == want == b.shared_secret(a.public)
+
+
+def test_group24_rejects_value_outside_prime_order_subgroup() -> None:
+    from ipsecemu.ike.modp import MODP_GROUP24
+
+    p = MODP_GROUP24[0]
+    a = KeyExchange(24, rng=lambda n: bytes([9]) * n)
+    # p - 2 is in range but (p-2)^q != 1 for this p (q-order subgroup), so it must be refused
+    with pytest.raises(RemoteProtocolError):
+        a.shared_secret((p - 2).to_bytes(256, "big"))
