@@ -1,0 +1,473 @@
+"""The MACsec link daemon: one end of an ExpressRoute Direct style CE <-> MSEE link (scenario S4).
+
+The node's layer 2 is a tap (its L3 side, addresses go there); the veth under it (the "phy")
+carries only MACsec (EtherType 0x88E5) and EAPOL-MKA (0x888E).  The C loop
+(:class:`ipsecemu.dataplane.native.MacsecLinkLoop`) moves every data frame; this module runs the
+MKA participant on asyncio over its own AF_PACKET socket for 0x888E on the phy and applies the SA
+events to the loop between batches.  Config keys follow Azure's names (``cipher``,
+``sci_state``, ``cak``, ``ckn``) plus ``replay_window``, ``validate``, ``key_server_priority``.
+
+Status (no keys) is written as JSON to ``status_path``; the SAKs in use (and a few before them)
+to ``keys_path`` as the MACsec SA JSON of :mod:`ipsecemu.pcap.uat` (mode 0600) for ``pcap
+decrypt``.  SIGUSR1 forces a SAK rotation; SIGTERM/SIGINT stop the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipsecemu.dataplane.api import MACSEC_CIPHERS, VALIDATE_MODES, ConfigError, MacsecSaConfig, SecYConfig
+from ipsecemu.macsec.mka import (
+    InstallRxSa,
+    InstallTxSa,
+    KeyServerElected,
+    MkaParticipant,
+    PeerLive,
+    PeerLost,
+    RemoveSa,
+)
+
+log = logging.getLogger("ipsecemu.macsec.link")
+
+ETH_P_ALL = 0x0003
+ETH_P_PAE = 0x888E
+PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23  # Linux >= 4.20: the data socket never sees our own frames
+SIOCGIFHWADDR = 0x8927
+SIOCGIFMTU = 0x8921
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+MACSEC_OVERHEAD = 32  # SecTAG with SCI (16) + ICV (16)
+RX_REMOVE_DELAY = 1.0  # s: frames of the old key still queued on the phy socket get validated
+KEY_HISTORY = 16  # SAKs kept in the key file (a capture may span several rotations)
+
+# Azure's names (Set-AzExpressRoutePort -MacSecCipher) and the IEEE ones, compared without case/-/_
+_CIPHERS = {
+    "gcmaes128": "gcm-aes-128", "gcmaes256": "gcm-aes-256",
+    "gcmaesxpn128": "gcm-aes-xpn-128", "gcmaesxpn256": "gcm-aes-xpn-256",
+}
+AZURE_CIPHER = {v: k for k, v in {
+    "GcmAes128": "gcm-aes-128", "GcmAes256": "gcm-aes-256",
+    "GcmAesXpn128": "gcm-aes-xpn-128", "GcmAesXpn256": "gcm-aes-xpn-256"}.items()}
+LINK_KEYS = ("cipher", "sci_state", "cak", "ckn", "replay_window", "validate", "key_server_priority",
+             "vlan", "qinq", "hello_time", "life_time")
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """One end's MACsec settings (both ends of a link use the same)."""
+
+    cak: bytes = field(repr=False)
+    ckn: bytes
+    cipher: str = "gcm-aes-128"
+    include_sci: bool = True  # Azure sci_state: Enabled
+    replay_window: int = 0
+    validate: str = "strict"
+    key_server_priority: int = 16
+    vlan: int | None = None  # Azure Dot1Q: C-tag on the tap's frames
+    qinq: tuple[int, int] | None = None  # Azure QinQ: (S-tag, C-tag)
+    hello_time: float = 2.0  # 802.1X MKA Hello Time
+    life_time: float = 6.0  # 802.1X MKA Life Time
+
+    def secy(self) -> SecYConfig:
+        return SecYConfig(include_sci=self.include_sci, end_station=not self.include_sci,
+                          replay_protect=True, replay_window=self.replay_window, validate=self.validate)
+
+    @property
+    def tag_bytes(self) -> int:
+        return 4 if self.vlan is not None else 8 if self.qinq is not None else 0
+
+    def public(self) -> dict[str, Any]:
+        """The settings without the CAK (status, logs)."""
+        return {"cipher": AZURE_CIPHER[self.cipher], "sci_state": "Enabled" if self.include_sci else "Disabled",
+                "ckn": self.ckn.hex(), "replay_window": self.replay_window, "validate": self.validate,
+                "key_server_priority": self.key_server_priority, "vlan": self.vlan,
+                "qinq": list(self.qinq) if self.qinq else None}
+
+
+def _hex(value: Any, name: str, lengths: tuple[int, ...] | range) -> bytes:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigError(f"{name}: write it as a quoted hex string (YAML read a number)")
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: must be a hex string")
+    text = value.strip().replace(":", "").replace(" ", "")
+    if text.lower().startswith("0x"):
+        text = text[2:]
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{name}: not valid hex") from None
+    if len(raw) not in lengths:
+        want = " or ".join(str(n) for n in lengths) if isinstance(lengths, tuple) else \
+            f"{lengths.start}-{lengths.stop - 1}"
+        raise ConfigError(f"{name}: must be {want} bytes, got {len(raw)}")
+    return raw
+
+
+def _int(m: Mapping[str, Any], key: str, name: str, lo: int, hi: int, default: int | None) -> int | None:
+    if key not in m or m[key] is None:
+        return default
+    v = m[key]
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(f"{name}: must be an integer {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _seconds(m: Mapping[str, Any], key: str, name: str, default: float) -> float:
+    v = m.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
+        raise ConfigError(f"{name}: must be a number of seconds (0, 3600], got {v!r}")
+    return float(v)
+
+
+def parse_link_config(m: Mapping[str, Any], where: str = "macsec") -> LinkConfig:
+    """Validate a ``macsec:`` mapping; ConfigError messages name the field (``where.key``)."""
+    if not isinstance(m, Mapping):
+        raise ConfigError(f"{where}: must be a mapping")
+    unknown = sorted(set(m) - set(LINK_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(LINK_KEYS)})")
+    for req in ("cak", "ckn"):
+        if req not in m:
+            raise ConfigError(f"{where}.{req}: required (the pre-shared CAK and its name, hex)")
+    cipher_in = m.get("cipher", "GcmAes128")
+    cipher = _CIPHERS.get(re.sub(r"[-_ ]", "", str(cipher_in)).lower())
+    if cipher is None:
+        raise ConfigError(f"{where}.cipher: unknown cipher {cipher_in!r}; use one of "
+                          f"{', '.join(AZURE_CIPHER.values())} (or {', '.join(MACSEC_CIPHERS)})")
+    sci_state = m.get("sci_state", "Enabled")
+    if isinstance(sci_state, bool):
+        include_sci = sci_state
+    elif str(sci_state).lower() in ("enabled", "disabled"):
+        include_sci = str(sci_state).lower() == "enabled"
+    else:
+        raise ConfigError(f"{where}.sci_state: must be Enabled or Disabled, got {sci_state!r}")
+    cak = _hex(m["cak"], f"{where}.cak", (16, 32))
+    ckn = _hex(m["ckn"], f"{where}.ckn", range(1, 33))
+    validate = str(m.get("validate", "strict")).lower()
+    if validate not in VALIDATE_MODES:
+        raise ConfigError(f"{where}.validate: must be one of {', '.join(VALIDATE_MODES)}, got {m['validate']!r}")
+    replay = _int(m, "replay_window", f"{where}.replay_window", 0, 4096, 0)
+    prio = _int(m, "key_server_priority", f"{where}.key_server_priority", 0, 255, 16)
+    vlan = _int(m, "vlan", f"{where}.vlan", 1, 4094, None)
+    qinq = None
+    if m.get("qinq") is not None:
+        q = m["qinq"]
+        if not isinstance(q, list | tuple) or len(q) != 2 or \
+                not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4094 for x in q):
+            raise ConfigError(f"{where}.qinq: must be [S-tag, C-tag], each 1..4094, got {q!r}")
+        qinq = (int(q[0]), int(q[1]))
+    if vlan is not None and qinq is not None:
+        raise ConfigError(f"{where}.vlan: give either vlan (Dot1Q) or qinq, not both")
+    hello = _seconds(m, "hello_time", f"{where}.hello_time", 2.0)
+    life = _seconds(m, "life_time", f"{where}.life_time", 6.0)
+    if life <= hello:
+        raise ConfigError(f"{where}.life_time: must be longer than hello_time")
+    return LinkConfig(cak=cak, ckn=ckn, cipher=cipher, include_sci=include_sci, replay_window=replay or 0,
+                      validate=validate, key_server_priority=prio if prio is not None else 16, vlan=vlan,
+                      qinq=qinq, hello_time=hello, life_time=life)
+
+
+def load_link_config(path: str | Path) -> LinkConfig:
+    """A YAML/JSON file holding the ``macsec:`` mapping (or ``{macsec: {...}}``)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, Mapping) and set(data) == {"macsec"}:
+        data = data["macsec"]
+    return parse_link_config(data if data is not None else {}, "macsec")
+
+
+# ------------------------------------------------------------------ interfaces
+
+
+def _ifreq(name: str, request: int) -> bytes:
+    if not 0 < len(name) <= 15:
+        raise ConfigError(f"interface name {name!r}: must be 1-15 characters")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            return fcntl.ioctl(s.fileno(), request, struct.pack("16s16x", name.encode()))
+        except OSError:
+            raise ConfigError(f"interface {name!r}: no such device in this network namespace") from None
+
+
+def if_mac(name: str) -> bytes:
+    return _ifreq(name, SIOCGIFHWADDR)[18:24]
+
+
+def if_mtu(name: str) -> int:
+    return int(struct.unpack("i", _ifreq(name, SIOCGIFMTU)[16:20])[0])
+
+
+def open_tap(name: str) -> int:
+    """Attach to the (persistent) tap ``name``; the kernel creates it if it does not exist."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(f"tap {name!r}: cannot attach ({exc.strerror}); is it a tap, and is "
+                          f"another daemon already using it?") from None
+    return fd
+
+
+def packet_socket(ifname: str, proto: int, buf: int = 4 << 20) -> socket.socket:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    try:
+        s.bind((ifname, proto))
+    except OSError as exc:
+        s.close()
+        raise ConfigError(f"phy {ifname!r}: cannot bind ({exc.strerror})") from None
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        s.setsockopt(socket.SOL_SOCKET, opt, buf)
+    try:
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    except OSError:
+        pass  # older kernel: the C loop skips PACKET_OUTGOING frames itself
+    s.setblocking(False)
+    return s
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+class LinkDaemon:
+    """One end of a MACsec link: tap + phy in the current netns, MKA + the C loop."""
+
+    def __init__(self, cfg: LinkConfig, tap: str, phy: str, *, status_path: str | Path | None = None,
+                 keys_path: str | Path | None = None, batch: int = 64) -> None:
+        from ipsecemu.dataplane.native import MacsecLinkLoop
+
+        self.cfg = cfg
+        self.tap, self.phy = tap, phy
+        self.status_path = Path(status_path) if status_path else None
+        self.keys_path = Path(keys_path) if keys_path else None
+        mac = if_mac(tap)
+        if_mac(phy)  # exists?
+        self.sci = mac + b"\x00\x01"
+        self.max_frame = if_mtu(tap) + 14 + cfg.tag_bytes
+        self.participant = MkaParticipant(
+            cfg.cak, cfg.ckn, self.sci, cfg.key_server_priority, cfg.cipher, cfg.include_sci,
+            hello_time=cfg.hello_time, life_time=cfg.life_time)
+        self._tap_fd = open_tap(tap)
+        try:
+            self._data = packet_socket(phy, ETH_P_ALL)
+            self._mka = packet_socket(phy, ETH_P_PAE, 1 << 20)
+            self.loop = MacsecLinkLoop(tap_fd=self._tap_fd, phy_fd=self._data.fileno(), secy=cfg.secy(),
+                                       batch=batch, max_frame=self.max_frame)
+        except BaseException:
+            os.close(self._tap_fd)
+            raise
+        self._pending_rx_removal: dict[tuple[bytes, int], float] = {}
+        self._keys: dict[tuple[bytes, int, bytes], MacsecSaConfig] = {}
+        self.rotations = 0
+        self.started = time.time()
+        self._wake: asyncio.Event | None = None
+        self._stop = False
+        self._last_status = 0.0
+
+    def close(self) -> None:
+        self.loop.stop()
+        self._data.close()
+        self._mka.close()
+        os.close(self._tap_fd)
+
+    # -------------------------------------------------------------- MKA plumbing
+    def _on_mka_readable(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                frame, addr = self._mka.recvfrom(9000)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("mka socket: %s", exc.strerror)
+                break
+            if len(addr) > 2 and addr[2] == PACKET_OUTGOING:
+                continue
+            self.participant.receive(frame, now)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def rekey(self) -> None:
+        log.info("forced SAK rotation requested")
+        self.participant.rekey()
+        self._kick()
+
+    def _send(self, now: float) -> None:
+        for frame in self.participant.frames_to_send(now):
+            try:
+                self._mka.send(frame)
+            except OSError as exc:  # e.g. the peer end is down: MKA retries at the next hello
+                log.warning("sending MKPDU: %s", exc.strerror)
+
+    def _remember_key(self, sa: MacsecSaConfig) -> None:
+        self._keys[(sa.sci, sa.an, sa.sak)] = sa
+        while len(self._keys) > KEY_HISTORY:
+            self._keys.pop(next(iter(self._keys)))
+        if self.keys_path is not None:
+            from ipsecemu.pcap.uat import write_macsec_sa
+
+            write_macsec_sa(self.keys_path, list(self._keys.values()))
+
+    def _apply_events(self, now: float) -> bool:
+        changed = False
+        while (ev := self.participant.next_event()) is not None:
+            changed = True
+            if isinstance(ev, InstallRxSa):
+                self._pending_rx_removal.pop((ev.sa.sci, ev.sa.an), None)
+                self.loop.add_rx_sa(ev.sa)
+                self._remember_key(ev.sa)
+                log.info("installed rx SA sci=%s an=%d", ev.sa.sci.hex(), ev.sa.an)
+            elif isinstance(ev, InstallTxSa):
+                self.loop.set_tx(ev.sa)
+                self._remember_key(ev.sa)
+                self.rotations += 1
+                log.info("transmitting with SA an=%d (key %d)", ev.sa.an, self.rotations)
+            elif isinstance(ev, RemoveSa):
+                if ev.direction == "tx":
+                    if self.loop.tx is not None and self.loop.tx.sa.an == ev.an:
+                        self.loop.set_tx(None)
+                        log.info("tx SA an=%d removed: not transmitting", ev.an)
+                elif self.participant.live_peers:
+                    # in-flight frames of the old key may still sit in the phy socket queue
+                    self._pending_rx_removal[(ev.sci, ev.an)] = now + RX_REMOVE_DELAY
+                else:
+                    self._remove_rx(ev.sci, ev.an)
+            elif isinstance(ev, PeerLive):
+                log.info("peer live: sci=%s", ev.sci.hex())
+            elif isinstance(ev, PeerLost):
+                log.warning("peer lost: sci=%s", ev.sci.hex())
+            elif isinstance(ev, KeyServerElected):
+                log.info("key server: %s", "us" if ev.is_self else ev.sci.hex() if ev.sci else "none")
+        for key, when in list(self._pending_rx_removal.items()):
+            if when <= now:
+                del self._pending_rx_removal[key]
+                self._remove_rx(*key)
+        return changed
+
+    def _remove_rx(self, sci: bytes, an: int) -> None:
+        try:
+            self.loop.remove_rx_sa(sci, an)
+            log.info("removed rx SA sci=%s an=%d", sci.hex(), an)
+        except ConfigError:
+            pass  # already replaced or gone
+
+    def _poll_pn(self) -> None:
+        tx = self.loop.tx
+        if tx is not None and any(e.kind == "soft" for e in tx.poll_events()):
+            log.info("PN exhaustion threshold reached: asking for a new SAK")
+            self.participant.pn_exhausting()
+
+    # -------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        p = self.participant
+        tx = self.loop.tx
+        rx = []
+        for (sci, an) in sorted(p.installed_rx):
+            try:
+                c = self.loop.rx_counters_for(sci, an)
+            except ConfigError:
+                continue
+            rx.append({"sci": sci.hex(), "an": an, "packets": c.packets, "bytes": c.bytes,
+                       "bad_icv": c.bad_icv, "replay": c.replay})
+        key = p.latest_key
+        return {
+            "pid": os.getpid(), "tap": self.tap, "phy": self.phy, "sci": self.sci.hex(), "mi": p.mi.hex(),
+            "config": self.cfg.public(), "updated": time.time(), "started": self.started,
+            "live_peers": [s.hex() for s, _ in p.live_peers],
+            "potential_peers": [s.hex() for s, _ in p.potential_peers],
+            "key_server": p.key_server.hex() if p.key_server else None, "is_key_server": p.is_key_server,
+            "latest_key": {"kn": key[1], "an": key[2]} if key else None,
+            "tx": {"an": tx.sa.an, "next_pn": tx.next_pn, "packets": tx.counters.packets} if tx else None,
+            "rx": rx, "secured": tx is not None and bool(rx), "sak_installs": self.rotations,
+            "loop": self.loop.stats, "secy_rx_drops": vars(self.loop.rx_counters),
+            "mka": vars(p.counters),
+        }
+
+    def _write_status(self) -> None:
+        if self.status_path is not None:
+            _write_atomic(self.status_path, json.dumps(self.status(), indent=1, sort_keys=True) + "\n")
+        self._last_status = time.monotonic()
+
+    # -------------------------------------------------------------- main loop
+    async def run(self) -> None:
+        aloop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        aloop.add_reader(self._mka.fileno(), self._on_mka_readable)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            aloop.add_signal_handler(sig, self.request_stop)
+        aloop.add_signal_handler(signal.SIGUSR1, self.rekey)
+        self.loop.start()
+        log.info("link %s over %s: sci=%s %s", self.tap, self.phy, self.sci.hex(), self.cfg.public())
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                t = self.participant.get_timer()
+                if t is not None and t <= now:
+                    self.participant.handle_timer(now)
+                self._send(now)
+                changed = self._apply_events(now)
+                self._send(now)  # events may have queued an immediate MKPDU
+                self._poll_pn()
+                if changed or now - self._last_status >= 1.0:
+                    self._write_status()
+                t = self.participant.get_timer()
+                delay = 0.5 if t is None else min(0.5, max(0.0, t - time.monotonic()))
+                if self._pending_rx_removal:
+                    delay = min(delay, 0.1)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            aloop.remove_reader(self._mka.fileno())
+            self.loop.stop()
+            self._write_status()
+            log.info("stopped: %s", json.dumps(self.loop.stats))
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self._kick()
+
+
+def read_status(path: str | Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read status: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"{path}: not a link status file") from None
