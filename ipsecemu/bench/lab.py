@@ -508,7 +508,7 @@ def _streams(_ctx: click.Context, _p: click.Parameter, value: str | None) -> tup
         items = tuple(int(x) for x in value.replace(",", " ").split())
     except ValueError:
         raise click.BadParameter(f"a comma-separated list of stream counts, got {value!r}") from None
-    if not items or any(not 1 <= n <= 128 for x in [items] for n in x):
+    if not items or any(not 1 <= n <= 128 for n in items):
         raise click.BadParameter("each stream count must be 1..128")
     return tuple(dict.fromkeys(items))
 
