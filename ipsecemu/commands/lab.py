@@ -106,16 +106,47 @@ def up(file: str, name: str | None, smoke: bool) -> None:
     click.echo(f"lab {topo.name} up in {dt:.1f} s: {len(topo.nodes)} nodes, {len(topo.links)} links, "
                f"{len(topo.segments)} segment(s), {sum(len(n.addresses) for n in topo.nodes)} addresses, "
                f"{nroutes} routes ({necmp} ECMP)")
-    vpn_nodes = [n.name for n in topo.nodes if n.kind in VPN_KINDS]
-    if vpn_nodes:
-        click.echo(f"  vpn: {len(topo.vpn)} connection(s) declared ({', '.join(c.name for c in topo.vpn) or '-'}); "
-                   f"nodes {', '.join(vpn_nodes)}: no daemon yet, traffic uses the underlay in clear")
+    vpn_nodes = sorted({n for c in topo.vpn for n in c.nodes})
+    if topo.vpn:
+        click.echo(f"  vpn: {len(topo.vpn)} tunnel(s) up ({', '.join(c.name for c in topo.vpn)}); "
+                   f"gateways on {', '.join(vpn_nodes)}")
     hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
-    if len(hosts) >= 2:
+    if len(hosts) >= 2 and not smoke:
         dst = ipaddress.ip_interface(hosts[0].addresses[0][1]).ip
         click.echo(f"  try: ipsecemu lab exec {topo.name}/{hosts[-1].name} -- ping -c1 {dst}")
-    if smoke and not builder.smoke(topo, say):
+    if not smoke:
+        return
+    ok = builder.smoke(topo, say)
+    if topo.vpn:
+        from ipsecemu.lab import svc_vpn
+        from ipsecemu.lab.state import LabState as _State
+
+        ok &= svc_vpn.smoke(topo, _State.open(topo.name), say)
+        _next_steps(topo)
+    if not ok:
         _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')")
+
+
+def _next_steps(topo: Any) -> None:
+    from ipsecemu.lab import svc_vpn
+
+    plan = svc_vpn.smoke_plan(topo)
+    lab = topo.name
+    gw = next((n for c in topo.vpn for n in c.nodes if topo.node(n).kind == "ipsecemu"), None)
+    click.echo(f"\nlab {lab} is up. Next:")
+    click.echo(f"  ipsecemu lab status {lab}                 # nodes, tunnels, SAs, counters (--json)")
+    if plan:
+        (pn, _), (_, rip) = plan["protected"], plan["remote"]
+        iface = plan["links"][0] if plan["links"] else "eth0"
+        click.echo(f"  ipsecemu lab exec {lab}/{pn} -- ping -c3 {rip}   # through the IPsec tunnels")
+        click.echo(f"  ipsecemu lab capture {lab}/{plan['initiator']}:{iface} --duration 5 -w /tmp/{lab}.pcap "
+                   f"--keys /tmp/{lab}-keys")
+        click.echo(f"  XDG_CONFIG_HOME=/tmp/{lab}-ws sh -c 'mkdir -p $XDG_CONFIG_HOME/wireshark && "
+                   f"cp /tmp/{lab}-keys/* $XDG_CONFIG_HOME/wireshark/ && "
+                   f"tshark -r /tmp/{lab}.pcap -o esp.enable_encryption_decode:TRUE'")
+    if gw:
+        click.echo(f"  ipsecemu sa --lab {lab} --node {gw} list          # IKE/Child SAs of one gateway")
+    click.echo(f"  ipsecemu lab down {lab}")
 
 
 # ---------------------------------------------------------------- down
@@ -199,9 +230,16 @@ def _lab_status(name: str) -> dict[str, Any]:
             except (OSError, BuildError) as exc:  # netns removed under our feet
                 entry["error"] = str(exc)
         nodes.append(entry)
-    return {"name": name, "status": d.get("status"), "source": d.get("source"), "created": d.get("created"),
-            "nodes": nodes, "links": d.get("links", []), "processes": procs,
-            "live_details": root}
+    out = {"name": name, "status": d.get("status"), "source": d.get("source"), "created": d.get("created"),
+           "nodes": nodes, "links": d.get("links", []), "processes": procs,
+           "live_details": root}
+    if any(k in VPN_KINDS for k in d.get("nodes", {}).values()) and root:
+        from ipsecemu.lab import svc_vpn
+
+        agent = svc_vpn.read_status(st)
+        out["vpn"] = {"tunnels": svc_vpn.tunnel_status(st), "routes": agent.get("routes", []),
+                      "up": agent.get("tunnels", {}), "warnings": svc_vpn.warnings(st)}
+    return out
 
 
 @lab.command()
@@ -227,7 +265,7 @@ def status(name: str | None, as_json: bool) -> None:
         click.echo(f"lab {lb['name']}: {lb['status']} (from {lb['source']}, {age:.0f} s ago)")
         for nd in lb["nodes"]:
             flag = "" if nd["netns_present"] else "  [netns missing]"
-            vpn = f"  vpn: {nd['vpn']}" if "vpn" in nd else ""
+            vpn = f"  vpn: {nd['vpn']}" if "vpn" in nd and "vpn" not in lb else ""
             click.echo(f"  {nd['name']:<10} {nd['kind']:<10} {nd['netns'] or '-'}{flag}{vpn}")
             for i in nd.get("interfaces", []):
                 click.echo(f"      {i['name']:<10} {i['state']:<8} {' '.join(i['addresses'])}")
@@ -235,10 +273,32 @@ def status(name: str | None, as_json: bool) -> None:
                 hops = ", ".join(f"via {h['via']}" if h["via"] else f"dev {h['dev']}" for h in r["nexthops"])
                 click.echo(f"      route {r['dst']} {hops}{'  (ECMP)' if len(r['nexthops']) > 1 else ''}")
         click.echo(f"  links: {len(lb['links'])}")
+        if "vpn" in lb:
+            _print_vpn(lb["vpn"])
         for p in lb["processes"]:
             click.echo(f"  pid {p['pid']} {p['role']} on {p.get('node') or '-'}: {'alive' if p['alive'] else 'dead'}")
         if not lb["live_details"]:
             click.echo("  (run as root for live interfaces and routes)")
+
+
+def _print_vpn(vpn: dict[str, Any]) -> None:
+    click.echo("  vpn tunnels:")
+    if not vpn["tunnels"]:
+        click.echo("    (no gateway answers)")
+    for t in vpn["tunnels"]:
+        if "error" in t:
+            click.echo(f"    {t['node']:<8} DOWN: {t['error']}")
+            continue
+        click.echo(f"    {t['node']:<8} {t['conn'] or '?':<12} {t['state']:<12} {t['local']} <-> {t['remote']}")
+        for c in t["child_sas"]:
+            click.echo(f"      child {c['state']:<10} in {c['spi_in']} out {c['spi_out']} {c['proposal'] or ''}"
+                       f"  dev {c['tunnel'] or '-'}  in {c['packets_in']} pkts/{c['bytes_in']} B,"
+                       f" out {c['packets_out']} pkts/{c['bytes_out']} B")
+    for r in vpn["routes"]:
+        where = r["netns"] + ("" if r["table"] == 254 else f" table {r['table']}")
+        click.echo(f"    route {where}: {r['dst']} -> {', '.join(r['nexthops']) or 'withdrawn'}")
+    for w in vpn.get("warnings", []):
+        click.echo(f"  WARNING: {w}")
 
 
 # ---------------------------------------------------------------- exec
@@ -275,7 +335,7 @@ def exec_(node: str, cmd: tuple[str, ...]) -> None:
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False), help="Also write the lab's SA key files here.")
 def capture(target: str, write: str | None, duration: float | None, keys_dir: str | None) -> None:
     """tcpdump on NODE:IFACE inside the lab; prints the packet count."""
-    from ipsecemu.lab.capture import Capture, CaptureError, export_keys
+    from ipsecemu.lab.capture import Capture, CaptureError, export_keys, tshark_hint
 
     if ":" not in target:
         _fail(f"expected NODE:IFACE, got {target!r}")
@@ -298,5 +358,6 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
         copied = export_keys(st, keys_dir)
         if copied:
             click.echo(f"keys: wrote {', '.join(str(p) for p in copied)}")
+            click.echo(f"decrypt: {tshark_hint(keys_dir, cap.path)}")
         else:
             click.echo("keys: no SAs in this lab yet")

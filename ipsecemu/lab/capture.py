@@ -108,18 +108,165 @@ class Capture:
         return self.stop()
 
 
+def _charon_key_lines(state: LabState, node: str) -> tuple[list[str], list[str]]:
+    """esp_sa and ikev2_decryption_table lines for a charon node, from its level-4 key log."""
+    from .strongswan import Charon, wireshark_esp_sa, wireshark_ikev2
+
+    ns = state.node_netns(node) or ""
+    ch = Charon(ns, state.dir / node)
+    if not ch.vici_path.exists():
+        return [], []
+    try:
+        kl = ch.keys()
+        children = ch.child_sas()
+    except Exception:  # noqa: BLE001 - charon not running: nothing to export
+        return [], []
+    esp: list[str] = []
+    ike: list[str] = []
+    by_spi = {r["spi"]: r for r in kl.esp}
+    for c in children:
+        rows = [by_spi[s] for s in (c.get("spi-in"), c.get("spi-out")) if s in by_spi]
+        esp += wireshark_esp_sa(rows, c.get("encr-alg", "AES_GCM_16"), c.get("integ-alg", "")).splitlines()
+    sas = {sa.get("uniqueid"): sa for _n, sa in ch.list_sas_all()}
+    for row in kl.ike:
+        sa = sas.get(row["uid"])
+        if sa is None:
+            continue
+        ks = sa.get("encr-keysize", "256")
+        encr = {"AES_CBC": f"AES-CBC-{ks} [RFC3602]",
+                "AES_GCM_16": f"AES-GCM-{ks} with 16 octet ICV [RFC5282]"}.get(sa.get("encr-alg", ""), "")
+        integ = {"HMAC_SHA2_256_128": "HMAC_SHA2_256_128 [RFC4868]", "HMAC_SHA1_96": "HMAC_SHA1_96 [RFC2404]",
+                 "HMAC_SHA2_384_192": "HMAC_SHA2_384_192 [RFC4868]",
+                 "HMAC_SHA2_512_256": "HMAC_SHA2_512_256 [RFC4868]"}.get(sa.get("integ-alg", ""), "NONE [RFC4306]")
+        if encr:
+            ike += wireshark_ikev2([row], encr, integ).splitlines()
+    return esp, ike
+
+
 def export_keys(state: LabState, dest: str | Path) -> list[Path]:
-    """Copy whatever key files the lab's gateways wrote (Wireshark esp_sa, ikev2 table...)."""
+    """Write Wireshark ``esp_sa`` and ``ikev2_decryption_table`` for the lab's current SAs into ``dest``.
+
+    Each running ipsecemu gateway is asked over its control socket (``export_keys``), each charon's
+    key log is read; rows are merged without duplicates (both ends of a tunnel know its SAs).
+    Falls back to copying key files found in the lab's keys dir.  Files are 0600: they hold keys.
+    """
+    from ipsecemu.gateway.control import ControlError, request
+
+    out = Path(dest).resolve()
+    esp: list[str] = []
+    ike: list[str] = []
+    for node, kind in (state.data.get("nodes") or {}).items():
+        if kind == "ipsecemu":
+            sock = state.dir / node / "control.sock"
+            if not sock.exists():
+                continue
+            tmp = out / f".{node}"
+            try:
+                tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+                request(sock, "export_keys", timeout=5.0, dir=str(tmp))
+                esp += (tmp / "esp_sa").read_text().splitlines()
+                ike += (tmp / "ikev2_decryption_table").read_text().splitlines()
+            except (ControlError, OSError):
+                pass
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        elif kind == "strongswan":
+            e, i = _charon_key_lines(state, node)
+            esp += e
+            ike += i
+    esp = [x for x in dict.fromkeys(esp) if x.strip() and not x.startswith("#")]
+    ike = [x for x in dict.fromkeys(ike) if x.strip() and not x.startswith("#")]
+    if not esp and not ike:
+        return _copy_key_files(state, out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, lines in (("esp_sa", esp), ("ikev2_decryption_table", ike)):
+        target = out / name
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # keys: owner only
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(x + "\n" for x in lines))
+        os.chmod(target, 0o600)
+        written.append(target)
+    return written
+
+
+def tshark_hint(keys_dir: str | Path, pcap: str | Path) -> str:
+    """The tshark command line that decrypts ``pcap`` with the key files in ``keys_dir``."""
+    k = Path(keys_dir)
+    return (f"XDG_CONFIG_HOME=$(mktemp -d) sh -c 'mkdir -p $XDG_CONFIG_HOME/wireshark && "
+            f"cp {k}/esp_sa {k}/ikev2_decryption_table $XDG_CONFIG_HOME/wireshark/ && "
+            f"tshark -r {pcap} -o esp.enable_encryption_decode:TRUE'")
+
+
+def _copy_key_files(state: LabState, dest: Path) -> list[Path]:
     src = state.keys_dir
     files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else []
     if not files:
         return []
-    out = Path(dest)
-    out.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for f in files:
-        target = out / f.name
+        target = dest / f.name
         shutil.copyfile(f, target)
         os.chmod(target, 0o600)  # keys: owner only
         copied.append(target)
     return copied
+
+
+# ---------------------------------------------------------------- what is on the wire
+
+Flow = tuple[str, str, str]  # (src, dst, kind): kind esp-in-udp | ike | esp | icmp | tcp | udp | ip<N>
+
+
+def pcap_flows(path: str | Path) -> dict[Flow, int]:
+    """Count IPv4 packets of a pcap (Ethernet or raw IP) by (src, dst, kind), without dissectors."""
+    import ipaddress
+    import struct
+    from collections import Counter
+
+    data = Path(path).read_bytes()
+    if len(data) < 24:
+        return {}
+    magic = data[:4]
+    endian = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<",
+              b"\xa1\xb2\x3c\x4d": ">"}.get(magic)
+    if endian is None:
+        raise ValueError(f"{path}: not a pcap file (pcapng is not read here)")
+    linktype = struct.unpack(endian + "I", data[20:24])[0]
+    out: Counter[Flow] = Counter()
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack(endian + "I", data[off + 8:off + 12])[0]
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if linktype == 1:  # Ethernet, maybe one VLAN tag
+            if len(pkt) < 14:
+                continue
+            etype, ip = struct.unpack("!H", pkt[12:14])[0], pkt[14:]
+            if etype == 0x8100 and len(pkt) >= 18:
+                etype, ip = struct.unpack("!H", pkt[16:18])[0], pkt[18:]
+            if etype != 0x0800:
+                continue
+        elif linktype in (101, 228):  # raw IPv4
+            ip = pkt
+        else:
+            continue
+        if len(ip) < 20 or ip[0] >> 4 != 4:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        proto = ip[9]
+        src, dst = str(ipaddress.IPv4Address(ip[12:16])), str(ipaddress.IPv4Address(ip[16:20]))
+        l4 = ip[ihl:]
+        kind = {1: "icmp", 6: "tcp", 17: "udp", 50: "esp"}.get(proto, f"ip{proto}")
+        if proto == 17 and len(l4) >= 8:
+            sport, dport = struct.unpack("!HH", l4[:4])
+            if 4500 in (sport, dport):
+                body = l4[8:]
+                if len(body) == 1 and body == b"\xff":
+                    kind = "natt-keepalive"
+                else:
+                    kind = "ike" if body[:4] == b"\0\0\0\0" else "esp-in-udp"
+            elif 500 in (sport, dport):
+                kind = "ike"
+        out[(src, dst, kind)] += 1
+    return dict(out)

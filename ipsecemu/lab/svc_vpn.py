@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,7 +146,52 @@ def route_plan(topo: Topology, state: LabState) -> dict[str, Any]:
             if watched:
                 upstream.append({"node": n.name, "netns": topo.netns(n.name), "dst": r.dst,
                                  "table": r.table or MAIN, "metric": r.metric, "hops": hops})
-    return {"lab": topo.name, "tunnels": tunnels, "upstream": upstream}
+    # S3: the routers next to a responder (the hub next to the instances) must send the responder's
+    # prefixes to a VPN node; if their best route goes elsewhere, that traffic crosses ER in clear
+    checks = []
+    for c in topo.vpn:
+        resp = c.nodes[1]
+        for nb in _neighbors(topo, resp):
+            if topo.node(nb).kind != "router":
+                continue
+            for p in c.routes_of(resp):
+                checks.append({"node": nb, "netns": topo.netns(nb), "prefix": p, "vpn_node": resp})
+    return {"lab": topo.name, "tunnels": tunnels, "upstream": upstream, "vpn_addresses": sorted(vpn_addr),
+            "checks": [dict(t) for t in {tuple(sorted(x.items())) for x in checks}]}
+
+
+def _neighbors(topo: Topology, node: str) -> set[str]:
+    out = {b.node for lk in topo.links for a, b in ((lk.a, lk.b), (lk.b, lk.a)) if a.node == node}
+    for s in topo.segments:
+        if any(m.node == node for m in s.members):
+            out |= {m.node for m in s.members}
+    out.discard(node)
+    return out
+
+
+def warnings(state: LabState) -> list[str]:
+    """Live S3 check: VPN prefixes a router next to the VPN gateways sends elsewhere (in clear)."""
+    try:
+        plan = json.loads((state.dir / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    vpn = set(plan.get("vpn_addresses", []))
+    out = []
+    for chk in sorted(plan.get("checks", []), key=lambda x: (x["node"], x["prefix"])):
+        net = ipaddress.ip_network(chk["prefix"])
+        probe = str(net.network_address + 1 if net.num_addresses > 1 else net.network_address)
+        try:
+            with ipr_in(chk["netns"]) as ipr:
+                r = ipr.route("get", dst=probe)[0]
+        except Exception:  # noqa: BLE001 - no route at all is not the S3 problem
+            continue
+        gws = {r.get_attr("RTA_GATEWAY")} | {h.get_attr("RTA_GATEWAY") for h in (r.get_attr("RTA_MULTIPATH") or [])}
+        gws.discard(None)
+        if gws and not gws & vpn:
+            out.append(f"{chk['prefix']} reachable over ER without VPN: {chk['node']} routes it via "
+                       f"{', '.join(sorted(gws))}, not through the VPN gateways (S3: same prefix advertised "
+                       "over ExpressRoute and VPN, or every tunnel down)")
+    return out
 
 
 # ---------------------------------------------------------------- start
@@ -403,6 +449,203 @@ def agent_main(lab_dir: str) -> int:
             print(f"agent pass failed: {exc}", flush=True)
         time.sleep(POLL)
     return 0
+
+
+
+# ---------------------------------------------------------------- tunnel status and smoke check
+
+
+def tunnel_status(state: LabState) -> list[dict[str, Any]]:
+    """One entry per (VPN node, connection): state, SPIs, byte/packet counters, tunnel device.
+
+    Asks each ipsecemu gateway (``list_sas`` on its control socket) and each charon (vici)."""
+    from ipsecemu.gateway.control import ControlError, request
+
+    out: list[dict[str, Any]] = []
+    for node, kind in (state.data.get("nodes") or {}).items():
+        if kind == "ipsecemu":
+            sock = state.dir / node / "control.sock"
+            if not (state.dir / node / "gateway.yaml").exists():
+                continue  # no VPN on this node
+            try:
+                sas = request(sock, "list_sas", timeout=2.0)
+            except (ControlError, OSError, ValueError) as exc:
+                out.append({"node": node, "kind": kind, "error": str(exc)})
+                continue
+            for sa in sas:
+                out.append(_entry(node, kind, sa))
+        elif kind == "strongswan":
+            from .strongswan import Charon
+
+            ch = Charon(state.node_netns(node) or "", state.dir / node)
+            if not ch.vici_path.exists():
+                continue
+            try:
+                sas = ch.list_sas_all()
+            except Exception as exc:  # noqa: BLE001 - charon gone
+                out.append({"node": node, "kind": kind, "error": f"charon does not answer: {exc}"})
+                continue
+            for name, sa in sas:
+                sa = {**sa, "name": name, "child-sas": list(sa.get("child-sas", {}).values())}
+                out.append(_entry(node, kind, sa))
+    return out
+
+
+def _entry(node: str, kind: str, sa: dict[str, Any]) -> dict[str, Any]:
+    children = []
+    for c in sa.get("child-sas", []):
+        children.append({"spi_in": c.get("spi-in"), "spi_out": c.get("spi-out"), "state": c.get("state"),
+                         "proposal": c.get("proposal") or "/".join(
+                             x for x in (c.get("encr-alg"), c.get("encr-keysize")) if x),
+                         "bytes_in": int(c.get("bytes-in", 0)), "packets_in": int(c.get("packets-in", 0)),
+                         "bytes_out": int(c.get("bytes-out", 0)), "packets_out": int(c.get("packets-out", 0)),
+                         "tunnel": c.get("tunnel", CHARON_DEV if kind == "strongswan" else None)})
+    return {"node": node, "kind": kind, "conn": sa.get("name"), "state": sa.get("state"),
+            "local": sa.get("local-host"), "remote": sa.get("remote-host"), "child_sas": children}
+
+
+def _run(ns: str, *cmd: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def _host_in(topo: Topology, prefixes: list[str], exclude: set[str]) -> tuple[str, str] | None:
+    for n in topo.nodes:
+        if n.kind != "host" or n.name in exclude:
+            continue
+        for _, cidr in n.addresses:
+            ip = ipaddress.ip_interface(cidr).ip
+            if any(ip in ipaddress.ip_network(p) for p in prefixes):
+                return n.name, str(ip)
+    return None
+
+
+def smoke_plan(topo: Topology) -> dict[str, Any] | None:
+    """Which hosts and links the VPN smoke check uses (None: nothing to check).
+
+    ``protected``: a host inside what the responder side routes into the tunnel (onprem1);
+    ``remote``: a host inside what the initiator side routes into it (spoke1); ``clear``: a host
+    in neither (onprem2, over ER in clear); ``links``: the initiator's interfaces towards
+    routers/VPN nodes (the CE-MSEE links), where the capture runs."""
+    if not topo.vpn:
+        return None
+    c = topo.vpn[0]
+    init, resp = c.nodes
+    prot = _host_in(topo, list(c.routes_of(resp)), set())
+    remote = _host_in(topo, list(c.routes_of(init)), set())
+    if prot is None or remote is None:
+        return None
+    all_vpn = [p for v in topo.vpn for n in v.nodes for p in v.routes_of(n)]
+    clear = next(((n.name, str(ipaddress.ip_interface(n.addresses[0][1]).ip)) for n in topo.nodes
+                  if n.kind == "host" and n.addresses and n.name not in (prot[0], remote[0])
+                  and not any(ipaddress.ip_interface(n.addresses[0][1]).ip in ipaddress.ip_network(p)
+                              for p in all_vpn)), None)
+    links = []
+    for lk in topo.links:
+        for a, b in ((lk.a, lk.b), (lk.b, lk.a)):
+            if a.node == init and topo.node(b.node).kind != "host":
+                links.append(a.iface)
+    for s in topo.segments:
+        links += [m.iface for m in s.members if m.node == init]
+    ike = sorted({a for v in topo.vpn for a in v.addresses})
+    return {"initiator": init, "protected": prot, "remote": remote, "clear": clear, "links": links, "ike": ike}
+
+
+def _tunnel_packets(state: LabState) -> dict[str, int]:
+    return {f"{t['node']}/{t['conn']}": sum(c["packets_out"] + c["packets_in"] for c in t.get("child_sas", []))
+            for t in tunnel_status(state) if "error" not in t}
+
+
+def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, iperf_s: int = 2) -> bool:
+    """`lab up --smoke` for a VPN lab: ping through the tunnels, a short iperf3, a capture on the
+    initiator's uplinks showing only ESP for the protected pair and clear text for the rest."""
+    from .capture import Capture, CaptureError, pcap_flows
+
+    plan = smoke_plan(topo)
+    if plan is None:
+        say("smoke: no host pair across the VPN found; skipped the VPN checks")
+        return True
+    ok = True
+    (pn, pip), (rn, rip) = plan["protected"], plan["remote"]
+    pns, rns = topo.netns(pn), topo.netns(rn)
+    # 1. ping through the tunnels, counters must move
+    before = _tunnel_packets(state)
+    res = _run(pns, "ping", "-c", "5", "-i", "0.2", "-W", "2", "-q", rip)
+    after = _tunnel_packets(state)
+    moved = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) > before.get(k, 0)}
+    good = res.returncode == 0 and bool(moved)
+    ok &= good
+    say(f"smoke: ping {pn} -> {rn} ({rip}) through the tunnels: {'ok' if good else 'FAILED'} "
+        f"(tunnel packets: {', '.join(f'{k} +{v}' for k, v in sorted(moved.items())) or 'none'})")
+    # 2. a short iperf3, server started and stopped by PID
+    if shutil.which("iperf3"):
+        srv = subprocess.Popen(["ip", "netns", "exec", rns, "iperf3", "-s", "-1", "-p", "5201"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            rate = None
+            for _ in range(20):
+                cl = _run(pns, "iperf3", "-c", rip, "-p", "5201", "-t", str(iperf_s), "-J", timeout=iperf_s + 15)
+                if cl.returncode == 0:
+                    try:
+                        rate = json.loads(cl.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+                    except (ValueError, KeyError):
+                        rate = None
+                    break
+                if "refused" not in cl.stdout + cl.stderr:
+                    break
+                time.sleep(0.1)
+            ok &= rate is not None
+            say(f"smoke: iperf3 {pn} -> {rn}, {iperf_s} s through the tunnels: "
+                + (f"{rate:.0f} Mbit/s" if rate is not None else "FAILED"))
+        finally:
+            if srv.poll() is None:
+                os.kill(srv.pid, signal.SIGTERM)
+            try:
+                srv.wait(3)
+            except subprocess.TimeoutExpired:
+                os.kill(srv.pid, signal.SIGKILL)
+                srv.wait()
+    else:
+        say("smoke: iperf3 not installed; skipped")
+    # 3. capture on the uplinks while pinging both pairs
+    caps = []
+    try:
+        for iface in plan["links"]:
+            cap = Capture(state, plan["initiator"], iface, state.dir / f"smoke-{plan['initiator']}-{iface}.pcap")
+            cap.start()
+            caps.append(cap)
+        t0 = time.monotonic()
+        _run(pns, "ping", "-c", "10", "-i", "0.1", "-W", "1", "-q", rip)
+        if plan["clear"]:
+            _run(topo.netns(plan["clear"][0]), "ping", "-c", "10", "-i", "0.1", "-W", "1", "-q", rip)
+        time.sleep(max(0.0, capture_s - (time.monotonic() - t0)))
+    except CaptureError as exc:
+        say(f"smoke: capture: {exc}")
+        return False
+    finally:
+        for cap in caps:
+            cap.stop()
+    flows: dict[tuple[str, str, str], int] = {}
+    for cap in caps:
+        for k, v in pcap_flows(cap.path).items():
+            flows[k] = flows.get(k, 0) + v
+    pair = {(pip, rip), (rip, pip)}
+    leaked = sum(v for (s, d, _k), v in flows.items() if (s, d) in pair)
+    esp = sum(v for (s, d, k), v in flows.items()
+              if k in ("esp-in-udp", "esp") and s in plan["ike"] and d in plan["ike"])
+    good = leaked == 0 and esp > 0
+    where = ", ".join(f"{plan['initiator']}:{i}" for i in plan["links"])
+    msg = (f"smoke: capture {capture_s:g} s on {where}: "
+           f"{esp} ESP packets between {' / '.join(plan['ike'])}, {leaked} cleartext {pn} <-> {rn} packets")
+    if plan["clear"]:
+        cn, cip = plan["clear"]
+        clear = sum(v for (s, d, _k), v in flows.items() if (s, d) in {(cip, rip), (rip, cip)})
+        good &= clear > 0
+        msg += f"; {cn} <-> {rn} in clear (over ER): {clear} packets"
+    ok &= good
+    say(f"{msg}: {'ok' if good else 'FAILED'}")
+    return ok
+
+
 
 
 if __name__ == "__main__":
