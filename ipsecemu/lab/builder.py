@@ -16,6 +16,7 @@ import fcntl
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -455,6 +456,9 @@ def teardown(name: str, say: Say = _quiet, base: Path | None = None) -> dict[str
             except OSError as exc:
                 say(f"warning: cannot remove netns {ns}: {exc}")
     if st is not None:
+        for d in st.data.get("extra_dirs", []):  # e.g. charon instance dirs, kept outside /run
+            if d.startswith("/tmp/ipsecemu-"):  # never follow a hand-edited state file elsewhere
+                shutil.rmtree(d, ignore_errors=True)
         st.remove()
     say(f"lab {name}: removed {removed} netns, stopped {stopped} processes")
     return {"netns": removed, "processes": stopped}

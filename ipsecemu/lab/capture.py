@@ -111,9 +111,10 @@ class Capture:
 def _charon_key_lines(state: LabState, node: str) -> tuple[list[str], list[str]]:
     """esp_sa and ikev2_decryption_table lines for a charon node, from its level-4 key log."""
     from .strongswan import Charon, wireshark_esp_sa, wireshark_ikev2
+    from .svc_vpn import charon_dir
 
     ns = state.node_netns(node) or ""
-    ch = Charon(ns, state.dir / node)
+    ch = Charon(ns, charon_dir(state, node))
     if not ch.vici_path.exists():
         return [], []
     try:

@@ -71,6 +71,16 @@ def node_dir(state: LabState, node: str) -> Path:
     return state.dir / node
 
 
+CHARON_BASE = Path("/tmp/ipsecemu-charon")
+
+
+def charon_dir(state: LabState, node: str) -> Path:
+    """A charon's instance dir.  Not under /run: charon runs with its own dir bind-mounted over
+    /run (its pid file path is compiled in), which would hide a dir below /run from it."""
+    d = (state.data.get("charon_dirs") or {}).get(node)
+    return Path(d) if d else CHARON_BASE / state.name / node
+
+
 def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]:
     """``ipsecemu gateway run`` config (see ipsecemu.gateway.config) for an ipsecemu node."""
     conns: dict[str, Any] = {}
@@ -120,7 +130,7 @@ def route_plan(topo: Topology, state: LabState) -> dict[str, Any]:
         for node in c.nodes:
             kind = topo.node(node).kind
             ctl = (str(node_dir(state, node) / "control.sock") if kind == "ipsecemu"
-                   else str(node_dir(state, node) / "run" / "charon.vici"))
+                   else str(charon_dir(state, node) / "run" / "charon.vici"))
             tunnels.append({"conn": c.name, "node": node, "kind": kind, "netns": topo.netns(node),
                             "dev": tunnel_name(topo, node, c), "table": c.table_of(node),
                             "prefixes": list(c.routes_of(node)), "control": ctl})
@@ -236,17 +246,24 @@ def start(topo: Topology, state: LabState, say: Say) -> None:
         else:
             from .strongswan import Charon, CharonError
 
-            ch = Charon(topo.netns(node), d, key_log=True, extra_conf="charon {\n  install_routes = no\n}\n")
+            cdir = CHARON_BASE / topo.name / node
+            with state.update() as data:  # recorded first: `lab down` removes it (builder.teardown)
+                data.setdefault("charon_dirs", {})[node] = str(cdir)
+                data.setdefault("extra_dirs", []).append(str(cdir))
+            shutil.rmtree(cdir, ignore_errors=True)
+            cdir.mkdir(parents=True, mode=0o700)
+            ch = Charon(topo.netns(node), cdir, key_log=True)
             try:
                 ch.start()
                 assert ch.pid is not None
                 state.add_process(ch.pid, "daemon", node, ["charon"], str(ch.log_file))
+                _drop_charon_rule(topo.netns(node))
                 for c in node_conns(topo, node):
                     ch.load(charon_conn(topo, node, c))
             except CharonError as exc:
                 if ch.pid is not None:
                     state.add_process(ch.pid, "daemon", node, ["charon"], str(ch.log_file))
-                raise BuildError(f"{node}: strongSwan: {str(exc).splitlines()[0]}") from None
+                raise BuildError(f"{node}: strongSwan: {exc}") from None
             watch.append((f"{node}: charon", ch.pid, ch.log_file))
             say(f"vpn: {node}: strongSwan charon pid {ch.pid} ({len(node_conns(topo, node))} connection(s))")
     plan = route_plan(topo, state)
@@ -257,6 +274,24 @@ def start(topo: Topology, state: LabState, say: Say) -> None:
     state.add_process(agent.pid, "daemon", None, cmd, str(log))
     watch.append(("VPN route agent", agent.pid, log))
     _wait_up(state, plan, watch, say)
+
+
+def _drop_charon_rule(ns: str) -> None:
+    """kernel-libipsec routes every remote TS into ipsec0 via table 220 (no knob turns that off in
+    5.9.8), which would also catch IKE to a peer inside a remote TS and onprem2's clear traffic.
+    Dropping charon's rule (added once at start) leaves routing to the lab's agent."""
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        with ipr_in(ns) as ipr:
+            found = [r for r in ipr.get_rules(family=2) if (r.get_attr("FRA_TABLE") or r["table"]) == 220]
+            for r in found:
+                try:
+                    ipr.rule("del", family=2, table=220, priority=r.get_attr("FRA_PRIORITY"))
+                except Exception:  # noqa: BLE001 - raced with charon; checked again below
+                    pass
+            if found:
+                return
+        time.sleep(0.05)
 
 
 def _wait_up(state: LabState, plan: dict[str, Any], watch: list[tuple[str, int, Path]], say: Say) -> None:
@@ -477,7 +512,7 @@ def tunnel_status(state: LabState) -> list[dict[str, Any]]:
         elif kind == "strongswan":
             from .strongswan import Charon
 
-            ch = Charon(state.node_netns(node) or "", state.dir / node)
+            ch = Charon(state.node_netns(node) or "", charon_dir(state, node))
             if not ch.vici_path.exists():
                 continue
             try:
