@@ -318,8 +318,10 @@ def test_failing_step_rolls_back(tmp_path: Path) -> None:
 
 
 def _start_up_and_wait_for_netns(name: str, n: int) -> subprocess.Popen[str]:
+    # pause after the netns exist so the signal always lands mid-build (a lab builds in ~0.3 s)
+    env = {**os.environ, "IPSECEMU_TEST_PAUSE_AFTER": "_create_netns"}
     proc = subprocess.Popen([sys.executable, "-m", "ipsecemu", "lab", "up", str(ER), "--name", name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     deadline = time.monotonic() + 20
     while len(lab_netns(name)) < n:
         assert proc.poll() is None, proc.communicate()

@@ -79,6 +79,12 @@ def ipr_in(ns: str) -> Iterator[IPRoute]:
 
 
 
+def _test_pause(step: str) -> None:
+    """Tests set IPSECEMU_TEST_PAUSE_AFTER=<step name> to interrupt `lab up` at a known point."""
+    if os.environ.get("IPSECEMU_TEST_PAUSE_AFTER") == step:
+        time.sleep(60)
+
+
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
@@ -137,14 +143,11 @@ class Builder:
         t = self.topo
         self.state = LabState.create(t.name, t.source, {n.name: n.kind for n in t.nodes}, self.base)
         try:
-            self._create_netns()
-            self._base_sysctls()
-            self._segments()
-            self._links()
-            self._addresses_and_up()
-            self._wait_links_up()
-            self._routes_and_rules()
-            self._user_sysctls()
+            for step in (self._create_netns, self._base_sysctls, self._segments, self._links,
+                         self._addresses_and_up, self._wait_links_up, self._routes_and_rules,
+                         self._user_sysctls):
+                step()
+                _test_pause(step.__name__)
             services.start(self.topo, self.state, self.say)
         except BaseException as exc:  # includes KeyboardInterrupt from SIGINT/SIGTERM
             if os.getpid() != self._pid:  # a forked helper (pyroute2) must never roll back
