@@ -34,12 +34,12 @@ class ConnectionConfigError(ConfigError):
 
 # ---------------------------------------------------------------- dataclasses
 #: IKEv2 ID types (RFC 7296 §3.5)
-ID_TYPES = {"ipv4": 1, "fqdn": 2, "rfc822": 3, "ipv6": 5, "key_id": 11}
+ID_TYPES = {"ipv4": 1, "fqdn": 2, "rfc822": 3, "ipv6": 5, "dn": 9, "key_id": 11}
 
 
 @dataclass(frozen=True)
 class Identity:
-    type: str  # "fqdn" | "ipv4" | "ipv6" | "rfc822" | "key_id"
+    type: str  # "fqdn" | "ipv4" | "ipv6" | "rfc822" | "key_id" | "dn"
     value: str  # key_id: lowercase hex
 
     @property
@@ -52,6 +52,10 @@ class Identity:
             return ipaddress.ip_address(self.value).packed
         if self.type == "key_id":
             return bytes.fromhex(self.value)
+        if self.type == "dn":
+            from ipsecemu.ike.settings import Identity as CoreIdentity
+
+            return CoreIdentity.parse("dn:" + self.value).data
         return self.value.encode()
 
     def __str__(self) -> str:
@@ -250,16 +254,20 @@ def _address(ctx: _Ctx, path: Path_, v: object) -> IpAddress | None:
 
 
 _ID_PREFIX = {"fqdn": "fqdn", "ipv4": "ipv4", "ipv6": "ipv6", "rfc822": "rfc822", "email": "rfc822",
-              "keyid": "key_id", "key_id": "key_id"}
+              "keyid": "key_id", "key_id": "key_id", "dn": "dn"}
+_DN_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*\s*=")
 
 
 def parse_identity(text: str) -> Identity:
-    """strongSwan-style ID: ``fqdn:``/``ipv4:``/``ipv6:``/``email:``/``keyid:`` prefix, ``@name``
-    (FQDN), ``#hex`` (KEY_ID), an IP literal, ``user@host`` (RFC 822) or a host name (FQDN)."""
+    """strongSwan-style ID: ``fqdn:``/``ipv4:``/``ipv6:``/``email:``/``keyid:``/``dn:`` prefix,
+    ``@name`` (FQDN), ``#hex`` (KEY_ID), an IP literal, ``C=CH, O=Org, CN=name`` (a distinguished
+    name, for certificates), ``user@host`` (RFC 822) or a host name (FQDN)."""
     s = text.strip()
     if not s:
         raise ValueError("empty identity")
     prefix, sep, rest = s.partition(":")
+    if (not sep or prefix.lower() not in _ID_PREFIX) and _DN_LIKE.match(s) and "@" not in s.split("=", 1)[0]:
+        prefix, sep, rest = "dn", ":", s
     if sep and prefix.lower() in _ID_PREFIX:
         kind, value = _ID_PREFIX[prefix.lower()], rest.strip()
     elif s.startswith("#"):
@@ -288,6 +296,14 @@ def parse_identity(text: str) -> Identity:
         raise ValueError(f"rfc822 identity needs user@domain, got {value!r}")
     elif kind == "fqdn" and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
         raise ValueError(f"not a valid FQDN: {value!r}")
+    elif kind == "dn":
+        from ipsecemu.ike.errors import LocalProtocolError
+        from ipsecemu.ike.settings import Identity as CoreIdentity
+
+        try:
+            CoreIdentity.parse("dn:" + value)
+        except LocalProtocolError as exc:
+            raise ValueError(str(exc)) from None
     return Identity(kind, value)
 
 
@@ -298,7 +314,8 @@ def _identity(ctx: _Ctx, path: Path_, v: object) -> Identity:
             raise ctx.error(path, "needs both type and value")
         kind = _ID_PREFIX.get(squash(d["type"]).replace("keyid", "key_id"))
         if kind is None:
-            raise ctx.error((*path, "type"), f"must be one of fqdn, ipv4, ipv6, rfc822, key_id; got {d['type']!r}")
+            raise ctx.error((*path, "type"),
+                            f"must be one of fqdn, ipv4, ipv6, rfc822, key_id, dn; got {d['type']!r}")
         v = f"{kind}:{_str(ctx, (*path, 'value'), d['value'])}"
     try:
         return parse_identity(_str(ctx, path, v))
@@ -751,23 +768,40 @@ def summary(conns: list[ConnectionConfig]) -> str:
 def to_ike_sa_config(conn: ConnectionConfig) -> Any:
     """The IKE core's view (:class:`ipsecemu.ike.settings.IkeSaConfig`) of a connection.
 
-    Raises :class:`ConnectionConfigError` for what the core cannot do yet (certificates).
+    With ``auth: {method: cert}`` the certificate, key and CA files are read here (a clear
+    :class:`ConnectionConfigError` names the file if one is missing or unreadable); without a
+    ``local_id`` we use the certificate's subject DN, as strongSwan does.
     """
+    from ipsecemu.ike.errors import LocalProtocolError
     from ipsecemu.ike.settings import Identity as CoreIdentity
     from ipsecemu.ike.settings import IkeSaConfig
 
-    if conn.auth.method != "psk":
-        raise ConnectionConfigError(f"{conn.name}: auth: certificate authentication is not implemented by the "
-                                    "IKE core yet; use psk")
-    local_id = conn.effective_local_id()
-    if local_id is None:
-        raise ConnectionConfigError(f"{conn.name}: local_id: needed when local_address is %any")
+    certs = None
+    if conn.auth.method == "cert":
+        from ipsecemu.ike.certs import CertAuth
+
+        if not conn.auth.ca:
+            raise ConnectionConfigError(f"{conn.name}: auth: method cert needs ca (the CA that issued the peer's "
+                                        "certificate)")
+        try:
+            certs = CertAuth.load(conn.auth.cert or "", conn.auth.key or "", conn.auth.ca)
+        except LocalProtocolError as exc:
+            raise ConnectionConfigError(f"{conn.name}: auth: {exc}") from None
+    if conn.local_id is None and certs is not None:
+        core_local = CoreIdentity(9, certs.dn)
+    else:
+        local_id = conn.effective_local_id()
+        if local_id is None:
+            raise ConnectionConfigError(f"{conn.name}: local_id: needed when local_address is %any")
+        core_local = CoreIdentity(local_id.type_id, local_id.data())
     child = conn.child_lifetime
-    return IkeSaConfig(
+    kw = {"certs": certs} if certs is not None else {}
+    try:
+        return IkeSaConfig(
         name=conn.name,
         psk=conn.auth.secret,
-        local_id=CoreIdentity.of(local_id.type_id, local_id.value),
-        remote_id=CoreIdentity.of(conn.remote_id.type_id, conn.remote_id.value) if conn.remote_id else None,
+        local_id=core_local,
+        remote_id=CoreIdentity(conn.remote_id.type_id, conn.remote_id.data()) if conn.remote_id else None,
         ike_proposals=list(conn.ike_proposals),
         esp_proposals=list(conn.esp_proposals),
         local_ts=list(conn.local_ts),
@@ -782,7 +816,10 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         force_encap=conn.nat_t.force_encap,
         extra={"dpd_timeout_s": conn.dpd.timeout, "child_lifetime": child, "ike_lifetime": conn.ike_lifetime,
                "start_action": conn.start_action, "natt_port": conn.nat_t.natt_port},
-    )
+            **kw,
+        )
+    except LocalProtocolError as exc:  # e.g. local_id not in the certificate
+        raise ConnectionConfigError(f"{conn.name}: {exc}") from None
 
 
 # ---------------------------------------------------------------- YAML with line numbers

@@ -142,6 +142,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self.nat_local = False
         self.nat_remote = False
         self.remote_id: Identity | None = None
+        self.peer_sig_hashes: frozenset[int] = frozenset()  # RFC 7427 hashes the peer announced
         self.children: dict[int, ChildSa] = {}
         self._first_child: _ChildNeg | None = None
         # message IDs (window size 1)

@@ -7,12 +7,19 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .consts import IdType
 from .errors import LocalProtocolError
 from .proposals import Proposal, parse_proposals
 from .ts import TrafficSelector
+
+if TYPE_CHECKING:
+    from .certs import CertAuth
+
+_DN_START = re.compile(r"^\s*[A-Za-z][A-Za-z0-9.]*\s*=")
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,10 @@ class Identity:
     def parse(cls, text: str) -> Identity:
         """strongSwan-like: ``10.0.0.1`` / ``fd00::1`` (IP), ``@host`` or ``host`` (FQDN),
         ``user@host`` (RFC822), ``@#0a0b`` (KEY_ID, hex), or an explicit ``fqdn:``/``email:``/
-        ``keyid:``/``ipv4:``/``ipv6:`` prefix."""
+        ``keyid:``/``ipv4:``/``ipv6:`` prefix; ``C=CH, O=Org, CN=host`` or ``dn:...`` is a
+        distinguished name (ID_DER_ASN1_DN, attributes in the order given, as strongSwan reads it)."""
+        if text.startswith("dn:") or (_DN_START.match(text) and "@" not in text.split("=", 1)[0]):
+            return cls(IdType.DER_ASN1_DN, _dn_der(text.removeprefix("dn:")))
         prefixes = {"fqdn:": IdType.FQDN, "email:": IdType.RFC822_ADDR, "rfc822:": IdType.RFC822_ADDR,
                     "keyid:": IdType.KEY_ID, "ipv4:": IdType.IPV4_ADDR, "ipv6:": IdType.IPV6_ADDR}
         for p, t in prefixes.items():
@@ -59,7 +69,21 @@ class Identity:
             raise LocalProtocolError(f"identity {value!r}: {exc}") from None
         return cls(id_type, value.encode())
 
+    def matches(self, other: Identity) -> bool:
+        """Equal, or the same distinguished name in another string encoding."""
+        if self == other:
+            return True
+        if self.id_type == other.id_type == IdType.DER_ASN1_DN:
+            from .certs import dn_to_str
+
+            return dn_to_str(self.data) == dn_to_str(other.data)
+        return False
+
     def __str__(self) -> str:
+        if self.id_type == IdType.DER_ASN1_DN:
+            from .certs import dn_to_str
+
+            return dn_to_str(self.data)
         if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             try:
                 return str(ipaddress.ip_address(self.data))
@@ -68,6 +92,28 @@ class Identity:
         if self.id_type == IdType.KEY_ID:
             return "@#" + self.data.hex()
         return self.data.decode("utf-8", "replace")
+
+
+def _dn_der(text: str) -> bytes:
+    """DER of a "C=CH, O=Org, CN=host" distinguished name (one attribute per RDN, in order)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    oids = {"CN": NameOID.COMMON_NAME, "C": NameOID.COUNTRY_NAME, "L": NameOID.LOCALITY_NAME,
+            "ST": NameOID.STATE_OR_PROVINCE_NAME, "O": NameOID.ORGANIZATION_NAME,
+            "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "E": NameOID.EMAIL_ADDRESS,
+            "SERIALNUMBER": NameOID.SERIAL_NUMBER}
+    rdns = []
+    for part in (p.strip() for p in re.split(r"(?<!\\)[,/]", text) if p.strip()):
+        key, sep, value = part.partition("=")
+        oid = oids.get(key.strip().upper())
+        if not sep or oid is None or not value.strip():
+            raise LocalProtocolError(f"distinguished name {text!r}: cannot read {part!r}")
+        try:
+            rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(oid, value.strip().replace("\\,", ","))]))
+        except ValueError as exc:
+            raise LocalProtocolError(f"distinguished name {text!r}: {exc}") from None
+    return x509.Name(rdns).public_bytes()
 
 
 @dataclass
@@ -94,6 +140,15 @@ class IkeSaConfig:
     force_encap: bool = False  # send a fake NAT-D source hash so both sides use UDP 4500
     initial_contact: bool = True
     extra: dict = field(default_factory=dict)
+    certs: CertAuth | None = None  # certificate authentication instead of the PSK
+
+    def __post_init__(self) -> None:
+        if self.certs is not None:
+            from .certs import cert_identities
+
+            if not any(Identity(t, d).matches(self.local_id) for t, d in cert_identities(self.certs.cert)):
+                raise LocalProtocolError(f"{self.name}: local identity {self.local_id} is neither the subject "
+                                         "nor a subjectAltName of our certificate")
 
     def __repr__(self) -> str:  # the PSK never reaches a log
         return f"IkeSaConfig({self.name!r}, {self.local_id} -> {self.remote_id}, psk=<redacted>)"

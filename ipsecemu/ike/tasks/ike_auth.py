@@ -1,20 +1,24 @@
-"""IKE_AUTH with pre-shared keys (RFC 7296 section 2.15) carrying the first Child SA.
+"""IKE_AUTH (RFC 7296 section 2.15) carrying the first Child SA: pre-shared keys, or X.509
+certificates (``config.certs``, see :mod:`ipsecemu.ike.certs`): CERT + AUTH signed with our key,
+CERTREQ naming our CAs, the peer's chain and signature checked, its ID checked against its
+certificate.  Both sides use the same method; a mismatch is AUTHENTICATION_FAILED.
 
 A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
 from __future__ import annotations
 
+from .. import certs as x509auth
 from .. import crypto
 from .. import message as m
-from ..consts import STATUS_NOTIFY_MIN, AuthMethod, Exchange, Notify, Payload
+from ..consts import STATUS_NOTIFY_MIN, AuthMethod, Exchange, Notify, Payload, Protocol
 from ..events import (
     ChildSaEstablished,
     ChildSaFailed,
     IkeSaEstablished,
     NatDetected,
 )
-from ..settings import Identity
+from ..settings import Identity, IkeSaConfig
 from ..states import IkeState
 from .base import (
     KEY_PAD,
@@ -34,15 +38,56 @@ class IkeAuthTask:
         p = self._prf_id
         return crypto.prf(p, crypto.prf(p, psk, KEY_PAD), signed + nonce + crypto.prf(p, sk_p, id_body))
 
+    def _signed_octets(self, init_msg: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
+        """RFC 7296 section 2.15: RealMessage | Nonce | prf(SK_p, ID')."""
+        return init_msg + nonce + crypto.prf(self._prf_id, sk_p, id_body)
+
+    def _auth_payloads(self, cfg: IkeSaConfig, init_msg: bytes, nonce: bytes, sk_p: bytes, id_body: bytes,
+                       certreq: bool) -> tuple[list, m.Auth]:
+        """(CERT / CERTREQ payloads, AUTH payload) proving our identity with ``cfg``'s credentials."""
+        if cfg.certs is None:
+            return [], m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, init_msg, nonce, sk_p, id_body))
+        extra: list = [m.Cert(Payload.CERT, x509auth.CERT_X509_SIGNATURE, d) for d in cfg.certs.cert_payload_data()]
+        if certreq and cfg.certs.cas:
+            extra.append(m.Cert(Payload.CERTREQ, x509auth.CERT_X509_SIGNATURE, cfg.certs.certreq_data()))
+        method, data = cfg.certs.sign(self._signed_octets(init_msg, nonce, sk_p, id_body),
+                                      self.peer_sig_hashes)
+        return extra, m.Auth(method, data)
+
+    def _auth_ok(self, cfg: IkeSaConfig, msg: m.Message, idp: m.ID, auth: m.Auth, init_msg: bytes, nonce: bytes,
+                 sk_p: bytes) -> bool:
+        """Is ``auth`` a valid proof of identity ``idp`` for ``cfg``?  Reasons go to ``last_error``."""
+        peer = Identity(idp.id_type, idp.data)
+        if cfg.remote_id is not None and not cfg.remote_id.matches(peer):
+            self.last_error = f"peer identity {peer} is not the configured {cfg.remote_id}"
+            return False
+        if cfg.certs is None:
+            if auth.method != AuthMethod.PSK:
+                self.last_error = f"peer used auth method {auth.method}, we expect PSK"
+                return False
+            return _eq(self._psk_auth(cfg.psk, init_msg, nonce, sk_p, idp.body()), auth.data)
+        ders = [c.data for c in msg.get(m.Cert, Payload.CERT) if c.encoding == x509auth.CERT_X509_SIGNATURE]
+        try:
+            cert = cfg.certs.verify_chain(ders)
+            if not any(Identity(t, d).matches(peer) for t, d in x509auth.cert_identities(cert)):
+                raise x509auth.CertError(f"peer identity {peer} is not in its certificate")
+            x509auth.verify(cert.public_key(), auth.method, auth.data,  # type: ignore[arg-type]
+                            self._signed_octets(init_msg, nonce, sk_p, idp.body()), frozenset())
+        except x509auth.CertError as exc:
+            self.last_error = str(exc)
+            self._count("cert_auth_failed")
+            return False
+        return True
+
     def _send_auth_request(self, now: float) -> None:
         assert self.keys is not None and self._first_child is not None
         cfg = self.config
         idi = m.ID(Payload.IDi, cfg.local_id.id_type, cfg.local_id.data)
-        payloads: list = [idi]
+        extra, auth = self._auth_payloads(cfg, self._init_req, self.nr, self.keys.sk_pi, idi.body(), True)
+        payloads: list = [idi, *extra]
         if cfg.remote_id is not None:
             payloads.append(m.ID(Payload.IDr, cfg.remote_id.id_type, cfg.remote_id.data))
-        payloads.append(m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, self._init_req, self.nr, self.keys.sk_pi,
-                                                              idi.body())))
+        payloads.append(auth)
         if cfg.initial_contact:
             payloads.append(m.Notification(Notify.INITIAL_CONTACT))
         neg = self._first_child
@@ -74,9 +119,11 @@ class IkeAuthTask:
             return
         peer = Identity(idr.id_type, idr.data)
         assert self.keys is not None
-        want = self._psk_auth(self.config.psk, self._init_resp, self.ni, self.keys.sk_pr, idr.body())
-        if (self.config.remote_id is not None and peer != self.config.remote_id) or auth.method != AuthMethod.PSK \
-                or not _eq(want, auth.data):
+        if not self._auth_ok(self.config, msg, idr, auth, self._init_resp, self.ni, self.keys.sk_pr):
+            # the responder thinks the SA is up: tell it (RFC 7296 section 2.21.2), then forget the SA
+            note = m.Message(self.spi_i, self.spi_r, Exchange.INFORMATIONAL, self._next_id, self.initiator, False,
+                             [m.Notification(Notify.AUTHENTICATION_FAILED), m.Delete(Protocol.IKE)])
+            self._emit(self._encrypt(note))
             self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
             return
         self.remote_id = peer
@@ -100,17 +147,15 @@ class IkeAuthTask:
         if self._config_lookup is not None:
             cfg = self._config_lookup(peer, Identity(idr_req.id_type, idr_req.data) if idr_req else None) or cfg
         assert self.keys is not None
-        want = self._psk_auth(cfg.psk, self._init_req, self.nr, self.keys.sk_pi, idi.body())
-        if (cfg.remote_id is not None and cfg.remote_id != peer) or auth.method != AuthMethod.PSK \
-                or not _eq(want, auth.data):
+        if not self._auth_ok(cfg, msg, idi, auth, self._init_req, self.nr, self.keys.sk_pi):
             self._send_response(msg, [m.Notification(Notify.AUTHENTICATION_FAILED)], addr, local)
             self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
             return
         self.config, self.remote_id = cfg, peer
         self.peer_initial_contact = msg.notify(Notify.INITIAL_CONTACT) is not None
         idr = m.ID(Payload.IDr, cfg.local_id.id_type, cfg.local_id.data)
-        payloads: list = [idr, m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, self._init_resp, self.ni,
-                                                                      self.keys.sk_pr, idr.body()))]
+        extra, auth_p = self._auth_payloads(cfg, self._init_resp, self.ni, self.keys.sk_pr, idr.body(), False)
+        payloads: list = [idr, *extra, auth_p]
         child_payloads, child, fail = self._respond_child(msg, self.ni, self.nr, None, now, ike_auth=True)
         self._send_response(msg, payloads + child_payloads, addr, local)
         self._establish(now)

@@ -10,7 +10,8 @@ import hashlib
 
 from .. import crypto
 from .. import message as m
-from ..consts import STATUS_NOTIFY_MIN, Exchange, Notify
+from ..certs import CERT_X509_SIGNATURE, OUR_HASHES
+from ..consts import STATUS_NOTIFY_MIN, Exchange, Notify, Payload
 from ..errors import ParseError, RemoteProtocolError
 from ..proposals import check_selected, select
 from ..states import IkeState
@@ -47,6 +48,23 @@ class IkeInitTask:
         self.nat_remote = natd_hash(self.spi_i, spi_r, addr) not in src
         self.nat_local = natd_hash(self.spi_i, spi_r, local) not in dst
 
+    def _sa_init_extras(self, response: bool) -> list:
+        """Optional IKE_SA_INIT payloads: RFC 7427 hash algorithms (and a CERTREQ in a response)
+        when we authenticate with certificates."""
+        certs = self.config.certs
+        if certs is None:
+            return []
+        out: list = []
+        if response and certs.cas:
+            out.append(m.Cert(Payload.CERTREQ, CERT_X509_SIGNATURE, certs.certreq_data()))
+        out.append(m.Notification(Notify.SIGNATURE_HASH_ALGORITHMS, b"".join(h.to_bytes(2, "big") for h in OUR_HASHES)))
+        return out
+
+    def _read_sa_init_extras(self, msg: m.Message) -> None:
+        n = msg.notify(Notify.SIGNATURE_HASH_ALGORITHMS)
+        if n is not None:
+            self.peer_sig_hashes = frozenset(int.from_bytes(n.data[i : i + 2], "big") for i in range(0, len(n.data) - 1, 2))
+
     def _send_sa_init(self, now: float) -> None:
         if self._ke is None or self._ke.group != self._group:
             self._ke = crypto.KeyExchange(self._group, self._rng)
@@ -58,6 +76,7 @@ class IkeInitTask:
             m.KE(self._group, self._ke.public),
             m.Nonce(self.ni),
             *self._natd_payloads(bytes(8), self.local, self.remote),
+            *self._sa_init_extras(False),
         ]
         wire = m.Message(self.spi_i, bytes(8), Exchange.IKE_SA_INIT, 0, True, False, payloads).encode()
         self._init_req = wire
@@ -133,6 +152,7 @@ class IkeInitTask:
         self.spi_r = msg.spi_r
         self.nr = nonce.data
         self._init_resp = data
+        self._read_sa_init_extras(msg)
         self.proposal = chosen
         assert self._ke is not None
         try:
@@ -200,7 +220,9 @@ class IkeInitTask:
             m.KE(group, self._ke.public),
             m.Nonce(self.nr),
             *self._natd_payloads(self.spi_r, local, addr),
+            *self._sa_init_extras(True),
         ]
+        self._read_sa_init_extras(msg)
         self._init_req = data
         self._init_resp = self._send_plain(
             m.Message(self.spi_i, self.spi_r, Exchange.IKE_SA_INIT, 0, False, True, payloads), addr, local)

@@ -6,7 +6,7 @@ A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (
 from __future__ import annotations
 
 from .. import message as m
-from ..consts import Exchange, Protocol
+from ..consts import Exchange, Notify, Protocol
 from ..events import (
     ChildSaDeleted,
 )
@@ -21,6 +21,11 @@ class InformationalTask:
 
     def _recv_informational(self, msg: m.Message, addr: Addr, local: Addr, now: float) -> None:
         out: list = []
+        if msg.notify(Notify.AUTHENTICATION_FAILED) is not None and msg.msg_id == 2 and not self.initiator:
+            # the initiator refused our IKE_AUTH response (RFC 7296 section 2.21.2)
+            self._send_response(msg, [], addr, local)
+            self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
+            return
         for d in msg.get(m.Delete):
             if d.protocol == Protocol.IKE:
                 self._send_response(msg, [], addr, local)
