@@ -248,6 +248,14 @@ def packet_socket(ifname: str, proto: int, buf: int = 4 << 20) -> socket.socket:
     return s
 
 
+def _quiet_phy(phy: str) -> None:
+    """The phy carries only MACsec and MKA: no IPv6 link-local chatter (ND, MLD) in clear."""
+    try:
+        Path(f"/proc/sys/net/ipv6/conf/{phy}/disable_ipv6").write_text("1")
+    except OSError:
+        pass  # IPv6 off or not permitted: the peer just counts those frames as unprotected
+
+
 # ------------------------------------------------------------------ the daemon
 
 
@@ -273,6 +281,7 @@ class LinkDaemon:
         self.keys_path = Path(keys_path) if keys_path else None
         mac = if_mac(tap)
         if_mac(phy)  # exists?
+        _quiet_phy(phy)
         self.sci = mac + b"\x00\x01"
         self.max_frame = if_mtu(tap) + 14 + cfg.tag_bytes
         self.participant = MkaParticipant(
