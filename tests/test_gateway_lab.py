@@ -438,3 +438,48 @@ def test_one_address_two_tunnels_each_on_its_own_c_loop(unique_name: str, tmp_pa
         for g in gws:
             g.stop()
         net.close()
+
+
+@pytest.mark.parametrize("encap", ["udp", "esp"])
+def test_two_gateways_ipv6_outer_and_inner(unique_name: str, tmp_path: Path, encap: str) -> None:
+    """IPv6 everywhere (the strongSwan harness's pair_topology(ipv6=True), no charon involved):
+    IKE, ESP-in-UDP6 / raw ESP over IPv6, ping6 both ways."""
+    from ipsecemu.lab.strongswan import pair_topology
+    from ipsecemu.lab.strongswan import ping as ping6
+
+    with pair_topology(unique_name, ipv6=True) as topo:
+        gws = []
+        try:
+            for side, start in ((1, "listen"), (0, "initiate")):
+                name = ("left", "right")[side]
+                gw = Gw(topo.gateways[side], tmp_path / f"{name}.yaml", tmp_path / name, unique_name + "t" + name[0])
+                gw.cfg.write_text(f"""\
+node: {name}
+state_dir: {gw.state}
+local_addresses: ["{topo.outer[side]}"]
+datapath: {{encapsulation: {encap}}}
+connections:
+  pair:
+    remote_address: "{topo.outer[1 - side]}"
+    psk: {PSK}
+    ike_proposals: aes128gcm16-prfsha256-ecp256
+    esp_proposals: aes128gcm16
+    local_ts: ["{topo.subnets[side]}"]
+    remote_ts: ["{topo.subnets[1 - side]}"]
+    start_action: {start}
+    dpd: {{interval: 0}}
+    tunnel: {{name: {gw.tun}, mtu: 1400}}
+""")
+                gws.append(gw)
+                gw.start()
+            right, left = gws
+            assert wait_for(lambda: any(s["child_sas"] for s in left.sas()) and
+                            any(s["child_sas"] for s in right.sas()), 20), left.log() + right.log()
+            ch = left.sas()[0]["child_sas"][0]
+            assert ch["encap"] is (encap == "udp") and ch["backend"] == "native"
+            assert ping6(topo.hosts[0], topo.inside[1], count=3, timeout=20) == 3, left.log()
+            assert ping6(topo.hosts[1], topo.inside[0], count=3, timeout=20) == 3, right.log()
+            assert left.counters()["connections"]["pair"]["loop"]["esp_ok"] >= 6
+        finally:
+            for gw in gws:
+                gw.stop()

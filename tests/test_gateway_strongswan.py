@@ -112,3 +112,4 @@ def test_rekeys_under_ping_with_charon_lose_nothing(unique_name: str, tmp_path: 
         finally:
             gw.stop()
             charon.cleanup()
+

@@ -391,6 +391,7 @@ class Gateway:
 
     def _check_lifetimes(self) -> None:
         for dp in self.dps.values():
+            dp.watchdog()
             dp.promote(self.now())
             for spi in dp.soft_expired():
                 owner = self._owner_of_child(spi)

@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,7 @@ class ConnectionDatapath:
         self.slow_counters: dict[str, int] = {}
         self._stats_acc: dict[str, int] = {}
         self._retiring: set[int] = set()  # replaced SAs whose inbound lingers for GRACE
+        self._restarts = 0
 
     # -- tun and routes ----------------------------------------------------------------
     def ensure_tun(self) -> None:
@@ -190,6 +192,21 @@ class ConnectionDatapath:
                 self._stop_slow()
                 self.mode = "idle"
                 self._release_port()
+
+    def watchdog(self) -> None:
+        """Tick: restart a C loop that ended by itself.  The loop gives up on POLLERR, which a
+        connected socket raises for an ICMP error (port/protocol unreachable while the peer
+        restarts); reading SO_ERROR clears it, then the loop goes on."""
+        lo = self._loop_obj
+        if lo is None or lo.result is None or self._port is None:
+            return
+        with socket.socket(fileno=os.dup(self._port.fd)) as s:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._restarts += 1
+        log.warning("%s: C loop stopped (%d, socket error %s); restarting it", self.gw.name, lo.result,
+                    os.strerror(err) if err else "none")
+        with self._paused():
+            pass
 
     def promote(self, now: float) -> None:
         """Tick: move the outbound to a pending rekeyed SA once the peer evidently uses it."""
@@ -298,7 +315,10 @@ class ConnectionDatapath:
         port.pause()
         kw = {"raw_esp": True} if port.raw else {}
         try:
-            self._loop_obj = native.EspUdpLoop(tun_fd=self.tun_fd, udp_fd=port.fd, peer=self.current.keys.remote,
+            remote = self.current.keys.remote
+            if port.raw:  # IPv6 raw sockets take the port field as the protocol: 0 (or 50) only
+                remote = (remote[0], 0)
+            self._loop_obj = native.EspUdpLoop(tun_fd=self.tun_fd, udp_fd=port.fd, peer=remote,
                                                outbound=self.current.out_sa, inbound=self.table,
                                                ike_fd=port.ike_fd, batch=self.batch, mtu=self.gw.tunnel.mtu,
                                                poll_ms=20, **kw)
@@ -389,6 +409,8 @@ class ConnectionDatapath:
                 out[k] = out.get(k, 0) + v
         for k, v in self.slow_counters.items():
             out["slow_" + k] = v
+        if self._restarts:
+            out["loop_restarts"] = self._restarts
         return out
 
     def soft_expired(self) -> list[int]:
