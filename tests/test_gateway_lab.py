@@ -483,3 +483,22 @@ connections:
         finally:
             for gw in gws:
                 gw.stop()
+
+
+def test_ike_sa_rekey_and_child_terminate_by_spi(lab_factory) -> None:
+    lab: Lab = lab_factory(encap="udp")
+    up(lab)
+    ike = lab.a.sas()[0]
+    child = ike["child_sas"][0]
+    assert lab.a.cli("rekey", ike["initiator_spi"]).stdout.startswith("rekeying ike")
+    assert wait_for(lambda: [s["initiator_spi"] for s in lab.a.sas()] not in ([], [ike["initiator_spi"]]), 5)
+    new = lab.a.sas()
+    assert len(new) == 1 and new[0]["child_sas"][0]["spi_in"] == child["spi_in"]  # the Child SA moved over
+    assert ping(lab.left, "10.2.0.2", count=2) == 2
+    # a Child SA by its (outbound) SPI: only that SA goes, the IKE SA stays
+    lab.b.cli("terminate", child["spi_in"])  # b's outbound SPI is a's inbound
+    assert wait_for(lambda: lab.a.sas() and not lab.a.sas()[0]["child_sas"], 5)
+    assert lab.a.sas()[0]["state"] == "ESTABLISHED"
+    assert ping(lab.left, "10.2.0.2", count=1, wait=1) == 0
+    r = lab.a.cli("terminate", "0xdeadbeef", check=False)
+    assert r.returncode == 1 and "no SA with SPI 0xdeadbeef" in r.stderr
