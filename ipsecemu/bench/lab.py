@@ -70,6 +70,8 @@ class Cell:
     udp_rcvbuf_errors: dict[str, int] = field(default_factory=dict)  # per gateway netns, this cell
     cpu: dict[str, Any] = field(default_factory=dict)  # per process: CPU % of wall time per thread
     counters: dict[str, Any] = field(default_factory=dict)  # ipsecemu gateways: loop counters after
+    link_drops: dict[str, int] = field(default_factory=dict)  # "<netns>:<link> rx|tx": dropped, this cell
+    host_cpu: dict[str, float] = field(default_factory=dict)  # whole box, % of all CPUs: user/system/softirq/idle
 
 
 # --------------------------------------------------------------------------- processes
@@ -123,6 +125,17 @@ def udp_rcvbuf_errors(ns: str) -> int:
     return int(dict(zip(lines[0][1:], lines[1][1:], strict=False)).get("RcvbufErrors", 0))
 
 
+def link_drops(ns: str) -> dict[str, int]:
+    """Dropped-packet counters of every link in ``ns`` (``ip -s link``): a tun whose reader is
+    too slow drops at its queue (tx), a full socket shows in :func:`udp_rcvbuf_errors` instead."""
+    out: dict[str, int] = {}
+    for link in json.loads(_run(ns, "ip", "-j", "-s", "link", "show") or "[]"):
+        st = link.get("stats64", {})
+        for d in ("rx", "tx"):
+            out[f"{ns}:{link['ifname']} {d}"] = int(st.get(d, {}).get("dropped", 0))
+    return out
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) per thread ``"<tid> <comm>"`` of process ``pid``."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -140,6 +153,25 @@ def thread_cpu(pid: int) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         out[f"{tid} {comm}"] = (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+_STAT = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def host_ticks() -> list[int]:
+    """The aggregate ``cpu`` line of /proc/stat (the box is shared: iperf3, both gateways, the
+    forwarding kernel and anything else running)."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    return [int(x) for x in first[1:1 + len(_STAT)]]
+
+
+def host_share(before: list[int], after: list[int]) -> dict[str, float]:
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(d) or 1
+    v = dict(zip(_STAT, d, strict=True))
+    return {"user": round(100 * (v["user"] + v["nice"]) / total, 1), "system": round(100 * v["system"] / total, 1),
+            "softirq": round(100 * (v["softirq"] + v["irq"]) / total, 1),
+            "idle": round(100 * (v["idle"] + v["iowait"]) / total, 1)}
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
@@ -356,8 +388,10 @@ def measure(cell: Cell, procs: Procs, topo: Any, duration: float, running: Runni
             mss: int | None = None) -> Cell:
     gws = topo.gateways
     drops0 = {ns: udp_rcvbuf_errors(ns) for ns in gws}
+    links0 = {k: v for ns in gws for k, v in link_drops(ns).items()}
     pids = running.pids if running else {}
     cpu0 = {k: thread_cpu(p) for k, p in pids.items()}
+    host0 = host_ticks()
     t0 = time.monotonic()
     try:
         cell.gbps, cell.retransmits = iperf(procs, topo.hosts[0], topo.hosts[1], topo.inside[1],
@@ -365,8 +399,11 @@ def measure(cell: Cell, procs: Procs, topo: Any, duration: float, running: Runni
     except BenchError as exc:
         cell.error = str(exc)
     cell.seconds = round(time.monotonic() - t0, 2)
+    cell.host_cpu = host_share(host0, host_ticks())
     cell.cpu = {k: cpu_share(cpu0[k], thread_cpu(p), cell.seconds) for k, p in pids.items()}
     cell.udp_rcvbuf_errors = {ns: udp_rcvbuf_errors(ns) - d for ns, d in drops0.items()}
+    links1 = {k: v for ns in gws for k, v in link_drops(ns).items()}
+    cell.link_drops = {k: v - links0.get(k, 0) for k, v in links1.items() if v - links0.get(k, 0) > 0}
     if running:
         for g in running.gateways:
             try:
@@ -394,7 +431,8 @@ def run(*, duration: float = 10.0, streams: tuple[int, ...] = (1, 4), ciphers: t
         def one(cell: Cell, running: Running | None, mss: int | None = None) -> None:
             say(f"{cell.path} {cell.cipher or '-'} {cell.streams} stream(s): iperf3 {duration:g}s")
             measure(cell, procs, topo, duration, running, mss)
-            say(f"  -> {cell.gbps:.3f} Gbit/s, {cell.retransmits} retransmits" +
+            busy = ", ".join(f"{k} {v:g}%" for k, v in cell.host_cpu.items())
+            say(f"  -> {cell.gbps:.3f} Gbit/s, {cell.retransmits} retransmits; box CPU {busy}" +
                 (f" ERROR {cell.error}" if cell.error else ""))
             cells.append(cell)
 
