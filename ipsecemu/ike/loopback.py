@@ -60,6 +60,8 @@ class LoopbackNet:
         self.nat = nat
         #: return False to drop a packet (loss injection); sees the packet as sent
         self.filter: Callable[[Packet], bool] = lambda p: True
+        #: reorder each batch of packets sent at once (e.g. the fragments of one message)
+        self.reorder: Callable[[list[Packet]], list[Packet]] = lambda batch: batch
         self.log: list[Packet] = []  # every packet delivered
         self.dropped: list[Packet] = []
 
@@ -88,7 +90,7 @@ class LoopbackNet:
                      node.datagrams_to_send(self.now)]
             if not batch:
                 return n
-            for pkt in batch:
+            for pkt in self.reorder(batch):
                 n += 1
                 if self.filter(pkt):
                     self._deliver(pkt)

@@ -387,6 +387,7 @@ class Message:
     response: bool
     payloads: list[AnyPayload] = field(default_factory=list)
     version: int = 0x20
+    decrypted: bool = False  # payloads are the inner ones already (a reassembled RFC 7383 message)
 
     @property
     def flags(self) -> int:

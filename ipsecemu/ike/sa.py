@@ -65,6 +65,7 @@ from collections import deque
 from collections.abc import Callable
 
 from . import crypto
+from . import fragments as frag
 from . import message as m
 from .consts import Exchange, Notify
 from .errors import IntegrityError, LocalProtocolError, ParseError, RemoteProtocolError
@@ -143,6 +144,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self.nat_remote = False
         self.remote_id: Identity | None = None
         self.peer_sig_hashes: frozenset[int] = frozenset()  # RFC 7427 hashes the peer announced
+        self.frag_ok = False  # both sides said IKEV2_FRAGMENTATION_SUPPORTED
+        self._reasm = frag.Reassembler()
         self.children: dict[int, ChildSa] = {}
         self._first_child: _ChildNeg | None = None
         # message IDs (window size 1)
@@ -225,7 +228,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
                 return
             p.tries += 1
             p.next_at = now + self.config.retransmit_timeout_s * self.config.retransmit_base**p.tries
-            self._emit(p.wire)
+            for w in p.frags or [p.wire]:
+                self._emit(w)
             self._count("retransmit")
             return
         if self.state != IkeState.ESTABLISHED or self._pending is not None:
@@ -359,19 +363,32 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         assert self._cout is not None
         return msg.encode_encrypted(self._cout, self._rng(self._cout.encr.iv_len))
 
+    def _encrypt_frags(self, msg: m.Message) -> list[bytes]:
+        """``msg`` encrypted; as RFC 7383 fragments if negotiated and it would not fit."""
+        wire = self._encrypt(msg)
+        if not self.frag_ok:
+            return [wire]
+        budget = frag.ike_budget(self.config.fragment_size, self.local, ":" in self.local[0])
+        if len(wire) <= budget:
+            return [wire]
+        assert self._cout is not None
+        self._count("fragmented")
+        return frag.fragment(msg, self._cout, self._rng, budget)
+
     def _send_request(self, now: float, exchange: int, payloads: list, on_response: Callable[[m.Message, float], None],
                       kind: str) -> None:
         msg = m.Message(self.spi_i, self.spi_r, exchange, self._next_id, self.initiator, False, payloads)
-        wire = self._encrypt(msg)
-        self._pending = _Request(self._next_id, wire, exchange, on_response, kind, 0,
-                                 now + self.config.retransmit_timeout_s, now)
-        self._emit(wire)
+        wires = self._encrypt_frags(msg)
+        self._pending = _Request(self._next_id, wires[0], exchange, on_response, kind, 0,
+                                 now + self.config.retransmit_timeout_s, now, wires if len(wires) > 1 else [])
+        for w in wires:
+            self._emit(w)
 
     def _send_response(self, req: m.Message, payloads: list, addr: Addr, local: Addr) -> None:
         msg = m.Message(self.spi_i, self.spi_r, req.exchange, req.msg_id, self.initiator, True, payloads)
-        wire = self._encrypt(msg)
-        self._sink.out.append((wire, addr, local))
-        self._last_response = (req.msg_id, [(wire, addr, local)])
+        out = [(w, addr, local) for w in self._encrypt_frags(msg)]
+        self._sink.out.extend(out)
+        self._last_response = (req.msg_id, out)
 
     def _close(self, now: float, reason: str, notify: int = 0, quiet_children: bool = False) -> None:
         if self.state == IkeState.CLOSED:
@@ -383,6 +400,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self._pending = None
         self._queue.clear()
         self._half_open_deadline = None
+        self._reasm.clear()
         self.state = IkeState.CLOSED
         self._event(IkeSaDeleted, reason=reason, notify=notify)
 
@@ -401,7 +419,13 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         try:
             if msg.exchange == Exchange.IKE_SA_INIT:
                 self._recv_sa_init(msg, data, addr, local, now)
-            elif msg.response:
+                return
+            if len(data) > 16 and data[16] == m.Payload.SKF:
+                whole = self._reassemble(msg, data, addr, now)
+                if whole is None:
+                    return
+                msg = whole
+            if msg.response:
                 self._recv_response(msg, data, addr, now)
             else:
                 self._recv_request(msg, data, addr, local, now)
@@ -411,7 +435,48 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._count("protocol_error")
             self.last_error = str(exc)
 
+    def _reassemble(self, msg: m.Message, data: bytes, addr: Addr, now: float) -> m.Message | None:
+        """One RFC 7383 fragment: check its message ID, authenticate it, collect it; the whole
+        message (inner payloads decoded, ``decrypted`` set) once every fragment is in."""
+        if self._cin is None or not self.frag_ok:
+            self._count("fragment_unexpected")
+            return None
+        if msg.initiator == self.initiator:
+            self._count("bad_flags")
+            return None
+        resent = not msg.response and self._last_response is not None and msg.msg_id == self._last_response[0]
+        if msg.response:
+            p = self._pending
+            if p is None or msg.msg_id != p.msg_id or msg.exchange != p.exchange:
+                self._count("unexpected_response")
+                return None
+        elif msg.msg_id != self._expect_id and not resent:
+            self._count("bad_message_id")
+            return None
+        piece = frag.open_fragment(data, self._cin)  # IntegrityError: counted by the caller
+        if resent:
+            # a retransmitted fragmented request: answer once, on its first fragment (RFC 7383 2.6.1)
+            if piece.number == 1:
+                assert self._last_response is not None
+                self._sink.out.extend(self._last_response[1])
+                self._count("duplicate_request")
+            return None
+        done = self._reasm.add(msg.response, msg.msg_id, piece, now, self._count)
+        if done is None:
+            return None
+        first, inner = done
+        try:
+            payloads = m.decode_payloads(first, inner)
+        except ParseError:
+            self._count("fragment_reassembly_parse_error")
+            return None
+        self._count("reassembled")
+        return m.Message(msg.spi_i, msg.spi_r, msg.exchange, msg.msg_id, msg.initiator, msg.response, payloads,
+                         msg.version, decrypted=True)
+
     def _decrypt(self, msg: m.Message, data: bytes) -> list:
+        if msg.decrypted:
+            return msg.payloads
         if self._cin is None:
             raise RemoteProtocolError("encrypted message before keys exist")
         try:

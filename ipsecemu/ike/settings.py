@@ -141,6 +141,8 @@ class IkeSaConfig:
     initial_contact: bool = True
     extra: dict = field(default_factory=dict)
     certs: CertAuth | None = None  # certificate authentication instead of the PSK
+    fragmentation: bool = True  # RFC 7383: offer/accept IKE fragmentation
+    fragment_size: int = 1280  # largest IP datagram for an IKE message before it is fragmented
 
     def __post_init__(self) -> None:
         if self.certs is not None:

@@ -109,6 +109,7 @@ class _Request:
     tries: int = 0
     next_at: float = 0.0
     started: float = 0.0
+    frags: list[bytes] = field(default_factory=list)  # RFC 7383 fragments of ``wire`` (sent instead)
 
 
 @dataclass

@@ -49,21 +49,26 @@ class IkeInitTask:
         self.nat_local = natd_hash(self.spi_i, spi_r, local) not in dst
 
     def _sa_init_extras(self, response: bool) -> list:
-        """Optional IKE_SA_INIT payloads: RFC 7427 hash algorithms (and a CERTREQ in a response)
-        when we authenticate with certificates."""
-        certs = self.config.certs
-        if certs is None:
-            return []
+        """Optional IKE_SA_INIT payloads: IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383; a responder
+        only echoes it), and with certificates the RFC 7427 hash algorithms and, in a response,
+        a CERTREQ naming our CAs."""
         out: list = []
-        if response and certs.cas:
+        certs = self.config.certs
+        if certs is not None and response and certs.cas:
             out.append(m.Cert(Payload.CERTREQ, CERT_X509_SIGNATURE, certs.certreq_data()))
-        out.append(m.Notification(Notify.SIGNATURE_HASH_ALGORITHMS, b"".join(h.to_bytes(2, "big") for h in OUR_HASHES)))
+        if self.config.fragmentation and (not response or self.frag_ok):
+            out.append(m.Notification(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
+        if certs is not None:
+            out.append(m.Notification(Notify.SIGNATURE_HASH_ALGORITHMS,
+                                      b"".join(h.to_bytes(2, "big") for h in OUR_HASHES)))
         return out
 
     def _read_sa_init_extras(self, msg: m.Message) -> None:
         n = msg.notify(Notify.SIGNATURE_HASH_ALGORITHMS)
         if n is not None:
-            self.peer_sig_hashes = frozenset(int.from_bytes(n.data[i : i + 2], "big") for i in range(0, len(n.data) - 1, 2))
+            self.peer_sig_hashes = frozenset(int.from_bytes(n.data[i : i + 2], "big")
+                                             for i in range(0, len(n.data) - 1, 2))
+        self.frag_ok = self.config.fragmentation and msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None
 
     def _send_sa_init(self, now: float) -> None:
         if self._ke is None or self._ke.group != self._group:
@@ -220,9 +225,9 @@ class IkeInitTask:
             m.KE(group, self._ke.public),
             m.Nonce(self.nr),
             *self._natd_payloads(self.spi_r, local, addr),
-            *self._sa_init_extras(True),
         ]
         self._read_sa_init_extras(msg)
+        payloads += self._sa_init_extras(True)
         self._init_req = data
         self._init_resp = self._send_plain(
             m.Message(self.spi_i, self.spi_r, Exchange.IKE_SA_INIT, 0, False, True, payloads), addr, local)
