@@ -121,3 +121,30 @@ def test_we_refuse_charon_certificate_from_unknown_ca(unique_name: str) -> None:
             assert await s.until(lambda: not s.charon.list_sas(), 8), s.charon.log_tail()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-init", "charon-init"])
+def test_fragmented_ike_auth_with_charon(unique_name: str, we_initiate: bool) -> None:
+    """RFC 7383 with charon: RSA certificates make IKE_AUTH ~1.5 KB; both sides send it as
+    fragments of at most 600-byte datagrams and reassemble the other's."""
+    ca = make_ca(kind="rsa")
+    left = make_cert(ca, "left", "rsa", ("left",))
+    right = make_cert(ca, "right", "rsa", ("right",))
+    auth = CertAuth(left[0], left[1], [ca[0]])
+
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, IKE, ESP,
+                                  ours_kw={"psk": b"", "certs": auth, "fragment_size": 600}) as s:
+            # charon reads fragment_size when it creates an IKE SA: set it before one exists
+            with open(s.charon.conf, "a") as f:
+                f.write("charon {\n  fragment_size = 600\n}\n")
+            s.charon._call("reload-settings", "reload_settings")
+            load_cert_conn(s.charon, s.topo, ca, right, "rsa")
+            ike_ev, child_ev = await s.establish(we_initiate)
+            s.check_same_sa(ike_ev, child_ev)
+            sa = s.peer.sa()
+            assert sa.frag_ok
+            assert sa.counters.get("fragmented") == 1 and sa.counters.get("reassembled") == 1, sa.counters
+            assert (await s.pings(2)) == (2, 2), s.charon.log_tail()
+
+    asyncio.run(main())
