@@ -27,6 +27,9 @@ COLUMNS = {"ipsecemu": "ipsecemu→charon", "charon": "charon→ipsecemu"}
 #: charon's list-sas dh-group name of each proposal's key exchange
 DH = {"modp1024": "MODP_1024", "modp2048": "MODP_2048", "ecp256": "ECP_256", "ecp384": "ECP_384",
       "x25519": "CURVE_25519"}
+#: our proposal's PRF token -> charon's prf-alg
+PRF = {"prfsha1": "PRF_HMAC_SHA1", "prfsha256": "PRF_HMAC_SHA2_256", "prfsha384": "PRF_HMAC_SHA2_384",
+       "prfsha512": "PRF_HMAC_SHA2_512"}
 
 
 class CaseFailed(AssertionError):
@@ -84,11 +87,19 @@ async def _up(s: Any, we: bool, *, keys: bool = True) -> tuple[Any, Any]:
 
 
 async def check_proposal(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
-    """IKE_SA_INIT + IKE_AUTH with the case's proposals: same SA, same keys, same DH group, data."""
-    await _up(s, we)
+    """IKE_SA_INIT + IKE_AUTH with the case's proposals: same SA, same keys, the IKE algorithms
+    both sides report are the case's (DH group, PRF, key size), data passes."""
+    ike_ev, _child = await _up(s, we)
+    sa = s.charon_sa()
     group = next((DH[p] for p in case.ike.split("-") if p in DH), None)
-    got = s.charon_sa().get("dh-group")
-    _need(group is None or got == group, f"charon negotiated {got}, expected {group}")
+    _need(group is None or sa.get("dh-group") == group, f"charon negotiated {sa.get('dh-group')}, expected {group}")
+    ours = ike_ev.proposal.split("-")
+    prf = next((PRF[p] for p in ours if p in PRF), None)
+    _need(prf is not None and sa.get("prf-alg") == prf, f"charon's PRF {sa.get('prf-alg')}, ours {prf}")
+    size = next((p[3:6] for p in ours if p.startswith("aes")), "")
+    _need(sa.get("encr-keysize") == size, f"IKE key size: charon {sa.get('encr-keysize')}, ours {size}")
+    _need(group is None or group.split("_")[-1].lower() in ike_ev.proposal.replace("x25519", "25519"),
+          f"we negotiated {ike_ev.proposal}")
     pings = await _pings(s, n)
     child = s.charon_child()
     _need(int(child.get("packets-in", 0)) >= 2 * n and int(child.get("packets-out", 0)) >= 2 * n,
