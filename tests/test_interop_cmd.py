@@ -117,3 +117,29 @@ def test_cases_option_runs_only_those_rows() -> None:
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["case", "charon→ipsecemu"]
     assert lines[2].startswith("dpd") and "✓" in lines[2] and lines[-1] == "1/1 cells passed"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")
+def test_sigterm_mid_cell_cleans_up() -> None:
+    """SIGTERM while a cell runs: exit 130, that cell's netns and charon are gone."""
+    import signal
+    import time
+
+    before_ns, before_charons = our_netns(), our_charons()
+    p = subprocess.Popen([sys.executable, "-m", "ipsecemu", "interop", "--cases", "child-rekey"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (our_netns() - before_ns and our_charons() - before_charons):
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the cell: SAs up, rekey under way
+        os.kill(p.pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert our_netns() <= before_ns and our_charons() <= before_charons
