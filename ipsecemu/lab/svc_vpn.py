@@ -241,7 +241,7 @@ def start(topo: Topology, state: LabState, say: Say) -> None:
                    "gateway", "run", str(cfg_path)]
             proc = _spawn(cmd, log)
             state.add_process(proc.pid, "daemon", node, cmd, str(log))
-            watch.append((f"{node}: gateway daemon", proc.pid, d / "gateway.log"))
+            watch.append((f"{node}: gateway daemon", proc.pid, log))
             say(f"vpn: {node}: ipsecemu gateway pid {proc.pid} ({len(node_conns(topo, node))} tunnel(s))")
         else:
             from .strongswan import Charon, CharonError
@@ -249,7 +249,9 @@ def start(topo: Topology, state: LabState, say: Say) -> None:
             cdir = CHARON_BASE / topo.name / node
             with state.update() as data:  # recorded first: `lab down` removes it (builder.teardown)
                 data.setdefault("charon_dirs", {})[node] = str(cdir)
-                data.setdefault("extra_dirs", []).append(str(cdir))
+                extra = data.setdefault("extra_dirs", [])
+                if str(cdir.parent) not in extra:
+                    extra.append(str(cdir.parent))
             shutil.rmtree(cdir, ignore_errors=True)
             cdir.mkdir(parents=True, mode=0o700)
             ch = Charon(topo.netns(node), cdir, key_log=True)
