@@ -304,3 +304,17 @@ def test_wrong_cak_peer_gets_no_traffic_through(net: Net, tmp_path: Path) -> Non
             assert s["tx"] is None and s["rx"] == []
             assert s["loop"]["phy_tx"] == 0 and s["loop"]["no_tx_sa"] >= 1  # nothing left in clear
             assert s["loop"]["validated"] == 0
+
+
+def test_pn_exhaustion_rotates_the_sak_under_traffic(net: Net, tmp_path: Path) -> None:
+    """A (lowered) PN exhaustion threshold: the C loop's soft event makes MKA distribute a new SAK
+    before the PN space runs out, on whichever end hits it first, and no ping is lost."""
+    with macsec_link(net, tmp_path, "GcmAes128", pn_exhaustion_threshold=300) as lk:
+        first = lk.st("a")["latest_key"]["kn"]
+        assert _ping(net, 1000, "0.002") == (1000, 1000)
+        assert lk.wait(lambda: lk.st("a")["latest_key"]["kn"] >= first + 2)
+        for end in ("a", "b"):
+            s = lk.st(end)
+            # reacts within ~0.1 s of the soft event (at most ~500 ping frames/s each way)
+            assert s["tx"]["next_pn"] <= 300 + 150
+            assert s["loop"]["validate_drop"] == 0

@@ -65,7 +65,8 @@ AZURE_CIPHER = {v: k for k, v in {
     "GcmAes128": "gcm-aes-128", "GcmAes256": "gcm-aes-256",
     "GcmAesXpn128": "gcm-aes-xpn-128", "GcmAesXpn256": "gcm-aes-xpn-256"}.items()}
 LINK_KEYS = ("cipher", "sci_state", "cak", "ckn", "replay_window", "validate", "key_server_priority",
-             "vlan", "qinq", "hello_time", "life_time")
+             "vlan", "qinq", "hello_time", "life_time", "pn_exhaustion_threshold")
+DEFAULT_PN_THRESHOLD = 0xC0000000  # rekey at 3/4 of the 32-bit PN space (XPN: of the high 32 bits)
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,13 @@ class LinkConfig:
     qinq: tuple[int, int] | None = None  # Azure QinQ: (S-tag, C-tag)
     hello_time: float = 2.0  # 802.1X MKA Hello Time
     life_time: float = 6.0  # 802.1X MKA Life Time
+    # Tx PN at which MKA asks for a new SAK (XPN: this << 32); lowered only to test rotation
+    pn_exhaustion_threshold: int = DEFAULT_PN_THRESHOLD
 
     def secy(self) -> SecYConfig:
         return SecYConfig(include_sci=self.include_sci, end_station=not self.include_sci,
-                          replay_protect=True, replay_window=self.replay_window, validate=self.validate)
+                          replay_protect=True, replay_window=self.replay_window, validate=self.validate,
+                          pn_exhaustion_threshold=self.pn_exhaustion_threshold)
 
     @property
     def tag_bytes(self) -> int:
@@ -178,9 +182,11 @@ def parse_link_config(m: Mapping[str, Any], where: str = "macsec") -> LinkConfig
     life = _seconds(m, "life_time", f"{where}.life_time", 6.0)
     if life <= hello:
         raise ConfigError(f"{where}.life_time: must be longer than hello_time")
+    pn = _int(m, "pn_exhaustion_threshold", f"{where}.pn_exhaustion_threshold", 2, 0xFFFFFFFF,
+              DEFAULT_PN_THRESHOLD)
     return LinkConfig(cak=cak, ckn=ckn, cipher=cipher, include_sci=include_sci, replay_window=replay or 0,
                       validate=validate, key_server_priority=prio if prio is not None else 16, vlan=vlan,
-                      qinq=qinq, hello_time=hello, life_time=life)
+                      qinq=qinq, hello_time=hello, life_time=life, pn_exhaustion_threshold=pn or DEFAULT_PN_THRESHOLD)
 
 
 def load_link_config(path: str | Path) -> LinkConfig:
@@ -286,7 +292,7 @@ class LinkDaemon:
         self.max_frame = if_mtu(tap) + 14 + cfg.tag_bytes
         self.participant = MkaParticipant(
             cfg.cak, cfg.ckn, self.sci, cfg.key_server_priority, cfg.cipher, cfg.include_sci,
-            hello_time=cfg.hello_time, life_time=cfg.life_time)
+            hello_time=cfg.hello_time, life_time=cfg.life_time, pn_exhaustion_threshold=cfg.pn_exhaustion_threshold)
         self._tap_fd = open_tap(tap)
         try:
             self._data = packet_socket(phy, ETH_P_ALL)
@@ -455,8 +461,8 @@ class LinkDaemon:
                     self._write_status()
                 t = self.participant.get_timer()
                 delay = 0.5 if t is None else min(0.5, max(0.0, t - time.monotonic()))
-                if self._pending_rx_removal:
-                    delay = min(delay, 0.1)
+                if self._pending_rx_removal or self.loop.tx is not None:
+                    delay = min(delay, 0.1)  # PN soft events are polled: react within 0.1 s
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)
