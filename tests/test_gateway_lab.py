@@ -270,6 +270,7 @@ def test_rekey_by_command_under_ping_loses_nothing(lab_factory) -> None:
     assert log.count("Child SA rekeyed") == 2, log
 
 
+@pytest.mark.slow
 def test_azure_datasize_lifetime_rekeys_under_ping(lab_factory) -> None:
     policy = """\
     ipsec_policy: {ike_encryption: GCMAES128, ike_integrity: GCMAES128, dh_group: DHGroup14,
