@@ -617,10 +617,13 @@ def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, 
     if shutil.which("iperf3"):
         srv = subprocess.Popen(["ip", "netns", "exec", rns, "iperf3", "-s", "-1", "-p", "5201"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        before = _tunnel_packets(state)
         try:
             rate = None
             for _ in range(20):
-                cl = _run(pns, "iperf3", "-c", rip, "-p", "5201", "-t", str(iperf_s), "-J", timeout=iperf_s + 15)
+                # 4 streams: ECMP spreads them over the tunnels (active-active)
+                cl = _run(pns, "iperf3", "-c", rip, "-p", "5201", "-t", str(iperf_s), "-P", "4", "-J",
+                          timeout=iperf_s + 15)
                 if cl.returncode == 0:
                     try:
                         rate = json.loads(cl.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
@@ -631,8 +634,11 @@ def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, 
                     break
                 time.sleep(0.1)
             ok &= rate is not None
-            say(f"smoke: iperf3 {pn} -> {rn}, {iperf_s} s through the tunnels: "
-                + (f"{rate:.0f} Mbit/s" if rate is not None else "FAILED"))
+            after = _tunnel_packets(state)
+            used = sorted(k for k in after if k.startswith(plan["initiator"] + "/") and after[k] > before.get(k, 0))
+            say(f"smoke: iperf3 {pn} -> {rn}, 4 streams, {iperf_s} s through the tunnels: "
+                + (f"{rate:.0f} Mbit/s" if rate is not None else "FAILED")
+                + f" (tunnels used: {', '.join(k.split('/', 1)[1] for k in used) or 'none'})")
         finally:
             if srv.poll() is None:
                 os.kill(srv.pid, signal.SIGTERM)
