@@ -295,3 +295,31 @@ def test_broken_vpn_config_rolls_back(unique_name: str, tmp_path: Path) -> None:
     finally:
         if _leftovers(unique_name):
             cli("down", unique_name)
+
+
+# ---------------------------------------------------------------- S3
+
+
+def test_s3_same_prefix_over_er_goes_in_clear_and_warns(lab: callable, tmp_path: Path) -> None:
+    name = lab(REPO / "netns-labs" / "er-vwan-s3.yaml")
+    lb = _status(name)
+    assert any(w.startswith("10.0.1.0/24 reachable over ER without VPN") for w in lb["vpn"]["warnings"])
+    text = cli("status", name)
+    assert "WARNING: 10.0.1.0/24 reachable over ER without VPN" in text.stdout
+    caps = []
+    for iface in ("msee1", "msee2"):
+        p = subprocess.Popen([sys.executable, "-m", "ipsecemu", "lab", "capture", f"{name}/ce:{iface}", "-w",
+                              str(tmp_path / f"{iface}.pcap"), "--duration", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        assert p.stderr is not None and "capturing on" in p.stderr.readline()
+        caps.append(p)
+    assert nsx(f"{name}-spoke1", "ping", "-c", "5", "-i", "0.1", "-W", "1", ONPREM1).returncode == 0
+    for p in caps:
+        p.communicate(timeout=30)
+    flows: dict = {}
+    for iface in ("msee1", "msee2"):
+        for k, v in pcap_flows(tmp_path / f"{iface}.pcap").items():
+            flows[k] = flows.get(k, 0) + v
+    # Azure -> on-prem uses ER in clear (the S3 pitfall); on-prem -> Azure still uses the tunnels
+    assert flows.get((SPOKE1, ONPREM1, "icmp"), 0) == 5
+    assert flows.get((ONPREM1, SPOKE1, "icmp"), 0) == 0

@@ -111,7 +111,7 @@ def up(file: str, name: str | None, smoke: bool) -> None:
         click.echo(f"  vpn: {len(topo.vpn)} tunnel(s) up ({', '.join(c.name for c in topo.vpn)}); "
                    f"gateways on {', '.join(vpn_nodes)}")
     hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
-    if len(hosts) >= 2 and not smoke:
+    if len(hosts) >= 2 and not (smoke and topo.vpn):  # the VPN smoke prints its own next steps
         dst = ipaddress.ip_interface(hosts[0].addresses[0][1]).ip
         click.echo(f"  try: ipsecemu lab exec {topo.name}/{hosts[-1].name} -- ping -c1 {dst}")
     if not smoke:
@@ -296,6 +296,7 @@ def _print_vpn(vpn: dict[str, Any]) -> None:
                        f" out {c['packets_out']} pkts/{c['bytes_out']} B")
     for r in vpn["routes"]:
         where = r["netns"] + ("" if r["table"] == 254 else f" table {r['table']}")
+        where += f" metric {r['metric']}" if r.get("metric") is not None else ""
         click.echo(f"    route {where}: {r['dst']} -> {', '.join(r['nexthops']) or 'withdrawn'}")
     for w in vpn.get("warnings", []):
         click.echo(f"  WARNING: {w}")

@@ -165,9 +165,10 @@ def route_plan(topo: Topology, state: LabState) -> dict[str, Any]:
             if topo.node(nb).kind != "router":
                 continue
             for p in c.routes_of(resp):
-                checks.append({"node": nb, "netns": topo.netns(nb), "prefix": p, "vpn_node": resp})
+                if not any(x["node"] == nb and x["prefix"] == p for x in checks):
+                    checks.append({"node": nb, "netns": topo.netns(nb), "prefix": p})
     return {"lab": topo.name, "tunnels": tunnels, "upstream": upstream, "vpn_addresses": sorted(vpn_addr),
-            "checks": [dict(t) for t in {tuple(sorted(x.items())) for x in checks}]}
+            "checks": checks}
 
 
 def _neighbors(topo: Topology, node: str) -> set[str]:
@@ -453,7 +454,7 @@ class Agent:
                 desc = ", ".join(h[1] for h in hops) or "withdrawn"
                 print(f"{time.strftime('%H:%M:%S')} {key[0]} table {key[1]} {key[2]} -> {desc}", flush=True)
         status = {"pid": os.getpid(), "time": time.time(), "tunnels": up, "applied": True,
-                  "routes": [{"netns": k[0], "table": k[1], "dst": k[2], "nexthops": [h[1] for h in v]}
+                  "routes": [{"netns": k[0], "table": k[1], "dst": k[2], "metric": k[3], "nexthops": [h[1] for h in v]}
                              for k, v in sorted(self.applied.items(), key=str)]}
         tmp = self.dir / (STATUS_FILE + ".tmp")
         tmp.write_text(json.dumps(status, indent=2))
