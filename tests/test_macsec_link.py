@@ -205,11 +205,12 @@ def test_mka_converges_and_traffic_crosses(net: Net, tmp_path: Path, cipher: str
         assert oct(lk.keys["a"].stat().st_mode & 0o777) == "0o600"
 
 
-def _scapy_decrypt(cap: Path, keys: list[dict]) -> tuple[int, int]:
-    """(MACsec frames decrypted by scapy's MACsecSA, ICMP packets among them)."""
+def _scapy_decrypt(cap: Path, keys: list[dict], vids: list[int]) -> tuple[int, int]:
+    """(MACsec frames decrypted by scapy's MACsecSA, ICMP packets among them, each inside the
+    VLAN tags ``vids``, outer first)."""
     from scapy.contrib.macsec import MACsec, MACsecSA
     from scapy.layers.inet import ICMP
-    from scapy.layers.l2 import Ether
+    from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
     from scapy.utils import rdpcap
 
     ok = icmp = 0
@@ -227,18 +228,25 @@ def _scapy_decrypt(cap: Path, keys: list[dict]) -> tuple[int, int]:
                       salt=bytes.fromhex(k["salt"]) if xpn else None)
         clear = sa.decap(sa.decrypt(pkt))  # raises InvalidTag if the ICV does not verify
         ok += 1
-        icmp += ICMP in clear
+        if ICMP in clear:
+            icmp += 1
+            tags = [layer.vlan for layer in clear.iterpayloads() if isinstance(layer, Dot1Q | Dot1AD)]
+            assert tags == vids
     return ok, icmp
 
 
-@pytest.mark.parametrize(("cipher", "sci_state"), [("GcmAesXpn128", "Disabled"), ("GcmAes256", "Enabled")])
+@pytest.mark.parametrize(("cipher", "sci_state", "tags", "vids"), [
+    ("GcmAesXpn128", "Disabled", {}, []),
+    ("GcmAes256", "Enabled", {"vlan": 100}, [100]),  # Azure Dot1Q
+    ("GcmAesXpn256", "Enabled", {"qinq": [10, 20]}, [10, 20]),  # Azure QinQ
+])
 def test_capture_decrypts_with_scapy_and_pcap_decrypt_and_tshark_reads_mka(
-        net: Net, tmp_path: Path, cipher: str, sci_state: str) -> None:
+        net: Net, tmp_path: Path, cipher: str, sci_state: str, tags: dict, vids: list[int]) -> None:
     cap = tmp_path / "phy.pcap"
-    with tcpdump(net, "a", cap), macsec_link(net, tmp_path, cipher, sci_state) as lk:
+    with tcpdump(net, "a", cap), macsec_link(net, tmp_path, cipher, sci_state, **tags) as lk:
         assert _ping(net, 4) == (4, 4)
         keys = json.loads(lk.keys["a"].read_text())
-    ok, icmp = _scapy_decrypt(cap, keys)
+    ok, icmp = _scapy_decrypt(cap, keys, vids)
     assert ok >= 8 and icmp >= 8  # 4 requests + 4 replies at least
     out = tmp_path / "clear.pcap"
     res = subprocess.run([sys.executable, "-m", "ipsecemu", "pcap", "decrypt", str(cap), "-o", str(out),

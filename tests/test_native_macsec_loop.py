@@ -165,3 +165,39 @@ def test_bad_configuration_is_a_clear_error(wires) -> None:
         native.MacsecLinkLoop(tap_fd=-1, phy_fd=phy_loop.fileno(), secy=SecYConfig())
     with pytest.raises(ConfigError):
         native.MacsecLinkLoop(tap_fd=999_999, phy_fd=phy_loop.fileno(), secy=SecYConfig())
+
+
+@pytest.mark.parametrize(("vlan", "qinq", "tags"), [
+    (100, None, bytes.fromhex("81000064")),
+    (None, (10, 4094), bytes.fromhex("88a8000a81000ffe")),
+])
+def test_vlan_tags_go_inside_the_protected_frame_and_are_checked(wires, vlan, qinq, tags: bytes) -> None:
+    from ipsecemu.macsec.reference import MacsecTx as RefTx
+
+    tap_user, tap_loop, phy_loop, phy_wire = wires
+    secy = SecYConfig()
+    sa = MacsecSaConfig("gcm-aes-128", SAK1, SCI_A, 2)
+    loop = native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, vlan=vlan,
+                                 qinq=qinq, max_frame=1514)
+    loop.set_tx(sa)
+    full = _frame(1, 1514)  # a full-size untagged frame still fits once tagged
+    tap_user.send(full)
+    loop.step(200)
+    ref = RefRx(secy)
+    ref.add_sa(sa)
+    got = ref.validate(_drain(phy_wire, 1)[0])
+    assert got.verdict is Verdict.OK and got.frame == full[:12] + tags + full[12:]
+    # receive: our tags are stripped; other VIDs and untagged frames are dropped
+    sb = MacsecSaConfig("gcm-aes-128", SAK2, SCI_B, 0)
+    loop.add_rx_sa(sb)
+    tx = RefTx(secy, sb)
+    frame = _frame(2, src=SCI_B)
+    wrong = tags[:-1] + bytes([tags[-1] ^ 1])
+    for f in (frame[:12] + tags + frame[12:], frame[:12] + wrong + frame[12:], frame):
+        phy_wire.send(tx.protect(f)[1])
+    while loop.step(50) > 0:
+        pass
+    assert _drain(tap_user, 1) == [frame]
+    assert loop.stats["vlan_drop"] == 2 and loop.stats["validated"] == 1
+    with pytest.raises(ConfigError, match="vlan"):
+        native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, vlan=4095)

@@ -692,7 +692,8 @@ class MacsecLinkLoop:
     """
 
     def __init__(self, *, tap_fd: int, phy_fd: int, secy: SecYConfig, batch: int = 64,
-                 max_frame: int = 1518, poll_ms: int = 50) -> None:
+                 max_frame: int = 1514, poll_ms: int = 50, vlan: int | None = None,
+                 qinq: tuple[int, int] | None = None) -> None:
         import threading
 
         if not 1 <= batch <= lib.IE_LOOP_MAX_BATCH:
@@ -701,11 +702,18 @@ class MacsecLinkLoop:
             raise ConfigError(f"max_frame: must be 60..65535, got {max_frame}")
         if tap_fd < 0 or phy_fd < 0:
             raise ConfigError("tap_fd/phy_fd: need open file descriptors")
+        if vlan is not None and qinq is not None:
+            raise ConfigError("vlan/qinq: give one of them")
+        stag, ctag = qinq if qinq is not None else (0, vlan or 0)
+        if not (0 <= stag <= 4094 and 0 <= ctag <= 4094) or (qinq is not None and not (stag and ctag)) \
+                or vlan == 0:
+            raise ConfigError(f"vlan/qinq: VIDs must be 1..4094, got {vlan if qinq is None else qinq}")
         self.secy = secy
         self._rx = MacsecRx(secy)  # its SA table is only touched through the loop from now on
         c = ffi.new("ie_mloop_cfg *")
         c.tap_fd, c.phy_fd, c.batch, c.max_frame, c.poll_ms = tap_fd, phy_fd, batch, max_frame, poll_ms
         c.validate = _VALIDATE[secy.validate]
+        c.stag, c.ctag = stag, ctag
         out = ffi.new("ie_mloop **")
         _check(lib.ie_mloop_new(c, self._rx._rx, out), "MACsec link loop")
         self._loop = ffi.gc(out[0], lib.ie_mloop_free)

@@ -52,7 +52,6 @@ SIOCGIFMTU = 0x8921
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
-MACSEC_OVERHEAD = 32  # SecTAG with SCI (16) + ICV (16)
 RX_REMOVE_DELAY = 1.0  # s: frames of the old key still queued on the phy socket get validated
 KEY_HISTORY = 16  # SAKs kept in the key file (a capture may span several rotations)
 
@@ -289,7 +288,7 @@ class LinkDaemon:
         if_mac(phy)  # exists?
         _quiet_phy(phy)
         self.sci = mac + b"\x00\x01"
-        self.max_frame = if_mtu(tap) + 14 + cfg.tag_bytes
+        self.max_frame = if_mtu(tap) + 14  # the loop adds the VLAN tag(s) itself
         self.participant = MkaParticipant(
             cfg.cak, cfg.ckn, self.sci, cfg.key_server_priority, cfg.cipher, cfg.include_sci,
             hello_time=cfg.hello_time, life_time=cfg.life_time, pn_exhaustion_threshold=cfg.pn_exhaustion_threshold)
@@ -298,7 +297,7 @@ class LinkDaemon:
             self._data = packet_socket(phy, ETH_P_ALL)
             self._mka = packet_socket(phy, ETH_P_PAE, 1 << 20)
             self.loop = MacsecLinkLoop(tap_fd=self._tap_fd, phy_fd=self._data.fileno(), secy=cfg.secy(),
-                                       batch=batch, max_frame=self.max_frame)
+                                       batch=batch, max_frame=self.max_frame, vlan=cfg.vlan, qinq=cfg.qinq)
         except BaseException:
             os.close(self._tap_fd)
             raise

@@ -296,7 +296,8 @@ void ie_loop_get_stats(const ie_loop *loop, ie_loop_stats *out);
  * directly while the loop exists.  The Tx SA passed to ie_mloop_set_tx is borrowed until a later
  * ie_mloop_set_tx returns it (or the loop is freed); reading its counters/next_pn/events from
  * another thread follows the general rules above.  ie_mloop_new puts both fds in non-blocking
- * mode.  Frames up to max_frame bytes (Ethernet header included, no FCS) are carried. */
+ * mode.  Frames up to max_frame bytes (Ethernet header included, no FCS, before tagging) are
+ * carried. */
 typedef struct ie_mloop_cfg {
     int tap_fd;
     int phy_fd;
@@ -304,6 +305,11 @@ typedef struct ie_mloop_cfg {
     uint32_t max_frame;      /* largest frame read from the tap (60..65535) */
     int poll_ms;             /* how often the stop flag is looked at when idle */
     int validate;            /* enum ie_validate_mode: what happens to unprotected phy frames */
+    uint16_t stag;           /* QinQ: 802.1ad S-tag VID (0: none; needs ctag) */
+    uint16_t ctag;           /* Dot1Q / QinQ: 802.1Q C-tag VID (0: none).  The tap carries untagged
+                                frames: the loop inserts the tag(s) before protecting (so they are
+                                inside the protected data, as on a MACsec port) and checks and strips
+                                them after validating (other VIDs are dropped: vlan_drop) */
 } ie_mloop_cfg;
 
 typedef struct ie_mloop_stats {
@@ -320,6 +326,7 @@ typedef struct ie_mloop_stats {
     uint64_t unprotected_pass;
     uint64_t tap_tx_errors;
     uint64_t batches;
+    uint64_t vlan_drop;      /* validated but not tagged with our VID(s) */
 } ie_mloop_stats;
 
 typedef struct ie_mloop ie_mloop;

@@ -15,6 +15,8 @@
 
 #define ETH_MACSEC 0x88E5
 #define ETH_EAPOL 0x888E
+#define TAG_ROOM 8          /* up to two VLAN tags inserted in front of the frame */
+#define HEAD (IE_MACSEC_HEADROOM + TAG_ROOM)
 
 struct ie_mloop {
     ie_mloop_cfg cfg;
@@ -24,6 +26,8 @@ struct ie_mloop {
     atomic_int stop;
     ie_mloop_stats st;
     uint32_t stride;
+    uint32_t tagb;           /* bytes of VLAN tags: 0, 4 or 8 */
+    uint8_t tags[TAG_ROOM];  /* the tag(s) as they go on the wire */
     uint8_t *txmem, *rxmem, *txv, *rxv;
     ie_pkt *txp, *rxp;
     struct mmsghdr *txm, *rxm;
@@ -45,7 +49,8 @@ int ie_mloop_new(const ie_mloop_cfg *cfg, ie_macsec_rx *rx, ie_mloop **loop)
 
     *loop = NULL;
     if (!cfg || !rx || cfg->batch == 0 || cfg->batch > IE_LOOP_MAX_BATCH || cfg->max_frame < 60 ||
-        cfg->max_frame > 65535 || cfg->tap_fd < 0 || cfg->phy_fd < 0)
+        cfg->max_frame > 65535 || cfg->tap_fd < 0 || cfg->phy_fd < 0 || cfg->stag > 4094 ||
+        cfg->ctag > 4094 || (cfg->stag && !cfg->ctag))
         return IE_S_EINVAL;
     /* batch reads stop at EAGAIN */
     if (!set_nonblock(cfg->tap_fd) || !set_nonblock(cfg->phy_fd))
@@ -56,7 +61,17 @@ int ie_mloop_new(const ie_mloop_cfg *cfg, ie_macsec_rx *rx, ie_mloop **loop)
     l->cfg = *cfg;
     l->rx = rx;
     n = cfg->batch;
-    l->stride = IE_MACSEC_HEADROOM + cfg->max_frame + IE_MACSEC_TAILROOM;
+    l->stride = HEAD + cfg->max_frame + TAG_ROOM + IE_MACSEC_TAILROOM;
+    if (cfg->stag) {
+        uint8_t t[8] = {0x88, 0xA8, (uint8_t)(cfg->stag >> 8), (uint8_t)cfg->stag,
+                        0x81, 0x00, (uint8_t)(cfg->ctag >> 8), (uint8_t)cfg->ctag};
+        memcpy(l->tags, t, 8);
+        l->tagb = 8;
+    } else if (cfg->ctag) {
+        uint8_t t[4] = {0x81, 0x00, (uint8_t)(cfg->ctag >> 8), (uint8_t)cfg->ctag};
+        memcpy(l->tags, t, 4);
+        l->tagb = 4;
+    }
     l->txmem = malloc((size_t)n * l->stride);
     l->rxmem = malloc((size_t)n * l->stride);
     l->txv = calloc(n, 1);
@@ -164,7 +179,7 @@ static int tap_to_phy(ie_mloop *l)
         ie_pkt *p = &l->txp[n];
         uint8_t *buf = l->txmem + (size_t)n * l->stride;
         /* one byte more than max_frame (the tailroom has it) tells an oversized frame apart */
-        ssize_t r = read(l->cfg.tap_fd, buf + IE_MACSEC_HEADROOM, (size_t)l->cfg.max_frame + 1);
+        ssize_t r = read(l->cfg.tap_fd, buf + HEAD, (size_t)l->cfg.max_frame + 1);
         if (r <= 0)
             break;
         l->st.tap_rx++;
@@ -174,9 +189,15 @@ static int tap_to_phy(ie_mloop *l)
         }
         memset(p, 0, sizeof *p);
         p->buf = buf;
-        p->off = IE_MACSEC_HEADROOM;
+        p->off = HEAD;
         p->len = (uint32_t)r;
         p->cap = l->stride;
+        if (l->tagb && r >= 14) {  /* DA | SA | tag(s) | original EtherType ... */
+            memmove(buf + HEAD - l->tagb, buf + HEAD, 12);
+            memcpy(buf + HEAD - l->tagb + 12, l->tags, l->tagb);
+            p->off -= l->tagb;
+            p->len += l->tagb;
+        }
         n++;
     }
     if (!n)
@@ -272,6 +293,22 @@ static int phy_to_tap(ie_mloop *l)
             if (!(l->rxp[i].flags & IE_PKT_DELIVER)) {
                 l->st.validate_drop++;
                 continue;
+            }
+            if (l->tagb) {
+                uint8_t *f = l->rxp[i].buf + l->rxp[i].off;
+                /* compare TPIDs and VIDs (PCP/DEI bits are the sender's business) */
+                int ok = l->rxp[i].len >= 14 + l->tagb;
+                uint32_t j;
+                for (j = 0; ok && j < l->tagb; j += 4)
+                    ok = f[12 + j] == l->tags[j] && f[13 + j] == l->tags[j + 1] &&
+                         (f[14 + j] & 0x0F) == l->tags[j + 2] && f[15 + j] == l->tags[j + 3];
+                if (!ok) {
+                    l->st.vlan_drop++;
+                    continue;
+                }
+                memmove(f + l->tagb, f, 12);
+                l->rxp[i].off += l->tagb;
+                l->rxp[i].len -= l->tagb;
             }
             if (write(l->cfg.tap_fd, l->rxp[i].buf + l->rxp[i].off, l->rxp[i].len) < 0)
                 l->st.tap_tx_errors++;
