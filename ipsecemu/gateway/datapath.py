@@ -286,11 +286,11 @@ class ConnectionDatapath:
         if port is None:
             why = "there is no socket for this encapsulation"
         elif not self.native:
-            why = "the C data-plane module is not built (make build)"
+            why = "the data plane is the Python reference (--backend reference, or the C module is not built)"
         elif port.raw and not loop_supports_raw():
             why = "the built C loop has no raw ESP (protocol 50) mode"
-        elif getattr(self.current.out_sa if self.current else None, "_sa", 1) is None:
-            why = f"{keys.outbound.encr} has no C implementation"
+        elif not self.dp.native_esp_supported(keys.outbound):
+            why = f"{keys.outbound.encr}/{keys.outbound.integ or 'aead'} has no C implementation"
         elif port.owner not in (None, self.gw.name):
             why = f"the socket is already driven by {port.owner}'s C loop"
         if self._port is not None and self._port is not port:
