@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,13 @@ def test_ratios_target_table_and_chart(tmp_path: Path) -> None:
     t = target(cells)
     assert t["ratios"] == {"aes128gcm16/1": 3.25, "aes256gcm16/1": None} and t["met"] is False
     assert target(cells[:4])["met"] is True
+    cells[1].udp_rcvbuf_errors = {"nsR": 12, "nsL": 0}
+    cells[2].link_drops = {"nsL:tun0 tx": 7}
+    cells[2].host_cpu = {"user": 50.0, "system": 40.0, "softirq": 10.0, "idle": 0.0}
     table = format_table(cells)
     assert "FAILED" in table and "boom" in table and "MISSED" in table and "3.25" in table
+    assert "losses: UDP socket full in nsR: 12" in table and "UDP socket full in nsL" not in table
+    assert "losses: nsL:tun0 tx dropped 7" in table and " 0%" in table
     write_chart(cells, tmp_path / "c.png")
     w, h = png_size((tmp_path / "c.png").read_bytes())
     assert w >= 600 and h >= 400
@@ -117,6 +123,10 @@ def test_quick_json_all_paths(tmp_path: Path) -> None:
     assert set(by["ipsecemu"]["counters"]) == {"left", "right"}
     assert set(by["ipsecemu"]["cpu"]) == {"ipsecemu left", "ipsecemu right"}
     assert set(by["strongswan"]["cpu"]) == {"charon left", "charon right"}
+    for row in rows:  # the whole box's CPU split adds up
+        assert set(row["host_cpu"]) == {"user", "system", "softirq", "idle"}
+        assert 99 <= sum(row["host_cpu"].values()) <= 101
+        assert all(v > 0 for v in row["link_drops"].values())
     assert rep["target"]["required"] == 3.0 and "aes128gcm16/1" in rep["target"]["ratios"]
     assert json.loads((out / "lab.json").read_text())["rows"] == rows
     w, h = png_size((out / "lab.png").read_bytes())
@@ -154,3 +164,20 @@ def test_sigterm_mid_run_cleans_up(tmp_path: Path) -> None:
     pids = pids_in(seen)
     assert len(pids) == 2 and all(pid_gone(x) for x in pids)
     assert not (tmp_path / "lab.json").exists()  # an interrupted run reports nothing
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")
+@pytest.mark.skipif(shutil.which("perf") is None, reason="perf not installed")
+def test_profile_says_where_the_gateway_time_goes(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "ipsecemu", "bench", "lab", "--quick", "--json", "--profile", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    by = {row["path"]: row for row in json.loads(r.stdout)["rows"]}
+    assert by["plain"]["profile"] == {}  # nothing of ours to sample there
+    prof = by["ipsecemu"]["profile"]
+    # our daemons ran the C module and OpenSSL, and spent time in the tun write path
+    assert "_native" in " ".join(prof["by_dso"]) and "libcrypto.so.3" in prof["by_dso"]
+    assert any(t["symbol"] == "tun_chr_write_iter" for t in prof["top"]), prof["top"]
+    assert "libipsec.so.0.0.0" in by["strongswan"]["profile"]["by_dso"]

@@ -71,6 +71,7 @@ class Cell:
     cpu: dict[str, Any] = field(default_factory=dict)  # per process: CPU % of wall time per thread
     counters: dict[str, Any] = field(default_factory=dict)  # ipsecemu gateways: loop counters after
     link_drops: dict[str, int] = field(default_factory=dict)  # "<netns>:<link> rx|tx": dropped, this cell
+    profile: dict[str, Any] = field(default_factory=dict)  # --profile: perf samples of the VPN processes
     host_cpu: dict[str, float] = field(default_factory=dict)  # whole box, % of all CPUs: user/system/softirq/idle
 
 
@@ -384,14 +385,37 @@ def no_gso(topo: Any) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- the run
+def perf_summary(data: Path) -> dict[str, Any]:
+    """Where the sampled processes spent their time: share per binary (kernel, libcrypto, our C
+    module, Python) and the hottest call-graph entries (children %, i.e. including callees)."""
+    def report(*args: str) -> list[list[str]]:
+        r = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none", *args],
+                           capture_output=True, text=True, timeout=60)
+        return [ln.split() for ln in r.stdout.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+    by_dso = {" ".join(f[1:]): float(f[0].rstrip("%")) for f in report("--no-children", "--sort", "dso")
+              if f and f[0].endswith("%")}
+    top = [{"total": float(f[0].rstrip("%")), "self": float(f[1].rstrip("%")), "symbol": " ".join(f[3:])}
+           for f in report("--children", "--sort", "sym", "--percent-limit", "3")
+           if len(f) >= 4 and f[0].endswith("%") and f[1].endswith("%")]
+    return {"by_dso": by_dso, "top": top[:25]}
+
+
 def measure(cell: Cell, procs: Procs, topo: Any, duration: float, running: Running | None,
-            mss: int | None = None) -> Cell:
+            mss: int | None = None, profile_dir: Path | None = None) -> Cell:
     gws = topo.gateways
     drops0 = {ns: udp_rcvbuf_errors(ns) for ns in gws}
     links0 = {k: v for ns in gws for k, v in link_drops(ns).items()}
     pids = running.pids if running else {}
     cpu0 = {k: thread_cpu(p) for k, p in pids.items()}
     host0 = host_ticks()
+    perf = None
+    if profile_dir is not None and pids:
+        data = profile_dir / f"perf-{cell.path}-{cell.cipher}-{cell.streams}.data"
+        # start sampling 0.5 s in (TCP past slow start), stop before iperf3 does
+        perf = procs.start(["perf", "record", "-q", "-g", "-D", "500", "-o", str(data), "-p",
+                            ",".join(str(p) for p in pids.values()), "--", "sleep", f"{max(1.0, duration - 0.5):g}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     try:
         cell.gbps, cell.retransmits = iperf(procs, topo.hosts[0], topo.hosts[1], topo.inside[1],
@@ -399,6 +423,13 @@ def measure(cell: Cell, procs: Procs, topo: Any, duration: float, running: Runni
     except BenchError as exc:
         cell.error = str(exc)
     cell.seconds = round(time.monotonic() - t0, 2)
+    if perf is not None:
+        try:
+            perf.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        procs.stop(perf)
+        cell.profile = perf_summary(data) if data.exists() else {"error": "perf recorded nothing"}
     cell.host_cpu = host_share(host0, host_ticks())
     cell.cpu = {k: cpu_share(cpu0[k], thread_cpu(p), cell.seconds) for k, p in pids.items()}
     cell.udp_rcvbuf_errors = {ns: udp_rcvbuf_errors(ns) - d for ns, d in drops0.items()}
@@ -414,7 +445,8 @@ def measure(cell: Cell, procs: Procs, topo: Any, duration: float, running: Runni
 
 
 def run(*, duration: float = 10.0, streams: tuple[int, ...] = (1, 4), ciphers: tuple[str, ...] = tuple(CIPHERS),
-        paths: tuple[str, ...] = tuple(PATHS), say: Say = lambda _m: None, prefix: str | None = None) -> list[Cell]:
+        paths: tuple[str, ...] = tuple(PATHS), say: Say = lambda _m: None, prefix: str | None = None,
+        profile: bool = False) -> list[Cell]:
     """Run every (path, cipher, streams) cell on one topology; cells that fail carry ``error``."""
     from ipsecemu.lab.strongswan import pair_topology
 
@@ -430,7 +462,7 @@ def run(*, duration: float = 10.0, streams: tuple[int, ...] = (1, 4), ciphers: t
 
         def one(cell: Cell, running: Running | None, mss: int | None = None) -> None:
             say(f"{cell.path} {cell.cipher or '-'} {cell.streams} stream(s): iperf3 {duration:g}s")
-            measure(cell, procs, topo, duration, running, mss)
+            measure(cell, procs, topo, duration, running, mss, workdir if profile else None)
             busy = ", ".join(f"{k} {v:g}%" for k, v in cell.host_cpu.items())
             say(f"  -> {cell.gbps:.3f} Gbit/s, {cell.retransmits} retransmits; box CPU {busy}" +
                 (f" ERROR {cell.error}" if cell.error else ""))
@@ -476,15 +508,21 @@ def target(cells: list[Cell]) -> dict[str, Any]:
 
 
 def format_table(cells: list[Cell]) -> str:
-    head = f"{'path':<33} {'cipher':<12} {'streams':>7} {'Gbit/s':>8} {'retrans':>8} {'x strongSwan':>12}"
+    head = (f"{'path':<33} {'cipher':<12} {'streams':>7} {'Gbit/s':>8} {'retrans':>8} {'x strongSwan':>12} "
+            f"{'box idle':>8}")
     out = [head, "-" * len(head)]
     for c in cells:
         ratio = f"{c.ratio:.2f}" if c.ratio is not None else "-"
         gbps = f"{c.gbps:.3f}" if not c.error else "FAILED"
+        idle = f"{c.host_cpu['idle']:.0f}%" if "idle" in c.host_cpu else "-"
         out.append(f"{PATHS.get(c.path, c.path):<33} {CIPHERS.get(c.cipher, '-'):<12} {c.streams:>7} {gbps:>8} "
-                   f"{c.retransmits:>8} {ratio:>12}")
+                   f"{c.retransmits:>8} {ratio:>12} {idle:>8}")
         if c.error:
             out.append(f"    {c.error.splitlines()[0][:150]}")
+        losses = [f"{k} dropped {v}" for k, v in c.link_drops.items()]
+        losses += [f"UDP socket full in {ns}: {v}" for ns, v in c.udp_rcvbuf_errors.items() if v > 0]
+        if losses:
+            out.append("    losses: " + "; ".join(losses))
     t = target(cells)
     if t["ratios"]:
         got = ", ".join(f"{k} {'-' if v is None else f'{v:.2f}x'}" for k, v in t["ratios"].items())
@@ -581,8 +619,10 @@ def _missing() -> str | None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True, help="Directory for lab.json and lab.png.")
 @click.option("--quick", is_flag=True, help="About 2 s per cell, 1 stream, AES-128-GCM (for tests).")
+@click.option("--profile", is_flag=True,
+              help="perf-sample the VPN processes in every VPN cell (needs perf): where their time goes, in the JSON.")
 def command(as_json: bool, duration: float | None, streams: tuple[int, ...] | None,
-            ciphers: tuple[str, ...] | None, out_dir: Path, quick: bool) -> None:
+            ciphers: tuple[str, ...] | None, out_dir: Path, quick: bool, profile: bool) -> None:
     """iperf3 TCP throughput: plain routing vs strongSwan vs ipsecemu, in one run.
 
     Four netns (host - gateway = gateway - host).  Paths: plain routed with and without GSO,
@@ -591,7 +631,8 @@ def command(as_json: bool, duration: float | None, streams: tuple[int, ...] | No
     strongSwan <-> strongSwan, writes OUT/lab.json and a bar chart OUT/lab.png.  Progress goes to
     stderr.  Needs root, iperf3 and strongSwan (charon + kernel-libipsec).
     """
-    reason = _missing()
+    reason = _missing() or (None if not profile or shutil.which("perf") else
+                            "--profile needs perf (apt-get install linux-perf)")
     if reason:
         raise click.ClickException(reason)
     duration = duration if duration is not None else (2.0 if quick else 10.0)
@@ -618,7 +659,7 @@ def command(as_json: bool, duration: float | None, streams: tuple[int, ...] | No
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        cells = run(duration=duration, streams=streams, ciphers=ciphers, say=say)
+        cells = run(duration=duration, streams=streams, ciphers=ciphers, say=say, profile=profile)
     except KeyboardInterrupt:
         say("interrupted; everything started was stopped and removed")
         raise SystemExit(130) from None
