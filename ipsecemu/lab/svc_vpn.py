@@ -48,6 +48,7 @@ Say = Callable[[str], None]
 PLAN_FILE = "vpn-plan.json"
 STATUS_FILE = "vpn-routes.json"
 POLL = 0.25  # seconds between agent passes
+REFRESH_PASSES = 8  # every 2 s the agent re-installs its routes even without a change
 UP_TIMEOUT = 45.0  # bounded wait for every tunnel at `lab up`
 MAIN = 254
 CHARON_DEV = "ipsec0"  # kernel-libipsec's one tun for all of a charon's SAs
@@ -377,6 +378,7 @@ class Agent:
         self.plan = json.loads((lab_dir / PLAN_FILE).read_text())
         self.applied: dict[tuple, tuple] = {}
         self.changes = 0
+        self.passes = 0
 
     def poll(self) -> dict[str, bool]:
         by_ctl: dict[str, dict[str, bool] | None] = {}
@@ -422,8 +424,9 @@ class Agent:
             for h in hops:
                 if h[0] == "dev":
                     idx = ipr.link_lookup(ifname=h[1])
-                    if idx:
-                        nh.append({"oif": idx[0]})
+                    if not idx:  # tun not there (yet): retried next pass
+                        raise LookupError(f"no device {h[1]}")
+                    nh.append({"oif": idx[0]})
                 else:
                     hop: dict[str, Any] = {"gateway": h[1], "hops": h[3] - 1}
                     if h[2]:
@@ -442,7 +445,15 @@ class Agent:
     def step(self) -> bool:
         up = self.poll()
         want = self.desired(up)
+        self.passes += 1
+        refresh = self.passes % REFRESH_PASSES == 0  # re-assert all: a tun that came back lost its routes
         for key, hops in want.items():
+            if refresh and self.applied.get(key) == hops:
+                try:
+                    self._apply(key, hops)
+                except Exception:  # noqa: BLE001 - handled as a change next pass
+                    self.applied.pop(key, None)
+                continue
             if self.applied.get(key) != hops:
                 try:
                     self._apply(key, hops)
