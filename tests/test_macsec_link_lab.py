@@ -75,9 +75,16 @@ def test_lab_up_secures_the_link_and_capture_keys_decrypt(unique_name: str, tmp_
         assert not pid_alive(p["pid"], p["start_time"])
 
 
-def test_bad_macsec_config_fails_lab_up_naming_the_field(unique_name: str) -> None:
-    topo = loads(_topo(unique_name, extra=", replay_window: -1"), file="t.yaml")
-    with pytest.raises(MacsecServiceError, match=r"t\.yaml: links\[0\]\.macsec\.replay_window"):
+@pytest.mark.parametrize(("text", "field"), [
+    (None, "replay_window"),
+    ('cak: "00112233445566778899aabbccddeeff"', "ckn"),  # half a CAK/CKN pair
+])
+def test_bad_macsec_config_fails_lab_up_naming_the_field(unique_name: str, text: str | None, field: str) -> None:
+    topo_text = _topo(unique_name, extra=", replay_window: -1")
+    if text is not None:
+        topo_text = topo_text.split("    macsec:")[0] + f"    macsec: {{{text}}}\n"
+    topo = loads(topo_text, file="t.yaml")
+    with pytest.raises(MacsecServiceError, match=rf"t\.yaml: links\[0\]\.macsec\.{field}"):
         build(topo)
     with pytest.raises(LabStateError):
         LabState.open(unique_name)  # rolled back
