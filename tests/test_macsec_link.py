@@ -326,3 +326,41 @@ def test_pn_exhaustion_rotates_the_sak_under_traffic(net: Net, tmp_path: Path) -
             # reacts within ~0.1 s of the soft event (at most ~500 ping frames/s each way)
             assert s["tx"]["next_pn"] <= 300 + 150
             assert s["loop"]["validate_drop"] == 0
+
+
+def test_silent_peer_is_dropped_and_the_link_recovers(net: Net, tmp_path: Path) -> None:
+    """b dies without a word (SIGKILL): after the MKA life time a removes every SA and sends
+    nothing; a new b (new MI) is secured again and traffic flows."""
+    fast = {"hello_time": 0.5, "life_time": 2}
+    with macsec_link(net, tmp_path, "GcmAesXpn128", **fast) as lk:
+        assert _ping(net, 2) == (2, 2)
+        old_mi = lk.st("b")["mi"]
+        lk.procs["b"].kill()
+        lk.procs["b"].wait(5)
+        del lk.procs["b"]  # wait() below must not treat it as a crash
+        assert lk.wait(lambda: not lk.st("a")["secured"] and lk.st("a")["live_peers"] == [], timeout=6)
+        s = lk.st("a")
+        assert s["tx"] is None and s["rx"] == []
+        sent = s["loop"]["phy_tx"]
+        assert _ping(net, 2, "0.1") == (2, 0)
+        assert lk.st("a")["loop"]["phy_tx"] == sent  # nothing leaves unprotected or under a dead key
+        cfg = tmp_path / "b.yaml"
+        with open(lk.logs["b"], "ab") as log:
+            lk.procs["b"] = net.popen("b", sys.executable, "-m", "ipsecemu", "macsec", "link", "run", "--config",
+                                      str(cfg), "--tap", net.tap, "--phy", net.phy, "--status", str(lk.status["b"]),
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        assert lk.wait(lambda: lk.secured() and lk.st("b")["mi"] != old_mi)
+        assert _ping(net, 2) == (2, 2)
+
+
+def test_daemon_exits_with_an_error_when_its_tap_goes_away(net: Net, tmp_path: Path) -> None:
+    with macsec_link(net, tmp_path, "GcmAes128") as lk:
+        try:
+            _ip("-n", net.ns["a"], "link", "del", "dev", net.tap)
+            assert lk.procs["a"].wait(10) == 1
+            assert "data path stopped" in lk.logs["a"].read_text()
+            assert "Traceback" not in lk.logs["a"].read_text()
+        finally:
+            _ip("-n", net.ns["a"], "tuntap", "add", "dev", net.tap, "mode", "tap")
+            _ip("-n", net.ns["a"], "link", "set", "dev", net.tap, "up")
+            _ip("-n", net.ns["a"], "addr", "add", f"{ADDR['a']}/30", "dev", net.tap)

@@ -71,6 +71,8 @@ def run(config_path: str, tap: str, phy: str, status_path: str | None, keys_path
         asyncio.run(daemon.run())
     finally:
         daemon.close()
+    if daemon.failed:
+        raise click.ClickException(daemon.failed)
 
 
 @link.command("check")

@@ -308,6 +308,7 @@ class LinkDaemon:
         self._wake: asyncio.Event | None = None
         self._stop = False
         self._last_status = 0.0
+        self.failed: str | None = None
 
     def close(self) -> None:
         self.loop.stop()
@@ -448,6 +449,10 @@ class LinkDaemon:
         log.info("link %s over %s: sci=%s %s", self.tap, self.phy, self.sci.hex(), self.cfg.public())
         try:
             while not self._stop:
+                if self.loop.result is not None:  # the C loop ended by itself: a fatal fd error
+                    self.failed = f"data path stopped: {os.strerror(-self.loop.result) if self.loop.result < 0 else 'unexpectedly'}"
+                    log.error("%s (was the tap or the phy deleted?)", self.failed)
+                    break
                 now = time.monotonic()
                 t = self.participant.get_timer()
                 if t is not None and t <= now:
