@@ -95,6 +95,7 @@ def _status(name: str) -> dict:
 # ---------------------------------------------------------------- S1
 
 
+@pytest.mark.slow  # ~15-25 s: lab up, traffic, capture, lab down
 def test_s1_tunnels_esp_only_for_onprem1_keys_decrypt(lab: callable, tmp_path: Path) -> None:
     name = lab(ER)
     lb = _status(name)
@@ -212,6 +213,7 @@ def _daemon_pid(name: str, node: str) -> tuple[int, int | None]:
     return p["pid"], p.get("start_time")
 
 
+@pytest.mark.slow  # ~15-25 s: lab up, traffic, capture, lab down
 def test_active_active_then_failover_to_instance1(lab: callable) -> None:
     dpd_interval, dpd_timeout = 1, 3
     name = lab(ER, dpd={"interval": dpd_interval, "timeout": dpd_timeout})
@@ -263,6 +265,7 @@ def test_active_active_then_failover_to_instance1(lab: callable) -> None:
 # ---------------------------------------------------------------- strongSwan on-prem
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(charon_available() is not None, reason=str(charon_available()))
 def test_strongswan_ce_passes_traffic_both_ways(lab: callable) -> None:
     name = lab(ER_SS)
@@ -300,6 +303,7 @@ def test_broken_vpn_config_rolls_back(unique_name: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- S3
 
 
+@pytest.mark.slow  # ~15-25 s: lab up, traffic, capture, lab down
 def test_s3_same_prefix_over_er_goes_in_clear_and_warns(lab: callable, tmp_path: Path) -> None:
     name = lab(REPO / "netns-labs" / "er-vwan-s3.yaml")
     lb = _status(name)
