@@ -622,6 +622,8 @@ def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, 
     after = _tunnel_packets(state)
     moved = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) > before.get(k, 0)}
     good = res.returncode == 0 and bool(moved)
+    if res.returncode != 0:
+        say(f"smoke: ping output: {' / '.join(res.stdout.strip().splitlines()[-2:])}")
     ok &= good
     say(f"smoke: ping {pn} -> {rn} ({rip}) through the tunnels: {'ok' if good else 'FAILED'} "
         f"(tunnel packets: {', '.join(f'{k} +{v}' for k, v in sorted(moved.items())) or 'none'})")
@@ -632,15 +634,21 @@ def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, 
         before = _tunnel_packets(state)
         try:
             rate = None
+            why = ""
             for _ in range(20):
                 # 4 streams: ECMP spreads them over the tunnels (active-active)
                 cl = _run(pns, "iperf3", "-c", rip, "-p", "5201", "-t", str(iperf_s), "-P", "4", "-J",
                           timeout=iperf_s + 15)
+                try:
+                    doc = json.loads(cl.stdout)
+                    why = str(doc.get("error", ""))
+                except ValueError:
+                    doc, why = {}, (cl.stderr.strip().splitlines() or ["no output"])[-1]
                 if cl.returncode == 0:
                     try:
-                        rate = json.loads(cl.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-                    except (ValueError, KeyError):
-                        rate = None
+                        rate = doc["end"]["sum_received"]["bits_per_second"] / 1e6
+                    except (KeyError, TypeError):
+                        rate, why = None, "no result in iperf3's JSON"
                     break
                 if "refused" not in cl.stdout + cl.stderr:
                     break
@@ -649,7 +657,7 @@ def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, 
             after = _tunnel_packets(state)
             used = sorted(k for k in after if k.startswith(plan["initiator"] + "/") and after[k] > before.get(k, 0))
             say(f"smoke: iperf3 {pn} -> {rn}, 4 streams, {iperf_s} s through the tunnels: "
-                + (f"{rate:.0f} Mbit/s" if rate is not None else "FAILED")
+                + (f"{rate:.0f} Mbit/s" if rate is not None else f"FAILED ({why})")
                 + f" (tunnels used: {', '.join(k.split('/', 1)[1] for k in used) or 'none'})")
         finally:
             if srv.poll() is None:
