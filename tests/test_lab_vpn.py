@@ -246,7 +246,7 @@ def test_active_active_then_failover_to_instance1(lab: callable) -> None:
         print(f"failover: {len(lost)} of {len(res2['sent'])} probes lost; last loss {last_loss:.2f} s after the "
               f"kill (DPD {dpd_interval} s / {dpd_timeout} s)")
         assert not pid_alive(pid, start)
-        assert last_loss <= dpd_interval + dpd_timeout + 1.5  # within the DPD timeout (+ agent poll, slack)
+        assert last_loss <= dpd_interval + dpd_timeout + 2.0  # within the DPD timeout (+ agent poll, CI slack)
         # the last 3 s: every probe answered, all through Instance1
         tail = [(r, i) for r, i, t in res2["sent"] if t > killed_at + dpd_interval + dpd_timeout + 2]
         assert tail and all(k in got for k in tail)
