@@ -256,11 +256,11 @@ async def run_cell(case: Case, initiator: str, *, pings: int = 2, limit: float =
 
 
 def run_matrix(cases: Sequence[Case] = CASES, initiators: Sequence[str] = tuple(COLUMNS), *, pings: int = 2,
-               progress: Callable[[Cell], None] | None = None) -> list[Cell]:
+               limit: float = 40.0, progress: Callable[[Cell], None] | None = None) -> list[Cell]:
     out = []
     for case in cases:
         for who in initiators:
-            cell = asyncio.run(run_cell(case, who, pings=pings))
+            cell = asyncio.run(run_cell(case, who, pings=pings, limit=limit))
             if progress:
                 progress(cell)
             out.append(cell)
