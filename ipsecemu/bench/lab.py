@@ -548,17 +548,18 @@ def write_chart(cells: list[Cell], path: Path) -> None:
                 return c.gbps
         return 0.0
 
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(groups) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 2.4 * len(groups) + 2), 5.5))
     width = 0.8 / max(1, len(paths))
     for i, p in enumerate(paths):
         xs = [g + (i - (len(paths) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [value(p, ci, n) for ci, n in groups], width, label=PATHS[p])
+        bars = ax.bar(xs, [value(p, ci, n) for ci, n in groups], width, label=PATHS[p])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{CIPHERS.get(ci, 'clear')}\n{n} stream{'s' if n > 1 else ''}" for ci, n in groups])
     ax.set_ylabel("Gbit/s (iperf3 TCP)")
     ax.set_yscale("log")
     ax.set_title("ipsecemu bench lab: throughput through a 4-netns pair")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
