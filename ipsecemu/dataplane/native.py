@@ -12,9 +12,10 @@ needs ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ipsecemu.dataplane.api import (
@@ -582,7 +583,10 @@ class EspUdpLoop:
     IKE datagrams (non-ESP marker) arriving on the UDP socket are sent to ``ike_fd`` (an
     AF_UNIX SOCK_DGRAM socket) one message each; :func:`parse_ike_record` decodes them.
     ``raw_esp=True``: ``udp_fd`` is a raw IP protocol 50 socket instead (peer port ignored).
-    The SA objects must stay alive and must not be used from Python while the loop runs.
+    The SA objects must stay alive and must not be used from Python while the loop runs, except
+    inside ``with loop.paused():`` (the loop waits between batches): there the inbound table may
+    be edited and ``set_outbound`` switches the outbound SA, so a rekey needs no stop/start.
+    An ICMP error on the socket (peer restarting) is counted in ``stats["sock_errors"]``.
     """
 
     def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
@@ -614,6 +618,8 @@ class EspUdpLoop:
         _check(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out), "gateway loop")
         self._loop = ffi.gc(out[0], lib.ie_loop_free)
         self._keep = (outbound, inbound)  # borrowed by C: keep them alive
+        self.outbound, self.inbound = outbound, inbound
+        self._held = False
         self._thread: threading.Thread | None = None
         self._threading = threading
         self.result: int | None = None
@@ -634,6 +640,32 @@ class EspUdpLoop:
 
     def step(self, timeout_ms: int = 0) -> int:
         return int(lib.ie_loop_step(self._loop, timeout_ms))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the loop between batches while the block changes SAs (one control thread;
+        nesting is fine).  Packets arriving meanwhile wait in the kernel queues."""
+        if self._held:
+            yield
+            return
+        lib.ie_loop_pause(self._loop)  # cffi drops the GIL while this waits for the batch to end
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            lib.ie_loop_resume(self._loop)
+
+    def set_outbound(self, outbound: EspOutbound) -> EspOutbound:
+        """Send with ``outbound`` from the next batch on; returns the previous SA (no longer
+        used by the loop)."""
+        if outbound._sa is None:
+            raise ConfigError(f"encr: the C loop needs a C-path SA, not {outbound.cfg.encr}")
+        with self.paused():
+            lib.ie_loop_set_out(self._loop, outbound._sa)
+            old, self.outbound = self.outbound, outbound
+            self._keep = (outbound, self.inbound)
+        return old
 
     @property
     def stats(self) -> dict[str, int]:

@@ -239,9 +239,10 @@ long ie_bench_macsec(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *sa, uint32
  * the 4-byte non-ESP marker (IKE) are passed to ike_fd (an AF_UNIX SOCK_DGRAM socket) as one
  * message each: family (4|6) | 16-byte address | port (2, big-endian) | IKE message (marker
  * stripped).  NAT-keepalives (one 0xFF byte) are counted and dropped.  The SA/table pointers
- * are borrowed: keep them alive (and do not free or modify them) while the loop runs.  Run
+ * are borrowed: keep them alive (and change them only while paused, see ie_loop_pause).  Run
  * ie_loop_run on its own thread; ie_loop_stop may be called from any thread.  ie_loop_new
- * puts tun_fd into non-blocking mode. */
+ * puts tun_fd into non-blocking mode.  POLLERR on the socket (an ICMP error, e.g. the peer
+ * restarting) is cleared and counted (sock_errors), not fatal. */
 #define IE_LOOP_MAX_BATCH 256
 
 typedef struct ie_loop_cfg {
@@ -271,6 +272,7 @@ typedef struct ie_loop_stats {
     uint64_t keepalive;
     uint64_t tun_tx_errors;
     uint64_t batches;
+    uint64_t sock_errors;    /* ICMP errors reported on the socket (POLLERR / a send), survived */
 } ie_loop_stats;
 
 typedef struct ie_loop ie_loop;
@@ -282,6 +284,14 @@ int ie_loop_step(ie_loop *loop, int timeout_ms);
 int ie_loop_run(ie_loop *loop);
 void ie_loop_stop(ie_loop *loop);
 void ie_loop_get_stats(const ie_loop *loop, ie_loop_stats *out);
+/* Live SA changes: ie_loop_pause returns once the loop is between batches and keeps it there
+ * (packets wait in the kernel queues) until ie_loop_resume; meanwhile the borrowed table may be
+ * edited (ie_esp_table_add/remove) and the outbound SA switched.  Any thread; not nested. */
+void ie_loop_pause(ie_loop *loop);
+void ie_loop_resume(ie_loop *loop);
+/* Only while paused (or before the loop runs): send with `out` from now on (borrowed; NULL is
+ * ignored); returns the previous outbound SA, no longer used by the loop. */
+ie_esp_out *ie_loop_set_out(ie_loop *loop, ie_esp_out *out);
 /* ---- MACsec link loop (macsec_loop.c) ----
  * tap (IFF_TAP | IFF_NO_PI: one Ethernet frame per read) -> ie_macsec_protect -> sendmmsg on
  * phy_fd (an AF_PACKET SOCK_RAW socket bound to the link's veth); recvmmsg on phy_fd ->

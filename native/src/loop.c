@@ -1,9 +1,12 @@
 /* loop.c - the gateway data path: tun <-> ESP-in-UDP (RFC 3948) or raw ESP, in batches, no Python
- * per packet. */
+ * per packet.  The control thread changes SAs between batches under mu (ie_loop_pause), so a rekey
+ * never stops the loop. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -18,6 +21,9 @@ struct ie_loop {
     ie_esp_out *out;
     ie_esp_table *in;
     atomic_int stop;
+    atomic_int waiters;  /* control threads waiting in ie_loop_pause: the loop lets them in first */
+    pthread_mutex_t mu;  /* held while one batch is handled; the control thread takes it to edit SAs */
+    int mu_ok;
     ie_loop_stats st;
     struct sockaddr_storage peer;
     socklen_t peer_len;
@@ -66,7 +72,8 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->rxidx = calloc(n, sizeof *l->rxidx);
     if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
-        !l->txiov || !l->rxiov || !l->rxaddr || !l->rxidx) {
+        !l->txiov || !l->rxiov || !l->rxaddr || !l->rxidx ||
+        !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
         return IE_S_ENOMEM;
     }
@@ -84,6 +91,7 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
         l->peer_len = sizeof *a;
     }
     atomic_init(&l->stop, 0);
+    atomic_init(&l->waiters, 0);
     *loop = l;
     return IE_S_OK;
 }
@@ -104,6 +112,8 @@ void ie_loop_free(ie_loop *l)
     free(l->rxiov);
     free(l->rxaddr);
     free(l->rxidx);
+    if (l->mu_ok)
+        pthread_mutex_destroy(&l->mu);
     free(l);
 }
 
@@ -112,15 +122,65 @@ void ie_loop_stop(ie_loop *l)
     atomic_store(&l->stop, 1);
 }
 
+void ie_loop_pause(ie_loop *l)
+{
+    atomic_fetch_add(&l->waiters, 1);
+    pthread_mutex_lock(&l->mu);
+    atomic_fetch_sub(&l->waiters, 1);
+}
+
+void ie_loop_resume(ie_loop *l)
+{
+    pthread_mutex_unlock(&l->mu);
+}
+
+ie_esp_out *ie_loop_set_out(ie_loop *l, ie_esp_out *out)
+{
+    ie_esp_out *old = l->out;
+
+    if (out)  /* the loop always has an outbound SA; stop it to stop sending */
+        l->out = out;
+    return old;
+}
+
 void ie_loop_get_stats(const ie_loop *l, ie_loop_stats *out)
 {
     *out = l->st;  /* plain snapshot: may be a batch behind while the loop runs */
+}
+
+/* Errors a socket reports late, from an ICMP message about an earlier datagram. */
+static int async_error(int e)
+{
+    return e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH || e == EHOSTDOWN ||
+           e == EPROTO || e == EMSGSIZE;
+}
+
+/* POLLERR on the (connected) socket: an ICMP error (peer restarting, port or host unreachable).
+ * Reading SO_ERROR clears it; with IP_RECVERR the error sits in the error queue instead, so
+ * drain that.  Counted, never fatal: the peer may well come back. */
+static void clear_sock_error(ie_loop *l)
+{
+    int err = 0, i;
+    socklen_t len = sizeof err;
+
+    l->st.sock_errors++;
+    if (getsockopt(l->cfg.udp_fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
+        return;
+    for (i = 0; i < 64; i++) {
+        uint8_t data[64], ctl[512];
+        struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
+                            .msg_controllen = sizeof ctl};
+        if (recvmsg(l->cfg.udp_fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+            break;
+    }
 }
 
 /* tun -> encap -> one sendmmsg.  Returns packets read. */
 static int tun_to_udp(ie_loop *l)
 {
     uint32_t n = 0, i, k = 0;
+    int retried;
 
     while (n < l->cfg.batch) {
         ie_pkt *p = &l->txp[n];
@@ -160,11 +220,16 @@ static int tun_to_udp(ie_loop *l)
         l->txm[k].msg_hdr.msg_namelen = l->peer_len;
         k++;
     }
-    for (i = 0; i < k;) {
+    for (i = 0, retried = 0; i < k;) {
         int s = sendmmsg(l->cfg.udp_fd, l->txm + i, k - i, 0);
         if (s <= 0) {
             if (s < 0 && errno == EINTR)
                 continue;
+            if (s < 0 && !retried && async_error(errno)) {
+                l->st.sock_errors++;  /* an earlier ICMP error, not this packet's fault */
+                retried = 1;
+                continue;
+            }
             l->st.send_errors += k - i;  /* a full socket buffer drops, like a NIC queue would */
             break;
         }
@@ -282,14 +347,20 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
-    if (pfd[0].revents & (POLLERR | POLLNVAL) || pfd[1].revents & (POLLERR | POLLNVAL))
-        return -EBADF;
+    if (pfd[0].revents & (POLLERR | POLLNVAL) || pfd[1].revents & POLLNVAL)
+        return -EBADF;  /* tun gone or an fd closed under us */
+    while (atomic_load(&l->waiters))  /* a control thread wants in between batches */
+        sched_yield();
+    pthread_mutex_lock(&l->mu);
+    if (pfd[1].revents & POLLERR)
+        clear_sock_error(l);
     if (pfd[0].revents & POLLIN)
         done += tun_to_udp(l);
     if (pfd[1].revents & POLLIN)
         done += udp_to_tun(l);
     if (done)
         l->st.batches++;
+    pthread_mutex_unlock(&l->mu);
     return done;
 }
 
