@@ -327,3 +327,28 @@ def test_s3_same_prefix_over_er_goes_in_clear_and_warns(lab: callable, tmp_path:
     # Azure -> on-prem uses ER in clear (the S3 pitfall); on-prem -> Azure still uses the tunnels
     assert flows.get((SPOKE1, ONPREM1, "icmp"), 0) == 5
     assert flows.get((ONPREM1, SPOKE1, "icmp"), 0) == 0
+
+
+def test_sigterm_while_waiting_for_tunnels_rolls_back(unique_name: str) -> None:
+    """SIGTERM after the gateways started: every daemon stopped by PID, no netns, no state left."""
+    p = subprocess.Popen([sys.executable, "-m", "ipsecemu", "lab", "up", str(ER), "--name", unique_name],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        assert p.stdout is not None
+        seen = ""
+        while "vpn: hubgw1: ipsecemu gateway pid" not in seen:
+            line = p.stdout.readline()
+            assert line, seen
+            seen += line
+        pids = [(x["pid"], x.get("start_time")) for x in LabState.open(unique_name).data["processes"]]
+        assert len(pids) == 3  # the three gateways (the agent is not started yet)
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=30)[0]
+        assert p.returncode == 130 and "rolled back" in out
+        assert [pid for pid, st in pids if pid_alive(pid, st)] == []
+        assert _leftovers(unique_name) == [] and not LabState(unique_name).dir.exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if _leftovers(unique_name):
+            cli("down", unique_name)
