@@ -9,7 +9,7 @@ APT_PACKAGES := build-essential libssl-dev python3-dev python3-venv iproute2 ipu
 PYTEST_ARGS ?=
 LAB ?= netns-labs/er-vwan.yaml
 
-.PHONY: deps apt-deps venv build build-asan test test-asan lint bench lab lab-down capture interop bench-lab clean
+.PHONY: deps apt-deps venv build build-asan test lint bench lab lab-down capture interop bench-lab bench-macsec clean
 
 deps: apt-deps venv
 
@@ -60,6 +60,9 @@ interop: deps build
 
 bench-lab: deps build
 	$(PY) -m ipsecemu bench lab
+
+bench-macsec: deps build
+	$(PY) -m ipsecemu bench macsec
 
 clean:
 	rm -rf $(VENV) build native/out ipsecemu/dataplane/_native*.so *.egg-info

@@ -9,7 +9,11 @@ import json
 
 import click
 
-LAZY = {"ike": "ipsecemu.bench.ike:command", "lab": "ipsecemu.bench.lab:command"}
+LAZY = {
+    "ike": "ipsecemu.bench.ike:command",
+    "lab": "ipsecemu.bench.lab:command",
+    "macsec": "ipsecemu.bench.macsec:command",
+}
 
 
 def _exists(module: str) -> bool:
