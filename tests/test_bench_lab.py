@@ -91,10 +91,13 @@ def test_ratios_target_table_and_chart(tmp_path: Path) -> None:
     cells[1].udp_rcvbuf_errors = {"nsR": 12, "nsL": 0}
     cells[2].link_drops = {"nsL:tun0 tx": 7}
     cells[2].host_cpu = {"user": 50.0, "system": 40.0, "softirq": 10.0, "idle": 0.0}
+    cells[1].cpu_per_gbps, cells[2].cpu_per_gbps = 200.0, 80.0
+    assert target(cells)["cpu_efficiency_vs_strongswan"] == {"aes128gcm16/1": 2.5}
     table = format_table(cells)
     assert "FAILED" in table and "boom" in table and "MISSED" in table and "3.25" in table
     assert "losses: UDP socket full in nsR: 12" in table and "UDP socket full in nsL" not in table
     assert "losses: nsL:tun0 tx dropped 7" in table and " 0%" in table
+    assert "CPU per Gbit/s, strongSwan's gateways / ours: aes128gcm16/1 2.50x" in table
     write_chart(cells, tmp_path / "c.png")
     w, h = png_size((tmp_path / "c.png").read_bytes())
     assert w >= 600 and h >= 400
@@ -123,6 +126,9 @@ def test_quick_json_all_paths(tmp_path: Path) -> None:
     assert set(by["ipsecemu"]["counters"]) == {"left", "right"}
     assert set(by["ipsecemu"]["cpu"]) == {"ipsecemu left", "ipsecemu right"}
     assert set(by["strongswan"]["cpu"]) == {"charon left", "charon right"}
+    # CPU per bit of both VPN processes is measured for the VPN paths only
+    assert by["plain"]["cpu_per_gbps"] is None and by["ipsecemu"]["cpu_per_gbps"] > 0
+    assert by["strongswan"]["cpu_per_gbps"] > 0 and "aes128gcm16/1" in rep["target"]["cpu_efficiency_vs_strongswan"]
     for row in rows:  # the whole box's CPU split adds up
         assert set(row["host_cpu"]) == {"user", "system", "softirq", "idle"}
         assert 99 <= sum(row["host_cpu"].values()) <= 101
