@@ -4,9 +4,10 @@ forwarder that moves packets between the tun and the wire.
 Fast path: the C batch loop (``native.EspUdpLoop``) on its own thread, over the connection's
 own socket connected to the peer (ESP-in-UDP on 4500, or raw IP protocol 50); no Python runs
 per data packet.  The loop borrows the SA objects, so
-every SA change (install, rekey, delete) stops the loop between batches, edits the table and
-starts a new loop; packets arriving meanwhile wait in the kernel queues (tun/socket), so a
-make-before-break rekey loses nothing.
+every SA change (install, rekey, delete) holds the running loop between batches
+(``EspUdpLoop.paused``), edits the table and switches its outbound SA in place; packets arriving
+meanwhile wait in the kernel queues (tun/socket), so a make-before-break rekey loses nothing and
+adds no stop/start.  Only a new socket or peer address restarts the loop.
 
 Slow path (logged loudly as "slow path"): raw ESP (IP protocol 50) when the built C loop lacks
 that mode, SAs whose algorithm has no C implementation (e.g. ChaCha20, 3DES), or the C module
@@ -94,6 +95,7 @@ class ConnectionDatapath:
         self.current: _Child | None = None  # the one whose outbound SA carries traffic
         self.tun_fd: int | None = None
         self._loop_obj: Any = None  # native.EspUdpLoop while the C loop runs
+        self._loop_key: tuple[int, tuple[str, int]] | None = None  # (socket fd, peer) it was made for
         self._slow_send: Callable[[bytes, tuple[str, int]], None] | None = None
         self._slow_reader = False
         self._port: Port | None = None
@@ -103,6 +105,7 @@ class ConnectionDatapath:
         self._stats_acc: dict[str, int] = {}
         self._retiring: set[int] = set()  # replaced SAs whose inbound lingers for GRACE
         self._restarts = 0
+        self._starts = 0  # C loops started: SA changes no longer add any
 
     # -- tun and routes ----------------------------------------------------------------
     def ensure_tun(self) -> None:
@@ -194,9 +197,9 @@ class ConnectionDatapath:
                 self._release_port()
 
     def watchdog(self) -> None:
-        """Tick: restart a C loop that ended by itself.  The loop gives up on POLLERR, which a
-        connected socket raises for an ICMP error (port/protocol unreachable while the peer
-        restarts); reading SO_ERROR clears it, then the loop goes on."""
+        """Tick: restart a C loop that ended by itself (a fatal poll error, e.g. its tun gone).
+        ICMP errors on the socket (the peer restarting) no longer end it: the loop clears and
+        counts them (sock_errors)."""
         lo = self._loop_obj
         if lo is None or lo.result is None or self._port is None:
             return
@@ -263,16 +266,36 @@ class ConnectionDatapath:
     class _Pause:
         def __init__(self, dp: ConnectionDatapath) -> None:
             self.dp = dp
+            self.held: Any = None
 
         def __enter__(self) -> None:
-            self.dp._stop_loop()
+            lo = self.dp._loop_obj
+            if lo is not None and lo.result is None:  # running: hold it between batches
+                self.held = lo.paused()
+                self.held.__enter__()
+            else:
+                self.dp._stop_loop()
 
         def __exit__(self, *exc: object) -> None:
-            if self.dp.mode == "native" and self.dp.current is not None:
-                self.dp._start_loop()
+            dp = self.dp
+            if self.held is not None:
+                lo, held, self.held = dp._loop_obj, self.held, None
+                same = (dp.mode == "native" and dp.current is not None and dp._port is not None
+                        and dp._loop_key == (dp._port.fd, dp._loop_peer()))
+                try:
+                    if same and lo.outbound is not dp.current.out_sa:  # type: ignore[union-attr]
+                        lo.set_outbound(dp.current.out_sa)  # type: ignore[union-attr]
+                finally:
+                    held.__exit__(*exc)
+                if same:
+                    return
+                dp._stop_loop()  # another socket or peer: a new loop
+            if dp.mode == "native" and dp.current is not None:
+                dp._start_loop()
 
     def _paused(self) -> ConnectionDatapath._Pause:
-        """Stop the C loop (it borrows the SAs) while the block edits them; restart after."""
+        """Hold the C loop (it borrows the SAs) between batches while the block edits them, then
+        switch its outbound SA live; stop and restart it only for a new socket or peer."""
         return ConnectionDatapath._Pause(self)
 
     def _release_port(self) -> None:
@@ -315,14 +338,15 @@ class ConnectionDatapath:
         port.pause()
         kw = {"raw_esp": True} if port.raw else {}
         try:
-            remote = self.current.keys.remote
-            if port.raw:  # IPv6 raw sockets take the port field as the protocol: 0 (or 50) only
-                remote = (remote[0], 0)
+            remote = self._loop_peer()
+            self._loop_key = (port.fd, remote)
             self._loop_obj = native.EspUdpLoop(tun_fd=self.tun_fd, udp_fd=port.fd, peer=remote,
                                                outbound=self.current.out_sa, inbound=self.table,
                                                ike_fd=port.ike_fd, batch=self.batch, mtu=self.gw.tunnel.mtu,
                                                poll_ms=20, **kw)
             self._loop_obj.start()
+            self._starts += 1
+            log.info("%s: C loop started on fd %d to %s", self.gw.name, port.fd, remote[0])
         except Exception as exc:  # a C module older than its wrapper, a refused fd: keep forwarding
             log.error("%s: the C loop did not start (%s: %s); slow path: Python forwards every packet",
                       self.gw.name, type(exc).__name__, exc)
@@ -332,6 +356,13 @@ class ConnectionDatapath:
             self._port = None
             self.mode = "slow"
             self._start_slow(port.send)
+
+    def _loop_peer(self) -> tuple[str, int]:
+        assert self.current is not None
+        remote = self.current.keys.remote
+        if self._port is not None and self._port.raw:  # IPv6 raw sockets read the port as the protocol
+            remote = (remote[0], 0)
+        return remote
 
     def _stop_loop(self) -> None:
         if self._loop_obj is not None:
@@ -411,6 +442,7 @@ class ConnectionDatapath:
             out["slow_" + k] = v
         if self._restarts:
             out["loop_restarts"] = self._restarts
+        out["loop_starts"] = self._starts
         return out
 
     def soft_expired(self) -> list[int]:
