@@ -43,3 +43,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+def underlay_copy(src: Path, drop: tuple[str, ...] = ()) -> Path:
+    """A copy of lab file ``src`` without its top-level ``vpn:`` section: the same network, no
+    gateways.  Tests of the lab builder itself use it.  ``drop``: exact text blocks to remove too
+    (routes that only make sense while the VPN announces them)."""
+    out_dir = Path("/tmp/ipsecemu-test-underlay")
+    out_dir.mkdir(mode=0o755, exist_ok=True)
+    kept: list[str] = []
+    skipping = False
+    for line in src.read_text().splitlines(keepends=True):
+        if line.startswith("vpn:"):
+            skipping = True
+            continue
+        if skipping and line[:1] not in ("", " ", "\t", "#", "\n"):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    text = "".join(kept)
+    for block in drop:
+        if block not in text:
+            raise ValueError(f"{src.name}: no such block to drop: {block!r}")
+        text = text.replace(block, "")
+    dst = out_dir / src.name
+    dst.write_text(text)
+    dst.chmod(0o644)
+    return dst

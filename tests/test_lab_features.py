@@ -13,13 +13,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import underlay_copy
 from test_lab_netns import non_root_prefix
 
 from ipsecemu.lab import builder, topology
 from ipsecemu.lab.state import LabState, run_dir
 
 REPO = Path(__file__).resolve().parent.parent
-PAIR = REPO / "netns-labs" / "pair.yaml"
+PAIR = underlay_copy(REPO / "netns-labs" / "pair.yaml")  # the builder alone; VPN: test_lab_vpn*.py
 
 pytestmark = pytest.mark.root
 

@@ -265,7 +265,8 @@ def status(name: str | None, as_json: bool) -> None:
         click.echo(f"lab {lb['name']}: {lb['status']} (from {lb['source']}, {age:.0f} s ago)")
         for nd in lb["nodes"]:
             flag = "" if nd["netns_present"] else "  [netns missing]"
-            vpn = f"  vpn: {nd['vpn']}" if "vpn" in nd and "vpn" not in lb else ""
+            # per-node daemon state, unless the gateways report their tunnels themselves
+            vpn = f"  vpn: {nd['vpn']}" if "vpn" in nd and not lb.get("vpn", {}).get("tunnels") else ""
             click.echo(f"  {nd['name']:<10} {nd['kind']:<10} {nd['netns'] or '-'}{flag}{vpn}")
             for i in nd.get("interfaces", []):
                 click.echo(f"      {i['name']:<10} {i['state']:<8} {' '.join(i['addresses'])}")

@@ -188,7 +188,8 @@ def export_keys(state: LabState, dest: str | Path) -> list[Path]:
             f.write("".join(x + "\n" for x in lines))
         os.chmod(target, 0o600)
         written.append(target)
-    return written
+    # MACsec SAK files (and anything else the lab's services export) come along too
+    return written + _copy_key_files(state, out, skip={"esp_sa", "ikev2_decryption_table"})
 
 
 def tshark_hint(keys_dir: str | Path, pcap: str | Path) -> str:
@@ -199,17 +200,20 @@ def tshark_hint(keys_dir: str | Path, pcap: str | Path) -> str:
             f"tshark -r {pcap} -o esp.enable_encryption_decode:TRUE'")
 
 
-def _copy_key_files(state: LabState, dest: Path) -> list[Path]:
+def _copy_key_files(state: LabState, dest: Path, skip: set[str] | None = None) -> list[Path]:
     src = state.keys_dir
-    files = sorted(p for p in src.iterdir() if p.is_file()) if src.is_dir() else []
+    files = sorted(p for p in src.iterdir() if p.is_file() and p.name not in (skip or set())) \
+        if src.is_dir() else []
     if not files:
         return []
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
     for f in files:
         target = dest / f.name
-        shutil.copyfile(f, target)
-        os.chmod(target, 0o600)  # keys: owner only
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # keys: owner only, from the start
+        with os.fdopen(fd, "wb") as out:
+            out.write(f.read_bytes())
+        os.chmod(target, 0o600)
         copied.append(target)
     return copied
 
