@@ -162,6 +162,10 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self.counters: dict[str, int] = {}
         self.successor: IkeSa | None = None
         self._rekeying_ike = False
+        # simultaneous IKE rekey: (the peer's new SA, the lowest nonce of its exchange)
+        self._ike_collision: tuple[IkeSa, bytes] | None = None
+        self._redundant = False  # the losing new SA of a simultaneous IKE rekey
+        self._redundant_deadline: float | None = None  # we delete it then if the peer has not
         self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
         # Deletes for outbound SPIs we do not know yet, received while our CREATE_CHILD_SA was in
         # flight: the peer answered it (response lost or late) and already deleted the result
@@ -198,6 +202,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         if self._half_open_deadline is not None:
             times.append(self._half_open_deadline)
         if self.state == IkeState.ESTABLISHED and self._pending is None:
+            if self._redundant:  # a rekey collision's loser (or undecided): only its own deletion
+                return self._redundant_deadline
             if self.config.dpd_delay_s > 0:
                 times.append(self._last_recv + self.config.dpd_delay_s)
             if self._ike_rekey_at is not None and not self._rekeying_ike:
@@ -224,6 +230,12 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         if p is not None and now >= p.next_at:
             if p.tries >= self.config.retransmit_tries:
+                if self._ike_collision is not None:
+                    # our half of a simultaneous rekey never got an answer: the peer's new SA stays
+                    self._collision_survivor(self._ike_collision[0], now)
+                    self._ike_collision = None
+                    self._close(now, "rekeyed", quiet_children=True)
+                    return
                 self._close(now, "dpd" if p.kind == "dpd" else "timeout")
                 return
             p.tries += 1
@@ -233,6 +245,12 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._count("retransmit")
             return
         if self.state != IkeState.ESTABLISHED or self._pending is not None:
+            return
+        if self._redundant and self._redundant_deadline is not None and now >= self._redundant_deadline:
+            self._redundant_deadline = None
+            self.delete(now)
+            return
+        if self._redundant:
             return
         if self._ike_expire_at is not None and now >= self._ike_expire_at:
             self._ike_expire_at = None
@@ -333,6 +351,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
     def _require_established(self) -> None:
         if self.state != IkeState.ESTABLISHED:
             raise LocalProtocolError(f"IKE SA {self.config.name} is {self.state.value}, not established")
+        if self._redundant:
+            raise LocalProtocolError(f"IKE SA {self.config.name} lost (or is resolving) a simultaneous rekey")
 
     def _child(self, inbound_spi: int) -> ChildSa:
         self._require_established()

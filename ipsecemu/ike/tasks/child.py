@@ -232,6 +232,10 @@ class ChildTask:
         if any(p.protocol == Protocol.IKE for p in sa.proposals):
             self._recv_rekey_ike(msg, addr, local, now)
             return
+        if self.successor is not None:
+            # this IKE SA was rekeyed: a Child SA made here would vanish with it (RFC 7296 2.25)
+            self._send_response(msg, [m.Notification(Notify.TEMPORARY_FAILURE)], addr, local)
+            return
         old = None
         rekey = msg.notify(Notify.REKEY_SA)
         if rekey is not None:

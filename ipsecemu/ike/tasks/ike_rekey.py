@@ -1,5 +1,13 @@
 """IKE SA rekeying (RFC 7296 section 2.18): a new IkeSa takes over the Child SAs.
 
+Simultaneous rekeys (RFC 7296 section 2.8.2): when the peer's rekey request arrives while ours
+is in flight, we answer it (no TEMPORARY_FAILURE round trip); once our response is in, both new
+SAs exist on both sides and the one whose exchange has the lowest of the four nonces loses.  Its
+creator deletes it; the creator of the survivor deletes the old SA.  The Child SAs end up on the
+survivor on both sides, and the loser's ``IkeSaDeleted`` says "rekeyed" (nothing was lost).  The
+loser's ``IkeSaRekeyed`` is never announced by the side that created it.  A Delete for the IKE
+SA while we rekey it simply wins (the SA is gone; our rekey with it).
+
 A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
@@ -29,6 +37,8 @@ class IkeRekeyTask:
     # --- IKE SA rekey (RFC 7296 section 2.18) -------------------------------------------------------
 
     def _start_rekey_ike(self, now: float, group: int | None = None) -> None:
+        if self.successor is not None:
+            return  # the peer rekeyed this SA meanwhile: nothing left to do here
         self._rekeying_ike = True
         group = group or self._group
         ke = crypto.KeyExchange(group, self._rng)
@@ -40,6 +50,12 @@ class IkeRekeyTask:
     def _on_rekey_ike_response(self, msg: m.Message, now: float, new_spi: bytes, ni: bytes,
                                ke: crypto.KeyExchange) -> None:
         self._rekeying_ike = False
+        collision, self._ike_collision = self._ike_collision, None
+        if collision is not None and msg.first(m.SA) is None:
+            # our request was refused but the peer's rekey went through: it is the survivor
+            self._collision_survivor(collision[0], now)
+            self._count("rekey_collision_lost")
+            return
         bad_ke = msg.notify(Notify.INVALID_KE_PAYLOAD)
         if bad_ke is not None:
             want = int.from_bytes(bad_ke.data[:2], "big") if len(bad_ke.data) >= 2 else 0
@@ -64,7 +80,21 @@ class IkeRekeyTask:
         except RemoteProtocolError:
             self._count("rekey_failed")
             return
+        if collision is not None and min(ni, nonce.data) < collision[1]:
+            # our exchange has the lowest nonce: our new SA is redundant, we delete it; the peer
+            # deletes the old one
+            ours = self._spawn(now, True, new_spi, props[0].spi, ni, nonce.data, gir, props[0], collision=True)
+            self._collision_survivor(collision[0], now)
+            ours.delete(now)
+            self._count("rekey_collision_lost")
+            return
         self._spawn(now, True, new_spi, props[0].spi, ni, nonce.data, gir, props[0])
+        if collision is not None:
+            # ours survives (the Child SAs moved to it); the peer deletes its redundant SA, and if
+            # that delete never comes (lost, or the peer never saw the collision) we do it ourselves
+            peer_new = collision[0]
+            peer_new._redundant_deadline = now + 4 * self.config.retransmit_timeout_s
+            self._count("rekey_collision_won")
         self._queue.clear()
         self._enqueue("delete", self._start_delete_ike)
 
@@ -73,7 +103,10 @@ class IkeRekeyTask:
         if not (sa and nonce and kep):
             self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
             return
-        if self._pending is not None or self._queue or self.state != IkeState.ESTABLISHED:
+        p = self._pending
+        collision = p is not None and p.kind == "rekey_ike" and self.successor is None \
+            and self._ike_collision is None and self.state == IkeState.ESTABLISHED
+        if not collision and (p is not None or self._queue or self.state != IkeState.ESTABLISHED):
             # an exchange of ours is in flight on this SA (a Child SA being created or rekeyed, our
             # own IKE rekey, a delete): moving the Child SAs now could strand it, so the peer has
             # to retry later (RFC 7296 2.25; strongSwan refuses the same way)
@@ -92,11 +125,32 @@ class IkeRekeyTask:
         my_spi, nr = self._rng(8), self._nonce()
         self._send_response(msg, [m.SA(to_wire([chosen], my_spi)), m.Nonce(nr), m.KE(ke.group, ke.public)],
                             addr, local)
-        self._spawn(now, False, chosen.spi, my_spi, nonce.data, nr, gir, chosen)
+        new = self._spawn(now, False, chosen.spi, my_spi, nonce.data, nr, gir, chosen, collision=collision)
+        if collision:
+            self._ike_collision = (new, min(nonce.data, nr))
+            self._count("rekey_collision")
+
+    def _collision_survivor(self, new: Any, now: float) -> None:
+        """A simultaneous rekey ended with the peer's new SA as the survivor: the Child SAs move
+        to it, it becomes usable and is announced."""
+        target = new
+        while target.successor is not None:  # the peer may have rekeyed it again already
+            target = target.successor
+        target.children.update(self.children)
+        self.children = {}
+        new._redundant = False
+        if new.successor is None:
+            new._schedule_ike_rekey(now)
+        self.successor = new
+        self._queue.clear()  # as after any IKE rekey: nothing more is started on the old SA
+        self._ike_rekey_at = self._ike_expire_at = None  # the peer deletes this old SA
+        self._event(IkeSaRekeyed, new_spi_i=new.spi_i, new_spi_r=new.spi_r)
 
     def _spawn(self, now: float, we_initiated: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, gir: bytes,
-               proposal: Proposal) -> Any:
-        """Build the IKE SA that replaces this one; Child SAs move over (no Child events)."""
+               proposal: Proposal, collision: bool = False) -> Any:
+        """Build the IKE SA that replaces this one; Child SAs move over (no Child events).  In a
+        collision they stay here until it is resolved: the new SA is neither announced nor usable
+        (``_redundant``) unless it turns out to be the survivor."""
         new = type(self)(self.config, initiator=we_initiated, local=self.local, remote=self.remote, rng=self._rng,
                     sink=self._sink, config_lookup=self._config_lookup)
         new.spi_i, new.spi_r, new.ni, new.nr, new.proposal = spi_i, spi_r, ni, nr, proposal
@@ -107,11 +161,19 @@ class IkeRekeyTask:
         seed = crypto.rekey_skeyseed(self._prf_id, self.keys.sk_d, gir, ni, nr)
         new._install_keys(crypto.derive_ike_keys(prf, encr, bits, integ, seed, ni, nr, spi_i, spi_r), prf)
         new.nat_local, new.nat_remote, new.remote_id = self.nat_local, self.nat_remote, self.remote_id
-        new.children, self.children = self.children, {}
+        if collision:
+            new._redundant = True  # until resolved: no API calls, no timers, a Delete of it is no outage
+        else:
+            new.children, self.children = self.children, {}
+            self.successor = new
+            self._ike_rekey_at = self._ike_expire_at = None  # this SA is on its way out
         new._set_state(IkeState.ESTABLISHED)
         new._created = new._last_recv = now
-        new._schedule_ike_rekey(now)
-        self.successor = new
+        if collision:
+            new._ike_rekey_at = new._ike_expire_at = None
+        else:
+            new._schedule_ike_rekey(now)
         self._sink.new_sas.append(new)
-        self._event(IkeSaRekeyed, new_spi_i=spi_i, new_spi_r=spi_r)
+        if not collision:
+            self._event(IkeSaRekeyed, new_spi_i=spi_i, new_spi_r=spi_r)
         return new

@@ -29,7 +29,11 @@ class InformationalTask:
         for d in msg.get(m.Delete):
             if d.protocol == Protocol.IKE:
                 self._send_response(msg, [], addr, local)
-                moved = self.successor is not None
+                if self._ike_collision is not None:
+                    # the peer resolved our simultaneous rekey before we could: its new SA won
+                    self._collision_survivor(self._ike_collision[0], now)
+                    self._ike_collision = None
+                moved = self.successor is not None or self._redundant
                 self._close(now, "rekeyed" if moved else "remote", quiet_children=moved)
                 return
             if d.protocol != Protocol.ESP:
@@ -64,7 +68,7 @@ class InformationalTask:
                            done, "delete_child")
 
     def _start_delete_ike(self, now: float) -> None:
-        moved = self.successor is not None
+        moved = self.successor is not None or self._redundant
         self._set_state(IkeState.DELETING)
         self._send_request(now, Exchange.INFORMATIONAL, [m.Delete(Protocol.IKE)],
                            lambda r, t: self._close(t, "rekeyed" if moved else "local", quiet_children=moved),
