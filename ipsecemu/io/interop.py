@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
-
-import click
 
 from ipsecemu.lab.netns import aping, wait_for
 from ipsecemu.lab.strongswan import (
@@ -28,12 +24,11 @@ from ipsecemu.lab.strongswan import (
     CHARON_INTEG,
     Charon,
     PairTopology,
-    charon_available,
     pair_conn,
     pair_topology,
 )
 
-__all__ = ["DEFAULT_CASES", "CaseResult", "Interop", "InteropMismatch", "interop", "ours_vs_charon", "run_case",
+__all__ = ["DEFAULT_CASES", "CaseResult", "Interop", "InteropMismatch", "ours_vs_charon", "run_case",
            "run_matrix"]
 
 PSK = "ipsecemu-interop-psk"
@@ -218,52 +213,3 @@ def run_matrix(cases: dict[str, str] | None = None, initiators: Sequence[bool] =
                 progress(r)
             out.append(r)
     return out
-
-
-@click.command()
-@click.option("-p", "--proposal", "proposals", multiple=True, metavar="IKE[:ESP]",
-              help="IKE proposal (and ESP proposal) in strongSwan notation; repeatable.  "
-                   "Default: the six-proposal matrix.")
-@click.option("--initiator", type=click.Choice(["both", "ipsecemu", "charon"]), default="both", show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "native", "reference"]), default="auto", show_default=True,
-              help="Data-plane implementation for our ESP.")
-@click.option("--ipv6", is_flag=True, help="IPv6 outside and inside instead of IPv4.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per case instead of a table.")
-def interop(proposals: tuple[str, ...], initiator: str, backend: str, ipv6: bool, as_json: bool) -> None:
-    """Run ipsecemu against strongSwan's charon (kernel-libipsec) in network namespaces.
-
-    Each case: IKE_SA_INIT + IKE_AUTH (PSK) with one CHILD_SA, checked through vici (same SPIs and
-    algorithms), by comparing our derived keys with charon's level-4 log, and by pings between
-    the inside hosts through both ESP implementations.  Exit status 1 if any case fails.
-    """
-    if os.geteuid() != 0:
-        raise click.ClickException("needs root (network namespaces)")
-    reason = charon_available()
-    if reason:
-        raise click.ClickException(reason)
-    cases: dict[str, str] = {}
-    for p in proposals:
-        ike, _, esp = p.partition(":")
-        cases[ike] = esp or DEFAULT_CASES.get(ike) or _esp_like(ike)
-    initiators = {"both": (True, False), "ipsecemu": (True,), "charon": (False,)}[initiator]
-
-    def show(r: CaseResult) -> None:
-        if as_json:
-            click.echo(json.dumps(asdict(r)))
-        else:
-            mark = "PASS" if r.ok else "FAIL"
-            click.echo(f"{mark}  {r.ike:<32} {r.esp:<16} {r.initiator:<9} setup {r.setup_ms:6.1f} ms"
-                       f"{'' if r.ok else '  ' + r.detail.splitlines()[0] if r.detail else ''}")
-
-    results = run_matrix(cases or None, initiators, backend, show, ipv6)
-    failed = sum(not r.ok for r in results)
-    if not as_json:
-        click.echo(f"{len(results) - failed}/{len(results)} cases passed")
-    if failed:
-        raise SystemExit(1)
-
-
-def _esp_like(ike: str) -> str:
-    """An ESP proposal matching an IKE one: drop the PRF and key-exchange parts."""
-    parts = [p for p in ike.split("-") if not p.startswith(("prf", "modp", "ecp", "x25519", "x448", "curve"))]
-    return "-".join(parts) or "aes128gcm16"
