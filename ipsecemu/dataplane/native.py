@@ -587,11 +587,14 @@ class EspUdpLoop:
     inside ``with loop.paused():`` (the loop waits between batches): there the inbound table may
     be edited and ``set_outbound`` switches the outbound SA, so a rekey needs no stop/start.
     An ICMP error on the socket (peer restarting) is counted in ``stats["sock_errors"]``.
+    ESP-in-UDP uses UDP GSO on send (``gso``) and UDP GRO on receive (``gro``; switched off
+    again when the loop is freed); ``sock_buf`` raises the socket buffers (forced as root).
     """
 
     def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
                  inbound: EspInboundTable, ike_fd: int = -1, batch: int = 32, mtu: int = 1500,
-                 poll_ms: int = 50, raw_esp: bool = False) -> None:
+                 poll_ms: int = 50, raw_esp: bool = False, gso: bool = True, gro: bool = True,
+                 sock_buf: int = 4 << 20) -> None:
         import ipaddress
         import threading
 
@@ -603,6 +606,8 @@ class EspUdpLoop:
             raise ConfigError(f"mtu: must be 68..65535, got {mtu}")
         if tun_fd < 0 or udp_fd < 0:
             raise ConfigError("tun_fd/udp_fd: need open file descriptors")
+        if not 0 <= sock_buf <= 1 << 30:
+            raise ConfigError(f"sock_buf: must be 0..{1 << 30} bytes, got {sock_buf}")
         try:
             addr = ipaddress.ip_address(peer[0])
         except ValueError as exc:
@@ -614,6 +619,8 @@ class EspUdpLoop:
         c.peer_port = peer[1]
         c.batch, c.mtu, c.poll_ms = batch, mtu, poll_ms
         c.raw_esp = int(raw_esp)
+        c.offload = (lib.IE_LOOP_UDP_GSO if gso else 0) | (lib.IE_LOOP_UDP_GRO if gro else 0)
+        c.sock_buf = sock_buf
         out = ffi.new("ie_loop **")
         _check(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out), "gateway loop")
         self._loop = ffi.gc(out[0], lib.ie_loop_free)

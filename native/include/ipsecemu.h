@@ -244,6 +244,12 @@ long ie_bench_macsec(const ie_secy_cfg *secy, const ie_macsec_sa_cfg *sa, uint32
  * puts tun_fd into non-blocking mode.  POLLERR on the socket (an ICMP error, e.g. the peer
  * restarting) is cleared and counted (sock_errors), not fatal. */
 #define IE_LOOP_MAX_BATCH 256
+/* Offloads (ie_loop_cfg.offload).  GSO: equal-size ESP datagrams of a batch leave as one
+ * sendmsg with UDP_SEGMENT (falls back to one per datagram where the kernel refuses).  GRO: the
+ * socket gets UDP_GRO, so one receive returns a train of datagrams (split before decap); the
+ * option is switched off again by ie_loop_free, so others can read the socket datagram-wise. */
+#define IE_LOOP_UDP_GSO 1
+#define IE_LOOP_UDP_GRO 2
 
 typedef struct ie_loop_cfg {
     int tun_fd;              /* IFF_TUN | IFF_NO_PI device */
@@ -257,6 +263,8 @@ typedef struct ie_loop_cfg {
     int poll_ms;             /* how often the stop flag is looked at when idle */
     int raw_esp;             /* 1: udp_fd is a raw IPPROTO_ESP socket (IP protocol 50, no UDP,
                                 no IKE/keepalive split; IPv4 receive skips the IP header) */
+    uint32_t offload;        /* IE_LOOP_UDP_GSO | IE_LOOP_UDP_GRO (ESP-in-UDP only) */
+    uint32_t sock_buf;       /* raise udp_fd's send/receive buffers to this (forced if root); 0: leave */
 } ie_loop_cfg;
 
 typedef struct ie_loop_stats {
@@ -273,6 +281,8 @@ typedef struct ie_loop_stats {
     uint64_t tun_tx_errors;
     uint64_t batches;
     uint64_t sock_errors;    /* ICMP errors reported on the socket (POLLERR / a send), survived */
+    uint64_t udp_gso_trains; /* sends carrying several datagrams (UDP GSO) */
+    uint64_t udp_gro_trains; /* receives returning several datagrams (UDP GRO) */
 } ie_loop_stats;
 
 typedef struct ie_loop ie_loop;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -15,6 +16,9 @@
 #include "internal.h"
 
 #define IKE_HDR 19  /* family | address(16) | port(2) */
+#define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
+#define GSO_MAX_BYTES 65000   /* a train is one UDP datagram to the stack: below 64 KiB with headers */
+#define CTL_SPACE 64          /* >= CMSG_SPACE(sizeof(int)), a multiple of 8 */
 
 struct ie_loop {
     ie_loop_cfg cfg;
@@ -33,8 +37,44 @@ struct ie_loop {
     struct mmsghdr *txm, *rxm;
     struct iovec *txiov, *rxiov;
     struct sockaddr_storage *rxaddr;
-    uint32_t *rxidx;  /* decap batch slot -> rx datagram */
+    uint8_t *txctl, *rxctl;  /* one cmsg buffer per message: UDP_SEGMENT out, UDP_GRO in */
+    uint32_t rstride;        /* receive slot: a whole GRO train with UDP GRO, else one datagram */
+    int gso, gro, connected; /* offloads in use; connected: udp_fd is connected to the peer */
 };
+
+/* Whether fd is connected to exactly this peer: then sends go without an address and use the
+ * socket's cached route. */
+static int connected_to(int fd, const struct sockaddr_storage *peer, socklen_t len)
+{
+    struct sockaddr_storage a;
+    socklen_t alen = sizeof a;
+
+    memset(&a, 0, sizeof a);
+    if (getpeername(fd, (struct sockaddr *)&a, &alen) != 0 || alen != len)
+        return 0;
+    if (peer->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)&a, *y = (const struct sockaddr_in *)peer;
+        return x->sin_family == AF_INET && x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a, *y = (const struct sockaddr_in6 *)peer;
+        return x->sin6_family == AF_INET6 && x->sin6_port == y->sin6_port &&
+               !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr);
+    }
+}
+
+/* Raise a socket buffer to `want` bytes: forced past the sysctl maximum when we may (root),
+ * else as far as the maximum allows.  Never shrinks it. */
+static void grow_buf(int fd, int opt, int force, uint32_t want)
+{
+    int cur = 0, v = (int)(want > 1U << 30 ? 1U << 30 : want);
+    socklen_t len = sizeof cur;
+
+    if (getsockopt(fd, SOL_SOCKET, opt, &cur, &len) == 0 && cur / 2 >= v)
+        return;  /* the kernel reports twice what was set */
+    if (setsockopt(fd, SOL_SOCKET, force, &v, sizeof v) != 0)
+        setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v);
+}
 
 int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_loop **loop)
 {
@@ -60,7 +100,6 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     n = cfg->batch;
     l->stride = IE_ESP_HEADROOM + cfg->mtu + IE_ESP_TAILROOM;
     l->txmem = malloc((size_t)n * l->stride);
-    l->rxmem = malloc((size_t)n * l->stride);
     l->txv = calloc(n, 1);
     l->rxv = calloc(n, 1);
     l->txp = calloc(n, sizeof *l->txp);
@@ -70,9 +109,15 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     l->txiov = calloc(n, sizeof *l->txiov);
     l->rxiov = calloc(n, sizeof *l->rxiov);
     l->rxaddr = calloc(n, sizeof *l->rxaddr);
-    l->rxidx = calloc(n, sizeof *l->rxidx);
+    l->gro = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GRO) &&
+             setsockopt(cfg->udp_fd, SOL_UDP, UDP_GRO, &(int){1}, sizeof(int)) == 0;
+    l->gso = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GSO);
+    l->rstride = l->gro ? 65536 : l->stride;
+    l->rxmem = malloc((size_t)n * l->rstride);
+    l->txctl = calloc(n, CTL_SPACE);
+    l->rxctl = calloc(n, CTL_SPACE);
     if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
-        !l->txiov || !l->rxiov || !l->rxaddr || !l->rxidx ||
+        !l->txiov || !l->rxiov || !l->rxaddr || !l->txctl || !l->rxctl ||
         !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
         return IE_S_ENOMEM;
@@ -89,6 +134,11 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
         a->sin6_port = htons(cfg->peer_port);
         memcpy(&a->sin6_addr, cfg->peer_addr, 16);
         l->peer_len = sizeof *a;
+    }
+    l->connected = !cfg->raw_esp && connected_to(cfg->udp_fd, &l->peer, l->peer_len);
+    if (cfg->sock_buf) {
+        grow_buf(cfg->udp_fd, SO_SNDBUF, SO_SNDBUFFORCE, cfg->sock_buf);
+        grow_buf(cfg->udp_fd, SO_RCVBUF, SO_RCVBUFFORCE, cfg->sock_buf);
     }
     atomic_init(&l->stop, 0);
     atomic_init(&l->waiters, 0);
@@ -111,7 +161,10 @@ void ie_loop_free(ie_loop *l)
     free(l->txiov);
     free(l->rxiov);
     free(l->rxaddr);
-    free(l->rxidx);
+    free(l->txctl);
+    free(l->rxctl);
+    if (l->gro)  /* asyncio may read the socket again: one datagram per read */
+        setsockopt(l->cfg.udp_fd, SOL_UDP, UDP_GRO, &(int){0}, sizeof(int));
     if (l->mu_ok)
         pthread_mutex_destroy(&l->mu);
     free(l);
@@ -176,11 +229,26 @@ static void clear_sock_error(ie_loop *l)
     }
 }
 
+/* A GSO train the kernel refused, datagram by datagram. */
+static void send_each(ie_loop *l, const struct msghdr *train)
+{
+    size_t j;
+
+    for (j = 0; j < train->msg_iovlen; j++) {
+        struct msghdr mh = {.msg_name = train->msg_name, .msg_namelen = train->msg_namelen,
+                            .msg_iov = &train->msg_iov[j], .msg_iovlen = 1};
+        if (sendmsg(l->cfg.udp_fd, &mh, 0) < 0)
+            l->st.send_errors++;
+        else
+            l->st.esp_tx++;
+    }
+}
+
 /* tun -> encap -> one sendmmsg.  Returns packets read. */
 static int tun_to_udp(ie_loop *l)
 {
-    uint32_t n = 0, i, k = 0;
-    int retried;
+    uint32_t n = 0, i, k = 0, m, seg;
+    int retried, closed;
 
     while (n < l->cfg.batch) {
         ie_pkt *p = &l->txp[n];
@@ -206,35 +274,71 @@ static int tun_to_udp(ie_loop *l)
         return 0;
     l->st.tun_rx += n;
     ie_esp_encap(l->out, l->txp, n, l->txv);
-    for (i = 0; i < n; i++) {
+    /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
+     * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
+    for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
+        uint32_t len = l->txp[i].len;
         if (l->txv[i] != IE_OK) {
             l->st.encap_drop++;
             continue;
         }
         l->txiov[k].iov_base = l->txp[i].buf + l->txp[i].off;
-        l->txiov[k].iov_len = l->txp[i].len;
-        memset(&l->txm[k], 0, sizeof l->txm[k]);
-        l->txm[k].msg_hdr.msg_iov = &l->txiov[k];
-        l->txm[k].msg_hdr.msg_iovlen = 1;
-        l->txm[k].msg_hdr.msg_name = &l->peer;
-        l->txm[k].msg_hdr.msg_namelen = l->peer_len;
+        l->txiov[k].iov_len = len;
+        if (l->gso && !closed && len <= seg && l->txm[m - 1].msg_hdr.msg_iovlen < GSO_MAX_SEGS &&
+            (l->txm[m - 1].msg_hdr.msg_iovlen + 1) * seg <= GSO_MAX_BYTES) {
+            l->txm[m - 1].msg_hdr.msg_iovlen++;
+            closed = len < seg;
+        } else {
+            memset(&l->txm[m], 0, sizeof l->txm[m]);
+            l->txm[m].msg_hdr.msg_iov = &l->txiov[k];
+            l->txm[m].msg_hdr.msg_iovlen = 1;
+            l->txm[m].msg_hdr.msg_name = l->connected ? NULL : &l->peer;
+            l->txm[m].msg_hdr.msg_namelen = l->connected ? 0 : l->peer_len;
+            seg = len;
+            closed = 0;
+            m++;
+        }
         k++;
     }
-    for (i = 0, retried = 0; i < k;) {
-        int s = sendmmsg(l->cfg.udp_fd, l->txm + i, k - i, 0);
-        if (s <= 0) {
-            if (s < 0 && errno == EINTR)
-                continue;
-            if (s < 0 && !retried && async_error(errno)) {
-                l->st.sock_errors++;  /* an earlier ICMP error, not this packet's fault */
-                retried = 1;
-                continue;
-            }
-            l->st.send_errors += k - i;  /* a full socket buffer drops, like a NIC queue would */
-            break;
+    for (i = 0; i < m; i++) {
+        struct msghdr *mh = &l->txm[i].msg_hdr;
+        if (mh->msg_iovlen > 1) {
+            struct cmsghdr *c = (struct cmsghdr *)(l->txctl + (size_t)i * CTL_SPACE);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            *(uint16_t *)CMSG_DATA(c) = (uint16_t)mh->msg_iov[0].iov_len;
+            mh->msg_control = c;
+            mh->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
         }
-        l->st.esp_tx += (uint64_t)s;
-        i += (uint32_t)s;
+    }
+    for (i = 0, retried = 0; i < m;) {
+        int s = sendmmsg(l->cfg.udp_fd, l->txm + i, m - i, 0), e = errno;
+        if (s > 0) {
+            for (; s > 0; s--, i++) {
+                l->st.esp_tx += l->txm[i].msg_hdr.msg_iovlen;
+                l->st.udp_gso_trains += l->txm[i].msg_hdr.msg_iovlen > 1;
+            }
+            continue;
+        }
+        if (s < 0 && e == EINTR)
+            continue;
+        if (s < 0 && !retried && async_error(e)) {
+            l->st.sock_errors++;  /* an earlier ICMP error, not this packet's fault */
+            retried = 1;
+            continue;
+        }
+        if (s < 0 && l->txm[i].msg_hdr.msg_iovlen > 1) {
+            /* the kernel refused the train (no GSO there, or it would need IP fragments): send
+             * its datagrams one by one; stop trying GSO where the kernel/device lacks it */
+            if (e == EIO || e == EOPNOTSUPP || e == ENOPROTOOPT || e == ENOTSUP)
+                l->gso = 0;
+            send_each(l, &l->txm[i].msg_hdr);
+            i++;
+            continue;
+        }
+        for (; i < m; i++)  /* a full socket buffer drops, like a NIC queue would */
+            l->st.send_errors += l->txm[i].msg_hdr.msg_iovlen;
     }
     return (int)n;
 }
@@ -273,71 +377,112 @@ static void to_ike(ie_loop *l, const struct sockaddr_storage *from, const uint8_
         l->st.ike_rx++;
 }
 
-/* one recvmmsg -> classify -> decap -> write each OK payload to tun.  Returns datagrams. */
+/* decap the k collected ESP datagrams; write each OK payload to tun */
+static void rx_flush(ie_loop *l, uint32_t k)
+{
+    uint32_t i;
+
+    if (!k)
+        return;
+    ie_esp_decap(l->in, l->rxp, k, l->rxv);
+    for (i = 0; i < k; i++) {
+        if (l->rxv[i] != IE_OK) {
+            l->st.decap_drop++;
+            continue;
+        }
+        if (write(l->cfg.tun_fd, l->rxp[i].buf + l->rxp[i].off, l->rxp[i].len) < 0)
+            l->st.tun_tx_errors++;
+        else
+            l->st.esp_ok++;
+    }
+}
+
+/* classify one datagram: IKE, keepalive, or ESP for the decap batch (flushed when full) */
+static void rx_one(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d, uint32_t len, uint32_t *k)
+{
+    l->st.udp_rx++;
+    if (l->cfg.raw_esp) {
+        /* raw IPv4 sockets hand over the IP header too; IPv6 ones do not */
+        if (l->cfg.peer_family == 4) {
+            uint32_t ihl = len ? (uint32_t)(d[0] & 15) * 4 : 0;
+            if (len < 20 || (d[0] >> 4) != 4 || ihl < 20 || ihl > len) {
+                l->st.decap_drop++;
+                return;
+            }
+            d += ihl;
+            len -= ihl;
+        }
+    } else if (len == 1 && d[0] == 0xFF) {  /* RFC 3948 NAT-keepalive */
+        l->st.keepalive++;
+        return;
+    } else if (len >= 4 && !d[0] && !d[1] && !d[2] && !d[3]) {  /* non-ESP marker: IKE */
+        to_ike(l, from, d + 4, len - 4);
+        return;
+    }
+    memset(&l->rxp[*k], 0, sizeof l->rxp[*k]);
+    l->rxp[*k].buf = d;
+    l->rxp[*k].len = len;
+    l->rxp[*k].cap = len;  /* decap only shrinks */
+    if (++*k == l->cfg.batch) {
+        rx_flush(l, *k);
+        *k = 0;
+    }
+}
+
+/* the segment size of a UDP GRO train (0: a single datagram) */
+static uint32_t gro_size(struct msghdr *mh)
+{
+    struct cmsghdr *c;
+
+    for (c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int v;
+            memcpy(&v, CMSG_DATA(c), sizeof v);
+            return v > 0 ? (uint32_t)v : 0;
+        }
+    return 0;
+}
+
+/* one recvmmsg -> split GRO trains -> classify -> decap -> tun.  Returns datagrams. */
 static int udp_to_tun(ie_loop *l)
 {
-    uint32_t n = l->cfg.batch, i, k = 0;
+    uint32_t n = l->cfg.batch, i, k = 0, before = (uint32_t)l->st.udp_rx;
     int r;
 
     for (i = 0; i < n; i++) {
-        l->rxiov[i].iov_base = l->rxmem + (size_t)i * l->stride;
-        l->rxiov[i].iov_len = l->stride;
+        l->rxiov[i].iov_base = l->rxmem + (size_t)i * l->rstride;
+        l->rxiov[i].iov_len = l->rstride;
         memset(&l->rxm[i], 0, sizeof l->rxm[i]);
         l->rxm[i].msg_hdr.msg_iov = &l->rxiov[i];
         l->rxm[i].msg_hdr.msg_iovlen = 1;
         l->rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
         l->rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
+        if (l->gro) {
+            l->rxm[i].msg_hdr.msg_control = l->rxctl + (size_t)i * CTL_SPACE;
+            l->rxm[i].msg_hdr.msg_controllen = CTL_SPACE;
+        }
     }
     r = recvmmsg(l->cfg.udp_fd, l->rxm, n, MSG_DONTWAIT, NULL);
     if (r <= 0)
         return 0;
-    l->st.udp_rx += (uint64_t)r;
     for (i = 0; i < (uint32_t)r; i++) {
         uint8_t *d = l->rxiov[i].iov_base;
-        uint32_t len = l->rxm[i].msg_len;
+        uint32_t len = l->rxm[i].msg_len, seg = l->gro ? gro_size(&l->rxm[i].msg_hdr) : 0, o;
         if (l->rxm[i].msg_hdr.msg_flags & MSG_TRUNC) {
+            l->st.udp_rx++;
             l->st.decap_drop++;
             continue;
         }
-        if (l->cfg.raw_esp) {
-            /* raw IPv4 sockets hand over the IP header too; IPv6 ones do not */
-            if (l->cfg.peer_family == 4) {
-                uint32_t ihl = len ? (uint32_t)(d[0] & 15) * 4 : 0;
-                if (len < 20 || (d[0] >> 4) != 4 || ihl < 20 || ihl > len) {
-                    l->st.decap_drop++;
-                    continue;
-                }
-                d += ihl;
-                len -= ihl;
-            }
-        } else if (len == 1 && d[0] == 0xFF) {  /* RFC 3948 NAT-keepalive */
-            l->st.keepalive++;
+        if (!seg || seg >= len) {
+            rx_one(l, &l->rxaddr[i], d, len, &k);
             continue;
         }
-        if (!l->cfg.raw_esp && len >= 4 && !d[0] && !d[1] && !d[2] && !d[3]) {  /* non-ESP marker: IKE */
-            to_ike(l, &l->rxaddr[i], d + 4, len - 4);
-            continue;
-        }
-        memset(&l->rxp[k], 0, sizeof l->rxp[k]);
-        l->rxp[k].buf = d;
-        l->rxp[k].len = len;
-        l->rxp[k].cap = l->stride;
-        l->rxidx[k++] = i;
+        l->st.udp_gro_trains++;
+        for (o = 0; o < len; o += seg)
+            rx_one(l, &l->rxaddr[i], d + o, len - o < seg ? len - o : seg, &k);
     }
-    if (k) {
-        ie_esp_decap(l->in, l->rxp, k, l->rxv);
-        for (i = 0; i < k; i++) {
-            if (l->rxv[i] != IE_OK) {
-                l->st.decap_drop++;
-                continue;
-            }
-            if (write(l->cfg.tun_fd, l->rxp[i].buf + l->rxp[i].off, l->rxp[i].len) < 0)
-                l->st.tun_tx_errors++;
-            else
-                l->st.esp_ok++;
-        }
-    }
-    return r;
+    rx_flush(l, k);
+    return (int)((uint32_t)l->st.udp_rx - before);
 }
 
 int ie_loop_step(ie_loop *l, int timeout_ms)
