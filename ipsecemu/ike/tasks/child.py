@@ -122,10 +122,13 @@ class ChildTask:
         """Initiator side: check the responder's choice, derive keys, emit events."""
         errors = [n for n in msg.get(m.Notification) if n.type < STATUS_NOTIFY_MIN]
         if errors:
-            if errors[0].type == Notify.TEMPORARY_FAILURE and neg.rekey_of is not None \
-                    and neg.rekey_of.inbound_spi in self.children and not neg.rekey_of.rekeyed:
-                neg.rekey_of.rekey_at = now + self._retry_delay()  # RFC 7296 2.25: retry a bit later
-                self._count("rekey_retry")
+            if errors[0].type == Notify.TEMPORARY_FAILURE and neg.rekey_of is not None:
+                if neg.rekey_of.inbound_spi in self.children and not neg.rekey_of.rekeyed:
+                    neg.rekey_of.rekey_at = now + self._retry_delay()  # RFC 7296 2.25: retry a bit later
+                    self._count("rekey_retry")
+                else:
+                    # the peer rekeyed (or deleted) it meanwhile and refused ours: nothing failed
+                    self._count("rekey_superseded")
                 return None
             self._event(ChildSaFailed, notify=errors[0].type, reason="refused by peer")
             return None
@@ -264,6 +267,7 @@ class ChildTask:
         neg = self._child_neg
         if old is not None and neg is not None and neg.rekey_of is old:
             neg.collision = (child, min(nonce.data, nr))
+            self._count("child_rekey_collision")
         if old is not None:
             old.rekeyed = True
             self._event(ChildSaRekeyed, old_inbound_spi=old.inbound_spi, old_outbound_spi=old.outbound_spi,
