@@ -260,3 +260,18 @@ def test_tampered_or_malformed_fragment_is_an_integrity_error() -> None:
                 f[:40]):  # truncated
         with pytest.raises(IntegrityError):
             fr.open_fragment(bad, rx)
+
+
+def test_yaml_fragmentation_options_reach_the_core() -> None:
+    from ipsecemu.ike.config import ConfigError, dumps, loads, parse_connection, to_ike_sa_config
+
+    base = {"remote_address": "192.0.2.2", "local_id": "left.example", "psk": "s3cret"}
+    core = to_ike_sa_config(parse_connection(base))
+    assert core.fragmentation and core.fragment_size == 1280
+    conn = parse_connection({**base, "fragmentation": "no", "fragment_size": 600})
+    core = to_ike_sa_config(conn)
+    assert not core.fragmentation and core.fragment_size == 600
+    assert loads(dumps([conn], include_secret=True))[0] == conn
+    for bad, where in (({"fragment_size": 100}, "fragment_size"), ({"fragmentation": "maybe"}, "fragmentation")):
+        with pytest.raises(ConfigError, match=where):
+            parse_connection({**base, **bad})

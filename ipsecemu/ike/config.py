@@ -152,6 +152,8 @@ class ConnectionConfig:
     replay_window: int = 128
     start_action: str = "initiate"  # "initiate" | "listen"
     azure_policy: AzurePolicy | None = None
+    fragmentation: bool = True  # RFC 7383 IKE fragmentation offered/accepted
+    fragment_size: int = 1280  # IP datagram size above which IKE messages are fragmented
 
     @property
     def esn(self) -> bool:
@@ -536,7 +538,7 @@ def azure_policy(ctx: _Ctx, path: Path_, v: object) -> tuple[AzurePolicy, list[P
 _CONN_KEYS = _canon(
     "name", "local_address", "remote_address", "local_id", "remote_id", "auth", "psk",
     "ike_proposals", "esp_proposals", "ipsec_policy", "local_ts", "remote_ts", "mode", "ike_lifetime",
-    "child_lifetime", "dpd", "esn", "nat_t", "replay_window", "start_action",
+    "child_lifetime", "dpd", "esn", "nat_t", "replay_window", "start_action", "fragmentation", "fragment_size",
     local_addrs="local_address", remote_addrs="remote_address", local="local_address",
     remote="remote_address", ike="ike_proposals", esp="esp_proposals", proposals="ike_proposals",
     local_traffic_selectors="local_ts", remote_traffic_selectors="remote_ts", policy="ipsec_policy",
@@ -645,6 +647,8 @@ def parse_connection(data: Mapping[str, Any], name: str | None = None, *, _ctx: 
         ike_lifetime=ike_lt, child_lifetime=child_lt, dpd=dpd, nat_t=nat,
         replay_window=_int(ctx, p("replay_window"), d.get("replay_window", 128), 0, MAX_REPLAY_WINDOW),
         start_action=start, azure_policy=policy,
+        fragmentation=_bool(ctx, p("fragmentation"), d.get("fragmentation", True)),
+        fragment_size=_int(ctx, p("fragment_size"), d.get("fragment_size", 1280), 576, 65535),
     )
 
 
@@ -727,6 +731,9 @@ def to_dict(conn: ConnectionConfig, *, include_secret: bool = False) -> dict[str
                   "force_encap": conn.nat_t.force_encap}
     d["replay_window"] = conn.replay_window
     d["start_action"] = conn.start_action
+    if not conn.fragmentation or conn.fragment_size != 1280:
+        d["fragmentation"] = conn.fragmentation
+        d["fragment_size"] = conn.fragment_size
     return d
 
 
@@ -814,6 +821,8 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         dpd_delay_s=float(conn.dpd.interval),
         replay_window=conn.replay_window,
         force_encap=conn.nat_t.force_encap,
+        fragmentation=conn.fragmentation,
+        fragment_size=conn.fragment_size,
         extra={"dpd_timeout_s": conn.dpd.timeout, "child_lifetime": child, "ike_lifetime": conn.ike_lifetime,
                "start_action": conn.start_action, "natt_port": conn.nat_t.natt_port},
             **kw,
