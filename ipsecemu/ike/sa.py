@@ -53,6 +53,21 @@ Events (``ipsecemu.ike.events``), frozen dataclasses carrying ``ike_spi_i``/``ik
     was refused -- the IKE SA stays up); ``PeerAddressChanged`` (a NATed peer moved: send IKE and
     ESP to the new ``remote``).
 
+Authentication: PSK (``IkeSaConfig.psk``) or X.509 certificates (``IkeSaConfig.certs``, a
+``certs.CertAuth``: RFC 7427 / RSA / ECDSA signatures, CERT + CERTREQ, the peer's chain checked
+against our CAs, its ID checked against its certificate); see ``tasks/ike_auth.py``.
+
+IKE fragmentation (RFC 7383, ``fragments.py``): offered and accepted when
+``IkeSaConfig.fragmentation``; encrypted messages bigger than ``fragment_size`` (IP datagram
+bytes) go out as SKF fragments; incoming fragments are authenticated one by one and reassembled
+within fixed limits.  ``frag_ok`` says whether both sides agreed.
+
+Collisions: simultaneous Child SA rekeys (RFC 7296 2.8.1) and IKE SA rekeys (2.8.2) both
+complete; the exchange with the lowest nonce loses and its initiator deletes the redundant SA
+(Child: ``ChildSaDeleted(reason="redundant")``; IKE: ``IkeSaDeleted(reason="rekeyed")``, and the
+loser's new IKE SA is never announced by ``IkeSaRekeyed``).  A rekey that meets a delete loses to
+the delete; a request on an IKE SA that was already rekeyed gets TEMPORARY_FAILURE.
+
 Errors (``ipsecemu.ike.errors``): ``LocalProtocolError`` for caller misuse (raised from API calls),
 ``RemoteProtocolError`` for a misbehaving peer (never escapes the driving calls; carries the
 notify to answer with).
