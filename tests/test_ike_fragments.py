@@ -275,3 +275,38 @@ def test_yaml_fragmentation_options_reach_the_core() -> None:
     for bad, where in (({"fragment_size": 100}, "fragment_size"), ({"fragmentation": "maybe"}, "fragmentation")):
         with pytest.raises(ConfigError, match=where):
             parse_connection({**base, **bad})
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_mangled_fragments_never_raise_or_change_state(pki, data: st.DataObject) -> None:
+    """Truncations, bit flips and header lies on real IKE_AUTH fragments: counted and dropped, the
+    responder stays half-open, and the genuine fragments still complete the exchange."""
+    a, b, net = frag_pair(pki)
+    sa = a.initiate("c", net.now)
+    for d, _r, _l in a.datagrams_to_send(net.now):
+        b.receive_datagram(d, A, net.now, B)
+    for d, _r, _l in b.datagrams_to_send(net.now):
+        a.receive_datagram(d, B, net.now, A)
+    req = [d for d, _r, _l in a.datagrams_to_send(net.now)]
+    (bsa,) = b.sas.values()
+    for _ in range(data.draw(st.integers(1, 6))):
+        raw = bytearray(data.draw(st.sampled_from(req)))
+        how = data.draw(st.sampled_from(["flip", "truncate", "number", "total", "length"]))
+        if how == "flip":
+            pos = data.draw(st.integers(0, len(raw) - 1))
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif how == "truncate":
+            raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+        elif how in ("number", "total"):
+            struct.pack_into("!H", raw, 32 if how == "number" else 34, data.draw(st.integers(0, 0xFFFF)))
+        else:
+            struct.pack_into("!H", raw, 30, data.draw(st.integers(0, 0xFFFF)))
+        b.receive_datagram(bytes(raw), A, net.now, B)
+        assert bsa.state == IkeState.SA_INIT_DONE and not b.datagrams_to_send(net.now)
+    for d in req:
+        b.receive_datagram(d, A, net.now, B)
+    assert bsa.state == IkeState.ESTABLISHED
+    for d, _r, _l in b.datagrams_to_send(net.now):
+        a.receive_datagram(d, B, net.now, A)
+    assert sa.state == IkeState.ESTABLISHED

@@ -519,6 +519,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         except ParseError:
             # an unauthenticated message cannot earn a notify from us
             raise IntegrityError("malformed outer payloads") from None
+        if not msg.payloads or not isinstance(msg.payloads[-1], m.SK):
+            raise IntegrityError("no Encrypted payload")  # unauthenticated: no answer, no state change
         inner = m.decrypt(msg, data, self._cin)
         msg.payloads = inner
         return inner
