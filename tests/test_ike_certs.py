@@ -365,3 +365,26 @@ def test_intermediate_ca_chain(pki) -> None:
     auth_a2 = c.CertAuth(leaf[0], leaf[1], [root[0]])
     a, b, net = cert_pair(auth_a2, creds(pki["right-p256"], root[0]))
     _refused(a, b, net)
+
+
+@pytest.mark.parametrize("ders", [[], [b""], [b"\x30\x03\x02\x01\x00"], [bytes(300)]])
+def test_junk_peer_certificates_are_cert_errors(pki, ders: list[bytes]) -> None:
+    with pytest.raises(c.CertError):
+        creds(pki["right-p256"], pki["ca"][0]).verify_chain(ders)
+
+
+def test_ca_certificate_as_end_entity_with_wrong_issuer_is_refused(pki) -> None:
+    """A certificate whose issuer name matches our CA but which another key signed is refused."""
+    impostor_ca = make_ca()  # same subject name as the real CA, different key
+    bad = make_cert(impostor_ca, "left", "p256", ("left.example",))
+    with pytest.raises(c.CertError, match="not issued by a trusted CA"):
+        creds(pki["right-p256"], pki["ca"][0]).verify_chain([bad[0].public_bytes(serialization.Encoding.DER)])
+
+
+def test_dn_strings_round_trip() -> None:
+    ident = Identity.parse("C=CH, O=ipsecemu test, CN=left")
+    assert ident.id_type == IdType.DER_ASN1_DN and str(ident) == "C=CH, O=ipsecemu test, CN=left"
+    assert Identity.parse("dn:CN=a\\, b").data == x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a, b")]).public_bytes()
+    with pytest.raises(LocalProtocolError):
+        Identity.parse("dn:XX=1")
+    assert c.dn_to_str(b"\x30\x05junk") == b"\x30\x05junk".hex()
