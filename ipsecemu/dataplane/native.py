@@ -39,7 +39,7 @@ else:
 __all__ = [
     "EspOutbound", "EspInbound", "EspInboundTable", "MacsecTx", "MacsecRx",
     "ABI_VERSION", "bench_esp", "bench_macsec", "native_esp_supported", "ffi", "lib",
-    "EspUdpLoop", "parse_ike_record", "MacsecLinkLoop",
+    "EspUdpLoop", "parse_ike_record", "open_vnet_tun", "VNET_HDR", "MacsecLinkLoop",
 ]
 
 #: The C API version this wrapper was written against.
@@ -589,12 +589,15 @@ class EspUdpLoop:
     An ICMP error on the socket (peer restarting) is counted in ``stats["sock_errors"]``.
     ESP-in-UDP uses UDP GSO on send (``gso``) and UDP GRO on receive (``gro``; switched off
     again when the loop is freed); ``sock_buf`` raises the socket buffers (forced as root).
+    ``tun_vnet=True``: the tun was opened by :func:`open_vnet_tun`; the loop turns on TSO so the
+    kernel hands over TCP super-packets, which it cuts into segments itself (off again on free,
+    but every packet read or written by others then carries a 10-byte zero header: VNET_HDR).
     """
 
     def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
                  inbound: EspInboundTable, ike_fd: int = -1, batch: int = 32, mtu: int = 1500,
                  poll_ms: int = 50, raw_esp: bool = False, gso: bool = True, gro: bool = True,
-                 sock_buf: int = 4 << 20) -> None:
+                 sock_buf: int = 4 << 20, tun_vnet: bool = False) -> None:
         import ipaddress
         import threading
 
@@ -621,8 +624,10 @@ class EspUdpLoop:
         c.raw_esp = int(raw_esp)
         c.offload = (lib.IE_LOOP_UDP_GSO if gso else 0) | (lib.IE_LOOP_UDP_GRO if gro else 0)
         c.sock_buf = sock_buf
+        c.tun_vnet = int(tun_vnet)
         out = ffi.new("ie_loop **")
-        _check(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out), "gateway loop")
+        _check(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out),
+               "gateway loop (tun_vnet must match how the tun was opened)")
         self._loop = ffi.gc(out[0], lib.ie_loop_free)
         self._keep = (outbound, inbound)  # borrowed by C: keep them alive
         self.outbound, self.inbound = outbound, inbound
@@ -679,6 +684,25 @@ class EspUdpLoop:
         s = ffi.new("ie_loop_stats *")
         lib.ie_loop_get_stats(self._loop, s)
         return {name: getattr(s, name) for name, _ in ffi.typeof("ie_loop_stats").fields}
+
+
+VNET_HDR = 10  # bytes of struct virtio_net_hdr before each packet on a tun from open_vnet_tun
+
+
+def open_vnet_tun(name: str) -> int:
+    """Create tun ``name`` (no packet info, IFF_VNET_HDR) in the caller's netns; returns a
+    non-blocking fd for ``EspUdpLoop(tun_vnet=True)``."""
+    import fcntl
+    import struct
+
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:  # TUNSETIFF; IFF_TUN | IFF_NO_PI | IFF_VNET_HDR
+        fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", name.encode(), 0x0001 | 0x1000 | 0x4000))
+    except OSError:
+        os.close(fd)
+        raise
+    os.set_blocking(fd, False)
+    return fd
 
 
 def parse_ike_record(record: bytes) -> tuple[tuple[str, int], bytes]:

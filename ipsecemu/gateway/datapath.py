@@ -106,13 +106,19 @@ class ConnectionDatapath:
         self._retiring: set[int] = set()  # replaced SAs whose inbound lingers for GRACE
         self._restarts = 0
         self._starts = 0  # C loops started: SA changes no longer add any
+        self.vnet = 0  # bytes of virtio_net_hdr before every packet on our tun (0: none)
 
     # -- tun and routes ----------------------------------------------------------------
     def ensure_tun(self) -> None:
         if self.tun_fd is not None:
             return
         t = self.gw.tunnel
-        self.tun_fd = open_tun(t.name)
+        if self.native:  # IFF_VNET_HDR: the C loop gets TCP super-packets (TSO) and cuts them itself
+            from ipsecemu.dataplane import native
+
+            self.tun_fd, self.vnet = native.open_vnet_tun(t.name), native.VNET_HDR
+        else:
+            self.tun_fd = open_tun(t.name)
 
         def setup(ipr: Any) -> None:
             idx = ipr.link_lookup(ifname=t.name)[0]
@@ -259,6 +265,7 @@ class ConnectionDatapath:
         if self.tun_fd is not None:
             os.close(self.tun_fd)  # the last fd: the kernel deletes the tun and its routes
             self.tun_fd = None
+            self.vnet = 0
             self.routes.clear()
             log.info("%s: tun %s removed", self.gw.name, self.gw.tunnel.name)
 
@@ -343,7 +350,7 @@ class ConnectionDatapath:
             self._loop_obj = native.EspUdpLoop(tun_fd=self.tun_fd, udp_fd=port.fd, peer=remote,
                                                outbound=self.current.out_sa, inbound=self.table,
                                                ike_fd=port.ike_fd, batch=self.batch, mtu=self.gw.tunnel.mtu,
-                                               poll_ms=20, **kw)
+                                               poll_ms=20, tun_vnet=bool(self.vnet), **kw)
             self._loop_obj.start()
             self._starts += 1
             log.info("%s: C loop started on fd %d to %s", self.gw.name, port.fd, remote[0])
@@ -400,6 +407,7 @@ class ConnectionDatapath:
             except OSError:
                 self._count("tun_error")
                 return
+            pkt = pkt[self.vnet:]  # no offloads while no C loop runs: a plain packet behind it
             cur = self.current
             if cur is None or self._slow_send is None or not pkt:
                 self._count("no_sa")
@@ -420,7 +428,7 @@ class ConnectionDatapath:
         self._count("esp_ok")
         if self.tun_fd is not None:
             try:
-                os.write(self.tun_fd, res.payload)
+                os.write(self.tun_fd, bytes(self.vnet) + res.payload)
             except OSError:
                 self._count("tun_error")
 

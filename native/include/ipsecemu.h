@@ -265,6 +265,10 @@ typedef struct ie_loop_cfg {
                                 no IKE/keepalive split; IPv4 receive skips the IP header) */
     uint32_t offload;        /* IE_LOOP_UDP_GSO | IE_LOOP_UDP_GRO (ESP-in-UDP only) */
     uint32_t sock_buf;       /* raise udp_fd's send/receive buffers to this (forced if root); 0: leave */
+    int tun_vnet;            /* 1: tun_fd was opened with IFF_VNET_HDR (must match the device): the
+                                loop enables TSO on it (TUNSETOFFLOAD csum+TSO4/6, reset on free),
+                                cuts TCP super-packets into MTU-size segments itself and writes a
+                                zero virtio_net_hdr before each decapsulated packet */
 } ie_loop_cfg;
 
 typedef struct ie_loop_stats {
@@ -283,6 +287,7 @@ typedef struct ie_loop_stats {
     uint64_t sock_errors;    /* ICMP errors reported on the socket (POLLERR / a send), survived */
     uint64_t udp_gso_trains; /* sends carrying several datagrams (UDP GSO) */
     uint64_t udp_gro_trains; /* receives returning several datagrams (UDP GRO) */
+    uint64_t tun_tso;        /* TCP super-packets read from a vnet tun (tun_rx counts their segments) */
 } ie_loop_stats;
 
 typedef struct ie_loop ie_loop;

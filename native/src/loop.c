@@ -10,6 +10,10 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <linux/if_tun.h>
+#include <linux/virtio_net.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,6 +23,9 @@
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
 #define GSO_MAX_BYTES 65000   /* a train is one UDP datagram to the stack: below 64 KiB with headers */
 #define CTL_SPACE 64          /* >= CMSG_SPACE(sizeof(int)), a multiple of 8 */
+#define VNET_LEN 10           /* struct virtio_net_hdr before every packet on an IFF_VNET_HDR tun */
+#define TSO_BUF (65536 + VNET_LEN)
+#define TUN_OFFLOADS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
 
 struct ie_loop {
     ie_loop_cfg cfg;
@@ -40,6 +47,12 @@ struct ie_loop {
     uint8_t *txctl, *rxctl;  /* one cmsg buffer per message: UDP_SEGMENT out, UDP_GRO in */
     uint32_t rstride;        /* receive slot: a whole GRO train with UDP GRO, else one datagram */
     int gso, gro, connected; /* offloads in use; connected: udp_fd is connected to the peer */
+    /* IFF_VNET_HDR tun with TSO: one read may be a TCP super-packet, cut into segments here
+     * (one per slot, maybe across calls) */
+    uint8_t *tso;            /* vnet header + packet as read */
+    int tso_active, tso_v6;
+    uint32_t tso_len, tso_iphl, tso_hlen, tso_mss, tso_off, tso_seg, tso_seq;
+    uint16_t tso_id;
 };
 
 /* Whether fd is connected to exactly this peer: then sends go without an address and use the
@@ -85,6 +98,14 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     if (!cfg || !out || !in || cfg->batch == 0 || cfg->batch > IE_LOOP_MAX_BATCH || cfg->mtu < 68 ||
         cfg->mtu > 65535 || (cfg->peer_family != 4 && cfg->peer_family != 6))
         return IE_S_EINVAL;
+    /* a vnet header must be expected exactly when the tun has one */
+    {
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        if (ioctl(cfg->tun_fd, TUNGETIFF, &ifr) == 0 ? !!(ifr.ifr_flags & IFF_VNET_HDR) != !!cfg->tun_vnet
+                                                     : cfg->tun_vnet)
+            return IE_S_EINVAL;
+    }
     /* the batch read stops at EAGAIN, so tun must not block */
     {
         int fl = fcntl(cfg->tun_fd, F_GETFL);
@@ -115,9 +136,11 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     l->rstride = l->gro ? 65536 : l->stride;
     l->rxmem = malloc((size_t)n * l->rstride);
     l->txctl = calloc(n, CTL_SPACE);
+    l->tso = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
     l->rxctl = calloc(n, CTL_SPACE);
     if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
         !l->txiov || !l->rxiov || !l->rxaddr || !l->txctl || !l->rxctl ||
+        (cfg->tun_vnet && !l->tso) ||
         !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
         return IE_S_ENOMEM;
@@ -140,6 +163,8 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
         grow_buf(cfg->udp_fd, SO_SNDBUF, SO_SNDBUFFORCE, cfg->sock_buf);
         grow_buf(cfg->udp_fd, SO_RCVBUF, SO_RCVBUFFORCE, cfg->sock_buf);
     }
+    if (cfg->tun_vnet)  /* refused (old kernel): plain packets still come, behind a header */
+        ioctl(cfg->tun_fd, TUNSETOFFLOAD, (unsigned long)TUN_OFFLOADS);
     atomic_init(&l->stop, 0);
     atomic_init(&l->waiters, 0);
     *loop = l;
@@ -163,6 +188,10 @@ void ie_loop_free(ie_loop *l)
     free(l->rxaddr);
     free(l->txctl);
     free(l->rxctl);
+    if (l->tso) {  /* whoever reads the tun next gets plain packets (still behind a header) */
+        ioctl(l->cfg.tun_fd, TUNSETOFFLOAD, 0UL);
+        free(l->tso);
+    }
     if (l->gro)  /* asyncio may read the socket again: one datagram per read */
         setsockopt(l->cfg.udp_fd, SOL_UDP, UDP_GRO, &(int){0}, sizeof(int));
     if (l->mu_ok)
@@ -229,6 +258,168 @@ static void clear_sock_error(ie_loop *l)
     }
 }
 
+/* ---- IFF_VNET_HDR tun: finish checksums, cut TCP super-packets (TSO) into segments ---- */
+
+static uint64_t csum_acc(const uint8_t *p, size_t len, uint64_t sum)
+{
+    uint32_t w;
+
+    for (; len >= 4; p += 4, len -= 4) {  /* 32-bit big-endian words fold to the same 16-bit sum */
+        memcpy(&w, p, 4);
+        sum += ntohl(w);
+    }
+    if (len >= 2) {
+        sum += (uint32_t)p[0] << 8 | p[1];
+        p += 2;
+        len -= 2;
+    }
+    if (len)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static void put_csum(uint8_t *at, uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    sum = ~sum & 0xffff;
+    at[0] = (uint8_t)(sum >> 8);
+    at[1] = (uint8_t)sum;
+}
+
+static void put16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+/* A read super-packet (in l->tso): check its headers, remember where the segments come from.
+ * Returns 0 when it cannot be cut (counted as a drop by the caller). */
+static int tso_start(ie_loop *l, uint32_t plen, const struct virtio_net_hdr *h)
+{
+    const uint8_t *ip = l->tso + VNET_LEN, *tcp;
+    uint32_t type = h->gso_type & ~VIRTIO_NET_HDR_GSO_ECN, iphl, thl;
+
+    if (type == VIRTIO_NET_HDR_GSO_TCPV4 && plen >= 20 && ip[0] >> 4 == 4 && ip[9] == 6) {
+        iphl = (uint32_t)(ip[0] & 15) * 4;
+        l->tso_v6 = 0;
+        l->tso_id = (uint16_t)(ip[4] << 8 | ip[5]);
+    } else if (type == VIRTIO_NET_HDR_GSO_TCPV6 && plen >= 40 && ip[0] >> 4 == 6 && ip[6] == 6) {
+        iphl = 40;  /* extension headers: not cut here (dropped) */
+        l->tso_v6 = 1;
+    } else {
+        return 0;
+    }
+    if (iphl < 20 || iphl + 20 > plen)
+        return 0;
+    tcp = ip + iphl;
+    thl = (uint32_t)(tcp[12] >> 4) * 4;
+    if (thl < 20 || iphl + thl >= plen || !h->gso_size || iphl + thl + h->gso_size > l->cfg.mtu)
+        return 0;
+    l->tso_len = plen;
+    l->tso_iphl = iphl;
+    l->tso_hlen = iphl + thl;
+    l->tso_mss = h->gso_size;
+    l->tso_off = iphl + thl;
+    l->tso_seg = 0;
+    l->tso_seq = (uint32_t)tcp[4] << 24 | (uint32_t)tcp[5] << 16 | (uint32_t)tcp[6] << 8 | tcp[7];
+    l->tso_active = 1;
+    return 1;
+}
+
+/* The next segment of the super-packet, as a complete packet at out; returns its length. */
+static uint32_t tso_next(ie_loop *l, uint8_t *out)
+{
+    const uint8_t *pkt = l->tso + VNET_LEN;
+    uint32_t hl = l->tso_hlen, rest = l->tso_len - l->tso_off;
+    uint32_t chunk = rest < l->tso_mss ? rest : l->tso_mss, seglen = hl + chunk, tlen = seglen - l->tso_iphl;
+    uint8_t *tcp = out + l->tso_iphl;
+    uint32_t seq = l->tso_seq + (l->tso_off - hl);
+    uint64_t sum;
+
+    memcpy(out, pkt, hl);
+    memcpy(out + hl, pkt + l->tso_off, chunk);
+    if (!l->tso_v6) {
+        put16(out + 2, seglen);
+        put16(out + 4, (uint16_t)(l->tso_id + l->tso_seg));
+        out[10] = out[11] = 0;
+        put_csum(out + 10, csum_acc(out, l->tso_iphl, 0));
+        sum = csum_acc(out + 12, 8, 0);  /* pseudo header: addresses */
+    } else {
+        put16(out + 4, tlen);
+        sum = csum_acc(out + 8, 32, 0);
+    }
+    tcp[4] = (uint8_t)(seq >> 24);
+    tcp[5] = (uint8_t)(seq >> 16);
+    tcp[6] = (uint8_t)(seq >> 8);
+    tcp[7] = (uint8_t)seq;
+    if (chunk < rest)
+        tcp[13] &= (uint8_t)~0x09;  /* FIN, PSH: last segment only */
+    if (l->tso_seg)
+        tcp[13] &= (uint8_t)~0x80;  /* CWR: first segment only */
+    tcp[16] = tcp[17] = 0;
+    put_csum(tcp + 16, csum_acc(tcp, tlen, sum + 6 + tlen));
+    l->tso_off += chunk;
+    l->tso_seg++;
+    l->tso_active = l->tso_off < l->tso_len;
+    return seglen;
+}
+
+/* Fill tx slots from a vnet tun: plain packets (checksum finished if the kernel left it to us)
+ * and segments of super-packets.  Returns slots filled. */
+static uint32_t tun_read_vnet(ie_loop *l)
+{
+    uint32_t n = 0;
+
+    while (n < l->cfg.batch) {
+        uint8_t *buf = l->txmem + (size_t)n * l->stride, *data = buf + IE_ESP_HEADROOM;
+        ie_pkt *p = &l->txp[n];
+        uint32_t len;
+        if (l->tso_active) {
+            len = tso_next(l, data);
+        } else {
+            struct virtio_net_hdr h;
+            ssize_t r = read(l->cfg.tun_fd, l->tso, TSO_BUF);
+            uint32_t plen;
+            if (r <= 0)
+                break;
+            if (r <= VNET_LEN) {
+                l->st.tun_rx++;
+                l->st.encap_drop++;
+                continue;
+            }
+            memcpy(&h, l->tso, sizeof h);
+            plen = (uint32_t)r - VNET_LEN;
+            if (h.gso_type != VIRTIO_NET_HDR_GSO_NONE) {
+                l->st.tun_tso++;
+                if (!tso_start(l, plen, &h)) {
+                    l->st.tun_rx++;
+                    l->st.encap_drop++;
+                }
+                continue;
+            }
+            if (plen > l->cfg.mtu || ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
+                                      (uint32_t)h.csum_start + h.csum_offset + 2 > plen)) {
+                l->st.tun_rx++;
+                l->st.encap_drop++;
+                continue;
+            }
+            memcpy(data, l->tso + VNET_LEN, plen);
+            if (h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)  /* the field holds the pseudo-header sum */
+                put_csum(data + h.csum_start + h.csum_offset, csum_acc(data + h.csum_start, plen - h.csum_start, 0));
+            len = plen;
+        }
+        memset(p, 0, sizeof *p);
+        p->buf = buf;
+        p->off = IE_ESP_HEADROOM;
+        p->len = len;
+        p->cap = l->stride;
+        p->next_header = (data[0] >> 4) == 6 ? 41 : 4;
+        n++;
+    }
+    return n;
+}
+
 /* A GSO train the kernel refused, datagram by datagram. */
 static void send_each(ie_loop *l, const struct msghdr *train)
 {
@@ -250,7 +441,9 @@ static int tun_to_udp(ie_loop *l)
     uint32_t n = 0, i, k = 0, m, seg;
     int retried, closed;
 
-    while (n < l->cfg.batch) {
+    if (l->tso)
+        n = tun_read_vnet(l);
+    while (!l->tso && n < l->cfg.batch) {
         ie_pkt *p = &l->txp[n];
         uint8_t *buf = l->txmem + (size_t)n * l->stride;
         /* one byte more than the MTU (the tailroom has it) tells an oversized packet apart */
@@ -390,7 +583,14 @@ static void rx_flush(ie_loop *l, uint32_t k)
             l->st.decap_drop++;
             continue;
         }
-        if (write(l->cfg.tun_fd, l->rxp[i].buf + l->rxp[i].off, l->rxp[i].len) < 0)
+        uint8_t *d = l->rxp[i].buf + l->rxp[i].off;
+        size_t len = l->rxp[i].len;
+        if (l->tso) {  /* the ESP header before the payload (>= 16 bytes) has room for it */
+            d -= VNET_LEN;
+            len += VNET_LEN;
+            memset(d, 0, VNET_LEN);
+        }
+        if (write(l->cfg.tun_fd, d, len) < 0)
             l->st.tun_tx_errors++;
         else
             l->st.esp_ok++;
@@ -488,7 +688,7 @@ static int udp_to_tun(ie_loop *l)
 int ie_loop_step(ie_loop *l, int timeout_ms)
 {
     struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = POLLIN}, {.fd = l->cfg.udp_fd, .events = POLLIN}};
-    int r = poll(pfd, 2, timeout_ms), done = 0;
+    int r = poll(pfd, 2, l->tso_active ? 0 : timeout_ms), done = 0;
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
@@ -499,7 +699,7 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
     pthread_mutex_lock(&l->mu);
     if (pfd[1].revents & POLLERR)
         clear_sock_error(l);
-    if (pfd[0].revents & POLLIN)
+    if (pfd[0].revents & POLLIN || l->tso_active)
         done += tun_to_udp(l);
     if (pfd[1].revents & POLLIN)
         done += udp_to_tun(l);
