@@ -267,8 +267,9 @@ typedef struct ie_loop_cfg {
     uint32_t sock_buf;       /* raise udp_fd's send/receive buffers to this (forced if root); 0: leave */
     int tun_vnet;            /* 1: tun_fd was opened with IFF_VNET_HDR (must match the device): the
                                 loop enables TSO on it (TUNSETOFFLOAD csum+TSO4/6, reset on free),
-                                cuts TCP super-packets into MTU-size segments itself and writes a
-                                zero virtio_net_hdr before each decapsulated packet */
+                                cuts TCP super-packets into MTU-size segments itself; on the way back
+                                consecutive segments of a TCP flow in a batch are written as one
+                                super-packet (GRO), anything else behind a zero virtio_net_hdr */
 } ie_loop_cfg;
 
 typedef struct ie_loop_stats {
@@ -288,6 +289,7 @@ typedef struct ie_loop_stats {
     uint64_t udp_gso_trains; /* sends carrying several datagrams (UDP GSO) */
     uint64_t udp_gro_trains; /* receives returning several datagrams (UDP GRO) */
     uint64_t tun_tso;        /* TCP super-packets read from a vnet tun (tun_rx counts their segments) */
+    uint64_t tun_gro;        /* coalesced TCP super-packets written to a vnet tun (esp_ok counts segments) */
 } ie_loop_stats;
 
 typedef struct ie_loop ie_loop;

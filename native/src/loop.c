@@ -50,6 +50,8 @@ struct ie_loop {
     /* IFF_VNET_HDR tun with TSO: one read may be a TCP super-packet, cut into segments here
      * (one per slot, maybe across calls) */
     uint8_t *tso;            /* vnet header + packet as read */
+    uint8_t *coal;           /* vnet tun: vnet header + coalesced packet to write */
+    uint32_t *runidx;        /* rxp indices of the segments being coalesced */
     int tso_active, tso_v6;
     uint32_t tso_len, tso_iphl, tso_hlen, tso_mss, tso_off, tso_seg, tso_seq;
     uint16_t tso_id;
@@ -137,10 +139,12 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     l->rxmem = malloc((size_t)n * l->rstride);
     l->txctl = calloc(n, CTL_SPACE);
     l->tso = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
+    l->coal = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
+    l->runidx = calloc(n, sizeof *l->runidx);
     l->rxctl = calloc(n, CTL_SPACE);
     if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
         !l->txiov || !l->rxiov || !l->rxaddr || !l->txctl || !l->rxctl ||
-        (cfg->tun_vnet && !l->tso) ||
+        (cfg->tun_vnet && (!l->tso || !l->coal)) || !l->runidx ||
         !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
         return IE_S_ENOMEM;
@@ -192,6 +196,8 @@ void ie_loop_free(ie_loop *l)
         ioctl(l->cfg.tun_fd, TUNSETOFFLOAD, 0UL);
         free(l->tso);
     }
+    free(l->coal);
+    free(l->runidx);
     if (l->gro)  /* asyncio may read the socket again: one datagram per read */
         setsockopt(l->cfg.udp_fd, SOL_UDP, UDP_GRO, &(int){0}, sizeof(int));
     if (l->mu_ok)
@@ -570,31 +576,174 @@ static void to_ike(ie_loop *l, const struct sockaddr_storage *from, const uint8_
         l->st.ike_rx++;
 }
 
-/* decap the k collected ESP datagrams; write each OK payload to tun */
+/* ---- vnet tun, write side: consecutive segments of one TCP flow go to the kernel as one
+ * super-packet (GRO in userspace), so forwarding and the receiving TCP see a few big packets ---- */
+
+typedef struct tcp_seg {
+    uint8_t *p;
+    uint32_t len, iphl, hl, seq;
+} tcp_seg;
+
+/* A plain TCP data segment that may be coalesced: IPv4 without options or fragments, or IPv6
+ * straight to TCP; flags ACK (+PSH) only; some payload. */
+static int tcp_seg_parse(uint8_t *p, uint32_t len, tcp_seg *s)
+{
+    uint32_t iphl, thl;
+    const uint8_t *t;
+
+    if (len >= 40 && p[0] == 0x45) {
+        iphl = 20;
+        if (p[9] != 6 || (p[6] & 0x3f) || p[7] || ((uint32_t)p[2] << 8 | p[3]) != len)
+            return 0;
+    } else if (len >= 60 && p[0] >> 4 == 6) {
+        iphl = 40;
+        if (p[6] != 6 || ((uint32_t)p[4] << 8 | p[5]) + 40 != len)
+            return 0;
+    } else {
+        return 0;
+    }
+    t = p + iphl;
+    thl = (uint32_t)(t[12] >> 4) * 4;
+    if (thl < 20 || iphl + thl >= len || (t[13] & ~0x08) != 0x10)
+        return 0;
+    s->p = p;
+    s->len = len;
+    s->iphl = iphl;
+    s->hl = iphl + thl;
+    s->seq = (uint32_t)t[4] << 24 | (uint32_t)t[5] << 16 | (uint32_t)t[6] << 8 | t[7];
+    return 1;
+}
+
+/* Same flow and the same headers apart from lengths, IDs, checksums, sequence number, PSH. */
+static int tcp_same_flow(const tcp_seg *a, const tcp_seg *b)
+{
+    const uint8_t *x = a->p, *y = b->p, *tx = x + a->iphl, *ty = y + b->iphl;
+
+    if (a->iphl != b->iphl || a->hl != b->hl)
+        return 0;
+    if (a->iphl == 20 ? (x[1] != y[1] || x[6] != y[6] || x[8] != y[8] || memcmp(x + 12, y + 12, 8))
+                      : (memcmp(x, y, 4) || x[7] != y[7] || memcmp(x + 8, y + 8, 32)))
+        return 0;
+    /* ports, ack, window, options */
+    return !memcmp(tx, ty, 4) && !memcmp(tx + 8, ty + 8, 4) && !memcmp(tx + 14, ty + 14, 2) &&
+           !memcmp(tx + 20, ty + 20, a->hl - a->iphl - 20);
+}
+
+static void tun_write(ie_loop *l, uint8_t *d, size_t len, uint32_t pkts)
+{
+    if (write(l->cfg.tun_fd, d, len) < 0)
+        l->st.tun_tx_errors += pkts;
+    else
+        l->st.esp_ok += pkts;
+}
+
+/* Write the run of coalescible segments (rxp indices l->runidx[0..n)). */
+static void run_flush(ie_loop *l, uint32_t n)
+{
+    struct virtio_net_hdr h;
+    tcp_seg first = {0}, s = {0};
+    uint8_t *out = l->coal + VNET_LEN, *tcp;
+    uint32_t i, off, mss;
+    uint64_t sum;
+
+    if (!n)
+        return;
+    if (n == 1) {  /* alone: in place, behind a zero header (the ESP header had room for it) */
+        ie_pkt *p = &l->rxp[l->runidx[0]];
+        uint8_t *d = p->buf + p->off - VNET_LEN;
+        memset(d, 0, VNET_LEN);
+        tun_write(l, d, p->len + VNET_LEN, 1);
+        return;
+    }
+    tcp_seg_parse(l->rxp[l->runidx[0]].buf + l->rxp[l->runidx[0]].off, l->rxp[l->runidx[0]].len, &first);
+    memcpy(out, first.p, first.hl);
+    mss = first.len - first.hl;
+    for (i = 0, off = first.hl; i < n; i++) {
+        ie_pkt *p = &l->rxp[l->runidx[i]];
+        tcp_seg_parse(p->buf + p->off, p->len, &s);
+        memcpy(out + off, s.p + s.hl, s.len - s.hl);
+        off += s.len - s.hl;
+    }
+    tcp = out + first.iphl;
+    tcp[13] |= s.p[first.iphl + 13] & 0x08;  /* PSH of the last segment */
+    if (first.iphl == 20) {
+        put16(out + 2, off);
+        out[10] = out[11] = 0;
+        put_csum(out + 10, csum_acc(out, 20, 0));
+        sum = csum_acc(out + 12, 8, 0);
+    } else {
+        put16(out + 4, off - 40);
+        sum = csum_acc(out + 8, 32, 0);
+    }
+    /* CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, the kernel does the rest */
+    sum += 6 + (off - first.iphl);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    put16(tcp + 16, (uint32_t)sum);
+    memset(&h, 0, sizeof h);
+    h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    h.gso_type = first.iphl == 20 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_TCPV6;
+    h.hdr_len = (uint16_t)first.hl;
+    h.gso_size = (uint16_t)mss;
+    h.csum_start = (uint16_t)first.iphl;
+    h.csum_offset = 16;
+    memcpy(l->coal, &h, sizeof h);
+    l->st.tun_gro++;
+    tun_write(l, l->coal, VNET_LEN + off, n);
+}
+
+/* decap the k collected ESP datagrams; write each OK payload to tun (vnet tun: coalesced) */
 static void rx_flush(ie_loop *l, uint32_t k)
 {
-    uint32_t i;
+    uint32_t i, n = 0, total = 0, mss = 0, next = 0;
+    tcp_seg first = {0}, s;
+    int open = 0;
 
     if (!k)
         return;
     ie_esp_decap(l->in, l->rxp, k, l->rxv);
     for (i = 0; i < k; i++) {
+        ie_pkt *p = &l->rxp[i];
+        uint8_t *d = p->buf + p->off;
         if (l->rxv[i] != IE_OK) {
             l->st.decap_drop++;
             continue;
         }
-        uint8_t *d = l->rxp[i].buf + l->rxp[i].off;
-        size_t len = l->rxp[i].len;
-        if (l->tso) {  /* the ESP header before the payload (>= 16 bytes) has room for it */
-            d -= VNET_LEN;
-            len += VNET_LEN;
-            memset(d, 0, VNET_LEN);
+        if (!l->tso) {
+            tun_write(l, d, p->len, 1);
+            continue;
         }
-        if (write(l->cfg.tun_fd, d, len) < 0)
-            l->st.tun_tx_errors++;
-        else
-            l->st.esp_ok++;
+        if (p->off < VNET_LEN || !tcp_seg_parse(d, p->len, &s)) {
+            run_flush(l, n);  /* keep the order: what came before goes first */
+            n = 0;
+            open = 0;
+            if (p->off >= VNET_LEN) {
+                memset(d - VNET_LEN, 0, VNET_LEN);
+                tun_write(l, d - VNET_LEN, p->len + VNET_LEN, 1);
+            } else {
+                l->st.tun_tx_errors++;  /* cannot happen: ESP headers are >= 16 bytes */
+            }
+            continue;
+        }
+        if (open && s.seq == next && s.len - s.hl <= mss && total + (s.len - s.hl) <= 65000 && n < 64 &&
+            tcp_same_flow(&first, &s)) {
+            l->runidx[n++] = i;
+            total += s.len - s.hl;
+            next += s.len - s.hl;
+            /* only the last segment may be short or carry PSH */
+            open = s.len - s.hl == mss && !(s.p[s.iphl + 13] & 0x08);
+            continue;
+        }
+        run_flush(l, n);
+        first = s;
+        mss = s.len - s.hl;
+        total = first.hl + mss;
+        next = s.seq + mss;
+        l->runidx[0] = i;
+        n = 1;
+        open = !(s.p[s.iphl + 13] & 0x08);
     }
+    run_flush(l, n);
 }
 
 /* classify one datagram: IKE, keepalive, or ESP for the decap batch (flushed when full) */
