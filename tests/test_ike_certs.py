@@ -388,3 +388,24 @@ def test_dn_strings_round_trip() -> None:
     with pytest.raises(LocalProtocolError):
         Identity.parse("dn:XX=1")
     assert c.dn_to_str(b"\x30\x05junk") == b"\x30\x05junk".hex()
+
+
+def test_responder_picks_the_config_for_the_peer_dn(pki) -> None:
+    """Two responder configs told apart by the peer's DN (given as text, matched against the DER
+    the peer sends)."""
+    ca_cert = pki["ca"][0]
+    mk = IkeSaConfig.simple
+    right = creds(pki["right-p256"], ca_cert)
+    other = mk("other", b"", "right.example", "C=CH, O=ipsecemu test, CN=someone", ike="aes256-sha256-ecp256",
+               local_ts="10.9.0.0/16", remote_ts="10.8.0.0/16", certs=right)
+    good = mk("good", b"", "right.example", "C=CH, O=ipsecemu test, CN=left", ike="aes256-sha256-ecp256",
+              local_ts="10.2.0.0/16", remote_ts="10.1.0.0/16", certs=right)
+    ca_ = mk("c", b"", "C=CH, O=ipsecemu test, CN=left", "right.example", ike="aes256-sha256-ecp256",
+             local_ts="10.1.0.0/16", remote_ts="10.2.0.0/16", remote_addr=B, certs=creds(pki["left-p256"], ca_cert))
+    a, b = IkeEndpoint([ca_], A, rng=seeded(1)), IkeEndpoint([other, good], B, rng=seeded(2))
+    net = LoopbackNet([a, b])
+    sa = a.initiate("c", net.now)
+    net.run()
+    assert sa.state == IkeState.ESTABLISHED, sa.last_error
+    (bsa,) = b.sas.values()
+    assert bsa.config.name == "good"

@@ -118,8 +118,10 @@ class IkeEndpoint:
                 self._count("replaced_by_initial_contact")
 
     def _lookup(self, peer: Identity, _ours: Identity | None) -> IkeSaConfig | None:
-        """IKE_AUTH: the config whose remote identity is the peer's (exact match first)."""
-        exact = [c for c in self.configs.values() if c.remote_id == peer]
+        """IKE_AUTH: the config whose remote identity is the peer's (exact match first, then the
+        same distinguished name in another string encoding)."""
+        exact = [c for c in self.configs.values() if c.remote_id == peer] or \
+            [c for c in self.configs.values() if c.remote_id is not None and c.remote_id.matches(peer)]
         return exact[0] if exact else next((c for c in self.configs.values() if c.remote_id is None), None)
 
     def _cookie(self, msg: m.Message, nonce: bytes, addr: Addr) -> bytes:
