@@ -148,3 +148,33 @@ def test_fragmented_ike_auth_with_charon(unique_name: str, we_initiate: bool) ->
             assert (await s.pings(2)) == (2, 2), s.charon.log_tail()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-init", "charon-init"])
+def test_dn_identities_with_charon(unique_name: str, we_initiate: bool) -> None:
+    """IDs are the certificates' subject DNs (ID_DER_ASN1_DN): charon's default identity when it
+    has a certificate, ours configured as "C=.., O=.., CN=.." text."""
+    from ipsecemu.ike.settings import Identity
+
+    ca = make_ca(kind="p256")
+    left = make_cert(ca, "left", "p256", ("left",))
+    right = make_cert(ca, "right", "p256", ("right",))
+    auth = CertAuth(left[0], left[1], [ca[0]])
+    dn_left, dn_right = "C=CH, O=ipsecemu test, CN=left", "C=CH, O=ipsecemu test, CN=right"
+
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, IKE, ESP, ours_kw={"psk": b"", "certs": auth}) as s:
+            cfg = s.peer.endpoint.configs["pair"]
+            cfg.local_id, cfg.remote_id = Identity.parse(dn_left), Identity.parse(dn_right)
+            body = pair_conn(s.topo, 1, ike_proposal=IKE, esp_proposal=ESP, psk=PSK).vici()
+            body["pair"]["local"] = {"auth": "pubkey", "certs": [pem(right[0])]}  # id: the certificate's DN
+            body["pair"]["remote"] = {"auth": "pubkey", "id": dn_left, "cacerts": [pem(ca[0])]}
+            s.charon._call("load-key", "load_key", {"type": "ecdsa", "data": key_pem(right[1])})
+            s.charon._call("load-conn pair (DN)", "load_conn", body)
+            ike_ev, _child_ev = await s.establish(we_initiate)
+            assert (ike_ev.local_id, ike_ev.remote_id) == (dn_left, dn_right)
+            sa = s.charon_sa()
+            assert (sa["local-id"], sa["remote-id"]) == (dn_right, dn_left)
+            assert (await s.pings(1)) == (1, 1)
+
+    asyncio.run(main())
