@@ -416,10 +416,10 @@ def test_burst_leaves_as_gso_trains_and_arrives_through_gro(nodes: tuple[Node, N
 
 
 TCP_SINK = """
-import hashlib, socket
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.2.0.1", 9001))
+s.bind((sys.argv[1], 9001))
 s.listen(1)
 s.settimeout(20)
 print("ready", flush=True)
@@ -439,15 +439,16 @@ print(n, h.hexdigest(), flush=True)
 TCP_SOURCE = """
 import hashlib, socket, sys
 data = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(int(sys.argv[1]) // 32))
-c = socket.create_connection(("10.2.0.1", 9001), timeout=20)
+c = socket.create_connection((sys.argv[2], 9001), timeout=20)
 c.sendall(data)
 c.shutdown(socket.SHUT_WR)
 print(len(data), hashlib.sha256(data).hexdigest(), c.recv(100).decode(), flush=True)
 """
 
 
-@pytest.mark.parametrize("vnet_b", [True, False], ids=["vnet-both", "vnet-one-side"])
-def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_b: bool) -> None:
+@pytest.mark.parametrize(("vnet_b", "v6"), [(True, False), (False, False), (True, True)],
+                         ids=["vnet-both", "vnet-one-side", "vnet-both-ipv6-inner"])
+def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_b: bool, v6: bool) -> None:
     """With IFF_VNET_HDR + TSO on tun A the kernel hands the loop TCP super-packets; the loop
     cuts them into MTU-size segments (headers and checksums rebuilt).  B's loop coalesces the
     segments back into super-packets if its tun has a vnet header too.  4 MB over TCP arrive
@@ -466,15 +467,19 @@ def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_
                                    outbound=native.EspOutbound(AB), inbound=a_table, mtu=1400),
                  native.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port), tun_vnet=vnet_b,
                                    outbound=native.EspOutbound(BA), inbound=b_table, mtu=1400)]
-        for n in made:
+        for n, mine, theirs in ((a, "fd00:1::1", "fd00:2::/64"), (b, "fd00:2::1", "fd00:1::/64")):
             ip("link", "set", n.tun, "mtu", "1400", ns=n.ns)
+            if v6:
+                ip("-6", "addr", "add", f"{mine}/128", "dev", n.tun, "nodad", ns=n.ns)
+                ip("-6", "route", "add", theirs, "dev", n.tun, ns=n.ns)
+        dst = "fd00:2::1" if v6 else "10.2.0.1"
         for loop in loops:
             loop.start()
-        sink = subprocess.Popen(["ip", "netns", "exec", b.ns, "python3", "-c", TCP_SINK], stdout=subprocess.PIPE,
-                                text=True)
+        sink = subprocess.Popen(["ip", "netns", "exec", b.ns, "python3", "-c", TCP_SINK, dst],
+                                stdout=subprocess.PIPE, text=True)
         try:
             assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
-            src = subprocess.run(["ip", "netns", "exec", a.ns, "python3", "-c", TCP_SOURCE, str(4 << 20)],
+            src = subprocess.run(["ip", "netns", "exec", a.ns, "python3", "-c", TCP_SOURCE, str(4 << 20), dst],
                                  capture_output=True, text=True, timeout=60)
             out, _ = sink.communicate(timeout=30)
         finally:
