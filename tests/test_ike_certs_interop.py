@@ -178,3 +178,31 @@ def test_dn_identities_with_charon(unique_name: str, we_initiate: bool) -> None:
             assert (await s.pings(1)) == (1, 1)
 
     asyncio.run(main())
+
+
+def test_rsa_pss_both_ways_with_charon(unique_name: str) -> None:
+    """RFC 7427 RSASSA-PSS: we sign with PSS (charon verifies), charon signs with PSS
+    (``charon.rsa_pss = yes``; we read the PSS parameters from its AlgorithmIdentifier)."""
+    ca = make_ca(kind="p256")
+    left = make_cert(ca, "left", "rsa", ("left",))
+    right = make_cert(ca, "right", "rsa", ("right",))
+    auth = CertAuth(left[0], left[1], [ca[0]], rsa_pss=True)
+
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, IKE, ESP, ours_kw={"psk": b"", "certs": auth}) as s:
+            with open(s.charon.conf, "a") as f:  # charon signs with PSS only when told so globally
+                f.write("charon {\n  rsa_pss = yes\n}\n")
+            s.charon._call("reload-settings", "reload_settings")
+            body = pair_conn(s.topo, 1, ike_proposal=IKE, esp_proposal=ESP, psk=PSK).vici()
+            body["pair"]["local"] = {"auth": "pubkey", "id": "right", "certs": [pem(right[0])]}
+            body["pair"]["remote"] = {"auth": "pubkey", "id": "left", "cacerts": [pem(ca[0])]}
+            s.charon._call("load-key", "load_key", {"type": "rsa", "data": key_pem(right[1])})
+            s.charon._call("load-conn pair (PSS)", "load_conn", body)
+            await s.establish(True)
+            assert (await s.pings(1)) == (1, 1)
+            log = s.charon.log_file.read_text()
+            # charon's own words: it verified our PSS signature and made one itself
+            auth_lines = [ln for ln in log.splitlines() if "authentication of" in ln]
+            assert len([ln for ln in auth_lines if "RSA_EMSA_PSS" in ln and "successful" in ln]) == 2, auth_lines
+
+    asyncio.run(main())
