@@ -206,3 +206,24 @@ def test_rsa_pss_both_ways_with_charon(unique_name: str) -> None:
             assert len([ln for ln in auth_lines if "RSA_EMSA_PSS" in ln and "successful" in ln]) == 2, auth_lines
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind,scheme", [("rsa", "with RSA signature"), ("p256", "with ECDSA-256 signature")])
+def test_classic_signature_methods_with_charon(unique_name: str, kind: str, scheme: str) -> None:
+    """Without SIGNATURE_HASH_ALGORITHMS both sides fall back to RFC 7296's methods: RSA (1) with
+    SHA-1, ECDSA P-256 (9) with SHA-256; each verifies the other's."""
+    ca = make_ca(kind="p256")
+    left = make_cert(ca, "left", kind, ("left",))
+    right = make_cert(ca, "right", kind, ("right",))
+    auth = CertAuth(left[0], left[1], [ca[0]], rfc7427=False)
+
+    async def main() -> None:
+        async with ours_vs_charon(unique_name, IKE, ESP, ours_kw={"psk": b"", "certs": auth}) as s:
+            load_cert_conn(s.charon, s.topo, ca, right, kind)
+            await s.establish(False)
+            assert (await s.pings(1)) == (1, 1)
+            log = s.charon.log_file.read_text()
+            auth_lines = [ln for ln in log.splitlines() if "authentication of" in ln and "successful" in ln]
+            assert len(auth_lines) == 2 and all(scheme in ln for ln in auth_lines), auth_lines
+
+    asyncio.run(main())

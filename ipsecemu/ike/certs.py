@@ -322,6 +322,7 @@ class CertAuth:
     chain: list[x509.Certificate] = field(default_factory=list)  # intermediates we send
     rsa_pss: bool = False  # sign RFC 7427 RSA with PSS instead of PKCS#1 v1.5
     clock: Callable[[], datetime.datetime] = _utcnow  # wall clock for validity checks
+    rfc7427: bool = True  # announce SIGNATURE_HASH_ALGORITHMS; False: classic methods 1/9/10/11 only
 
     @classmethod
     def load(cls, cert: str | Path, key: str | Path, ca: str | Path | None, *, rsa_pss: bool = False) -> CertAuth:
@@ -349,7 +350,7 @@ class CertAuth:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).digest() for c in self.cas)
 
     def sign(self, octets: bytes, peer_hashes: frozenset[int]) -> tuple[int, bytes]:
-        return sign(self.key, octets, peer_hashes, rsa_pss=self.rsa_pss)
+        return sign(self.key, octets, peer_hashes if self.rfc7427 else frozenset(), rsa_pss=self.rsa_pss)
 
     def verify_chain(self, ders: list[bytes]) -> x509.Certificate:
         """The peer's end-entity certificate (first) and intermediates, checked up to one of our CAs."""

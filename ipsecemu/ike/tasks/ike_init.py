@@ -58,7 +58,7 @@ class IkeInitTask:
             out.append(m.Cert(Payload.CERTREQ, CERT_X509_SIGNATURE, certs.certreq_data()))
         if self.config.fragmentation and (not response or self.frag_ok):
             out.append(m.Notification(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
-        if certs is not None:
+        if certs is not None and certs.rfc7427:
             out.append(m.Notification(Notify.SIGNATURE_HASH_ALGORITHMS,
                                       b"".join(h.to_bytes(2, "big") for h in OUR_HASHES)))
         return out
