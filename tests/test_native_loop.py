@@ -12,6 +12,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -448,7 +449,8 @@ print(len(data), hashlib.sha256(data).hexdigest(), c.recv(100).decode(), flush=T
 
 @pytest.mark.parametrize(("vnet_b", "v6"), [(True, False), (False, False), (True, True)],
                          ids=["vnet-both", "vnet-one-side", "vnet-both-ipv6-inner"])
-def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_b: bool, v6: bool) -> None:
+def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_b: bool, v6: bool,
+                                                         tmp_path: Path) -> None:
     """With IFF_VNET_HDR + TSO on tun A the kernel hands the loop TCP super-packets; the loop
     cuts them into MTU-size segments (headers and checksums rebuilt).  B's loop coalesces the
     segments back into super-packets if its tun has a vnet header too.  4 MB over TCP arrive
@@ -475,6 +477,12 @@ def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_
         dst = "fd00:2::1" if v6 else "10.2.0.1"
         for loop in loops:
             loop.start()
+        # what B's loop writes to its tun, headers only: the coalesced packets' checksum fields
+        pcap = tmp_path / "b.pcap"
+        dump = subprocess.Popen(["ip", "netns", "exec", b.ns, "tcpdump", "-i", b.tun, "-s", "128", "-c", "50",
+                                 "-U", "-w", str(pcap), "tcp and greater 1500"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert dump.stderr is not None and "listening" in dump.stderr.readline()
         sink = subprocess.Popen(["ip", "netns", "exec", b.ns, "python3", "-c", TCP_SINK, dst],
                                 stdout=subprocess.PIPE, text=True)
         try:
@@ -488,6 +496,12 @@ def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_
                 sink.wait()
         n_sent, digest, echoed = src.stdout.split()
         assert out.split() == [n_sent, digest] and echoed == digest, (src.stderr, loops[0].stats)
+        try:
+            dump.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            dump.terminate()
+            dump.wait(timeout=5)
+        big = list(scapy_all.rdpcap(str(pcap)))
     finally:
         for loop in loops:
             loop.stop()
@@ -499,6 +513,18 @@ def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_
     assert sb["esp_ok"] >= (4 << 20) // 1400 and sa["esp_ok"] > 0  # data one way, ACKs back to a vnet tun
     # B writes runs of segments of the flow as super-packets when its tun can take them
     assert (sb["tun_gro"] >= 1) == vnet_b and sb["tun_gro"] < sb["esp_ok"], sb
+    if vnet_b:  # handed over CHECKSUM_PARTIAL: the TCP field must hold the pseudo-header sum
+        assert big
+        for pkt in big:
+            raw = bytes(pkt)
+            iphl, src_dst = (40, raw[8:40]) if v6 else ((raw[0] & 15) * 4, raw[12:20])
+            total = int.from_bytes(raw[4:6], "big") + 40 if v6 else int.from_bytes(raw[2:4], "big")
+            assert total > 1400  # more than one segment
+            words = src_dst + (6).to_bytes(2, "big") + (total - iphl).to_bytes(2, "big")
+            seed = sum(int.from_bytes(words[i:i + 2], "big") for i in range(0, len(words), 2))
+            while seed >> 16:
+                seed = (seed & 0xFFFF) + (seed >> 16)
+            assert int.from_bytes(raw[iphl + 16:iphl + 18], "big") == seed
 
 
 def test_vnet_flag_must_match_the_tun(nodes: tuple[Node, Node]) -> None:
