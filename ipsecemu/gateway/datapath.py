@@ -7,7 +7,9 @@ per data packet.  The loop borrows the SA objects, so
 every SA change (install, rekey, delete) holds the running loop between batches
 (``EspUdpLoop.paused``), edits the table and switches its outbound SA in place; packets arriving
 meanwhile wait in the kernel queues (tun/socket), so a make-before-break rekey loses nothing and
-adds no stop/start.  Only a new socket or peer address restarts the loop.
+adds no stop/start.  Only a new socket or peer address restarts the loop.  On the C path the
+tun is opened with IFF_VNET_HDR: the loop takes TCP super-packets from the kernel (TSO), cuts
+them itself and writes coalesced ones back (GRO); the slow path strips/adds the 10-byte header.
 
 Slow path (logged loudly as "slow path"): raw ESP (IP protocol 50) when the built C loop lacks
 that mode, SAs whose algorithm has no C implementation (e.g. ChaCha20, 3DES), or the C module
