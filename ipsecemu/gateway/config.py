@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ipsecemu.ike import config as ikecfg
 from ipsecemu.ike.config import ConnectionConfig, ConnectionConfigError
 
@@ -193,22 +191,7 @@ def parse(data: object, *, source: str = "<string>", lines: dict | None = None,
 
 
 def loads(text: str, source: str = "<string>", *, state_dir: str | None = None) -> GatewayConfig:
-    try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConnectionConfigError(f"{source}{line}: YAML syntax error: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConnectionConfigError(f"{source}: YAML error: {exc}") from None
-    lines: dict = {}
-    if node is not None:
-        ikecfg._lines(node, (), lines, source, set())
+    data, lines = ikecfg.parse_yaml(text, source)
     return parse(data, source=source, lines=lines, state_dir=state_dir)
 
 

@@ -856,8 +856,9 @@ def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int], source: str, see
             _lines(v, p, out, source, seen)
 
 
-def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
-    """Parse YAML text; errors carry ``source:line``."""
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """YAML text -> (data, line number of every key path).  Syntax errors become
+    :class:`ConnectionConfigError` with ``source:line``; shared by every YAML config reader."""
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -874,6 +875,12 @@ def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
     lines: dict[Path_, int] = {}
     if node is not None:
         _lines(node, (), lines, source, set())
+    return data, lines
+
+
+def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
+    """Parse YAML text; errors carry ``source:line``."""
+    data, lines = parse_yaml(text, source)
     return parse_config(data, _ctx=_Ctx(source, lines))
 
 
