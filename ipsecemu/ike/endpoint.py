@@ -1,7 +1,10 @@
 """IkeEndpoint: every IKE SA of one local address, behind the five sans-I/O calls (see ``sa.py``).
 
 It routes datagrams by SPI, creates responder SAs for IKE_SA_INIT requests, and hands out
-stateless COOKIEs (RFC 7296 section 2.6) while too many SAs are half-open.
+stateless COOKIEs (RFC 7296 section 2.6) while too many SAs are half-open.  Past the hard cap
+``max_half_open`` (default 1000) new IKE_SA_INIT requests are not answered at all, even with a
+valid cookie (counter ``half_open_cap``): state stays bounded under a flood; the half-open SAs
+time out after ``half_open_timeout_s`` and then new peers get through again.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ Rng = Callable[[int], bytes]
 
 class IkeEndpoint:
     def __init__(self, configs: list[IkeSaConfig], local: Addr, *, rng: Rng | None = None,
-                 cookie_threshold: int = 10) -> None:
+                 cookie_threshold: int = 10, max_half_open: int = 1000) -> None:
         self.configs = {c.name: c for c in configs}
         self.local = local
         self._rng: Rng = rng or os.urandom
         self.cookie_threshold = cookie_threshold
+        self.max_half_open = max_half_open
         self._cookie_secret = self._rng(32)
         self._sink = Sink()
         self.sas: dict[bytes, IkeSa] = {}  # our SPI -> SA
@@ -134,6 +138,10 @@ class IkeEndpoint:
         existing = self._half_open.get((msg.spi_i, addr))
         if existing is not None:
             existing.receive_message(msg, data, addr, now, local)
+            return
+        if len(self._half_open) >= self.max_half_open:
+            # hard cap: answering (even a cookie) would cost work for a flood; drop and count
+            self._count("half_open_cap")
             return
         if len(self._half_open) >= self.cookie_threshold:
             try:

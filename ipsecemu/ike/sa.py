@@ -7,12 +7,13 @@ Addresses are ``(host: str, port: int)`` tuples.  ``now`` is a float in seconds 
 clock the caller likes).  Randomness (SPIs, nonces, DH private keys, IVs, rekey jitter) comes from
 ``rng: Callable[[int], bytes]`` (default ``os.urandom``) so runs and published vectors reproduce.
 
-``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10)`` (``ipsecemu.ike.endpoint``,
+``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10, max_half_open=1000)`` (``ipsecemu.ike.endpoint``,
 also importable from here) -- what a transport drives.  ``configs`` are ``settings.IkeSaConfig``
 (``ike.config.to_ike_sa_config`` builds them from YAML).  It owns every IKE SA of one local
 address; routes datagrams by SPI; answers IKE_SA_INIT requests (responder role: the config
 naming the peer address / matching the offered IKE proposal, switched in IKE_AUTH by the peer's
-identity); sends stateless COOKIEs once ``cookie_threshold`` SAs are half-open.
+identity); sends stateless COOKIEs once ``cookie_threshold`` SAs are half-open and answers
+nothing (counter ``half_open_cap``) once ``max_half_open`` are.
     * ``receive_datagram(data: bytes, addr: Addr, now: float, local: Addr | None = None) -> None``
       ``data`` is the IKE message *without* the 4-byte non-ESP marker (the transport strips it on
       port 4500 and drops 1-byte 0xFF keepalives).  ``local`` is the address the datagram arrived
