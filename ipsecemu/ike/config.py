@@ -22,6 +22,7 @@ import yaml
 
 from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, ConfigError, Lifetime
 from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
+from ipsecemu.ike.settings import CHILDLESS
 from ipsecemu.ike.transforms import TransformType
 from ipsecemu.ike.ts import TrafficSelector
 
@@ -116,6 +117,7 @@ class NatT:
     ike_port: int = 500
     natt_port: int = 4500
     force_encap: bool = False  # always float to UDP 4500 (what strongSwan libipsec needs)
+    keepalive: int = 20  # seconds between NAT keepalives on UDP 4500 while idle; 0 disables
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class ConnectionConfig:
     azure_policy: AzurePolicy | None = None
     fragmentation: bool = True  # RFC 7383 IKE fragmentation offered/accepted
     fragment_size: int = 1280  # IP datagram size above which IKE messages are fragmented
+    childless: str = "allow"  # RFC 6023, like strongSwan: never | allow | force
 
     @property
     def esn(self) -> bool:
@@ -539,6 +542,7 @@ _CONN_KEYS = _canon(
     "name", "local_address", "remote_address", "local_id", "remote_id", "auth", "psk",
     "ike_proposals", "esp_proposals", "ipsec_policy", "local_ts", "remote_ts", "mode", "ike_lifetime",
     "child_lifetime", "dpd", "esn", "nat_t", "replay_window", "start_action", "fragmentation", "fragment_size",
+    "childless",
     local_addrs="local_address", remote_addrs="remote_address", local="local_address",
     remote="remote_address", ike="ike_proposals", esp="esp_proposals", proposals="ike_proposals",
     local_traffic_selectors="local_ts", remote_traffic_selectors="remote_ts", policy="ipsec_policy",
@@ -623,10 +627,12 @@ def parse_connection(data: Mapping[str, Any], name: str | None = None, *, _ctx: 
                 raise ctx.error(p("dpd"), f"timeout ({dpd.timeout}) must be >= interval ({dpd.interval})")
     nat = NatT()
     if "nat_t" in d:
-        nd = _keyed(ctx, p("nat_t"), d["nat_t"], _canon("ike_port", "natt_port", "force_encap", encap="force_encap"))
+        nd = _keyed(ctx, p("nat_t"), d["nat_t"], _canon("ike_port", "natt_port", "force_encap", "keepalive",
+                                                         encap="force_encap", keep_alive="keepalive"))
         nat = NatT(_int(ctx, (*p("nat_t"), "ike_port"), nd.get("ike_port", 500), 1, 65535),
                    _int(ctx, (*p("nat_t"), "natt_port"), nd.get("natt_port", 4500), 1, 65535),
-                   _bool(ctx, (*p("nat_t"), "force_encap"), nd.get("force_encap", False)))
+                   _bool(ctx, (*p("nat_t"), "force_encap"), nd.get("force_encap", False)),
+                   _int(ctx, (*p("nat_t"), "keepalive"), nd.get("keepalive", NatT.keepalive), 0, 3600))
         if nat.ike_port == nat.natt_port:
             raise ctx.error(p("nat_t"), "ike_port and natt_port must differ")
 
@@ -649,7 +655,15 @@ def parse_connection(data: Mapping[str, Any], name: str | None = None, *, _ctx: 
         start_action=start, azure_policy=policy,
         fragmentation=_bool(ctx, p("fragmentation"), d.get("fragmentation", True)),
         fragment_size=_int(ctx, p("fragment_size"), d.get("fragment_size", 1280), 576, 65535),
+        childless=_childless(ctx, p("childless"), d.get("childless", "allow")),
     )
+
+
+def _childless(ctx: _Ctx, path: Path_, v: object) -> str:
+    s = _str(ctx, path, v).lower()
+    if s not in CHILDLESS:
+        raise ctx.error(path, f"must be one of {', '.join(CHILDLESS)}, got {s!r}")
+    return s
 
 
 def parse_config(data: object, *, _ctx: _Ctx | None = None) -> list[ConnectionConfig]:
@@ -729,6 +743,10 @@ def to_dict(conn: ConnectionConfig, *, include_secret: bool = False) -> dict[str
     d["dpd"] = {"interval": conn.dpd.interval, "timeout": conn.dpd.timeout}
     d["nat_t"] = {"ike_port": conn.nat_t.ike_port, "natt_port": conn.nat_t.natt_port,
                   "force_encap": conn.nat_t.force_encap}
+    if conn.nat_t.keepalive != NatT.keepalive:
+        d["nat_t"]["keepalive"] = conn.nat_t.keepalive
+    if conn.childless != "allow":
+        d["childless"] = conn.childless
     d["replay_window"] = conn.replay_window
     d["start_action"] = conn.start_action
     if not conn.fragmentation or conn.fragment_size != 1280:
@@ -823,7 +841,8 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         force_encap=conn.nat_t.force_encap,
         fragmentation=conn.fragmentation,
         fragment_size=conn.fragment_size,
-        extra={"dpd_timeout_s": conn.dpd.timeout, "child_lifetime": child, "ike_lifetime": conn.ike_lifetime,
+        childless=conn.childless,
+        extra={"keepalive_s": conn.nat_t.keepalive, "dpd_timeout_s": conn.dpd.timeout, "child_lifetime": child, "ike_lifetime": conn.ike_lifetime,
                "start_action": conn.start_action, "natt_port": conn.nat_t.natt_port},
             **kw,
         )

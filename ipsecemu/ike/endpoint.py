@@ -84,14 +84,14 @@ class IkeEndpoint:
 
     # --- API ------------------------------------------------------------------------------------------
 
-    def initiate(self, name: str, now: float, remote: Addr | None = None) -> IkeSa:
+    def initiate(self, name: str, now: float, remote: Addr | None = None, child: bool = True) -> IkeSa:
         cfg = self.configs.get(name)
         if cfg is None:
             raise LocalProtocolError(f"no connection named {name!r}; known: {', '.join(self.configs)}")
         sa = IkeSa(cfg, initiator=True, local=self.local, remote=remote, rng=self._rng, sink=self._sink,
                    config_lookup=self._lookup)
         self.sas[sa.spi_i] = sa
-        sa.initiate(now)
+        sa.initiate(now, child)
         return sa
 
     def find(self, spi: bytes) -> IkeSa | None:

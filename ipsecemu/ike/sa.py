@@ -26,8 +26,9 @@ nothing (counter ``half_open_cap``) once ``max_half_open`` are.
     * ``get_timer() -> float | None``: the earliest time ``handle_timer`` must be called.
     * ``handle_timer(now) -> None``: retransmissions, DPD, half-open timeouts, timed rekeys/expiry.
     * ``next_event() -> Event | None``: events from ``ipsecemu.ike.events``, in order.
-    * ``initiate(name, now, remote: Addr | None = None) -> IkeSa``: start an IKE SA for config
-      ``name`` (IKE_SA_INIT + IKE_AUTH carrying the first Child SA).
+    * ``initiate(name, now, remote: Addr | None = None, child: bool = True) -> IkeSa``: start an
+      IKE SA for config ``name`` (IKE_SA_INIT + IKE_AUTH carrying the first Child SA; see
+      "Childless IKE SAs" below for ``child=False`` and ``IkeSaConfig.childless``).
     * ``sas``: dict our SPI -> ``IkeSa`` (rekeyed SAs replace their predecessor); ``find(spi)``;
       ``counters``: dict of drop reasons.
 
@@ -62,6 +63,14 @@ IKE fragmentation (RFC 7383, ``fragments.py``): offered and accepted when
 ``IkeSaConfig.fragmentation``; encrypted messages bigger than ``fragment_size`` (IP datagram
 bytes) go out as SKF fragments; incoming fragments are authenticated one by one and reassembled
 within fixed limits.  ``frag_ok`` says whether both sides agreed.
+
+Childless IKE SAs (RFC 6023): both roles send CHILDLESS_IKEV2_SUPPORTED in IKE_SA_INIT unless
+``IkeSaConfig.childless == "never"``; ``childless_ok`` says both did.  With ``"force"`` the
+initiator's IKE_AUTH carries no SA/TSi/TSr (the IKE SA fails if the peer lacks support) and the
+configured Child SA follows at once by CREATE_CHILD_SA; with ``"allow"`` (default) that happens
+only for ``initiate(child=False)`` (then no Child SA is created; ``create_child`` adds one later).
+A responder accepts a childless IKE_AUTH when support was exchanged (counter ``childless``) and
+otherwise answers INVALID_SYNTAX and closes the SA.
 
 Collisions: simultaneous Child SA rekeys (RFC 7296 2.8.1) and IKE SA rekeys (2.8.2) both
 complete; the exchange with the lowest nonce loses and its initiator deletes the redundant SA
@@ -161,6 +170,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self.remote_id: Identity | None = None
         self.peer_sig_hashes: frozenset[int] = frozenset()  # RFC 7427 hashes the peer announced
         self.frag_ok = False  # both sides said IKEV2_FRAGMENTATION_SUPPORTED
+        self.childless_ok = False  # both sides said CHILDLESS_IKEV2_SUPPORTED (RFC 6023)
+        self._want_child = True  # initiate(child=False): no first Child SA at all
         self._reasm = frag.Reassembler()
         self.children: dict[int, ChildSa] = {}
         self._first_child: _ChildNeg | None = None
@@ -287,10 +298,13 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
 
     # --- API calls ------------------------------------------------------------------------------
 
-    def initiate(self, now: float) -> None:
+    def initiate(self, now: float, child: bool = True) -> None:
+        """Start IKE_SA_INIT.  ``child=False``: no Child SA wanted now (childless if the peer
+        supports RFC 6023, else the configured one rides in IKE_AUTH as usual)."""
         if not self.initiator or self.state != IkeState.INITIAL:
             raise LocalProtocolError(f"initiate() in state {self.state.value} (initiator={self.initiator})")
         self._created = now
+        self._want_child = child
         self._first_child = _ChildNeg(
             self._alloc_child_spi(), b"", None, self.config.esp_proposals,
             list(self.config.local_ts), list(self.config.remote_ts),

@@ -19,6 +19,8 @@ from .ts import TrafficSelector
 if TYPE_CHECKING:
     from .certs import CertAuth
 
+CHILDLESS = ("never", "allow", "force")
+
 _DN_START = re.compile(r"^\s*[A-Za-z][A-Za-z0-9.]*\s*=")
 
 
@@ -143,8 +145,15 @@ class IkeSaConfig:
     certs: CertAuth | None = None  # certificate authentication instead of the PSK
     fragmentation: bool = True  # RFC 7383: offer/accept IKE fragmentation
     fragment_size: int = 1280  # largest IP datagram for an IKE message before it is fragmented
+    # RFC 6023 childless IKE SAs, like strongSwan's ``childless``: "never" (neither offered nor
+    # accepted), "allow" (offered and accepted; the first Child SA still rides in IKE_AUTH unless
+    # initiate(child=False)), "force" (IKE_AUTH without a Child SA, then CREATE_CHILD_SA)
+    childless: str = "allow"
 
     def __post_init__(self) -> None:
+        if self.childless not in CHILDLESS:
+            raise LocalProtocolError(f"{self.name}: childless must be one of {', '.join(CHILDLESS)}, "
+                                     f"got {self.childless!r}")
         if self.certs is not None:
             from .certs import cert_identities
 

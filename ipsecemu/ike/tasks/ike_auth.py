@@ -1,4 +1,7 @@
-"""IKE_AUTH (RFC 7296 section 2.15) carrying the first Child SA: pre-shared keys, or X.509
+"""IKE_AUTH (RFC 7296 section 2.15) carrying the first Child SA -- or none (RFC 6023 childless
+IKE SA: ``config.childless`` "force", or ``initiate(child=False)``, when both sides announced
+CHILDLESS_IKEV2_SUPPORTED; the Child SA then follows by CREATE_CHILD_SA; a responder refuses a
+childless IKE_AUTH with INVALID_SYNTAX when support was not exchanged): pre-shared keys, or X.509
 certificates (``config.certs``, see :mod:`ipsecemu.ike.certs`): CERT + AUTH signed with our key,
 CERTREQ naming our CAs, the peer's chain and signature checked, its ID checked against its
 certificate.  Both sides use the same method; a mismatch is AUTHENTICATION_FAILED.
@@ -90,6 +93,16 @@ class IkeAuthTask:
         payloads.append(auth)
         if cfg.initial_contact:
             payloads.append(m.Notification(Notify.INITIAL_CONTACT))
+        if cfg.childless == "force" and not self.childless_ok:
+            self.last_error = "childless=force but the peer does not support childless IKE SAs (RFC 6023)"
+            self._close(now, "failed", Notify.INVALID_SYNTAX)
+            return
+        if cfg.childless == "force" or (not self._want_child and self.childless_ok):
+            # RFC 6023: IKE_AUTH without SA/TSi/TSr; a wanted Child SA follows by CREATE_CHILD_SA
+            self._first_child = None
+            self._set_state(IkeState.AUTH_SENT)
+            self._send_request(now, Exchange.IKE_AUTH, payloads, self._on_auth_response, "auth")
+            return
         neg = self._first_child
         neg.proposals = _strip_ke(cfg.esp_proposals)
         payloads += self._child_request_payloads(neg)
@@ -128,7 +141,10 @@ class IkeAuthTask:
             return
         self.remote_id = peer
         self._establish(now)
-        assert self._first_child is not None
+        if self._first_child is None:  # childless: the Child SA (if wanted) by CREATE_CHILD_SA
+            if self._want_child:
+                self._enqueue("create_child", lambda t: self._start_create_child(t, None))
+            return
         self._finish_child(msg, self._first_child, self.ni, self.nr, b"", now)
 
     def _recv_auth_request(self, msg: m.Message, addr: Addr, local: Addr, now: float) -> None:
@@ -156,6 +172,17 @@ class IkeAuthTask:
         idr = m.ID(Payload.IDr, cfg.local_id.id_type, cfg.local_id.data)
         extra, auth_p = self._auth_payloads(cfg, self._init_resp, self.ni, self.keys.sk_pr, idr.body(), False)
         payloads: list = [idr, *extra, auth_p]
+        if msg.first(m.SA) is None and msg.first(m.TS, Payload.TSi) is None and msg.first(m.TS, Payload.TSr) is None:
+            if not self.childless_ok:
+                # RFC 6023 section 3: no Child SA although we did not both announce support
+                self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
+                self.last_error = "IKE_AUTH without a Child SA, but childless IKE SAs were not negotiated"
+                self._close(now, "failed", Notify.INVALID_SYNTAX)
+                return
+            self._send_response(msg, payloads, addr, local)  # a childless IKE SA (RFC 6023)
+            self._establish(now)
+            self._count("childless")
+            return
         child_payloads, child, fail = self._respond_child(msg, self.ni, self.nr, None, now, ike_auth=True)
         self._send_response(msg, payloads + child_payloads, addr, local)
         self._establish(now)

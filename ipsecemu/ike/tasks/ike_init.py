@@ -1,5 +1,6 @@
 """IKE_SA_INIT (RFC 7296 section 1.2): proposals, KE, nonces, NAT detection, COOKIE and
-INVALID_KE_PAYLOAD retries; key derivation.
+INVALID_KE_PAYLOAD retries; key derivation; the IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383) and
+CHILDLESS_IKEV2_SUPPORTED (RFC 6023) notifies.
 
 A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
@@ -58,6 +59,8 @@ class IkeInitTask:
             out.append(m.Cert(Payload.CERTREQ, CERT_X509_SIGNATURE, certs.certreq_data()))
         if self.config.fragmentation and (not response or self.frag_ok):
             out.append(m.Notification(Notify.IKEV2_FRAGMENTATION_SUPPORTED))
+        if self.config.childless != "never":  # RFC 6023: both roles announce it independently
+            out.append(m.Notification(Notify.CHILDLESS_IKEV2_SUPPORTED))
         if certs is not None and certs.rfc7427:
             out.append(m.Notification(Notify.SIGNATURE_HASH_ALGORITHMS,
                                       b"".join(h.to_bytes(2, "big") for h in OUR_HASHES)))
@@ -69,6 +72,8 @@ class IkeInitTask:
             self.peer_sig_hashes = frozenset(int.from_bytes(n.data[i : i + 2], "big")
                                              for i in range(0, len(n.data) - 1, 2))
         self.frag_ok = self.config.fragmentation and msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        self.childless_ok = self.config.childless != "never" and \
+            msg.notify(Notify.CHILDLESS_IKEV2_SUPPORTED) is not None
 
     def _send_sa_init(self, now: float) -> None:
         if self._ke is None or self._ke.group != self._group:
