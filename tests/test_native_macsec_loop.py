@@ -4,10 +4,16 @@ are checked against the Python reference SecY, and SA changes land while the loo
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import os
 import socket
+import struct
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -201,3 +207,147 @@ def test_vlan_tags_go_inside_the_protected_frame_and_are_checked(wires, vlan, qi
     assert loop.stats["vlan_drop"] == 2 and loop.stats["validated"] == 1
     with pytest.raises(ConfigError, match="vlan"):
         native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, vlan=4095)
+
+
+def test_tap_vnet_needs_a_vnet_tap(wires) -> None:
+    tap_user, tap_loop, phy_loop, phy_wire = wires
+    with pytest.raises(ConfigError, match="tap_vnet"):  # a socket is no vnet tap: refused, not misread
+        native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=SecYConfig(), tap_vnet=True)
+
+
+# ---- real vnet taps (root): the kernel hands the loop a TSO super-packet and takes GRO ones back ----
+
+SOL_PACKET, PACKET_VNET_HDR, ETH_P_ALL, PACKET_OUTGOING = 263, 15, 3, 4
+VNET = struct.Struct("<BBHHHH")  # struct virtio_net_hdr: flags gso_type hdr_len gso_size csum_start csum_offset
+
+
+@contextmanager
+def _in_netns(name: str) -> Iterator[None]:
+    """This thread in netns ``name`` (sockets and taps made meanwhile stay there), then back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    new = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        assert libc.setns(new, 0x40000000) == 0, os.strerror(ctypes.get_errno())  # CLONE_NEWNET
+        yield
+    finally:
+        libc.setns(orig, 0x40000000)
+        os.close(orig)
+        os.close(new)
+
+
+def _vnet_tap(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", name.encode(), 0x0002 | 0x1000 | 0x4000))  # TAP NO_PI VNET
+    return fd
+
+
+def _vnet_packet_socket(ifname: str) -> socket.socket:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    s.bind((ifname, 0))
+    return s
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("v6", [False, True])
+def test_vnet_tap_cuts_super_packets_and_writes_them_back_coalesced(unique_name: str, v6: bool) -> None:
+    """A 20000-byte TCP super-packet (injected on tap A through a PACKET_VNET_HDR socket, so the
+    kernel hands it to the loop whole) leaves as MSS-size frames that the reference SecY validates
+    and scapy finds correct (lengths, checksums, sequence numbers); loop B writes them to tap B as
+    one super-packet again, which a packet socket there sees with its GSO size."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    ns = unique_name
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    fds: list[int] = []
+    socks: list[socket.socket] = []
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1"], check=True, timeout=10)
+        with _in_netns(ns):
+            fds += [_vnet_tap("ta"), _vnet_tap("tb")]
+        secy = SecYConfig()
+        sa = MacsecSaConfig("gcm-aes-128", SAK1, SCI_A, 0)
+        phy_a, wire_a = _pair()
+        wire_b, phy_b = _pair()
+        socks += [phy_a, wire_a, wire_b, phy_b]
+        la = native.MacsecLinkLoop(tap_fd=fds[0], phy_fd=phy_a.fileno(), secy=secy, tap_vnet=True, max_frame=1514)
+        lb = native.MacsecLinkLoop(tap_fd=fds[1], phy_fd=phy_b.fileno(), secy=secy, tap_vnet=True, max_frame=1514)
+        la.set_tx(sa)
+        lb.add_rx_sa(sa)
+        for dev in ("ta", "tb"):  # up once the loops turned the offloads on
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True, timeout=10)
+        with _in_netns(ns):
+            inj, sniff = _vnet_packet_socket("ta"), _vnet_packet_socket("tb")
+        socks += [inj, sniff]
+        payload = os.urandom(20000)
+        mss = 1440 if v6 else 1460
+        l3 = (IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.9.0.1", dst="10.9.0.2", id=77))
+        sup = bytes(Ether(src=SCI_A[:6], dst=SCI_B[:6]) / l3 / TCP(sport=4000, dport=5000, seq=1000, ack=1,
+                                                                  flags="PA", window=500) / payload)
+        hl = 14 + (40 if v6 else 20) + 20
+        inj.send(VNET.pack(1, 4 if v6 else 1, hl, mss, hl - 20, 16) + sup)  # NEEDS_CSUM, GSO TCPV6/TCPV4
+        ref = RefRx(secy)
+        ref.add_sa(sa)
+        segs: list[bytes] = []
+        deadline = time.monotonic() + 3
+        while len(segs) < 14 and time.monotonic() < deadline:
+            la.step(50)
+            wire_a.settimeout(0.05)
+            try:
+                w = wire_a.recv(70000)
+            except TimeoutError:
+                continue
+            got = ref.validate(w)
+            assert got.verdict is Verdict.OK
+            if TCP in Ether(got.frame):
+                segs.append(got.frame)
+                wire_b.send(w)
+        assert len(segs) == 14 and la.stats["tap_tso"] == 1
+        data = b""
+        for i, f in enumerate(segs):
+            e = Ether(f)
+            tcp = e[TCP]
+            assert len(f) <= 1514 and tcp.seq == 1000 + len(data) and tcp.ack == 1
+            assert tcp.flags == ("PA" if i == 13 else "A")  # PSH only on the last segment
+            data += bytes(tcp.payload)
+            # checksums and lengths exactly as scapy computes them from scratch
+            clean = e.copy()
+            del clean[TCP].chksum
+            if v6:
+                del clean[IPv6].plen
+            else:
+                del clean[IP].chksum, clean[IP].len
+            assert bytes(Ether(bytes(clean))) == f
+            if not v6:
+                assert e[IP].id == 77 + i
+        assert data == payload
+        # B: the 14 validated segments go up as one GSO frame
+        sniff.settimeout(0.05)
+        up: list[bytes] = []
+        deadline = time.monotonic() + 3
+        while not up and time.monotonic() < deadline:
+            lb.step(50)
+            try:
+                pkt, addr = sniff.recvfrom(70000)
+            except TimeoutError:
+                continue
+            if addr[2] != PACKET_OUTGOING and TCP in Ether(pkt[VNET.size:]):
+                up.append(pkt)
+        assert up, lb.stats
+        flags, gso_type, _, gso_size, _, _ = VNET.unpack(up[0][:VNET.size])
+        frame = Ether(up[0][VNET.size:])
+        assert gso_type & 0x7F == (4 if v6 else 1) and gso_size == mss
+        assert bytes(frame[TCP].payload) == payload and frame[TCP].seq == 1000
+        assert lb.stats["tap_gro"] == 1 and lb.stats["validated"] == 14 and lb.stats["validate_drop"] == 0
+        la.stop()
+        lb.stop()
+    finally:
+        for s in socks:
+            s.close()
+        for fd in fds:
+            os.close(fd)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)

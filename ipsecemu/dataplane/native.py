@@ -756,7 +756,10 @@ class MacsecLinkLoop:
 
     def __init__(self, *, tap_fd: int, phy_fd: int, secy: SecYConfig, batch: int = 64,
                  max_frame: int = 1514, poll_ms: int = 50, vlan: int | None = None,
-                 qinq: tuple[int, int] | None = None) -> None:
+                 qinq: tuple[int, int] | None = None, tap_vnet: bool = False) -> None:
+        """``tap_vnet``: the tap was opened with IFF_VNET_HDR; the loop then turns on its TSO
+        offloads, cuts TCP super-packets into ``max_frame`` frames and coalesces received TCP
+        segments of one flow into super-packets (userspace GRO)."""
         import threading
 
         if not 1 <= batch <= lib.IE_LOOP_MAX_BATCH:
@@ -777,8 +780,10 @@ class MacsecLinkLoop:
         c.tap_fd, c.phy_fd, c.batch, c.max_frame, c.poll_ms = tap_fd, phy_fd, batch, max_frame, poll_ms
         c.validate = _VALIDATE[secy.validate]
         c.stag, c.ctag = stag, ctag
+        c.tap_vnet = int(tap_vnet)
         out = ffi.new("ie_mloop **")
-        _check(lib.ie_mloop_new(c, self._rx._rx, out), "MACsec link loop")
+        _check(lib.ie_mloop_new(c, self._rx._rx, out), "MACsec link loop (is tap_vnet right for this fd?)"
+               if tap_vnet else "MACsec link loop")
         self._loop = ffi.gc(out[0], lib.ie_mloop_free)
         self.tx: MacsecTx | None = None
         self._retired: list[MacsecTx] = []

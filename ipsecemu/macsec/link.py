@@ -52,6 +52,7 @@ SIOCGIFMTU = 0x8921
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000  # a virtio_net_hdr per frame: TCP super-packets (TSO/GRO) cross the tap
 RX_REMOVE_DELAY = 1.0  # s: frames of the old key still queued on the phy socket get validated
 KEY_HISTORY = 16  # SAKs kept in the key file (a capture may span several rotations)
 
@@ -224,11 +225,12 @@ def if_mtu(name: str) -> int:
     return int(struct.unpack("i", _ifreq(name, SIOCGIFMTU)[16:20])[0])
 
 
-def open_tap(name: str) -> int:
-    """Attach to the (persistent) tap ``name``; the kernel creates it if it does not exist."""
+def open_tap(name: str, vnet: bool = True) -> int:
+    """Attach to the (persistent) tap ``name``; the kernel creates it if it does not exist.
+    ``vnet``: with a virtio_net_hdr per frame, so the C loop can take TSO super-packets."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet else 0)))
     except OSError as exc:
         os.close(fd)
         raise ConfigError(f"tap {name!r}: cannot attach ({exc.strerror}); is it a tap, and is "
@@ -297,7 +299,8 @@ class LinkDaemon:
             self._data = packet_socket(phy, ETH_P_ALL)
             self._mka = packet_socket(phy, ETH_P_PAE, 1 << 20)
             self.loop = MacsecLinkLoop(tap_fd=self._tap_fd, phy_fd=self._data.fileno(), secy=cfg.secy(),
-                                       batch=batch, max_frame=self.max_frame, vlan=cfg.vlan, qinq=cfg.qinq)
+                                       batch=batch, max_frame=self.max_frame, vlan=cfg.vlan, qinq=cfg.qinq,
+                                       tap_vnet=True)
         except BaseException:
             os.close(self._tap_fd)
             raise

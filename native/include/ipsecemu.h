@@ -337,6 +337,11 @@ typedef struct ie_mloop_cfg {
                                 frames: the loop inserts the tag(s) before protecting (so they are
                                 inside the protected data, as on a MACsec port) and checks and strips
                                 them after validating (other VIDs are dropped: vlan_drop) */
+    int tap_vnet;            /* the tap was opened with IFF_VNET_HDR (0: plain frames).  The loop
+                                turns on its TSO offloads: TCP super-packets from the tap are cut
+                                into max_frame frames (checksums completed) before protection, and
+                                runs of validated TCP segments of one flow are written back as one
+                                super-packet (others behind a zero vnet header) */
 } ie_mloop_cfg;
 
 typedef struct ie_mloop_stats {
@@ -354,6 +359,8 @@ typedef struct ie_mloop_stats {
     uint64_t tap_tx_errors;
     uint64_t batches;
     uint64_t vlan_drop;      /* validated but not tagged with our VID(s) */
+    uint64_t tap_tso;        /* vnet tap: TCP super-packets read (each segment counts in tap_rx) */
+    uint64_t tap_gro;        /* vnet tap: coalesced super-packets written (segments in validated) */
 } ie_mloop_stats;
 
 typedef struct ie_mloop ie_mloop;
