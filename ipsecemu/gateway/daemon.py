@@ -5,6 +5,13 @@ per-connection :class:`ConnectionDatapath` (install / make-before-break rekey / 
 a C loop reads a NAT-T socket, IKE datagrams arriving there come back through a unix datagram
 socketpair and are fed to the transport as if read directly.  A 0.1 s tick turns data-plane
 soft byte/packet limits into Child SA rekeys (Azure's SADataSizeInKilobytes).
+
+NAT keepalives (RFC 3948 section 2.3): for every established IKE SA using UDP encapsulation (a
+NAT on either side, or forced encapsulation -- strongSwan sends them whenever NAT-T is in use
+by default), the tick sends a 1-byte 0xFF datagram from the NAT-T socket to the peer once
+``nat_t: {keepalive: N}`` seconds (default 20, 0 disables) passed without any other packet
+(IKE, or ESP counted by the data path) sent to that peer.  Counter ``keepalive_out`` in the
+transport's counters.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class _EventsFirst:
         self.endpoint = endpoint
         self.on_event = on_event
         self.from_response = False
+        self.last_sent: dict[str, float] = {}  # peer host -> when IKE last went there (keepalives)
 
     def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float,
                          local: tuple[str, int] | None = None) -> None:
@@ -96,7 +104,10 @@ class _EventsFirst:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int], tuple[str, int]]]:
         self._drain()  # API calls (rekey, delete, initiate) may have queued events too
-        return self.endpoint.datagrams_to_send(now)
+        out = self.endpoint.datagrams_to_send(now)
+        for _data, remote, _local in out:
+            self.last_sent[remote[0]] = now
+        return out
 
     def get_timer(self) -> float | None:
         return self.endpoint.get_timer()
@@ -123,6 +134,8 @@ class Gateway:
         self._uids: dict[bytes, int] = {}
         self.control: ControlServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # keepalives: IKE SA (SPIi, SPIr) -> (last time anything went to its peer, ESP packets out then)
+        self._ka: dict[tuple[bytes, bytes], tuple[float, int]] = {}
 
     # -- startup -------------------------------------------------------------------------
     @property
@@ -388,6 +401,41 @@ class Gateway:
                 self._check_lifetimes()
             except Exception:
                 log.exception("lifetime check failed")
+            try:
+                self._keepalives(self.now())
+            except Exception:
+                log.exception("keepalive check failed")
+
+    def _esp_out(self, sa: IkeSa) -> int:
+        """ESP packets sent so far on this IKE SA's Child SAs (plain counter loads)."""
+        dp = self.dps.get(sa.config.name)
+        if dp is None:
+            return 0
+        return sum(dp.counters(spi)[1].packets for spi in sa.children if spi in dp.children)
+
+    def _keepalives(self, now: float) -> None:
+        live: set[tuple[bytes, bytes]] = set()
+        for local in self.locals.values():
+            driver = local.transport.driver
+            ike_sent = driver.last_sent if isinstance(driver, _EventsFirst) else {}
+            for sa in local.endpoint.sas.values():
+                interval = float(sa.config.extra.get("keepalive_s", 20) or 0)
+                if sa.state != IkeState.ESTABLISHED or not sa.encap or interval <= 0:
+                    continue
+                key = (sa.spi_i, sa.spi_r)
+                live.add(key)
+                esp = self._esp_out(sa)
+                last, seen = self._ka.get(key, (now, esp))
+                if esp != seen:
+                    last = now  # ESP went out: the NAT mapping is fresh
+                last = max(last, ike_sent.get(sa.remote[0], last))
+                if now - last >= interval:
+                    local.transport.send_keepalive(sa.remote, local.addr)
+                    local.transport.counters["keepalive_out"] += 1
+                    last = now
+                self._ka[key] = (last, esp)
+        for key in set(self._ka) - live:
+            del self._ka[key]
 
     def _check_lifetimes(self) -> None:
         for dp in self.dps.values():
