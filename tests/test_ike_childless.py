@@ -11,6 +11,7 @@ from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
 from ipsecemu.ike.config import ConnectionConfigError, dumps, loads, parse_connection, to_ike_sa_config
 from ipsecemu.ike.consts import Exchange, Notify
+from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState
 
 
@@ -86,6 +87,23 @@ def test_allow_initiate_without_child_then_create_child() -> None:
     esp_both_ways(ka, kb)
 
 
+def test_responder_accepts_childless_without_the_initiators_notify(monkeypatch: pytest.MonkeyPatch) -> None:
+    # strongSwan's initiator sends no CHILDLESS notify: the responder's announcement is what counts
+    a, b, net = pair(a_kw={"childless": "force"}, b_kw={"childless": "allow"})
+    real = IkeSa._sa_init_extras
+
+    def like_strongswan(self: IkeSa, response: bool) -> list:
+        out = real(self, response)
+        return out if response else [p for p in out if getattr(p, "type", 0) != Notify.CHILDLESS_IKEV2_SUPPORTED]
+
+    monkeypatch.setattr(IkeSa, "_sa_init_extras", like_strongswan)
+    sa = a.initiate("c", 0.0)
+    net.run()
+    assert Notify.CHILDLESS_IKEV2_SUPPORTED not in sa_init_notifies(net.log[0].data)
+    assert sa.state == IkeState.ESTABLISHED and len(sa.children) == 1
+    assert next(iter(b.sas.values())).counters["childless"] == 1
+
+
 def test_allow_without_peer_support_carries_the_child_anyway() -> None:
     a, b, net = pair(b_kw={"childless": "never"})
     sa = a.initiate("c", 0.0, child=False)
@@ -104,18 +122,21 @@ def test_force_against_a_peer_without_support_fails() -> None:
     assert [x for x, _r in exchanges(net)] == [Exchange.IKE_SA_INIT, Exchange.IKE_SA_INIT]  # no IKE_AUTH
 
 
-def test_responder_refuses_childless_auth_without_negotiation() -> None:
-    # the initiator sent no CHILDLESS notify (childless=never) but then, misbehaving, goes
-    # childless anyway: RFC 6023 says the responder answers INVALID_SYNTAX
-    a, b, net = pair(a_kw={"childless": "never"})
-    net.filter = lambda p: not (m.decode_header(p.data).response and m.decode_header(p.data).exchange
-                                == Exchange.IKE_SA_INIT)
+def test_responder_refuses_childless_auth_without_negotiation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a misbehaving initiator goes childless although the responder (childless=never) did not
+    # announce support: the responder answers INVALID_SYNTAX and keeps nothing
+    a, b, net = pair(a_kw={"childless": "force"}, b_kw={"childless": "never"})
+    real = IkeSa._read_sa_init_extras
+
+    def ignores_the_answer(self: IkeSa, msg: m.Message) -> None:
+        real(self, msg)
+        if self.initiator:
+            self.childless_ok = True
+
+    monkeypatch.setattr(IkeSa, "_read_sa_init_extras", ignores_the_answer)
     sa = a.initiate("c", 0.0)
     net.run()
-    sa.config.childless = "force"  # takes effect when the (retransmitted) response arrives
-    net.filter = lambda p: True
-    net.advance(5.0)
-    assert sa.childless_ok  # from the initiator's view the responder announced support
+    assert Notify.CHILDLESS_IKEV2_SUPPORTED not in sa_init_notifies(net.log[1].data)
     assert b.sas == {}  # the refused SA is gone
     eb = events(b)
     assert one(eb, ev.IkeSaDeleted).notify == Notify.INVALID_SYNTAX

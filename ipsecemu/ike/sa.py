@@ -65,12 +65,13 @@ bytes) go out as SKF fragments; incoming fragments are authenticated one by one 
 within fixed limits.  ``frag_ok`` says whether both sides agreed.
 
 Childless IKE SAs (RFC 6023): both roles send CHILDLESS_IKEV2_SUPPORTED in IKE_SA_INIT unless
-``IkeSaConfig.childless == "never"``; ``childless_ok`` says both did.  With ``"force"`` the
+``IkeSaConfig.childless == "never"``; ``childless_ok`` says the responder announced it (and we
+allow it; strongSwan's initiator sends no notify, so a responder does not wait for one).  With ``"force"`` the
 initiator's IKE_AUTH carries no SA/TSi/TSr (the IKE SA fails if the peer lacks support) and the
 configured Child SA follows at once by CREATE_CHILD_SA; with ``"allow"`` (default) that happens
 only for ``initiate(child=False)`` (then no Child SA is created; ``create_child`` adds one later).
-A responder accepts a childless IKE_AUTH when support was exchanged (counter ``childless``) and
-otherwise answers INVALID_SYNTAX and closes the SA.
+A responder accepts a childless IKE_AUTH when it announced support (counter ``childless``) and
+otherwise (``"never"``) answers INVALID_SYNTAX and closes the SA.
 
 Collisions: simultaneous Child SA rekeys (RFC 7296 2.8.1) and IKE SA rekeys (2.8.2) both
 complete; the exchange with the lowest nonce loses and its initiator deletes the redundant SA

@@ -103,6 +103,7 @@ class Conn:
     mobike: bool = False
     encap: bool = False
     fragmentation: str = "yes"
+    childless: str = ""  # RFC 6023: "allow" | "force" | "never"; "" keeps charon's default
 
     def vici(self) -> dict[str, Any]:
         """The ``load-conn`` message."""
@@ -125,6 +126,8 @@ class Conn:
             "remote": {"auth": "psk", "id": self.remote_id},
             "children": children,
         }
+        if self.childless:
+            body["childless"] = self.childless
         return {self.name: body}
 
     def swanctl_conf(self, *, include_secret: bool = False) -> str:

@@ -1,7 +1,7 @@
 """IKE_AUTH (RFC 7296 section 2.15) carrying the first Child SA -- or none (RFC 6023 childless
 IKE SA: ``config.childless`` "force", or ``initiate(child=False)``, when both sides announced
 CHILDLESS_IKEV2_SUPPORTED; the Child SA then follows by CREATE_CHILD_SA; a responder refuses a
-childless IKE_AUTH with INVALID_SYNTAX when support was not exchanged): pre-shared keys, or X.509
+childless IKE_AUTH with INVALID_SYNTAX when it did not announce support): pre-shared keys, or X.509
 certificates (``config.certs``, see :mod:`ipsecemu.ike.certs`): CERT + AUTH signed with our key,
 CERTREQ naming our CAs, the peer's chain and signature checked, its ID checked against its
 certificate.  Both sides use the same method; a mismatch is AUTHENTICATION_FAILED.
@@ -174,9 +174,9 @@ class IkeAuthTask:
         payloads: list = [idr, *extra, auth_p]
         if msg.first(m.SA) is None and msg.first(m.TS, Payload.TSi) is None and msg.first(m.TS, Payload.TSr) is None:
             if not self.childless_ok:
-                # RFC 6023 section 3: no Child SA although we did not both announce support
+                # RFC 6023: no Child SA although we did not announce support
                 self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
-                self.last_error = "IKE_AUTH without a Child SA, but childless IKE SAs were not negotiated"
+                self.last_error = "IKE_AUTH without a Child SA, but we did not announce childless IKE SAs"
                 self._close(now, "failed", Notify.INVALID_SYNTAX)
                 return
             self._send_response(msg, payloads, addr, local)  # a childless IKE SA (RFC 6023)

@@ -72,8 +72,9 @@ class IkeInitTask:
             self.peer_sig_hashes = frozenset(int.from_bytes(n.data[i : i + 2], "big")
                                              for i in range(0, len(n.data) - 1, 2))
         self.frag_ok = self.config.fragmentation and msg.notify(Notify.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        # RFC 6023: what counts is the responder's announcement (strongSwan's initiator sends none)
         self.childless_ok = self.config.childless != "never" and \
-            msg.notify(Notify.CHILDLESS_IKEV2_SUPPORTED) is not None
+            (not self.initiator or msg.notify(Notify.CHILDLESS_IKEV2_SUPPORTED) is not None)
 
     def _send_sa_init(self, now: float) -> None:
         if self._ke is None or self._ke.group != self._group:
