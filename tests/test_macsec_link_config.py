@@ -38,6 +38,7 @@ def test_defaults_and_sci_state() -> None:
     assert parse_link_config({**BASE, "cak": CAK * 2, "ckn": "ab" * 32}).cak == bytes.fromhex(CAK * 2)
     assert parse_link_config({**BASE, "vlan": 100}).tag_bytes == 4
     assert parse_link_config({**BASE, "qinq": [10, 20]}).qinq == (10, 20)
+    assert cfg.offload is True and parse_link_config({**BASE, "offload": False}).offload is False
 
 
 @pytest.mark.parametrize(("patch", "field", "why"), [
@@ -56,6 +57,7 @@ def test_defaults_and_sci_state() -> None:
     ({"vlan": 5, "qinq": [1, 2]}, "macsec.vlan", "not both"),
     ({"hello_time": 6, "life_time": 2}, "macsec.life_time", "longer"),
     ({"colour": "red"}, "macsec.colour", "unknown key"),
+    ({"offload": "yes"}, "macsec.offload", "true or false"),
 ])
 def test_errors_name_the_field(patch: dict, field: str, why: str) -> None:
     with pytest.raises(ConfigError) as ei:

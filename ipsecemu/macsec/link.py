@@ -15,6 +15,7 @@ decrypt``.  SIGUSR1 forces a SAK rotation; SIGTERM/SIGINT stop the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -52,6 +53,7 @@ SIOCGIFMTU = 0x8921
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+TUNSETOFFLOAD = 0x400454D0
 IFF_VNET_HDR = 0x4000  # a virtio_net_hdr per frame: TCP super-packets (TSO/GRO) cross the tap
 RX_REMOVE_DELAY = 1.0  # s: frames of the old key still queued on the phy socket get validated
 KEY_HISTORY = 16  # SAKs kept in the key file (a capture may span several rotations)
@@ -65,7 +67,7 @@ AZURE_CIPHER = {v: k for k, v in {
     "GcmAes128": "gcm-aes-128", "GcmAes256": "gcm-aes-256",
     "GcmAesXpn128": "gcm-aes-xpn-128", "GcmAesXpn256": "gcm-aes-xpn-256"}.items()}
 LINK_KEYS = ("cipher", "sci_state", "cak", "ckn", "replay_window", "validate", "key_server_priority",
-             "vlan", "qinq", "hello_time", "life_time", "pn_exhaustion_threshold")
+             "vlan", "qinq", "hello_time", "life_time", "pn_exhaustion_threshold", "offload")
 DEFAULT_PN_THRESHOLD = 0xC0000000  # rekey at 3/4 of the 32-bit PN space (XPN: of the high 32 bits)
 
 
@@ -86,6 +88,9 @@ class LinkConfig:
     life_time: float = 6.0  # 802.1X MKA Life Time
     # Tx PN at which MKA asks for a new SAK (XPN: this << 32); lowered only to test rotation
     pn_exhaustion_threshold: int = DEFAULT_PN_THRESHOLD
+    # tap with TSO/GRO (a vnet header per frame): the loop cuts and coalesces TCP super-packets;
+    # off: one frame per read/write (slower; for comparison)
+    offload: bool = True
 
     def secy(self) -> SecYConfig:
         return SecYConfig(include_sci=self.include_sci, end_station=not self.include_sci,
@@ -101,7 +106,7 @@ class LinkConfig:
         return {"cipher": AZURE_CIPHER[self.cipher], "sci_state": "Enabled" if self.include_sci else "Disabled",
                 "ckn": self.ckn.hex(), "replay_window": self.replay_window, "validate": self.validate,
                 "key_server_priority": self.key_server_priority, "vlan": self.vlan,
-                "qinq": list(self.qinq) if self.qinq else None}
+                "qinq": list(self.qinq) if self.qinq else None, "offload": self.offload}
 
 
 def _hex(value: Any, name: str, lengths: tuple[int, ...] | range) -> bytes:
@@ -184,9 +189,13 @@ def parse_link_config(m: Mapping[str, Any], where: str = "macsec") -> LinkConfig
         raise ConfigError(f"{where}.life_time: must be longer than hello_time")
     pn = _int(m, "pn_exhaustion_threshold", f"{where}.pn_exhaustion_threshold", 2, 0xFFFFFFFF,
               DEFAULT_PN_THRESHOLD)
+    offload = m.get("offload", True)
+    if not isinstance(offload, bool):
+        raise ConfigError(f"{where}.offload: must be true or false, got {offload!r}")
     return LinkConfig(cak=cak, ckn=ckn, cipher=cipher, include_sci=include_sci, replay_window=replay or 0,
                       validate=validate, key_server_priority=prio if prio is not None else 16, vlan=vlan,
-                      qinq=qinq, hello_time=hello, life_time=life, pn_exhaustion_threshold=pn or DEFAULT_PN_THRESHOLD)
+                      qinq=qinq, hello_time=hello, life_time=life, pn_exhaustion_threshold=pn or DEFAULT_PN_THRESHOLD,
+                      offload=offload)
 
 
 def load_link_config(path: str | Path) -> LinkConfig:
@@ -294,13 +303,13 @@ class LinkDaemon:
         self.participant = MkaParticipant(
             cfg.cak, cfg.ckn, self.sci, cfg.key_server_priority, cfg.cipher, cfg.include_sci,
             hello_time=cfg.hello_time, life_time=cfg.life_time, pn_exhaustion_threshold=cfg.pn_exhaustion_threshold)
-        self._tap_fd = open_tap(tap)
+        self._tap_fd = open_tap(tap, vnet=cfg.offload)
         try:
             self._data = packet_socket(phy, ETH_P_ALL)
             self._mka = packet_socket(phy, ETH_P_PAE, 1 << 20)
             self.loop = MacsecLinkLoop(tap_fd=self._tap_fd, phy_fd=self._data.fileno(), secy=cfg.secy(),
                                        batch=batch, max_frame=self.max_frame, vlan=cfg.vlan, qinq=cfg.qinq,
-                                       tap_vnet=True)
+                                       tap_vnet=cfg.offload)
         except BaseException:
             os.close(self._tap_fd)
             raise
@@ -317,6 +326,8 @@ class LinkDaemon:
         self.loop.stop()
         self._data.close()
         self._mka.close()
+        with contextlib.suppress(OSError):  # TSO stays on the persistent tap otherwise: the next reader
+            fcntl.ioctl(self._tap_fd, TUNSETOFFLOAD, 0)  # may be a plain one
         os.close(self._tap_fd)
 
     # -------------------------------------------------------------- MKA plumbing

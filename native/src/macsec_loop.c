@@ -128,9 +128,13 @@ int ie_mloop_new(const ie_mloop_cfg *cfg, ie_macsec_rx *rx, ie_mloop **loop)
         free(l);
         return IE_S_ENOMEM;
     }
-    /* refused (old kernel): plain frames still come, behind a header */
+    /* Offloads are a property of the (persistent) tap, not of this fd: a previous vnet reader may
+     * have left TSO on, which would hand a plain reader frames larger than max_frame.  Set them
+     * either way (refused by an old kernel: plain frames still come, behind a header). */
     if (cfg->tap_vnet)
         ioctl(cfg->tap_fd, TUNSETOFFLOAD, (unsigned long)TAP_OFFLOADS);
+    else
+        ioctl(cfg->tap_fd, TUNSETOFFLOAD, 0UL);  /* not a tap (tests use sockets): ENOTTY, harmless */
     atomic_init(&l->stop, 0);
     *loop = l;
     return IE_S_OK;
