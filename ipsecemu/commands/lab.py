@@ -63,7 +63,20 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     # die, never run the parent's rollback
     if os.getpid() != _MAIN_PID:
         os._exit(128 + signum)
+    # Python swallows an exception raised while an at-fork hook runs (pyroute2 forks during
+    # netns creation): the flag makes the builder stop at its next step even then.
+    from ipsecemu.lab import builder
+
+    builder.INTERRUPTED.set()
     raise KeyboardInterrupt
+
+
+def _quiet_swallowed_interrupt(u: Any) -> None:
+    """A Ctrl-C that lands in an at-fork hook is swallowed there (and the builder's flag takes
+    over): don't print Python's 'Exception ignored' traceback for it."""
+    if isinstance(u.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(u)
 
 
 @lab.command()
@@ -82,6 +95,8 @@ def up(file: str, name: str | None, smoke: bool) -> None:
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM rolls back like Ctrl-C
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    sys.unraisablehook = _quiet_swallowed_interrupt
 
     def say(msg: str) -> None:
         click.echo(f"  {msg}")

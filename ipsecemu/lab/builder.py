@@ -20,6 +20,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -79,10 +80,14 @@ def ipr_in(ns: str) -> Iterator[IPRoute]:
 
 
 
+# Set by the CLI's SIGINT/SIGTERM handler; checked between build steps.
+INTERRUPTED = threading.Event()
+
+
 def _test_pause(step: str) -> None:
     """Tests set IPSECEMU_TEST_PAUSE_AFTER=<step name> to interrupt `lab up` at a known point."""
     if os.environ.get("IPSECEMU_TEST_PAUSE_AFTER") == step:
-        time.sleep(60)
+        INTERRUPTED.wait(60)
 
 
 TUNSETIFF = 0x400454CA
@@ -148,7 +153,11 @@ class Builder:
                          self._user_sysctls):
                 step()
                 _test_pause(step.__name__)
+                if INTERRUPTED.is_set():  # a signal whose KeyboardInterrupt got swallowed
+                    raise KeyboardInterrupt
             services.start(self.topo, self.state, self.say)
+            if INTERRUPTED.is_set():
+                raise KeyboardInterrupt
         except BaseException as exc:  # includes KeyboardInterrupt from SIGINT/SIGTERM
             if os.getpid() != self._pid:  # a forked helper (pyroute2) must never roll back
                 raise
