@@ -191,8 +191,7 @@ def test_mka_converges_and_traffic_crosses(net: Net, tmp_path: Path, cipher: str
         assert a["key_server"] == b["key_server"] and a["latest_key"] == b["latest_key"]
         assert a["config"]["cipher"] == cipher and a["config"]["sci_state"] == sci_state
         assert _ping(net) == (3, 3)
-        if cipher in ("GcmAes128", "GcmAesXpn256") and sci_state == "Enabled":
-            assert _iperf(net) > 10  # Mbit/s: far below what it does, far above a broken link
+        assert _iperf(net) > 10  # Mbit/s: far below what it does, far above a broken link
         assert lk.wait(lambda: lk.st("a")["tx"]["packets"] >= 3 and lk.st("b")["rx"][0]["packets"] >= 3)
         for end in ("a", "b"):
             s = lk.st(end)
