@@ -165,3 +165,21 @@ def test_nat_t_keepalive_config_key() -> None:
     assert loads(dumps([c], include_secret=True))[0].nat_t.keepalive == 5
     with pytest.raises(ConnectionConfigError, match="keepalive"):
         parse_connection({**base, "nat_t": {"keepalive": -1}}, "x")
+
+
+def test_childless_ike_sa_rekeys_dpds_and_deletes() -> None:
+    a, b, net = pair()
+    sa = a.initiate("c", 0.0, child=False)
+    net.run()
+    events(a), events(b)
+    sa.dpd(net.now)
+    net.run()
+    sa.rekey_ike(net.now)
+    net.run()
+    rk = one(events(a), ev.IkeSaRekeyed)
+    new = a.find(rk.new_spi_i) or sa.successor
+    assert new is not None and new.state == IkeState.ESTABLISHED and new.children == {}
+    new.delete(net.now)
+    net.run()
+    assert a.sas == {} and b.sas == {}
+    assert [e.reason for e in events(b) if isinstance(e, ev.IkeSaDeleted)] == ["rekeyed", "remote"]
