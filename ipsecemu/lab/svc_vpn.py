@@ -629,12 +629,14 @@ def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, 
         f"(tunnel packets: {', '.join(f'{k} +{v}' for k, v in sorted(moved.items())) or 'none'})")
     # 2. a short iperf3, server started and stopped by PID
     if shutil.which("iperf3"):
-        srv = subprocess.Popen(["ip", "netns", "exec", rns, "iperf3", "-s", "-1", "-p", "5201"],
+        # a persistent server (not -1), so a transient bad run can be retried; stopped by PID below
+        srv = subprocess.Popen(["ip", "netns", "exec", rns, "iperf3", "-s", "-p", "5201"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         before = _tunnel_packets(state)
         try:
             rate = None
             why = ""
+            runs = 0  # complete runs without a result (a transient one is retried, twice at most)
             for _ in range(20):
                 # 4 streams: ECMP spreads them over the tunnels (active-active)
                 cl = _run(pns, "iperf3", "-c", rip, "-p", "5201", "-t", str(iperf_s), "-P", "4", "-J",
@@ -647,9 +649,13 @@ def smoke(topo: Topology, state: LabState, say: Say, *, capture_s: float = 3.0, 
                 if cl.returncode == 0:
                     try:
                         rate = doc["end"]["sum_received"]["bits_per_second"] / 1e6
+                        break
                     except (KeyError, TypeError):
-                        rate, why = None, "no result in iperf3's JSON"
-                    break
+                        runs += 1
+                        why = f"no result in iperf3's JSON ({why or 'no error given'})"
+                        if runs == 3:
+                            break
+                        continue
                 if "refused" not in cl.stdout + cl.stderr:
                     break
                 time.sleep(0.1)
