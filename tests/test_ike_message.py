@@ -196,7 +196,7 @@ def test_scapy_reads_our_ike_sa_init_and_we_read_scapys() -> None:
     assert [(t, i) for t, i, _k in got] == [(t, i) for t, i, _k in want] and got[0][2] == 256
     notes = [p.type for p in theirs.iterpayloads() if isinstance(p, IKEv2_Notify)]
     assert notes == [Notify.NAT_DETECTION_SOURCE_IP, Notify.NAT_DETECTION_DESTINATION_IP,
-                     Notify.IKEV2_FRAGMENTATION_SUPPORTED]
+                     Notify.IKEV2_FRAGMENTATION_SUPPORTED, Notify.CHILDLESS_IKEV2_SUPPORTED]
     # and the other way round: a message scapy builds decodes here
     built = IKEv2(init_SPI=b"\x01" * 8, resp_SPI=bytes(8), exch_type=34, flags="Initiator") / IKEv2_SA(
         prop=IKEv2_Proposal(proposal=1, proto=1, trans_nb=3, trans=ST(transform_type=1, transform_id=20, key_length=128, length=12)
