@@ -82,7 +82,8 @@ def test_simultaneous_child_rekeys_leave_one_pair(unique_name: str, esp: str) ->
                     assert len(deleted) == 2, evs
                     outcomes.append("lost" if any(d.reason == "redundant" for d in deleted) else "won")
                 else:
-                    # charon may refuse ours with TEMPORARY_FAILURE instead (RFC 7296 2.25): also one pair
+                    # charon may refuse ours (RFC 7296 2.25: TEMPORARY_FAILURE, or CHILD_SA_NOT_FOUND when
+                    # its crossing rekey already deleted the old SA) instead: also exactly one pair
                     assert len(rekeyed) == len(deleted) == 1, evs
                     outcomes.append("refused")
                 assert (await s.pings(2)) == (2, 2), s.charon.log_tail(30)
@@ -94,7 +95,7 @@ def test_simultaneous_child_rekeys_leave_one_pair(unique_name: str, esp: str) ->
             want = ROUNDS - outcomes.count("refused")
             assert await s.until(lambda: s.charon.log_file.read_text().count("rekey collision") == want, 5), \
                 (outcomes, [ln for ln in s.charon.log_file.read_text().splitlines() if "collision" in ln])
-            assert outcomes.count("refused") <= 1, outcomes
+            assert outcomes.count("refused") < ROUNDS, outcomes  # at least one genuine collision
 
     asyncio.run(main())
 

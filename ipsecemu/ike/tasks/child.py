@@ -130,6 +130,11 @@ class ChildTask:
                     # the peer rekeyed (or deleted) it meanwhile and refused ours: nothing failed
                     self._count("rekey_superseded")
                 return None
+            if errors[0].type == Notify.CHILD_SA_NOT_FOUND and neg.rekey_of is not None and (
+                    neg.rekey_of.inbound_spi not in self.children or neg.rekey_of.rekeyed):
+                # RFC 7296 2.25: the peer's crossing rekey won and already deleted the old SA
+                self._count("rekey_superseded")
+                return None
             self._event(ChildSaFailed, notify=errors[0].type, reason="refused by peer")
             return None
         sa, tsi, tsr = msg.first(m.SA), msg.first(m.TS, Payload.TSi), msg.first(m.TS, Payload.TSr)
