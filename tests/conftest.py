@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from support.paths import VECTORS
 
 HERE = Path(__file__).resolve().parent

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.gateway_lab import Gw
 
 from ipsecemu.lab.netns import wait_for
 from ipsecemu.lab.strongswan import Charon, charon_available, pair_conn, pair_topology, ping
+
+from support.gateway_lab import Gw
 
 NO_CHARON = charon_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")]

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from support.certs import make_ca, make_cert
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.certs import CertAuth
 from ipsecemu.io.interop import PSK, ours_vs_charon
 from ipsecemu.lab.strongswan import Charon, charon_available, pair_conn
+
+from support.certs import make_ca, make_cert
 
 NO_CHARON = charon_available()
 

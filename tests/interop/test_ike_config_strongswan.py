@@ -6,12 +6,13 @@ import shutil
 import subprocess
 
 import pytest
-from support.swanctl import POLICIES, blank_times
 
 from ipsecemu.ike.config import parse_connection
 from ipsecemu.ike.render import render_text
 from ipsecemu.lab.netns import wait_for
 from ipsecemu.lab.strongswan import charon_available, charon_pair
+
+from support.swanctl import POLICIES, blank_times
 
 NO_CHARON = charon_available()
 needs_charon = pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")

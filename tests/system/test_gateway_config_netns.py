@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support.gateway_config import GOOD, run_in
 
 from ipsecemu.lab.netns import Netns, entered
+
+from support.gateway_config import GOOD, run_in
 
 
 @pytest.mark.root

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.utils import rdpcap
-from support.gateway_lab import Lab, start_ping, up
 
 from ipsecemu.lab.netns import capture
+
+from support.gateway_lab import Lab, start_ping, up
 
 pytestmark = pytest.mark.root
 

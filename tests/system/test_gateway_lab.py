@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from ipsecemu.gateway.datapath import loop_supports_raw
+from ipsecemu.lab.netns import Netns, capture, wait_for
+
 from support.gateway_lab import (
     PROPOSALS,
     PSK,
@@ -33,33 +37,7 @@ from support.gateway_lab import (
     up,
 )
 
-from ipsecemu.gateway.datapath import loop_supports_raw
-from ipsecemu.lab.netns import Netns, capture, wait_for
-
 pytestmark = pytest.mark.root
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @pytest.mark.parametrize("encap", ["udp", "esp"])
@@ -105,12 +83,6 @@ def test_two_gateways_ping_only_esp_on_the_wire_terminate_and_sigterm(lab_factor
     assert not lab.a.sock.exists() and not (lab.a.state / "gateway.pid").exists()
     assert "secret" not in (lab.a.state / "gateway.log").read_text().lower() or PSK not in lab.a.log()
     assert PSK not in (lab.a.state / "gateway.log").read_text()
-
-
-
-
-
-
 
 
 def test_rekey_by_command_under_ping_loses_nothing(lab_factory) -> None:
@@ -193,7 +165,6 @@ def test_counters_come_from_the_c_loop_and_exported_keys_decrypt_the_wire(lab_fa
     assert len(seqs) == 20, seqs  # 10 requests + 10 replies decrypted
     assert "Traffic Selector" in tshark(home, pcap, "-Y", "isakmp", "-V")
     assert PSK not in (lab.a.state / "gateway.log").read_text()
-
 
 
 @pytest.mark.slow

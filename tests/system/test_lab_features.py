@@ -13,14 +13,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from ipsecemu.lab import builder, topology
+from ipsecemu.lab.state import LabState, run_dir
+
 from support.nonroot import non_root_prefix
 from support.paths import (
     REPO,  # noqa: E402
     underlay_copy,
 )
-
-from ipsecemu.lab import builder, topology
-from ipsecemu.lab.state import LabState, run_dir
 
 PAIR = underlay_copy(REPO / "netns-labs" / "pair.yaml")  # the builder alone; VPN: test_lab_vpn*.py
 

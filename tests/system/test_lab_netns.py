@@ -14,14 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from ipsecemu.lab.capture import Capture
+from ipsecemu.lab.state import LabState, run_dir
+
 from support.nonroot import non_root_prefix
 from support.paths import (
     REPO,  # noqa: E402
     underlay_copy,
 )
-
-from ipsecemu.lab.capture import Capture
-from ipsecemu.lab.state import LabState, run_dir
 
 # the builder's own tests run the lab files without their VPN (tests/system/test_lab_vpn.py covers that)
 ER = underlay_copy(REPO / "netns-labs" / "er-vwan.yaml", drop=(
@@ -289,8 +290,6 @@ def test_broken_yaml_creates_nothing(case: str, tmp_path: Path) -> None:
     assert re.match(rf"ipsecemu lab: {re.escape(str(f))}:\d+: ", err), err
     assert_nothing_left(name)
     assert_no_new_lab_links(links_before, ER)
-
-
 
 
 def test_non_root_up_says_so() -> None:

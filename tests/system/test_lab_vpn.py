@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.paths import REPO  # noqa: E402
 
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.lab.state import LabState, pid_alive
 from ipsecemu.lab.strongswan import charon_available
+
+from support.paths import REPO  # noqa: E402
 
 ER = REPO / "netns-labs" / "er-vwan.yaml"
 ER_SS = REPO / "netns-labs" / "er-vwan-strongswan.yaml"

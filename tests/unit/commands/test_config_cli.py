@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from click.testing import CliRunner
-from support.paths import REPO
 
 from ipsecemu.cli import cli
+
+from support.paths import REPO
 
 DEVICE_JSON = REPO / "tests" / "vectors" / "azure" / "vwan-vpn-device-config.example.json"
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.paths import VECTORS
 
 from ipsecemu.cli import cli
+
+from support.paths import VECTORS
 
 CAPTURE = VECTORS / "captures" / "02-sunrise-sunset-esp.pcap"
 GOOD = ('"IPv4","*","192.1.2.45","0x12345678","TripleDES-CBC [RFC2451]",'

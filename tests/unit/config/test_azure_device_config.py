@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from support.paths import VECTORS
 
 from ipsecemu.ike.azure import AzureConfigError, import_device_config, load_device_config
+
+from support.paths import VECTORS
 
 EXAMPLE = VECTORS / "azure" / "vwan-vpn-device-config.example.json"
 

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.gateway_config import GOOD, run_in  # noqa: F401
 
 from ipsecemu.gateway.config import ConnectionConfigError, loads
+
+from support.gateway_config import GOOD, run_in  # noqa: F401
 
 
 def gateway(*args: str) -> subprocess.CompletedProcess[str]:
@@ -77,9 +78,5 @@ def test_duplicate_tunnel_names_refused() -> None:
     two = GOOD + GOOD[GOOD.index("  azure:"):].replace("  azure:", "  azure2:")
     with pytest.raises(ConnectionConfigError, match="vti0 is already used by azure"):
         loads(two, "gw.yaml")
-
-
-
-
 
 

@@ -7,7 +7,6 @@ import random
 import textwrap
 
 import pytest
-from support.paths import VECTORS
 
 from ipsecemu.dataplane import backend
 from ipsecemu.dataplane.api import Verdict
@@ -17,6 +16,8 @@ from ipsecemu.ike.config import ConnectionConfigError, loads, parse_connection, 
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.loopback import LoopbackNet
 from ipsecemu.ike.states import IkeState
+
+from support.paths import VECTORS
 
 PAIR = textwrap.dedent("""\
     connections:

@@ -7,10 +7,11 @@ import hashlib
 import hmac
 
 import pytest
-from support.paths import load_vectors
 
 from ipsecemu.dataplane.api import EspSaConfig, Verdict
 from ipsecemu.esp.reference import EspInbound, EspOutbound
+
+from support.paths import load_vectors
 
 GCM = load_vectors("esp_aes_gcm_draft_mcgrew_gcm_test_01.json")["vectors"]
 CBC = [v for v in load_vectors("esp_aes_cbc_rfc3602.json")["vectors"] if "esp_packet" in v]

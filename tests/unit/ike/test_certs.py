@@ -14,8 +14,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from support.certs import DAY, NOW, creds, make_ca, make_cert, name, new_key, write
-from support.ike_pair import A, B, esp_both_ways, events, one, seeded
 
 from ipsecemu.ike import certs as c
 from ipsecemu.ike import events as ev
@@ -28,20 +26,8 @@ from ipsecemu.ike.loopback import LoopbackNet
 from ipsecemu.ike.settings import Identity, IkeSaConfig
 from ipsecemu.ike.states import IkeState
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+from support.certs import DAY, NOW, creds, make_ca, make_cert, name, new_key, write
+from support.ike_pair import A, B, esp_both_ways, events, one, seeded
 
 
 def cert_pair(auth_a: c.CertAuth, auth_b: c.CertAuth, ids: tuple[str, str] = ("left.example", "right.example"),

@@ -8,11 +8,12 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.ike_pair import pair
 
 from ipsecemu.ike.errors import LocalProtocolError
 from ipsecemu.ike.loopback import Nat
 from ipsecemu.ike.states import IkeState
+
+from support.ike_pair import pair
 
 OPS = ["rekey_child", "rekey_ike", "create_child", "delete_child", "dpd", "wait"]
 

@@ -5,7 +5,6 @@ reference data plane), the refusals, and the ``childless`` config key."""
 from __future__ import annotations
 
 import pytest
-from support.ike_pair import esp_both_ways, events, one, pair
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
@@ -13,6 +12,8 @@ from ipsecemu.ike.config import ConnectionConfigError, dumps, loads, parse_conne
 from ipsecemu.ike.consts import Exchange, Notify
 from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState
+
+from support.ike_pair import esp_both_ways, events, one, pair
 
 
 def exchanges(net) -> list[tuple[int, bool]]:

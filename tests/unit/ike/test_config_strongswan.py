@@ -10,6 +10,3 @@ NO_CHARON = charon_available()
 needs_charon = pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")
 
 
-
-
-

@@ -6,11 +6,12 @@ import hmac
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import dh
-from support.paths import load_vectors
 
 from ipsecemu.ike import crypto
 from ipsecemu.ike.crypto import KeyExchange, SkCipher, derive_ike_keys, prf, prf_plus, skeyseed
 from ipsecemu.ike.errors import IntegrityError, RemoteProtocolError
+
+from support.paths import load_vectors
 
 KDF = load_vectors("ikev2_prf_skeyseed_prfplus.json")
 

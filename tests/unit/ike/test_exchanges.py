@@ -5,7 +5,6 @@ Keys are checked by pushing ESP packets through the reference data plane in both
 from __future__ import annotations
 
 import pytest
-from support.ike_pair import A, B, esp_both_ways, events, one, pair, seeded
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
@@ -14,6 +13,8 @@ from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.loopback import LoopbackNet, Nat
 from ipsecemu.ike.settings import Identity, IkeSaConfig
 from ipsecemu.ike.states import IkeState
+
+from support.ike_pair import A, B, esp_both_ways, events, one, pair, seeded
 
 
 @pytest.mark.parametrize("ike,esp", [

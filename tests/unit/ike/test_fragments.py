@@ -14,8 +14,6 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.certs import creds, make_ca, make_cert
-from support.ike_pair import A, B, esp_both_ways, events, one, seeded
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import fragments as fr
@@ -27,6 +25,9 @@ from ipsecemu.ike.errors import IntegrityError
 from ipsecemu.ike.loopback import LoopbackNet, Packet
 from ipsecemu.ike.settings import IkeSaConfig
 from ipsecemu.ike.states import IkeState
+
+from support.certs import creds, make_ca, make_cert
+from support.ike_pair import A, B, esp_both_ways, events, one, seeded
 
 FRAG = 700  # IP datagram size: IKE messages above 672 bytes get fragmented
 

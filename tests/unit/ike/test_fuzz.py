@@ -7,13 +7,14 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.ike_pair import pair
 
 from ipsecemu.ike import message as m
 from ipsecemu.ike.crypto import SkCipher
 from ipsecemu.ike.errors import RemoteProtocolError
 from ipsecemu.ike.loopback import Packet
 from ipsecemu.ike.states import IkeState
+
+from support.ike_pair import pair
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -4,13 +4,14 @@ limits, duplicate requests answered from the cached response."""
 from __future__ import annotations
 
 import pytest
-from support.ike_pair import events, one, pair, seeded
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
 from ipsecemu.ike.consts import Exchange
 from ipsecemu.ike.errors import LocalProtocolError
 from ipsecemu.ike.states import IkeState
+
+from support.ike_pair import events, one, pair, seeded
 
 
 def established(**kw):

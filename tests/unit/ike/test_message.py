@@ -7,8 +7,6 @@ import struct
 
 import pytest
 from scapy.utils import rdpcap
-from support.ike_pair import pair
-from support.paths import VECTORS, load_vectors
 
 from ipsecemu.ike.consts import Exchange, Notify, Payload
 from ipsecemu.ike.crypto import SkCipher
@@ -35,6 +33,9 @@ from ipsecemu.ike.message import (
     encode_payloads,
 )
 from ipsecemu.ike.ts import TrafficSelector, narrow
+
+from support.ike_pair import pair
+from support.paths import VECTORS, load_vectors
 
 
 def _capture_ike() -> list[bytes]:

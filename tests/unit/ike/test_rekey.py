@@ -7,7 +7,6 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.ike_pair import esp_both_ways, events, one, pair
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
@@ -15,6 +14,8 @@ from ipsecemu.ike.consts import Exchange
 from ipsecemu.ike.proposals import parse_proposals
 from ipsecemu.ike.states import IkeState
 from ipsecemu.ike.ts import TrafficSelector
+
+from support.ike_pair import esp_both_ways, events, one, pair
 
 
 def established(ike: str = "aes128gcm16-prfsha256-ecp256", esp: str = "aes128gcm16", **kw):

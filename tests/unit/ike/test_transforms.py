@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from scapy.contrib import ikev2 as scapy_ikev2
-from support.paths import load_vectors
 
 from ipsecemu.dataplane.api import ESP_ENCR, ESP_INTEG
 from ipsecemu.ike import transforms as T
+
+from support.paths import load_vectors
 
 # our keyword -> IANA registry name (the vector file holds the IDs)
 ENCR_IANA = {

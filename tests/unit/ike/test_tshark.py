@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.utils import wrpcap
-from support.ike_pair import pair
 
 from ipsecemu.ike.states import IkeState
 from ipsecemu.pcap.uat import IkeSaRow, format_ikev2_table
+
+from support.ike_pair import pair
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 

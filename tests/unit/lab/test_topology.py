@@ -7,10 +7,11 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from support.paths import REPO  # noqa: E402
 
 from ipsecemu.lab import topology
 from ipsecemu.lab.topology import TopologyError
+
+from support.paths import REPO  # noqa: E402
 
 ER = REPO / "netns-labs" / "er-vwan.yaml"
 PAIR = REPO / "netns-labs" / "pair.yaml"

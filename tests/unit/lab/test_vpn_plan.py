@@ -11,12 +11,13 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
-from support.paths import REPO  # noqa: E402
 
 from ipsecemu.gateway import config as gwconfig
 from ipsecemu.lab import svc_vpn, topology
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.lab.state import LabState
+
+from support.paths import REPO  # noqa: E402
 
 ER = REPO / "netns-labs" / "er-vwan.yaml"
 ER_SS = REPO / "netns-labs" / "er-vwan-strongswan.yaml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.mka import CKN, Lan, assert_traffic, converged, make
 
 from ipsecemu.macsec.mka import InstallRxSa, InstallTxSa, kdf
 from ipsecemu.macsec.mka.mkpdu import (
@@ -20,6 +19,8 @@ from ipsecemu.macsec.mka.mkpdu import (
     parse_frame,
     verify,
 )
+
+from support.mka import CKN, Lan, assert_traffic, converged, make
 
 u32 = st.integers(0, 0xFFFFFFFF)
 mi = st.binary(min_size=12, max_size=12)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from support.paths import load_vectors
 
 from ipsecemu.macsec.mka import kdf
+
+from support.paths import load_vectors
 
 CMAC = load_vectors("aes_cmac_rfc4493_4494_4615.json")["vectors"]
 KW = load_vectors("aes_keywrap_rfc3394.json")["vectors"]

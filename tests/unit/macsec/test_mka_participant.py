@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from support.mka import CAK, CIPHERS, CKN, DP, Lan, Node, assert_traffic, converged, mac, make, seeded
 
 from ipsecemu.dataplane.api import ConfigError, Verdict
 from ipsecemu.macsec.mka import (
@@ -23,6 +22,8 @@ from ipsecemu.macsec.mka import (
     RemoveSa,
 )
 from ipsecemu.macsec.mka.mkpdu import parse_frame
+
+from support.mka import CAK, CIPHERS, CKN, DP, Lan, Node, assert_traffic, converged, mac, make, seeded
 
 
 @pytest.mark.parametrize(("cipher", "include_sci"), list(itertools.product(CIPHERS, [True, False])))

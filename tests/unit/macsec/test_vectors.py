@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from support.paths import load_vectors
 
 from ipsecemu.dataplane.api import MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.macsec.reference import MacsecRx, MacsecTx
 from ipsecemu.macsec.sectag import parse
 from ipsecemu.macsec.xpn import xpn_iv
+
+from support.paths import load_vectors
 
 ANNEX_C = load_vectors("macsec_gcm_aes_annex_c.json")["vectors"]
 DPDK = load_vectors("macsec_dpdk_extra.json")["vectors"]

@@ -10,6 +10,7 @@ import sysconfig
 import textwrap
 
 import pytest
+
 from support.paths import REPO  # noqa: E402
 
 C_PATH_TESTS = ["unit/native/test_abi.py", "unit/native/test_vectors.py", "unit/native/test_bad_input.py",

@@ -7,9 +7,10 @@ import hashlib
 import hmac
 
 import pytest
-from support.paths import load_vectors
 
 from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
+
+from support.paths import load_vectors
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
 ffi, lib = native.ffi, native.lib

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from scapy.utils import RawPcapReader
-from support.paths import VECTORS
 
 from ipsecemu.cli import cli
 from ipsecemu.pcap.uat import EspSaRow, write_esp_sa
+
+from support.paths import VECTORS
 
 CAPTURES = VECTORS / "captures"
 ESP_CAPTURES = ["02-sunrise-sunset-esp", "08-sunrise-sunset-aes", "08-sunrise-sunset-esp2", "espudp1"]

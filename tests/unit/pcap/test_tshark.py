@@ -14,12 +14,13 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 from scapy.utils import RawPcapWriter
-from support.paths import VECTORS
 
 from ipsecemu.dataplane import backend
 from ipsecemu.dataplane.api import EspSaConfig, Verdict
 from ipsecemu.esp import framing
 from ipsecemu.pcap.uat import IkeSaRow, esp_row, write_esp_sa, write_ikev2_table
+
+from support.paths import VECTORS
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 CAPTURES = VECTORS / "captures"
