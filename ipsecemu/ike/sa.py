@@ -192,6 +192,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self._rekeying_ike = False
         # simultaneous IKE rekey: (the peer's new SA, the lowest nonce of its exchange)
         self._ike_collision: tuple[IkeSa, bytes] | None = None
+        self._collision_of: IkeSa | None = None  # the peer's new SA of a collision: the old SA
         self._redundant = False  # the losing new SA of a simultaneous IKE rekey
         self._redundant_deadline: float | None = None  # we delete it then if the peer has not
         self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
@@ -593,6 +594,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._send_response(msg, [m.Notification(Notify.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([crit[0].ptype]))],
                                 addr, local)
             return
+        if self._redundant and self.state == IkeState.ESTABLISHED:
+            self._peer_uses_new_sa(msg, now)  # may decide a simultaneous IKE rekey for this SA
         try:
             if msg.exchange == Exchange.IKE_AUTH:
                 self._recv_auth_request(msg, addr, local, now)

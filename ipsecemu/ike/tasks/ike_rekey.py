@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import crypto
 from .. import message as m
-from ..consts import Exchange, Notify
+from ..consts import Exchange, Notify, Protocol
 from ..errors import RemoteProtocolError
 from ..events import (
     IkeSaRekeyed,
@@ -51,10 +51,13 @@ class IkeRekeyTask:
                                ke: crypto.KeyExchange) -> None:
         self._rekeying_ike = False
         collision, self._ike_collision = self._ike_collision, None
-        if collision is not None and msg.first(m.SA) is None:
+        # the peer's crossing rekey already took over (it used its new SA: _peer_uses_new_sa)
+        lost_already = collision is None and self.successor is not None
+        if (collision is not None or lost_already) and msg.first(m.SA) is None:
             # our request was refused but the peer's rekey went through: it is the survivor
-            self._collision_survivor(collision[0], now)
-            self._count("rekey_collision_lost")
+            if collision is not None:
+                self._collision_survivor(collision[0], now)
+                self._count("rekey_collision_lost")
             return
         bad_ke = msg.notify(Notify.INVALID_KE_PAYLOAD)
         if bad_ke is not None:
@@ -80,11 +83,12 @@ class IkeRekeyTask:
         except RemoteProtocolError:
             self._count("rekey_failed")
             return
-        if collision is not None and min(ni, nonce.data) < collision[1]:
+        if lost_already or (collision is not None and min(ni, nonce.data) < collision[1]):
             # our exchange has the lowest nonce: our new SA is redundant, we delete it; the peer
             # deletes the old one
             ours = self._spawn(now, True, new_spi, props[0].spi, ni, nonce.data, gir, props[0], collision=True)
-            self._collision_survivor(collision[0], now)
+            if collision is not None:
+                self._collision_survivor(collision[0], now)
             ours.delete(now)
             self._count("rekey_collision_lost")
             return
@@ -128,7 +132,23 @@ class IkeRekeyTask:
         new = self._spawn(now, False, chosen.spi, my_spi, nonce.data, nr, gir, chosen, collision=collision)
         if collision:
             self._ike_collision = (new, min(nonce.data, nr))
+            new._collision_of = self
             self._count("rekey_collision")
+
+    def _peer_uses_new_sa(self, msg: m.Message, now: float) -> None:
+        """A request on the peer's new SA while our half of a simultaneous rekey is unanswered.
+        The peer only uses its new SA once it is the survivor for it (RFC 7296 2.8.2: it won on
+        nonces, or it never saw our request and refuses or never answers it), so the collision
+        is decided: the Child SAs move here now and the request (a Child SA Delete, a rekey...)
+        sees them.  A Delete of this IKE SA itself is the peer retiring its losing SA instead."""
+        old = self._collision_of
+        if old is None or old._ike_collision is None or old._ike_collision[0] is not self:
+            return
+        if any(d.protocol == Protocol.IKE for d in msg.get(m.Delete)):
+            return
+        old._ike_collision = None
+        old._collision_survivor(self, now)
+        old._count("rekey_collision_lost")
 
     def _collision_survivor(self, new: Any, now: float) -> None:
         """A simultaneous rekey ended with the peer's new SA as the survivor: the Child SAs move

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ipsecemu.ike.errors import LocalProtocolError
@@ -26,6 +26,9 @@ def live(ep):
 @given(st.lists(st.tuples(st.sampled_from(OPS), st.booleans(), st.floats(0, 6)), min_size=1, max_size=25),
        st.integers(0, 2**32), st.sampled_from([0.0, 0.2, 0.5]), st.sampled_from(["aes128gcm16", "aes128gcm16-ecp256"]),
        st.booleans())
+# simultaneous IKE rekeys (RFC 7296 2.8.2) then a Child SA delete under loss: A kept a Child SA B deleted
+@example(ops=[("rekey_ike", True, 0.0), ("rekey_ike", False, 0.0), ("delete_child", False, 0.0)], seed=72,
+         loss=0.5, esp="aes128gcm16", natted=False)
 def test_peers_agree_after_chaos(ops: list, seed: int, loss: float, esp: str, natted: bool) -> None:
     a, b, net = pair("aes128gcm16-prfsha256-ecp256", esp,
                      a_kw={"child_lifetime_s": 0.0, "ike_lifetime_s": 0.0},
