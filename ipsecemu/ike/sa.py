@@ -259,8 +259,9 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         if p is not None and now >= p.next_at:
             if p.tries >= self.config.retransmit_tries:
-                if self._ike_collision is not None:
+                if self._ike_collision is not None and self._ike_collision[0].state != IkeState.CLOSED:
                     # our half of a simultaneous rekey never got an answer: the peer's new SA stays
+                    # (unless the peer already retired it as the loser: then nothing survives here)
                     self._collision_survivor(self._ike_collision[0], now)
                     self._ike_collision = None
                     self._close(now, "rekeyed", quiet_children=True)
