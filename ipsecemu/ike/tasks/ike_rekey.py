@@ -6,7 +6,9 @@ SAs exist on both sides and the one whose exchange has the lowest of the four no
 creator deletes it; the creator of the survivor deletes the old SA.  The Child SAs end up on the
 survivor on both sides, and the loser's ``IkeSaDeleted`` says "rekeyed" (nothing was lost).  The
 loser's ``IkeSaRekeyed`` is never announced by the side that created it.  A Delete for the IKE
-SA while we rekey it simply wins (the SA is gone; our rekey with it).
+SA while we rekey it simply wins (the SA is gone; our rekey with it).  Any other request on the
+peer's new SA before our answer is in decides the collision for that SA: the peer uses it only as
+the survivor (it won, or never saw our request), and the request must find the Child SAs there.
 
 A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
