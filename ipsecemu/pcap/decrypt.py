@@ -487,13 +487,15 @@ def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[E
             failed = summary.failed
             failures = len(summary.failures)
             out = dec.process(n, linktype, rec.data)
-            if out is None and summary.failed > failed and rec.wirelen > len(rec.data):
-                # cut by the snaplen: no verdict possible; copied unchanged and reported once below
-                summary.failed -= 1
-                del summary.failures[failures:]
+            if rec.wirelen > len(rec.data) and (out is rec.data or summary.failed > failed):
+                # cut by the snaplen and not decrypted: no verdict is possible on a partial frame;
+                # copied unchanged and reported once (with a count) below, not as a failure each
+                if out is None:
+                    summary.failed -= 1
+                    del summary.failures[failures:]
+                    summary.passed += 1
+                    out = rec.data
                 summary.truncated += 1
-                summary.passed += 1
-                out = rec.data
             if out is not None:
                 writer.write(rec, out, out is rec.data)
         if summary.truncated:
