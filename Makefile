@@ -76,7 +76,8 @@ FUZZ_PY_TARGETS := ike_message ike_endpoint mka pcap_decrypt config_loaders
 fuzz-python: venv
 	@set -e; for t in $(FUZZ_PY_TARGETS); do \
 		mkdir -p build/fuzz/$$t; echo "fuzz-python: $$t ($(FUZZ_SECONDS) s)"; \
-		nice $(PY) tests/fuzz/fuzz_$$t.py build/fuzz/$$t tests/fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+		dict=; test -f tests/fuzz/dicts/$$t.dict && dict=-dict=tests/fuzz/dicts/$$t.dict; \
+		nice $(PY) tests/fuzz/fuzz_$$t.py build/fuzz/$$t tests/fuzz/corpus/$$t $$dict -max_total_time=$(FUZZ_SECONDS) \
 			-timeout=1 -rss_limit_mb=2048 -artifact_prefix=build/fuzz/$$t- -print_final_stats=1 2>&1 \
 			| grep -E '^(#[0-9]+ +(INITED|DONE)|stat::|==[0-9]+== ERROR|=== Uncaught|Traceback|  File|[A-Za-z]+Error)' ; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "fuzz-python: finding in $$t (see build/fuzz/$$t-*)"; exit 1; }; \
