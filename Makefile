@@ -77,3 +77,19 @@ bench-macsec: deps build
 
 clean:
 	rm -rf $(VENV) build native/out ipsecemu/dataplane/_native*.so *.egg-info
+
+# Coverage-guided Python fuzzing (atheris): each harness of tests/fuzz for FUZZ_SECONDS, seeded
+# from tests/fuzz/corpus/<target>; new inputs go to build/fuzz/<target>, a finding (exception,
+# or an input slower than 1 s) stops the run, leaves build/fuzz/crash-* and fails the target.
+FUZZ_SECONDS ?= 30
+FUZZ_PY_TARGETS := ike_message ike_endpoint mka pcap_decrypt config_loaders
+.PHONY: fuzz-python
+fuzz-python: venv
+	@set -e; for t in $(FUZZ_PY_TARGETS); do \
+		mkdir -p build/fuzz/$$t; echo "fuzz-python: $$t ($(FUZZ_SECONDS) s)"; \
+		dict=; test -f tests/fuzz/dicts/$$t.dict && dict=-dict=tests/fuzz/dicts/$$t.dict; \
+		nice $(PY) tests/fuzz/fuzz_$$t.py build/fuzz/$$t tests/fuzz/corpus/$$t $$dict -max_total_time=$(FUZZ_SECONDS) \
+			-timeout=1 -rss_limit_mb=2048 -artifact_prefix=build/fuzz/$$t- -print_final_stats=1 2>&1 \
+			| grep -E '^(#[0-9]+ +(INITED|DONE)|stat::|==[0-9]+== ERROR|=== Uncaught|Traceback|  File|[A-Za-z]+Error)' ; \
+		test $${PIPESTATUS[0]} -eq 0 || { echo "fuzz-python: finding in $$t (see build/fuzz/$$t-*)"; exit 1; }; \
+	done

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from .settings import Identity, IkeSaConfig
 from .states import IkeState
 
 Rng = Callable[[int], bytes]
+_log = logging.getLogger("ipsecemu.ike")
 
 
 class IkeEndpoint:
@@ -39,11 +41,25 @@ class IkeEndpoint:
         self.sas: dict[bytes, IkeSa] = {}  # our SPI -> SA
         self._half_open: dict[tuple[bytes, Addr], IkeSa] = {}  # (SPIi, peer) -> responder SA
         self.counters: dict[str, int] = {}
+        self.last_internal_error: Exception | None = None  # see receive_datagram
 
     # --- the five driving calls -------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float, local: Addr | None = None) -> None:
-        local = local or self.local
+        try:
+            self._receive(data, addr, now, local or self.local)
+        except Exception as exc:  # noqa: BLE001 - last resort; the SAs already turn peer errors into drops
+            # Anything reaching here is a bug in the core (the fuzz harnesses fail on it): a counted
+            # drop and a log line without traceback, never a traceback per datagram from a peer.
+            self._count("internal_error")
+            self.last_internal_error = exc
+            n = self.counters["internal_error"]
+            if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the log
+                _log.error("IKE datagram from %s dropped: internal error %s: %s (%d so far)",
+                           addr[0], type(exc).__name__, exc, n)
+            self._housekeeping()
+
+    def _receive(self, data: bytes, addr: Addr, now: float, local: Addr) -> None:
         try:
             msg = m.decode_header(data)
         except ParseError as exc:

@@ -273,14 +273,15 @@ def _decode_ts(ptype: int, data: bytes) -> TS:
         if pos + 8 > len(data):
             raise ParseError("truncated traffic selector")
         ts_type, proto, slen, sp, ep = struct.unpack_from("!BBHHH", data, pos)
+        # the length check comes first: an address built from a short slice raises AddressValueError
+        if pos + slen > len(data):
+            raise ParseError("traffic selector exceeds payload")
         if ts_type == TsType.IPV4_ADDR_RANGE and slen == 16:
             a, b = ipaddress.IPv4Address(data[pos + 8 : pos + 12]), ipaddress.IPv4Address(data[pos + 12 : pos + 16])
         elif ts_type == TsType.IPV6_ADDR_RANGE and slen == 40:
             a, b = ipaddress.IPv6Address(data[pos + 8 : pos + 24]), ipaddress.IPv6Address(data[pos + 24 : pos + 40])
         else:
             raise ParseError(f"unsupported traffic selector type {ts_type} / length {slen}")
-        if pos + slen > len(data):
-            raise ParseError("traffic selector exceeds payload")
         sels.append(TrafficSelector(a, b, proto, sp, ep))
         pos += slen
     if pos != len(data):

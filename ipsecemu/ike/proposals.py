@@ -316,9 +316,13 @@ def check_selected(offered: list[Proposal], answer: Proposal) -> bool:
     if len(types) != len(set(types)):
         return False
     allowed = _normalized(mine)
+    encr = answer.of_type(TransformType.ENCR)
+    aead = bool(encr) and isinstance(encr[0].alg, EncrAlg) and encr[0].alg.aead  # type: ignore[union-attr]
     for t in answer.transforms:
         if t.type == TransformType.INTEG and t.id == 0:
-            continue
+            if aead:
+                continue  # INTEG NONE is what an AEAD cipher means; a classic cipher needs one
+            return False
         if t.type == TransformType.KE and t.id == 0 and TransformType.KE not in allowed:
             continue
         if t not in allowed.get(t.type, []):

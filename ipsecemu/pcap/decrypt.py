@@ -86,11 +86,15 @@ class Summary:
     passed: int = 0  # copied through unchanged
     dummy: int = 0  # ESP TFC dummy packets (next header 59): nothing to write
     no_key: int = 0  # ESP/MACsec frames passed through for lack of a key
+    truncated: int = 0  # cut by the capture's snaplen and not decryptable: copied unchanged
+    clamped: int = 0  # timestamps past the classic pcap limit (2106), written as the limit
+    written: int = 0  # records in the output file
     failures: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         extra = f", TFC dummies dropped: {self.dummy}" if self.dummy else ""
+        extra += f", truncated by snaplen: {self.truncated}" if self.truncated else ""
         nokey = f" ({self.no_key} encrypted without a key)" if self.no_key else ""
         return (f"frames read: {self.frames}, decrypted: {self.decrypted} (ESP layers: {self.esp}, "
                 f"MACsec layers: {self.macsec}), failed: {self.failed}, "
@@ -417,15 +421,31 @@ def _output_linktype(linktype: int) -> int:
 class _PcapWriter:
     """Classic little-endian pcap, written directly so timestamps are kept bit for bit."""
 
-    def __init__(self, f: BinaryIO, linktype: int, nano: bool) -> None:
+    # Classic pcap has 32-bit seconds (up to 2106); a pcapng record can be later.  Such a
+    # timestamp is clamped to the last representable instant and counted (a warning names the
+    # count) rather than switching the output format: every record read is still written.
+    MAX_SEC = 0xFFFFFFFF
+
+    def __init__(self, f: BinaryIO, linktype: int, nano: bool, summary: Summary) -> None:
         self._f = f
+        self._summary = summary
+        self._frac_max = 999_999_999 if nano else 999_999
         magic = 0xA1B23C4D if nano else 0xA1B2C3D4
-        f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
+        f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype & 0xFFFFFFFF))
 
     def write(self, rec: _Record, data: bytes, unchanged: bool) -> None:
-        wirelen = rec.wirelen if unchanged else len(data)
-        self._f.write(struct.pack("<IIII", rec.sec, rec.frac, len(data), wirelen))
-        self._f.write(data)
+        sec, frac = rec.sec, rec.frac
+        if not 0 <= sec <= self.MAX_SEC:
+            self._summary.clamped += 1
+            sec, frac = (self.MAX_SEC, self._frac_max) if sec > 0 else (0, 0)
+        frac = min(max(frac, 0), self._frac_max)
+        wirelen = min(max(rec.wirelen, len(data)), 0xFFFFFFFF) if unchanged else len(data)
+        try:
+            self._f.write(struct.pack("<IIII", sec, frac, len(data), wirelen))
+            self._f.write(data)
+        except OSError as exc:
+            raise DecryptError(f"cannot write the output: {exc.strerror or exc}") from None
+        self._summary.written += 1
 
 
 def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[EspSaRow] = (),
@@ -441,26 +461,47 @@ def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[E
     except OSError as exc:
         raise DecryptError(f"cannot write {out_path}: {exc.strerror or exc}") from None
     with f:
-        writer = _PcapWriter(f, out_lt, nano)
+        summary = dec.summary
+        writer = _PcapWriter(f, out_lt, nano, summary)
         n = 0
-        try:
-            for rec in records:
-                n += 1
-                if rec.linktype != linktype:
-                    dec.summary.warnings.append(
-                        f"frame {n}: link type {rec.linktype} differs from the first frame's ({linktype}); "
-                        "copied unchanged")
-                    dec.summary.frames += 1
-                    dec.summary.passed += 1
-                    writer.write(rec, rec.data, True)
-                    continue
-                out = dec.process(n, linktype, rec.data)
-                if out is not None:
-                    writer.write(rec, out, out is rec.data)
-        except Exception as exc:  # a corrupt record mid-file: keep what was decrypted so far
-            from scapy.error import Scapy_Exception
-
-            if not isinstance(exc, Scapy_Exception | EOFError | struct.error | OSError | ValueError):
-                raise
-            dec.summary.warnings.append(f"capture unreadable after frame {n}: {exc}")
+        it = iter(records)
+        while True:
+            # only reading may stop the loop (a corrupt record mid-file: keep what was read so
+            # far); a frame that was read is always written, or counted as failed / TFC dummy
+            try:
+                rec = next(it, None)
+            except Exception as exc:  # noqa: BLE001 - scapy raises assorted errors on corrupt blocks
+                summary.warnings.append(f"capture unreadable after frame {n}: {type(exc).__name__}: {exc}")
+                break
+            if rec is None:
+                break
+            n += 1
+            if rec.linktype != linktype:
+                summary.warnings.append(
+                    f"frame {n}: link type {rec.linktype} differs from the first frame's ({linktype}); "
+                    "copied unchanged")
+                summary.frames += 1
+                summary.passed += 1
+                writer.write(rec, rec.data, True)
+                continue
+            failed = summary.failed
+            failures = len(summary.failures)
+            out = dec.process(n, linktype, rec.data)
+            if rec.wirelen > len(rec.data) and (out is rec.data or summary.failed > failed):
+                # cut by the snaplen and not decrypted: no verdict is possible on a partial frame;
+                # copied unchanged and reported once (with a count) below, not as a failure each
+                if out is None:
+                    summary.failed -= 1
+                    del summary.failures[failures:]
+                    summary.passed += 1
+                    out = rec.data
+                summary.truncated += 1
+            if out is not None:
+                writer.write(rec, out, out is rec.data)
+        if summary.truncated:
+            summary.warnings.append(f"truncated by snaplen: {summary.truncated} frame(s) could not be "
+                                    "decrypted and were copied unchanged")
+        if summary.clamped:
+            summary.warnings.append(f"{summary.clamped} timestamp(s) after 2106 do not fit a pcap file; "
+                                    "written as 2106-02-07 06:28:15")
     return dec.summary

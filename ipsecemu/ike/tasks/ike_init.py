@@ -154,6 +154,11 @@ class IkeInitTask:
         sa, ke, nonce = msg.first(m.SA), msg.first(m.KE), msg.first(m.Nonce)
         props = from_wire(sa.proposals) if sa else []
         if not (sa and ke and nonce) or len(props) != 1 or not check_selected(self.config.ike_proposals, props[0]):
+            # e.g. INTEG NONE for a classic cipher: not something we offered (RFC 7296 section 2.7)
+            self.last_error = ("IKE_SA_INIT response: the selected proposal is not one we offered"
+                               if sa and ke and nonce and len(props) == 1
+                               else "IKE_SA_INIT response without exactly one SA proposal, KE and Nonce")
+            self._count("bad_sa_init_response")
             self._close(now, "failed", Notify.INVALID_SYNTAX)
             return
         chosen = props[0]
@@ -171,7 +176,12 @@ class IkeInitTask:
         except RemoteProtocolError as exc:
             self._close(now, "failed", exc.notify)
             return
-        self._derive_keys(gir)
+        try:
+            self._derive_keys(gir)
+        except RemoteProtocolError as exc:
+            self.last_error = f"IKE_SA_INIT response: {exc}"
+            self._close(now, "failed", exc.notify or Notify.NO_PROPOSAL_CHOSEN)
+            return
         self._check_natd(msg, self.spi_r, addr, local)
         if self.encap:
             self._float(addr, local)
@@ -190,9 +200,11 @@ class IkeInitTask:
         try:
             msg.payloads = m.decode_payloads(data[16], data[m.HEADER_LEN:])
         except ParseError as exc:
-            if exc.notify == Notify.UNSUPPORTED_CRITICAL_PAYLOAD:
-                self._send_plain(m.Message(self.spi_i, bytes(8), Exchange.IKE_SA_INIT, 0, False, True,
-                                           [m.Notification(exc.notify, exc.notify_data)]), addr, local)
+            # RFC 7296 2.21.1: the (unprotected) answer to a request we cannot parse; no state is kept
+            self._send_plain(m.Message(self.spi_i, bytes(8), Exchange.IKE_SA_INIT, 0, False, True,
+                                       [m.Notification(exc.notify or Notify.INVALID_SYNTAX, exc.notify_data)]),
+                             addr, local)
+            self.last_error = f"IKE_SA_INIT request: {exc}"
             self._count("parse_error")
             self._discard()
             return
