@@ -38,6 +38,7 @@
 struct ie_loop {
     ie_loop_cfg cfg;
     ie_io io;                /* libc, or a test's/fuzzer's stand-in (loop_io.h) */
+    ie_devout tun;           /* writes to tun, counted in st */
     int own_fds;             /* 0: made by ie_loop_new_io, the fds are not ours to reconfigure */
     ie_esp_out *out;
     ie_esp_table *in;
@@ -49,10 +50,7 @@ struct ie_loop {
     struct sockaddr_storage peer;
     socklen_t peer_len;
     uint32_t stride;
-    uint8_t *txmem, *rxmem, *txv, *rxv;
-    ie_pkt *txp, *rxp;
-    struct mmsghdr *txm, *rxm;
-    struct iovec *txiov, *rxiov;
+    ie_batch b;              /* tx/rx slots, verdicts, packets, messages */
     struct sockaddr_storage *rxaddr;
     uint8_t *txctl, *rxctl;  /* one cmsg buffer per message: UDP_SEGMENT out, UDP_GRO in */
     uint32_t rstride;        /* receive slot: a whole GRO train with UDP GRO, else one datagram */
@@ -117,30 +115,20 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
         return IE_S_ENOMEM;
     l->cfg = *cfg;
     l->io = *io;
+    l->tun = (ie_devout){&l->io, cfg->tun_fd, &l->st.esp_ok, &l->st.tun_tx_errors};
     l->out = out;
     l->in = in;
     n = cfg->batch;
     l->stride = IE_ESP_HEADROOM + cfg->mtu + IE_ESP_TAILROOM;
-    l->txmem = malloc((size_t)n * l->stride);
-    l->txv = calloc(n, 1);
-    l->rxv = calloc(n, 1);
-    l->txp = calloc(n, sizeof *l->txp);
-    l->rxp = calloc(n, sizeof *l->rxp);
-    l->txm = calloc(n, sizeof *l->txm);
-    l->rxm = calloc(n, sizeof *l->rxm);
-    l->txiov = calloc(n, sizeof *l->txiov);
-    l->rxiov = calloc(n, sizeof *l->rxiov);
-    l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->gro = gro;
     l->gso = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GSO);
     l->rstride = l->gro ? 65536 : l->stride;
-    l->rxmem = malloc((size_t)n * l->rstride);
+    l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->txctl = calloc(n, CTL_SPACE);
     l->vin = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
     l->coal = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
     l->rxctl = calloc(n, CTL_SPACE);
-    if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
-        !l->txiov || !l->rxiov || !l->rxaddr || !l->txctl || !l->rxctl ||
+    if (!ie_batch_init(&l->b, n, l->stride, l->rstride) || !l->rxaddr || !l->txctl || !l->rxctl ||
         (cfg->tun_vnet && (!l->vin || !l->coal)) ||
         !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
@@ -181,14 +169,8 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     *loop = NULL;
     if (!cfg)
         return IE_S_EINVAL;
-    /* a vnet header must be expected exactly when the tun has one */
-    {
-        struct ifreq ifr;
-        memset(&ifr, 0, sizeof ifr);
-        if (ioctl(cfg->tun_fd, TUNGETIFF, &ifr) == 0 ? !!(ifr.ifr_flags & IFF_VNET_HDR) != !!cfg->tun_vnet
-                                                     : cfg->tun_vnet)
-            return IE_S_EINVAL;
-    }
+    if (!ie_vnet_matches(cfg->tun_fd, cfg->tun_vnet))  /* a vnet header exactly when the tun has one */
+        return IE_S_EINVAL;
     /* the batch read stops at EAGAIN, so tun must not block */
     {
         int fl = fcntl(cfg->tun_fd, F_GETFL);
@@ -219,16 +201,7 @@ void ie_loop_free(ie_loop *l)
 {
     if (!l)
         return;
-    free(l->txmem);
-    free(l->rxmem);
-    free(l->txv);
-    free(l->rxv);
-    free(l->txp);
-    free(l->rxp);
-    free(l->txm);
-    free(l->rxm);
-    free(l->txiov);
-    free(l->rxiov);
+    ie_batch_free(&l->b);
     free(l->rxaddr);
     free(l->txctl);
     free(l->rxctl);
@@ -241,6 +214,16 @@ void ie_loop_free(ie_loop *l)
     if (l->mu_ok)
         pthread_mutex_destroy(&l->mu);
     free(l);
+}
+
+static int step(void *l, int timeout_ms)
+{
+    return ie_loop_step(l, timeout_ms);
+}
+
+int ie_loop_run(ie_loop *l)
+{
+    return ie_run_until_stopped(&l->stop, step, l, l->cfg.poll_ms);
 }
 
 void ie_loop_stop(ie_loop *l)
@@ -311,8 +294,8 @@ static uint32_t tun_read_vnet(ie_loop *l)
     uint32_t n = 0;
 
     while (n < l->cfg.batch) {
-        uint8_t *buf = l->txmem + (size_t)n * l->stride, *data = buf + IE_ESP_HEADROOM;
-        ie_pkt *p = &l->txp[n];
+        uint8_t *buf = l->b.txmem + (size_t)n * l->stride, *data = buf + IE_ESP_HEADROOM;
+        ie_pkt *p = &l->b.txp[n];
         uint32_t len;
         if (l->tso.active) {
             len = ie_tso_next(&l->tso, data);
@@ -350,11 +333,7 @@ static uint32_t tun_read_vnet(ie_loop *l)
             }
             len = plen;
         }
-        memset(p, 0, sizeof *p);
-        p->buf = buf;
-        p->off = IE_ESP_HEADROOM;
-        p->len = len;
-        p->cap = l->stride;
+        ie_pkt_init(p, buf, IE_ESP_HEADROOM, len, l->stride);
         p->next_header = (data[0] >> 4) == 6 ? 41 : 4;
         n++;
     }
@@ -385,8 +364,8 @@ static int tun_to_udp(ie_loop *l)
     if (l->vin)
         n = tun_read_vnet(l);
     while (!l->vin && n < l->cfg.batch) {
-        ie_pkt *p = &l->txp[n];
-        uint8_t *buf = l->txmem + (size_t)n * l->stride;
+        ie_pkt *p = &l->b.txp[n];
+        uint8_t *buf = l->b.txmem + (size_t)n * l->stride;
         /* one byte more than the MTU (the tailroom has it) tells an oversized packet apart */
         ssize_t r = l->io.read(l->cfg.tun_fd, buf + IE_ESP_HEADROOM, (size_t)l->cfg.mtu + 1);
         if (r <= 0)
@@ -396,38 +375,34 @@ static int tun_to_udp(ie_loop *l)
             l->st.encap_drop++;
             continue;
         }
-        memset(p, 0, sizeof *p);
-        p->buf = buf;
-        p->off = IE_ESP_HEADROOM;
-        p->len = (uint32_t)r;
-        p->cap = l->stride;
+        ie_pkt_init(p, buf, IE_ESP_HEADROOM, (uint32_t)r, l->stride);
         p->next_header = (buf[IE_ESP_HEADROOM] >> 4) == 6 ? 41 : 4;  /* IPv6 / IPv4 in tunnel mode */
         n++;
     }
     if (!n)
         return 0;
     l->st.tun_rx += n;
-    ie_esp_encap(l->out, l->txp, n, l->txv);
+    ie_esp_encap(l->out, l->b.txp, n, l->b.txv);
     /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
      * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
     for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
-        uint32_t len = l->txp[i].len;
-        if (l->txv[i] != IE_OK) {
+        uint32_t len = l->b.txp[i].len;
+        if (l->b.txv[i] != IE_OK) {
             l->st.encap_drop++;
             continue;
         }
-        l->txiov[k].iov_base = l->txp[i].buf + l->txp[i].off;
-        l->txiov[k].iov_len = len;
-        if (l->gso && !closed && len <= seg && l->txm[m - 1].msg_hdr.msg_iovlen < GSO_MAX_SEGS &&
-            (l->txm[m - 1].msg_hdr.msg_iovlen + 1) * seg <= GSO_MAX_BYTES) {
-            l->txm[m - 1].msg_hdr.msg_iovlen++;
+        l->b.txiov[k].iov_base = l->b.txp[i].buf + l->b.txp[i].off;
+        l->b.txiov[k].iov_len = len;
+        if (l->gso && !closed && len <= seg && l->b.txm[m - 1].msg_hdr.msg_iovlen < GSO_MAX_SEGS &&
+            (l->b.txm[m - 1].msg_hdr.msg_iovlen + 1) * seg <= GSO_MAX_BYTES) {
+            l->b.txm[m - 1].msg_hdr.msg_iovlen++;
             closed = len < seg;
         } else {
-            memset(&l->txm[m], 0, sizeof l->txm[m]);
-            l->txm[m].msg_hdr.msg_iov = &l->txiov[k];
-            l->txm[m].msg_hdr.msg_iovlen = 1;
-            l->txm[m].msg_hdr.msg_name = l->connected ? NULL : &l->peer;
-            l->txm[m].msg_hdr.msg_namelen = l->connected ? 0 : l->peer_len;
+            memset(&l->b.txm[m], 0, sizeof l->b.txm[m]);
+            l->b.txm[m].msg_hdr.msg_iov = &l->b.txiov[k];
+            l->b.txm[m].msg_hdr.msg_iovlen = 1;
+            l->b.txm[m].msg_hdr.msg_name = l->connected ? NULL : &l->peer;
+            l->b.txm[m].msg_hdr.msg_namelen = l->connected ? 0 : l->peer_len;
             seg = len;
             closed = 0;
             m++;
@@ -435,7 +410,7 @@ static int tun_to_udp(ie_loop *l)
         k++;
     }
     for (i = 0; i < m; i++) {
-        struct msghdr *mh = &l->txm[i].msg_hdr;
+        struct msghdr *mh = &l->b.txm[i].msg_hdr;
         if (mh->msg_iovlen > 1) {
             struct cmsghdr *c = (struct cmsghdr *)(l->txctl + (size_t)i * CTL_SPACE);
             c->cmsg_level = SOL_UDP;
@@ -447,11 +422,11 @@ static int tun_to_udp(ie_loop *l)
         }
     }
     for (i = 0, retried = 0; i < m;) {
-        int s = l->io.sendmmsg(l->cfg.udp_fd, l->txm + i, m - i, 0), e = errno;
+        int s = l->io.sendmmsg(l->cfg.udp_fd, l->b.txm + i, m - i, 0), e = errno;
         if (s > 0) {
             for (; s > 0; s--, i++) {
-                l->st.esp_tx += l->txm[i].msg_hdr.msg_iovlen;
-                l->st.udp_gso_trains += l->txm[i].msg_hdr.msg_iovlen > 1;
+                l->st.esp_tx += l->b.txm[i].msg_hdr.msg_iovlen;
+                l->st.udp_gso_trains += l->b.txm[i].msg_hdr.msg_iovlen > 1;
             }
             continue;
         }
@@ -462,17 +437,17 @@ static int tun_to_udp(ie_loop *l)
             retried = 1;
             continue;
         }
-        if (s < 0 && l->txm[i].msg_hdr.msg_iovlen > 1) {
+        if (s < 0 && l->b.txm[i].msg_hdr.msg_iovlen > 1) {
             /* the kernel refused the train (no GSO there, or it would need IP fragments): send
              * its datagrams one by one; stop trying GSO where the kernel/device lacks it */
             if (e == EIO || e == EOPNOTSUPP || e == ENOPROTOOPT || e == ENOTSUP)
                 l->gso = 0;
-            send_each(l, &l->txm[i].msg_hdr);
+            send_each(l, &l->b.txm[i].msg_hdr);
             i++;
             continue;
         }
         for (; i < m; i++)  /* a full socket buffer drops, like a NIC queue would */
-            l->st.send_errors += l->txm[i].msg_hdr.msg_iovlen;
+            l->st.send_errors += l->b.txm[i].msg_hdr.msg_iovlen;
     }
     return (int)n;
 }
@@ -514,74 +489,23 @@ static void to_ike(ie_loop *l, const struct sockaddr_storage *from, const uint8_
 /* ---- vnet tun, write side: consecutive segments of one TCP flow go to the kernel as one
  * super-packet (GRO in userspace), so forwarding and the receiving TCP see a few big packets ---- */
 
-static void tun_write(ie_loop *l, uint8_t *d, size_t len, uint32_t pkts)
-{
-    if (l->io.write(l->cfg.tun_fd, d, len) < 0)
-        l->st.tun_tx_errors += pkts;
-    else
-        l->st.esp_ok += pkts;
-}
-
-/* One decapsulated packet behind a zero vnet header, in place (the ESP header had room for it). */
-static void tun_write_plain(ie_loop *l, ie_pkt *p)
-{
-    uint8_t *d;
-
-    if (p->off < VNET_LEN) {
-        l->st.tun_tx_errors++;  /* cannot happen: ESP headers are >= 16 bytes */
-        return;
-    }
-    d = p->buf + p->off - VNET_LEN;
-    memset(d, 0, VNET_LEN);
-    tun_write(l, d, p->len + VNET_LEN, 1);
-}
-
-/* Write the run of coalescible segments out and start an empty one. */
-static void run_flush(ie_loop *l)
-{
-    ie_gro *g = &l->tcpgro;
-
-    if (g->n == 1) {
-        tun_write_plain(l, &l->rxp[g->tag[0]]);
-    } else if (g->n > 1) {
-        uint32_t len = ie_gro_build(g, l->coal);
-        l->st.tun_gro++;
-        tun_write(l, l->coal, len, g->n);
-    }
-    ie_gro_reset(g);
-}
-
 /* decap the k collected ESP datagrams; write each OK payload to tun (vnet tun: coalesced) */
 static void rx_flush(ie_loop *l, uint32_t k)
 {
     uint32_t i;
-    ie_tcp_seg s;
 
     if (!k)
         return;
-    ie_esp_decap(l->in, l->rxp, k, l->rxv);
+    ie_esp_decap(l->in, l->b.rxp, k, l->b.rxv);
     for (i = 0; i < k; i++) {
-        ie_pkt *p = &l->rxp[i];
-        uint8_t *d = p->buf + p->off;
-        if (l->rxv[i] != IE_OK) {
+        ie_pkt *p = &l->b.rxp[i];
+        if (l->b.rxv[i] != IE_OK)
             l->st.decap_drop++;
-            continue;
-        }
-        if (!l->vin) {
-            tun_write(l, d, p->len, 1);
-            continue;
-        }
-        if (!ie_tcp_seg_parse(d, p->len, 0, &s)) {
-            run_flush(l);  /* keep the order: what came before goes first */
-            tun_write_plain(l, p);
-            continue;
-        }
-        if (!ie_gro_add(&l->tcpgro, &s, i)) {
-            run_flush(l);
-            ie_gro_add(&l->tcpgro, &s, i);
-        }
+        else if (!l->vin)
+            ie_devout_write(&l->tun, p->buf + p->off, p->len, 1);
     }
-    run_flush(l);
+    if (l->vin)
+        l->st.tun_gro += ie_vnet_deliver(&l->tcpgro, l->coal, l->b.rxp, k, 0, ie_devout_write, &l->tun);
 }
 
 /* classify one datagram: IKE, keepalive, or ESP for the decap batch (flushed when full) */
@@ -606,10 +530,7 @@ static void rx_one(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d, 
         to_ike(l, from, d + 4, len - 4);
         return;
     }
-    memset(&l->rxp[*k], 0, sizeof l->rxp[*k]);
-    l->rxp[*k].buf = d;
-    l->rxp[*k].len = len;
-    l->rxp[*k].cap = len;  /* decap only shrinks */
+    ie_pkt_init(&l->b.rxp[*k], d, 0, len, len);  /* decap only shrinks */
     if (++*k == l->cfg.batch) {
         rx_flush(l, *k);
         *k = 0;
@@ -666,24 +587,24 @@ static int udp_to_tun(ie_loop *l)
     int r;
 
     for (i = 0; i < n; i++) {
-        l->rxiov[i].iov_base = l->rxmem + (size_t)i * l->rstride;
-        l->rxiov[i].iov_len = l->rstride;
-        memset(&l->rxm[i], 0, sizeof l->rxm[i]);
-        l->rxm[i].msg_hdr.msg_iov = &l->rxiov[i];
-        l->rxm[i].msg_hdr.msg_iovlen = 1;
-        l->rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
-        l->rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
+        l->b.rxiov[i].iov_base = l->b.rxmem + (size_t)i * l->rstride;
+        l->b.rxiov[i].iov_len = l->rstride;
+        memset(&l->b.rxm[i], 0, sizeof l->b.rxm[i]);
+        l->b.rxm[i].msg_hdr.msg_iov = &l->b.rxiov[i];
+        l->b.rxm[i].msg_hdr.msg_iovlen = 1;
+        l->b.rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
+        l->b.rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
         if (l->gro) {
-            l->rxm[i].msg_hdr.msg_control = l->rxctl + (size_t)i * CTL_SPACE;
-            l->rxm[i].msg_hdr.msg_controllen = CTL_SPACE;
+            l->b.rxm[i].msg_hdr.msg_control = l->rxctl + (size_t)i * CTL_SPACE;
+            l->b.rxm[i].msg_hdr.msg_controllen = CTL_SPACE;
         }
     }
-    r = recvmmsg(l->cfg.udp_fd, l->rxm, n, MSG_DONTWAIT, NULL);
+    r = recvmmsg(l->cfg.udp_fd, l->b.rxm, n, MSG_DONTWAIT, NULL);
     if (r <= 0)
         return 0;
     for (i = 0; i < (uint32_t)r; i++)
-        ie_loop_rx_msg(l, &l->rxaddr[i], l->rxiov[i].iov_base, l->rxm[i].msg_len,
-                       l->gro ? gro_size(&l->rxm[i].msg_hdr) : 0, !!(l->rxm[i].msg_hdr.msg_flags & MSG_TRUNC), &k);
+        ie_loop_rx_msg(l, &l->rxaddr[i], l->b.rxiov[i].iov_base, l->b.rxm[i].msg_len,
+                       l->gro ? gro_size(&l->b.rxm[i].msg_hdr) : 0, !!(l->b.rxm[i].msg_hdr.msg_flags & MSG_TRUNC), &k);
     rx_flush(l, k);
     return (int)((uint32_t)l->st.udp_rx - before);
 }
@@ -702,23 +623,9 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
     pthread_mutex_lock(&l->mu);
     if (pfd[1].revents & POLLERR)
         clear_sock_error(l);
-    if (pfd[0].revents & POLLIN || l->tso.active)
-        done += tun_to_udp(l);
-    if (pfd[1].revents & POLLIN)
-        done += udp_to_tun(l);
-    if (done)
-        l->st.batches++;
+    done = (pfd[0].revents & POLLIN || l->tso.active ? tun_to_udp(l) : 0) +
+           (pfd[1].revents & POLLIN ? udp_to_tun(l) : 0);
+    l->st.batches += done > 0;
     pthread_mutex_unlock(&l->mu);
     return done;
-}
-
-int ie_loop_run(ie_loop *l)
-{
-    while (!atomic_load(&l->stop)) {
-        int r = ie_loop_step(l, l->cfg.poll_ms > 0 ? l->cfg.poll_ms : 100);
-        if (r < 0)
-            return r;
-    }
-    atomic_store(&l->stop, 0);
-    return 0;
 }

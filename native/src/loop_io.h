@@ -5,6 +5,7 @@
 #ifndef IE_LOOP_IO_H
 #define IE_LOOP_IO_H
 
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -16,6 +17,37 @@ typedef struct ie_io {
     int (*sendmmsg)(int fd, struct mmsghdr *msgs, unsigned int n, int flags);
     ssize_t (*sendmsg)(int fd, const struct msghdr *msg, int flags);
 } ie_io;
+
+/* ---- plumbing shared by both loops (loop_common.c) ---- */
+
+/* The per-batch buffers of a loop, both directions. */
+typedef struct ie_batch {
+    uint8_t *txmem, *rxmem, *txv, *rxv;
+    ie_pkt *txp, *rxp;
+    struct mmsghdr *txm, *rxm;
+    struct iovec *txiov, *rxiov;
+} ie_batch;
+
+/* n slots of txstride / rxstride bytes; returns 0 when out of memory (free with ie_batch_free). */
+int ie_batch_init(ie_batch *b, uint32_t n, size_t txstride, size_t rxstride);
+void ie_batch_free(ie_batch *b);
+/* Whether fd is a tun/tap with IFF_VNET_HDR exactly when vnet says so (not a tun: vnet must be 0). */
+int ie_vnet_matches(int fd, int vnet);
+/* A packet at buf + off of len bytes in a cap-byte buffer, flags cleared. */
+void ie_pkt_init(ie_pkt *p, uint8_t *buf, uint32_t off, uint32_t len, uint32_t cap);
+
+/* Writes to the tun/tap: counted as delivered packets or as errors. */
+typedef struct ie_devout {
+    const ie_io *io;
+    int fd;
+    uint64_t *ok, *errors;
+} ie_devout;
+/* ie_vnet_write_fn for ie_vnet_deliver (ctx: an ie_devout); d NULL counts an error. */
+void ie_devout_write(void *ctx, uint8_t *d, size_t len, uint32_t pkts);
+
+/* ie_loop_run / ie_mloop_run: step(ctx, poll_ms) until *stop (then cleared); returns 0 or the
+ * step's -errno. */
+int ie_run_until_stopped(atomic_int *stop, int (*step)(void *ctx, int timeout_ms), void *ctx, int poll_ms);
 
 /* ---- gateway loop ---- */
 /* A loop on no devices: cfg's fds are only passed to io; cfg->tun_vnet says whether the tun

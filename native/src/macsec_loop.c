@@ -38,6 +38,7 @@
 struct ie_mloop {
     ie_mloop_cfg cfg;
     ie_io io;                /* libc, or a test's/fuzzer's stand-in (loop_io.h) */
+    ie_devout tap;           /* writes of validated frames to the tap, counted in st */
     ie_macsec_tx *tx;        /* borrowed; NULL until MKA installs one */
     ie_macsec_rx *rx;        /* borrowed */
     pthread_mutex_t mu;      /* guards tx, rx's SA table and st against the control thread */
@@ -46,10 +47,7 @@ struct ie_mloop {
     uint32_t stride;
     uint32_t tagb;           /* bytes of VLAN tags: 0, 4 or 8 */
     uint8_t tags[TAG_ROOM];  /* the tag(s) as they go on the wire */
-    uint8_t *txmem, *rxmem, *txv, *rxv;
-    ie_pkt *txp, *rxp;
-    struct mmsghdr *txm, *rxm;
-    struct iovec *txiov, *rxiov;
+    ie_batch b;              /* tx/rx slots, verdicts, packets, messages */
     struct sockaddr_ll *rxaddr;
     /* vnet tap: vin holds a read (vnet header + frame, maybe a TCP super-packet cut here one
      * segment per slot, maybe across batches); coal the coalesced frame being written */
@@ -80,8 +78,9 @@ static int mloop_alloc(const ie_mloop_cfg *cfg, ie_macsec_rx *rx, const ie_io *i
     if (!l)
         return IE_S_ENOMEM;
     l->cfg = *cfg;
-    l->io = *io;
     l->rx = rx;
+    l->io = *io;
+    l->tap = (ie_devout){&l->io, cfg->tap_fd, &l->st.validated, &l->st.tap_tx_errors};
     n = cfg->batch;
     /* room for: RX_OFF, up to two tags, SecTAG with SCI, the frame, ICV (and HEAD on the tx side) */
     l->stride = RX_OFF + HEAD + cfg->max_frame + TAG_ROOM + IE_MACSEC_TAILROOM;
@@ -95,25 +94,15 @@ static int mloop_alloc(const ie_mloop_cfg *cfg, ie_macsec_rx *rx, const ie_io *i
         memcpy(l->tags, t, 4);
         l->tagb = 4;
     }
-    l->txmem = malloc((size_t)n * l->stride);
-    l->rxmem = malloc((size_t)n * l->stride);
-    l->txv = calloc(n, 1);
-    l->rxv = calloc(n, 1);
-    l->txp = calloc(n, sizeof *l->txp);
-    l->rxp = calloc(n, sizeof *l->rxp);
-    l->txm = calloc(n, sizeof *l->txm);
-    l->rxm = calloc(n, sizeof *l->rxm);
-    l->txiov = calloc(n, sizeof *l->txiov);
-    l->rxiov = calloc(n, sizeof *l->rxiov);
     l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->vin = cfg->tap_vnet ? malloc(VNET_BUF) : NULL;
     l->coal = cfg->tap_vnet ? malloc(VNET_BUF) : NULL;
-    if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
-        !l->txiov || !l->rxiov || !l->rxaddr ||
+    if (!ie_batch_init(&l->b, n, l->stride, l->stride) || !l->rxaddr ||
         (cfg->tap_vnet && (!l->vin || !l->coal)) || pthread_mutex_init(&l->mu, NULL) != 0) {
-        free(l->txmem); free(l->rxmem); free(l->txv); free(l->rxv); free(l->txp); free(l->rxp);
-        free(l->txm); free(l->rxm); free(l->txiov); free(l->rxiov); free(l->rxaddr);
-        free(l->vin); free(l->coal);
+        ie_batch_free(&l->b);
+        free(l->rxaddr);
+        free(l->vin);
+        free(l->coal);
         free(l);
         return IE_S_ENOMEM;
     }
@@ -135,14 +124,8 @@ int ie_mloop_new(const ie_mloop_cfg *cfg, ie_macsec_rx *rx, ie_mloop **loop)
     *loop = NULL;
     if (!cfg || cfg->tap_fd < 0 || cfg->phy_fd < 0)
         return IE_S_EINVAL;
-    /* a vnet header is expected exactly when the tap has one */
-    {
-        struct ifreq ifr;
-        memset(&ifr, 0, sizeof ifr);
-        if (ioctl(cfg->tap_fd, TUNGETIFF, &ifr) == 0 ? !!(ifr.ifr_flags & IFF_VNET_HDR) != !!cfg->tap_vnet
-                                                     : cfg->tap_vnet)
-            return IE_S_EINVAL;
-    }
+    if (!ie_vnet_matches(cfg->tap_fd, cfg->tap_vnet))  /* a vnet header exactly when the tap has one */
+        return IE_S_EINVAL;
     /* batch reads stop at EAGAIN */
     if (!set_nonblock(cfg->tap_fd) || !set_nonblock(cfg->phy_fd))
         return IE_S_EINVAL;
@@ -164,16 +147,7 @@ void ie_mloop_free(ie_mloop *l)
     if (!l)
         return;
     pthread_mutex_destroy(&l->mu);
-    free(l->txmem);
-    free(l->rxmem);
-    free(l->txv);
-    free(l->rxv);
-    free(l->txp);
-    free(l->rxp);
-    free(l->txm);
-    free(l->rxm);
-    free(l->txiov);
-    free(l->rxiov);
+    ie_batch_free(&l->b);
     free(l->rxaddr);
     free(l->vin);
     free(l->coal);
@@ -297,8 +271,8 @@ static int tap_to_phy(ie_mloop *l)
     uint32_t n = 0, i, k = 0, reads = 0;
 
     while (n < l->cfg.batch) {
-        ie_pkt *p = &l->txp[n];
-        uint8_t *buf = l->txmem + (size_t)n * l->stride;
+        ie_pkt *p = &l->b.txp[n];
+        uint8_t *buf = l->b.txmem + (size_t)n * l->stride;
         ssize_t r;
         if (l->vin) {
             int64_t v = tap_read_vnet(l, buf + HEAD);
@@ -320,11 +294,7 @@ static int tap_to_phy(ie_mloop *l)
                 continue;
             }
         }
-        memset(p, 0, sizeof *p);
-        p->buf = buf;
-        p->off = HEAD;
-        p->len = (uint32_t)r;
-        p->cap = l->stride;
+        ie_pkt_init(p, buf, HEAD, (uint32_t)r, l->stride);
         if (l->tagb && r >= 14) {  /* DA | SA | tag(s) | original EtherType ... */
             memmove(buf + HEAD - l->tagb, buf + HEAD, 12);
             memcpy(buf + HEAD - l->tagb + 12, l->tags, l->tagb);
@@ -339,21 +309,21 @@ static int tap_to_phy(ie_mloop *l)
         l->st.no_tx_sa += n;
         return (int)reads;
     }
-    ie_macsec_protect(l->tx, l->txp, n, l->txv);
+    ie_macsec_protect(l->tx, l->b.txp, n, l->b.txv);
     for (i = 0; i < n; i++) {
-        if (l->txv[i] != IE_OK) {
+        if (l->b.txv[i] != IE_OK) {
             l->st.protect_drop++;
             continue;
         }
-        l->txiov[k].iov_base = l->txp[i].buf + l->txp[i].off;
-        l->txiov[k].iov_len = l->txp[i].len;
-        memset(&l->txm[k], 0, sizeof l->txm[k]);
-        l->txm[k].msg_hdr.msg_iov = &l->txiov[k];
-        l->txm[k].msg_hdr.msg_iovlen = 1;
+        l->b.txiov[k].iov_base = l->b.txp[i].buf + l->b.txp[i].off;
+        l->b.txiov[k].iov_len = l->b.txp[i].len;
+        memset(&l->b.txm[k], 0, sizeof l->b.txm[k]);
+        l->b.txm[k].msg_hdr.msg_iov = &l->b.txiov[k];
+        l->b.txm[k].msg_hdr.msg_iovlen = 1;
         k++;
     }
     for (i = 0; i < k;) {
-        int s = l->io.sendmmsg(l->cfg.phy_fd, l->txm + i, k - i, 0);
+        int s = l->io.sendmmsg(l->cfg.phy_fd, l->b.txm + i, k - i, 0);
         if (s <= 0) {
             if (s < 0 && errno == EINTR)
                 continue;
@@ -368,61 +338,6 @@ static int tap_to_phy(ie_mloop *l)
 
 /* ---- vnet tap, write side: consecutive segments of one TCP flow go up as one super-packet
  * (userspace GRO), so the node's TCP sees a few big frames ---- */
-
-static void tap_write(ie_mloop *l, uint8_t *d, size_t len, uint32_t frames)
-{
-    if (l->io.write(l->cfg.tap_fd, d, len) < 0)
-        l->st.tap_tx_errors += frames;
-    else
-        l->st.validated += frames;
-}
-
-/* One frame behind a zero vnet header, in place (RX_OFF left room for it). */
-static void tap_write_plain(ie_mloop *l, ie_pkt *p)
-{
-    uint8_t *d = p->buf + p->off - VNET_LEN;
-
-    memset(d, 0, VNET_LEN);
-    tap_write(l, d, p->len + VNET_LEN, 1);
-}
-
-/* Write the run of coalescible frames out and start an empty one. */
-static void run_flush(ie_mloop *l)
-{
-    ie_gro *g = &l->tcpgro;
-
-    if (g->n == 1) {
-        tap_write_plain(l, &l->rxp[g->tag[0]]);
-    } else if (g->n > 1) {
-        uint32_t len = ie_gro_build(g, l->coal);
-        l->st.tap_gro++;
-        tap_write(l, l->coal, len, g->n);
-    }
-    ie_gro_reset(g);
-}
-
-/* Write the k validated frames (rxp[i] with DELIVER set) to a vnet tap, coalescing runs. */
-static void tap_write_vnet(ie_mloop *l, uint32_t k)
-{
-    uint32_t i;
-    ie_tcp_seg s;
-
-    for (i = 0; i < k; i++) {
-        ie_pkt *p = &l->rxp[i];
-        if (!(p->flags & IE_PKT_DELIVER))
-            continue;
-        if (!ie_tcp_seg_parse(p->buf + p->off, p->len, ETH_HL, &s)) {
-            run_flush(l);  /* keep the order: what came before goes first */
-            tap_write_plain(l, p);
-            continue;
-        }
-        if (!ie_gro_add(&l->tcpgro, &s, i)) {
-            run_flush(l);
-            ie_gro_add(&l->tcpgro, &s, i);
-        }
-    }
-    run_flush(l);
-}
 
 void ie_mloop_rx_frame(ie_mloop *l, uint8_t *buf, uint32_t len, uint32_t cap, int outgoing, int trunc,
                        uint32_t *k)
@@ -458,11 +373,7 @@ void ie_mloop_rx_frame(ie_mloop *l, uint8_t *buf, uint32_t len, uint32_t cap, in
             l->st.unprotected_pass++;
         return;
     }
-    memset(&l->rxp[*k], 0, sizeof l->rxp[*k]);
-    l->rxp[*k].buf = buf;
-    l->rxp[*k].off = RX_OFF;
-    l->rxp[*k].len = len;
-    l->rxp[*k].cap = cap;
+    ie_pkt_init(&l->b.rxp[*k], buf, RX_OFF, len, cap);
     if (++*k == l->cfg.batch) {
         ie_mloop_rx_end(l, *k);
         *k = 0;
@@ -476,34 +387,34 @@ void ie_mloop_rx_end(ie_mloop *l, uint32_t k)
 
     if (!k)
         return;
-    ie_macsec_validate(l->rx, l->rxp, k, l->rxv);
+    ie_macsec_validate(l->rx, l->b.rxp, k, l->b.rxv);
     for (i = 0; i < k; i++) {
-        if (!(l->rxp[i].flags & IE_PKT_DELIVER)) {
+        if (!(l->b.rxp[i].flags & IE_PKT_DELIVER)) {
             l->st.validate_drop++;
             continue;
         }
         if (l->tagb) {
-            uint8_t *f = l->rxp[i].buf + l->rxp[i].off;
+            uint8_t *f = l->b.rxp[i].buf + l->b.rxp[i].off;
             /* compare TPIDs and VIDs (PCP/DEI bits are the sender's business) */
-            int ok = l->rxp[i].len >= 14 + l->tagb;
+            int ok = l->b.rxp[i].len >= 14 + l->tagb;
             uint32_t j;
             for (j = 0; ok && j < l->tagb; j += 4)
                 ok = f[12 + j] == l->tags[j] && f[13 + j] == l->tags[j + 1] &&
                      (f[14 + j] & 0x0F) == l->tags[j + 2] && f[15 + j] == l->tags[j + 3];
             if (!ok) {
                 l->st.vlan_drop++;
-                l->rxp[i].flags &= (uint8_t)~IE_PKT_DELIVER;
+                l->b.rxp[i].flags &= (uint8_t)~IE_PKT_DELIVER;
                 continue;
             }
             memmove(f + l->tagb, f, 12);
-            l->rxp[i].off += l->tagb;
-            l->rxp[i].len -= l->tagb;
+            l->b.rxp[i].off += l->tagb;
+            l->b.rxp[i].len -= l->tagb;
         }
         if (!l->vin)
-            tap_write(l, l->rxp[i].buf + l->rxp[i].off, l->rxp[i].len, 1);
+            ie_devout_write(&l->tap, l->b.rxp[i].buf + l->b.rxp[i].off, l->b.rxp[i].len, 1);
     }
     if (l->vin)
-        tap_write_vnet(l, k);
+        l->st.tap_gro += ie_vnet_deliver(&l->tcpgro, l->coal, l->b.rxp, k, ETH_HL, ie_devout_write, &l->tap);
 }
 
 int ie_mloop_tap_batch(ie_mloop *l)
@@ -518,23 +429,23 @@ static int phy_to_tap(ie_mloop *l)
     int r;
 
     for (i = 0; i < n; i++) {
-        l->rxiov[i].iov_base = l->rxmem + (size_t)i * l->stride + RX_OFF;
-        l->rxiov[i].iov_len = l->stride - RX_OFF;
-        memset(&l->rxm[i], 0, sizeof l->rxm[i]);
-        l->rxm[i].msg_hdr.msg_iov = &l->rxiov[i];
-        l->rxm[i].msg_hdr.msg_iovlen = 1;
-        l->rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
-        l->rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
+        l->b.rxiov[i].iov_base = l->b.rxmem + (size_t)i * l->stride + RX_OFF;
+        l->b.rxiov[i].iov_len = l->stride - RX_OFF;
+        memset(&l->b.rxm[i], 0, sizeof l->b.rxm[i]);
+        l->b.rxm[i].msg_hdr.msg_iov = &l->b.rxiov[i];
+        l->b.rxm[i].msg_hdr.msg_iovlen = 1;
+        l->b.rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
+        l->b.rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
     }
-    r = recvmmsg(l->cfg.phy_fd, l->rxm, n, MSG_DONTWAIT, NULL);
+    r = recvmmsg(l->cfg.phy_fd, l->b.rxm, n, MSG_DONTWAIT, NULL);
     if (r <= 0)
         return 0;
     for (i = 0; i < (uint32_t)r; i++) {
         const struct sockaddr_ll *sll = &l->rxaddr[i];
-        int outgoing = l->rxm[i].msg_hdr.msg_namelen >= sizeof *sll && sll->sll_family == AF_PACKET &&
+        int outgoing = l->b.rxm[i].msg_hdr.msg_namelen >= sizeof *sll && sll->sll_family == AF_PACKET &&
                        sll->sll_pkttype == PACKET_OUTGOING;
-        ie_mloop_rx_frame(l, l->rxmem + (size_t)i * l->stride, l->rxm[i].msg_len, l->stride, outgoing,
-                          !!(l->rxm[i].msg_hdr.msg_flags & MSG_TRUNC), &k);
+        ie_mloop_rx_frame(l, l->b.rxmem + (size_t)i * l->stride, l->b.rxm[i].msg_len, l->stride, outgoing,
+                          !!(l->b.rxm[i].msg_hdr.msg_flags & MSG_TRUNC), &k);
     }
     ie_mloop_rx_end(l, k);
     return r;
@@ -551,23 +462,19 @@ int ie_mloop_step(ie_mloop *l, int timeout_ms)
     if (pfd[0].revents & (POLLERR | POLLNVAL) || pfd[1].revents & (POLLERR | POLLNVAL))
         return -EBADF;
     pthread_mutex_lock(&l->mu);
-    if (pfd[0].revents & POLLIN || l->tso.active)
-        done += tap_to_phy(l);
-    if (pfd[1].revents & POLLIN)
-        done += phy_to_tap(l);
-    if (done)
-        l->st.batches++;
+    done = (pfd[0].revents & POLLIN || l->tso.active ? tap_to_phy(l) : 0) +
+           (pfd[1].revents & POLLIN ? phy_to_tap(l) : 0);
+    l->st.batches += done > 0;
     pthread_mutex_unlock(&l->mu);
     return done;
 }
 
+static int step(void *l, int timeout_ms)
+{
+    return ie_mloop_step(l, timeout_ms);
+}
+
 int ie_mloop_run(ie_mloop *l)
 {
-    while (!atomic_load(&l->stop)) {
-        int r = ie_mloop_step(l, l->cfg.poll_ms > 0 ? l->cfg.poll_ms : 100);
-        if (r < 0)
-            return r;
-    }
-    atomic_store(&l->stop, 0);
-    return 0;
+    return ie_run_until_stopped(&l->stop, step, l, l->cfg.poll_ms);
 }

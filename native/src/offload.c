@@ -258,3 +258,56 @@ uint32_t ie_gro_build(const ie_gro *g, uint8_t *out)
     memcpy(out, &h, sizeof h);
     return IE_VNET_LEN + off;
 }
+
+/* One packet behind a zero virtio header, in place. */
+static void write_plain(ie_pkt *p, ie_vnet_write_fn write, void *ctx)
+{
+    uint8_t *d;
+
+    if (p->off < IE_VNET_LEN) {
+        write(ctx, NULL, 0, 1);
+        return;
+    }
+    d = p->buf + p->off - IE_VNET_LEN;
+    memset(d, 0, IE_VNET_LEN);
+    write(ctx, d, p->len + IE_VNET_LEN, 1);
+}
+
+/* Write the run out (alone, or coalesced) and start an empty one; returns super-packets written. */
+static uint32_t run_flush(ie_gro *g, uint8_t *coal, ie_pkt *pkts, ie_vnet_write_fn write, void *ctx)
+{
+    uint32_t built = 0;
+
+    if (g->n == 1) {
+        write_plain(&pkts[g->tag[0]], write, ctx);
+    } else if (g->n > 1) {
+        write(ctx, coal, ie_gro_build(g, coal), g->n);
+        built = 1;
+    }
+    ie_gro_reset(g);
+    return built;
+}
+
+uint32_t ie_vnet_deliver(ie_gro *g, uint8_t *coal, ie_pkt *pkts, uint32_t k, uint32_t l2, ie_vnet_write_fn write,
+                         void *ctx)
+{
+    uint32_t i, built = 0;
+    ie_tcp_seg s;
+
+    ie_gro_reset(g);
+    for (i = 0; i < k; i++) {
+        ie_pkt *p = &pkts[i];
+        if (!(p->flags & IE_PKT_DELIVER))
+            continue;
+        if (!ie_tcp_seg_parse(p->buf + p->off, p->len, l2, &s)) {
+            built += run_flush(g, coal, pkts, write, ctx);  /* keep the order: what came before goes first */
+            write_plain(p, write, ctx);
+            continue;
+        }
+        if (!ie_gro_add(g, &s, i)) {
+            built += run_flush(g, coal, pkts, write, ctx);
+            ie_gro_add(g, &s, i);
+        }
+    }
+    return built + run_flush(g, coal, pkts, write, ctx);
+}

@@ -10,6 +10,8 @@
 
 #include <linux/virtio_net.h>
 
+#include "ipsecemu.h"
+
 #define IE_VNET_LEN 10       /* struct virtio_net_hdr in front of every packet on an IFF_VNET_HDR tun/tap */
 #define IE_GRO_MAX 65000     /* bytes in one coalesced packet (its IP length must fit 16 bits) */
 #define IE_GRO_SEGS 64       /* segments in one coalesced packet */
@@ -80,5 +82,16 @@ void ie_gro_reset(ie_gro *g);
  * pseudo-header sum in the TCP checksum field) and the packet.  out needs IE_VNET_LEN + 65536 bytes.
  * Returns the bytes written. */
 uint32_t ie_gro_build(const ie_gro *g, uint8_t *out);
+
+/* Where ie_vnet_deliver writes: d/len for pkts packets; d NULL when a packet had no room in front
+ * for its virtio header (counted as a write error by the caller). */
+typedef void (*ie_vnet_write_fn)(void *ctx, uint8_t *d, size_t len, uint32_t pkts);
+
+/* Hand the packets of pkts[0..k) with IE_PKT_DELIVER to a vnet tun/tap, in order: runs of one TCP
+ * flow coalesced into one super-packet (built in coal, IE_VNET_LEN + 65536 bytes), anything else
+ * alone behind a zero virtio header written in place (IE_VNET_LEN bytes in front of it).  l2: as
+ * ie_tcp_seg_parse.  Returns the super-packets written. */
+uint32_t ie_vnet_deliver(ie_gro *g, uint8_t *coal, ie_pkt *pkts, uint32_t k, uint32_t l2, ie_vnet_write_fn write,
+                         void *ctx);
 
 #endif
