@@ -8,8 +8,11 @@ APT_PACKAGES := build-essential clang libssl-dev python3-dev python3-venv iprout
 	libstrongswan-standard-plugins libstrongswan-extra-plugins
 PYTEST_ARGS ?=
 LAB ?= netns-labs/er-vwan.yaml
+# The lab's own name (its top-level `name:`), so lab-down removes this lab and no one else's.
+LAB_NAME ?= $(shell sed -n 's/^name: *\([A-Za-z0-9_.-]*\).*/\1/p' $(LAB) | head -n 1)
+BIN_LINK := /usr/local/bin/ipsecemu
 
-.PHONY: deps apt-deps venv build build-asan test lint bench lab lab-down capture interop bench-lab bench-macsec clean
+.PHONY: deps apt-deps venv build build-asan test lint bench lab cli-link lab-down capture interop bench-lab bench-macsec clean
 
 deps: apt-deps venv
 
@@ -46,11 +49,19 @@ bench: deps build
 	$(PY) -m ipsecemu bench dataplane
 	$(PY) -m pytest tests/bench --benchmark-enable -q
 
-lab: deps build
+lab: deps build cli-link
 	$(PY) -m ipsecemu lab up $(LAB) --smoke
 
+# The commands `lab up` prints start with `ipsecemu`: link the venv's entry point onto PATH (root only,
+# and never over a file that is not our own link).
+cli-link: venv
+	@if [ "$$(id -u)" = 0 ]; then \
+		if [ ! -e $(BIN_LINK) ] || [ -L $(BIN_LINK) ]; then ln -sfn $(CURDIR)/$(VENV)/bin/ipsecemu $(BIN_LINK); \
+		else echo "ipsecemu: $(BIN_LINK) exists and is not a link: use $(CURDIR)/$(VENV)/bin/ipsecemu" >&2; fi; \
+	else echo "ipsecemu: not root: run the CLI as $(CURDIR)/$(VENV)/bin/ipsecemu" >&2; fi
+
 lab-down: venv
-	$(PY) -m ipsecemu lab down --all
+	$(PY) -m ipsecemu lab down $(LAB_NAME)
 
 capture: venv
 	$(PY) -m ipsecemu lab capture ce:msee1 --duration 5 -w er-vwan-ce.pcap --keys keys

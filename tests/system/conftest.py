@@ -1,0 +1,3 @@
+"""Fixtures shared by the root + netns tests."""
+
+from support.gateway_lab import lab_factory  # noqa: F401  (registers the fixture)
