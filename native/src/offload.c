@@ -45,7 +45,7 @@ int ie_vnet_finish_csum(uint8_t *pkt, uint32_t len, const struct virtio_net_hdr 
 {
     uint32_t start = h->csum_start, at = start + h->csum_offset;
 
-    if (at + 2 > len)
+    if (at + 2 > len || (h->csum_offset & 1))  /* an odd offset is no 16-bit checksum field */
         return 0;
     ie_csum_put(pkt + at, ie_csum_acc(pkt + start, len - start, 0));
     return 1;

@@ -28,7 +28,7 @@ void ie_put16(uint8_t *p, uint32_t v);
 
 /* A packet read behind a virtio_net_hdr with NEEDS_CSUM: the field at csum_start + csum_offset
  * holds the pseudo-header sum; finish it over [csum_start, len).  Returns 0 (nothing written)
- * when the header points outside the packet. */
+ * when the header points outside the packet or at an odd offset (the kernel never does). */
 int ie_vnet_finish_csum(uint8_t *pkt, uint32_t len, const struct virtio_net_hdr *h);
 
 /* ---- TSO: cut a TCP super-packet into segments ---- */
