@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"native/build.py: {module}: {exc}", file=sys.stderr)
             return 1
         if args.verbose:
-            print(f"built {built}" if built else f"{module}: up to date")
+            print(f"built {built}" if built else "up to date" if not args.asan else f"{module}: up to date")
     return 0
 
 

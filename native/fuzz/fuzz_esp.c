@@ -55,6 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 nh[i] = pkts[i].next_header;
                 if (verdicts[i] == IE_OK)
                     fz_touch(pkts[i].buf + pkts[i].off, pkts[i].len);
+                else
+                    pkts[i].len = 0;  /* not sent: its bytes (maybe a valid ESP packet) must not reach decap */
             }
             ie_esp_decap(t, pkts, n, back);
             for (i = 0; i < n; i++) {

@@ -416,7 +416,8 @@ static int tun_to_udp(ie_loop *l)
             c->cmsg_level = SOL_UDP;
             c->cmsg_type = UDP_SEGMENT;
             c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            *(uint16_t *)CMSG_DATA(c) = (uint16_t)mh->msg_iov[0].iov_len;
+            uint16_t segsz = (uint16_t)mh->msg_iov[0].iov_len;
+            memcpy(CMSG_DATA(c), &segsz, sizeof segsz);  /* no typed store into a byte buffer */
             mh->msg_control = c;
             mh->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
         }
