@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := build-essential libssl-dev python3-dev python3-venv iproute2 iputils-ping \
+APT_PACKAGES := build-essential clang libssl-dev python3-dev python3-venv iproute2 iputils-ping \
 	tcpdump tshark iperf3 strongswan-charon strongswan-swanctl libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins
 PYTEST_ARGS ?=
@@ -12,7 +12,7 @@ LAB ?= netns-labs/er-vwan.yaml
 LAB_NAME ?= $(shell sed -n 's/^name: *\([A-Za-z0-9_.-]*\).*/\1/p' $(LAB) | head -n 1)
 BIN_LINK := /usr/local/bin/ipsecemu
 
-.PHONY: deps apt-deps venv build build-asan test lint bench lab cli-link lab-down capture interop bench-lab bench-macsec clean
+.PHONY: deps apt-deps venv build build-asan fuzz-native test lint bench lab cli-link lab-down capture interop bench-lab bench-macsec clean
 
 deps: apt-deps venv
 
@@ -38,6 +38,24 @@ build: venv
 
 build-asan: venv
 	@$(PY) native/build.py --asan
+
+# libFuzzer harnesses of the C code (native/fuzz): each runs FUZZ_SECONDS; a finding fails the target
+# and leaves its input in native/out/fuzz-findings/.  New coverage goes to native/out/fuzz-work/.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := fuzz_esp fuzz_macsec fuzz_offload fuzz_loop fuzz_mloop
+fuzz-native: venv
+	@mkdir -p native/out/fuzz-findings
+	@for t in $(FUZZ_TARGETS); do \
+		bin=$$($(PY) native/build.py --program native/fuzz/$$t.c --variant fuzz) || exit 1; \
+		mkdir -p native/out/fuzz-work/$$t; \
+		echo "fuzz-native: $$t, $(FUZZ_SECONDS) s"; \
+		$$bin -max_total_time=$(FUZZ_SECONDS) -max_len=20000 -print_final_stats=1 \
+			-artifact_prefix=native/out/fuzz-findings/$$t- native/out/fuzz-work/$$t native/fuzz/corpus/$$t \
+			> native/out/fuzz-work/$$t.log 2>&1; rc=$$?; \
+		grep -E 'DONE|stat::number_of_executed_units|stat::average_exec_per_sec' native/out/fuzz-work/$$t.log; \
+		if [ $$rc -ne 0 ]; then grep -E 'ERROR|SUMMARY|oracle' native/out/fuzz-work/$$t.log; \
+			echo "fuzz-native: $$t found a defect: native/out/fuzz-findings/"; exit 1; fi; \
+	done
 
 lint: venv
 	@$(VENV)/bin/ruff check ipsecemu tests native

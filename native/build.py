@@ -1,7 +1,11 @@
 """Build the C fast path as a cffi extension (out-of-line API mode).
 
     python native/build.py          -> ipsecemu/dataplane/_native.*.so
-    python native/build.py --asan   -> ipsecemu/dataplane/_native_asan.*.so (ASan + UBSan)
+    python native/build.py --asan   -> ipsecemu/dataplane/_native_asan.*.so (ASan + UBSan, gcc) and
+                                       ipsecemu/dataplane/_native_asan_clang.*.so (the same, clang)
+
+The two sanitizer builds see different things (clang's UBSan reports pointer arithmetic on NULL
+that gcc's does not); UBSan stops at the first report (-fno-sanitize-recover=all).
 
 Our C sources are compiled by gcc directly with -Wall -Wextra -Werror (the cffi-generated glue is
 compiled separately without -Werror, since its code is not ours).  Quiet on success; skips the
@@ -11,6 +15,7 @@ rebuild when nothing changed; explains what is missing when gcc or libssl-dev is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import os
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -32,10 +38,13 @@ INTERNAL = sorted((NATIVE / "src").glob("*.h"))
 DEST = REPO / "ipsecemu" / "dataplane"
 
 RELEASE_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-std=c11", "-D_GNU_SOURCE"]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 ASAN_FLAGS = [
-    "-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+    "-O1", "-g", *SANITIZE, "-fno-omit-frame-pointer",
     "-Wall", "-Wextra", "-Werror", "-fPIC", "-std=c11", "-D_GNU_SOURCE",
 ]
+#: module name -> compiler for the sanitizer variants
+ASAN_VARIANTS = {"_native_asan": "gcc", "_native_asan_clang": "clang"}
 
 
 class BuildError(Exception):
@@ -50,10 +59,10 @@ def cdef_text() -> str:
     return m.group(1)
 
 
-def check_toolchain() -> list[str]:
-    cc = shlex.split(os.environ.get("CC", "gcc")) or ["gcc"]
+def check_toolchain(default: str = "gcc") -> list[str]:
+    cc = shlex.split(os.environ.get("CC", default) if default == "gcc" else default) or [default]
     if shutil.which(cc[0]) is None:
-        raise BuildError(f"C compiler {cc[0]!r} not found: install it (apt-get install gcc) or set CC")
+        raise BuildError(f"C compiler {cc[0]!r} not found: install it (apt-get install {cc[0]}) or set CC")
     probe = subprocess.run(
         [*cc, "-x", "c", "-fsyntax-only", "-"], input="#include <openssl/evp.h>\n",
         capture_output=True, text=True,
@@ -71,18 +80,20 @@ def fingerprint(flags: list[str], cc: list[str]) -> str:
     return h.hexdigest()
 
 
-def build(asan: bool) -> Path | None:
+def build(asan: bool, module: str | None = None) -> Path | None:
     """Build one variant; returns the .so path, or None when it was already up to date."""
-    module = "_native_asan" if asan else "_native"
+    module = module or ("_native_asan" if asan else "_native")
+    compiler = ASAN_VARIANTS.get(module, "gcc")
+    clang = compiler == "clang"
     flags = ASAN_FLAGS if asan else RELEASE_FLAGS
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = DEST / f"{module}{suffix}"
     outdir = NATIVE / "out" / module
     stamp = outdir / "stamp"
-    fp = fingerprint(flags, shlex.split(os.environ.get("CC", "gcc")))
+    fp = fingerprint(flags, shlex.split(os.environ.get("CC", "gcc")) if not clang else ["clang"])
     if target.exists() and stamp.exists() and stamp.read_text() == fp:
         return None  # up to date: no compiler needed
-    cc = check_toolchain()
+    cc = check_toolchain(compiler)
     outdir.mkdir(parents=True, exist_ok=True)
 
     objects = []
@@ -98,7 +109,9 @@ def build(asan: bool) -> Path | None:
 
     ffi = cffi.FFI()
     ffi.cdef(cdef_text())
-    glue_flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if asan else ["-O2"]
+    glue_flags = ["-O1", "-g", *SANITIZE, "-fno-omit-frame-pointer"] if asan else ["-O2"]
+    # clang: the .so links clang's shared sanitizer runtime (preloaded by whoever runs it)
+    link_flags = [*SANITIZE, "-shared-libsan"] if asan and clang else SANITIZE if asan else []
     ffi.set_source(
         f"ipsecemu.dataplane.{module}",
         '#include "ipsecemu.h"\n',
@@ -106,13 +119,13 @@ def build(asan: bool) -> Path | None:
         extra_objects=objects,
         libraries=["crypto"],
         extra_compile_args=glue_flags,
-        extra_link_args=["-fsanitize=address,undefined"] if asan else [],
+        extra_link_args=link_flags,
     )
     log = io.StringIO()
     with tempfile.TemporaryDirectory(dir=outdir) as tmp:
         try:
             # distutils prints every command; keep the output for the error message only
-            with redirect_stdout(log), redirect_stderr(log):
+            with redirect_stdout(log), redirect_stderr(log), _compiler_env(cc if clang else None):
                 built = Path(ffi.compile(tmpdir=tmp, verbose=False))
         except Exception as exc:  # cffi raises VerificationError/CompileError/LinkError
             raise BuildError(f"building the cffi module failed: {exc}\n{log.getvalue()}") from exc
@@ -123,18 +136,84 @@ def build(asan: bool) -> Path | None:
     return target
 
 
+#: C programs built from native/ (tests, fuzz harnesses): variant -> (compiler, flags)
+PROGRAM_VARIANTS = {
+    "plain": ("gcc", ["-O2", "-g"]),
+    "gcc-asan": ("gcc", ["-O1", "-g", *SANITIZE, "-fno-omit-frame-pointer"]),
+    "clang-asan": ("clang", ["-O1", "-g", *SANITIZE, "-fno-omit-frame-pointer"]),
+    "fuzz": ("clang", ["-O1", "-g", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+                       "-fno-omit-frame-pointer"]),
+}
+PROGRAM_WARNINGS = ["-Wall", "-Wextra", "-Werror", "-std=c11", "-D_GNU_SOURCE"]
+
+
+def build_program(main: Path, variant: str) -> Path:
+    """Build native/out/programs/<variant>/<stem> from main plus every native/src/*.c (linked
+    against libcrypto); skips the compiler when nothing changed.  Returns the executable."""
+    compiler, flags = PROGRAM_VARIANTS[variant]
+    outdir = NATIVE / "out" / "programs" / variant
+    target = outdir / main.stem
+    stamp = outdir / f"{main.stem}.stamp"
+    cmd = [compiler, *flags, *PROGRAM_WARNINGS, "-I", str(NATIVE / "include"), "-I", str(NATIVE / "src"),
+           str(main), *map(str, SOURCES), "-lcrypto", "-lpthread", "-o", str(target)]
+    h = hashlib.sha256(" ".join(cmd).encode())
+    for p in [main, HEADER, *SOURCES, *INTERNAL]:
+        h.update(p.read_bytes())
+    if target.exists() and stamp.exists() and stamp.read_text() == h.hexdigest():
+        return target
+    check_toolchain(compiler)
+    outdir.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BuildError(f"building {main.name} ({variant}) failed:\n{res.stdout}{res.stderr}")
+    stamp.write_text(h.hexdigest())
+    return target
+
+
+@contextlib.contextmanager
+def _compiler_env(cc: list[str] | None) -> Iterator[None]:
+    """Compile and link the cffi glue with cc too (one sanitizer runtime per module)."""
+    if cc is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("CC", "LDSHARED")}
+    os.environ["CC"] = " ".join(cc)
+    os.environ["LDSHARED"] = " ".join([*cc, "-shared"])
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--asan", action="store_true", help="build the ASan+UBSan variant (_native_asan)")
+    ap.add_argument("--asan", action="store_true",
+                    help="build the ASan+UBSan variants (_native_asan with gcc, _native_asan_clang with clang)")
+    ap.add_argument("--program", metavar="MAIN.c", type=Path,
+                    help="build a C program (test driver, fuzz harness) with the sources instead")
+    ap.add_argument("--variant", choices=sorted(PROGRAM_VARIANTS), default="plain", help="with --program")
     ap.add_argument("-v", "--verbose", action="store_true", help="say what was built")
     args = ap.parse_args(argv)
-    try:
-        built = build(args.asan)
-    except BuildError as exc:
-        print(f"native/build.py: {exc}", file=sys.stderr)
-        return 1
-    if args.verbose:
-        print(f"built {built}" if built else "up to date")
+    if args.program:
+        try:
+            print(build_program(args.program.resolve(), args.variant))
+        except BuildError as exc:
+            print(f"native/build.py: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    modules = list(ASAN_VARIANTS) if args.asan else ["_native"]
+    for module in modules:
+        try:
+            built = build(args.asan, module)
+        except BuildError as exc:
+            print(f"native/build.py: {module}: {exc}", file=sys.stderr)
+            return 1
+        if args.verbose:
+            print(f"built {built}" if built else "up to date" if not args.asan else f"{module}: up to date")
     return 0
 
 

@@ -7,7 +7,8 @@ algorithms the C code does not implement (3DES, ChaCha20-Poly1305, NULL, HMAC-MD
 transparently by the reference classes.
 
 ``IPSECEMU_NATIVE_ASAN=1`` selects the AddressSanitizer/UBSan build (``_native_asan``), which
-needs ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``.
+needs ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``; ``IPSECEMU_NATIVE_ASAN=clang`` the clang
+one (``_native_asan_clang``), with ``LD_PRELOAD=$(clang -print-file-name=libclang_rt.asan-x86_64.so)``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ipsecemu.dataplane.api import (
 
 if os.environ.get("IPSECEMU_NATIVE_ASAN") == "1":
     from ipsecemu.dataplane._native_asan import ffi, lib  # type: ignore[import-not-found]
+elif os.environ.get("IPSECEMU_NATIVE_ASAN") == "clang":
+    from ipsecemu.dataplane._native_asan_clang import ffi, lib  # type: ignore[import-not-found,no-redef]
 else:
     from ipsecemu.dataplane._native import ffi, lib  # type: ignore[import-not-found]
 

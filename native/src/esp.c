@@ -448,15 +448,17 @@ size_t ie_esp_table_events(ie_esp_table *t, uint32_t spi, uint8_t *codes, size_t
 
 static uint8_t decap_one(ie_esp_table *t, ie_pkt *p)
 {
-    uint8_t *d = p->buf + p->off, *pt, aad[12], nonce[12], icv[32];
+    uint8_t *d, *pt, aad[12], nonce[12], icv[32];
     uint32_t L = p->len, hdr, ctlen, padlen, plen, i;
     uint64_t seq;
     esp_sa *sa;
 
-    if (L < 8) {
+    /* no pointer into buf before the descriptor is known to lie inside it (buf may be NULL) */
+    if (L < 8 || (uint64_t)p->off + L > p->cap) {
         t->global.too_short++;
         return IE_TOO_SHORT;
     }
+    d = p->buf + p->off;
     p->spi = ie_get32(d);
     sa = ie_map_get(&t->map, p->spi, 0);
     if (!sa) {

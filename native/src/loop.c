@@ -24,17 +24,22 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "loop_io.h"
+#include "offload.h"
 
 #define IKE_HDR 19  /* family | address(16) | port(2) */
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
 #define GSO_MAX_BYTES 65000   /* a train is one UDP datagram to the stack: below 64 KiB with headers */
 #define CTL_SPACE 64          /* >= CMSG_SPACE(sizeof(int)), a multiple of 8 */
-#define VNET_LEN 10           /* struct virtio_net_hdr before every packet on an IFF_VNET_HDR tun */
+#define VNET_LEN IE_VNET_LEN
 #define TSO_BUF (65536 + VNET_LEN)
 #define TUN_OFFLOADS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
 
 struct ie_loop {
     ie_loop_cfg cfg;
+    ie_io io;                /* libc, or a test's/fuzzer's stand-in (loop_io.h) */
+    ie_devout tun;           /* writes to tun, counted in st */
+    int own_fds;             /* 0: made by ie_loop_new_io, the fds are not ours to reconfigure */
     ie_esp_out *out;
     ie_esp_table *in;
     atomic_int stop;
@@ -45,23 +50,20 @@ struct ie_loop {
     struct sockaddr_storage peer;
     socklen_t peer_len;
     uint32_t stride;
-    uint8_t *txmem, *rxmem, *txv, *rxv;
-    ie_pkt *txp, *rxp;
-    struct mmsghdr *txm, *rxm;
-    struct iovec *txiov, *rxiov;
+    ie_batch b;              /* tx/rx slots, verdicts, packets, messages */
     struct sockaddr_storage *rxaddr;
     uint8_t *txctl, *rxctl;  /* one cmsg buffer per message: UDP_SEGMENT out, UDP_GRO in */
     uint32_t rstride;        /* receive slot: a whole GRO train with UDP GRO, else one datagram */
     int gso, gro, connected; /* offloads in use; connected: udp_fd is connected to the peer */
     /* IFF_VNET_HDR tun with TSO: one read may be a TCP super-packet, cut into segments here
      * (one per slot, maybe across calls) */
-    uint8_t *tso;            /* vnet header + packet as read */
+    uint8_t *vin;            /* vnet header + packet as read */
     uint8_t *coal;           /* vnet tun: vnet header + coalesced packet to write */
-    uint32_t *runidx;        /* rxp indices of the segments being coalesced */
-    int tso_active, tso_v6;
-    uint32_t tso_len, tso_iphl, tso_hlen, tso_mss, tso_off, tso_seg, tso_seq;
-    uint16_t tso_id;
+    ie_tso tso;              /* the super-packet in vin being cut */
+    ie_gro tcpgro;           /* the run of decapsulated segments being coalesced (rxp indices) */
 };
+
+static const ie_io libc_io = {read, write, sendmmsg, sendmsg};
 
 /* Whether fd is connected to exactly this peer: then sends go without an address and use the
  * socket's cached route. */
@@ -97,7 +99,9 @@ static void grow_buf(int fd, int opt, int force, uint32_t want)
         setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v);
 }
 
-int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_loop **loop)
+/* Everything but the devices: checks cfg, allocates the buffers.  gro: receives are UDP GRO trains. */
+static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, const ie_io *io, int gro,
+                      ie_loop **loop)
 {
     ie_loop *l;
     uint32_t n;
@@ -106,51 +110,26 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     if (!cfg || !out || !in || cfg->batch == 0 || cfg->batch > IE_LOOP_MAX_BATCH || cfg->mtu < 68 ||
         cfg->mtu > 65535 || (cfg->peer_family != 4 && cfg->peer_family != 6))
         return IE_S_EINVAL;
-    /* a vnet header must be expected exactly when the tun has one */
-    {
-        struct ifreq ifr;
-        memset(&ifr, 0, sizeof ifr);
-        if (ioctl(cfg->tun_fd, TUNGETIFF, &ifr) == 0 ? !!(ifr.ifr_flags & IFF_VNET_HDR) != !!cfg->tun_vnet
-                                                     : cfg->tun_vnet)
-            return IE_S_EINVAL;
-    }
-    /* the batch read stops at EAGAIN, so tun must not block */
-    {
-        int fl = fcntl(cfg->tun_fd, F_GETFL);
-        if (fl < 0 || fcntl(cfg->tun_fd, F_SETFL, fl | O_NONBLOCK) < 0)
-            return IE_S_EINVAL;
-    }
     l = calloc(1, sizeof *l);
     if (!l)
         return IE_S_ENOMEM;
     l->cfg = *cfg;
+    l->io = *io;
+    l->tun = (ie_devout){&l->io, cfg->tun_fd, &l->st.esp_ok, &l->st.tun_tx_errors};
     l->out = out;
     l->in = in;
     n = cfg->batch;
     l->stride = IE_ESP_HEADROOM + cfg->mtu + IE_ESP_TAILROOM;
-    l->txmem = malloc((size_t)n * l->stride);
-    l->txv = calloc(n, 1);
-    l->rxv = calloc(n, 1);
-    l->txp = calloc(n, sizeof *l->txp);
-    l->rxp = calloc(n, sizeof *l->rxp);
-    l->txm = calloc(n, sizeof *l->txm);
-    l->rxm = calloc(n, sizeof *l->rxm);
-    l->txiov = calloc(n, sizeof *l->txiov);
-    l->rxiov = calloc(n, sizeof *l->rxiov);
-    l->rxaddr = calloc(n, sizeof *l->rxaddr);
-    l->gro = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GRO) &&
-             setsockopt(cfg->udp_fd, SOL_UDP, UDP_GRO, &(int){1}, sizeof(int)) == 0;
+    l->gro = gro;
     l->gso = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GSO);
     l->rstride = l->gro ? 65536 : l->stride;
-    l->rxmem = malloc((size_t)n * l->rstride);
+    l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->txctl = calloc(n, CTL_SPACE);
-    l->tso = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
+    l->vin = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
     l->coal = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
-    l->runidx = calloc(n, sizeof *l->runidx);
     l->rxctl = calloc(n, CTL_SPACE);
-    if (!l->txmem || !l->rxmem || !l->txv || !l->rxv || !l->txp || !l->rxp || !l->txm || !l->rxm ||
-        !l->txiov || !l->rxiov || !l->rxaddr || !l->txctl || !l->rxctl ||
-        (cfg->tun_vnet && (!l->tso || !l->coal)) || !l->runidx ||
+    if (!ie_batch_init(&l->b, n, l->stride, l->rstride) || !l->rxaddr || !l->txctl || !l->rxctl ||
+        (cfg->tun_vnet && (!l->vin || !l->coal)) ||
         !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
         return IE_S_ENOMEM;
@@ -168,6 +147,45 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
         memcpy(&a->sin6_addr, cfg->peer_addr, 16);
         l->peer_len = sizeof *a;
     }
+    atomic_init(&l->stop, 0);
+    atomic_init(&l->waiters, 0);
+    *loop = l;
+    return IE_S_OK;
+}
+
+int ie_loop_new_io(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, const ie_io *io, ie_loop **loop)
+{
+    *loop = NULL;
+    if (!cfg || !io)
+        return IE_S_EINVAL;
+    return loop_alloc(cfg, out, in, io, !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GRO), loop);
+}
+
+int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_loop **loop)
+{
+    ie_loop *l;
+    int rc, gro;
+
+    *loop = NULL;
+    if (!cfg)
+        return IE_S_EINVAL;
+    if (!ie_vnet_matches(cfg->tun_fd, cfg->tun_vnet))  /* a vnet header exactly when the tun has one */
+        return IE_S_EINVAL;
+    /* the batch read stops at EAGAIN, so tun must not block */
+    {
+        int fl = fcntl(cfg->tun_fd, F_GETFL);
+        if (fl < 0 || fcntl(cfg->tun_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+            return IE_S_EINVAL;
+    }
+    gro = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GRO) &&
+          setsockopt(cfg->udp_fd, SOL_UDP, UDP_GRO, &(int){1}, sizeof(int)) == 0;
+    rc = loop_alloc(cfg, out, in, &libc_io, gro, &l);
+    if (rc != IE_S_OK) {
+        if (gro)
+            setsockopt(cfg->udp_fd, SOL_UDP, UDP_GRO, &(int){0}, sizeof(int));
+        return rc;
+    }
+    l->own_fds = 1;
     l->connected = !cfg->raw_esp && connected_to(cfg->udp_fd, &l->peer, l->peer_len);
     if (cfg->sock_buf) {
         grow_buf(cfg->udp_fd, SO_SNDBUF, SO_SNDBUFFORCE, cfg->sock_buf);
@@ -175,8 +193,6 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
     }
     if (cfg->tun_vnet)  /* refused (old kernel): plain packets still come, behind a header */
         ioctl(cfg->tun_fd, TUNSETOFFLOAD, (unsigned long)TUN_OFFLOADS);
-    atomic_init(&l->stop, 0);
-    atomic_init(&l->waiters, 0);
     *loop = l;
     return IE_S_OK;
 }
@@ -185,30 +201,29 @@ void ie_loop_free(ie_loop *l)
 {
     if (!l)
         return;
-    free(l->txmem);
-    free(l->rxmem);
-    free(l->txv);
-    free(l->rxv);
-    free(l->txp);
-    free(l->rxp);
-    free(l->txm);
-    free(l->rxm);
-    free(l->txiov);
-    free(l->rxiov);
+    ie_batch_free(&l->b);
     free(l->rxaddr);
     free(l->txctl);
     free(l->rxctl);
-    if (l->tso) {  /* whoever reads the tun next gets plain packets (still behind a header) */
+    if (l->vin && l->own_fds)  /* whoever reads the tun next gets plain packets (still behind a header) */
         ioctl(l->cfg.tun_fd, TUNSETOFFLOAD, 0UL);
-        free(l->tso);
-    }
+    free(l->vin);
     free(l->coal);
-    free(l->runidx);
-    if (l->gro)  /* asyncio may read the socket again: one datagram per read */
+    if (l->gro && l->own_fds)  /* asyncio may read the socket again: one datagram per read */
         setsockopt(l->cfg.udp_fd, SOL_UDP, UDP_GRO, &(int){0}, sizeof(int));
     if (l->mu_ok)
         pthread_mutex_destroy(&l->mu);
     free(l);
+}
+
+static int step(void *l, int timeout_ms)
+{
+    return ie_loop_step(l, timeout_ms);
+}
+
+int ie_loop_run(ie_loop *l)
+{
+    return ie_run_until_stopped(&l->stop, step, l, l->cfg.poll_ms);
 }
 
 void ie_loop_stop(ie_loop *l)
@@ -272,111 +287,6 @@ static void clear_sock_error(ie_loop *l)
 
 /* ---- IFF_VNET_HDR tun: finish checksums, cut TCP super-packets (TSO) into segments ---- */
 
-static uint64_t csum_acc(const uint8_t *p, size_t len, uint64_t sum)
-{
-    uint32_t w;
-
-    for (; len >= 4; p += 4, len -= 4) {  /* 32-bit big-endian words fold to the same 16-bit sum */
-        memcpy(&w, p, 4);
-        sum += ntohl(w);
-    }
-    if (len >= 2) {
-        sum += (uint32_t)p[0] << 8 | p[1];
-        p += 2;
-        len -= 2;
-    }
-    if (len)
-        sum += (uint32_t)p[0] << 8;
-    return sum;
-}
-
-static void put_csum(uint8_t *at, uint64_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    sum = ~sum & 0xffff;
-    at[0] = (uint8_t)(sum >> 8);
-    at[1] = (uint8_t)sum;
-}
-
-static void put16(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-/* A read super-packet (in l->tso): check its headers, remember where the segments come from.
- * Returns 0 when it cannot be cut (counted as a drop by the caller). */
-static int tso_start(ie_loop *l, uint32_t plen, const struct virtio_net_hdr *h)
-{
-    const uint8_t *ip = l->tso + VNET_LEN, *tcp;
-    uint32_t type = h->gso_type & ~VIRTIO_NET_HDR_GSO_ECN, iphl, thl;
-
-    if (type == VIRTIO_NET_HDR_GSO_TCPV4 && plen >= 20 && ip[0] >> 4 == 4 && ip[9] == 6) {
-        iphl = (uint32_t)(ip[0] & 15) * 4;
-        l->tso_v6 = 0;
-        l->tso_id = (uint16_t)(ip[4] << 8 | ip[5]);
-    } else if (type == VIRTIO_NET_HDR_GSO_TCPV6 && plen >= 40 && ip[0] >> 4 == 6 && ip[6] == 6) {
-        iphl = 40;  /* extension headers: not cut here (dropped) */
-        l->tso_v6 = 1;
-    } else {
-        return 0;
-    }
-    if (iphl < 20 || iphl + 20 > plen)
-        return 0;
-    tcp = ip + iphl;
-    thl = (uint32_t)(tcp[12] >> 4) * 4;
-    if (thl < 20 || iphl + thl >= plen || !h->gso_size || iphl + thl + h->gso_size > l->cfg.mtu)
-        return 0;
-    l->tso_len = plen;
-    l->tso_iphl = iphl;
-    l->tso_hlen = iphl + thl;
-    l->tso_mss = h->gso_size;
-    l->tso_off = iphl + thl;
-    l->tso_seg = 0;
-    l->tso_seq = (uint32_t)tcp[4] << 24 | (uint32_t)tcp[5] << 16 | (uint32_t)tcp[6] << 8 | tcp[7];
-    l->tso_active = 1;
-    return 1;
-}
-
-/* The next segment of the super-packet, as a complete packet at out; returns its length. */
-static uint32_t tso_next(ie_loop *l, uint8_t *out)
-{
-    const uint8_t *pkt = l->tso + VNET_LEN;
-    uint32_t hl = l->tso_hlen, rest = l->tso_len - l->tso_off;
-    uint32_t chunk = rest < l->tso_mss ? rest : l->tso_mss, seglen = hl + chunk, tlen = seglen - l->tso_iphl;
-    uint8_t *tcp = out + l->tso_iphl;
-    uint32_t seq = l->tso_seq + (l->tso_off - hl);
-    uint64_t sum;
-
-    memcpy(out, pkt, hl);
-    memcpy(out + hl, pkt + l->tso_off, chunk);
-    if (!l->tso_v6) {
-        put16(out + 2, seglen);
-        put16(out + 4, (uint16_t)(l->tso_id + l->tso_seg));
-        out[10] = out[11] = 0;
-        put_csum(out + 10, csum_acc(out, l->tso_iphl, 0));
-        sum = csum_acc(out + 12, 8, 0);  /* pseudo header: addresses */
-    } else {
-        put16(out + 4, tlen);
-        sum = csum_acc(out + 8, 32, 0);
-    }
-    tcp[4] = (uint8_t)(seq >> 24);
-    tcp[5] = (uint8_t)(seq >> 16);
-    tcp[6] = (uint8_t)(seq >> 8);
-    tcp[7] = (uint8_t)seq;
-    if (chunk < rest)
-        tcp[13] &= (uint8_t)~0x09;  /* FIN, PSH: last segment only */
-    if (l->tso_seg)
-        tcp[13] &= (uint8_t)~0x80;  /* CWR: first segment only */
-    tcp[16] = tcp[17] = 0;
-    put_csum(tcp + 16, csum_acc(tcp, tlen, sum + 6 + tlen));
-    l->tso_off += chunk;
-    l->tso_seg++;
-    l->tso_active = l->tso_off < l->tso_len;
-    return seglen;
-}
-
 /* Fill tx slots from a vnet tun: plain packets (checksum finished if the kernel left it to us)
  * and segments of super-packets.  Returns slots filled. */
 static uint32_t tun_read_vnet(ie_loop *l)
@@ -384,14 +294,14 @@ static uint32_t tun_read_vnet(ie_loop *l)
     uint32_t n = 0;
 
     while (n < l->cfg.batch) {
-        uint8_t *buf = l->txmem + (size_t)n * l->stride, *data = buf + IE_ESP_HEADROOM;
-        ie_pkt *p = &l->txp[n];
+        uint8_t *buf = l->b.txmem + (size_t)n * l->stride, *data = buf + IE_ESP_HEADROOM;
+        ie_pkt *p = &l->b.txp[n];
         uint32_t len;
-        if (l->tso_active) {
-            len = tso_next(l, data);
+        if (l->tso.active) {
+            len = ie_tso_next(&l->tso, data);
         } else {
             struct virtio_net_hdr h;
-            ssize_t r = read(l->cfg.tun_fd, l->tso, TSO_BUF);
+            ssize_t r = l->io.read(l->cfg.tun_fd, l->vin, TSO_BUF);
             uint32_t plen;
             if (r <= 0)
                 break;
@@ -400,32 +310,30 @@ static uint32_t tun_read_vnet(ie_loop *l)
                 l->st.encap_drop++;
                 continue;
             }
-            memcpy(&h, l->tso, sizeof h);
+            memcpy(&h, l->vin, sizeof h);
             plen = (uint32_t)r - VNET_LEN;
             if (h.gso_type != VIRTIO_NET_HDR_GSO_NONE) {
                 l->st.tun_tso++;
-                if (!tso_start(l, plen, &h)) {
+                if (!ie_tso_start(&l->tso, l->vin + VNET_LEN, plen, 0, &h, l->cfg.mtu)) {
                     l->st.tun_rx++;
                     l->st.encap_drop++;
                 }
                 continue;
             }
-            if (plen > l->cfg.mtu || ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) &&
-                                      (uint32_t)h.csum_start + h.csum_offset + 2 > plen)) {
+            if (plen > l->cfg.mtu) {
                 l->st.tun_rx++;
                 l->st.encap_drop++;
                 continue;
             }
-            memcpy(data, l->tso + VNET_LEN, plen);
-            if (h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)  /* the field holds the pseudo-header sum */
-                put_csum(data + h.csum_start + h.csum_offset, csum_acc(data + h.csum_start, plen - h.csum_start, 0));
+            memcpy(data, l->vin + VNET_LEN, plen);
+            if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && !ie_vnet_finish_csum(data, plen, &h)) {
+                l->st.tun_rx++;
+                l->st.encap_drop++;
+                continue;
+            }
             len = plen;
         }
-        memset(p, 0, sizeof *p);
-        p->buf = buf;
-        p->off = IE_ESP_HEADROOM;
-        p->len = len;
-        p->cap = l->stride;
+        ie_pkt_init(p, buf, IE_ESP_HEADROOM, len, l->stride);
         p->next_header = (data[0] >> 4) == 6 ? 41 : 4;
         n++;
     }
@@ -440,7 +348,7 @@ static void send_each(ie_loop *l, const struct msghdr *train)
     for (j = 0; j < train->msg_iovlen; j++) {
         struct msghdr mh = {.msg_name = train->msg_name, .msg_namelen = train->msg_namelen,
                             .msg_iov = &train->msg_iov[j], .msg_iovlen = 1};
-        if (sendmsg(l->cfg.udp_fd, &mh, 0) < 0)
+        if (l->io.sendmsg(l->cfg.udp_fd, &mh, 0) < 0)
             l->st.send_errors++;
         else
             l->st.esp_tx++;
@@ -453,13 +361,13 @@ static int tun_to_udp(ie_loop *l)
     uint32_t n = 0, i, k = 0, m, seg;
     int retried, closed;
 
-    if (l->tso)
+    if (l->vin)
         n = tun_read_vnet(l);
-    while (!l->tso && n < l->cfg.batch) {
-        ie_pkt *p = &l->txp[n];
-        uint8_t *buf = l->txmem + (size_t)n * l->stride;
+    while (!l->vin && n < l->cfg.batch) {
+        ie_pkt *p = &l->b.txp[n];
+        uint8_t *buf = l->b.txmem + (size_t)n * l->stride;
         /* one byte more than the MTU (the tailroom has it) tells an oversized packet apart */
-        ssize_t r = read(l->cfg.tun_fd, buf + IE_ESP_HEADROOM, (size_t)l->cfg.mtu + 1);
+        ssize_t r = l->io.read(l->cfg.tun_fd, buf + IE_ESP_HEADROOM, (size_t)l->cfg.mtu + 1);
         if (r <= 0)
             break;  /* EAGAIN (nonblocking tun) or nothing more */
         if ((size_t)r > l->cfg.mtu) {
@@ -467,38 +375,34 @@ static int tun_to_udp(ie_loop *l)
             l->st.encap_drop++;
             continue;
         }
-        memset(p, 0, sizeof *p);
-        p->buf = buf;
-        p->off = IE_ESP_HEADROOM;
-        p->len = (uint32_t)r;
-        p->cap = l->stride;
+        ie_pkt_init(p, buf, IE_ESP_HEADROOM, (uint32_t)r, l->stride);
         p->next_header = (buf[IE_ESP_HEADROOM] >> 4) == 6 ? 41 : 4;  /* IPv6 / IPv4 in tunnel mode */
         n++;
     }
     if (!n)
         return 0;
     l->st.tun_rx += n;
-    ie_esp_encap(l->out, l->txp, n, l->txv);
+    ie_esp_encap(l->out, l->b.txp, n, l->b.txv);
     /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
      * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
     for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
-        uint32_t len = l->txp[i].len;
-        if (l->txv[i] != IE_OK) {
+        uint32_t len = l->b.txp[i].len;
+        if (l->b.txv[i] != IE_OK) {
             l->st.encap_drop++;
             continue;
         }
-        l->txiov[k].iov_base = l->txp[i].buf + l->txp[i].off;
-        l->txiov[k].iov_len = len;
-        if (l->gso && !closed && len <= seg && l->txm[m - 1].msg_hdr.msg_iovlen < GSO_MAX_SEGS &&
-            (l->txm[m - 1].msg_hdr.msg_iovlen + 1) * seg <= GSO_MAX_BYTES) {
-            l->txm[m - 1].msg_hdr.msg_iovlen++;
+        l->b.txiov[k].iov_base = l->b.txp[i].buf + l->b.txp[i].off;
+        l->b.txiov[k].iov_len = len;
+        if (l->gso && !closed && len <= seg && l->b.txm[m - 1].msg_hdr.msg_iovlen < GSO_MAX_SEGS &&
+            (l->b.txm[m - 1].msg_hdr.msg_iovlen + 1) * seg <= GSO_MAX_BYTES) {
+            l->b.txm[m - 1].msg_hdr.msg_iovlen++;
             closed = len < seg;
         } else {
-            memset(&l->txm[m], 0, sizeof l->txm[m]);
-            l->txm[m].msg_hdr.msg_iov = &l->txiov[k];
-            l->txm[m].msg_hdr.msg_iovlen = 1;
-            l->txm[m].msg_hdr.msg_name = l->connected ? NULL : &l->peer;
-            l->txm[m].msg_hdr.msg_namelen = l->connected ? 0 : l->peer_len;
+            memset(&l->b.txm[m], 0, sizeof l->b.txm[m]);
+            l->b.txm[m].msg_hdr.msg_iov = &l->b.txiov[k];
+            l->b.txm[m].msg_hdr.msg_iovlen = 1;
+            l->b.txm[m].msg_hdr.msg_name = l->connected ? NULL : &l->peer;
+            l->b.txm[m].msg_hdr.msg_namelen = l->connected ? 0 : l->peer_len;
             seg = len;
             closed = 0;
             m++;
@@ -506,23 +410,24 @@ static int tun_to_udp(ie_loop *l)
         k++;
     }
     for (i = 0; i < m; i++) {
-        struct msghdr *mh = &l->txm[i].msg_hdr;
+        struct msghdr *mh = &l->b.txm[i].msg_hdr;
         if (mh->msg_iovlen > 1) {
             struct cmsghdr *c = (struct cmsghdr *)(l->txctl + (size_t)i * CTL_SPACE);
             c->cmsg_level = SOL_UDP;
             c->cmsg_type = UDP_SEGMENT;
             c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            *(uint16_t *)CMSG_DATA(c) = (uint16_t)mh->msg_iov[0].iov_len;
+            uint16_t segsz = (uint16_t)mh->msg_iov[0].iov_len;
+            memcpy(CMSG_DATA(c), &segsz, sizeof segsz);  /* no typed store into a byte buffer */
             mh->msg_control = c;
             mh->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
         }
     }
     for (i = 0, retried = 0; i < m;) {
-        int s = sendmmsg(l->cfg.udp_fd, l->txm + i, m - i, 0), e = errno;
+        int s = l->io.sendmmsg(l->cfg.udp_fd, l->b.txm + i, m - i, 0), e = errno;
         if (s > 0) {
             for (; s > 0; s--, i++) {
-                l->st.esp_tx += l->txm[i].msg_hdr.msg_iovlen;
-                l->st.udp_gso_trains += l->txm[i].msg_hdr.msg_iovlen > 1;
+                l->st.esp_tx += l->b.txm[i].msg_hdr.msg_iovlen;
+                l->st.udp_gso_trains += l->b.txm[i].msg_hdr.msg_iovlen > 1;
             }
             continue;
         }
@@ -533,17 +438,17 @@ static int tun_to_udp(ie_loop *l)
             retried = 1;
             continue;
         }
-        if (s < 0 && l->txm[i].msg_hdr.msg_iovlen > 1) {
+        if (s < 0 && l->b.txm[i].msg_hdr.msg_iovlen > 1) {
             /* the kernel refused the train (no GSO there, or it would need IP fragments): send
              * its datagrams one by one; stop trying GSO where the kernel/device lacks it */
             if (e == EIO || e == EOPNOTSUPP || e == ENOPROTOOPT || e == ENOTSUP)
                 l->gso = 0;
-            send_each(l, &l->txm[i].msg_hdr);
+            send_each(l, &l->b.txm[i].msg_hdr);
             i++;
             continue;
         }
         for (; i < m; i++)  /* a full socket buffer drops, like a NIC queue would */
-            l->st.send_errors += l->txm[i].msg_hdr.msg_iovlen;
+            l->st.send_errors += l->b.txm[i].msg_hdr.msg_iovlen;
     }
     return (int)n;
 }
@@ -576,7 +481,7 @@ static void to_ike(ie_loop *l, const struct sockaddr_storage *from, const uint8_
     memset(&mh, 0, sizeof mh);
     mh.msg_iov = iov;
     mh.msg_iovlen = 2;
-    if (sendmsg(l->cfg.ike_fd, &mh, MSG_DONTWAIT) < 0)
+    if (l->io.sendmsg(l->cfg.ike_fd, &mh, MSG_DONTWAIT) < 0)
         l->st.ike_drop++;
     else
         l->st.ike_rx++;
@@ -585,171 +490,23 @@ static void to_ike(ie_loop *l, const struct sockaddr_storage *from, const uint8_
 /* ---- vnet tun, write side: consecutive segments of one TCP flow go to the kernel as one
  * super-packet (GRO in userspace), so forwarding and the receiving TCP see a few big packets ---- */
 
-typedef struct tcp_seg {
-    uint8_t *p;
-    uint32_t len, iphl, hl, seq;
-} tcp_seg;
-
-/* A plain TCP data segment that may be coalesced: IPv4 without options or fragments, or IPv6
- * straight to TCP; flags ACK (+PSH) only; some payload. */
-static int tcp_seg_parse(uint8_t *p, uint32_t len, tcp_seg *s)
-{
-    uint32_t iphl, thl;
-    const uint8_t *t;
-
-    if (len >= 40 && p[0] == 0x45) {
-        iphl = 20;
-        if (p[9] != 6 || (p[6] & 0x3f) || p[7] || ((uint32_t)p[2] << 8 | p[3]) != len)
-            return 0;
-    } else if (len >= 60 && p[0] >> 4 == 6) {
-        iphl = 40;
-        if (p[6] != 6 || ((uint32_t)p[4] << 8 | p[5]) + 40 != len)
-            return 0;
-    } else {
-        return 0;
-    }
-    t = p + iphl;
-    thl = (uint32_t)(t[12] >> 4) * 4;
-    if (thl < 20 || iphl + thl >= len || (t[13] & ~0x08) != 0x10)
-        return 0;
-    s->p = p;
-    s->len = len;
-    s->iphl = iphl;
-    s->hl = iphl + thl;
-    s->seq = (uint32_t)t[4] << 24 | (uint32_t)t[5] << 16 | (uint32_t)t[6] << 8 | t[7];
-    return 1;
-}
-
-/* Same flow and the same headers apart from lengths, IDs, checksums, sequence number, PSH. */
-static int tcp_same_flow(const tcp_seg *a, const tcp_seg *b)
-{
-    const uint8_t *x = a->p, *y = b->p, *tx = x + a->iphl, *ty = y + b->iphl;
-
-    if (a->iphl != b->iphl || a->hl != b->hl)
-        return 0;
-    if (a->iphl == 20 ? (x[1] != y[1] || x[6] != y[6] || x[8] != y[8] || memcmp(x + 12, y + 12, 8))
-                      : (memcmp(x, y, 4) || x[7] != y[7] || memcmp(x + 8, y + 8, 32)))
-        return 0;
-    /* ports, ack, window, options */
-    return !memcmp(tx, ty, 4) && !memcmp(tx + 8, ty + 8, 4) && !memcmp(tx + 14, ty + 14, 2) &&
-           !memcmp(tx + 20, ty + 20, a->hl - a->iphl - 20);
-}
-
-static void tun_write(ie_loop *l, uint8_t *d, size_t len, uint32_t pkts)
-{
-    if (write(l->cfg.tun_fd, d, len) < 0)
-        l->st.tun_tx_errors += pkts;
-    else
-        l->st.esp_ok += pkts;
-}
-
-/* Write the run of coalescible segments (rxp indices l->runidx[0..n)). */
-static void run_flush(ie_loop *l, uint32_t n)
-{
-    struct virtio_net_hdr h;
-    tcp_seg first = {0}, s = {0};
-    uint8_t *out = l->coal + VNET_LEN, *tcp;
-    uint32_t i, off, mss;
-    uint64_t sum;
-
-    if (!n)
-        return;
-    if (n == 1) {  /* alone: in place, behind a zero header (the ESP header had room for it) */
-        ie_pkt *p = &l->rxp[l->runidx[0]];
-        uint8_t *d = p->buf + p->off - VNET_LEN;
-        memset(d, 0, VNET_LEN);
-        tun_write(l, d, p->len + VNET_LEN, 1);
-        return;
-    }
-    tcp_seg_parse(l->rxp[l->runidx[0]].buf + l->rxp[l->runidx[0]].off, l->rxp[l->runidx[0]].len, &first);
-    memcpy(out, first.p, first.hl);
-    mss = first.len - first.hl;
-    for (i = 0, off = first.hl; i < n; i++) {
-        ie_pkt *p = &l->rxp[l->runidx[i]];
-        tcp_seg_parse(p->buf + p->off, p->len, &s);
-        memcpy(out + off, s.p + s.hl, s.len - s.hl);
-        off += s.len - s.hl;
-    }
-    tcp = out + first.iphl;
-    tcp[13] |= s.p[first.iphl + 13] & 0x08;  /* PSH of the last segment */
-    if (first.iphl == 20) {
-        put16(out + 2, off);
-        out[10] = out[11] = 0;
-        put_csum(out + 10, csum_acc(out, 20, 0));
-        sum = csum_acc(out + 12, 8, 0);
-    } else {
-        put16(out + 4, off - 40);
-        sum = csum_acc(out + 8, 32, 0);
-    }
-    /* CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum, the kernel does the rest */
-    sum += 6 + (off - first.iphl);
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    put16(tcp + 16, (uint32_t)sum);
-    memset(&h, 0, sizeof h);
-    h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-    h.gso_type = first.iphl == 20 ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_TCPV6;
-    h.hdr_len = (uint16_t)first.hl;
-    h.gso_size = (uint16_t)mss;
-    h.csum_start = (uint16_t)first.iphl;
-    h.csum_offset = 16;
-    memcpy(l->coal, &h, sizeof h);
-    l->st.tun_gro++;
-    tun_write(l, l->coal, VNET_LEN + off, n);
-}
-
 /* decap the k collected ESP datagrams; write each OK payload to tun (vnet tun: coalesced) */
 static void rx_flush(ie_loop *l, uint32_t k)
 {
-    uint32_t i, n = 0, total = 0, mss = 0, next = 0;
-    tcp_seg first = {0}, s;
-    int open = 0;
+    uint32_t i;
 
     if (!k)
         return;
-    ie_esp_decap(l->in, l->rxp, k, l->rxv);
+    ie_esp_decap(l->in, l->b.rxp, k, l->b.rxv);
     for (i = 0; i < k; i++) {
-        ie_pkt *p = &l->rxp[i];
-        uint8_t *d = p->buf + p->off;
-        if (l->rxv[i] != IE_OK) {
+        ie_pkt *p = &l->b.rxp[i];
+        if (l->b.rxv[i] != IE_OK)
             l->st.decap_drop++;
-            continue;
-        }
-        if (!l->tso) {
-            tun_write(l, d, p->len, 1);
-            continue;
-        }
-        if (p->off < VNET_LEN || !tcp_seg_parse(d, p->len, &s)) {
-            run_flush(l, n);  /* keep the order: what came before goes first */
-            n = 0;
-            open = 0;
-            if (p->off >= VNET_LEN) {
-                memset(d - VNET_LEN, 0, VNET_LEN);
-                tun_write(l, d - VNET_LEN, p->len + VNET_LEN, 1);
-            } else {
-                l->st.tun_tx_errors++;  /* cannot happen: ESP headers are >= 16 bytes */
-            }
-            continue;
-        }
-        if (open && s.seq == next && s.len - s.hl <= mss && total + (s.len - s.hl) <= 65000 && n < 64 &&
-            tcp_same_flow(&first, &s)) {
-            l->runidx[n++] = i;
-            total += s.len - s.hl;
-            next += s.len - s.hl;
-            /* only the last segment may be short or carry PSH */
-            open = s.len - s.hl == mss && !(s.p[s.iphl + 13] & 0x08);
-            continue;
-        }
-        run_flush(l, n);
-        first = s;
-        mss = s.len - s.hl;
-        total = first.hl + mss;
-        next = s.seq + mss;
-        l->runidx[0] = i;
-        n = 1;
-        open = !(s.p[s.iphl + 13] & 0x08);
+        else if (!l->vin)
+            ie_devout_write(&l->tun, p->buf + p->off, p->len, 1);
     }
-    run_flush(l, n);
+    if (l->vin)
+        l->st.tun_gro += ie_vnet_deliver(&l->tcpgro, l->coal, l->b.rxp, k, 0, ie_devout_write, &l->tun);
 }
 
 /* classify one datagram: IKE, keepalive, or ESP for the decap batch (flushed when full) */
@@ -774,10 +531,7 @@ static void rx_one(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d, 
         to_ike(l, from, d + 4, len - 4);
         return;
     }
-    memset(&l->rxp[*k], 0, sizeof l->rxp[*k]);
-    l->rxp[*k].buf = d;
-    l->rxp[*k].len = len;
-    l->rxp[*k].cap = len;  /* decap only shrinks */
+    ie_pkt_init(&l->b.rxp[*k], d, 0, len, len);  /* decap only shrinks */
     if (++*k == l->cfg.batch) {
         rx_flush(l, *k);
         *k = 0;
@@ -798,6 +552,35 @@ static uint32_t gro_size(struct msghdr *mh)
     return 0;
 }
 
+void ie_loop_rx_msg(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d, uint32_t len, uint32_t seg,
+                    int trunc, uint32_t *k)
+{
+    uint32_t o;
+
+    if (trunc) {
+        l->st.udp_rx++;
+        l->st.decap_drop++;
+        return;
+    }
+    if (!seg || seg >= len) {
+        rx_one(l, from, d, len, k);
+        return;
+    }
+    l->st.udp_gro_trains++;
+    for (o = 0; o < len; o += seg)
+        rx_one(l, from, d + o, len - o < seg ? len - o : seg, k);
+}
+
+void ie_loop_rx_end(ie_loop *l, uint32_t k)
+{
+    rx_flush(l, k);
+}
+
+int ie_loop_tun_batch(ie_loop *l)
+{
+    return tun_to_udp(l);
+}
+
 /* one recvmmsg -> split GRO trains -> classify -> decap -> tun.  Returns datagrams. */
 static int udp_to_tun(ie_loop *l)
 {
@@ -805,37 +588,24 @@ static int udp_to_tun(ie_loop *l)
     int r;
 
     for (i = 0; i < n; i++) {
-        l->rxiov[i].iov_base = l->rxmem + (size_t)i * l->rstride;
-        l->rxiov[i].iov_len = l->rstride;
-        memset(&l->rxm[i], 0, sizeof l->rxm[i]);
-        l->rxm[i].msg_hdr.msg_iov = &l->rxiov[i];
-        l->rxm[i].msg_hdr.msg_iovlen = 1;
-        l->rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
-        l->rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
+        l->b.rxiov[i].iov_base = l->b.rxmem + (size_t)i * l->rstride;
+        l->b.rxiov[i].iov_len = l->rstride;
+        memset(&l->b.rxm[i], 0, sizeof l->b.rxm[i]);
+        l->b.rxm[i].msg_hdr.msg_iov = &l->b.rxiov[i];
+        l->b.rxm[i].msg_hdr.msg_iovlen = 1;
+        l->b.rxm[i].msg_hdr.msg_name = &l->rxaddr[i];
+        l->b.rxm[i].msg_hdr.msg_namelen = sizeof l->rxaddr[i];
         if (l->gro) {
-            l->rxm[i].msg_hdr.msg_control = l->rxctl + (size_t)i * CTL_SPACE;
-            l->rxm[i].msg_hdr.msg_controllen = CTL_SPACE;
+            l->b.rxm[i].msg_hdr.msg_control = l->rxctl + (size_t)i * CTL_SPACE;
+            l->b.rxm[i].msg_hdr.msg_controllen = CTL_SPACE;
         }
     }
-    r = recvmmsg(l->cfg.udp_fd, l->rxm, n, MSG_DONTWAIT, NULL);
+    r = recvmmsg(l->cfg.udp_fd, l->b.rxm, n, MSG_DONTWAIT, NULL);
     if (r <= 0)
         return 0;
-    for (i = 0; i < (uint32_t)r; i++) {
-        uint8_t *d = l->rxiov[i].iov_base;
-        uint32_t len = l->rxm[i].msg_len, seg = l->gro ? gro_size(&l->rxm[i].msg_hdr) : 0, o;
-        if (l->rxm[i].msg_hdr.msg_flags & MSG_TRUNC) {
-            l->st.udp_rx++;
-            l->st.decap_drop++;
-            continue;
-        }
-        if (!seg || seg >= len) {
-            rx_one(l, &l->rxaddr[i], d, len, &k);
-            continue;
-        }
-        l->st.udp_gro_trains++;
-        for (o = 0; o < len; o += seg)
-            rx_one(l, &l->rxaddr[i], d + o, len - o < seg ? len - o : seg, &k);
-    }
+    for (i = 0; i < (uint32_t)r; i++)
+        ie_loop_rx_msg(l, &l->rxaddr[i], l->b.rxiov[i].iov_base, l->b.rxm[i].msg_len,
+                       l->gro ? gro_size(&l->b.rxm[i].msg_hdr) : 0, !!(l->b.rxm[i].msg_hdr.msg_flags & MSG_TRUNC), &k);
     rx_flush(l, k);
     return (int)((uint32_t)l->st.udp_rx - before);
 }
@@ -843,7 +613,7 @@ static int udp_to_tun(ie_loop *l)
 int ie_loop_step(ie_loop *l, int timeout_ms)
 {
     struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = POLLIN}, {.fd = l->cfg.udp_fd, .events = POLLIN}};
-    int r = poll(pfd, 2, l->tso_active ? 0 : timeout_ms), done = 0;
+    int r = poll(pfd, 2, l->tso.active ? 0 : timeout_ms), done = 0;
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
@@ -854,23 +624,9 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
     pthread_mutex_lock(&l->mu);
     if (pfd[1].revents & POLLERR)
         clear_sock_error(l);
-    if (pfd[0].revents & POLLIN || l->tso_active)
-        done += tun_to_udp(l);
-    if (pfd[1].revents & POLLIN)
-        done += udp_to_tun(l);
-    if (done)
-        l->st.batches++;
+    done = (pfd[0].revents & POLLIN || l->tso.active ? tun_to_udp(l) : 0) +
+           (pfd[1].revents & POLLIN ? udp_to_tun(l) : 0);
+    l->st.batches += done > 0;
     pthread_mutex_unlock(&l->mu);
     return done;
-}
-
-int ie_loop_run(ie_loop *l)
-{
-    while (!atomic_load(&l->stop)) {
-        int r = ie_loop_step(l, l->cfg.poll_ms > 0 ? l->cfg.poll_ms : 100);
-        if (r < 0)
-            return r;
-    }
-    atomic_store(&l->stop, 0);
-    return 0;
 }

@@ -313,16 +313,18 @@ int ie_macsec_rx_next_pn(const ie_macsec_rx *rx, uint64_t sci, uint8_t an, uint6
 
 static uint8_t validate_one(ie_macsec_rx *rx, ie_pkt *p)
 {
-    uint8_t *f = p->buf + p->off, *sd, tci, sl, iv[12];
+    uint8_t *f, *sd, tci, sl, iv[12];
     uint32_t L = p->len, taglen, sdlen, pn32;
     uint64_t sci, pn, lowest;
     int ok;
     msa *sa;
 
-    if (L < 14) {
+    /* no pointer into buf before the descriptor is known to lie inside it (buf may be NULL) */
+    if (L < 14 || (uint64_t)p->off + L > p->cap) {
         rx->c.too_short++;
         return IE_TOO_SHORT;
     }
+    f = p->buf + p->off;
     if (f[12] != (ETH_MACSEC >> 8) || f[13] != (ETH_MACSEC & 0xFF)) {
         if (rx->secy.validate == IE_VALIDATE_STRICT) {
             rx->c.not_protected++;

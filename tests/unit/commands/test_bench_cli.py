@@ -58,8 +58,27 @@ def test_quick_table_and_progress() -> None:
     assert result.exit_code == 0, result.output
     assert "bench: esp aes-gcm-128 1400 B x 32" in result.stderr
     table = result.stdout.splitlines()
-    assert table[0].split() == ["protocol", "suite", "op", "size", "batch", "pkts/s", "Gbit/s", "openssl", "ratio"]
+    assert table[0].split() == ["protocol", "suite", "op", "size", "batch", "pkts/s", "Gbit/s", "openssl", "ratio",
+                                "min-max"]
     assert len(table) == 2 + 10  # 5 suites x 2 ops at one size and batch
+
+
+def test_ratio_is_the_median_of_alternating_rounds() -> None:
+    """[structure] 10: OpenSSL and the transform alternate; the reported ratio is the (lower) median of
+    the per-round ratios, from one real round, with the min-max over all rounds."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    rows = bench_json("--backend", "reference", "--sizes", "64", "--batches", "1", "--duration", "0.01",
+                      "--rounds", "3")
+    gcm = [r for r in rows if "gcm" in r["suite"]]
+    assert gcm
+    for r in gcm:
+        assert r["rounds"] == 3 and len(r["ratios"]) == 3 and len(r["gbps_rounds"]) == 3
+        assert r["ratio"] == pytest.approx(sorted(r["ratios"])[1])
+        assert r["ratio_min"] == min(r["ratios"]) <= r["ratio"] <= r["ratio_max"] == max(r["ratios"])
+        assert r["gbps"] in r["gbps_rounds"]
+    stderr = CliRunner().invoke(cli, ["bench", "dataplane", "--rounds", "0"]).output
+    assert "--rounds" in stderr
 
 
 def test_native_is_faster_than_reference_for_gcm() -> None:
