@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := build-essential clang libssl-dev python3-dev python3-venv iproute2 iputils-ping \
+APT_PACKAGES := build-essential clang libclang-rt-14-dev libssl-dev python3-dev python3-venv iproute2 iputils-ping \
 	tcpdump tshark iperf3 strongswan-charon strongswan-swanctl libcharon-extra-plugins \
 	libstrongswan-standard-plugins libstrongswan-extra-plugins
 PYTEST_ARGS ?=
