@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import ModuleType
 
+from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.dataplane import backend as get_backend
-from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
 
 __all__ = ["Suite", "Result", "SUITES", "DEFAULT_SIZES", "DEFAULT_BATCHES", "DEFAULT_ROUNDS", "run", "openssl_speed",
            "format_table"]

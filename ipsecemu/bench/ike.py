@@ -166,8 +166,8 @@ async def _stdin_reader() -> asyncio.StreamReader:
 
 
 async def _responder(host: str) -> None:
+    from ipsecemu.ike.endpoint import IkeEndpoint
     from ipsecemu.ike.events import ChildSaEstablished
-    from ipsecemu.ike.sa import IkeEndpoint
     from ipsecemu.io.transport import IkeTransport
 
     established: list[str] = []
@@ -276,7 +276,7 @@ async def _initiate_group(ep: Any, tr: Any, sad: Sad, name: str, duration: float
 
 async def _initiator(host: str, remote: str, groups: list[str], duration: float | None, count: int | None,
                      k: int) -> None:
-    from ipsecemu.ike.sa import IkeEndpoint
+    from ipsecemu.ike.endpoint import IkeEndpoint
     from ipsecemu.io.transport import IkeTransport
 
     ep = IkeEndpoint(_configs("initiator", groups, remote), (host, 500))

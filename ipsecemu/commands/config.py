@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ipsecemu.dataplane.api import ConfigError
+from ipsecemu.base.errors import ConfigError
 
 
 @click.group()

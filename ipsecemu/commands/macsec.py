@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ipsecemu.dataplane.api import ConfigError
+from ipsecemu.base.errors import ConfigError
 
 
 class _UserError(click.ClickException):

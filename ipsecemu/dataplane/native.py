@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ipsecemu.dataplane.api import (
+from ipsecemu.base.satypes import (
     ESP_ENCR,
     ConfigError,
     DecapResult,

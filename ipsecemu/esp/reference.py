@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ipsecemu.dataplane.api import (
+from ipsecemu.base.satypes import (
     AEAD_ESP_ENCR,
     ESP_ENCR,
     ESP_INTEG,

@@ -22,7 +22,7 @@ Exact rules (the native backend mirrors them):
 
 from __future__ import annotations
 
-from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW
+from ipsecemu.base.satypes import MAX_REPLAY_WINDOW
 
 _MASK32 = 0xFFFFFFFF
 _MAX64 = (1 << 64) - 1

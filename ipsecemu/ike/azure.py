@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipsecemu.dataplane.api import ConfigError
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.ike.config import ConnectionConfig, ConnectionConfigError, parse_connection, squash
 
 INSTANCES = ("Instance0", "Instance1")

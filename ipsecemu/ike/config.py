@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, ConfigError, Lifetime
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import MAX_REPLAY_WINDOW, Lifetime
 from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
 from ipsecemu.ike.settings import CHILDLESS
 from ipsecemu.ike.transforms import TransformType

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ipsecemu.dataplane.api import EspSaConfig
+from ipsecemu.base.satypes import EspSaConfig
 
 from .ts import TrafficSelector
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ipsecemu.dataplane.api import ConfigError
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.ike.transforms import (
     ENCR,
     ESN,

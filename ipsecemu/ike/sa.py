@@ -7,8 +7,8 @@ Addresses are ``(host: str, port: int)`` tuples.  ``now`` is a float in seconds 
 clock the caller likes).  Randomness (SPIs, nonces, DH private keys, IVs, rekey jitter) comes from
 ``rng: Callable[[int], bytes]`` (default ``os.urandom``) so runs and published vectors reproduce.
 
-``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10, max_half_open=1000)`` (``ipsecemu.ike.endpoint``,
-also importable from here) -- what a transport drives.  ``configs`` are ``settings.IkeSaConfig``
+``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10, max_half_open=1000)``
+(``ipsecemu.ike.endpoint``; not re-exported here, endpoint.py imports this module) -- what a transport drives.  ``configs`` are ``settings.IkeSaConfig``
 (``ike.config.to_ike_sa_config`` builds them from YAML).  It owns every IKE SA of one local
 address; routes datagrams by SPI; answers IKE_SA_INIT requests (responder role: the config
 naming the peer address / matching the offered IKE proposal, switched in IKE_AUTH by the peer's
@@ -47,7 +47,7 @@ Events (``ipsecemu.ike.events``), frozen dataclasses carrying ``ike_spi_i``/``ik
     "local", "remote", "dpd", "timeout", "auth_failed", "no_proposal", "failed", "rekeyed"; plus
     the error ``notify``), ``ChildSaEstablished`` / ``ChildSaRekeyed`` (the new SA is complete
     *before* the old one's ``ChildSaDeleted``: make-before-break) carrying ``ChildSaKeys``:
-    ``inbound`` / ``outbound`` ``ipsecemu.dataplane.api.EspSaConfig`` (``encr`` like "aes-gcm-16",
+    ``inbound`` / ``outbound`` ``ipsecemu.base.satypes.EspSaConfig`` (``encr`` like "aes-gcm-16",
     ``enc_key`` including the 4-byte salt, ``integ`` like "hmac-sha256-128" or None, byte/packet
     ``lifetime``), ``local_ts``/``remote_ts``, ``mode``, ``encap``, outer ``local``/``remote``,
     ``lifetime_s``, ``proposal``; ``ChildSaDeleted`` (SPIs, ``reason``: "local", "remote",
@@ -619,11 +619,3 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
                                     addr, local)
         self._kick(now)
 
-
-def __getattr__(name: str) -> object:
-    # ``from ipsecemu.ike.sa import IkeEndpoint`` as documented above (endpoint.py imports this module)
-    if name == "IkeEndpoint":
-        from .endpoint import IkeEndpoint
-
-        return IkeEndpoint
-    raise AttributeError(name)

@@ -2,7 +2,7 @@
 
 One table per transform type, keyed by the strongSwan proposal keyword (``aes256``,
 ``aes128gcm16``, ``prfsha384``, ``ecp384``, ...).  Each entry carries the IANA ID, sizes, the
-data-plane name from :mod:`ipsecemu.dataplane.api` (so a negotiated ESP proposal maps straight
+data-plane name from :mod:`ipsecemu.base.satypes` (so a negotiated ESP proposal maps straight
 to an ``EspSaConfig``) and the Wireshark 4.0 UAT strings used when exporting keys for tshark.
 
 Stable API (imported by the IKE core):
@@ -45,7 +45,7 @@ class EncrAlg:
     block: int  # padding alignment (4 for AEAD/stream ciphers and NULL)
     icv_len: int  # AEAD tag length, 0 for classic ciphers
     aead: bool
-    esp_name: str | None  # ipsecemu.dataplane.api.ESP_ENCR key; None if not usable in ESP
+    esp_name: str | None  # ipsecemu.base.satypes.ESP_ENCR key; None if not usable in ESP
     ike_ok: bool  # allowed in IKE SA proposals (ENCR_NULL is ESP only)
     # tshark 4.0 UAT strings (esp_sa "encryption algorithm", ikev2_decryption_table "encryption
     # algorithm"); None where tshark 4.0 cannot decrypt it (ChaCha20, ENCR_NULL in IKE).
@@ -76,7 +76,7 @@ class IntegAlg:
     hash: str | None  # None for NONE
     key_len: int
     icv_len: int
-    esp_name: str | None  # ipsecemu.dataplane.api.ESP_INTEG key
+    esp_name: str | None  # ipsecemu.base.satypes.ESP_INTEG key
     wireshark_esp: str
     wireshark_ike: str
     swan_name: str = ""  # "HMAC_SHA2_256_128"

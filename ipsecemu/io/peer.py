@@ -29,7 +29,7 @@ class IkePeer:
     def __init__(self, configs: Sequence[Any], host: str, *, netns: str | None = None,
                  tun_name: str | None = None, tun_addresses: Sequence[str] = (), backend: str = "auto",
                  rng: Callable[[int], bytes] = os.urandom, endpoint_kw: dict[str, Any] | None = None) -> None:
-        from ipsecemu.ike.sa import IkeEndpoint  # the core is optional for the rest of io/
+        from ipsecemu.ike.endpoint import IkeEndpoint  # the core is optional for the rest of io/
 
         self.host = host
         self.netns = netns

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
+from ipsecemu.base.satypes import EspSaConfig, Verdict
 from ipsecemu.dataplane import backend as dataplane_backend
-from ipsecemu.dataplane.api import EspSaConfig, Verdict
 from ipsecemu.io.transport import Addr, IkeTransport
 from ipsecemu.lab.netns import entered, netlink
 

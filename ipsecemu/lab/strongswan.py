@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipsecemu.dataplane.api import EspSaConfig
+from ipsecemu.base.satypes import EspSaConfig
 from ipsecemu.lab.netns import Netns, need_ping, ns_exec, wait_for
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ipsecemu.dataplane.api import ConfigError
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.macsec.link import parse_link_config, read_status
 
 from .state import LabState

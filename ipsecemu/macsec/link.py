@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipsecemu.dataplane.api import MACSEC_CIPHERS, VALIDATE_MODES, ConfigError, MacsecSaConfig, SecYConfig
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import MACSEC_CIPHERS, VALIDATE_MODES, MacsecSaConfig, SecYConfig
 from ipsecemu.macsec.mka import (
     InstallRxSa,
     InstallTxSa,

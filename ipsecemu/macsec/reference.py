@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ipsecemu.dataplane.api import (
+from ipsecemu.base.satypes import (
     ConfigError,
     ExpireEvent,
     MacsecSaConfig,

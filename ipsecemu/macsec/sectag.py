@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ipsecemu.dataplane.api import Verdict
+from ipsecemu.base.satypes import Verdict
 
 ETHERTYPE_MACSEC = 0x88E5
 ETH_ADDRS_LEN = 12  # DA | SA

@@ -30,8 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import BinaryIO
 
-from ipsecemu.dataplane import backend as get_backend
-from ipsecemu.dataplane.api import (
+from ipsecemu.base.satypes import (
     ESP_ENCR,
     ConfigError,
     DecapResult,
@@ -40,6 +39,7 @@ from ipsecemu.dataplane.api import (
     SecYConfig,
     Verdict,
 )
+from ipsecemu.dataplane import backend as get_backend
 from ipsecemu.esp import framing
 from ipsecemu.pcap.uat import EspAlgorithm, EspSaRow
 

@@ -25,7 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipsecemu.dataplane.api import ESP_ENCR, ESP_INTEG, ConfigError, MacsecSaConfig
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG, MacsecSaConfig
 
 __all__ = [
     "KeyFileError", "EspSaRow", "EspAlgorithm", "ESP_ENCRYPTION", "ESP_AUTHENTICATION",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from ipsecemu.base.satypes import SecYConfig, Verdict
 from ipsecemu.bench.dataplane import SUITES
 from ipsecemu.dataplane import BackendUnavailable, backend
-from ipsecemu.dataplane.api import SecYConfig, Verdict
 
 
 def _backend():  # noqa: ANN202 - a module

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fuzzlib import atheris_main  # noqa: E402
 
+from ipsecemu.base.errors import ConfigError as DataplaneConfigError  # noqa: E402
 from ipsecemu.base.errors import IpsecemuError  # noqa: E402
-from ipsecemu.dataplane.api import ConfigError as DataplaneConfigError  # noqa: E402
 
 _DIR = tempfile.mkdtemp(prefix="fuzz-cfg-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fuzzlib import atheris_main, seeded  # noqa: E402
 
-from ipsecemu.dataplane.api import EspSaConfig  # noqa: E402
+from ipsecemu.base.satypes import EspSaConfig  # noqa: E402
 from ipsecemu.ike import message as m  # noqa: E402
 from ipsecemu.ike.crypto import SkCipher  # noqa: E402
 from ipsecemu.ike.endpoint import IkeEndpoint  # noqa: E402

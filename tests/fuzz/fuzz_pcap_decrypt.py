@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fuzzlib import atheris_main  # noqa: E402
 
+from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict  # noqa: E402
 from ipsecemu.dataplane import backend  # noqa: E402
-from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict  # noqa: E402
 from ipsecemu.esp import framing  # noqa: E402
 from ipsecemu.pcap.decrypt import DecryptError, decrypt_file, read_capture  # noqa: E402
 from ipsecemu.pcap.uat import esp_row  # noqa: E402

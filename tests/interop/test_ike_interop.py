@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from ipsecemu.ike import events as ev
-from ipsecemu.ike.sa import IkeEndpoint  # noqa: F401 - presence check
+from ipsecemu.ike.endpoint import IkeEndpoint  # noqa: F401 - presence check
 from ipsecemu.io.interop import DEFAULT_CASES, PSK, InteropMismatch, ours_vs_charon, run_case
 from ipsecemu.lab.netns import aping
 from ipsecemu.lab.strongswan import CharonError, charon_available, pair_conn

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
+from ipsecemu.base.satypes import Verdict
 from ipsecemu.dataplane import backend
-from ipsecemu.dataplane.api import Verdict
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.loopback import LoopbackNet, Nat

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable
 
+from ipsecemu.base.satypes import MacsecSaConfig, Verdict
 from ipsecemu.dataplane import backend
-from ipsecemu.dataplane.api import MacsecSaConfig, Verdict
 from ipsecemu.macsec.mka import (
     InstallRxSa,
     InstallTxSa,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.dataplane.api import EspSaConfig
+from ipsecemu.base.satypes import EspSaConfig
 from ipsecemu.io.transport import IkeTransport, open_udp_socket
 from ipsecemu.io.tunnel import TunForwarder, networks
 from ipsecemu.lab.netns import Netns, capture, entered

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.dataplane.api import EspSaConfig, Verdict
+from ipsecemu.base.satypes import EspSaConfig, Verdict
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
 ref = pytest.importorskip("ipsecemu.dataplane.reference")

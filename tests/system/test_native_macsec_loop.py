@@ -17,7 +17,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from ipsecemu.dataplane.api import ConfigError, MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.macsec.reference import MacsecRx as RefRx
 
 native = pytest.importorskip("ipsecemu.dataplane.native")

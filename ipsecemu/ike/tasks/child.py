@@ -6,7 +6,8 @@ A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (
 
 from __future__ import annotations
 
-from ipsecemu.dataplane.api import ConfigError, EspSaConfig, Lifetime
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import EspSaConfig, Lifetime
 
 from .. import crypto
 from .. import message as m

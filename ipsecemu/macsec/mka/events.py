@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ipsecemu.dataplane.api import MacsecSaConfig
+from ipsecemu.base.satypes import MacsecSaConfig
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ipsecemu.dataplane.api import MACSEC_CIPHERS, ConfigError, MacsecSaConfig, SecYConfig
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import MACSEC_CIPHERS, MacsecSaConfig, SecYConfig
 from ipsecemu.macsec.mka import kdf
 from ipsecemu.macsec.mka.events import (
     InstallRxSa,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsecemu.dataplane.api import EspSaConfig
+from ipsecemu.base.satypes import EspSaConfig
 from ipsecemu.ike.config import (
     AZURE_DH_GROUP,
     AZURE_IKE_ENCRYPTION,

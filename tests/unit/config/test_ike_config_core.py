@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
+from ipsecemu.base.satypes import Verdict
 from ipsecemu.dataplane import backend
-from ipsecemu.dataplane.api import Verdict
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.azure import load_device_config
 from ipsecemu.ike.config import ConnectionConfigError, loads, parse_connection, to_ike_sa_config

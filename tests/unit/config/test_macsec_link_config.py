@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.commands.macsec import macsec
-from ipsecemu.dataplane.api import ConfigError
 from ipsecemu.macsec.link import LinkConfig, parse_link_config
 
 CAK = "00112233445566778899aabbccddeeff"

@@ -14,8 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsecemu.dataplane import backend
-from ipsecemu.dataplane.api import (
+from ipsecemu.base.satypes import (
     AEAD_ESP_ENCR,
     ESP_ENCR,
     ESP_INTEG,
@@ -26,6 +25,7 @@ from ipsecemu.dataplane.api import (
     SaCounters,
     Verdict,
 )
+from ipsecemu.dataplane import backend
 from ipsecemu.esp.reference import EspInbound, EspInboundTable, EspOutbound
 
 SPI = 0x1234ABCD

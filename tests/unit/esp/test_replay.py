@@ -198,7 +198,7 @@ def test_matches_model_esn(size: int, ops: list[tuple[int, bool]], start: int) -
 def test_sa_level_reorder_duplicate_forge(size: int, esn: bool, order: list[tuple[int, bool]]) -> None:
     """Real ESP packets through EspInbound in a random order with duplicates and forgeries:
     verdicts match the model, and forgeries never move the window."""
-    from ipsecemu.dataplane.api import EspSaConfig, Verdict
+    from ipsecemu.base.satypes import EspSaConfig, Verdict
     from ipsecemu.esp.reference import EspInbound, EspOutbound
 
     cfg = EspSaConfig(spi=0x4242, encr="aes-gcm-16", enc_key=bytes(20), esn=esn, replay_window=size)

@@ -12,7 +12,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, IPSecIntegrityError, SecurityAssociation
 from scapy.packet import Raw
 
-from ipsecemu.dataplane.api import ESP_ENCR, ESP_INTEG, EspSaConfig, Verdict
+from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG, EspSaConfig, Verdict
 from ipsecemu.esp import framing
 from ipsecemu.esp.reference import EspInbound, EspOutbound
 

@@ -14,7 +14,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from ipsecemu.dataplane.api import ESP_ENCR, ESP_INTEG, EspSaConfig, Verdict
+from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG, EspSaConfig, Verdict
 from ipsecemu.esp import framing
 from ipsecemu.esp.reference import EspOutbound
 

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from ipsecemu.dataplane.api import EspSaConfig, Verdict
+from ipsecemu.base.satypes import EspSaConfig, Verdict
 from ipsecemu.esp.reference import EspInbound, EspOutbound
 
 from support.paths import load_vectors

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.contrib.ikev2 import IKEv2_Proposal, IKEv2_Transform
 
-from ipsecemu.dataplane.api import EspSaConfig
+from ipsecemu.base.satypes import EspSaConfig
 from ipsecemu.ike.proposals import (
     Proposal,
     ProposalError,

@@ -11,7 +11,8 @@ import itertools
 
 import pytest
 
-from ipsecemu.dataplane.api import ConfigError, Verdict
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import Verdict
 from ipsecemu.macsec.mka import (
     InstallRxSa,
     InstallTxSa,

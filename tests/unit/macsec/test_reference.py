@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipsecemu.dataplane.api import ConfigError, ExpireEvent, MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import ExpireEvent, MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.macsec import sectag
 from ipsecemu.macsec.reference import MacsecRx, MacsecTx
 from ipsecemu.macsec.sectag import SecTag, implicit_sci, parse

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from ipsecemu.dataplane.api import MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.base.satypes import MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.macsec.reference import MacsecRx, MacsecTx
 from ipsecemu.macsec.sectag import parse
 from ipsecemu.macsec.xpn import xpn_iv

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from ipsecemu.dataplane import api, backend
+from ipsecemu.base import satypes as api
+from ipsecemu.dataplane import backend
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
 ffi, lib = native.ffi, native.lib

@@ -53,7 +53,7 @@ compilers = pytest.mark.parametrize("compiler", sorted(VARIANTS))
 def test_sanitizer_catches_a_lying_descriptor(compiler: str) -> None:
     code = textwrap.dedent("""
         from ipsecemu.dataplane import native
-        from ipsecemu.dataplane.api import EspSaConfig
+        from ipsecemu.base.satypes import EspSaConfig
         assert native.lib.__name__.endswith("MODULE.lib"), native.lib.__name__
         out = native.EspOutbound(EspSaConfig(spi=0x1000, encr="aes-gcm-16", enc_key=bytes(20)))
         buf = native.ffi.new("uint8_t[]", 40)

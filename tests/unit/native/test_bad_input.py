@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SaCounters, SecYConfig, Verdict
+from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SaCounters, SecYConfig, Verdict
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
 

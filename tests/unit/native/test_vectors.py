@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
 
 from support.paths import load_vectors
 

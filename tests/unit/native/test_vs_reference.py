@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipsecemu.dataplane import api
-from ipsecemu.dataplane.api import EspSaConfig, Lifetime, MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.base import satypes as api
+from ipsecemu.base.satypes import EspSaConfig, Lifetime, MacsecSaConfig, SecYConfig, Verdict
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
 ref = pytest.importorskip("ipsecemu.dataplane.reference")

@@ -10,8 +10,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 
+from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig
 from ipsecemu.dataplane import backend
-from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SecYConfig
 from ipsecemu.esp import framing
 from ipsecemu.pcap.decrypt import CaptureDecryptor
 from ipsecemu.pcap.uat import esp_row

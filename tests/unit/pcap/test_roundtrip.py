@@ -16,9 +16,9 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw, raw
 from scapy.utils import RawPcapReader, RawPcapWriter
 
+from ipsecemu.base.satypes import MACSEC_CIPHERS, EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.cli import cli
 from ipsecemu.dataplane import backend
-from ipsecemu.dataplane.api import MACSEC_CIPHERS, EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.esp import framing
 from ipsecemu.pcap.uat import esp_row, write_esp_sa, write_macsec_sa
 

@@ -15,8 +15,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 from scapy.utils import RawPcapWriter
 
+from ipsecemu.base.satypes import EspSaConfig, Verdict
 from ipsecemu.dataplane import backend
-from ipsecemu.dataplane.api import EspSaConfig, Verdict
 from ipsecemu.esp import framing
 from ipsecemu.pcap.uat import IkeSaRow, esp_row, write_esp_sa, write_ikev2_table
 

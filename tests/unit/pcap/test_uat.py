@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.dataplane.api import ConfigError, MacsecSaConfig
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.satypes import MacsecSaConfig
 from ipsecemu.pcap.uat import (
     ESP_AUTHENTICATION,
     ESP_ENCRYPTION,
