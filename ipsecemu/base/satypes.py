@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ipsecemu.base.algorithms import AEAD_ESP_ENCR, ESP_ENCR, ESP_INTEG, MACSEC_CIPHERS
 from ipsecemu.base.errors import ConfigError
 
 
@@ -29,29 +30,6 @@ class Verdict(enum.IntEnum):
     NOT_PROTECTED = 10  # MACsec RX: frame without SecTAG while validate mode is strict
     BAD_ALIGNMENT = 11  # ESP: ciphertext not a multiple of the cipher block size
 
-
-#: ESP encryption algorithms.  AEAD ones carry the salt at the end of ``enc_key``.
-#: name -> (allowed key lengths *without* salt, salt length, IV length, block size, ICV length or 0)
-ESP_ENCR: dict[str, tuple[tuple[int, ...], int, int, int, int]] = {
-    "aes-gcm-8": ((16, 24, 32), 4, 8, 4, 8),
-    "aes-gcm-12": ((16, 24, 32), 4, 8, 4, 12),
-    "aes-gcm-16": ((16, 24, 32), 4, 8, 4, 16),
-    "chacha20-poly1305": ((32,), 4, 8, 4, 16),
-    "aes-cbc": ((16, 24, 32), 0, 16, 16, 0),
-    "3des-cbc": ((24,), 0, 8, 8, 0),
-    "null": ((0,), 0, 0, 4, 0),
-}
-
-#: ESP integrity algorithms: name -> (key length, ICV length, hash name for hmac)
-ESP_INTEG: dict[str, tuple[int, int, str]] = {
-    "hmac-md5-96": (16, 12, "md5"),
-    "hmac-sha1-96": (20, 12, "sha1"),
-    "hmac-sha256-128": (32, 16, "sha256"),
-    "hmac-sha384-192": (48, 24, "sha384"),
-    "hmac-sha512-256": (64, 32, "sha512"),
-}
-
-AEAD_ESP_ENCR = frozenset({"aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "chacha20-poly1305"})
 
 MAX_REPLAY_WINDOW = 4096
 
@@ -113,14 +91,6 @@ def validate_esp_config(cfg: EspSaConfig) -> None:
     if not 0 <= cfg.replay_window <= MAX_REPLAY_WINDOW:
         raise ConfigError(f"replay_window: must be 0..{MAX_REPLAY_WINDOW}, got {cfg.replay_window}")
 
-
-MACSEC_CIPHERS: dict[str, tuple[int, bool]] = {
-    # name -> (SAK length, XPN)
-    "gcm-aes-128": (16, False),
-    "gcm-aes-256": (32, False),
-    "gcm-aes-xpn-128": (16, True),
-    "gcm-aes-xpn-256": (32, True),
-}
 
 VALIDATE_MODES = ("strict", "check", "disabled")
 

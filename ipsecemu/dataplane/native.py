@@ -19,8 +19,8 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ipsecemu.base.algorithms import C_ESP_ENCR, C_ESP_INTEG, C_MACSEC_CIPHER, ESP_ENCR
 from ipsecemu.base.satypes import (
-    ESP_ENCR,
     ConfigError,
     DecapResult,
     EspSaConfig,
@@ -55,25 +55,10 @@ if lib.ie_abi_version() != ABI_VERSION:  # a stale .so from an older checkout
 _U64 = (1 << 64) - 1
 _COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(SaCounters))
 
-_ENCR = {
-    "aes-gcm-8": lib.IE_ENCR_AES_GCM_8,
-    "aes-gcm-12": lib.IE_ENCR_AES_GCM_12,
-    "aes-gcm-16": lib.IE_ENCR_AES_GCM_16,
-    "aes-cbc": lib.IE_ENCR_AES_CBC,
-}
-_INTEG = {
-    None: lib.IE_INTEG_NONE,
-    "hmac-sha1-96": lib.IE_INTEG_HMAC_SHA1_96,
-    "hmac-sha256-128": lib.IE_INTEG_HMAC_SHA256_128,
-    "hmac-sha384-192": lib.IE_INTEG_HMAC_SHA384_192,
-    "hmac-sha512-256": lib.IE_INTEG_HMAC_SHA512_256,
-}
-_MACSEC_CIPHER = {
-    "gcm-aes-128": lib.IE_MACSEC_GCM_AES_128,
-    "gcm-aes-256": lib.IE_MACSEC_GCM_AES_256,
-    "gcm-aes-xpn-128": lib.IE_MACSEC_GCM_AES_XPN_128,
-    "gcm-aes-xpn-256": lib.IE_MACSEC_GCM_AES_XPN_256,
-}
+# the C enum values come from the algorithm registry (a unit test checks them against ipsecemu.h)
+_ENCR = C_ESP_ENCR
+_INTEG = C_ESP_INTEG
+_MACSEC_CIPHER = C_MACSEC_CIPHER
 _VALIDATE = {"strict": lib.IE_VALIDATE_STRICT, "check": lib.IE_VALIDATE_CHECK,
              "disabled": lib.IE_VALIDATE_DISABLED}
 _EV_REASON = {lib.IE_EV_BYTES: "bytes", lib.IE_EV_PACKETS: "packets", lib.IE_EV_SEQ: "seq",

@@ -20,6 +20,14 @@ from typing import Any
 
 import yaml
 
+from ipsecemu.base.algorithms import (
+    AZURE_DH_GROUP,
+    AZURE_IKE_ENCRYPTION,
+    AZURE_IKE_INTEGRITY,
+    AZURE_IPSEC_ENCRYPTION,
+    AZURE_IPSEC_INTEGRITY,
+    AZURE_PFS_GROUP,
+)
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import MAX_REPLAY_WINDOW, Lifetime
 from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
@@ -461,24 +469,7 @@ def _lifetime(ctx: _Ctx, path: Path_, v: object, default: SaLifetime) -> SaLifet
 
 
 # ---------------------------------------------------------------- Azure ipsec-policy names
-_NO = None  # marks "None" (no algorithm)
-AZURE_IKE_ENCRYPTION = {"DES": "des", "DES3": "3des", "AES128": "aes128", "AES192": "aes192", "AES256": "aes256",
-                        "GCMAES128": "aes128gcm16", "GCMAES256": "aes256gcm16"}
-#: IKE integrity -> (integrity keyword or None for GCM, PRF keyword).  Azure uses the IKE integrity
-#: algorithm as the PRF too; with GCM we pick the SHA-2 PRF matching the key size.
-AZURE_IKE_INTEGRITY = {"MD5": ("md5", "prfmd5"), "SHA1": ("sha1", "prfsha1"), "SHA256": ("sha256", "prfsha256"),
-                       "SHA384": ("sha384", "prfsha384"), "GCMAES128": (None, "prfsha256"),
-                       "GCMAES256": (None, "prfsha384")}
-AZURE_DH_GROUP = {"None": _NO, "DHGroup1": "modp768", "DHGroup2": "modp1024", "DHGroup14": "modp2048",
-                  "DHGroup2048": "modp2048", "DHGroup24": "modp2048s256", "ECP256": "ecp256", "ECP384": "ecp384"}
-AZURE_IPSEC_ENCRYPTION = {"None": "null", "DES": "des", "DES3": "3des", "AES128": "aes128", "AES192": "aes192",
-                          "AES256": "aes256", "GCMAES128": "aes128gcm16", "GCMAES192": "aes192gcm16",
-                          "GCMAES256": "aes256gcm16"}
-AZURE_IPSEC_INTEGRITY = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256", "GCMAES128": _NO, "GCMAES192": _NO,
-                         "GCMAES256": _NO}
-AZURE_PFS_GROUP = {"None": _NO, "PFS1": "modp768", "PFS2": "modp1024", "PFS2048": "modp2048",
-                   "PFS14": "modp2048", "PFS24": "modp2048s256", "ECP256": "ecp256", "ECP384": "ecp384",
-                   "PFSMM": "PFSMM"}
+# the tables themselves are facts of the algorithm registry (ipsecemu.base.algorithms)
 _AZURE_KEYS = _canon("ike_encryption", "ike_integrity", "dh_group", "ipsec_encryption", "ipsec_integrity",
                      "pfs_group", "sa_lifetime_seconds", "sa_datasize_kilobytes",
                      sa_life_time_seconds="sa_lifetime_seconds", sa_lifetime_in_seconds="sa_lifetime_seconds",

@@ -26,6 +26,15 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.utils import CryptographyDeprecationWarning
 
+from ipsecemu.base.algorithms import (
+    ESP_CIPHER_BY_ID,
+    INTEG_BY_ID,
+    PRF_HASH_BY_ID,
+    PRF_ID_BY_SWAN_NAME,
+    EspCipher,
+    IntegAlg,
+)
+
 from .consts import Notify
 from .errors import IntegrityError, LocalProtocolError, RemoteProtocolError
 from .modp import MODP_GROUP24, MODP_PRIMES
@@ -35,60 +44,15 @@ Rng = Callable[[int], bytes]
 # --- algorithm tables -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EncrAlg:
-    name: str  # data-plane (ESP) name
-    block: int  # padding alignment
-    iv_len: int
-    salt_len: int  # AEAD only
-    icv_len: int  # AEAD tag length, 0 for CBC
-    key_lens: tuple[int, ...]  # bytes, without salt
-    needs_keylen_attr: bool
-
-    @property
-    def aead(self) -> bool:
-        return self.icv_len > 0
-
-
-#: ENCR transform ID -> parameters
-ENCR: dict[int, EncrAlg] = {
-    3: EncrAlg("3des-cbc", 8, 8, 0, 0, (24,), False),
-    11: EncrAlg("null", 4, 0, 0, 0, (0,), False),  # ESP only
-    12: EncrAlg("aes-cbc", 16, 16, 0, 0, (16, 24, 32), True),
-    18: EncrAlg("aes-gcm-8", 4, 8, 4, 8, (16, 24, 32), True),
-    19: EncrAlg("aes-gcm-12", 4, 8, 4, 12, (16, 24, 32), True),
-    20: EncrAlg("aes-gcm-16", 4, 8, 4, 16, (16, 24, 32), True),
-    28: EncrAlg("chacha20-poly1305", 4, 8, 4, 16, (32,), False),
-}
-
-
-@dataclass(frozen=True)
-class IntegAlg:
-    name: str  # data-plane (ESP) name
-    key_len: int
-    icv_len: int
-    hash: str
-
-
-INTEG: dict[int, IntegAlg] = {
-    1: IntegAlg("hmac-md5-96", 16, 12, "md5"),
-    2: IntegAlg("hmac-sha1-96", 20, 12, "sha1"),
-    12: IntegAlg("hmac-sha256-128", 32, 16, "sha256"),
-    13: IntegAlg("hmac-sha384-192", 48, 24, "sha384"),
-    14: IntegAlg("hmac-sha512-256", 64, 32, "sha512"),
-}
-
+# The tables are the registry's (ipsecemu.base.algorithms), keyed here by IANA transform ID.
+#: ENCR transform ID -> parameters (data-plane name, block, IV, salt, ICV, key sizes)
+ENCR: dict[int, EspCipher] = ESP_CIPHER_BY_ID
+#: INTEG transform ID -> algorithm (key_len, icv_len, hash)
+INTEG: dict[int, IntegAlg] = {i: a for i, a in INTEG_BY_ID.items() if a.hash}
 #: PRF transform ID -> hash name (all HMAC based)
-PRF: dict[int, str] = {1: "md5", 2: "sha1", 5: "sha256", 6: "sha384", 7: "sha512"}
-
+PRF: dict[int, str] = PRF_HASH_BY_ID
 #: PRF names used by vector files and logs
-PRF_NAMES = {
-    "PRF_HMAC_MD5": 1,
-    "PRF_HMAC_SHA1": 2,
-    "PRF_HMAC_SHA2_256": 5,
-    "PRF_HMAC_SHA2_384": 6,
-    "PRF_HMAC_SHA2_512": 7,
-}
+PRF_NAMES: dict[str, int] = PRF_ID_BY_SWAN_NAME
 
 _ECP = {19: ec.SECP256R1, 20: ec.SECP384R1, 21: ec.SECP521R1}
 #: MODP private exponent sizes in bits: 2 x the strength estimate of RFC 3526 section 8, >= 256

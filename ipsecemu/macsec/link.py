@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipsecemu.base.algorithms import MACSEC_CIPHERS
 from ipsecemu.base.errors import ConfigError
-from ipsecemu.base.satypes import MACSEC_CIPHERS, VALIDATE_MODES, MacsecSaConfig, SecYConfig
+from ipsecemu.base.satypes import VALIDATE_MODES, MacsecSaConfig, SecYConfig
 from ipsecemu.macsec.mka import (
     InstallRxSa,
     InstallTxSa,

@@ -21,60 +21,49 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipsecemu.base.errors import ConfigError
-from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG, MacsecSaConfig
+from ipsecemu.base.algorithms import (
+    ENCR_LIST,
+    ESP_ENCR,
+    ESP_INTEG,
+    INTEG_LIST,
+    INTEG_NONE,
+    WIRESHARK_ESP_AUTH_EXTRA,
+    WIRESHARK_ESP_ENCR_EXTRA,
+    WIRESHARK_IKE_ENCR_EXTRA,
+    WIRESHARK_IKE_INTEG_EXTRA,
+    EncrAlg,
+    IntegAlg,
+)
+from ipsecemu.base.errors import ConfigError, InputError
+from ipsecemu.base.satypes import MacsecSaConfig
 
 __all__ = [
     "KeyFileError", "EspSaRow", "EspAlgorithm", "ESP_ENCRYPTION", "ESP_AUTHENTICATION",
     "parse_esp_sa", "read_esp_sa", "format_esp_sa", "write_esp_sa", "esp_row",
-    "IkeSaRow", "format_ikev2_table", "write_ikev2_table",
+    "IkeSaRow", "format_ikev2_table", "write_ikev2_table", "esp_rows_from_keylog", "ike_rows_from_keylog",
     "parse_macsec_sa", "read_macsec_sa", "format_macsec_sa", "write_macsec_sa",
 ]
 
 
-class KeyFileError(ValueError):
+class KeyFileError(InputError):
     """A key file is missing or malformed; the message names the file and line."""
 
 
 # Wireshark ESP encryption string -> ipsecemu ESP_ENCR name (None: Wireshark knows it, ipsecemu
-# cannot decrypt it).  ChaCha20 is only in Wireshark >= 4.2; accepted here, tshark 4.0 rejects it.
+# cannot decrypt it).  Built from the algorithm registry; nothing here is a table of its own.
 ESP_ENCRYPTION: dict[str, str | None] = {
-    "NULL": "null",
-    "TripleDES-CBC [RFC2451]": "3des-cbc",
-    "AES-CBC [RFC3602]": "aes-cbc",
-    "AES-GCM with 8 octet ICV [RFC4106]": "aes-gcm-8",
-    "AES-GCM with 12 octet ICV [RFC4106]": "aes-gcm-12",
-    "AES-GCM with 16 octet ICV [RFC4106]": "aes-gcm-16",
-    "ChaCha20 with Poly1305 [RFC7634]": "chacha20-poly1305",
-    "AES-CTR [RFC3686]": None,
-    "DES-CBC [RFC2405]": None,
-    "CAST5-CBC [RFC2144]": None,
-    "BLOWFISH-CBC [RFC2451]": None,
-    "TWOFISH-CBC": None,
-    "AES-GCM with IIV and 16 octet ICV [RFC4106 & RFC8750]": None,
-    "ChaCha20 with Poly1305 and IIV [RFC7634 & RFC8750]": None,
+    **{e.wireshark_esp: e.esp_name for e in ENCR_LIST if e.wireshark_esp and e.esp_name},
+    **WIRESHARK_ESP_ENCR_EXTRA,
 }
 
 # Wireshark ESP authentication string -> (ipsecemu ESP_INTEG name or None, ICV length, checked).
-# "ANY n bit" and "NULL" mean: the ICV is (n/8 bytes or absent and) not verified.
 ESP_AUTHENTICATION: dict[str, tuple[str | None, int, bool]] = {
-    "NULL": (None, 0, False),
-    "HMAC-SHA-1-96 [RFC2404]": ("hmac-sha1-96", 12, True),
-    "HMAC-SHA-256-96 [draft-ietf-ipsec-ciph-sha-256-00]": (None, 12, True),
-    "HMAC-SHA-256-128 [RFC4868]": ("hmac-sha256-128", 16, True),
-    "HMAC-SHA-384-192 [RFC4868]": ("hmac-sha384-192", 24, True),
-    "HMAC-SHA-512-256 [RFC4868]": ("hmac-sha512-256", 32, True),
-    "HMAC-MD5-96 [RFC2403]": ("hmac-md5-96", 12, True),
-    "MAC-RIPEMD-160-96 [RFC2857]": (None, 12, True),
-    "ANY 64 bit authentication [no checking]": (None, 8, False),
-    "ANY 96 bit authentication [no checking]": (None, 12, False),
-    "ANY 128 bit authentication [no checking]": (None, 16, False),
-    "ANY 192 bit authentication [no checking]": (None, 24, False),
-    "ANY 256 bit authentication [no checking]": (None, 32, False),
+    **WIRESHARK_ESP_AUTH_EXTRA,
+    **{i.wireshark_esp: (i.esp_name, i.icv_len, True) for i in INTEG_LIST if i.esp_name},
 }
 
 _ENCR_TO_WS = {v: k for k, v in ESP_ENCRYPTION.items() if v}
@@ -371,26 +360,14 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 # ------------------------------------------------------------------ ikev2_decryption_table
-# ipsecemu names (ipsecemu.ike.transforms keywords) -> tshark 4.0 strings
+# ipsecemu names (strongSwan keywords, ipsecemu.base.algorithms) -> tshark 4.0 strings
 IKE_ENCRYPTION: dict[str, str] = {
-    "null": "NULL [RFC2410]",
-    "3des": "3DES [RFC2451]",
-    **{f"aes{b}": f"AES-CBC-{b} [RFC3602]" for b in (128, 192, 256)},
-    **{f"aes{b}ctr": f"AES-CTR-{b} [RFC5930]" for b in (128, 192, 256)},
-    **{f"aes{b}gcm{i}": f"AES-GCM-{b} with {i} octet ICV [RFC5282]" for b in (128, 192, 256) for i in (8, 12, 16)},
-    **{f"aes{b}ccm{i}": f"AES-CCM-{b} with {i} octet ICV [RFC5282]" for b in (128, 192, 256) for i in (8, 12, 16)},
+    **{e.keyword: e.wireshark_ike for e in ENCR_LIST if e.wireshark_ike},
+    **WIRESHARK_IKE_ENCR_EXTRA,
 }
 IKE_INTEGRITY: dict[str, str] = {
-    "md5": "HMAC_MD5_96 [RFC2403]",
-    "sha1": "HMAC_SHA1_96 [RFC2404]",
-    "md5_128": "HMAC_MD5_128 [RFC4595]",
-    "sha1_160": "HMAC_SHA1_160 [RFC4595]",
-    "sha256_96": "HMAC_SHA2_256_96 [draft-ietf-ipsec-ciph-sha-256-00]",
-    "sha256": "HMAC_SHA2_256_128 [RFC4868]",
-    "sha384": "HMAC_SHA2_384_192 [RFC4868]",
-    "sha512": "HMAC_SHA2_512_256 [RFC4868]",
-    "none": "NONE [RFC4306]",
-    **{f"any{n}": f"ANY {n}-bits of Authentication [No Checking]" for n in (64, 96, 128, 160, 192, 256)},
+    **{i.keyword: i.wireshark_ike for i in (*INTEG_LIST, INTEG_NONE)},
+    **WIRESHARK_IKE_INTEG_EXTRA,
 }
 
 
@@ -433,6 +410,67 @@ def format_ikev2_table(rows: Iterable[IkeSaRow]) -> str:
 
 def write_ikev2_table(path: str | Path, rows: Iterable[IkeSaRow]) -> None:
     _write_secret(Path(path), format_ikev2_table(rows))
+
+
+# ------------------------------------------------------------------ from a charon key log
+# charon reports algorithms by its enum names (list-sas ``encr-alg``/``integ-alg``, "AES_GCM_16"); the
+# registry maps them to our entries, whose Wireshark names the rows carry.
+def _charon_encr(swan_name: str, key_bits: int | None) -> EncrAlg:
+    for e in ENCR_LIST:
+        if e.swan_name == swan_name and (key_bits is None or e.key_bits in (None, key_bits)):
+            return e
+    raise ConfigError(f"encr-alg: charon's {swan_name!r} ({key_bits} bits) is not in the algorithm registry")
+
+
+def _charon_integ(swan_name: str) -> IntegAlg:
+    if not swan_name:
+        return INTEG_NONE
+    for i in INTEG_LIST:
+        if i.swan_name == swan_name:
+            return i
+    raise ConfigError(f"integ-alg: charon's {swan_name!r} is not in the algorithm registry")
+
+
+def _hex_of(row: Mapping[str, str], key: str) -> bytes:
+    try:
+        return bytes.fromhex(row.get(key, "") or "")
+    except ValueError:
+        raise InputError(f"key log: {key} is not hex: {row.get(key)!r}") from None
+
+
+def esp_rows_from_keylog(rows: Iterable[Mapping[str, str]], encr_alg: str = "AES_GCM_16",
+                         integ_alg: str = "") -> list[EspSaRow]:
+    """``esp_sa`` rows from charon key-log ESP rows (``src``, ``dst``, ``spi``, ``enc``, ``integ``; SPI
+    and keys hex without ``0x``) of one Child SA whose algorithms charon names ``encr_alg``/``integ_alg``
+    (list-sas ``encr-alg``/``integ-alg``; ``integ_alg`` empty for AEAD).  Render with :func:`format_esp_sa`."""
+    e = _charon_encr(encr_alg, None)
+    encryption = next((ws for ws, name in ESP_ENCRYPTION.items() if e.esp_name and name == e.esp_name), None)
+    if encryption is None:
+        raise ConfigError(f"encr-alg: {encr_alg!r} has no Wireshark name")
+    i = _charon_integ(integ_alg)
+    authentication = "NULL" if i is INTEG_NONE or e.aead else i.wireshark_esp
+    out = []
+    for r in rows:
+        version = 6 if ":" in r["src"] else 4
+        akey = b"" if authentication == "NULL" else _hex_of(r, "integ")
+        out.append(EspSaRow(f"IPv{version}", r["src"], r["dst"], f"0x{r['spi']}", encryption, _hex_of(r, "enc"),
+                            authentication, akey))
+    return out
+
+
+def ike_rows_from_keylog(rows: Iterable[Mapping[str, str]], encr_alg: str, integ_alg: str = "",
+                         key_size: int | None = None) -> list[IkeSaRow]:
+    """``ikev2_decryption_table`` rows from charon key-log IKE rows (``spi_i``, ``spi_r``, ``sk_ei``,
+    ``sk_er``, ``sk_ai``, ``sk_ar`` in hex; rows without ``spi_i`` are skipped) of one IKE SA whose
+    algorithms charon names ``encr_alg``/``integ_alg`` with ``key_size`` (list-sas ``encr-keysize``).
+    Render with :func:`format_ikev2_table`."""
+    e = _charon_encr(encr_alg, key_size)
+    if not e.wireshark_ike:
+        raise ConfigError(f"encr-alg: {encr_alg!r} has no tshark IKEv2 name")
+    integ = _charon_integ(integ_alg).keyword
+    return [IkeSaRow(_hex_of(r, "spi_i"), _hex_of(r, "spi_r"), _hex_of(r, "sk_ei"), _hex_of(r, "sk_er"),
+                     e.keyword, _hex_of(r, "sk_ai"), _hex_of(r, "sk_ar"), integ)
+            for r in rows if r.get("spi_i")]
 
 
 # ------------------------------------------------------------------ MACsec SA JSON

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ipsecemu.base.algorithms import MACSEC
+from ipsecemu.base.errors import ProtocolError
 from ipsecemu.macsec.mka.kdf import ICV_LEN, MI_LEN, aes_cmac, cmac_verify
 
 ETHERTYPE_EAPOL = 0x888E
@@ -32,12 +34,7 @@ XPN = 8
 ICV_INDICATOR = 255
 
 #: MACsec cipher suite identifiers (802.1AE-2018 Table 14-1) by ipsecemu cipher name.
-CIPHER_SUITES: dict[str, int] = {
-    "gcm-aes-128": 0x0080C20001000001,
-    "gcm-aes-256": 0x0080C20001000002,
-    "gcm-aes-xpn-128": 0x0080C20001000003,
-    "gcm-aes-xpn-256": 0x0080C20001000004,
-}
+CIPHER_SUITES: dict[str, int] = {c.name: c.suite_id for c in MACSEC.values()}
 CIPHER_BY_SUITE = {v: k for k, v in CIPHER_SUITES.items()}
 CIPHER_BY_SUITE[0x0080020001000001] = "gcm-aes-128"  # deprecated 802.1AE-2006 identifier
 
@@ -46,7 +43,7 @@ _EAPOL_HDR = 4
 _BASIC_FIXED = 28  # body length of the Basic Parameter Set without the CKN
 
 
-class MkpduError(ValueError):
+class MkpduError(ProtocolError, ValueError):
     """The bytes are not a well-formed MKPDU; the message says what is wrong."""
 
 

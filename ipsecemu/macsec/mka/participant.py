@@ -31,8 +31,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ipsecemu.base.algorithms import MACSEC_CIPHERS
 from ipsecemu.base.errors import ConfigError
-from ipsecemu.base.satypes import MACSEC_CIPHERS, MacsecSaConfig, SecYConfig
+from ipsecemu.base.satypes import MacsecSaConfig, SecYConfig
 from ipsecemu.macsec.mka import kdf
 from ipsecemu.macsec.mka.events import (
     InstallRxSa,

@@ -12,7 +12,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, IPSecIntegrityError, SecurityAssociation
 from scapy.packet import Raw
 
-from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG, EspSaConfig, Verdict
+from ipsecemu.base.algorithms import ESP_ENCR, ESP_INTEG
+from ipsecemu.base.satypes import EspSaConfig, Verdict
 from ipsecemu.esp import framing
 from ipsecemu.esp.reference import EspInbound, EspOutbound
 

@@ -14,7 +14,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG, EspSaConfig, Verdict
+from ipsecemu.base.algorithms import ESP_ENCR, ESP_INTEG
+from ipsecemu.base.satypes import EspSaConfig, Verdict
 from ipsecemu.esp import framing
 from ipsecemu.esp.reference import EspOutbound
 

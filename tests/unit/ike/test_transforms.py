@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scapy.contrib import ikev2 as scapy_ikev2
 
-from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG
+from ipsecemu.base.algorithms import ESP_ENCR, ESP_INTEG
 from ipsecemu.ike import transforms as T
 
 from support.paths import load_vectors

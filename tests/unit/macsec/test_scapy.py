@@ -11,7 +11,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from ipsecemu.base.satypes import MACSEC_CIPHERS, MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.base.algorithms import MACSEC_CIPHERS
+from ipsecemu.base.satypes import MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.macsec.reference import MacsecRx, MacsecTx
 
 SRC = "02:00:00:00:00:01"

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from ipsecemu.base import algorithms
 from ipsecemu.base import satypes as api
 from ipsecemu.dataplane import backend
 
@@ -36,9 +37,9 @@ def test_sizes() -> None:
     assert lib.IE_MAX_REPLAY_WINDOW == api.MAX_REPLAY_WINDOW
     # headroom/tailroom cover every algorithm the C path takes
     for encr in ("aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "aes-cbc"):
-        _keys, _salt, iv, block, icv = api.ESP_ENCR[encr]
+        _keys, _salt, iv, block, icv = algorithms.ESP_ENCR[encr]
         assert 8 + iv <= lib.IE_ESP_HEADROOM
-        worst_icv = icv or max(i for _k, i, _h in api.ESP_INTEG.values())
+        worst_icv = icv or max(i for _k, i, _h in algorithms.ESP_INTEG.values())
         assert (block - 1) + 2 + worst_icv <= lib.IE_ESP_TAILROOM
     assert lib.IE_MACSEC_HEADROOM == 16 and lib.IE_MACSEC_TAILROOM == 16
     assert ffi.sizeof("ie_counters") == 8 * len(dataclasses.fields(api.SaCounters))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipsecemu.base import satypes as api
+from ipsecemu.base import algorithms
 from ipsecemu.base.satypes import EspSaConfig, Lifetime, MacsecSaConfig, SecYConfig, Verdict
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
@@ -24,12 +24,12 @@ C_SUITES = [(e, None) for e in ("aes-gcm-8", "aes-gcm-12", "aes-gcm-16")] + [
 @st.composite
 def esp_configs(draw: st.DrawFn, suites: list = C_SUITES) -> EspSaConfig:
     encr, integ = draw(st.sampled_from(suites))
-    keylens, salt, _iv, _blk, _icv = api.ESP_ENCR[encr]
+    keylens, salt, _iv, _blk, _icv = algorithms.ESP_ENCR[encr]
     enc_key = draw(st.binary(min_size=1, max_size=1).flatmap(
         lambda _: st.sampled_from(keylens)).flatmap(lambda n: st.binary(min_size=n + salt, max_size=n + salt)))
     integ_key = b""
     if integ:
-        n = api.ESP_INTEG[integ][0]
+        n = algorithms.ESP_INTEG[integ][0]
         integ_key = draw(st.binary(min_size=n, max_size=n))
     return EspSaConfig(spi=draw(st.integers(256, 2**32 - 1)), encr=encr, enc_key=enc_key, integ=integ,
                        integ_key=integ_key, esn=draw(st.booleans()),
@@ -37,7 +37,7 @@ def esp_configs(draw: st.DrawFn, suites: list = C_SUITES) -> EspSaConfig:
 
 
 def iv_len(cfg: EspSaConfig) -> int:
-    return api.ESP_ENCR[cfg.encr][2]
+    return algorithms.ESP_ENCR[cfg.encr][2]
 
 
 @SETTINGS
@@ -110,9 +110,9 @@ def test_esp_mutated_input_same_verdicts_and_counters(cfg: EspSaConfig, data: st
                                    ("null", "hmac-sha256-128"), ("aes-cbc", "hmac-md5-96")])
 def test_esp_fallback_algorithms_same_api(suite: tuple[str, str | None]) -> None:
     encr, integ = suite
-    keylen = api.ESP_ENCR[encr][0][0] + api.ESP_ENCR[encr][1]
+    keylen = algorithms.ESP_ENCR[encr][0][0] + algorithms.ESP_ENCR[encr][1]
     cfg = EspSaConfig(spi=0x501, encr=encr, enc_key=bytes(range(keylen)), integ=integ,
-                      integ_key=bytes(api.ESP_INTEG[integ][0]) if integ else b"")
+                      integ_key=bytes(algorithms.ESP_INTEG[integ][0]) if integ else b"")
     assert not native.native_esp_supported(cfg)
     ivs = [bytes(iv_len(cfg))] * 3
     c_pk = native.EspOutbound(cfg).encap_batch([b"a", b"bb" * 50, b""], 4, ivs=ivs)
@@ -157,13 +157,13 @@ def test_esp_lifetime_and_seq_events_match_reference() -> None:
 
 # ---------------------------------------------------------------------------- MACsec
 
-CIPHERS = list(api.MACSEC_CIPHERS)
+CIPHERS = list(algorithms.MACSEC_CIPHERS)
 
 
 @st.composite
 def macsec_setups(draw: st.DrawFn) -> tuple[SecYConfig, MacsecSaConfig]:
     cipher = draw(st.sampled_from(CIPHERS))
-    keylen, xpn = api.MACSEC_CIPHERS[cipher]
+    keylen, xpn = algorithms.MACSEC_CIPHERS[cipher]
     include_sci = draw(st.booleans())
     secy = SecYConfig(include_sci=include_sci, end_station=draw(st.booleans()),
                       confidentiality=draw(st.booleans()),
@@ -247,7 +247,7 @@ def test_macsec_mutated_input_same_results(setup: tuple, data: st.DataObject) ->
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 def test_macsec_pn_exhaustion_and_events_match_reference(cipher: str) -> None:
-    keylen, xpn = api.MACSEC_CIPHERS[cipher]
+    keylen, xpn = algorithms.MACSEC_CIPHERS[cipher]
     limit = (1 << 64) if xpn else (1 << 32)
     extra = {"ssci": 7, "salt": bytes(range(12))} if xpn else {}
     sa = MacsecSaConfig(cipher=cipher, sak=bytes(keylen), sci=bytes(range(8)), an=1, next_pn=limit - 3, **extra)
