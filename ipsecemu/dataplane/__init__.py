@@ -31,14 +31,16 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ipsecemu.base.errors import SystemSetupError
+
 _BACKENDS = {
     "reference": "ipsecemu.dataplane.reference",
     "native": "ipsecemu.dataplane.native",
 }
 
 
-class BackendUnavailable(RuntimeError):
-    pass
+class BackendUnavailable(SystemSetupError):
+    """The asked-for backend is not built or not known (the host lacks what it needs)."""
 
 
 def backend(name: str = "auto") -> ModuleType:

@@ -21,6 +21,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from ipsecemu.base.errors import ProtocolError
+
 __all__ = [
     "ESP_PROTO", "UDP_PROTO", "IPIP_PROTO", "IPV6_PROTO", "NAT_T_PORT", "FramingError", "IpInfo",
     "Outer", "ip_checksum", "build_ipv4", "build_ipv6", "build_ip", "parse_ip", "build_udp",
@@ -40,7 +42,7 @@ NON_ESP_MARKER = b"\x00\x00\x00\x00"
 _IPV6_EXT = {0, 43, 44, 60}
 
 
-class FramingError(ValueError):
+class FramingError(ProtocolError, ValueError):
     """The packet cannot be framed/unframed; the message says why."""
 
 

@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from ipsecemu.base.errors import ProtocolError
+
 from .consts import AuthMethod, IdType
 from .errors import LocalProtocolError
 
@@ -61,7 +63,7 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
-class CertError(Exception):
+class CertError(ProtocolError):
     """The peer's certificate or signature is not acceptable (answered with AUTHENTICATION_FAILED)."""
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ipsecemu.base.errors import ProtocolError
 
-class IkeError(Exception):
-    """Base class of every IKE error."""
+
+class IkeError(ProtocolError):
+    """Base class of every IKE error (the ProtocolError family of ipsecemu.base.errors)."""
 
 
 class LocalProtocolError(IkeError):

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import BinaryIO
 
+from ipsecemu.base.errors import InputError
 from ipsecemu.base.satypes import (
     ESP_ENCR,
     ConfigError,
@@ -66,7 +67,7 @@ _FAILED = {
 }
 
 
-class DecryptError(Exception):
+class DecryptError(InputError):
     """A user-level problem with the input or output (message is printed, no traceback)."""
 
 
@@ -101,11 +102,11 @@ class Summary:
                 f"passed through: {self.passed}{nokey}{extra}")
 
 
-class _Fail(Exception):
+class _Fail(Exception):  # internal: control flow inside one frame, never escapes decrypt_file
     pass
 
 
-class _Dummy(Exception):
+class _Dummy(Exception):  # internal: control flow (TFC dummy), never escapes decrypt_file
     pass
 
 

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from ipsecemu.base.errors import ProtocolError
+
 ICV_LEN = 16
 MI_LEN = 12
 CAK_LENS = (16, 32)
@@ -24,8 +26,8 @@ LABEL_EAP_CAK = b"IEEE8021 EAP CAK"
 LABEL_EAP_CKN = b"IEEE8021 EAP CKN"
 
 
-class MkaKeyError(ValueError):
-    """A key or key-name argument has the wrong size, or an unwrap failed."""
+class MkaKeyError(ProtocolError, ValueError):
+    """A key or key-name argument has the wrong size, or an unwrap failed (a local MKA error)."""
 
 
 def aes_cmac(key: bytes, message: bytes) -> bytes:
