@@ -9,6 +9,9 @@ import sys
 
 import click
 
+from ipsecemu.base.errors import EXIT_INTERRUPTED
+from ipsecemu.commands.base import Group
+
 # command name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
     "pcap": "ipsecemu.commands.pcap:pcap",
@@ -33,8 +36,8 @@ HELP = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+class LazyGroup(Group):
+    """A group whose subcommands are imported on first use (errors mapped as in commands.base)."""
 
     def __init__(self, *args, lazy: dict[str, str], lazy_help: dict[str, str] | None = None, **kw):
         super().__init__(*args, **kw)
@@ -82,6 +85,6 @@ def cli(verbose: int) -> None:
 def main() -> None:
     try:
         cli(standalone_mode=True)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt:  # outside any command (while click parses or imports one)
+        click.echo("ipsecemu: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

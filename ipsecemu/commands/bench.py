@@ -9,6 +9,8 @@ import json
 
 import click
 
+from ipsecemu.commands.base import Group
+
 LAZY = {
     "ike": "ipsecemu.bench.ike:command",
     "lab": "ipsecemu.bench.lab:command",
@@ -23,7 +25,7 @@ def _exists(module: str) -> bool:
         return False
 
 
-class _BenchGroup(click.Group):
+class _BenchGroup(Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         lazy = [n for n, target in LAZY.items() if _exists(target.split(":")[0])]
         return sorted(set(super().list_commands(ctx)) | set(lazy))

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ipsecemu.base.errors import ConfigError
+from ipsecemu.commands.base import Group
 
 
-@click.group()
+@click.group(cls=Group)
 def config() -> None:
     """Check IKE connection configs; import Azure Virtual WAN device configuration JSON."""
 
@@ -20,10 +20,7 @@ def check(file: Path) -> None:
     """Validate FILE (YAML connections) and print what would be negotiated."""
     from ipsecemu.ike.config import load, summary
 
-    try:
-        conns = load(file)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    conns = load(file)  # a ConfigError ends the command with status 2 (commands.base)
     click.echo(summary(conns), nl=False)
     click.echo(f"{file}: {len(conns)} connection(s) OK")
 
@@ -44,10 +41,7 @@ def import_azure(file: Path, private_ip: bool | None, local_address: str | None,
     from ipsecemu.ike.azure import load_device_config
     from ipsecemu.ike.config import dumps
 
-    try:
-        conns = load_device_config(file, use_private_ip=private_ip, local_address=local_address)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    conns = load_device_config(file, use_private_ip=private_ip, local_address=local_address)
     text = dumps([c.config for c in conns], include_secret=show_psk)
     if output:
         output.write_text(text)

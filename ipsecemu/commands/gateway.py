@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import click
 
-
-class _UserError(click.ClickException):
-    """A user mistake (config, permissions, addresses): message only, exit status 2."""
-
-    exit_code = 2
+from ipsecemu.base.errors import SystemSetupError
+from ipsecemu.commands.base import Group
 
 
-@click.group()
+@click.group(cls=Group)
 def gateway() -> None:
     """Run one IPsec VPN gateway (IKE + C data plane)."""
 
 
 def _load(config: str, state_dir: str | None):  # type: ignore[no-untyped-def]
-    from ipsecemu.gateway.config import ConnectionConfigError, load
+    from ipsecemu.gateway.config import load  # lazy: CLI start-up
 
-    try:
-        return load(config, state_dir=state_dir)
-    except ConnectionConfigError as exc:
-        raise _UserError(str(exc)) from None
+    return load(config, state_dir=state_dir)  # ConnectionConfigError is a ConfigError: status 2
 
 
 @gateway.command()
@@ -52,6 +46,6 @@ def run(config: str, state_dir: str | None, backend: str) -> None:
     cfg = _load(config, state_dir)
     try:
         code = run_gateway(cfg, backend=backend)
-    except GatewayError as exc:
-        raise _UserError(str(exc)) from None
+    except GatewayError as exc:  # host setup refused (address, port, device, root); until gateway/ has families
+        raise SystemSetupError(str(exc)) from None
     raise SystemExit(code)

@@ -9,6 +9,9 @@ from dataclasses import asdict
 
 import click
 
+from ipsecemu.base.errors import CheckFailed, NeedsRootError, SystemSetupError
+from ipsecemu.commands.base import Command
+
 
 def _cases(value: str | None) -> list:
     from ipsecemu.interop import CASES
@@ -25,7 +28,7 @@ def _cases(value: str | None) -> list:
     return picked
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON instead of a table.")
 @click.option("--quick", is_flag=True, help="One ping each way per cell, 20 s per cell at most instead of 40 (for tests).")
 @click.option("--cases", "cases_opt", metavar="NAME[,NAME...]",
@@ -38,17 +41,17 @@ def interop(as_json: bool, quick: bool, cases_opt: str | None, initiator: str) -
     Rows: IKE/ESP proposals, a CHILD_SA with PFS, CHILD_SA rekey, IKE rekey, delete, DPD.
     Columns: who initiates (ipsecemu or charon).  Each cell runs in fresh network namespaces and is
     checked through vici (ESTABLISHED/INSTALLED, same SPIs, algorithms and keys) and by pings through
-    both ESP implementations.  Exit status 1 if any cell fails.  Needs root and strongSwan.
+    both ESP implementations.  Fails (CheckFailed) if any cell fails.  Needs root and strongSwan.
     """
     from ipsecemu.interop import COLUMNS, Cell, format_matrix, run_matrix
     from ipsecemu.lab.strongswan import charon_available
 
     cases = _cases(cases_opt)
     if os.geteuid() != 0:
-        raise click.ClickException("needs root (network namespaces): run as root or with sudo")
+        raise NeedsRootError("needs root (network namespaces): run as root or with sudo")
     reason = charon_available()
     if reason:
-        raise click.ClickException(reason)
+        raise SystemSetupError(reason)
     columns = tuple(COLUMNS) if initiator == "both" else (initiator,)
 
     def progress(cell: Cell) -> None:
@@ -80,4 +83,4 @@ def interop(as_json: bool, quick: bool, cases_opt: str | None, initiator: str) -
     else:
         click.echo(format_matrix(cells))
     if not all(c.ok for c in cells):
-        raise SystemExit(1)
+        raise CheckFailed(f"{sum(not c.ok for c in cells)} of {len(cells)} interop cell(s) failed")

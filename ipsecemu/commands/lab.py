@@ -12,18 +12,28 @@ from typing import Any, NoReturn
 
 import click
 
+from ipsecemu.base.errors import (
+    EXIT_INTERRUPTED,
+    CheckFailed,
+    ConfigError,
+    IpsecemuError,
+    LabError,
+    NeedsRootError,
+    SystemSetupError,
+)
+from ipsecemu.commands.base import ExitWithMessage, Group
 from ipsecemu.lab.state import LabState, LabStateError, list_labs, pid_alive
 from ipsecemu.lab.topology import VPN_KINDS, TopologyError
 
 
-def _fail(msg: str, code: int = 1) -> NoReturn:
-    click.echo(f"ipsecemu lab: {msg}", err=True)
-    sys.exit(code)
+def _fail(msg: str, family: type[IpsecemuError] = LabError) -> NoReturn:
+    """End the command with one line and the family's exit status (commands.base maps it)."""
+    raise family(msg)
 
 
 def _need_root(what: str) -> None:
     if os.geteuid() != 0:
-        _fail(f"{what} needs root (network namespaces); run it with sudo")
+        _fail(f"{what} needs root (network namespaces); run it with sudo", NeedsRootError)
 
 
 def _resolve(spec: str) -> tuple[LabState, str]:
@@ -47,7 +57,7 @@ def _resolve(spec: str) -> tuple[LabState, str]:
     return st, node
 
 
-@click.group()
+@click.group(cls=Group)
 def lab() -> None:
     """Bring network-namespace labs up and down, inspect and capture them."""
 
@@ -89,8 +99,8 @@ def up(file: str, name: str | None, smoke: bool) -> None:
 
     try:  # validate before anything else: a broken file never touches the system
         topo = topology.load(file, name=name)
-    except TopologyError as exc:
-        _fail(str(exc))
+    except TopologyError as exc:  # until lab/ derives TopologyError from ConfigError
+        _fail(str(exc), ConfigError)
     _need_root("lab up")
     global _MAIN_PID
     _MAIN_PID = os.getpid()
@@ -106,13 +116,14 @@ def up(file: str, name: str | None, smoke: bool) -> None:
     try:
         builder.build(topo, say)
     except KeyboardInterrupt:
-        _fail(f"lab {topo.name}: interrupted, rolled back (nothing left behind)", 130)
+        raise ExitWithMessage(f"lab {topo.name}: interrupted, rolled back (nothing left behind)",
+                              EXIT_INTERRUPTED) from None
     except LabStateError as exc:
         _fail(str(exc))
     except builder.BuildError as exc:
         _fail(f"lab {topo.name}: {exc} (rolled back)")
     except OSError as exc:
-        _fail(f"lab {topo.name}: {exc.strerror or exc} (rolled back)")
+        _fail(f"lab {topo.name}: {exc.strerror or exc} (rolled back)", SystemSetupError)
     except Exception as exc:  # an unexpected failure still gets one line; the lab is rolled back
         _fail(f"lab {topo.name}: unexpected {type(exc).__name__}: {exc} (rolled back)")
     dt = time.monotonic() - t0
@@ -139,7 +150,7 @@ def up(file: str, name: str | None, smoke: bool) -> None:
         ok &= svc_vpn.smoke(topo, _State.open(topo.name), say)
         _next_steps(topo)
     if not ok:
-        _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')")
+        _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')", CheckFailed)
 
 
 def _next_steps(topo: Any) -> None:
@@ -334,12 +345,12 @@ def exec_(node: str, cmd: tuple[str, ...]) -> None:
     ns = st.node_netns(n)
     args = list(cmd[1:] if cmd and cmd[0] == "--" else cmd)
     if not args:
-        _fail("no command given (ipsecemu lab exec NODE -- CMD ...)")
+        raise click.UsageError("no command given (ipsecemu lab exec NODE -- CMD ...)")
     sys.stdout.flush()
     try:
         os.execvp("ip", ["ip", "netns", "exec", str(ns), *args])
     except OSError as exc:
-        _fail(f"cannot run ip netns exec: {exc.strerror}")
+        _fail(f"cannot run ip netns exec: {exc.strerror}", SystemSetupError)
 
 
 # ---------------------------------------------------------------- capture
@@ -355,7 +366,7 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
     from ipsecemu.lab.capture import Capture, CaptureError, export_keys, tshark_hint
 
     if ":" not in target:
-        _fail(f"expected NODE:IFACE, got {target!r}")
+        raise click.UsageError(f"expected NODE:IFACE, got {target!r}")
     _need_root("lab capture")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop tcpdump cleanly on SIGTERM too
     spec, iface = target.rsplit(":", 1)

@@ -10,11 +10,8 @@ from pathlib import Path
 
 import click
 
-from ipsecemu.base.errors import ConfigError
-
-
-class _UserError(click.ClickException):
-    exit_code = 2
+from ipsecemu.base.errors import ConfigError, InputError, NeedsRootError, ServiceError
+from ipsecemu.commands.base import Group
 
 
 def _config(path: str):  # type: ignore[no-untyped-def]
@@ -23,10 +20,10 @@ def _config(path: str):  # type: ignore[no-untyped-def]
     try:
         return load_link_config(path)
     except ConfigError as exc:
-        raise _UserError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from None  # the message names the file
 
 
-@click.group()
+@click.group(cls=Group)
 def macsec() -> None:
     """MACsec (IEEE 802.1AE + MKA) links in userspace."""
 
@@ -56,23 +53,20 @@ def run(config_path: str, tap: str, phy: str, status_path: str | None, keys_path
 
     cfg = _config(config_path)
     if os.geteuid() != 0:
-        raise _UserError("macsec link run needs root (tap and AF_PACKET sockets)")
+        raise NeedsRootError("macsec link run needs root (tap and AF_PACKET sockets)")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # no-op under cli.main
     if verbose:
         logging.getLogger("ipsecemu.macsec.link").setLevel(logging.INFO)
     from ipsecemu.macsec.link import LinkDaemon
 
-    try:
-        daemon = LinkDaemon(cfg, tap, phy, status_path=status_path, keys_path=keys_path, batch=batch)
-    except ConfigError as exc:
-        raise _UserError(str(exc)) from None
+    daemon = LinkDaemon(cfg, tap, phy, status_path=status_path, keys_path=keys_path, batch=batch)
     try:
         asyncio.run(daemon.run())
     finally:
         daemon.close()
     if daemon.failed:
-        raise click.ClickException(daemon.failed)
+        raise ServiceError(daemon.failed)
 
 
 @link.command("check")
@@ -89,12 +83,9 @@ def _status(path: str) -> dict:
     if p.is_dir():
         files = sorted(p.glob("macsec-*.status.json"))
         if len(files) != 1:
-            raise _UserError(f"{path}: expected one macsec-*.status.json, found {len(files)}")
+            raise InputError(f"{path}: expected one macsec-*.status.json, found {len(files)}")
         p = files[0]
-    try:
-        return read_status(p)
-    except ConfigError as exc:
-        raise _UserError(str(exc)) from None
+    return read_status(p)  # a ConfigError: status 2
 
 
 @link.command("status")
@@ -131,8 +122,8 @@ def rekey(status_file: str) -> None:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        raise _UserError(f"link daemon {pid} is not running") from None
+        raise ServiceError(f"link daemon {pid} is not running") from None
     if b"macsec" not in cmdline:
-        raise _UserError(f"process {pid} is not a macsec link daemon (stale status file?)")
+        raise InputError(f"process {pid} is not a macsec link daemon (stale status file?)")
     os.kill(pid, signal.SIGUSR1)
     click.echo(f"asked link daemon {pid} for a new SAK")

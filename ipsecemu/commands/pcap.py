@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-
-class _InputError(click.ClickException):
-    """A user mistake (missing/bad file): message only, exit status 2."""
-
-    exit_code = 2
+from ipsecemu.base.errors import CheckFailed
+from ipsecemu.commands.base import Group
 
 
-@click.group()
+@click.group(cls=Group)
 def pcap() -> None:
     """Decrypt ESP and MACsec in packet captures."""
 
@@ -36,24 +31,21 @@ def decrypt(capture: str, output: str, esp_sa: str | None, macsec_sa: str | None
     Decrypted frames keep their timestamps and link-layer header (EtherType fixed up); ESP
     tunnel mode yields the inner packet, transport mode the IP packet without ESP, MACsec the
     frame without SecTAG and ICV.  Other frames are copied unchanged.  Frames that fail
-    authentication are listed and left out; the exit status is then 1 unless --allow-failures.
+    authentication are listed and left out; the command then fails (CheckFailed) unless --allow-failures.
     """
-    from ipsecemu.dataplane import BackendUnavailable
-    from ipsecemu.pcap.decrypt import DecryptError, decrypt_file
-    from ipsecemu.pcap.uat import KeyFileError, read_esp_sa, read_macsec_sa
+    from ipsecemu.pcap.decrypt import decrypt_file  # lazy: CLI start-up
+    from ipsecemu.pcap.uat import read_esp_sa, read_macsec_sa  # lazy: CLI start-up
 
     if not esp_sa and not macsec_sa:
         raise click.UsageError("give --esp-sa and/or --macsec-sa (nothing to decrypt with)")
-    try:
-        rows = read_esp_sa(esp_sa) if esp_sa else []
-        sas = read_macsec_sa(macsec_sa) if macsec_sa else []
-        summary = decrypt_file(capture, output, rows, sas, backend=backend)
-    except (KeyFileError, DecryptError, BackendUnavailable) as exc:
-        raise _InputError(str(exc)) from None
+    # KeyFileError/DecryptError are InputErrors, BackendUnavailable a SystemSetupError (commands.base)
+    rows = read_esp_sa(esp_sa) if esp_sa else []
+    sas = read_macsec_sa(macsec_sa) if macsec_sa else []
+    summary = decrypt_file(capture, output, rows, sas, backend=backend)
     for w in summary.warnings:
         click.echo(f"warning: {w}", err=True)
     for f in summary.failures:
         click.echo(f"frame {f.frame}: {f.reason}", err=True)
     click.echo(summary.line())
     if summary.failed and not allow_failures:
-        sys.exit(1)
+        raise CheckFailed(f"{summary.failed} frame(s) failed to decrypt or authenticate")

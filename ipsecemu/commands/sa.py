@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-
-class _UserError(click.ClickException):
-    exit_code = 2
+from ipsecemu.base.errors import ConfigError, ServiceError
+from ipsecemu.commands.base import Group
 
 
 def _socket(ctx: click.Context) -> Path:
@@ -21,7 +20,7 @@ def _socket(ctx: click.Context) -> Path:
         from ipsecemu.gateway.control import socket_path
 
         return socket_path(o["lab"], o["node"])
-    raise _UserError("say which gateway: --socket PATH, or --lab LAB --node NODE")
+    raise ConfigError("say which gateway: --socket PATH, or --lab LAB --node NODE")
 
 
 def _call(ctx: click.Context, cmd: str, **args: Any) -> Any:
@@ -29,11 +28,11 @@ def _call(ctx: click.Context, cmd: str, **args: Any) -> Any:
 
     try:
         return request(_socket(ctx), cmd, **args)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ControlError as exc:  # until gateway/ derives its errors from base.errors
+        raise ServiceError(str(exc)) from None
 
 
-@click.group()
+@click.group(cls=Group)
 @click.option("--socket", "sock", type=click.Path(dir_okay=False, path_type=str),
               help="The gateway's control socket.")
 @click.option("--lab", help="Lab name (with --node: /run/ipsecemu/<lab>/<node>/control.sock).")

@@ -70,7 +70,7 @@ def test_non_root_is_told_plainly() -> None:
     if os.geteuid() == 0:
         argv = [*as_nobody(), *argv]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "needs root" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 5 and "needs root" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_matrix_table_layout() -> None:

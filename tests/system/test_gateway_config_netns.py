@@ -23,7 +23,7 @@ def test_run_refuses_missing_address_busy_port_and_taken_tun_name(unique_name: s
     with Netns() as net:
         ns = net.add(unique_name)
         r = run_in(ns, cfg)
-        assert r.returncode == 2 and "local address 192.0.2.1 is not configured" in r.stderr, r.stderr
+        assert r.returncode == 6 and "local address 192.0.2.1 is not configured" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
         net.addrs(ns, "lo", "192.0.2.1/32")
         with entered(ns):
@@ -31,12 +31,12 @@ def test_run_refuses_missing_address_busy_port_and_taken_tun_name(unique_name: s
         try:
             busy.bind(("192.0.2.1", 500))
             r = run_in(ns, cfg)
-            assert r.returncode == 2 and "is in use" in r.stderr and "Traceback" not in r.stderr, r.stderr
+            assert r.returncode == 6 and "is in use" in r.stderr and "Traceback" not in r.stderr, r.stderr
         finally:
             busy.close()
         net.veth(ns, "vti0", ns, unique_name + "x")
         r = run_in(ns, cfg)
-        assert r.returncode == 2 and "tunnel device vti0 already exists" in r.stderr, r.stderr
+        assert r.returncode == 6 and "tunnel device vti0 already exists" in r.stderr, r.stderr
         assert not (tmp_path / "st" / "gateway.pid").exists()
 
 
@@ -51,6 +51,6 @@ def test_run_needs_root() -> None:
         cfg.chmod(0o644)
         r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
                             "ipsecemu", "gateway", "run", str(cfg)], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 2 and "needs root" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == 6 and "needs root" in r.stderr and "Traceback" not in r.stderr, r.stderr
     finally:
         shutil.rmtree(d, ignore_errors=True)

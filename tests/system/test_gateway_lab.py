@@ -189,7 +189,7 @@ def test_second_gateway_on_the_same_state_dir_is_refused(lab_factory) -> None:
     lab: Lab = lab_factory(encap="udp")
     r = subprocess.run(["ip", "netns", "exec", lab.a.ns, sys.executable, "-m", "ipsecemu", "gateway", "run",
                         str(lab.a.cfg)], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "already running" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 6 and "already running" in r.stderr and "Traceback" not in r.stderr
     assert lab.a.proc.poll() is None and lab.a.sock.exists()  # the running one is untouched
 
 
@@ -344,4 +344,4 @@ def test_ike_sa_rekey_and_child_terminate_by_spi(lab_factory) -> None:
     assert lab.a.sas()[0]["state"] == "ESTABLISHED"
     assert ping(lab.left, "10.2.0.2", count=1, wait=1) == 0
     r = lab.a.cli("terminate", "0xdeadbeef", check=False)
-    assert r.returncode == 1 and "no SA with SPI 0xdeadbeef" in r.stderr
+    assert r.returncode == 7 and "no SA with SPI 0xdeadbeef" in r.stderr

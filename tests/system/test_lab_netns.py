@@ -287,7 +287,7 @@ def test_broken_yaml_creates_nothing(case: str, tmp_path: Path) -> None:
     f.write_text(text)
     links_before = root_links()
     err = one_line_error(cli("up", str(f)))
-    assert re.match(rf"ipsecemu lab: {re.escape(str(f))}:\d+: ", err), err
+    assert re.match(rf"ipsecemu: {re.escape(str(f))}:\d+: ", err), err
     assert_nothing_left(name)
     assert_no_new_lab_links(links_before, ER)
 
@@ -295,7 +295,7 @@ def test_broken_yaml_creates_nothing(case: str, tmp_path: Path) -> None:
 def test_non_root_up_says_so() -> None:
     res = subprocess.run([*non_root_prefix(ER), sys.executable, "-m", "ipsecemu", "lab", "up", str(ER),
                           "--name", new_name()], capture_output=True, text=True, timeout=60, cwd="/")
-    assert res.returncode == 1
+    assert res.returncode == 5  # NeedsRootError
     assert "needs root" in one_line_error(res)
 
 

@@ -32,11 +32,11 @@ def test_check_reports_file_line_and_field(tmp_path: Path) -> None:
                    "  ipsec_integrity: GCMAES256\n  ike_encryption: AES256\n  ike_integrity: SHA256\n"
                    "  dh_group: DHGroup2\n  pfs_group: None\n")
     r = CliRunner().invoke(cli, ["config", "check", str(bad)])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "bad.yaml:" in r.output and "ipsec_integrity" in r.output
     assert "Traceback" not in r.output
 
 
 def test_check_missing_file_is_one_clear_line(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["config", "check", str(tmp_path / "nope.yaml")])
-    assert r.exit_code == 1 and "cannot read" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "cannot read" in r.output and "Traceback" not in r.output

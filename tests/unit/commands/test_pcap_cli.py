@@ -22,7 +22,7 @@ def invoke(*args: str):
     return CliRunner().invoke(cli, ["pcap", "decrypt", *args])
 
 
-def assert_clean_error(result, needle: str, code: int = 2) -> None:
+def assert_clean_error(result, needle: str, code: int = 3) -> None:  # InputError
     assert result.exit_code == code, result.output
     assert needle in result.output
     assert "Traceback" not in result.output
@@ -79,7 +79,7 @@ def test_bad_macsec_json(tmp_path: Path) -> None:
 
 
 def test_no_keys_at_all(tmp_path: Path) -> None:
-    assert_clean_error(invoke(str(CAPTURE), "-o", str(tmp_path / "o.pcap")), "give --esp-sa and/or --macsec-sa")
+    assert_clean_error(invoke(str(CAPTURE), "-o", str(tmp_path / "o.pcap")), "give --esp-sa and/or --macsec-sa", code=2)
 
 
 def test_unwritable_output(tmp_path: Path, keys: Path) -> None:
@@ -114,4 +114,4 @@ def test_real_entry_point_subprocess(tmp_path: Path, keys: Path) -> None:
     assert out.stat().st_size > 24
     bad = subprocess.run([sys.executable, "-m", "ipsecemu", "pcap", "decrypt", str(tmp_path / "none"), "-o",
                           str(out), "--esp-sa", str(keys)], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "input file not found" in bad.stderr
+    assert bad.returncode == 3 and "Traceback" not in bad.stderr and "input file not found" in bad.stderr

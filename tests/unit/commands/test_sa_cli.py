@@ -96,7 +96,7 @@ def test_socket_is_owner_only_and_list_renders(server) -> None:  # type: ignore[
 def test_errors_from_the_gateway_are_shown(server) -> None:  # type: ignore[no-untyped-def]
     path, _seen = server
     r = sa("--socket", str(path), "rekey", "deadbeef")
-    assert r.returncode == 1 and "no SA with SPI deadbeef" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 7 and "no SA with SPI deadbeef" in r.stderr and "Traceback" not in r.stderr
     assert sa("--socket", str(path), "rekey", "vpn").stdout.strip() == "rekeying child c0ffee01"
 
 

@@ -94,7 +94,7 @@ def test_wrong_key_fails_every_frame(tmp_path: Path) -> None:
     bad = EspSaRow(rows[0].protocol, rows[0].src, rows[0].dst, rows[0].spi, rows[0].encryption,
                    bytes(32), rows[0].authentication, b"")
     result, out = run_decrypt(tmp_path, CAPTURES / meta["file"], [bad])
-    assert result.exit_code == 1
+    assert result.exit_code == 9  # CheckFailed
     # with a wrong CBC key the padding check catches (almost) every frame
     assert "failed: 8" in result.output or "failed: 7" in result.output
     assert "frame 1: ESP SPI 0xd1234567 seq 1" in result.output

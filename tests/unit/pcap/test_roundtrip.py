@@ -16,7 +16,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw, raw
 from scapy.utils import RawPcapReader, RawPcapWriter
 
-from ipsecemu.base.satypes import MACSEC_CIPHERS, EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.base.algorithms import MACSEC_CIPHERS
+from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.cli import cli
 from ipsecemu.dataplane import backend
 from ipsecemu.esp import framing
@@ -175,7 +176,7 @@ def test_flipped_bit_is_reported_by_frame_number(tmp_path: Path) -> None:
     frames.insert(1, other)  # frame 2: not ESP, copied through
     row = row_for(cfg, outer, v6)
     result, out, _ = run(tmp_path, frames, esp=[row])
-    assert result.exit_code == 1
+    assert result.exit_code == 9  # CheckFailed
     assert "frame 4: ESP SPI 0x00004000 seq 3 (192.0.2.1 -> 192.0.2.2): authentication failed" in result.output
     assert "frames read: 6, decrypted: 4 (ESP layers: 4, MACsec layers: 0), failed: 1, passed through: 1" \
         in result.output
@@ -293,7 +294,7 @@ def test_scapy_macsec_decrypts(tmp_path: Path, cipher: str) -> None:
     bad = bytearray(frames[0])
     bad[30] ^= 0x80
     result, out, _ = run(tmp_path, [bytes(bad), *frames], macsec=[sa])
-    assert result.exit_code == 1
+    assert result.exit_code == 9  # CheckFailed
     assert "frame 1: MACsec SCI 020000000a0a0005 AN 2" in result.output
     assert out == plain[::-1]
 
