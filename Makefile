@@ -57,8 +57,12 @@ fuzz-native: venv
 			echo "fuzz-native: $$t found a defect: native/out/fuzz-findings/"; exit 1; fi; \
 	done
 
+# ruff, the import-linter contracts of pyproject.toml (layers, sans-I/O cores) and mypy (strict on
+# base, esp, macsec, dataplane).
 lint: venv
 	@$(VENV)/bin/ruff check ipsecemu tests native
+	@$(VENV)/bin/lint-imports --no-cache
+	@$(VENV)/bin/mypy
 
 test: deps build build-asan lint
 	$(PY) -m pytest $(PYTEST_ARGS)

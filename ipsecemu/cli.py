@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -39,7 +40,8 @@ HELP = {
 class LazyGroup(Group):
     """A group whose subcommands are imported on first use (errors mapped as in commands.base)."""
 
-    def __init__(self, *args, lazy: dict[str, str], lazy_help: dict[str, str] | None = None, **kw):
+    def __init__(self, *args: Any, lazy: dict[str, str], lazy_help: dict[str, str] | None = None,
+                 **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._lazy = lazy
         self._lazy_help = lazy_help or {}
@@ -56,7 +58,8 @@ class LazyGroup(Group):
                 if exc.name and exc.name.startswith(mod_name):
                     return None
                 raise
-            return getattr(mod, attr)
+            cmd: click.Command | None = getattr(mod, attr)
+            return cmd
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -20,7 +20,7 @@ class ExitWithMessage(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it a class attribute
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"ipsecemu: {self.format_message()}", err=True)

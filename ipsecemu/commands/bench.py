@@ -35,7 +35,8 @@ class _BenchGroup(Group):
             mod_name, attr = LAZY[name].split(":")
             if not _exists(mod_name):
                 return None
-            return getattr(importlib.import_module(mod_name), attr)
+            cmd: click.Command | None = getattr(importlib.import_module(mod_name), attr)
+            return cmd
         return super().get_command(ctx, name)
 
 

@@ -25,7 +25,7 @@ def _load(config: str, state_dir: str | None):  # type: ignore[no-untyped-def]
               help="Where the pid file, log and control socket live (default /run/ipsecemu/<lab>/<node>).")
 def check(config: str, state_dir: str | None) -> None:
     """Validate CONFIG and print a summary (secrets are never shown)."""
-    from ipsecemu.gateway.config import summary
+    from ipsecemu.gateway.config import summary  # lazy: CLI start-up
 
     click.echo(summary(_load(config, state_dir)), nl=False)
 
@@ -40,8 +40,8 @@ def run(config: str, state_dir: str | None, backend: str) -> None:
     """Run the gateway of CONFIG until SIGTERM/SIGINT (then DELETE the SAs, remove tun/routes, exit 0).
 
     Control it with 'ipsecemu sa ...'; logs go to <state dir>/gateway.log (and stderr with -v)."""
-    from ipsecemu.gateway.daemon import GatewayError
-    from ipsecemu.gateway.daemon import run as run_gateway
+    from ipsecemu.gateway.daemon import GatewayError  # lazy: CLI start-up
+    from ipsecemu.gateway.daemon import run as run_gateway  # lazy: CLI start-up
 
     cfg = _load(config, state_dir)
     try:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from dataclasses import asdict
+from typing import Any
 
 import click
 
@@ -13,8 +14,8 @@ from ipsecemu.base.errors import CheckFailed, NeedsRootError, SystemSetupError
 from ipsecemu.commands.base import Command
 
 
-def _cases(value: str | None) -> list:
-    from ipsecemu.interop import CASES
+def _cases(value: str | None) -> list[Any]:
+    from ipsecemu.interop import CASES  # lazy: CLI start-up
 
     if not value:
         return list(CASES)
@@ -43,8 +44,8 @@ def interop(as_json: bool, quick: bool, cases_opt: str | None, initiator: str) -
     checked through vici (ESTABLISHED/INSTALLED, same SPIs, algorithms and keys) and by pings through
     both ESP implementations.  Fails (CheckFailed) if any cell fails.  Needs root and strongSwan.
     """
-    from ipsecemu.interop import COLUMNS, Cell, format_matrix, run_matrix
-    from ipsecemu.lab.strongswan import charon_available
+    from ipsecemu.interop import COLUMNS, Cell, format_matrix, run_matrix  # lazy: CLI start-up
+    from ipsecemu.lab.strongswan import charon_available  # lazy: CLI start-up
 
     cases = _cases(cases_opt)
     if os.geteuid() != 0:

@@ -75,7 +75,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
         os._exit(128 + signum)
     # Python swallows an exception raised while an at-fork hook runs (pyroute2 forks during
     # netns creation): the flag makes the builder stop at its next step even then.
-    from ipsecemu.lab import builder
+    from ipsecemu.lab import builder  # lazy: CLI start-up
 
     builder.INTERRUPTED.set()
     raise KeyboardInterrupt
@@ -95,7 +95,7 @@ def _quiet_swallowed_interrupt(u: Any) -> None:
 @click.option("--smoke", is_flag=True, help="After building, ping between every pair of host nodes.")
 def up(file: str, name: str | None, smoke: bool) -> None:
     """Build the lab described by FILE (YAML) in network namespaces."""
-    from ipsecemu.lab import builder, topology
+    from ipsecemu.lab import builder, topology  # lazy: CLI start-up
 
     try:  # validate before anything else: a broken file never touches the system
         topo = topology.load(file, name=name)
@@ -144,8 +144,8 @@ def up(file: str, name: str | None, smoke: bool) -> None:
         return
     ok = builder.smoke(topo, say)
     if topo.vpn:
-        from ipsecemu.lab import svc_vpn
-        from ipsecemu.lab.state import LabState as _State
+        from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
+        from ipsecemu.lab.state import LabState as _State  # lazy: CLI start-up
 
         ok &= svc_vpn.smoke(topo, _State.open(topo.name), say)
         _next_steps(topo)
@@ -154,7 +154,7 @@ def up(file: str, name: str | None, smoke: bool) -> None:
 
 
 def _next_steps(topo: Any) -> None:
-    from ipsecemu.lab import svc_vpn
+    from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
 
     plan = svc_vpn.smoke_plan(topo)
     lab = topo.name
@@ -183,7 +183,7 @@ def _next_steps(topo: Any) -> None:
 @click.option("--all", "all_", is_flag=True, help="Tear down every lab that is up.")
 def down(name: str | None, all_: bool) -> None:
     """Remove every netns, link and process of a lab (idempotent)."""
-    from ipsecemu.lab import builder
+    from ipsecemu.lab import builder  # lazy: CLI start-up
 
     labs = list_labs()
     if all_:
@@ -212,7 +212,7 @@ def down(name: str | None, all_: bool) -> None:
 
 
 def _live_details(ns: str) -> dict[str, Any]:
-    from ipsecemu.lab.builder import ipr_in
+    from ipsecemu.lab.builder import ipr_in  # lazy: CLI start-up
 
     with ipr_in(ns) as ipr:
         names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
@@ -237,7 +237,7 @@ def _live_details(ns: str) -> dict[str, Any]:
 
 
 def _lab_status(name: str) -> dict[str, Any]:
-    from ipsecemu.lab.builder import BuildError, netns_exists
+    from ipsecemu.lab.builder import BuildError, netns_exists  # lazy: CLI start-up
 
     st = LabState.open(name)
     d = st.data
@@ -260,7 +260,7 @@ def _lab_status(name: str) -> dict[str, Any]:
            "nodes": nodes, "links": d.get("links", []), "processes": procs,
            "live_details": root}
     if any(k in VPN_KINDS for k in d.get("nodes", {}).values()) and root:
-        from ipsecemu.lab import svc_vpn
+        from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
 
         agent = svc_vpn.read_status(st)
         out["vpn"] = {"tunnels": svc_vpn.tunnel_status(st), "routes": agent.get("routes", []),
@@ -363,7 +363,7 @@ def exec_(node: str, cmd: tuple[str, ...]) -> None:
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False), help="Also write the lab's SA key files here.")
 def capture(target: str, write: str | None, duration: float | None, keys_dir: str | None) -> None:
     """tcpdump on NODE:IFACE inside the lab; prints the packet count."""
-    from ipsecemu.lab.capture import Capture, CaptureError, export_keys, tshark_hint
+    from ipsecemu.lab.capture import Capture, CaptureError, export_keys, tshark_hint  # lazy: CLI start-up
 
     if ":" not in target:
         raise click.UsageError(f"expected NODE:IFACE, got {target!r}")

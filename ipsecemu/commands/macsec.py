@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,7 +16,7 @@ from ipsecemu.commands.base import Group
 
 
 def _config(path: str):  # type: ignore[no-untyped-def]
-    from ipsecemu.macsec.link import load_link_config
+    from ipsecemu.macsec.link import load_link_config  # lazy: CLI start-up
 
     try:
         return load_link_config(path)
@@ -48,8 +49,8 @@ def link() -> None:
 def run(config_path: str, tap: str, phy: str, status_path: str | None, keys_path: str | None, batch: int,
         verbose: bool) -> None:
     """Run MKA and the C data path for one link end until SIGTERM/Ctrl-C (SIGUSR1: rotate the SAK)."""
-    import asyncio
-    import logging
+    import asyncio  # lazy: CLI start-up
+    import logging  # lazy: CLI start-up
 
     cfg = _config(config_path)
     if os.geteuid() != 0:
@@ -58,7 +59,7 @@ def run(config_path: str, tap: str, phy: str, status_path: str | None, keys_path
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # no-op under cli.main
     if verbose:
         logging.getLogger("ipsecemu.macsec.link").setLevel(logging.INFO)
-    from ipsecemu.macsec.link import LinkDaemon
+    from ipsecemu.macsec.link import LinkDaemon  # lazy: CLI start-up
 
     daemon = LinkDaemon(cfg, tap, phy, status_path=status_path, keys_path=keys_path, batch=batch)
     try:
@@ -76,8 +77,8 @@ def check(config_path: str) -> None:
     click.echo(json.dumps(_config(config_path).public(), indent=1))
 
 
-def _status(path: str) -> dict:
-    from ipsecemu.macsec.link import read_status
+def _status(path: str) -> dict[str, Any]:
+    from ipsecemu.macsec.link import read_status  # lazy: CLI start-up
 
     p = Path(path)
     if p.is_dir():

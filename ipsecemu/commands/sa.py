@@ -17,14 +17,14 @@ def _socket(ctx: click.Context) -> Path:
     if o.get("socket"):
         return Path(o["socket"])
     if o.get("lab") and o.get("node"):
-        from ipsecemu.gateway.control import socket_path
+        from ipsecemu.gateway.control import socket_path  # lazy: CLI start-up
 
         return socket_path(o["lab"], o["node"])
     raise ConfigError("say which gateway: --socket PATH, or --lab LAB --node NODE")
 
 
 def _call(ctx: click.Context, cmd: str, **args: Any) -> Any:
-    from ipsecemu.gateway.control import ControlError, request
+    from ipsecemu.gateway.control import ControlError, request  # lazy: CLI start-up
 
     try:
         return request(_socket(ctx), cmd, **args)
@@ -48,7 +48,7 @@ def sa(ctx: click.Context, sock: str | None, lab: str | None, node: str | None) 
 @click.pass_context
 def list_(ctx: click.Context, as_json: bool) -> None:
     """The gateway's IKE and Child SAs (swanctl --list-sas layout)."""
-    from ipsecemu.ike.render import render_json, render_text
+    from ipsecemu.ike.render import render_json, render_text  # lazy: CLI start-up
 
     sas = _call(ctx, "list_sas")
     click.echo(render_json(sas) if as_json else render_text(sas), nl=as_json)

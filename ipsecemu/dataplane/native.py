@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ipsecemu.base.algorithms import C_ESP_ENCR, C_ESP_INTEG, C_MACSEC_CIPHER, ESP_ENCR
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import (
-    ConfigError,
     DecapResult,
     EspSaConfig,
     ExpireEvent,
@@ -35,7 +35,7 @@ from ipsecemu.base.satypes import (
 if os.environ.get("IPSECEMU_NATIVE_ASAN") == "1":
     from ipsecemu.dataplane._native_asan import ffi, lib  # type: ignore[import-not-found]
 elif os.environ.get("IPSECEMU_NATIVE_ASAN") == "clang":
-    from ipsecemu.dataplane._native_asan_clang import ffi, lib  # type: ignore[import-not-found,no-redef]
+    from ipsecemu.dataplane._native_asan_clang import ffi, lib  # type: ignore[import-not-found]
 else:
     from ipsecemu.dataplane._native import ffi, lib  # type: ignore[import-not-found]
 
@@ -201,7 +201,7 @@ class EspOutbound:
     def next_seq(self) -> int:
         if self._ref is not None:
             return int(self._ref.next_seq)
-        return int(lib.ie_esp_out_next_seq(self._sa)) + lib.ie_esp_out_exhausted(self._sa)
+        return int(lib.ie_esp_out_next_seq(self._sa)) + int(lib.ie_esp_out_exhausted(self._sa))
 
     @property
     def counters(self) -> SaCounters:
@@ -478,7 +478,7 @@ class MacsecTx:
 
     @property
     def next_pn(self) -> int:
-        return int(lib.ie_macsec_tx_next_pn(self._tx)) + lib.ie_macsec_tx_exhausted(self._tx)
+        return int(lib.ie_macsec_tx_next_pn(self._tx)) + int(lib.ie_macsec_tx_exhausted(self._tx))
 
     @property
     def counters(self) -> SaCounters:

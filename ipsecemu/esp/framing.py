@@ -74,7 +74,7 @@ def ip_checksum(data: bytes) -> int:
     """RFC 1071 Internet checksum."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -86,7 +86,7 @@ def _addr(value: str | bytes, version: int) -> bytes:
     except ValueError as exc:
         raise FramingError(f"not an IP address: {value!r}") from exc
     if addr.version != version:
-        raise FramingError(f"{value} is not an IPv{version} address")
+        raise FramingError(f"{str(value)} is not an IPv{version} address")
     return addr.packed
 
 

@@ -20,11 +20,9 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from ipsecemu.base.algorithms import AEAD_ESP_ENCR, ESP_ENCR, ESP_INTEG
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import (
-    AEAD_ESP_ENCR,
-    ESP_ENCR,
-    ESP_INTEG,
-    ConfigError,
     DecapResult,
     EspSaConfig,
     ExpireEvent,
@@ -37,12 +35,12 @@ from ipsecemu.esp.replay import ReplayWindow
 try:  # cryptography >= 43 moved TripleDES to the "decrepit" module
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 except ImportError:  # pragma: no cover - older cryptography
-    TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]
+    TripleDES = algorithms.TripleDES  # type: ignore[misc]
 
 __all__ = ["EspOutbound", "EspInbound", "EspInboundTable", "TFC_NEXT_HEADER"]
 
 TFC_NEXT_HEADER = 59  # "no next header": a traffic-flow-confidentiality dummy packet
-_HASHES = {"md5": hashes.MD5, "sha1": hashes.SHA1, "sha256": hashes.SHA256,
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"md5": hashes.MD5, "sha1": hashes.SHA1, "sha256": hashes.SHA256,
            "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 _MAX32 = (1 << 32) - 1
 _MAX64 = (1 << 64) - 1
@@ -136,8 +134,8 @@ class _Transform:
         ct = packet[8 + self.iv_len: ct_end]
         if self._block_alg is None:
             return ct
-        dec = Cipher(self._block_alg, modes.CBC(iv)).decryptor()
-        return dec.update(ct) + dec.finalize()
+        cbc = Cipher(self._block_alg, modes.CBC(iv)).decryptor()
+        return cbc.update(ct) + cbc.finalize()
 
 
 class _Lifetimes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from .consts import ATTR_KEY_LENGTH, Exchange, Flags, Notify, Payload, TsType
 from .crypto import SkCipher
@@ -276,6 +276,8 @@ def _decode_ts(ptype: int, data: bytes) -> TS:
         # the length check comes first: an address built from a short slice raises AddressValueError
         if pos + slen > len(data):
             raise ParseError("traffic selector exceeds payload")
+        a: ipaddress.IPv4Address | ipaddress.IPv6Address
+        b: ipaddress.IPv4Address | ipaddress.IPv6Address
         if ts_type == TsType.IPV4_ADDR_RANGE and slen == 16:
             a, b = ipaddress.IPv4Address(data[pos + 8 : pos + 12]), ipaddress.IPv4Address(data[pos + 12 : pos + 16])
         elif ts_type == TsType.IPV6_ADDR_RANGE and slen == 40:
@@ -394,10 +396,10 @@ class Message:
     def flags(self) -> int:
         return (Flags.INITIATOR if self.initiator else 0) | (Flags.RESPONSE if self.response else 0)
 
-    def get(self, cls: type, ptype: int | None = None) -> list:
+    def get(self, cls: type, ptype: int | None = None) -> list[Any]:
         return [p for p in self.payloads if isinstance(p, cls) and (ptype is None or p.ptype == ptype)]
 
-    def first(self, cls: type, ptype: int | None = None):  # noqa: ANN201 - returns the payload class
+    def first(self, cls: type, ptype: int | None = None) -> Any:  # an instance of cls, or None
         found = self.get(cls, ptype)
         return found[0] if found else None
 

@@ -223,7 +223,7 @@ def _check(text: str, protocol: str, found: dict[TransformType, list[Alg]]) -> N
                 )
             # strongSwan derives one PRF per integrity algorithm, in the same order
             for i in found[TransformType.INTEG]:
-                prf = PRF.get(f"prf{i.keyword}")  # type: ignore[union-attr]
+                prf = PRF.get(f"prf{i.keyword}")
                 if prf is None:
                     raise ProposalError(f"{where}: no PRF matches integrity {i.keyword}; add e.g. prfsha256")
                 if prf not in found[TransformType.PRF]:
@@ -317,7 +317,7 @@ def check_selected(offered: list[Proposal], answer: Proposal) -> bool:
         return False
     allowed = _normalized(mine)
     encr = answer.of_type(TransformType.ENCR)
-    aead = bool(encr) and isinstance(encr[0].alg, EncrAlg) and encr[0].alg.aead  # type: ignore[union-attr]
+    aead = bool(encr) and isinstance(encr[0].alg, EncrAlg) and encr[0].alg.aead
     for t in answer.transforms:
         if t.type == TransformType.INTEG and t.id == 0:
             if aead:

@@ -80,7 +80,7 @@ def _ts(v: object) -> list[str]:
         return []
     if isinstance(v, str):
         return v.split()
-    return [str(x) for x in v]  # type: ignore[union-attr]
+    return [str(x) for x in v]  # type: ignore[attr-defined]  # any iterable of names
 
 
 def _normal(d: Mapping[str, Any], protocol: str) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def normalize(sas: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict
             if isinstance(x, tuple | list) and len(x) == 2 and isinstance(x[1], Mapping):
                 items.append((str(x[0]), x[1]))
             else:
-                items.append((None, x))  # type: ignore[arg-type]
+                items.append((None, x))
     out = []
     for name, sa in items:
         ike = _normal(sa, "ike")
@@ -128,7 +128,7 @@ def normalize(sas: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict
         if isinstance(raw_children, Mapping):
             child_items = [(str(n), c) for n, c in raw_children.items()]
         else:
-            child_items = [(None, c) for c in raw_children]
+            child_items = [(None, c) for c in raw_children]  # type: ignore[misc]  # unnamed children
         children = []
         for cname, c in child_items:
             ch = _normal(c, "esp")

@@ -9,15 +9,16 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from .certs import CertAuth, cert_identities, dn_to_str
 from .consts import IdType
 from .errors import LocalProtocolError
 from .proposals import Proposal, parse_proposals
 from .ts import TrafficSelector
-
-if TYPE_CHECKING:
-    from .certs import CertAuth
 
 CHILDLESS = ("never", "allow", "force")
 
@@ -76,15 +77,11 @@ class Identity:
         if self == other:
             return True
         if self.id_type == other.id_type == IdType.DER_ASN1_DN:
-            from .certs import dn_to_str
-
             return dn_to_str(self.data) == dn_to_str(other.data)
         return False
 
     def __str__(self) -> str:
         if self.id_type == IdType.DER_ASN1_DN:
-            from .certs import dn_to_str
-
             return dn_to_str(self.data)
         if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             try:
@@ -98,9 +95,6 @@ class Identity:
 
 def _dn_der(text: str) -> bytes:
     """DER of a "C=CH, O=Org, CN=host" distinguished name (one attribute per RDN, in order)."""
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
     oids = {"CN": NameOID.COMMON_NAME, "C": NameOID.COUNTRY_NAME, "L": NameOID.LOCALITY_NAME,
             "ST": NameOID.STATE_OR_PROVINCE_NAME, "O": NameOID.ORGANIZATION_NAME,
             "OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "E": NameOID.EMAIL_ADDRESS,
@@ -141,7 +135,7 @@ class IkeSaConfig:
     replay_window: int = 128
     force_encap: bool = False  # send a fake NAT-D source hash so both sides use UDP 4500
     initial_contact: bool = True
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     certs: CertAuth | None = None  # certificate authentication instead of the PSK
     fragmentation: bool = True  # RFC 7383: offer/accept IKE fragmentation
     fragment_size: int = 1280  # largest IP datagram for an IKE message before it is fragmented
@@ -155,8 +149,6 @@ class IkeSaConfig:
             raise LocalProtocolError(f"{self.name}: childless must be one of {', '.join(CHILDLESS)}, "
                                      f"got {self.childless!r}")
         if self.certs is not None:
-            from .certs import cert_identities
-
             if not any(Identity(t, d).matches(self.local_id) for t, d in cert_identities(self.certs.cert)):
                 raise LocalProtocolError(f"{self.name}: local identity {self.local_id} is neither the subject "
                                          "nor a subjectAltName of our certificate")

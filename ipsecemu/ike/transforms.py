@@ -13,6 +13,8 @@ Stable API (imported by the IKE core):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ipsecemu.base.algorithms import (
     ATTR_KEY_LENGTH,
     ENCR,
@@ -43,7 +45,9 @@ __all__ = [
     "encr_by_id", "esn_by_id", "integ_by_id", "ke_by_id", "keyword_for", "lookup", "prf_by_id",
 ]
 
-_TABLES: dict[TransformType, tuple[dict, dict[str, str]]] = {
+Alg = EncrAlg | PrfAlg | IntegAlg | KeGroup | EsnAlg
+
+_TABLES: dict[TransformType, tuple[Mapping[str, Alg], dict[str, str]]] = {
     TransformType.ENCR: (ENCR, ENCR_ALIASES),
     TransformType.PRF: (PRF, {}),
     TransformType.INTEG: (INTEG, INTEG_ALIASES),
@@ -51,7 +55,6 @@ _TABLES: dict[TransformType, tuple[dict, dict[str, str]]] = {
     TransformType.ESN: (ESN, {}),
 }
 
-Alg = EncrAlg | PrfAlg | IntegAlg | KeGroup | EsnAlg
 
 
 def lookup(keyword: str) -> tuple[TransformType, Alg] | None:

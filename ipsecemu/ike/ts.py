@@ -36,13 +36,13 @@ class TrafficSelector:
             return None
         lo, hi = max(self.start_addr, other.start_addr), min(self.end_addr, other.end_addr)
         plo, phi = max(self.start_port, other.start_port), min(self.end_port, other.end_port)
-        if lo > hi or plo > phi:
+        if lo > hi or plo > phi:  # type: ignore[operator]  # same IP version: checked above
             return None
         return TrafficSelector(lo, hi, self.ip_proto or other.ip_proto, plo, phi)
 
     def __str__(self) -> str:
         try:
-            nets = list(ipaddress.summarize_address_range(self.start_addr, self.end_addr))  # type: ignore[arg-type]
+            nets = list(ipaddress.summarize_address_range(self.start_addr, self.end_addr))
             addr = ",".join(str(n) for n in nets) if len(nets) <= 2 else f"{self.start_addr}-{self.end_addr}"
         except (TypeError, ValueError):
             addr = f"{self.start_addr}-{self.end_addr}"

@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import (
-    ConfigError,
     ExpireEvent,
     MacsecSaConfig,
     SaCounters,

@@ -28,12 +28,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from ipsecemu.base.errors import InputError
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
+
+from ipsecemu.base.algorithms import ESP_ENCR
+from ipsecemu.base.errors import ConfigError, InputError
 from ipsecemu.base.satypes import (
-    ESP_ENCR,
-    ConfigError,
     DecapResult,
     EspSaConfig,
     MacsecSaConfig,
@@ -41,6 +43,7 @@ from ipsecemu.base.satypes import (
     Verdict,
 )
 from ipsecemu.dataplane import backend as get_backend
+from ipsecemu.dataplane.api import EspInbound
 from ipsecemu.esp import framing
 from ipsecemu.pcap.uat import EspAlgorithm, EspSaRow
 
@@ -115,8 +118,6 @@ def _open_unverified(alg: EspAlgorithm, enc_key: bytes, esp: bytes) -> DecapResu
     """Decrypt a CBC/NULL ESP packet *without* checking its ICV (Wireshark's "NULL" and "ANY n bit
     [no checking]" authentication, for captures whose integrity key is unknown).  The data-plane
     contract always authenticates, so this one small path uses ``cryptography`` directly."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
     _keylens, _salt, iv_len, block, _icv = ESP_ENCR[alg.encr]
     spi, seq = struct.unpack_from("!II", esp) if len(esp) >= 8 else (0, 0)
     body_len = len(esp) - 8 - iv_len - alg.icv_len
@@ -129,11 +130,7 @@ def _open_unverified(alg: EspAlgorithm, enc_key: bytes, esp: bytes) -> DecapResu
         pt = ct
     else:
         if alg.encr == "3des-cbc":
-            try:  # cryptography >= 43 keeps TripleDES in the "decrepit" module
-                from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-            except ImportError:  # pragma: no cover
-                TripleDES = algorithms.TripleDES  # type: ignore[attr-defined,misc]  # noqa: N806
-            cipher = TripleDES(enc_key)
+            cipher: CipherAlgorithm = TripleDES(enc_key)
         else:
             cipher = algorithms.AES(enc_key)
         dec = Cipher(cipher, modes.CBC(iv)).decryptor()
@@ -152,10 +149,10 @@ class _EspSa:
     def __init__(self, be: ModuleType, row: EspSaRow, alg: EspAlgorithm, spi: int) -> None:
         self.row, self.alg, self.spi = row, alg, spi
         self._be = be
-        self._inbound: dict[bool, object] = {}
+        self._inbound: dict[bool, EspInbound] = {}
         self._esn = False  # the variant that last authenticated
 
-    def _sa(self, esn: bool):  # noqa: ANN202 - backend class
+    def _sa(self, esn: bool) -> EspInbound:
         if esn not in self._inbound:
             cfg = EspSaConfig(spi=self.spi, encr=self.alg.encr, enc_key=self.row.enc_key, integ=self.alg.integ,
                               integ_key=self.row.auth_key if self.alg.integ else b"", esn=esn, replay_window=0)
@@ -362,8 +359,8 @@ class _Record:
 
 def read_capture(path: str | Path) -> tuple[int, bool, Iterator[_Record]]:
     """Open a pcap or pcapng file: (link type, nanosecond timestamps, records)."""
-    from scapy.error import Scapy_Exception
-    from scapy.utils import RawPcapNgReader, RawPcapReader
+    from scapy.error import Scapy_Exception  # lazy: scapy takes ~1 s to import
+    from scapy.utils import RawPcapNgReader, RawPcapReader  # lazy: scapy takes ~1 s to import
 
     p = Path(path)
     if not p.exists():
@@ -378,7 +375,7 @@ def read_capture(path: str | Path) -> tuple[int, bool, Iterator[_Record]]:
     if isinstance(reader, RawPcapNgReader):
         it = iter(reader)
         try:
-            first = next(it, None)
+            first: tuple[bytes, Any] | None = next(it, None)  # scapy: (data, PacketMetadata)
         except Exception as exc:  # scapy raises assorted errors on corrupt blocks
             reader.close()
             raise DecryptError(f"{p}: cannot read pcapng: {exc}") from None
@@ -389,7 +386,7 @@ def read_capture(path: str | Path) -> tuple[int, bool, Iterator[_Record]]:
 
         def ng_records() -> Iterator[_Record]:
             try:
-                item = first
+                item: tuple[bytes, Any] | None = first
                 while item is not None:
                     data, m = item
                     ts = (m.tshigh << 32) | m.tslow

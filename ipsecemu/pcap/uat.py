@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ipsecemu.base.algorithms import (
     ENCR_LIST,
@@ -474,7 +475,7 @@ def ike_rows_from_keylog(rows: Iterable[Mapping[str, str]], encr_alg: str, integ
 
 
 # ------------------------------------------------------------------ MACsec SA JSON
-def _hex_field(obj: dict, key: str, where: str, length: int | None = None) -> bytes:
+def _hex_field(obj: dict[str, Any], key: str, where: str, length: int | None = None) -> bytes:
     v = obj.get(key)
     if not isinstance(v, str):
         raise KeyFileError(f"{where}: {key!r} must be a hex string")

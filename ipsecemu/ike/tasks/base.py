@@ -4,6 +4,7 @@ records an SA keeps (Child SAs, outstanding requests) and the sink it writes to.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 from collections import deque
 from collections.abc import Callable
@@ -134,6 +135,5 @@ def _strip_ke(props: list[Proposal]) -> list[Proposal]:
 
 
 def _eq(a: bytes, b: bytes) -> bool:
-    import hmac
 
     return hmac.compare_digest(a, b)

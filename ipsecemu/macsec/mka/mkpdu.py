@@ -14,6 +14,7 @@ ICV (that needs the ICK of the CA named in the Basic Parameter Set, see :func:`v
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ipsecemu.base.algorithms import MACSEC
 from ipsecemu.base.errors import ProtocolError
@@ -244,7 +245,7 @@ def _peer_list(body: bytes, what: str) -> tuple[PeerEntry, ...]:
 
 
 def _sak_use(o2: int, flags: int, body: bytes) -> SakUse:
-    bits = {
+    bits: dict[str, Any] = {  # ints and bools of the SAK-use flags
         "latest_an": o2 >> 6,
         "latest_tx": bool(o2 & 0x20),
         "latest_rx": bool(o2 & 0x10),

@@ -498,8 +498,8 @@ class MkaParticipant:
         if old is not None and key.tx:
             by_sci = {p.sci: p for p in live}
             for sci in list(old.rx):
-                p = by_sci.get(sci)
-                if p is None or self._peer_has(p, key, "latest_tx"):
+                holder = by_sci.get(sci)
+                if holder is None or self._peer_has(holder, key, "latest_tx"):
                     self._remove_rx(old, sci)
                     self._need_send = True
             if not old.rx and not old.tx:
