@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from ipsecemu.base.errors import SystemSetupError
+from ipsecemu.base.errors import NeedsRootError, SystemSetupError
 from ipsecemu.commands.base import Group
 
 
@@ -44,8 +46,10 @@ def run(config: str, state_dir: str | None, backend: str) -> None:
     from ipsecemu.gateway.daemon import run as run_gateway  # lazy: CLI start-up
 
     cfg = _load(config, state_dir)
+    if os.geteuid() != 0:  # the daemon's first check too; here so that it ends with NeedsRootError's status
+        raise NeedsRootError("gateway run needs root (tun devices, routes, UDP 500/4500); try sudo")
     try:
         code = run_gateway(cfg, backend=backend)
-    except GatewayError as exc:  # host setup refused (address, port, device, root); until gateway/ has families
+    except GatewayError as exc:  # host setup refused (address, port, device); until gateway/ has families
         raise SystemSetupError(str(exc)) from None
     raise SystemExit(code)
