@@ -31,6 +31,7 @@ from ipsecemu.base.satypes import (
     ValidateResult,
     Verdict,
 )
+from ipsecemu.esp import reference  # the fallback for algorithms the C path lacks
 
 if os.environ.get("IPSECEMU_NATIVE_ASAN") == "1":
     from ipsecemu.dataplane._native_asan import ffi, lib  # type: ignore[import-not-found]
@@ -187,8 +188,6 @@ class EspOutbound:
         self._ref: Any = None
         self._sa: Any = None
         if not native_esp_supported(cfg):
-            from ipsecemu.esp import reference
-
             self._ref = reference.EspOutbound(cfg, initial_seq=initial_seq)
             return
         self._iv_len = ESP_ENCR[cfg.encr][2]
@@ -298,8 +297,6 @@ class EspInbound:
         self.cfg = cfg
         self._ref: Any = None
         if not native_esp_supported(cfg):
-            from ipsecemu.esp import reference
-
             self._ref = reference.EspInbound(cfg, replay_top=replay_top)
             return
         _keys, _salt, iv_len, block, icv = ESP_ENCR[cfg.encr]
@@ -378,8 +375,6 @@ class EspInboundTable:
         if cfg.spi in self:
             raise ConfigError(f"spi: an inbound SA with SPI {cfg.spi:#010x} already exists")
         if not native_esp_supported(cfg):
-            from ipsecemu.esp import reference
-
             sa = reference.EspInbound(cfg, replay_top=replay_top)
             self._fallback[cfg.spi] = sa
             return sa
