@@ -45,6 +45,7 @@ from ipsecemu.ike.events import (
 from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState
 from ipsecemu.io.transport import NON_ESP_MARKER, IkeTransport
+from ipsecemu.net.netns import netlink
 
 log = logging.getLogger("ipsecemu.gateway")
 
@@ -146,8 +147,6 @@ class Gateway:
         return self.loop.time()
 
     async def start(self) -> None:
-        from ipsecemu.lab.netns import netlink
-
         names = [c.tunnel.name for c in self.cfg.connections]
         taken = netlink(None, lambda ipr: [n for n in names if ipr.link_lookup(ifname=n)])
         if taken:

@@ -32,8 +32,9 @@ from ipsecemu.dataplane import backend as dataplane_backend
 from ipsecemu.dataplane.api import ConfigError, EspSaConfig, SaCounters, Verdict
 from ipsecemu.gateway.config import GatewayConnection, Network
 from ipsecemu.ike.events import ChildSaKeys
-from ipsecemu.io.tunnel import networks, open_tun
-from ipsecemu.lab.netns import netlink
+from ipsecemu.io.tunnel import networks
+from ipsecemu.net.netns import netlink
+from ipsecemu.net.tun import VNET_HDR, open_tun
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,9 @@ class ConnectionDatapath:
         if self.tun_fd is not None:
             return
         t = self.gw.tunnel
-        if self.native:  # IFF_VNET_HDR: the C loop gets TCP super-packets (TSO) and cuts them itself
-            from ipsecemu.dataplane import native
-
-            self.tun_fd, self.vnet = native.open_vnet_tun(t.name), native.VNET_HDR
-        else:
-            self.tun_fd = open_tun(t.name)
+        # with the C loop, IFF_VNET_HDR: it gets TCP super-packets (TSO) and cuts them itself
+        self.tun_fd = open_tun(t.name, vnet_hdr=self.native)
+        self.vnet = VNET_HDR if self.native else 0
 
         def setup(ipr: Any) -> None:
             idx = ipr.link_lookup(ifname=t.name)[0]

@@ -1,5 +1,8 @@
 """Small pyroute2 helpers to build throw-away network namespaces for tests and the harness.
 
+The plumbing underneath (entering a netns, netlink in it, running a command in it, polling) is
+:mod:`ipsecemu.net`; the names are re-exported here for the harness and the benches.
+
 ``Netns`` is a context manager that creates named namespaces and veth pairs and always
 removes what it created (namespaces only; deleting a namespace deletes its links).  It is
 deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder`.
@@ -8,107 +11,23 @@ deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
+
+from ipsecemu.net.netns import NetnsError, entered, netlink, ns_exec
+from ipsecemu.net.proc import stop_popen, wait_for
 
 __all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "need_ping", "netlink", "ns_exec", "wait_for"]
 
 MAX_IFNAME = 15
-T = TypeVar("T")
-
-
-class NetnsError(RuntimeError):
-    """A namespace or link could not be created (the message says which and why)."""
-
-
-def ns_exec(ns: str, *argv: str, timeout: float = 10.0, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command inside ``ns`` and capture its output (text)."""
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
-                          timeout=timeout, check=check)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-_CLONE_NEWNET = 0x40000000
-
-
-@contextmanager
-def entered(ns: str | None) -> Iterator[None]:
-    """Run the block with the *calling thread* in netns ``ns`` (None: stay where we are).
-
-    Sockets and tun devices created inside stay in ``ns`` after the block, which lets one
-    asyncio loop serve several namespaces.  setns(2) is per thread, so other threads are not
-    affected; keep the block short and synchronous."""
-    if ns is None:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    here = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    try:
-        try:
-            target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        except FileNotFoundError:
-            raise NetnsError(f"no netns named {ns!r}") from None
-        try:
-            if libc.setns(target, _CLONE_NEWNET) != 0:
-                raise NetnsError(f"setns({ns}): {os.strerror(ctypes.get_errno())}")
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            if libc.setns(here, _CLONE_NEWNET) != 0:  # pragma: no cover - would leave us stranded
-                raise NetnsError(f"could not return from netns {ns}: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(here)
-
-
-def netlink(ns: str | None, fn: Callable[[IPRoute], T]) -> T:
-    """Run ``fn(IPRoute)`` in netns ``ns``.  Inside a running asyncio loop the call goes to a
-    helper thread, because pyroute2's synchronous API refuses to run in one; the calls are short."""
-    def run() -> T:
-        with IPRoute(netns=ns) if ns else IPRoute() as ipr:
-            return fn(ipr)
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
-    box: dict[str, Any] = {}
-
-    def thread() -> None:
-        try:
-            box["ok"] = run()
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["err"] = exc
-
-    t = threading.Thread(target=thread, name="netlink")
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["ok"]
 
 
 def _split(cidr: str) -> tuple[str, int, int]:
@@ -237,13 +156,7 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
         yield
         time.sleep(0.05)  # let the last packets of the block reach the socket
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+        stop_popen(proc, timeout)
         if proc.stderr:
             proc.stderr.close()
 
