@@ -27,7 +27,6 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ipsecemu.base.errors import LabError
 from ipsecemu.net import NetError
 from ipsecemu.net.netns import NETNS_DIR, netns_exists, pids_in_netns, sysctl
 from ipsecemu.net.netns import ipr_in as net_ipr_in
@@ -35,6 +34,7 @@ from ipsecemu.net.proc import stop_pids
 from ipsecemu.net.tun import open_tun
 
 from . import services
+from .errors import BuildError
 from .state import LabState, LabStateError
 from .topology import FORWARDING_KINDS, Node, Route, Rule, Topology, phy_ifname
 
@@ -45,10 +45,6 @@ IFA_F_NODAD = 0x02
 
 
 MACSEC_OVERHEAD = 40  # SecTAG with SCI (16) + ICV (16) + one 802.1Q tag (4), rounded up
-
-
-class BuildError(LabError):
-    """A step of ``lab up`` failed; the lab has been rolled back."""
 
 
 def _quiet(_: str) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ipsecemu.lab.harness import pair_conn, pair_topology, ping
 from ipsecemu.lab.netns import wait_for
-from ipsecemu.lab.strongswan import Charon, charon_available, pair_conn, pair_topology, ping
+from ipsecemu.strongswan.charon import Charon, charon_available
 
 from support.gateway_lab import Gw
 

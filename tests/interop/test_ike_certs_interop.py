@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.certs import CertAuth
-from ipsecemu.io.interop import PSK, ours_vs_charon
-from ipsecemu.lab.strongswan import Charon, charon_available, pair_conn
+from ipsecemu.interop.pair import PSK, ours_vs_charon
+from ipsecemu.lab.harness import pair_conn
+from ipsecemu.strongswan.charon import Charon, charon_available
 
 from support.certs import make_ca, make_cert
 

@@ -15,8 +15,17 @@ import pytest
 from click.testing import CliRunner
 
 from ipsecemu.cli import cli
-from ipsecemu.interop import CASES, COLUMNS, PREFIX, Case, Cell, check_proposal, format_matrix, run_cell
-from ipsecemu.lab.strongswan import charon_available
+from ipsecemu.interop.matrix import (
+    CASES,
+    COLUMNS,
+    PREFIX,
+    Case,
+    Cell,
+    check_proposal,
+    format_matrix,
+    run_cell,
+)
+from ipsecemu.strongswan.charon import charon_available
 
 NO_CHARON = charon_available()
 

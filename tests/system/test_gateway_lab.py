@@ -287,8 +287,8 @@ def test_one_address_two_tunnels_each_on_its_own_c_loop(unique_name: str, tmp_pa
 def test_two_gateways_ipv6_outer_and_inner(unique_name: str, tmp_path: Path, encap: str) -> None:
     """IPv6 everywhere (the strongSwan harness's pair_topology(ipv6=True), no charon involved):
     IKE, ESP-in-UDP6 / raw ESP over IPv6, ping6 both ways."""
-    from ipsecemu.lab.strongswan import pair_topology
-    from ipsecemu.lab.strongswan import ping as ping6
+    from ipsecemu.lab.harness import pair_topology
+    from ipsecemu.lab.harness import ping as ping6
 
     with pair_topology(unique_name, ipv6=True) as topo:
         gws = []
