@@ -64,7 +64,8 @@ class Port:
 def loop_supports_raw() -> bool:
     """Whether the built C module's loop has the raw ESP (protocol 50) mode."""
     try:
-        from ipsecemu.dataplane import native
+        from ipsecemu.dataplane import native  # lazy: the C module may not be built (then: False)
+
         return "raw_esp" in dict(native.ffi.typeof("ie_loop_cfg").fields)
     except Exception:
         return False
@@ -339,7 +340,7 @@ class ConnectionDatapath:
 
     def _start_loop(self) -> None:
         assert self.current is not None and self._port is not None and self.tun_fd is not None
-        from ipsecemu.dataplane import native  # only when the C module is built
+        from ipsecemu.dataplane import native  # lazy: only reached with the C module built (self.native)
 
         port = self._port
         port.pause()

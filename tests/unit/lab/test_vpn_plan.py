@@ -7,6 +7,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+import yaml
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -53,8 +54,6 @@ def test_er_vwan_vpn_section_is_azure_s1(er: topology.Topology) -> None:
 
 
 def test_gateway_config_is_valid_and_route_based(er: topology.Topology, tmp_path: Path) -> None:
-    import yaml
-
     d = svc_vpn.gateway_config(er, "ce", tmp_path)
     cfg = gwconfig.loads(yaml.safe_dump(d), "ce.yaml")  # the gateway's own parser accepts it
     assert cfg.node == "ce" and cfg.encapsulation == "udp" and cfg.state_dir == tmp_path
