@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipsecemu.base.errors import CheckFailed
 from ipsecemu.ike import events as ev
 
 from .pair import InteropMismatch, ours_vs_charon
@@ -36,7 +37,7 @@ PRF = {"prfsha1": "PRF_HMAC_SHA1", "prfsha256": "PRF_HMAC_SHA2_256", "prfsha384"
        "prfsha512": "PRF_HMAC_SHA2_512"}
 
 
-class CaseFailed(AssertionError):
+class CaseFailed(CheckFailed):
     """A cell's check failed (the message is the short reason shown in the matrix)."""
 
 

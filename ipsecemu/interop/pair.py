@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ipsecemu.base.errors import CheckFailed
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.settings import IkeSaConfig
 from ipsecemu.io.peer import IkePeer
@@ -41,7 +42,7 @@ DEFAULT_CASES: dict[str, str] = {
 }
 
 
-class InteropMismatch(AssertionError):
+class InteropMismatch(CheckFailed):
     """Both sides disagree about the SA (the message says on what)."""
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ipsecemu.base.errors import ServiceError
 from ipsecemu.dataplane.api import ConfigError
 from ipsecemu.macsec.link import parse_link_config, read_status
 
@@ -26,7 +27,7 @@ from .topology import Link, Topology, phy_ifname
 SECURE_TIMEOUT = 20.0  # s: MKA needs a few hello times at most
 
 
-class MacsecServiceError(RuntimeError):
+class MacsecServiceError(ServiceError):
     pass
 
 
