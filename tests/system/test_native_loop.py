@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from ipsecemu.dataplane import reference as ref
 from ipsecemu.dataplane.api import EspSaConfig, Verdict
 from ipsecemu.net.tun import open_tun
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
-ref = pytest.importorskip("ipsecemu.dataplane.reference")
 scapy_all = pytest.importorskip("scapy.all")
 
 pytestmark = pytest.mark.root
