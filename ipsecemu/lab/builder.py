@@ -28,7 +28,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipsecemu.net import NetError
-from ipsecemu.net.netns import NETNS_DIR, netns_exists, pids_in_netns, sysctl
+from ipsecemu.net.netns import NETNS_DIR, netns_exists, ns_argv, pids_in_netns, sysctl
 from ipsecemu.net.netns import ipr_in as net_ipr_in
 from ipsecemu.net.proc import stop_pids
 from ipsecemu.net.tun import open_tun
@@ -400,8 +400,8 @@ def smoke(topo: Topology, say: Say = _quiet) -> bool:
             if a is b:
                 continue
             dst = str(ipaddress.ip_interface(b.addresses[0][1]).ip)
-            res = subprocess.run(["ip", "netns", "exec", topo.netns(a.name), "ping", "-c", "2", "-i", "0.2",
-                                  "-W", "2", "-q", dst], capture_output=True, timeout=15)
+            res = subprocess.run(ns_argv(topo.netns(a.name), "ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", dst),
+                                 capture_output=True, timeout=15)
             good = res.returncode == 0
             ok &= good
             say(f"smoke: {a.name} -> {b.name} ({dst}): {'ok' if good else 'FAILED'}")

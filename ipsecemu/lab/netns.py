@@ -22,7 +22,8 @@ from types import TracebackType
 
 from pyroute2 import IPRoute, netns
 
-from ipsecemu.net.netns import NetnsError, entered, netlink, ns_exec
+from ipsecemu.net.netns import NetnsError, entered, netlink, ns_argv, ns_exec
+from ipsecemu.net.netns import sysctl as set_sysctls
 from ipsecemu.net.proc import stop_popen, wait_for
 
 __all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "need_ping", "netlink", "ns_exec", "wait_for"]
@@ -65,13 +66,9 @@ class Netns:
             raise NetnsError(f"netns {name!r} already exists")
         netns.create(name)
         self.created.append(name)
-        if not ipv6:
-            for scope in ("all", "default"):
-                ns_exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
-        else:
-            # no DAD delay: tests bind to fresh addresses right away
-            for scope in ("all", "default"):
-                ns_exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
+        # IPv6 off, or on without DAD delay (tests bind to fresh addresses right away)
+        key, value = ("accept_dad", "0") if ipv6 else ("disable_ipv6", "1")
+        set_sysctls(name, [(f"net.ipv6.conf.{scope}.{key}", value) for scope in ("all", "default")])
         netlink(name, lambda ipr: ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up"))
         return name
 
@@ -130,7 +127,7 @@ class Netns:
         netlink(ns, do)
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
-        ns_exec(ns, "sysctl", "-qw", f"{key}={value}")
+        set_sysctls(ns, [(key, value)])
 
 
 @contextmanager
@@ -139,7 +136,7 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
 
     ``--immediate-mode`` matters: without it packets still in the kernel ring when we stop
     tcpdump are counted as "received by filter" but never written."""
-    argv = ["ip", "netns", "exec", ns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", ifname, "-w", str(path)]
+    argv = ns_argv(ns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", ifname, "-w", str(path))
     proc = subprocess.Popen(argv + ([bpf] if bpf else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
@@ -172,7 +169,7 @@ async def aping(ns: str, dst: str, count: int = 3, size: int = 56, interval: flo
     """ping from netns ``ns`` without blocking the event loop; returns the replies received."""
     need_ping()
     proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2",
+        *ns_argv(ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2"),
         "-s", str(size), dst, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
