@@ -28,8 +28,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipsecemu.net import NetError
-from ipsecemu.net.netns import NETNS_DIR, netns_exists, ns_argv, pids_in_netns, sysctl
-from ipsecemu.net.netns import ipr_in as net_ipr_in
+from ipsecemu.net.netns import NETNS_DIR, netns_exists, ns_argv, open_ipr, pids_in_netns, sysctl
 from ipsecemu.net.proc import stop_pids
 from ipsecemu.net.tun import open_tun
 
@@ -53,12 +52,18 @@ def _quiet(_: str) -> None:
 
 @contextmanager
 def ipr_in(ns: str) -> Iterator[IPRoute]:
-    """A netlink socket bound to lab netns ``ns`` (:func:`ipsecemu.net.netns.ipr_in`); BuildError
+    """A netlink socket bound to lab netns ``ns`` (:func:`ipsecemu.net.netns.open_ipr`); BuildError
     if the netns is gone."""
     if not netns_exists(ns):
         raise BuildError(f"netns {ns} does not exist")
-    with net_ipr_in(ns) as ipr:
+    try:
+        ipr = open_ipr(ns)
+    except NetError as exc:  # removed between the check and setns
+        raise BuildError(str(exc)) from None
+    try:
         yield ipr
+    finally:
+        ipr.close()
 
 
 # Set by the CLI's SIGINT/SIGTERM handler; checked between build steps.

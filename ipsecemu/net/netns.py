@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 
 from . import NetError
 
-__all__ = ["NETNS_DIR", "NetnsError", "entered", "ipr_in", "netlink", "netns_exists", "netns_inode",
+__all__ = ["NETNS_DIR", "NetnsError", "entered", "ipr_in", "netlink", "netns_exists", "netns_inode", "open_ipr",
            "ns_argv", "ns_exec", "pids_in_netns", "sysctl"]
 
 NETNS_DIR = Path("/run/netns")
@@ -77,15 +77,20 @@ def entered(ns: str | None) -> Iterator[None]:
         os.close(here)
 
 
+def open_ipr(ns: str | None) -> IPRoute:
+    """A netlink socket bound to netns ``ns`` (None: ours); the caller closes it.
+
+    Opened by entering the netns for the socket() call only instead of pyroute2's
+    ``IPRoute(netns=...)``, which forks a helper per socket (about 9x slower here, see
+    docs/notes-plumbing.md) that inherits our signal handlers."""
+    with entered(ns):
+        return IPRoute()
+
+
 @contextmanager
 def ipr_in(ns: str | None) -> Iterator[IPRoute]:
-    """A netlink socket bound to netns ``ns`` (None: ours), closed after the block.
-
-    Opened by entering the netns for the socket() call only (~1.5 ms) instead of pyroute2's
-    ``IPRoute(netns=...)``, which forks a helper per socket (~10 ms) that inherits our signal
-    handlers."""
-    with entered(ns):
-        ipr = IPRoute()
+    """:func:`open_ipr` for the duration of a block."""
+    ipr = open_ipr(ns)
     try:
         yield ipr
     finally:
