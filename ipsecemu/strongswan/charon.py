@@ -28,7 +28,8 @@ from typing import Any
 
 from ipsecemu.dataplane.api import EspSaConfig
 from ipsecemu.net.netns import ns_argv
-from ipsecemu.net.proc import start, stop_popen, wait_for
+from ipsecemu.net.proc import start as start_process
+from ipsecemu.net.proc import stop_popen, wait_for
 
 from .keylog import CHARON_ENCR, CHARON_INTEG, KeyLog, parse_keys
 from .vici import CharonError, ViciClient
@@ -146,8 +147,8 @@ charon {{
         script = (f"mount --bind {self.run_dir} /run && "
                   f"exec env STRONGSWAN_CONF={self.conf} {CHARON}")
         self._stderr = open(self.dir / "charon.stderr", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = start(ns_argv(self.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script),
-                          stdout=self._stderr, stderr=self._stderr)
+        self.proc = start_process(ns_argv(self.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script),
+                                  stdout=self._stderr, stderr=self._stderr)
         ok = wait_for(lambda: not self.alive() or self._vici_answers(), timeout)
         if not ok or not self.alive():
             tail = self.log_tail()
