@@ -1,4 +1,4 @@
-"""``ipsecemu interop``: the ipsecemu <-> strongSwan matrix (see :mod:`ipsecemu.interop`)."""
+"""``ipsecemu interop``: the ipsecemu <-> strongSwan matrix (see :mod:`ipsecemu.interop.matrix`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ipsecemu.commands.base import Command
 
 
 def _cases(value: str | None) -> list[Any]:
-    from ipsecemu.interop import CASES  # lazy: CLI start-up
+    from ipsecemu.interop.matrix import CASES  # lazy: CLI start-up must not load the IKE core and pyroute2
 
     if not value:
         return list(CASES)
@@ -44,8 +44,9 @@ def interop(as_json: bool, quick: bool, cases_opt: str | None, initiator: str) -
     checked through vici (ESTABLISHED/INSTALLED, same SPIs, algorithms and keys) and by pings through
     both ESP implementations.  Fails (CheckFailed) if any cell fails.  Needs root and strongSwan.
     """
-    from ipsecemu.interop import COLUMNS, Cell, format_matrix, run_matrix  # lazy: CLI start-up
-    from ipsecemu.lab.strongswan import charon_available  # lazy: CLI start-up
+    # lazy: CLI start-up must not load the IKE core, pyroute2 and vici
+    from ipsecemu.interop.matrix import COLUMNS, Cell, format_matrix, run_matrix
+    from ipsecemu.strongswan.charon import charon_available
 
     cases = _cases(cases_opt)
     if os.geteuid() != 0:

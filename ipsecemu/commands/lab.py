@@ -144,19 +144,19 @@ def up(file: str, name: str | None, smoke: bool) -> None:
         return
     ok = builder.smoke(topo, say)
     if topo.vpn:
-        from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
+        from ipsecemu.lab import vpn_smoke  # lazy: CLI start-up
         from ipsecemu.lab.state import LabState as _State  # lazy: CLI start-up
 
-        ok &= svc_vpn.smoke(topo, _State.open(topo.name), say)
+        ok &= vpn_smoke.smoke(topo, _State.open(topo.name), say)
         _next_steps(topo)
     if not ok:
         _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')", CheckFailed)
 
 
 def _next_steps(topo: Any) -> None:
-    from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
+    from ipsecemu.lab import vpn_smoke  # lazy: CLI start-up
 
-    plan = svc_vpn.smoke_plan(topo)
+    plan = vpn_smoke.smoke_plan(topo)
     lab = topo.name
     gw = next((n for c in topo.vpn for n in c.nodes if topo.node(n).kind == "ipsecemu"), None)
     click.echo(f"\nlab {lab} is up. Next:")

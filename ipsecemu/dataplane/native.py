@@ -43,7 +43,7 @@ else:
 __all__ = [
     "EspOutbound", "EspInbound", "EspInboundTable", "MacsecTx", "MacsecRx",
     "ABI_VERSION", "bench_esp", "bench_macsec", "native_esp_supported", "ffi", "lib",
-    "EspUdpLoop", "parse_ike_record", "open_vnet_tun", "VNET_HDR", "MacsecLinkLoop",
+    "EspUdpLoop", "parse_ike_record", "MacsecLinkLoop",
 ]
 
 #: The C API version this wrapper was written against.
@@ -572,9 +572,9 @@ class EspUdpLoop:
     An ICMP error on the socket (peer restarting) is counted in ``stats["sock_errors"]``.
     ESP-in-UDP uses UDP GSO on send (``gso``) and UDP GRO on receive (``gro``; switched off
     again when the loop is freed); ``sock_buf`` raises the socket buffers (forced as root).
-    ``tun_vnet=True``: the tun was opened by :func:`open_vnet_tun`; the loop turns on TSO so the
+    ``tun_vnet=True``: the tun was opened with ``ipsecemu.net.tun.open_tun(vnet_hdr=True)``; the loop turns on TSO so the
     kernel hands over TCP super-packets, which it cuts into segments itself (off again on free,
-    but every packet read or written by others then carries a 10-byte zero header: VNET_HDR).
+    but every packet read or written by others then carries a 10-byte zero header: net.tun.VNET_HDR).
     """
 
     def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
@@ -667,25 +667,6 @@ class EspUdpLoop:
         s = ffi.new("ie_loop_stats *")
         lib.ie_loop_get_stats(self._loop, s)
         return {name: getattr(s, name) for name, _ in ffi.typeof("ie_loop_stats").fields}
-
-
-VNET_HDR = 10  # bytes of struct virtio_net_hdr before each packet on a tun from open_vnet_tun
-
-
-def open_vnet_tun(name: str) -> int:
-    """Create tun ``name`` (no packet info, IFF_VNET_HDR) in the caller's netns; returns a
-    non-blocking fd for ``EspUdpLoop(tun_vnet=True)``."""
-    import fcntl
-    import struct
-
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    try:  # TUNSETIFF; IFF_TUN | IFF_NO_PI | IFF_VNET_HDR
-        fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", name.encode(), 0x0001 | 0x1000 | 0x4000))
-    except OSError:
-        os.close(fd)
-        raise
-    os.set_blocking(fd, False)
-    return fd
 
 
 def parse_ike_record(record: bytes) -> tuple[tuple[str, int], bytes]:

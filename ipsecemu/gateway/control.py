@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ipsecemu.base.errors import ServiceError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ControlError", "ControlServer", "request", "socket_path"]
@@ -24,7 +26,7 @@ MAX_LINE = 1 << 16
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-class ControlError(RuntimeError):
+class ControlError(ServiceError):
     """The gateway could not be reached or refused a request (message says why)."""
 
 

@@ -33,8 +33,9 @@ from ipsecemu.dataplane import BackendUnavailable
 from ipsecemu.dataplane import backend as dataplane_backend
 from ipsecemu.gateway.config import GatewayConnection, Network
 from ipsecemu.ike.events import ChildSaKeys
-from ipsecemu.io.tunnel import networks, open_tun
-from ipsecemu.lab.netns import netlink
+from ipsecemu.io.tunnel import networks
+from ipsecemu.net.netns import netlink
+from ipsecemu.net.tun import VNET_HDR, open_tun
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class Port:
 def loop_supports_raw() -> bool:
     """Whether the built C module's loop has the raw ESP (protocol 50) mode."""
     try:
-        from ipsecemu.dataplane import native
+        from ipsecemu.dataplane import native  # lazy: the C module may not be built (then: False)
+
         return "raw_esp" in dict(native.ffi.typeof("ie_loop_cfg").fields)
     except Exception:
         return False
@@ -116,12 +118,9 @@ class ConnectionDatapath:
         if self.tun_fd is not None:
             return
         t = self.gw.tunnel
-        if self.native:  # IFF_VNET_HDR: the C loop gets TCP super-packets (TSO) and cuts them itself
-            from ipsecemu.dataplane import native
-
-            self.tun_fd, self.vnet = native.open_vnet_tun(t.name), native.VNET_HDR
-        else:
-            self.tun_fd = open_tun(t.name)
+        # with the C loop, IFF_VNET_HDR: it gets TCP super-packets (TSO) and cuts them itself
+        self.tun_fd = open_tun(t.name, vnet_hdr=self.native)
+        self.vnet = VNET_HDR if self.native else 0
 
         def setup(ipr: Any) -> None:
             idx = ipr.link_lookup(ifname=t.name)[0]
@@ -342,7 +341,7 @@ class ConnectionDatapath:
 
     def _start_loop(self) -> None:
         assert self.current is not None and self._port is not None and self.tun_fd is not None
-        from ipsecemu.dataplane import native  # only when the C module is built
+        from ipsecemu.dataplane import native  # lazy: only reached with the C module built (self.native)
 
         port = self._port
         port.pause()

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.io.transport import IkeTransport
 from ipsecemu.io.tunnel import TunForwarder
 
@@ -29,8 +30,6 @@ class IkePeer:
     def __init__(self, configs: Sequence[Any], host: str, *, netns: str | None = None,
                  tun_name: str | None = None, tun_addresses: Sequence[str] = (), backend: str = "auto",
                  rng: Callable[[int], bytes] = os.urandom, endpoint_kw: dict[str, Any] | None = None) -> None:
-        from ipsecemu.ike.endpoint import IkeEndpoint  # the core is optional for the rest of io/
-
         self.host = host
         self.netns = netns
         self.endpoint = IkeEndpoint(list(configs), (host, 500), rng=rng, **(endpoint_kw or {}))

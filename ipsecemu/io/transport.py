@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from ipsecemu.lab.netns import entered
+from ipsecemu.net.netns import entered
 
 log = logging.getLogger(__name__)
 

@@ -11,46 +11,28 @@ Failures are counted per verdict, never raised.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import ipaddress
 import logging
 import os
-import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 
 from ipsecemu.base.satypes import EspSaConfig, Verdict
 from ipsecemu.dataplane import backend as dataplane_backend
 from ipsecemu.io.transport import Addr, IkeTransport
-from ipsecemu.lab.netns import entered, netlink
+from ipsecemu.net.netns import netlink
+from ipsecemu.net.tun import open_tun
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TunForwarder", "netlink", "networks", "open_tun"]
+__all__ = ["TunForwarder", "networks"]
 
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-T = TypeVar("T")
-
-
-def open_tun(name: str, netns: str | None = None) -> int:
-    """Create tun ``name`` (no packet info header) in ``netns``; returns a non-blocking fd."""
-    with entered(netns):  # TUNSETIFF creates the device in the caller's netns
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
-        except OSError:
-            os.close(fd)
-            raise
-    os.set_blocking(fd, False)
-    return fd
 
 
 def networks(selectors: Iterable[Any]) -> list[Network]:
@@ -107,7 +89,7 @@ class TunForwarder:
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> TunForwarder:
-        self.fd = open_tun(self.name, self.netns)
+        self.fd = open_tun(self.name, netns=self.netns)
 
         def setup(ipr: IPRoute) -> None:
             idx = ipr.link_lookup(ifname=self.name)[0]

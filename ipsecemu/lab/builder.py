@@ -12,13 +12,11 @@ netns, delete the netns, delete the state dir.  Teardown is idempotent.
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import threading
 import time
@@ -29,12 +27,17 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ipsecemu.net import NetError
+from ipsecemu.net.netns import NETNS_DIR, netns_exists, ns_argv, open_ipr, pids_in_netns, sysctl
+from ipsecemu.net.proc import stop_pids
+from ipsecemu.net.tun import open_tun
+
 from . import services
-from .state import LabState, LabStateError, pid_alive
+from .errors import BuildError
+from .state import LabState, LabStateError
 from .topology import FORWARDING_KINDS, Node, Route, Rule, Topology, phy_ifname
 
 Say = Callable[[str], None]
-NETNS_DIR = Path("/var/run/netns")
 BRIDGE = "br0"
 LINK_UP_TIMEOUT = 5.0
 IFA_F_NODAD = 0x02
@@ -43,41 +46,24 @@ IFA_F_NODAD = 0x02
 MACSEC_OVERHEAD = 40  # SecTAG with SCI (16) + ICV (16) + one 802.1Q tag (4), rounded up
 
 
-class BuildError(Exception):
-    """A step of ``lab up`` failed; the lab has been rolled back."""
-
-
 def _quiet(_: str) -> None:
     pass
 
 
-def netns_exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
-
-
 @contextmanager
 def ipr_in(ns: str) -> Iterator[IPRoute]:
-    """A netlink socket bound to netns ``ns``.
-
-    Opened by entering the netns on this thread for the socket() call only (≈1.5 ms) instead of
-    pyroute2's ``IPRoute(netns=...)``, which forks a helper per socket (≈10 ms) that then
-    inherits our signal handlers.  flags=0: never create a missing netns by accident.
-    """
+    """A netlink socket bound to lab netns ``ns`` (:func:`ipsecemu.net.netns.open_ipr`); BuildError
+    if the netns is gone."""
     if not netns_exists(ns):
         raise BuildError(f"netns {ns} does not exist")
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # setns is per thread
     try:
-        netns.setns(ns, flags=0)
-        ipr = IPRoute()
-    finally:
-        netns.setns(own, flags=0)
-        os.close(own)
+        ipr = open_ipr(ns)
+    except NetError as exc:  # removed between the check and setns
+        raise BuildError(str(exc)) from None
     try:
         yield ipr
     finally:
         ipr.close()
-
-
 
 
 # Set by the CLI's SIGINT/SIGTERM handler; checked between build steps.
@@ -90,41 +76,17 @@ def _test_pause(step: str) -> None:
         INTERRUPTED.wait(60)
 
 
-TUNSETIFF = 0x400454CA
-TUNSETPERSIST = 0x400454CB
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-
-
 def _persistent_tap(ns: str, ifname: str) -> None:
     """Create a persistent tap inside ``ns`` (the ioctl acts in the calling thread's netns, which is
     why pyroute2's tuntap support cannot be used from outside)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        netns.setns(ns, flags=0)
-        fd = os.open("/dev/net/tun", os.O_RDWR)
-        try:
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
-            fcntl.ioctl(fd, TUNSETPERSIST, 1)
-        finally:
-            os.close(fd)
-    finally:
-        netns.setns(own, flags=0)
-        os.close(own)
+    os.close(open_tun(ifname, tap=True, persist=True, netns=ns))
 
 
 def _sysctl(ns: str, pairs: list[tuple[str, str]]) -> None:
-    """Set sysctls inside a netns (/proc/sys/net is per-netns of the writer)."""
-    if not pairs:
-        return
-    cmd = ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *[f"{k}={v}" for k, v in pairs]]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BuildError(f"{ns}: sysctl: {exc}") from None
-    if res.returncode != 0:
-        msg = (res.stderr.strip().splitlines() or ["failed"])[-1]
-        raise BuildError(f"{ns}: sysctl: {msg}")
+        sysctl(ns, pairs)
+    except NetError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:
@@ -170,6 +132,8 @@ class Builder:
                     self.say(f"rollback incomplete ({td_exc}); run 'ipsecemu lab down {t.name}'")
             if isinstance(exc, NetlinkError):
                 raise BuildError(f"netlink: {exc.args[-1] if exc.args else exc}") from None
+            if isinstance(exc, NetError):
+                raise BuildError(str(exc)) from None
             raise
         self.state.set_status("up")
         return self.state
@@ -387,50 +351,6 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _netns_inode(ns: str) -> int | None:
-    try:
-        return os.stat(NETNS_DIR / ns).st_ino
-    except OSError:
-        return None
-
-
-def pids_in_netns(ns: str) -> list[int]:
-    """PIDs whose network namespace is the named netns (like `ip netns pids`)."""
-    ino = _netns_inode(ns)
-    if ino is None:
-        return []
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            if os.stat(d / "ns" / "net").st_ino == ino:
-                out.append(int(d.name))
-        except OSError:
-            continue
-    return out
-
-
-def _stop(pids: list[tuple[int, int | None]], timeout: float = 3.0) -> int:
-    """SIGTERM, wait, then SIGKILL; each PID checked against its start time first."""
-    live = [(p, st) for p, st in pids if pid_alive(p, st)]
-    for p, _ in live:
-        try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(p, st) for p, st in live):
-        time.sleep(0.05)
-    for p, st in live:
-        if pid_alive(p, st):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    return len(live)
-
-
 def orphan_netns(name: str) -> list[str]:
     """Netns that by their name can only belong to lab ``name`` (node names contain no '-')."""
     pat = re.compile(rf"^{re.escape(name)}--?[a-z][a-z0-9_]*$")
@@ -455,10 +375,10 @@ def teardown(name: str, say: Say = _quiet, base: Path | None = None) -> dict[str
         if not namespaces:
             raise LabStateError(f"no lab named '{name}' is up")
         say(f"lab {name}: no state recorded; removing netns by name: {', '.join(namespaces)}")
-    stopped = _stop(procs)
+    stopped = stop_pids(procs)
     # anything else still running inside the lab (e.g. started by `lab exec ... &`)
     stray = [(p, None) for ns in namespaces for p in pids_in_netns(ns)]
-    stopped += _stop(stray)
+    stopped += stop_pids(stray)
     removed = 0
     for ns in namespaces:
         if netns_exists(ns):
@@ -485,8 +405,8 @@ def smoke(topo: Topology, say: Say = _quiet) -> bool:
             if a is b:
                 continue
             dst = str(ipaddress.ip_interface(b.addresses[0][1]).ip)
-            res = subprocess.run(["ip", "netns", "exec", topo.netns(a.name), "ping", "-c", "2", "-i", "0.2",
-                                  "-W", "2", "-q", dst], capture_output=True, timeout=15)
+            res = subprocess.run(ns_argv(topo.netns(a.name), "ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", dst),
+                                 capture_output=True, timeout=15)
             good = res.returncode == 0
             ok &= good
             say(f"smoke: {a.name} -> {b.name} ({dst}): {'ok' if good else 'FAILED'}")

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
+from ipsecemu.base.errors import LabError
+from ipsecemu.gateway.control import ControlError, request
+from ipsecemu.net import NetError
+from ipsecemu.net.netns import ipr_in, ns_argv
+from ipsecemu.strongswan.charon import Charon
+from ipsecemu.strongswan.keylog import ike_algorithms, wireshark_esp_sa, wireshark_ikev2
+
 from .state import LabState
+from .svc_vpn import charon_dir
 
 _COUNT_RE = re.compile(r"^(\d+) packets? captured", re.M)
 
 
-class CaptureError(Exception):
+class CaptureError(LabError):
     """Capture could not start (bad interface, tcpdump missing); one-line message."""
 
 
@@ -32,12 +43,10 @@ class Capture:
         self._stderr = b""
 
     def _check_iface(self) -> None:
-        from .builder import BuildError, ipr_in
-
         try:
             with ipr_in(self.ns) as ipr:
                 names = sorted(link.get("ifname") for link in ipr.link("dump"))
-        except BuildError as exc:
+        except NetError as exc:
             raise CaptureError(str(exc)) from None
         if self.iface not in names:
             raise CaptureError(f"node '{self.node}' has no interface '{self.iface}' (has: {', '.join(names)})")
@@ -51,8 +60,8 @@ class Capture:
         # `ip netns exec` execs tcpdump in place, so the PID is tcpdump's; -Z root keeps it able to
         # write anywhere root can; -U and --immediate-mode hand over and flush each packet at once, so
         # nothing still sits in the ring buffer when we stop it.
-        cmd = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-Z", "root",
-               "-w", str(self.path)]
+        cmd = ns_argv(self.ns, "tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-Z", "root",
+                      "-w", str(self.path))
         # own session: a terminal Ctrl-C reaches us, and we stop tcpdump cleanly by PID
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
@@ -110,9 +119,6 @@ class Capture:
 
 def _charon_key_lines(state: LabState, node: str) -> tuple[list[str], list[str]]:
     """esp_sa and ikev2_decryption_table lines for a charon node, from its level-4 key log."""
-    from .strongswan import Charon, wireshark_esp_sa, wireshark_ikev2
-    from .svc_vpn import charon_dir
-
     ns = state.node_netns(node) or ""
     ch = Charon(ns, charon_dir(state, node))
     if not ch.vici_path.exists():
@@ -131,16 +137,9 @@ def _charon_key_lines(state: LabState, node: str) -> tuple[list[str], list[str]]
     sas = {sa.get("uniqueid"): sa for _n, sa in ch.list_sas_all()}
     for row in kl.ike:
         sa = sas.get(row["uid"])
-        if sa is None:
-            continue
-        ks = sa.get("encr-keysize", "256")
-        encr = {"AES_CBC": f"AES-CBC-{ks} [RFC3602]",
-                "AES_GCM_16": f"AES-GCM-{ks} with 16 octet ICV [RFC5282]"}.get(sa.get("encr-alg", ""), "")
-        integ = {"HMAC_SHA2_256_128": "HMAC_SHA2_256_128 [RFC4868]", "HMAC_SHA1_96": "HMAC_SHA1_96 [RFC2404]",
-                 "HMAC_SHA2_384_192": "HMAC_SHA2_384_192 [RFC4868]",
-                 "HMAC_SHA2_512_256": "HMAC_SHA2_512_256 [RFC4868]"}.get(sa.get("integ-alg", ""), "NONE [RFC4306]")
-        if encr:
-            ike += wireshark_ikev2([row], encr, integ).splitlines()
+        algs = ike_algorithms(sa) if sa is not None else None
+        if algs is not None:
+            ike += wireshark_ikev2([row], *algs).splitlines()
     return esp, ike
 
 
@@ -151,8 +150,6 @@ def export_keys(state: LabState, dest: str | Path) -> list[Path]:
     key log is read; rows are merged without duplicates (both ends of a tunnel know its SAs).
     Falls back to copying key files found in the lab's keys dir.  Files are 0600: they hold keys.
     """
-    from ipsecemu.gateway.control import ControlError, request
-
     out = Path(dest).resolve()
     esp: list[str] = []
     ike: list[str] = []
@@ -225,10 +222,6 @@ Flow = tuple[str, str, str]  # (src, dst, kind): kind esp-in-udp | ike | esp | i
 
 def pcap_flows(path: str | Path) -> dict[Flow, int]:
     """Count IPv4 packets of a pcap (Ethernet or raw IP) by (src, dst, kind), without dissectors."""
-    import ipaddress
-    import struct
-    from collections import Counter
-
     data = Path(path).read_bytes()
     if len(data) < 24:
         return {}

@@ -1,5 +1,8 @@
 """Small pyroute2 helpers to build throw-away network namespaces for tests and the harness.
 
+The plumbing underneath (entering a netns, netlink in it, running a command in it, polling) is
+:mod:`ipsecemu.net`; the names are re-exported here for the harness and the benches.
+
 ``Netns`` is a context manager that creates named namespaces and veth pairs and always
 removes what it created (namespaces only; deleting a namespace deletes its links).  It is
 deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder`.
@@ -8,107 +11,24 @@ deliberately tiny: the full topology builder lives in :mod:`ipsecemu.lab.builder
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
+
+from ipsecemu.net.netns import NetnsError, entered, netlink, ns_argv, ns_exec
+from ipsecemu.net.netns import sysctl as set_sysctls
+from ipsecemu.net.proc import stop_popen, wait_for
 
 __all__ = ["Netns", "NetnsError", "aping", "capture", "entered", "need_ping", "netlink", "ns_exec", "wait_for"]
 
 MAX_IFNAME = 15
-T = TypeVar("T")
-
-
-class NetnsError(RuntimeError):
-    """A namespace or link could not be created (the message says which and why)."""
-
-
-def ns_exec(ns: str, *argv: str, timeout: float = 10.0, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command inside ``ns`` and capture its output (text)."""
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
-                          timeout=timeout, check=check)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate()`` until it is truthy or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-_CLONE_NEWNET = 0x40000000
-
-
-@contextmanager
-def entered(ns: str | None) -> Iterator[None]:
-    """Run the block with the *calling thread* in netns ``ns`` (None: stay where we are).
-
-    Sockets and tun devices created inside stay in ``ns`` after the block, which lets one
-    asyncio loop serve several namespaces.  setns(2) is per thread, so other threads are not
-    affected; keep the block short and synchronous."""
-    if ns is None:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    here = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    try:
-        try:
-            target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        except FileNotFoundError:
-            raise NetnsError(f"no netns named {ns!r}") from None
-        try:
-            if libc.setns(target, _CLONE_NEWNET) != 0:
-                raise NetnsError(f"setns({ns}): {os.strerror(ctypes.get_errno())}")
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            if libc.setns(here, _CLONE_NEWNET) != 0:  # pragma: no cover - would leave us stranded
-                raise NetnsError(f"could not return from netns {ns}: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(here)
-
-
-def netlink(ns: str | None, fn: Callable[[IPRoute], T]) -> T:
-    """Run ``fn(IPRoute)`` in netns ``ns``.  Inside a running asyncio loop the call goes to a
-    helper thread, because pyroute2's synchronous API refuses to run in one; the calls are short."""
-    def run() -> T:
-        with IPRoute(netns=ns) if ns else IPRoute() as ipr:
-            return fn(ipr)
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
-    box: dict[str, Any] = {}
-
-    def thread() -> None:
-        try:
-            box["ok"] = run()
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["err"] = exc
-
-    t = threading.Thread(target=thread, name="netlink")
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["ok"]
 
 
 def _split(cidr: str) -> tuple[str, int, int]:
@@ -146,13 +66,9 @@ class Netns:
             raise NetnsError(f"netns {name!r} already exists")
         netns.create(name)
         self.created.append(name)
-        if not ipv6:
-            for scope in ("all", "default"):
-                ns_exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
-        else:
-            # no DAD delay: tests bind to fresh addresses right away
-            for scope in ("all", "default"):
-                ns_exec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
+        # IPv6 off, or on without DAD delay (tests bind to fresh addresses right away)
+        key, value = ("accept_dad", "0") if ipv6 else ("disable_ipv6", "1")
+        set_sysctls(name, [(f"net.ipv6.conf.{scope}.{key}", value) for scope in ("all", "default")])
         netlink(name, lambda ipr: ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up"))
         return name
 
@@ -211,7 +127,7 @@ class Netns:
         netlink(ns, do)
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
-        ns_exec(ns, "sysctl", "-qw", f"{key}={value}")
+        set_sysctls(ns, [(key, value)])
 
 
 @contextmanager
@@ -220,7 +136,7 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
 
     ``--immediate-mode`` matters: without it packets still in the kernel ring when we stop
     tcpdump are counted as "received by filter" but never written."""
-    argv = ["ip", "netns", "exec", ns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", ifname, "-w", str(path)]
+    argv = ns_argv(ns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", ifname, "-w", str(path))
     proc = subprocess.Popen(argv + ([bpf] if bpf else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
@@ -237,13 +153,7 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
         yield
         time.sleep(0.05)  # let the last packets of the block reach the socket
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+        stop_popen(proc, timeout)
         if proc.stderr:
             proc.stderr.close()
 
@@ -259,7 +169,7 @@ async def aping(ns: str, dst: str, count: int = 3, size: int = 56, interval: flo
     """ping from netns ``ns`` without blocking the event loop; returns the replies received."""
     need_ping()
     proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2",
+        *ns_argv(ns, "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2"),
         "-s", str(size), dst, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)

@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ipsecemu.base.errors import LabError
+from ipsecemu.net.proc import pid_alive, proc_start_time
+
+__all__ = ["LabState", "LabStateError", "list_labs", "pid_alive", "proc_start_time", "run_dir"]
+
 STATE_FILE = "state.json"
 
 
@@ -25,33 +30,8 @@ def run_dir() -> Path:
     return Path(os.environ.get("IPSECEMU_RUN_DIR", "/run/ipsecemu"))
 
 
-class LabStateError(Exception):
+class LabStateError(LabError):
     """A state-level user error (lab missing, already up); message is one line."""
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of a live PID, so a reused PID is never mistaken."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm may contain spaces/parens: fields after the last ')' are fixed
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])
-
-
-def pid_alive(pid: int, start_time: int | None) -> bool:
-    st = proc_start_time(pid)
-    if st is None:
-        return False
-    if start_time is not None and st != start_time:
-        return False
-    # a zombie is not alive for our purposes
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 class LabState:

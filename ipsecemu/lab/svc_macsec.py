@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ipsecemu.base.errors import ConfigError
+from ipsecemu.base.errors import ConfigError, ServiceError
 from ipsecemu.macsec.link import parse_link_config, read_status
+from ipsecemu.net.netns import ns_argv
+from ipsecemu.net.proc import start as start_process
 
 from .state import LabState
 from .topology import Link, Topology, phy_ifname
@@ -26,7 +28,7 @@ from .topology import Link, Topology, phy_ifname
 SECURE_TIMEOUT = 20.0  # s: MKA needs a few hello times at most
 
 
-class MacsecServiceError(RuntimeError):
+class MacsecServiceError(ServiceError):
     pass
 
 
@@ -50,12 +52,11 @@ def _start_end(topo: Topology, state: LabState, lk: Link, node: str, iface: str,
     st = status_path(state, node, iface)
     st.unlink(missing_ok=True)
     logf = d / f"macsec-{iface}.log"
-    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "ipsecemu", "macsec", "link", "run",
-           "--config", str(cfg), "--tap", iface, "--phy", phy_ifname(iface), "--status", str(st),
-           "--keys-file", str(keys_path(state, node, iface)), "-v"]
+    cmd = ns_argv(ns, sys.executable, "-m", "ipsecemu", "macsec", "link", "run",
+                  "--config", str(cfg), "--tap", iface, "--phy", phy_ifname(iface), "--status", str(st),
+                  "--keys-file", str(keys_path(state, node, iface)), "-v")
     with open(logf, "ab") as out:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = start_process(cmd, stdout=out, stderr=subprocess.STDOUT)
     state.add_process(p.pid, "daemon", node, cmd=cmd, log=str(logf))
     return p.pid, st, logf
 

@@ -15,7 +15,6 @@ decrypt``.  SIGUSR1 forces a SAK rotation; SIGTERM/SIGINT stop the daemon.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import logging
@@ -42,6 +41,7 @@ from ipsecemu.macsec.mka import (
     PeerLost,
     RemoveSa,
 )
+from ipsecemu.net.tun import TunError, clear_offload, open_tun
 
 log = logging.getLogger("ipsecemu.macsec.link")
 
@@ -52,11 +52,6 @@ SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # Linux >= 4.20: the data socket never sees our own frames
 SIOCGIFHWADDR = 0x8927
 SIOCGIFMTU = 0x8921
-TUNSETIFF = 0x400454CA
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-TUNSETOFFLOAD = 0x400454D0
-IFF_VNET_HDR = 0x4000  # a virtio_net_hdr per frame: TCP super-packets (TSO/GRO) cross the tap
 RX_REMOVE_DELAY = 1.0  # s: frames of the old key still queued on the phy socket get validated
 KEY_HISTORY = 16  # SAKs kept in the key file (a capture may span several rotations)
 
@@ -239,14 +234,10 @@ def if_mtu(name: str) -> int:
 def open_tap(name: str, vnet: bool = True) -> int:
     """Attach to the (persistent) tap ``name``; the kernel creates it if it does not exist.
     ``vnet``: with a virtio_net_hdr per frame, so the C loop can take TSO super-packets."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet else 0)))
-    except OSError as exc:
-        os.close(fd)
-        raise ConfigError(f"tap {name!r}: cannot attach ({exc.strerror}); is it a tap, and is "
-                          f"another daemon already using it?") from None
-    return fd
+        return open_tun(name, tap=True, vnet_hdr=vnet, blocking=True)
+    except TunError as exc:
+        raise ConfigError(f"{exc}; is it a tap, and is another daemon already using it?") from None
 
 
 def packet_socket(ifname: str, proto: int, buf: int = 4 << 20) -> socket.socket:
@@ -328,8 +319,7 @@ class LinkDaemon:
         self.loop.stop()
         self._data.close()
         self._mka.close()
-        with contextlib.suppress(OSError):  # TSO stays on the persistent tap otherwise: the next reader
-            fcntl.ioctl(self._tap_fd, TUNSETOFFLOAD, 0)  # may be a plain one
+        clear_offload(self._tap_fd)  # TSO stays on the persistent tap otherwise: the next reader may be a plain one
         os.close(self._tap_fd)
 
     # -------------------------------------------------------------- MKA plumbing

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from ipsecemu.bench.ike import GROUPS, PAIRS, Result, Run, make_result, percentile, run
 from ipsecemu.cli import cli
-from ipsecemu.lab.strongswan import charon_available
+from ipsecemu.strongswan.charon import charon_available
 
 KEYS = {"pair", "group", "setups", "seconds", "rate", "p50_ms", "p95_ms", "ratio_to_strongswan"}
 NO_CHARON = charon_available()

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from ipsecemu.bench.lab import PATHS, Cell, add_ratios, format_table, target, write_chart
 from ipsecemu.cli import cli
-from ipsecemu.lab.strongswan import charon_available
+from ipsecemu.strongswan.charon import charon_available
 
 NO_CHARON = charon_available()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

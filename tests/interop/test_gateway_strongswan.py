@@ -4,12 +4,15 @@ and both daemons show the same SA (SPIs crosswise, charon's packet counters move
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from ipsecemu.lab.harness import pair_conn, pair_topology, ping
 from ipsecemu.lab.netns import wait_for
-from ipsecemu.lab.strongswan import Charon, charon_available, pair_conn, pair_topology, ping
+from ipsecemu.strongswan.charon import Charon, charon_available
 
 from support.gateway_lab import Gw
 
@@ -82,9 +85,6 @@ def test_gateway_and_charon_ping_both_ways(unique_name: str, tmp_path: Path, we_
 def test_rekeys_under_ping_with_charon_lose_nothing(unique_name: str, tmp_path: Path) -> None:
     """Both directions of make-before-break against charon's own rekey logic: we rekey (charon
     answers, then our DELETE), then charon rekeys (we answer, then its DELETE)."""
-    import subprocess
-    import time
-
     with pair_topology(unique_name) as topo:
         gl, gr = topo.gateways
         charon = Charon(gr)

@@ -17,8 +17,10 @@ from cryptography.hazmat.primitives import serialization
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.certs import CertAuth
-from ipsecemu.io.interop import PSK, ours_vs_charon
-from ipsecemu.lab.strongswan import Charon, charon_available, pair_conn
+from ipsecemu.ike.settings import Identity
+from ipsecemu.interop.pair import PSK, ours_vs_charon
+from ipsecemu.lab.harness import pair_conn
+from ipsecemu.strongswan.charon import Charon, charon_available
 
 from support.certs import make_ca, make_cert
 
@@ -149,8 +151,6 @@ def test_fragmented_ike_auth_with_charon(unique_name: str, we_initiate: bool) ->
 def test_dn_identities_with_charon(unique_name: str, we_initiate: bool) -> None:
     """IDs are the certificates' subject DNs (ID_DER_ASN1_DN): charon's default identity when it
     has a certificate, ours configured as "C=.., O=.., CN=.." text."""
-    from ipsecemu.ike.settings import Identity
-
     ca = make_ca(kind="p256")
     left = make_cert(ca, "left", "p256", ("left",))
     right = make_cert(ca, "right", "p256", ("right",))

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from ipsecemu.ike import events as ev
-from ipsecemu.io.interop import ours_vs_charon
-from ipsecemu.lab.strongswan import charon_available
+from ipsecemu.interop.pair import ours_vs_charon
+from ipsecemu.strongswan.charon import charon_available
 
 NO_CHARON = charon_available()
 

@@ -9,8 +9,9 @@ import pytest
 
 from ipsecemu.ike.config import parse_connection
 from ipsecemu.ike.render import render_text
+from ipsecemu.lab.harness import charon_pair
 from ipsecemu.lab.netns import wait_for
-from ipsecemu.lab.strongswan import charon_available, charon_pair
+from ipsecemu.strongswan.charon import charon_available
 
 from support.swanctl import POLICIES, blank_times
 

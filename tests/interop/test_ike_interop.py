@@ -14,9 +14,10 @@ import pytest
 
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.endpoint import IkeEndpoint  # noqa: F401 - presence check
-from ipsecemu.io.interop import DEFAULT_CASES, PSK, InteropMismatch, ours_vs_charon, run_case
+from ipsecemu.interop.pair import DEFAULT_CASES, PSK, InteropMismatch, ours_vs_charon, run_case
+from ipsecemu.lab.harness import pair_conn
 from ipsecemu.lab.netns import aping
-from ipsecemu.lab.strongswan import CharonError, charon_available, pair_conn
+from ipsecemu.strongswan.charon import CharonError, charon_available
 
 NO_CHARON = charon_available()
 

@@ -12,8 +12,9 @@ import pytest
 from ipsecemu.dataplane import BackendUnavailable, backend
 from ipsecemu.io.transport import IkeTransport
 from ipsecemu.io.tunnel import TunForwarder
+from ipsecemu.lab.harness import charon_pair
 from ipsecemu.lab.netns import aping
-from ipsecemu.lab.strongswan import charon_available, charon_pair
+from ipsecemu.strongswan.charon import charon_available
 
 NO_CHARON = charon_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")]

@@ -11,8 +11,10 @@ import pytest
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.settings import IkeSaConfig
 from ipsecemu.io.peer import IkePeer
+from ipsecemu.lab.harness import star_topology
 from ipsecemu.lab.netns import aping
-from ipsecemu.lab.strongswan import Charon, Child, Conn, charon_available, star_topology
+from ipsecemu.strongswan.charon import Charon, charon_available
+from ipsecemu.strongswan.conn import Child, Conn
 
 NO_CHARON = charon_available()
 

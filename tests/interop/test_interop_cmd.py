@@ -7,16 +7,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ipsecemu.cli import cli
-from ipsecemu.interop import CASES, COLUMNS, PREFIX, Case, Cell, check_proposal, format_matrix, run_cell
-from ipsecemu.lab.strongswan import charon_available
+from ipsecemu.interop.matrix import (
+    CASES,
+    COLUMNS,
+    PREFIX,
+    Case,
+    Cell,
+    check_proposal,
+    format_matrix,
+    run_cell,
+)
+from ipsecemu.strongswan.charon import charon_available
 
 NO_CHARON = charon_available()
 
@@ -136,9 +147,6 @@ def test_cases_option_runs_only_those_rows() -> None:
 @pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")
 def test_sigterm_mid_cell_cleans_up() -> None:
     """SIGTERM while a cell runs: exit 130, that cell's netns and charon are gone."""
-    import signal
-    import time
-
     before_ns, before_charons = our_netns(), our_charons()
     p = subprocess.Popen([sys.executable, "-m", "ipsecemu", "interop", "--cases", "child-rekey"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -12,66 +12,14 @@ from pathlib import Path
 import pytest
 from pyroute2 import netns
 
+from ipsecemu.lab.harness import charon_pair
 from ipsecemu.lab.netns import Netns, NetnsError, capture, ns_exec, wait_for
-from ipsecemu.lab.strongswan import (
-    Charon,
-    CharonError,
-    Child,
-    Conn,
-    charon_available,
-    charon_pair,
-    parse_keys,
-    wireshark_esp_sa,
-    wireshark_ikev2,
-)
+from ipsecemu.strongswan.charon import Charon, CharonError, charon_available
+from ipsecemu.strongswan.conn import Child, Conn
+from ipsecemu.strongswan.keylog import wireshark_esp_sa, wireshark_ikev2
 
 NO_CHARON = charon_available()
 needs_charon = pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")
-
-
-# --------------------------------------------------------------------------- no root needed
-def test_swanctl_conf_never_shows_the_psk() -> None:
-    conn = Conn(name="c1", local_addrs=("192.0.2.1",), remote_addrs=("192.0.2.2",), psk="s3cret-psk",
-                proposals=("aes256-sha256-modp2048",),
-                children=(Child(local_ts=("10.1.0.0/24",), remote_ts=("10.2.0.0/24",),
-                                esp_proposals=("aes256-sha256",)),))
-    text = conn.swanctl_conf()
-    assert "s3cret-psk" not in text
-    assert "proposals = aes256-sha256-modp2048" in text
-    assert "local_ts = 10.1.0.0/24" in text and "esp_proposals = aes256-sha256" in text
-    msg = conn.vici()["c1"]
-    assert msg["children"]["net"]["remote_ts"] == ["10.2.0.0/24"]
-    assert msg["local"] == {"auth": "psk", "id": "%any"}
-
-
-SAMPLE_LOG = """\
-03:11:33.012 14[ENC] <pair|7> parsed IKE_SA_INIT response 0 [ SA KE No ]
-03:11:33.012 14[IKE] <7> Sk_ei secret => 20 bytes @ 0x7f2d6800b5a0
-03:11:33.012 14[IKE] <7>    0: EC 48 77 30 57 D3 C0 F8 D6 63 1E 0E 58 5B F2 2A  .Hw0W....c..X[.*
-03:11:33.012 14[IKE] <7>   16: 84 F3 37 76                                      ..7v
-03:11:33.014 09[ENC] <pair|7> parsed IKE_AUTH request 1 [ IDi AUTH SA TSi TSr ]
-03:11:33.015 09[CHD] <pair|7> encryption initiator key => 4 bytes @ 0x7f2d74030490
-03:11:33.015 09[CHD] <pair|7>    0: 15 11 54 CC                                      ..T.
-03:11:33.015 09[CHD] <pair|7> encryption responder key => 4 bytes @ 0x7f2d740304b0
-03:11:33.015 09[CHD] <pair|7>    0: 40 4A 5D 82                                      @J].
-03:11:33.015 09[CHD] <pair|7> adding inbound ESP SA
-03:11:33.015 09[CHD] <pair|7>   SPI 0xb7ba54c7, src 192.0.2.2 dst 192.0.2.1
-03:11:33.015 09[CHD] <pair|7> adding outbound ESP SA
-03:11:33.015 09[CHD] <pair|7>   SPI 0x9058488c, src 192.0.2.1 dst 192.0.2.2
-"""
-
-
-def test_parse_keys_responder_directions() -> None:
-    # This charon parsed the IKE_AUTH *request*: it is the responder, so its inbound SA
-    # uses the initiator's key and its outbound SA the responder's.
-    kl = parse_keys(SAMPLE_LOG)
-    assert kl.ike == [{"uid": "7", "sk_ei": "ec48773057d3c0f8d6631e0e585bf22a84f33776"}]
-    assert kl.esp == [
-        {"uid": "7", "spi": "b7ba54c7", "src": "192.0.2.2", "dst": "192.0.2.1", "enc": "151154cc", "integ": ""},
-        {"uid": "7", "spi": "9058488c", "src": "192.0.2.1", "dst": "192.0.2.2", "enc": "404a5d82", "integ": ""},
-    ]
-    uat = wireshark_esp_sa(kl.esp)
-    assert '"IPv4","192.0.2.2","192.0.2.1","0xb7ba54c7","AES-GCM with 16 octet ICV [RFC4106]","0x151154cc"' in uat
 
 
 def test_netns_rejects_long_link_names(unique_name: str) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from ipsecemu.gateway.datapath import loop_supports_raw
+from ipsecemu.lab.harness import pair_topology
+from ipsecemu.lab.harness import ping as ping6
 from ipsecemu.lab.netns import Netns, capture, wait_for
 
 from support.gateway_lab import (
@@ -287,9 +289,6 @@ def test_one_address_two_tunnels_each_on_its_own_c_loop(unique_name: str, tmp_pa
 def test_two_gateways_ipv6_outer_and_inner(unique_name: str, tmp_path: Path, encap: str) -> None:
     """IPv6 everywhere (the strongSwan harness's pair_topology(ipv6=True), no charon involved):
     IKE, ESP-in-UDP6 / raw ESP over IPv6, ping6 both ways."""
-    from ipsecemu.lab.strongswan import pair_topology
-    from ipsecemu.lab.strongswan import ping as ping6
-
     with pair_topology(unique_name, ipv6=True) as topo:
         gws = []
         try:

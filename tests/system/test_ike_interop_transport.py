@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ipsecemu.base.satypes import EspSaConfig
+from ipsecemu.ike.ts import TrafficSelector
 from ipsecemu.io.transport import IkeTransport, open_udp_socket
 from ipsecemu.io.tunnel import TunForwarder, networks
 from ipsecemu.lab.netns import Netns, capture, entered
@@ -54,8 +55,6 @@ def test_transport_rejects_bad_host() -> None:
 
 
 def test_networks_from_strings_and_ranges() -> None:
-    from ipsecemu.ike.ts import TrafficSelector
-
     nets = networks(["10.1.0.0/24", TrafficSelector.from_cidr("10.2.0.0/23")])
     assert [str(n) for n in nets] == ["10.1.0.0/24", "10.2.0.0/23"]
 

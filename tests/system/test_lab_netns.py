@@ -17,6 +17,7 @@ import pytest
 
 from ipsecemu.lab.capture import Capture
 from ipsecemu.lab.state import LabState, run_dir
+from ipsecemu.lab.topology import load
 
 from support.nonroot import non_root_prefix
 from support.paths import (
@@ -58,8 +59,6 @@ def root_links() -> set[str]:
 
 def assert_no_new_lab_links(before: set[str], topo_file: Path) -> None:
     """Other tests may add root-ns links concurrently: only names this lab uses count."""
-    from ipsecemu.lab.topology import load
-
     t = load(topo_file)
     ours = {ep.iface for lk in t.links for ep in (lk.a, lk.b)}
     ours |= {ep.iface for s in t.segments for ep in s.members} | {"br0"} | {f"p{i}" for i in range(16)}

@@ -18,7 +18,7 @@ import yaml
 
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.lab.state import LabState, pid_alive
-from ipsecemu.lab.strongswan import charon_available
+from ipsecemu.strongswan.charon import charon_available
 
 from support.paths import REPO  # noqa: E402
 

@@ -5,10 +5,8 @@ and NAT-keepalives are split off.  Needs root."""
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import socket
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from ipsecemu.dataplane import reference as ref
 from ipsecemu.base.satypes import EspSaConfig, Verdict
+from ipsecemu.net.tun import open_tun
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
-ref = pytest.importorskip("ipsecemu.dataplane.reference")
 scapy_all = pytest.importorskip("scapy.all")
 
 pytestmark = pytest.mark.root
 
-TUNSETIFF, IFF_TUN, IFF_NO_PI, IFF_VNET_HDR = 0x400454CA, 0x0001, 0x1000, 0x4000
 AB = EspSaConfig(spi=0x1001, encr="aes-gcm-16", enc_key=bytes(range(20)))
 BA = EspSaConfig(spi=0x2002, encr="aes-cbc", enc_key=bytes(range(16)), integ="hmac-sha256-128",
                  integ_key=bytes(range(32)))
@@ -41,9 +39,7 @@ class Node:
     def __init__(self, name: str, addr: str, remote_net: str, *, vnet: bool = False) -> None:
         self.ns, self.tun = name, name + "t"
         ip("netns", "add", self.ns)
-        self.fd = os.open("/dev/net/tun", os.O_RDWR)
-        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet else 0)
-        fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", self.tun.encode(), flags))
+        self.fd = open_tun(self.tun, vnet_hdr=vnet, blocking=True)
         ip("link", "set", self.tun, "netns", self.ns)
         ip("addr", "add", f"{addr}/32", "dev", self.tun, ns=self.ns)
         ip("link", "set", self.tun, "up", ns=self.ns)

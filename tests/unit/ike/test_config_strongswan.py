@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipsecemu.lab.strongswan import charon_available
+from ipsecemu.strongswan.charon import charon_available
 
 NO_CHARON = charon_available()
 needs_charon = pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ipsecemu.ike.config import parse_connection
 from ipsecemu.lab import topology
 from ipsecemu.lab.topology import TopologyError
 
@@ -204,8 +205,6 @@ segments:
 @pytest.mark.parametrize("path", [ER, PAIR], ids=["er-vwan", "pair"])
 def test_vpn_sections_parse_with_the_ike_config_parser(path: Path) -> None:
     """The opaque part is for ipsecemu.ike.config: both sides of every connection must load there."""
-    from ipsecemu.ike.config import parse_connection
-
     t = topology.load(path)
     assert t.vpn
     for c in t.vpn:

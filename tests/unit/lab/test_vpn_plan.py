@@ -7,13 +7,14 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+import yaml
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from ipsecemu.gateway import config as gwconfig
-from ipsecemu.lab import svc_vpn, topology
+from ipsecemu.lab import route_agent, svc_vpn, topology, vpn_smoke
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.lab.state import LabState
 
@@ -53,8 +54,6 @@ def test_er_vwan_vpn_section_is_azure_s1(er: topology.Topology) -> None:
 
 
 def test_gateway_config_is_valid_and_route_based(er: topology.Topology, tmp_path: Path) -> None:
-    import yaml
-
     d = svc_vpn.gateway_config(er, "ce", tmp_path)
     cfg = gwconfig.loads(yaml.safe_dump(d), "ce.yaml")  # the gateway's own parser accepts it
     assert cfg.node == "ce" and cfg.encapsulation == "udp" and cfg.state_dir == tmp_path
@@ -95,7 +94,7 @@ def test_route_plan_watches_hub_ecmp_and_tunnels(er: topology.Topology, tmp_path
 def test_agent_withdraws_dead_instances(er: topology.Topology, tmp_path: Path) -> None:
     st = _state(tmp_path, "er-vwan")
     (st.dir / svc_vpn.PLAN_FILE).write_text(__import__("json").dumps(svc_vpn.route_plan(er, st)))
-    agent = svc_vpn.Agent(st.dir)
+    agent = route_agent.Agent(st.dir)
     all_up = {f"{t['node']}/{t['conn']}": True for t in agent.plan["tunnels"]}
     want = agent.desired(all_up)
     assert want[("er-vwan-ce", 100, "10.51.231.0/24", None)] == (("dev", "vpn0"), ("dev", "vpn1"))
@@ -110,7 +109,7 @@ def test_agent_withdraws_dead_instances(er: topology.Topology, tmp_path: Path) -
 
 
 def test_smoke_plan_picks_s1_hosts_and_ce_uplinks(er: topology.Topology) -> None:
-    p = svc_vpn.smoke_plan(er)
+    p = vpn_smoke.smoke_plan(er)
     assert p is not None
     assert p["protected"] == ("onprem1", "10.0.1.10") and p["remote"] == ("spoke1", "10.51.231.4")
     assert p["clear"] == ("onprem2", "10.0.2.10") and p["initiator"] == "ce"

@@ -1,8 +1,8 @@
-"""ipsecemu <-> strongSwan interop: one ipsecemu peer and one charon on a pair topology, and the
-matrix runner behind ``ipsecemu interop`` / ``make interop``.
+"""ipsecemu <-> strongSwan interop: one ipsecemu peer and one charon on a pair topology, and one
+case run on it (the matrix of ``ipsecemu interop`` is :mod:`ipsecemu.interop.matrix`).
 
 Left gateway: :class:`~ipsecemu.io.peer.IkePeer` (IKE core + asyncio transport + tun forwarder).
-Right gateway: :class:`~ipsecemu.lab.strongswan.Charon` with kernel-libipsec.  Inside hosts
+Right gateway: :class:`~ipsecemu.strongswan.charon.Charon` with kernel-libipsec.  Inside hosts
 behind each.  A case passes when both sides show the same SA (IKE SPIs, ESP SPIs, algorithms),
 the keys we derived equal the ones charon logged, and pings pass both ways through our ESP and
 charon's libipsec.
@@ -14,22 +14,21 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ipsecemu.lab.netns import aping, wait_for
-from ipsecemu.lab.strongswan import (
-    CHARON_ENCR,
-    CHARON_INTEG,
-    Charon,
-    PairTopology,
-    pair_conn,
-    pair_topology,
-)
+from ipsecemu.base.errors import CheckFailed
+from ipsecemu.ike import events as ev
+from ipsecemu.ike.settings import IkeSaConfig
+from ipsecemu.io.peer import IkePeer
+from ipsecemu.lab.harness import PairTopology, pair_conn, pair_topology
+from ipsecemu.lab.netns import aping
+from ipsecemu.net.proc import wait_for
+from ipsecemu.strongswan.charon import Charon
+from ipsecemu.strongswan.keylog import CHARON_ENCR, CHARON_INTEG
 
-__all__ = ["DEFAULT_CASES", "CaseResult", "Interop", "InteropMismatch", "ours_vs_charon", "run_case",
-           "run_matrix"]
+__all__ = ["DEFAULT_CASES", "PSK", "CaseResult", "Interop", "InteropMismatch", "ours_vs_charon", "run_case"]
 
 PSK = "ipsecemu-interop-psk"
 #: IKE proposal -> ESP proposal (the interop matrix of the README)
@@ -43,7 +42,7 @@ DEFAULT_CASES: dict[str, str] = {
 }
 
 
-class InteropMismatch(AssertionError):
+class InteropMismatch(CheckFailed):
     """Both sides disagree about the SA (the message says on what)."""
 
 
@@ -76,8 +75,6 @@ class Interop:
     async def establish(self, we_initiate: bool, timeout: float = 10.0) -> tuple[Any, Any]:
         """Bring the IKE SA + first CHILD_SA up (we or charon initiate); returns our
         ``IkeSaEstablished`` and ``ChildSaEstablished`` events once charon shows it INSTALLED."""
-        from ipsecemu.ike import events as ev
-
         t = self.peer.transport
         if we_initiate:
             self.peer.initiate("pair")
@@ -142,10 +139,7 @@ async def ours_vs_charon(prefix: str, ike: str, esp: str, *, charon_kw: dict[str
     """Pair topology ``prefix`` with ipsecemu on the left and charon on the right, both loaded
     with connection "pair" (IDs left/right, PSK, ``ike``/``esp`` proposals); nothing initiated.
     ``ours_kw`` overrides ``IkeSaConfig.simple`` arguments (``psk``, ``ike``, ``esp``, timers...),
-    ``charon_kw`` :class:`~ipsecemu.lab.strongswan.Conn` fields.  Everything is torn down on exit."""
-    from ipsecemu.ike.settings import IkeSaConfig
-    from ipsecemu.io.peer import IkePeer
-
+    ``charon_kw`` :class:`~ipsecemu.strongswan.conn.Conn` fields.  Everything is torn down on exit."""
     with pair_topology(prefix, ipv6=ipv6) as topo:
         charon = Charon(topo.gateways[1], retransmit_timeout=1.0, retransmit_tries=2, key_log=key_log)
         try:
@@ -166,7 +160,7 @@ async def ours_vs_charon(prefix: str, ike: str, esp: str, *, charon_kw: dict[str
             await asyncio.to_thread(charon.cleanup)
 
 
-# --------------------------------------------------------------------------- the matrix
+# --------------------------------------------------------------------------- one case
 @dataclass
 class CaseResult:
     ike: str
@@ -200,16 +194,3 @@ async def run_case(ike: str, esp: str, we_initiate: bool, *, prefix: str | None 
     except Exception as exc:  # report, keep going with the other cases
         res.detail = f"{type(exc).__name__}: {exc}"
     return res
-
-
-def run_matrix(cases: dict[str, str] | None = None, initiators: Sequence[bool] = (True, False),
-               backend: str = "auto", progress: Callable[[CaseResult], None] | None = None,
-               ipv6: bool = False) -> list[CaseResult]:
-    out = []
-    for ike, esp in (cases or DEFAULT_CASES).items():
-        for we in initiators:
-            r = asyncio.run(run_case(ike, esp, we, backend=backend, ipv6=ipv6))
-            if progress:
-                progress(r)
-            out.append(r)
-    return out

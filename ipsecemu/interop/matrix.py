@@ -2,7 +2,7 @@
 
 Rows are test cases, columns who initiates (the IKE SA, or the exchange the case is about):
 ``ipsecemu`` (we send the request, charon answers) or ``charon`` (the other way round).  Each cell
-runs on a fresh :func:`~ipsecemu.io.interop.ours_vs_charon` pair (ipsecemu IKE core + asyncio
+runs on a fresh :func:`~ipsecemu.interop.pair.ours_vs_charon` pair (ipsecemu IKE core + asyncio
 transport + tun forwarder on the left, charon + kernel-libipsec on the right), is checked through
 vici (ESTABLISHED/INSTALLED, same IKE/ESP SPIs, algorithms, keys) and by data (pings between the
 inside hosts through our ESP and charon's libipsec), and ends as a pass or a short reason; a
@@ -18,6 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipsecemu.base.errors import CheckFailed
+from ipsecemu.ike import events as ev
+
+from .pair import InteropMismatch, ours_vs_charon
+
 __all__ = ["CASES", "COLUMNS", "Cell", "Case", "format_matrix", "run_cell", "run_matrix"]
 
 FAST_IKE = "aes128gcm16-prfsha256-ecp256"
@@ -32,7 +37,7 @@ PRF = {"prfsha1": "PRF_HMAC_SHA1", "prfsha256": "PRF_HMAC_SHA2_256", "prfsha384"
        "prfsha512": "PRF_HMAC_SHA2_512"}
 
 
-class CaseFailed(AssertionError):
+class CaseFailed(CheckFailed):
     """A cell's check failed (the message is the short reason shown in the matrix)."""
 
 
@@ -74,8 +79,6 @@ async def _pings(s: Any, n: int, expect: bool = True) -> tuple[int, int]:
 
 
 async def _up(s: Any, we: bool, *, keys: bool = True) -> tuple[Any, Any]:
-    from ipsecemu.io.interop import InteropMismatch
-
     try:
         ike_ev, child_ev = await s.establish(we)
         s.check_same_sa(ike_ev, child_ev)
@@ -109,8 +112,6 @@ async def check_proposal(s: Any, case: Case, we: bool, n: int) -> tuple[int, int
 
 async def check_child_pfs(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
     """A CHILD_SA with PFS: the rekey (CREATE_CHILD_SA, by the column's side) carries a KE payload."""
-    from ipsecemu.ike import events as ev
-
     _ike, child_ev = await _up(s, we)
     await _pings(s, 1)
     if we:
@@ -126,8 +127,6 @@ async def check_child_pfs(s: Any, case: Case, we: bool, n: int) -> tuple[int, in
 
 
 async def check_child_rekey(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
-    from ipsecemu.ike import events as ev
-
     _ike, child_ev = await _up(s, True, keys=False)
     old_in = child_ev.keys.inbound.spi
     await _pings(s, 1)
@@ -147,8 +146,6 @@ async def check_child_rekey(s: Any, case: Case, we: bool, n: int) -> tuple[int, 
 
 
 async def check_ike_rekey(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
-    from ipsecemu.ike import events as ev
-
     ike_ev, _child = await _up(s, True, keys=False)
     if we:
         s.peer.call(s.peer.sa().rekey_ike)
@@ -168,8 +165,6 @@ async def check_ike_rekey(s: Any, case: Case, we: bool, n: int) -> tuple[int, in
 
 async def check_delete(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
     """Delete the CHILD_SA, then the IKE SA (by the column's side); traffic stops, both forget."""
-    from ipsecemu.ike import events as ev
-
     _ike, child_ev = await _up(s, True, keys=False)
     pings = await _pings(s, n)
     if we:
@@ -194,8 +189,6 @@ async def check_delete(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
 async def check_dpd(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
     """ipsecemu column: our DPD probe is answered.  charon column: charon's probes (dpd_delay 1 s)
     are each answered at once (no retransmission); the SA stays up either way."""
-    from ipsecemu.ike import events as ev
-
     await _up(s, True, keys=False)
     if we:
         before = s.peer.transport.counters["ike_in"]
@@ -233,8 +226,6 @@ CASES: tuple[Case, ...] = (
 async def run_cell(case: Case, initiator: str, *, pings: int = 2, limit: float = 40.0,
                    prefix: str | None = None) -> Cell:
     """One cell on a fresh topology; never raises, never runs past ``limit`` seconds."""
-    from ipsecemu.io.interop import ours_vs_charon
-
     cell = Cell(case.name, initiator)
     t0 = time.perf_counter()
     try:
