@@ -96,6 +96,7 @@ def _quiet_swallowed_interrupt(u: Any) -> None:
 def up(file: str, name: str | None, smoke: bool) -> None:
     """Build the lab described by FILE (YAML) in network namespaces."""
     from ipsecemu.lab import builder, topology  # lazy: CLI start-up
+    from ipsecemu.lab.errors import BuildError  # lazy: CLI start-up
 
     try:  # validate before anything else: a broken file never touches the system
         topo = topology.load(file, name=name)
@@ -120,7 +121,7 @@ def up(file: str, name: str | None, smoke: bool) -> None:
                               EXIT_INTERRUPTED) from None
     except LabStateError as exc:
         _fail(str(exc))
-    except builder.BuildError as exc:
+    except BuildError as exc:
         _fail(f"lab {topo.name}: {exc} (rolled back)")
     except OSError as exc:
         _fail(f"lab {topo.name}: {exc.strerror or exc} (rolled back)", SystemSetupError)
@@ -237,7 +238,8 @@ def _live_details(ns: str) -> dict[str, Any]:
 
 
 def _lab_status(name: str) -> dict[str, Any]:
-    from ipsecemu.lab.builder import BuildError, netns_exists  # lazy: CLI start-up
+    from ipsecemu.lab.errors import BuildError  # lazy: CLI start-up
+    from ipsecemu.net.netns import netns_exists  # lazy: CLI start-up
 
     st = LabState.open(name)
     d = st.data

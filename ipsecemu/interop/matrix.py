@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ipsecemu.base.errors import CheckFailed
 from ipsecemu.ike import events as ev
@@ -75,7 +75,7 @@ async def _pings(s: Any, n: int, expect: bool = True) -> tuple[int, int]:
     want = (n, n) if expect else (0, 0)
     _need(got == want, f"pings {got[0]}/{n} ipsecemu side->charon side, {got[1]}/{n} back" +
           ("" if expect else " (expected none)"))
-    return got
+    return cast(tuple[int, int], got)
 
 
 async def _up(s: Any, we: bool, *, keys: bool = True) -> tuple[Any, Any]:
@@ -196,7 +196,7 @@ async def check_dpd(s: Any, case: Case, we: bool, n: int) -> tuple[int, int]:
         _need(await s.until(lambda: s.peer.transport.counters["ike_in"] > before, 3), "charon did not answer our DPD")
     else:
         def log() -> str:
-            return s.charon.log_file.read_text(errors="replace")
+            return str(s.charon.log_file.read_text(errors="replace"))
 
         _need(await s.until(lambda: log().count("sending DPD request") >= 1, 5), "charon sent no DPD probe")
         _need(await s.until(lambda: log().count("parsed INFORMATIONAL response") >= 1, 3),

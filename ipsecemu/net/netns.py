@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pyroute2 import IPRoute
 
@@ -121,7 +121,7 @@ def netlink(ns: str | None, fn: Callable[[IPRoute], T]) -> T:
     t.join()
     if "err" in box:
         raise box["err"]
-    return box["ok"]
+    return cast(T, box["ok"])
 
 
 def ns_argv(ns: str | None, *argv: str) -> list[str]:
@@ -129,7 +129,7 @@ def ns_argv(ns: str | None, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
 
 
-def ns_exec(ns: str | None, *argv: str, timeout: float = 10.0, check: bool = True) -> subprocess.CompletedProcess:
+def ns_exec(ns: str | None, *argv: str, timeout: float = 10.0, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command inside ``ns`` and capture its output (text)."""
     return subprocess.run(ns_argv(ns, *argv), capture_output=True, text=True, timeout=timeout, check=check)
 

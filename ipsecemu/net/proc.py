@@ -53,7 +53,7 @@ def pid_alive(pid: int, start_time: int | None) -> bool:
     return state != "Z"  # a zombie is not alive for our purposes
 
 
-def start(argv: Sequence[str], **kw: Any) -> subprocess.Popen:
+def start(argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
     """Start ``argv`` with stdin closed, in its own session (a Ctrl-C on our terminal reaches us
     only; we stop it by PID)."""
     kw.setdefault("stdin", subprocess.DEVNULL)
@@ -68,7 +68,7 @@ def _kill(pid: int, sig: int) -> None:
         pass  # already gone: stopping is idempotent
 
 
-def stop_popen(proc: subprocess.Popen, timeout: float = 5.0) -> int | None:
+def stop_popen(proc: subprocess.Popen[Any], timeout: float = 5.0) -> int | None:
     """Stop a child we started: SIGTERM, wait up to ``timeout``, SIGKILL.  Returns its exit status
     (None only if it survived SIGKILL for ``timeout``).  Idempotent."""
     if proc.poll() is None:

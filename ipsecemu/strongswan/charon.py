@@ -60,7 +60,7 @@ def charon_available() -> str | None:
 class Charon(ViciClient):
     """One charon in netns ``ns``.  Use as a context manager (start / stop)."""
 
-    def __init__(self, ns: str, workdir: str | os.PathLike | None = None, *, key_log: bool = False,
+    def __init__(self, ns: str, workdir: str | os.PathLike[str] | None = None, *, key_log: bool = False,
                  log_level: int = 1, retransmit_tries: int = 3, retransmit_timeout: float = 1.0,
                  extra_conf: str = "") -> None:
         self.ns = ns
@@ -75,7 +75,7 @@ class Charon(ViciClient):
         self.retransmit_tries = retransmit_tries
         self.retransmit_timeout = retransmit_timeout
         self.extra_conf = extra_conf
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import vici
 import vici.exception
@@ -81,7 +81,7 @@ class ViciClient:
             s.transport.socket.close()
 
     def version(self) -> dict[str, str]:
-        return _decode(self._call("version", "version"))
+        return cast(dict[str, str], _decode(self._call("version", "version")))
 
     def load(self, conn: Conn) -> None:
         """load-conn + load-shared (the PSK)."""

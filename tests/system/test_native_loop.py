@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.dataplane import reference as ref
 from ipsecemu.base.satypes import EspSaConfig, Verdict
+from ipsecemu.dataplane import reference as ref
 from ipsecemu.net.tun import open_tun
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
