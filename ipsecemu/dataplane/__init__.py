@@ -1,6 +1,7 @@
 """One data-plane interface, two backends.
 
-Both backends expose the same five classes (types from :mod:`ipsecemu.dataplane.api`):
+Both backends expose the same five classes (types from :mod:`ipsecemu.base.satypes`, their
+Protocols and per-packet contract in :mod:`ipsecemu.dataplane.api`):
 
 ``EspOutbound(cfg: EspSaConfig)``
     ``encap(payload, next_header, *, iv=None) -> (Verdict, bytes)``: one ESP packet

@@ -106,7 +106,7 @@ class SaLifetime:
         return self.seconds - self.rekey_margin - self.jitter * random_fraction
 
     def to_dataplane(self) -> Lifetime:
-        """Byte/packet limits for :class:`ipsecemu.dataplane.api.EspSaConfig`."""
+        """Byte/packet limits for :class:`ipsecemu.base.satypes.EspSaConfig`."""
         keep = (100 - self.rekey_margin_percent) / 100
         hard_bytes = self.kilobytes * 1024
         return Lifetime(

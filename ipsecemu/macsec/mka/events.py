@@ -1,7 +1,7 @@
 """Events a :class:`~ipsecemu.macsec.mka.participant.MkaParticipant` hands to its caller.
 
 The SA events carry exactly what the data plane needs (``MacsecSaConfig`` from
-``ipsecemu.dataplane.api``): install every Rx SA before the Tx SA that uses the same key.
+``ipsecemu.base.satypes``): install every Rx SA before the Tx SA that uses the same key.
 """
 
 from __future__ import annotations
