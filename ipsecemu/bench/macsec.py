@@ -26,7 +26,9 @@ from typing import Any
 
 import click
 
-from ipsecemu.bench.lab import BenchError, Procs, iperf
+from ipsecemu.base.errors import BenchError
+from ipsecemu.bench.lab.worker import iperf
+from ipsecemu.bench.procs import Procs
 
 CIPHERS = ("GcmAes128", "GcmAes256", "GcmAesXpn128", "GcmAesXpn256")
 TARGET = 3.0  # MACsec link vs strongSwan libipsec tunnel
