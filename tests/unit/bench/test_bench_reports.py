@@ -1,4 +1,4 @@
-"""bench lab over rounds (no root): each cell is the round with the median ratio to strongSwan of the
+"""bench lab and bench macsec over rounds (no root): each cell is the round with the median ratio to
 same round, with min-max; the JSON report carries the rounds; the CLI knows --rounds."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from ipsecemu.bench import macsec as macsec_bench
 from ipsecemu.bench.lab import Cell, format_table, report, summarise
 from ipsecemu.cli import cli
 
@@ -65,3 +66,18 @@ def test_ratio_benches_take_rounds(cmd: str) -> None:
     assert res.exit_code == 0 and "--rounds" in res.output
     bad = CliRunner().invoke(cli, ["bench", cmd, "--rounds", "0"])
     assert bad.exit_code == 2 and "--rounds" in bad.output
+
+
+def test_macsec_rows_over_rounds() -> None:
+    def rnd(plain: float, macsec: float, swan: float) -> list[dict]:
+        return [{"path": "plain veth (GSO)", "cipher": "", "mbps": plain, "retransmits": 0},
+                {"path": "ipsecemu MACsec link", "cipher": "GcmAes128", "offload": True, "mbps": macsec,
+                 "retransmits": 0, "drops": 0},
+                {"path": macsec_bench.SWAN, "cipher": "aes128gcm16", "mbps": swan, "retransmits": 0}]
+
+    plain, link, swan = macsec_bench.summarise([rnd(9000, 1500, 500), rnd(8000, 900, 450), rnd(9500, 2000, 500)])
+    assert link["ratios"] == [3.0, 2.0, 4.0] and (link["ratio_min"], link["ratio_max"]) == (2.0, 4.0)
+    assert link["vs_strongswan"] == 3.0 and link["mbps"] == 1500 and link["vs_plain"] == round(1500 / 9000, 3)
+    assert link["rounds"] == 3 and link["mbps_rounds"] == [1500, 900, 2000]
+    assert swan["vs_strongswan"] == 1.0 and swan["mbps"] == 500
+    assert plain["vs_plain"] == 1.0
