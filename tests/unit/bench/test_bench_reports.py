@@ -1,5 +1,5 @@
 """bench lab and bench macsec over rounds (no root): each cell is the round with the median ratio to
-same round, with min-max; the JSON report carries the rounds; the CLI knows --rounds."""
+its baseline in the same round, with min-max; the JSON report carries the rounds; the CLI knows --rounds."""
 
 from __future__ import annotations
 
