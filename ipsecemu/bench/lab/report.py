@@ -96,7 +96,7 @@ def summarise(per_round: list[list[Cell]], ciphers: tuple[str, ...]) -> list[Cel
         cell.rounds = sp.rounds
         f = sp.fields(2)
         cell.ratio_min, cell.ratio_max, cell.ratios = f["ratio_min"], f["ratio_max"], f["ratios"]  # type: ignore[assignment]
-        cell.gbps_rounds = [round(c.gbps, 3) for c in rs]
+        cell.gbps_rounds = [c.gbps for c in rs]
         out.append(cell)
     return out
 
