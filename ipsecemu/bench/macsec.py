@@ -151,7 +151,7 @@ def summarise(per_round: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         row = dict(rs[pick] or {"path": key[0], "cipher": key[1], "mbps": 0.0, "retransmits": 0})
         row["vs_strongswan"] = round(row["mbps"] / swan[pick], 2) if swan[pick] else None
         row["vs_plain"] = round(row["mbps"] / plain[pick], 3) if plain[pick] else None
-        row.update(sp.fields(2), mbps_rounds=mbps)
+        row.update(sp.rounded(2).fields(), mbps_rounds=mbps)
         out.append(row)
     return out
 

@@ -47,16 +47,18 @@ class Spread:
     ratio_max: float | None
     ratios: tuple[float, ...]  # the rounds that have a ratio, in round order
 
-    def fields(self, digits: int | None = None) -> dict[str, object]:
-        """The JSON fields every ratio bench shares: rounds, ratio_min, ratio_max, ratios (rounded to
-        ``digits`` if given)."""
-        def rnd(x: float) -> float:
-            return x if digits is None else round(x, digits)
+    def rounded(self, digits: int) -> Spread:
+        """The same spread with every ratio rounded to ``digits`` (for reports that round theirs)."""
+        def rnd(x: float | None) -> float | None:
+            return None if x is None else round(x, digits)
 
-        return {"rounds": self.rounds,
-                "ratio_min": None if self.ratio_min is None else rnd(self.ratio_min),
-                "ratio_max": None if self.ratio_max is None else rnd(self.ratio_max),
-                "ratios": [rnd(x) for x in self.ratios]}
+        return Spread(self.rounds, self.pick, rnd(self.ratio), rnd(self.ratio_min), rnd(self.ratio_max),
+                      tuple(round(x, digits) for x in self.ratios))
+
+    def fields(self) -> dict[str, object]:
+        """The JSON fields every ratio bench shares: rounds, ratio_min, ratio_max, ratios."""
+        return {"rounds": self.rounds, "ratio_min": self.ratio_min, "ratio_max": self.ratio_max,
+                "ratios": list(self.ratios)}
 
 
 def median_index(values: Sequence[float]) -> int:

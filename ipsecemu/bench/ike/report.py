@@ -93,8 +93,8 @@ def summarise(per_round: list[list[Result]]) -> list[Result]:
         b = base[pick]
         res.ratio_to_strongswan = round(res.rate / b, 2) if b and res.rate else None
         res.rounds = sp.rounds
-        f = sp.fields(2)
-        res.ratio_min, res.ratio_max, res.ratios = f["ratio_min"], f["ratio_max"], f["ratios"]  # type: ignore[assignment]
+        r2 = sp.rounded(2)
+        res.ratio_min, res.ratio_max, res.ratios = r2.ratio_min, r2.ratio_max, list(r2.ratios)
         res.rate_rounds = rates
         out.append(res)
     return out

@@ -94,8 +94,8 @@ def summarise(per_round: list[list[Cell]], ciphers: tuple[str, ...]) -> list[Cel
         cell.baseline_gbps = base[pick]
         cell.ratio = round(cell.gbps / base[pick], 2) if base[pick] and not cell.error else None
         cell.rounds = sp.rounds
-        f = sp.fields(2)
-        cell.ratio_min, cell.ratio_max, cell.ratios = f["ratio_min"], f["ratio_max"], f["ratios"]  # type: ignore[assignment]
+        r2 = sp.rounded(2)
+        cell.ratio_min, cell.ratio_max, cell.ratios = r2.ratio_min, r2.ratio_max, list(r2.ratios)
         cell.gbps_rounds = [c.gbps for c in rs]
         out.append(cell)
     return out

@@ -50,8 +50,10 @@ def test_json_fields_optionally_rounded() -> None:
     sp = spread([1.23456, 0.98765, 1.11111])
     assert sp.fields() == {"rounds": 3, "ratio_min": 0.98765, "ratio_max": 1.23456,
                            "ratios": [1.23456, 0.98765, 1.11111]}
-    assert sp.fields(2) == {"rounds": 3, "ratio_min": 0.99, "ratio_max": 1.23, "ratios": [1.23, 0.99, 1.11]}
-    assert spread([None]).fields(2) == {"rounds": 1, "ratio_min": None, "ratio_max": None, "ratios": []}
+    assert sp.rounded(2).fields() == {"rounds": 3, "ratio_min": 0.99, "ratio_max": 1.23,
+                                      "ratios": [1.23, 0.99, 1.11]}
+    assert sp.rounded(2).ratio == 1.11 and sp.rounded(2).pick == sp.pick
+    assert spread([None]).rounded(2).fields() == {"rounds": 1, "ratio_min": None, "ratio_max": None, "ratios": []}
 
 
 def test_rounds_must_be_positive() -> None:
