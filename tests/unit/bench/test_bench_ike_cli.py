@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from ipsecemu.bench.ike import Result, Run, make_result, percentile
+from ipsecemu.bench.ike import Result, Run, make_result, percentile, summarise
 from ipsecemu.cli import cli
 
 KEYS = {"pair", "group", "setups", "seconds", "rate", "p50_ms", "p95_ms", "ratio_to_strongswan",
@@ -59,3 +59,16 @@ def test_listed_under_bench() -> None:
     assert res.exit_code == 0 and "ike" in res.output
     res = CliRunner().invoke(cli, ["bench", "ike", "--help"])
     assert res.exit_code == 0 and "--concurrency" in res.output
+
+
+def test_rounds_summary_against_the_same_rounds_strongswan() -> None:
+    def rnd(ours: float, swan: float) -> list[Result]:
+        return [Result("ipsecemu-ipsecemu", "ecp256", int(ours), 1.0, ours, 5.0, 9.0),
+                Result("strongswan-strongswan", "ecp256", int(swan), 1.0, swan, 7.0, 12.0)]
+
+    ours, swan = summarise([rnd(300, 100), rnd(150, 60), rnd(420, 120)])
+    assert ours.ratios == [3.0, 2.5, 3.5] and (ours.ratio_min, ours.ratio_max) == (2.5, 3.5)
+    assert ours.ratio_to_strongswan == 3.0 and ours.rate == 300 and ours.rounds == 3
+    assert ours.rate_rounds == [300, 150, 420]
+    assert swan.ratio_to_strongswan == 1.0 and swan.rate == 100  # its median-rate round
+    assert set(ours.as_dict()) == KEYS
