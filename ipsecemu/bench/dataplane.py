@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import ModuleType
 
+from ipsecemu.base.errors import BenchError
 from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
+from ipsecemu.bench.rounds import DEFAULT_ROUNDS, check_rounds, median_index, per_round_ratios, spread
 from ipsecemu.dataplane import backend as get_backend
 
 __all__ = ["Suite", "Result", "SUITES", "DEFAULT_SIZES", "DEFAULT_BATCHES", "DEFAULT_ROUNDS", "run", "openssl_speed",
@@ -39,7 +40,6 @@ __all__ = ["Suite", "Result", "SUITES", "DEFAULT_SIZES", "DEFAULT_BATCHES", "DEF
 
 DEFAULT_SIZES = (64, 512, 1400)
 DEFAULT_BATCHES = (1, 32, 256)
-DEFAULT_ROUNDS = 5
 _IPV4_HDR = bytes.fromhex("4500000000000000401100000a0000010a000002")  # payload looks like IPv4
 
 
@@ -149,10 +149,10 @@ def _python_esp(be: ModuleType, cfg: EspSaConfig, size: int, batch: int, budget:
     payloads = [_payload(size)] * batch
     packets = [p for v, p in out.encap_batch(payloads, 4) if v == Verdict.OK]
     if len(packets) != batch:
-        raise RuntimeError("ESP benchmark: encap failed while preparing packets")
+        raise BenchError("ESP benchmark: encap failed while preparing packets")
     inbound = be.EspInbound(cfg)  # replay_window 0: the same packets decap every round
     if any(r.verdict != Verdict.OK for r in inbound.decap_batch(packets)):
-        raise RuntimeError("ESP benchmark: decap failed while preparing packets")
+        raise BenchError("ESP benchmark: decap failed while preparing packets")
     return {"encap": _time_loop(lambda: out.encap_batch(payloads, 4), budget, batch),
             "decap": _time_loop(lambda: inbound.decap_batch(packets), budget, batch)}
 
@@ -163,11 +163,11 @@ def _python_macsec(be: ModuleType, sa: MacsecSaConfig, size: int, batch: int,
     frames = [_frame(size, sa.sci)] * batch
     protected = [f for v, f in tx.protect_batch(frames) if v == Verdict.OK]
     if len(protected) != batch:
-        raise RuntimeError("MACsec benchmark: protect failed while preparing frames")
+        raise BenchError("MACsec benchmark: protect failed while preparing frames")
     rx = be.MacsecRx(SecYConfig(replay_protect=False))
     rx.add_sa(sa)
     if any(r.verdict != Verdict.OK for r in rx.validate_batch(protected)):
-        raise RuntimeError("MACsec benchmark: validate failed while preparing frames")
+        raise BenchError("MACsec benchmark: validate failed while preparing frames")
     return {"protect": _time_loop(lambda: tx.protect_batch(frames), budget, batch),
             "validate": _time_loop(lambda: rx.validate_batch(protected), budget, batch)}
 
@@ -218,21 +218,17 @@ class _Round:
 
 
 def _summarise(suite: Suite, op: str, size: int, batch: int, be_name: str, rounds: list[_Round]) -> Result:
-    """One cell over its rounds: the round with the median ratio (lower median; by Gbit/s when
-    OpenSSL never answered), the ratio's min and max over the rounds."""
+    """One cell over its rounds (:mod:`ipsecemu.bench.rounds`): the round with the median ratio (by
+    Gbit/s when OpenSSL never answered), the ratio's min and max over the rounds."""
     gbps = [r.pps() * size * 8 / 1e9 for r in rounds]
-    ratios = [g / r.openssl_gbps for g, r in zip(gbps, rounds, strict=True) if r.openssl_gbps]
-    if ratios:
-        pick = next(i for i, (g, r) in enumerate(zip(gbps, rounds, strict=True))
-                    if r.openssl_gbps and g / r.openssl_gbps == statistics.median_low(ratios))
-    else:
-        pick = gbps.index(statistics.median_low(gbps))
+    sp = spread(per_round_ratios(gbps, [r.openssl_gbps for r in rounds]))
+    pick = sp.pick if sp.pick is not None else median_index(gbps)
     chosen = rounds[pick]
-    ossl = chosen.openssl_gbps if ratios else None
+    ossl = chosen.openssl_gbps if sp.pick is not None else None
     return Result(suite.protocol, suite.name, op, size, batch, chosen.pps(), gbps[pick], ossl,
                   gbps[pick] / ossl if ossl else None, be_name, chosen.packets, chosen.seconds,
-                  rounds=len(rounds), ratio_min=min(ratios) if ratios else None,
-                  ratio_max=max(ratios) if ratios else None, ratios=tuple(ratios), gbps_rounds=tuple(gbps))
+                  rounds=sp.rounds, ratio_min=sp.ratio_min, ratio_max=sp.ratio_max, ratios=sp.ratios,
+                  gbps_rounds=tuple(gbps))
 
 
 def run(*, backend: str = "native", suites: Sequence[Suite] = SUITES, sizes: Sequence[int] = DEFAULT_SIZES,
@@ -240,8 +236,7 @@ def run(*, backend: str = "native", suites: Sequence[Suite] = SUITES, sizes: Seq
         rounds: int = DEFAULT_ROUNDS, progress: Callable[[str], None] | None = None) -> list[Result]:
     """Measure every (suite, size, batch) in ``rounds`` alternating rounds; ``duration`` seconds per
     operation, cell and round.  ``openssl_seconds`` 0 skips the OpenSSL comparison."""
-    if rounds < 1:
-        raise ValueError(f"rounds: must be >= 1, got {rounds}")
+    check_rounds(rounds)
     be = get_backend(backend)
     be_name = be.__name__.rsplit(".", 1)[-1]
     say = progress or (lambda _msg: None)

@@ -9,7 +9,9 @@ import json
 
 import click
 
+from ipsecemu.bench.dataplane import DEFAULT_BATCHES, DEFAULT_SIZES, format_table, run
 from ipsecemu.commands.base import Group
+from ipsecemu.dataplane import BackendUnavailable
 
 LAZY = {
     "ike": "ipsecemu.bench.ike:command",
@@ -77,9 +79,6 @@ def dataplane(as_json: bool, backend: str, duration: float | None, sizes: tuple[
     GCM-AES-XPN-256 protect/validate.  GCM rows show their ratio to OpenSSL at the same size:
     the median of per-round ratios over alternating rounds, and their min-max.
     """
-    from ipsecemu.bench.dataplane import DEFAULT_BATCHES, DEFAULT_SIZES, format_table, run
-    from ipsecemu.dataplane import BackendUnavailable
-
     if quick:
         sizes = sizes or (1400,)
         batches = batches or (32,)
