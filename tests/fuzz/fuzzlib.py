@@ -13,6 +13,7 @@ import inspect
 import os
 import random
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,28 @@ def seeded(seed: int) -> Callable[[int], bytes]:
     return SeededRng(seed)
 
 
+#: an input that costs more CPU than this is a finding (issue 9: "any input taking > 1 s")
+SLOW_CPU_S = 1.0
+
+
+def cpu_bounded(test_one_input: Callable[[bytes], None], limit_s: float) -> Callable[[bytes], None]:
+    """``test_one_input`` that also fails when one input costs more than ``limit_s`` of CPU.
+
+    Why CPU and not libFuzzer's ``-timeout``: that one is wall clock, and a ``nice`` harness on a
+    busy 2-core box is starved for seconds between two of its own instructions (the 2026-12-03
+    campaign stopped on such a "timeout" whose input replays in 1 ms).  ``make fuzz-python`` keeps a
+    wall-clock ``-timeout`` as the backstop for real hangs."""
+
+    def run(data: bytes) -> None:
+        t0 = time.process_time()
+        test_one_input(data)
+        spent = time.process_time() - t0
+        if spent > limit_s:
+            raise AssertionError(f"slow input: {spent:.2f} s of CPU (limit {limit_s} s)")
+
+    return run
+
+
 def _project_code(obj: object) -> bool:
     """A function or code object of ipsecemu or of this folder (the harness itself)."""
     code = getattr(obj, "__code__", None)
@@ -63,5 +86,5 @@ def atheris_main(test_one_input: Callable[[bytes], None]) -> None:
         for obj in gc.get_objects():
             if inspect.isfunction(obj) and _project_code(obj):
                 atheris.instrument_func(obj)
-    atheris.Setup(sys.argv, test_one_input)
+    atheris.Setup(sys.argv, cpu_bounded(test_one_input, SLOW_CPU_S))
     atheris.Fuzz()
