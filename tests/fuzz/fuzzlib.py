@@ -12,6 +12,7 @@ import gc
 import inspect
 import os
 import random
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -86,5 +87,8 @@ def atheris_main(test_one_input: Callable[[bytes], None]) -> None:
         for obj in gc.get_objects():
             if inspect.isfunction(obj) and _project_code(obj):
                 atheris.instrument_func(obj)
-    atheris.Setup(sys.argv, cpu_bounded(test_one_input, SLOW_CPU_S))
+    # libFuzzer's -merge=1 (and -fork) re-runs argv[0] through sh: make that "python harness.py",
+    # so the harness needs neither an exec bit nor a shebang that would miss the venv
+    argv = [shlex.join([sys.executable, os.path.abspath(sys.argv[0])]), *sys.argv[1:]]
+    atheris.Setup(argv, cpu_bounded(test_one_input, SLOW_CPU_S))
     atheris.Fuzz()
