@@ -78,7 +78,9 @@ def atheris_main(test_one_input: Callable[[bytes], None]) -> None:
 
     Why not ``atheris.instrument_all()``: it also instruments yaml, cryptography's Python
     layer, copy, ipaddress, ... -- about 3x slower per input for edges the project does not own.
-    ``FUZZ_INSTRUMENT=all`` restores it (the numbers before the 2026-12-03 campaign used it)."""
+    ``FUZZ_INSTRUMENT=all`` restores it (the numbers before the 2026-12-03 campaign used it).
+    Either way only code loaded by now is instrumented at once; ipsecemu modules imported later
+    are instrumented by the import hook below."""
     import atheris  # lazy: atheris is an optional test extra; the regress tests run without it
 
     if os.environ.get("FUZZ_INSTRUMENT") == "all":
@@ -91,4 +93,6 @@ def atheris_main(test_one_input: Callable[[bytes], None]) -> None:
     # so the harness needs neither an exec bit nor a shebang that would miss the venv
     argv = [shlex.join([sys.executable, os.path.abspath(sys.argv[0])]), *sys.argv[1:]]
     atheris.Setup(argv, cpu_bounded(test_one_input, SLOW_CPU_S))
-    atheris.Fuzz()
+    # modules a harness imports lazily (the config loaders' adapters) are instrumented on import
+    with atheris.instrument_imports(include=["ipsecemu"]):
+        atheris.Fuzz()
