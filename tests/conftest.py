@@ -1,5 +1,11 @@
 """Shared fixtures, and markers by folder: tests/unit (no root), tests/system (root + netns),
-tests/interop (root + strongSwan charon), tests/bench (pytest-benchmark)."""
+tests/interop (root + strongSwan charon), tests/bench (pytest-benchmark).
+
+Parallelism: pyproject's addopts say ``-n auto`` (pytest-xdist).  ``auto`` means parallel workers
+only when every path on the command line lies under tests/unit and one of them is a folder (the fast
+inner loop, ``pytest tests/unit``); anything else (``make test``, tests/system, tests/interop, one
+test file) runs in one process as before, because root tests share namespaces, links and charon.
+``-n N`` on the command line or PYTEST_XDIST_AUTO_NUM_WORKERS still decides explicitly."""
 
 from __future__ import annotations
 
@@ -12,6 +18,10 @@ import pytest
 from support.paths import VECTORS
 
 HERE = Path(__file__).resolve().parent
+UNIT = HERE / "unit"
+#: workers for the unit loop: the tests wait on subprocesses (tshark, compilers, the CLI) about
+#: as much as they compute, so one more worker than cores still pays on a 2-core machine
+UNIT_WORKERS = (os.cpu_count() or 1) + 1
 _FOLDER_MARKS = {"unit": ("unit",), "system": ("root", "system"), "interop": ("root", "interop")}
 
 
@@ -24,6 +34,19 @@ def vectors_dir() -> Path:
 def unique_name() -> str:
     """A short unique prefix for netns/link names (link names are limited to 15 chars)."""
     return "t" + uuid.uuid4().hex[:6]
+
+
+def _unit_paths_only(args: list[str], invocation_dir: Path) -> bool:
+    paths = [(invocation_dir / a.split("::")[0]).resolve() for a in args]
+    return bool(paths) and all(p.is_relative_to(UNIT) for p in paths) and any(p.is_dir() for p in paths)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: UNIT_WORKERS for a folder under tests/unit, else 0 (no xdist, one process)."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    return UNIT_WORKERS if _unit_paths_only(config.args, config.invocation_params.dir) else 0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

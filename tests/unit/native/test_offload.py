@@ -18,6 +18,9 @@ from scapy.packet import Raw
 
 from support.paths import REPO  # noqa: E402
 
+# xdist: one worker builds and runs offload_tool (two workers would write the same binary at once)
+pytestmark = pytest.mark.xdist_group("offload_tool")
+
 GSO_TCPV4, GSO_TCPV6 = 1, 4
 VNET_LEN = 10
 
