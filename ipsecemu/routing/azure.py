@@ -56,6 +56,7 @@ LOCAL_PREF_PREFERRED = 200
 LOCAL_PREF_DEFAULT = 100
 MED_ER = 0
 MED_VPN = 10
+INSTANCE_OWN_WEIGHT = 100
 
 
 def hub_path_attributes(preference: HubRoutingPreference, kind: PathKind) -> tuple[int, int] | None:
@@ -163,13 +164,16 @@ def vpn_instance_node(name: str, router_id: str, ce: Sequence[Peer], hub: Sequen
                       bfd_profile: BfdProfile = AZURE_BFD) -> RoutingNode:
     """A Virtual WAN VPN gateway instance (AS 65515): eBGP with the CE inside the tunnel (multihop: the
     CE's BGP address is not its tunnel endpoint), iBGP with the hub router carrying what it learns
-    (next-hop-self: the hub cannot reach the CE's tunnel address).  With ``apipa`` the instance only
-    listens, as Azure does not initiate BGP from an APIPA address."""
+    (next-hop-self: the hub cannot reach the CE's tunnel address).  The instance keeps what its own
+    tunnel taught it (weight) over what the hub sends back, or the hub's preference would make it stop
+    announcing the VPN path and the hub would lose it; the hub router alone decides.  With ``apipa``
+    the instance only listens, as Azure does not initiate BGP from an APIPA address."""
     neighbors = []
     for p in ce:
         check_customer_asn(p.asn, f"{name}.ce.{p.name}")
         neighbors.append(Neighbor(name=p.name, address=p.address, remote_asn=p.asn, kind=PathKind.OTHER,
-                                  timers=timers, bfd=bfd, ebgp_multihop=2, passive=apipa))
+                                  timers=timers, bfd=bfd, ebgp_multihop=2, passive=apipa,
+                                  weight=INSTANCE_OWN_WEIGHT))
     neighbors += [Neighbor(name=p.name, address=p.address, remote_asn=HUB_ASN, kind=PathKind.INTERNAL,
                            timers=timers, bfd=bfd, next_hop_self=True) for p in hub]
     return RoutingNode(name=name, asn=HUB_ASN, router_id=router_id, neighbors=tuple(neighbors),
@@ -181,12 +185,12 @@ def hub_node(name: str, router_id: str, originate: Sequence[str], msees: Sequenc
              static_routes: Sequence[StaticRoute] = (), timers: BgpTimers = LAB_TIMERS, bfd: bool = True,
              bfd_profile: BfdProfile = AZURE_BFD) -> RoutingNode:
     """The Virtual WAN hub router with its ExpressRoute gateway (AS 65515): eBGP to the MSEEs, iBGP to
-    the VPN instances (as their route reflector, so both instances hear what the other learnt), the hub
-    and spoke prefixes originated, and the hub routing preference as policy."""
+    the VPN instances (not a route reflector: an instance needs no other instance's tunnel routes), the
+    hub and spoke prefixes originated, and the hub routing preference as policy."""
     neighbors = [Neighbor(name=p.name, address=p.address, remote_asn=MSEE_ASN, kind=PathKind.EXPRESSROUTE,
                           timers=timers, bfd=bfd) for p in msees]
     neighbors += [Neighbor(name=p.name, address=p.address, remote_asn=HUB_ASN, kind=PathKind.VPN,
-                           timers=timers, bfd=bfd, route_reflector_client=True) for p in instances]
+                           timers=timers, bfd=bfd) for p in instances]
     return RoutingNode(name=name, asn=HUB_ASN, router_id=router_id, neighbors=tuple(neighbors),
                        originate=tuple(originate), static_routes=tuple(static_routes),
                        hub_preference=preference, bfd_profile=bfd_profile)

@@ -14,11 +14,13 @@ then SIGKILL.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Sequence
@@ -139,7 +141,9 @@ class FrrInstance:
             user = pwd.getpwnam(FRR_USER)
         except KeyError as exc:
             raise SystemSetupError(f"user {FRR_USER!r} missing: install FRR (make deps)") from exc
-        # The daemons drop to the frr user before writing pid files and sockets here.
+        # The daemons drop to the frr user before writing pid files and sockets here, so the user must
+        # own the directory and be able to reach it.
+        _check_reachable(self.state_dir.parent, user)
         os.chown(self.state_dir, user.pw_uid, user.pw_gid)
         os.chmod(self.state_dir, 0o770)
 
@@ -250,6 +254,23 @@ class FrrInstance:
             raise ServiceError(f"{self.node}: FRR daemons survive SIGKILL: {left}")
         for daemon in DAEMON_ORDER:
             self.pid_path(daemon).unlink(missing_ok=True)
+
+
+def _check_reachable(directory: Path, user: pwd.struct_passwd) -> None:
+    """Refuse early (instead of a daemon dying on its pid file) when ``user`` cannot traverse a parent
+    directory of the state directory (e.g. pytest's 0700 tmp dirs)."""
+    groups = {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem} | {user.pw_gid}
+    for d in (directory, *directory.parents):
+        st = d.stat()
+        if st.st_uid == user.pw_uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid in groups:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            raise SystemSetupError(f"{d}: the {user.pw_name} user FRR runs as cannot enter this directory; "
+                                   "put the FRR state directory somewhere it can reach (e.g. /run/ipsecemu)")
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -135,6 +135,7 @@ class Neighbor:
     advertise: tuple[str, ...] | None = None
     prepend: int = 0  # extra copies of the local ASN on what is sent (Microsoft's fix for S3 stickiness)
     local_preference: int | None = None  # set on what is received (the hub's policy overrides this)
+    weight: int | None = None  # FRR's local-only first tie-break, set on what is received
     update_source: str | None = None  # address or interface the session is sourced from
     ebgp_multihop: int | None = None  # BGP to an address behind a tunnel is not "directly connected"
     passive: bool = False  # wait for the peer (Azure does not initiate BGP from an APIPA address)
@@ -157,6 +158,8 @@ class Neighbor:
             raise ConfigError(f"{where}.prepend: {self.prepend} is not in 0..10")
         if self.local_preference is not None and not 0 <= self.local_preference <= ASN_MAX:
             raise ConfigError(f"{where}.local_preference: {self.local_preference} is out of range")
+        if self.weight is not None and not 0 <= self.weight <= 65535:
+            raise ConfigError(f"{where}.weight: {self.weight} is not in 0..65535")
         if self.ebgp_multihop is not None and not 1 <= self.ebgp_multihop <= 255:
             raise ConfigError(f"{where}.ebgp_multihop: {self.ebgp_multihop} is not in 1..255")
 

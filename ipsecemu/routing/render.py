@@ -61,14 +61,15 @@ def _af_lines(node: RoutingNode) -> list[str]:
 
 
 def _inbound_sets(node: RoutingNode, n: Neighbor) -> list[str]:
+    sets = [f" set weight {n.weight}"] if n.weight is not None else []
     if node.hub_preference is not None:
         attrs = hub_path_attributes(node.hub_preference, n.kind)
         if attrs is not None:
             local_pref, med = attrs
-            return [f" set local-preference {local_pref}", f" set metric {med}"]
+            return sets + [f" set local-preference {local_pref}", f" set metric {med}"]
     if n.local_preference is not None:
-        return [f" set local-preference {n.local_preference}"]
-    return []
+        sets.append(f" set local-preference {n.local_preference}")
+    return sets
 
 
 def _policy_lines(node: RoutingNode) -> list[str]:
