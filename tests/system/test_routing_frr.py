@@ -14,7 +14,9 @@ Every assertion reads FRR's own view: ``show bgp ipv4 unicast PREFIX json`` and 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -219,3 +221,37 @@ def test_failover_moves_route(lab: Lab, failure: str, bfd: bool, bound: float) -
     assert took <= bound
     if failure == "silent" and not bfd:
         assert took >= 3.0, "without BFD only the hold timer can notice a silent failure"
+
+
+def test_instance_lifecycle(unique_name: str) -> None:
+    """Start one instance, check health, run the printed vtysh command line as is, lose bgpd, stop."""
+    ns = f"{unique_name}-solo"
+    state = Path(tempfile.mkdtemp(prefix=f"ipsecemu-routing-{unique_name}-"))
+    state.chmod(0o755)
+    _ip("netns", "add", ns)
+    inst = FrrInstance(node="solo", state_dir=state / "solo", netns=ns)
+    try:
+        inst.start(render_frr_conf(RoutingNode(name="solo", asn=65001, router_id="1.1.1.1",
+                                               originate=(PREFIX,))))
+        assert inst.health() == {"zebra": True, "bgpd": True, "vtysh": True}
+        out = subprocess.run(inst.vtysh_argv("show bgp ipv4 unicast json"), capture_output=True, text=True,
+                             check=True).stdout
+        assert PREFIX in out
+        pids = inst.running_daemons()
+        os.kill(pids["bgpd"], signal.SIGKILL)
+        wait_for(lambda: not inst.health()["bgpd"], 5, "bgpd to be seen down")
+        assert not inst.healthy()
+        inst.stop()
+        assert inst.running_daemons() == {}
+        assert not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids.values())
+    finally:
+        inst.stop()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
