@@ -44,6 +44,18 @@ def _find_vtysh() -> str:
     return path
 
 
+def daemons_for_config(conf_text: str) -> tuple[str, ...]:
+    """The daemons a hand-written ``frr.conf`` needs (a user's own CE config, where there is no intent
+    to ask): staticd for ``ip route`` lines, bfdd for a ``bfd`` block or a neighbour using BFD."""
+    lines = [line.strip() for line in conf_text.splitlines()]
+    names = ["zebra", "bgpd"]
+    if any(line.startswith("ip route ") for line in lines):
+        names.append("staticd")
+    if any(line == "bfd" or (line.startswith("neighbor ") and " bfd" in line) for line in lines):
+        names.append("bfdd")
+    return tuple(d for d in DAEMON_ORDER if d in names)
+
+
 def check_config(conf_text: str, work_dir: Path) -> None:
     """Validate a config with ``vtysh --dryrun`` (FRR's own parser, no daemon needed); raise ConfigError
     with FRR's message when it refuses a line."""

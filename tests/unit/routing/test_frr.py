@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ipsecemu.base.errors import ConfigError
-from ipsecemu.routing.frr import FrrInstance
+from ipsecemu.routing.frr import FrrInstance, daemons_for_config
 
 
 def test_daemon_argv_keeps_everything_in_the_state_dir(tmp_path: Path) -> None:
@@ -47,3 +47,10 @@ def test_foreign_pid_is_never_signalled(tmp_path: Path) -> None:
     assert inst.running_daemons() == {}
     inst.stop(timeout=0.1)  # must return without signalling us
     assert not inst.pid_path("bgpd").exists()
+
+
+def test_daemons_for_a_hand_written_config() -> None:
+    assert daemons_for_config("router bgp 65001\n neighbor 10.0.0.1 remote-as 12076\n") == ("zebra", "bgpd")
+    conf = "ip route 10.9.0.0/16 blackhole\nrouter bgp 65001\n neighbor 10.0.0.1 bfd\n"
+    assert daemons_for_config(conf) == ("zebra", "staticd", "bfdd", "bgpd")
+    assert "bfdd" in daemons_for_config("bfd\n profile fast\n exit\nexit\n")

@@ -10,7 +10,7 @@ import pytest
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.routing.azure import HUB_ASN, MSEE_ASN, Peer, hub_node, msee_node, vpn_instance_node
-from ipsecemu.routing.frr import check_config
+from ipsecemu.routing.frr import check_config, daemons_for_config
 from ipsecemu.routing.intent import BgpTimers, Neighbor, PathKind, RoutingNode, StaticRoute
 from ipsecemu.routing.intent import HubRoutingPreference as H
 from ipsecemu.routing.render import render_frr_conf
@@ -107,3 +107,10 @@ def test_frr_dryrun_refuses_a_bad_line(tmp_path: Path) -> None:
     bad = render_frr_conf(_ce()).replace(" bgp log-neighbor-changes", " bgp log-neighbour-changes")
     with pytest.raises(ConfigError, match="FRR refuses"):
         check_config(bad, tmp_path)
+
+
+@pytest.mark.parametrize("node", [_hub(H.VPN), _ce(), RoutingNode("r", 65001, "1.1.1.1")], ids=["hub", "ce", "bare"])
+def test_config_scan_agrees_with_intent(node: RoutingNode) -> None:
+    # A hand-written config is scanned for the daemons it needs; on our own configs the scan must find
+    # what the intent says.
+    assert set(daemons_for_config(render_frr_conf(node))) == set(node.daemons)
