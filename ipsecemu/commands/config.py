@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ipsecemu.dataplane.api import ConfigError
+from ipsecemu.base.errors import ConfigError
 
 
 @click.group()
@@ -18,7 +18,7 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def check(file: Path) -> None:
     """Validate FILE (YAML connections) and print what would be negotiated."""
-    from ipsecemu.ike.config import load, summary
+    from ipsecemu.config.connection import load, summary
 
     try:
         conns = load(file)
@@ -41,8 +41,8 @@ def import_azure(file: Path, private_ip: bool | None, local_address: str | None,
                  output: Path | None) -> None:
     """Turn an Azure Virtual WAN VPN device configuration JSON into ipsecemu connections
     (one per site and gateway instance: two tunnels, active-active)."""
-    from ipsecemu.ike.azure import load_device_config
-    from ipsecemu.ike.config import dumps
+    from ipsecemu.config.azure import load_device_config
+    from ipsecemu.config.connection import dumps
 
     try:
         conns = load_device_config(file, use_private_ip=private_ip, local_address=local_address)

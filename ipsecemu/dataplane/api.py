@@ -118,8 +118,8 @@ AEAD_ESP_ENCR = frozenset({"aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "chacha20-po
 MAX_REPLAY_WINDOW = 4096
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+# The one ConfigError of the project (a ValueError too); re-exported here for the data-plane API.
+from ipsecemu.base.errors import ConfigError  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ Layout::
       batch: 32                     # packets per C loop batch (1..256)
     dpd: {interval: 10, timeout: 45}  # default for connections that do not set their own
     connections:
-      to-b:                         # any ipsecemu.ike.config connection keys, plus:
+      to-b:                         # any ipsecemu.config.connection connection keys, plus:
         remote_address: 192.0.2.2
         psk: env:PSK
         local_ts: [10.1.0.0/24]
@@ -23,7 +23,7 @@ Layout::
           routes: [10.2.0.0/24]     # prefixes routed into the tunnel (default: the remote TS)
           mtu: 1400
 
-Errors are :class:`~ipsecemu.ike.config.ConnectionConfigError` with ``file:line: field:``.
+Errors are :class:`~ipsecemu.config.connection.ConnectionConfigError` with ``file:line: field:``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipsecemu.ike import config as ikecfg
-from ipsecemu.ike.config import ConnectionConfig, ConnectionConfigError
+from ipsecemu.config import connection as ikecfg
+from ipsecemu.config.connection import ConnectionConfig, ConnectionConfigError
+from ipsecemu.config.kit import ConfigFileError, read_text
 
 __all__ = ["GatewayConfig", "GatewayConnection", "TunnelConfig", "load", "loads", "summary", "ConnectionConfigError"]
 
@@ -197,9 +198,9 @@ def loads(text: str, source: str = "<string>", *, state_dir: str | None = None) 
 
 def load(path: str | os.PathLike[str], *, state_dir: str | None = None) -> GatewayConfig:
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConnectionConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        text = read_text(path)
+    except ConfigFileError as exc:
+        raise ConnectionConfigError(str(exc)) from None
     return loads(text, str(path), state_dir=state_dir)
 
 

@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ipsecemu.config import connection as ikecfg
 from ipsecemu.gateway.config import GatewayConfig, GatewayConnection
 from ipsecemu.gateway.control import ControlError, ControlServer
 from ipsecemu.gateway.datapath import ConnectionDatapath, Port
-from ipsecemu.ike import config as ikecfg
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.errors import LocalProtocolError
 from ipsecemu.ike.events import (

@@ -1,6 +1,6 @@
 """What one IKE SA needs to know (the core's own view of a connection).
 
-``ipsecemu.ike.config`` (YAML / Azure policies) builds these; tests build them with
+``ipsecemu.config.connection`` (YAML / Azure policies) builds these; tests build them with
 ``IkeSaConfig.simple(...)`` from strongSwan-style strings.
 """
 

@@ -99,7 +99,7 @@ def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]
 
 def charon_conn(topo: Topology, node: str, conn: VpnConnection) -> Any:
     """The :class:`~ipsecemu.lab.strongswan.Conn` of ``conn`` on a strongSwan node."""
-    from ipsecemu.ike.config import parse_connection
+    from ipsecemu.config.connection import parse_connection
 
     from .strongswan import Child, Conn
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from ipsecemu.ike.config import parse_connection
+from ipsecemu.config.connection import parse_connection
 from ipsecemu.ike.render import render_text
 from ipsecemu.lab.netns import wait_for
 from ipsecemu.lab.strongswan import charon_available, charon_pair

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.ike.azure import AzureConfigError, import_device_config, load_device_config
+from ipsecemu.config.azure import AzureConfigError, import_device_config, load_device_config
 
 from support.paths import VECTORS
 

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsecemu.dataplane.api import EspSaConfig
-from ipsecemu.ike.config import (
+from ipsecemu.config.connection import (
     AZURE_DH_GROUP,
     AZURE_IKE_ENCRYPTION,
     AZURE_IKE_INTEGRITY,
@@ -27,6 +26,7 @@ from ipsecemu.ike.config import (
     parse_identity,
     parse_ts,
 )
+from ipsecemu.dataplane.api import EspSaConfig
 
 BASE = {"remote_address": "10.51.230.4", "local_address": "172.24.127.211", "psk": "abc123"}
 DOCS_POLICY = {  # the az CLI example from the Azure docs (scenarios S6)
@@ -397,7 +397,7 @@ def test_yaml_errors_carry_file_and_line() -> None:
     bad = YAML.replace("esp_proposals: 3des-sha1", "esp_proposals: 3des-sha1-bogus")
     assert "site.yaml:21:" in _err(bad) and "'bogus'" in _err(bad)
     assert _err("connections:\n  a: {remote_address: 1.2.3.4\n").startswith("site.yaml:3: YAML syntax error")
-    assert _err("") == "site.yaml: <top>: the config must be a mapping, got NoneType"
+    assert _err("") == "site.yaml:1: empty file (no YAML document)"
     assert "site.yaml:2: colour: unknown key" in _err("remote_address: 1.2.3.4\ncolour: red\npsk: x\n")
 
 
@@ -454,7 +454,7 @@ def test_random_configs_give_a_config_or_a_config_error(data: dict) -> None:
     ],
 )
 def test_to_dict_and_dumps_round_trip(over: dict) -> None:
-    from ipsecemu.ike.config import dumps, to_dict
+    from ipsecemu.config.connection import dumps, to_dict
 
     d = {**BASE, **over}
     if d.get("psk") is None:
@@ -467,7 +467,7 @@ def test_to_dict_and_dumps_round_trip(over: dict) -> None:
 
 
 def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipsecemu.ike.config import dumps
+    from ipsecemu.config.connection import dumps
 
     c = conn(psk="\x01binary")
     monkeypatch.setenv("IPSECEMU_PSK", "\x01binary")
@@ -477,7 +477,7 @@ def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_summary_shows_the_negotiable_parts_not_the_secret() -> None:
-    from ipsecemu.ike.config import summary
+    from ipsecemu.config.connection import summary
 
     text = summary(loads(YAML, "x.yaml"))
     assert "azure-er-i0: 172.24.127.211 -> 10.51.230.4 (tunnel, initiate, auth psk)" in text

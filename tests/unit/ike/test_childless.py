@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from ipsecemu.config.connection import ConnectionConfigError, dumps, loads, parse_connection, to_ike_sa_config
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
-from ipsecemu.ike.config import ConnectionConfigError, dumps, loads, parse_connection, to_ike_sa_config
 from ipsecemu.ike.consts import Exchange, Notify
 from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState

@@ -168,7 +168,7 @@ def test_api_misuse_is_local_error() -> None:
 
 def test_dpd_timeout_from_config_and_volume_lifetimes() -> None:
     """What ike/config.py passes through ``extra``: Azure's 45 s DPD timeout and KB/packet limits."""
-    from ipsecemu.ike.config import SaLifetime
+    from ipsecemu.config.connection import SaLifetime
 
     life = SaLifetime(3600, kilobytes=1000, packets=5000)
     a, b, net, sa, sb = established(a_kw={"extra": {"dpd_timeout_s": 45, "child_lifetime": life}})

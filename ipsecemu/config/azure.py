@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipsecemu.dataplane.api import ConfigError
-from ipsecemu.ike.config import ConnectionConfig, ConnectionConfigError, parse_connection, squash
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.config.connection import ConnectionConfig, ConnectionConfigError, parse_connection, squash
 
 INSTANCES = ("Instance0", "Instance1")
 APIPA = ipaddress.ip_network("169.254.0.0/16")

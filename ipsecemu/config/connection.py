@@ -15,12 +15,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, ConfigError, Lifetime
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.config.kit import ConfigFileError, FieldPath, ascii_int, load_yaml, read_text
+from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, Lifetime
 from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
 from ipsecemu.ike.settings import CHILDLESS
 from ipsecemu.ike.transforms import TransformType
@@ -181,22 +182,31 @@ Path_ = tuple[str | int, ...]
 
 
 class _Ctx:
-    """Where the data came from: file name and the YAML line of every (squashed) key path."""
+    """Where the data came from: file name and the YAML line of every (squashed) key path.
 
-    def __init__(self, source: str | None = None, lines: dict[Path_, int] | None = None) -> None:
+    ``base`` is where the connection sits in the file (a lab file's ``vpn.connections[i].config``):
+    errors name the user's path, lines are looked up under it.
+    """
+
+    def __init__(self, source: str | None = None, lines: dict[FieldPath, int] | None = None,
+                 base: FieldPath = ()) -> None:
         self.source = source
-        self.lines = lines or {}
+        self.base = base
+        self.lines = {tuple(squash(x) if isinstance(x, str) else x for x in p): n for p, n in (lines or {}).items()}
 
     def error(self, path: Path_, message: str) -> ConnectionConfigError:
         where = ""
+        full = (*self.base, *path)
         if self.source is not None:
             line = None
-            p = tuple(squash(x) if isinstance(x, str) else x for x in path)
-            while p and line is None:  # the nearest enclosing key with a known line
+            p = tuple(squash(x) if isinstance(x, str) else x for x in full)
+            while line is None:  # the nearest enclosing key with a known line
                 line = self.lines.get(p)
+                if not p:
+                    break
                 p = p[:-1]
             where = f"{self.source}:{line}: " if line else f"{self.source}: "
-        dotted = ".".join(str(x) for x in path) or "<top>"
+        dotted = ".".join(str(x) for x in full) or "<top>"
         return ConnectionConfigError(f"{where}{dotted}: {message}")
 
 
@@ -224,8 +234,8 @@ def _canon(*names: str, **aliases: str) -> dict[str, str]:
 
 def _int(ctx: _Ctx, path: Path_, v: object, lo: int, hi: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v.strip())
+        if isinstance(v, str) and ascii_int(v) is not None:
+            v = ascii_int(v)
         else:
             raise ctx.error(path, f"must be an integer, got {v!r}")
     if v < lo or (hi is not None and v > hi):
@@ -851,50 +861,26 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
 
 
 # ---------------------------------------------------------------- YAML with line numbers
-def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int], source: str, seen: set[int]) -> None:
-    """Record the line of every key path; reject duplicate keys (PyYAML silently keeps the last)."""
-    if id(node) in seen:  # an alias: walked once already (also keeps "billion laughs" linear)
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        keys: dict[str, int] = {}
-        for k, v in node.value:
-            name = squash(k.value) if isinstance(k, yaml.ScalarNode) else f"<{k.tag}>"
-            line = k.start_mark.line + 1
-            if name in keys and name != "<<":
-                dotted = ".".join(str(x) for x in (*path, k.value))
-                raise ConnectionConfigError(f"{source}:{line}: {dotted}: duplicate key (first at line {keys[name]})")
-            keys[name] = line
-            p = (*path, name)
-            out[p] = line
-            _lines(v, p, out, source, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            p = (*path, i)
-            out[p] = v.start_mark.line + 1
-            _lines(v, p, out, source, seen)
-
-
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
-    """YAML text -> (data, line number of every key path).  Syntax errors become
-    :class:`ConnectionConfigError` with ``source:line``; shared by every YAML config reader."""
+    """YAML text -> (data, line number of every key path), through the config kit: every YAML
+    mistake is a :class:`ConnectionConfigError` with ``source:line``."""
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConnectionConfigError(f"{source}{line}: YAML syntax error: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConnectionConfigError(f"{source}: YAML error: {exc}") from None
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        _lines(node, (), lines, source, set())
-    return data, lines
+        doc = load_yaml(text, source)
+    except ConfigFileError as exc:
+        raise ConnectionConfigError(str(exc)) from None
+    _no_squashed_duplicates(doc.lines, source)
+    return doc.value, doc.lines
+
+
+def _no_squashed_duplicates(lines: dict[FieldPath, int], source: str) -> None:
+    """``psk`` and ``PSK`` (or ``ike-port``/``ike_port``) are one key here: the second is a duplicate."""
+    first: dict[FieldPath, tuple[FieldPath, int]] = {}
+    for path, line in lines.items():  # file order
+        sq = tuple(squash(x) if isinstance(x, str) else x for x in path)
+        if sq in first and first[sq][0] != path:
+            dotted = ".".join(str(x) for x in path)
+            raise ConnectionConfigError(f"{source}:{line}: {dotted}: duplicate key (first at line {first[sq][1]})")
+        first.setdefault(sq, (path, line))
 
 
 def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
@@ -906,7 +892,7 @@ def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
 def load(path: str | os.PathLike[str]) -> list[ConnectionConfig]:
     """Load a YAML config file."""
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConnectionConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        text = read_text(path)
+    except ConfigFileError as exc:
+        raise ConnectionConfigError(str(exc)) from None
     return loads(text, str(path))
