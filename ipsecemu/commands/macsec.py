@@ -18,7 +18,7 @@ class _UserError(click.ClickException):
 
 
 def _config(path: str):  # type: ignore[no-untyped-def]
-    from ipsecemu.macsec.link import load_link_config
+    from ipsecemu.config.macsec_link import load_link_config
 
     try:
         return load_link_config(path)

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ipsecemu.config.macsec_link import parse_link_config
 from ipsecemu.dataplane.api import ConfigError
-from ipsecemu.macsec.link import parse_link_config, read_status
+from ipsecemu.macsec.link import read_status
 
 from .state import LabState
 from .topology import Link, Topology, phy_ifname

@@ -43,7 +43,7 @@ def load_ike(text: str) -> object:
 
 
 def load_macsec(text: str) -> object:
-    from ipsecemu.macsec.link import load_link_config
+    from ipsecemu.config.macsec_link import load_link_config
 
     path = os.path.join(_DIR, "macsec.yaml")
     with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:

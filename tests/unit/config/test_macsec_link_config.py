@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from ipsecemu.commands.macsec import macsec
+from ipsecemu.config.macsec_link import LinkConfig, parse_link_config
 from ipsecemu.dataplane.api import ConfigError
-from ipsecemu.macsec.link import LinkConfig, parse_link_config
 
 CAK = "00112233445566778899aabbccddeeff"
 BASE = {"cak": CAK, "ckn": "01"}
