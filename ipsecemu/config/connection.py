@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ipsecemu.base.errors import ConfigError
-from ipsecemu.config.kit import ConfigFileError, FieldPath, ascii_int, load_yaml, read_text
+from ipsecemu.config.kit import ConfigFileError, FieldPath, ascii_int, fmt_path, load_yaml, read_text
 from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, Lifetime
 from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
 from ipsecemu.ike.settings import CHILDLESS
@@ -30,8 +30,14 @@ from ipsecemu.ike.ts import TrafficSelector
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class ConnectionConfigError(ConfigError):
-    """Invalid connection configuration; the message starts with ``[file:line: ]field:``."""
+class ConnectionConfigError(ConfigFileError):
+    """Invalid connection configuration; the message starts with ``[file:line: ]field:``.  ``file``,
+    ``line``, ``field`` (kit form, ``a.b[0]``) and ``message`` are there separately when known."""
+
+    def __init__(self, text: str, *, file: str | None = None, line: int | None = None, field: str = "",
+                 message: str | None = None) -> None:
+        ConfigError.__init__(self, text)  # the text is already formatted (older callers give only it)
+        self.file, self.line, self.field, self.message = file, line, field, message or text
 
 
 # ---------------------------------------------------------------- dataclasses
@@ -195,10 +201,9 @@ class _Ctx:
         self.lines = {tuple(squash(x) if isinstance(x, str) else x for x in p): n for p, n in (lines or {}).items()}
 
     def error(self, path: Path_, message: str) -> ConnectionConfigError:
-        where = ""
+        where, line = "", None
         full = (*self.base, *path)
         if self.source is not None:
-            line = None
             p = tuple(squash(x) if isinstance(x, str) else x for x in full)
             while line is None:  # the nearest enclosing key with a known line
                 line = self.lines.get(p)
@@ -207,7 +212,8 @@ class _Ctx:
                 p = p[:-1]
             where = f"{self.source}:{line}: " if line else f"{self.source}: "
         dotted = ".".join(str(x) for x in full) or "<top>"
-        return ConnectionConfigError(f"{where}{dotted}: {message}")
+        return ConnectionConfigError(f"{where}{dotted}: {message}", file=self.source, line=line,
+                                     field=fmt_path(full), message=message)
 
 
 def _keyed(ctx: _Ctx, path: Path_, data: object, allowed: dict[str, str]) -> dict[str, Any]:
