@@ -858,8 +858,10 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         fragmentation=conn.fragmentation,
         fragment_size=conn.fragment_size,
         childless=conn.childless,
-        extra={"keepalive_s": conn.nat_t.keepalive, "dpd_timeout_s": conn.dpd.timeout, "child_lifetime": child, "ike_lifetime": conn.ike_lifetime,
-               "start_action": conn.start_action, "natt_port": conn.nat_t.natt_port},
+        keepalive_s=float(conn.nat_t.keepalive),
+        dpd_timeout_s=float(conn.dpd.timeout),
+        child_kilobytes=child.kilobytes,
+        child_packets=child.packets,
             **kw,
         )
     except LocalProtocolError as exc:  # e.g. local_id not in the certificate

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .consts import IdType
@@ -141,7 +141,10 @@ class IkeSaConfig:
     replay_window: int = 128
     force_encap: bool = False  # send a fake NAT-D source hash so both sides use UDP 4500
     initial_contact: bool = True
-    extra: dict = field(default_factory=dict)
+    dpd_timeout_s: float = 0.0  # a DPD exchange unanswered this long closes the SA (Azure: 45); 0: retransmits decide
+    keepalive_s: float = 20.0  # NAT keepalives on UDP 4500 while idle, sent by the gateway; 0: off
+    child_kilobytes: int = 0  # volume limits of each Child SA in the data plane (0: none)
+    child_packets: int = 0
     certs: CertAuth | None = None  # certificate authentication instead of the PSK
     fragmentation: bool = True  # RFC 7383: offer/accept IKE fragmentation
     fragment_size: int = 1280  # largest IP datagram for an IKE message before it is fragmented
