@@ -22,8 +22,11 @@ import yaml
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.config.kit import ConfigFileError, FieldPath, ascii_int, fmt_path, load_yaml, read_text
 from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, Lifetime
+from ipsecemu.ike.certs import CertAuth
+from ipsecemu.ike.consts import IdType
+from ipsecemu.ike.errors import LocalProtocolError
 from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
-from ipsecemu.ike.settings import CHILDLESS
+from ipsecemu.ike.settings import CHILDLESS, Identity, IkeSaConfig
 from ipsecemu.ike.transforms import TransformType
 from ipsecemu.ike.ts import TrafficSelector
 
@@ -41,35 +44,6 @@ class ConnectionConfigError(ConfigFileError):
 
 
 # ---------------------------------------------------------------- dataclasses
-#: IKEv2 ID types (RFC 7296 §3.5)
-ID_TYPES = {"ipv4": 1, "fqdn": 2, "rfc822": 3, "ipv6": 5, "dn": 9, "key_id": 11}
-
-
-@dataclass(frozen=True)
-class Identity:
-    type: str  # "fqdn" | "ipv4" | "ipv6" | "rfc822" | "key_id" | "dn"
-    value: str  # key_id: lowercase hex
-
-    @property
-    def type_id(self) -> int:
-        return ID_TYPES[self.type]
-
-    def data(self) -> bytes:
-        """Identification Data as sent in IDi/IDr."""
-        if self.type in ("ipv4", "ipv6"):
-            return ipaddress.ip_address(self.value).packed
-        if self.type == "key_id":
-            return bytes.fromhex(self.value)
-        if self.type == "dn":
-            from ipsecemu.ike.settings import Identity as CoreIdentity
-
-            return CoreIdentity.parse("dn:" + self.value).data
-        return self.value.encode()
-
-    def __str__(self) -> str:
-        return f"{self.type}:{self.value}"
-
-
 @dataclass(frozen=True)
 class Auth:
     method: str  # "psk" | "cert"
@@ -175,7 +149,8 @@ class ConnectionConfig:
             return self.local_id
         if self.local_address is None:
             return None
-        return Identity("ipv4" if self.local_address.version == 4 else "ipv6", str(self.local_address))
+        return Identity(IdType.IPV4_ADDR if self.local_address.version == 4 else IdType.IPV6_ADDR,
+                        self.local_address.packed)
 
 
 # ---------------------------------------------------------------- error context
@@ -274,73 +249,20 @@ def _address(ctx: _Ctx, path: Path_, v: object) -> IpAddress | None:
         raise ctx.error(path, f"not an IPv4/IPv6 address: {s!r} (use %any for any)") from None
 
 
-_ID_PREFIX = {"fqdn": "fqdn", "ipv4": "ipv4", "ipv6": "ipv6", "rfc822": "rfc822", "email": "rfc822",
-              "keyid": "key_id", "key_id": "key_id", "dn": "dn"}
-_DN_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*\s*=")
-
-
-def parse_identity(text: str) -> Identity:
-    """strongSwan-style ID: ``fqdn:``/``ipv4:``/``ipv6:``/``email:``/``keyid:``/``dn:`` prefix,
-    ``@name`` (FQDN), ``#hex`` (KEY_ID), an IP literal, ``C=CH, O=Org, CN=name`` (a distinguished
-    name, for certificates), ``user@host`` (RFC 822) or a host name (FQDN)."""
-    s = text.strip()
-    if not s:
-        raise ValueError("empty identity")
-    prefix, sep, rest = s.partition(":")
-    if (not sep or prefix.lower() not in _ID_PREFIX) and _DN_LIKE.match(s) and "@" not in s.split("=", 1)[0]:
-        prefix, sep, rest = "dn", ":", s
-    if sep and prefix.lower() in _ID_PREFIX:
-        kind, value = _ID_PREFIX[prefix.lower()], rest.strip()
-    elif s.startswith("#"):
-        kind, value = "key_id", s[1:]
-    elif s.startswith("@"):
-        kind, value = "fqdn", s[1:]
-    else:
-        try:
-            ip = ipaddress.ip_address(s)
-            return Identity(f"ipv{ip.version}", str(ip))
-        except ValueError:
-            kind, value = ("rfc822" if "@" in s else "fqdn"), s
-    if not value:
-        raise ValueError(f"{kind} identity without a value")
-    if kind in ("ipv4", "ipv6"):
-        ip = ipaddress.ip_address(value)  # ValueError names the bad address
-        if f"ipv{ip.version}" != kind:
-            raise ValueError(f"{value} is not an {kind} address")
-        value = str(ip)
-    elif kind == "key_id":
-        try:
-            value = bytes.fromhex(value.replace(":", "")).hex()
-        except ValueError:
-            raise ValueError(f"key_id must be hex, got {value!r}") from None
-    elif kind == "rfc822" and "@" not in value:
-        raise ValueError(f"rfc822 identity needs user@domain, got {value!r}")
-    elif kind == "fqdn" and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
-        raise ValueError(f"not a valid FQDN: {value!r}")
-    elif kind == "dn":
-        from ipsecemu.ike.errors import LocalProtocolError
-        from ipsecemu.ike.settings import Identity as CoreIdentity
-
-        try:
-            CoreIdentity.parse("dn:" + value)
-        except LocalProtocolError as exc:
-            raise ValueError(str(exc)) from None
-    return Identity(kind, value)
-
-
 def _identity(ctx: _Ctx, path: Path_, v: object) -> Identity:
+    """``local_id``/``remote_id``: a text form of :meth:`Identity.parse` or ``{type, value}``."""
     if isinstance(v, Mapping):
         d = _keyed(ctx, path, v, _canon("type", "value"))
         if "type" not in d or "value" not in d:
             raise ctx.error(path, "needs both type and value")
-        kind = _ID_PREFIX.get(squash(d["type"]).replace("keyid", "key_id"))
-        if kind is None:
+        kind = _str(ctx, (*path, "type"), d["type"]).lower()
+        if kind.replace("-", "_") not in ("fqdn", "ipv4", "ipv6", "rfc822", "email", "keyid", "key_id", "dn"):
             raise ctx.error((*path, "type"),
                             f"must be one of fqdn, ipv4, ipv6, rfc822, key_id, dn; got {d['type']!r}")
-        v = f"{kind}:{_str(ctx, (*path, 'value'), d['value'])}"
+        v = f"{kind.replace('-', '_')}:{_str(ctx, (*path, 'value'), d['value'])}"
     try:
-        return parse_identity(_str(ctx, path, v))
-    except ValueError as exc:
+        return Identity.parse(_str(ctx, path, v))
+    except LocalProtocolError as exc:
         raise ctx.error(path, str(exc)) from None
 
 
@@ -723,9 +645,9 @@ def to_dict(conn: ConnectionConfig, *, include_secret: bool = False) -> dict[str
         "remote_address": str(conn.remote_address) if conn.remote_address is not None else "%any",
     }
     if conn.local_id is not None:
-        d["local_id"] = str(conn.local_id)
+        d["local_id"] = conn.local_id.spec()
     if conn.remote_id is not None:
-        d["remote_id"] = str(conn.remote_id)
+        d["remote_id"] = conn.remote_id.spec()
     if conn.auth.method == "psk":
         if include_secret:
             try:
@@ -806,21 +728,15 @@ def summary(conns: list[ConnectionConfig]) -> str:
 
 
 # ---------------------------------------------------------------- to the IKE core
-def to_ike_sa_config(conn: ConnectionConfig) -> Any:
+def to_ike_sa_config(conn: ConnectionConfig) -> IkeSaConfig:
     """The IKE core's view (:class:`ipsecemu.ike.settings.IkeSaConfig`) of a connection.
 
     With ``auth: {method: cert}`` the certificate, key and CA files are read here (a clear
     :class:`ConnectionConfigError` names the file if one is missing or unreadable); without a
     ``local_id`` we use the certificate's subject DN, as strongSwan does.
     """
-    from ipsecemu.ike.errors import LocalProtocolError
-    from ipsecemu.ike.settings import Identity as CoreIdentity
-    from ipsecemu.ike.settings import IkeSaConfig
-
     certs = None
     if conn.auth.method == "cert":
-        from ipsecemu.ike.certs import CertAuth
-
         if not conn.auth.ca:
             raise ConnectionConfigError(f"{conn.name}: auth: method cert needs ca (the CA that issued the peer's "
                                         "certificate)")
@@ -829,12 +745,12 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         except LocalProtocolError as exc:
             raise ConnectionConfigError(f"{conn.name}: auth: {exc}") from None
     if conn.local_id is None and certs is not None:
-        core_local = CoreIdentity(9, certs.dn)
+        core_local = Identity(IdType.DER_ASN1_DN, certs.dn)
     else:
         local_id = conn.effective_local_id()
         if local_id is None:
             raise ConnectionConfigError(f"{conn.name}: local_id: needed when local_address is %any")
-        core_local = CoreIdentity(local_id.type_id, local_id.data())
+        core_local = local_id
     child = conn.child_lifetime
     kw = {"certs": certs} if certs is not None else {}
     try:
@@ -842,7 +758,7 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         name=conn.name,
         psk=conn.auth.secret,
         local_id=core_local,
-        remote_id=CoreIdentity(conn.remote_id.type_id, conn.remote_id.data()) if conn.remote_id else None,
+        remote_id=conn.remote_id,
         ike_proposals=list(conn.ike_proposals),
         esp_proposals=list(conn.esp_proposals),
         local_ts=list(conn.local_ts),

@@ -18,15 +18,15 @@ from ipsecemu.config.connection import (
     AZURE_IPSEC_INTEGRITY,
     AZURE_PFS_GROUP,
     ConnectionConfigError,
-    Identity,
     load,
     loads,
     parse_config,
     parse_connection,
-    parse_identity,
     parse_ts,
 )
 from ipsecemu.dataplane.api import EspSaConfig
+from ipsecemu.ike.consts import IdType
+from ipsecemu.ike.settings import Identity
 
 BASE = {"remote_address": "10.51.230.4", "local_address": "172.24.127.211", "psk": "abc123"}
 DOCS_POLICY = {  # the az CLI example from the Azure docs (scenarios S6)
@@ -207,7 +207,7 @@ def test_defaults() -> None:
     assert c.ike_lifetime.seconds == 28800
     assert c.replay_window == 128 and (c.nat_t.ike_port, c.nat_t.natt_port) == (500, 4500)
     assert (c.dpd.interval, c.dpd.timeout) == (10, 45)
-    assert c.effective_local_id() == Identity("ipv4", "172.24.127.211")
+    assert c.effective_local_id() == Identity.parse("ipv4:172.24.127.211")
     assert ss(c.ike_proposals)[0] == "aes256gcm16-prfsha384-ecp384" and not c.esn
 
 
@@ -250,10 +250,11 @@ def test_identities() -> None:
         "#cafe": ("key_id", "cafe", b"\xca\xfe", 11),
     }
     for text, (kind, value, data, tid) in cases.items():
-        i = parse_identity(text)
-        assert (i.type, i.value, i.data(), i.type_id) == (kind, value, data, tid), text
+        i = Identity.parse(text)
+        assert (i.type, i.value, i.data, i.type_id) == (kind, value, data, tid), text
+        assert Identity.parse(i.spec()) == i
     c = conn(local_id={"type": "KEY_ID", "value": "0102"}, remote_id="fqdn:azure.example")
-    assert c.local_id == Identity("key_id", "0102") and c.remote_id == Identity("fqdn", "azure.example")
+    assert c.local_id == Identity(IdType.KEY_ID, b"\x01\x02") and c.remote_id == Identity(IdType.FQDN, b"azure.example")
     for bad, msg in [("ipv4:2001:db8::1", "not an ipv4"), ("keyid:xyz", "hex"), ("rfc822:nobody", "user@domain"),
                      ("fqdn:", "without a value"), ("bad host!", "not a valid FQDN")]:
         with pytest.raises(ConnectionConfigError, match=msg):
