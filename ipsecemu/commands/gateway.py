@@ -17,7 +17,7 @@ def gateway() -> None:
 
 
 def _load(config: str, state_dir: str | None):  # type: ignore[no-untyped-def]
-    from ipsecemu.gateway.config import ConnectionConfigError, load
+    from ipsecemu.config.gateway import ConnectionConfigError, load
 
     try:
         return load(config, state_dir=state_dir)
@@ -31,7 +31,7 @@ def _load(config: str, state_dir: str | None):  # type: ignore[no-untyped-def]
               help="Where the pid file, log and control socket live (default /run/ipsecemu/<lab>/<node>).")
 def check(config: str, state_dir: str | None) -> None:
     """Validate CONFIG and print a summary (secrets are never shown)."""
-    from ipsecemu.gateway.config import summary
+    from ipsecemu.config.gateway import summary
 
     click.echo(summary(_load(config, state_dir)), nl=False)
 

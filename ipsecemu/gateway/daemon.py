@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.config import connection as ikecfg
-from ipsecemu.gateway.config import GatewayConfig, GatewayConnection
+from ipsecemu.config.gateway import GatewayConfig, GatewayConnection
 from ipsecemu.gateway.control import ControlError, ControlServer
 from ipsecemu.gateway.datapath import ConnectionDatapath, Port
 from ipsecemu.ike.endpoint import IkeEndpoint

@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipsecemu.config.gateway import GatewayConnection, Network
 from ipsecemu.dataplane import BackendUnavailable
 from ipsecemu.dataplane import backend as dataplane_backend
 from ipsecemu.dataplane.api import ConfigError, EspSaConfig, SaCounters, Verdict
-from ipsecemu.gateway.config import GatewayConnection, Network
 from ipsecemu.ike.events import ChildSaKeys
 from ipsecemu.io.tunnel import networks, open_tun
 from ipsecemu.lab.netns import netlink

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ipsecemu.base.errors import ConfigError
+from ipsecemu.config import gateway as gwconfig
 from ipsecemu.config.connection import ConnectionConfigError, _Ctx, parse_connection, to_ike_sa_config
 from ipsecemu.config.kit import ConfigFileError, Doc, FieldPath, fmt_path
 from ipsecemu.config.macsec_link import parse_link_config
-from ipsecemu.gateway import config as gwconfig
 from ipsecemu.lab import svc_vpn
 from ipsecemu.lab.topology import Topology, TopologyError, _doc, _read, validate
 

@@ -83,7 +83,7 @@ def charon_dir(state: LabState, node: str) -> Path:
 
 
 def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]:
-    """``ipsecemu gateway run`` config (see ipsecemu.gateway.config) for an ipsecemu node."""
+    """``ipsecemu gateway run`` config (see ipsecemu.config.gateway) for an ipsecemu node."""
     conns: dict[str, Any] = {}
     for c in node_conns(topo, node):
         side = c.side_config(node)

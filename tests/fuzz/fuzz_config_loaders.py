@@ -20,8 +20,8 @@ from fuzzlib import atheris_main  # noqa: E402
 
 from ipsecemu.base.errors import ConfigError  # noqa: E402
 from ipsecemu.config import connection  # noqa: E402
+from ipsecemu.config import gateway as gwconfig  # noqa: E402
 from ipsecemu.config.macsec_link import load_link_config  # noqa: E402
-from ipsecemu.gateway import config as gwconfig  # noqa: E402
 from ipsecemu.lab import check, topology  # noqa: E402
 
 _DIR = tempfile.mkdtemp(prefix="fuzz-cfg-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)

@@ -114,7 +114,7 @@ def pcap() -> None:
 
 def config() -> None:
     from ipsecemu.config import connection as ikecfg
-    from ipsecemu.gateway import config as gw
+    from ipsecemu.config import gateway as gw
     from ipsecemu.lab import svc_vpn, topology
 
     items = []

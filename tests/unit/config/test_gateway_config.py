@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.gateway.config import ConnectionConfigError, loads
+from ipsecemu.config.gateway import ConnectionConfigError, loads
 
 from support.gateway_config import GOOD, run_in  # noqa: F401
 

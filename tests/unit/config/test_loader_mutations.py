@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.config import connection
+from ipsecemu.config import gateway as gwconfig
 from ipsecemu.config.kit import ConfigFileError, load_yaml
 from ipsecemu.config.macsec_link import load_link_config
-from ipsecemu.gateway import config as gwconfig
 from ipsecemu.lab import check, topology
 
 from support.gateway_config import GOOD  # noqa: E402

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from ipsecemu.gateway import config as gwconfig
+from ipsecemu.config import gateway as gwconfig
 from ipsecemu.lab import svc_vpn, topology
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.lab.state import LabState
