@@ -19,8 +19,19 @@ from typing import Any
 
 import yaml
 
-from ipsecemu.base.errors import ConfigError
-from ipsecemu.config.kit import ConfigFileError, FieldPath, ascii_int, fmt_path, load_yaml, read_text
+from ipsecemu.config.azure_policy import AzurePolicy, azure_policy
+from ipsecemu.config.fields import (
+    ConnectionConfigError,
+    Path_,
+    _bool,
+    _canon,
+    _Ctx,
+    _int,
+    _keyed,
+    _str,
+    squash,
+)
+from ipsecemu.config.kit import ConfigFileError, FieldPath, load_yaml, read_text
 from ipsecemu.dataplane.api import MAX_REPLAY_WINDOW, Lifetime
 from ipsecemu.ike.certs import CertAuth
 from ipsecemu.ike.consts import IdType
@@ -31,16 +42,6 @@ from ipsecemu.ike.transforms import TransformType
 from ipsecemu.ike.ts import TrafficSelector
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class ConnectionConfigError(ConfigFileError):
-    """Invalid connection configuration; the message starts with ``[file:line: ]field:``.  ``file``,
-    ``line``, ``field`` (kit form, ``a.b[0]``) and ``message`` are there separately when known."""
-
-    def __init__(self, text: str, *, file: str | None = None, line: int | None = None, field: str = "",
-                 message: str | None = None) -> None:
-        ConfigError.__init__(self, text)  # the text is already formatted (older callers give only it)
-        self.file, self.line, self.field, self.message = file, line, field, message or text
 
 
 # ---------------------------------------------------------------- dataclasses
@@ -102,20 +103,6 @@ class NatT:
 
 
 @dataclass(frozen=True)
-class AzurePolicy:
-    """The Azure ``--ipsec-policy`` values as given (canonical spelling)."""
-
-    ike_encryption: str
-    ike_integrity: str
-    dh_group: str
-    ipsec_encryption: str
-    ipsec_integrity: str
-    pfs_group: str
-    sa_lifetime_seconds: int = 3600
-    sa_datasize_kilobytes: int = 102400000
-
-
-@dataclass(frozen=True)
 class ConnectionConfig:
     name: str
     local_address: IpAddress | None  # None = any (responder)
@@ -151,91 +138,6 @@ class ConnectionConfig:
             return None
         return Identity(IdType.IPV4_ADDR if self.local_address.version == 4 else IdType.IPV6_ADDR,
                         self.local_address.packed)
-
-
-# ---------------------------------------------------------------- error context
-def squash(key: object) -> str:
-    """Key normal form: lower case without ``-``, ``_`` or spaces."""
-    return re.sub(r"[-_ ]", "", str(key)).lower()
-
-
-Path_ = tuple[str | int, ...]
-
-
-class _Ctx:
-    """Where the data came from: file name and the YAML line of every (squashed) key path.
-
-    ``base`` is where the connection sits in the file (a lab file's ``vpn.connections[i].config``):
-    errors name the user's path, lines are looked up under it.
-    """
-
-    def __init__(self, source: str | None = None, lines: dict[FieldPath, int] | None = None,
-                 base: FieldPath = ()) -> None:
-        self.source = source
-        self.base = base
-        self.lines = {tuple(squash(x) if isinstance(x, str) else x for x in p): n for p, n in (lines or {}).items()}
-
-    def error(self, path: Path_, message: str) -> ConnectionConfigError:
-        where, line = "", None
-        full = (*self.base, *path)
-        if self.source is not None:
-            p = tuple(squash(x) if isinstance(x, str) else x for x in full)
-            while line is None:  # the nearest enclosing key with a known line
-                line = self.lines.get(p)
-                if not p:
-                    break
-                p = p[:-1]
-            where = f"{self.source}:{line}: " if line else f"{self.source}: "
-        dotted = ".".join(str(x) for x in full) or "<top>"
-        return ConnectionConfigError(f"{where}{dotted}: {message}", file=self.source, line=line,
-                                     field=fmt_path(full), message=message)
-
-
-def _keyed(ctx: _Ctx, path: Path_, data: object, allowed: dict[str, str]) -> dict[str, Any]:
-    """Check a mapping's keys against ``allowed`` (squashed -> canonical); return canonical dict."""
-    if not isinstance(data, Mapping):
-        raise ctx.error(path, f"must be a mapping, got {type(data).__name__}")
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        canon = allowed.get(squash(k))
-        if canon is None:
-            names = ", ".join(sorted(set(allowed.values())))
-            raise ctx.error((*path, str(k)), f"unknown key; allowed: {names}")
-        if canon in out:
-            raise ctx.error((*path, str(k)), f"duplicate of {canon}")
-        out[canon] = v
-    return out
-
-
-def _canon(*names: str, **aliases: str) -> dict[str, str]:
-    table = {squash(n): n for n in names}
-    table.update({squash(a): n for a, n in aliases.items()})
-    return table
-
-
-def _int(ctx: _Ctx, path: Path_, v: object, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and ascii_int(v) is not None:
-            v = ascii_int(v)
-        else:
-            raise ctx.error(path, f"must be an integer, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        raise ctx.error(path, f"must be in {lo}..{hi if hi is not None else 'inf'}, got {v}")
-    return v
-
-
-def _bool(ctx: _Ctx, path: Path_, v: object) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("yes", "true", "no", "false"):
-        return v.lower() in ("yes", "true")
-    raise ctx.error(path, f"must be true or false, got {v!r}")
-
-
-def _str(ctx: _Ctx, path: Path_, v: object) -> str:
-    if isinstance(v, str | int | float) and not isinstance(v, bool):
-        return str(v)
-    raise ctx.error(path, f"must be a string, got {type(v).__name__}")
 
 
 # ---------------------------------------------------------------- field parsers
@@ -395,84 +297,6 @@ def _lifetime(ctx: _Ctx, path: Path_, v: object, default: SaLifetime) -> SaLifet
         margin, jitter,
         _int(ctx, (*path, "rekey_margin_percent"), d.get("rekey_margin_percent", default.rekey_margin_percent), 0, 99),
     )
-
-
-# ---------------------------------------------------------------- Azure ipsec-policy names
-_NO = None  # marks "None" (no algorithm)
-AZURE_IKE_ENCRYPTION = {"DES": "des", "DES3": "3des", "AES128": "aes128", "AES192": "aes192", "AES256": "aes256",
-                        "GCMAES128": "aes128gcm16", "GCMAES256": "aes256gcm16"}
-#: IKE integrity -> (integrity keyword or None for GCM, PRF keyword).  Azure uses the IKE integrity
-#: algorithm as the PRF too; with GCM we pick the SHA-2 PRF matching the key size.
-AZURE_IKE_INTEGRITY = {"MD5": ("md5", "prfmd5"), "SHA1": ("sha1", "prfsha1"), "SHA256": ("sha256", "prfsha256"),
-                       "SHA384": ("sha384", "prfsha384"), "GCMAES128": (None, "prfsha256"),
-                       "GCMAES256": (None, "prfsha384")}
-AZURE_DH_GROUP = {"None": _NO, "DHGroup1": "modp768", "DHGroup2": "modp1024", "DHGroup14": "modp2048",
-                  "DHGroup2048": "modp2048", "DHGroup24": "modp2048s256", "ECP256": "ecp256", "ECP384": "ecp384"}
-AZURE_IPSEC_ENCRYPTION = {"None": "null", "DES": "des", "DES3": "3des", "AES128": "aes128", "AES192": "aes192",
-                          "AES256": "aes256", "GCMAES128": "aes128gcm16", "GCMAES192": "aes192gcm16",
-                          "GCMAES256": "aes256gcm16"}
-AZURE_IPSEC_INTEGRITY = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256", "GCMAES128": _NO, "GCMAES192": _NO,
-                         "GCMAES256": _NO}
-AZURE_PFS_GROUP = {"None": _NO, "PFS1": "modp768", "PFS2": "modp1024", "PFS2048": "modp2048",
-                   "PFS14": "modp2048", "PFS24": "modp2048s256", "ECP256": "ecp256", "ECP384": "ecp384",
-                   "PFSMM": "PFSMM"}
-_AZURE_KEYS = _canon("ike_encryption", "ike_integrity", "dh_group", "ipsec_encryption", "ipsec_integrity",
-                     "pfs_group", "sa_lifetime_seconds", "sa_datasize_kilobytes",
-                     sa_life_time_seconds="sa_lifetime_seconds", sa_lifetime_in_seconds="sa_lifetime_seconds",
-                     sa_data_size_kilobytes="sa_datasize_kilobytes",
-                     sa_data_size_in_kilobytes="sa_datasize_kilobytes")
-_AZURE_TABLES = {"ike_encryption": AZURE_IKE_ENCRYPTION, "ike_integrity": AZURE_IKE_INTEGRITY,
-                 "dh_group": AZURE_DH_GROUP, "ipsec_encryption": AZURE_IPSEC_ENCRYPTION,
-                 "ipsec_integrity": AZURE_IPSEC_INTEGRITY, "pfs_group": AZURE_PFS_GROUP}
-
-
-def _azure_value(ctx: _Ctx, path: Path_, key: str, v: object) -> str:
-    table = _AZURE_TABLES[key]
-    s = _str(ctx, path, v)
-    for name in table:
-        if squash(name) == squash(s):
-            if table[name] in ("des",):
-                raise ctx.error(path, f"{name} (single DES) is not supported by ipsecemu: it is broken and our "
-                                      "crypto does not implement it; use DES3, AES or GCMAES")
-            return name
-    raise ctx.error(path, f"must be one of {', '.join(table)}; got {s!r}")
-
-
-def azure_policy(ctx: _Ctx, path: Path_, v: object) -> tuple[AzurePolicy, list[Proposal], list[Proposal]]:
-    """Azure ``--ipsec-policy`` names -> (policy, IKE proposals, ESP proposals)."""
-    d = _keyed(ctx, path, v, _AZURE_KEYS)
-    for k in _AZURE_TABLES:
-        if k not in d:
-            raise ctx.error(path, f"missing {k} (Azure needs all six: {', '.join(_AZURE_TABLES)})")
-    vals = {k: _azure_value(ctx, (*path, k), k, d[k]) for k in _AZURE_TABLES}
-    policy = AzurePolicy(
-        **vals,
-        sa_lifetime_seconds=_int(ctx, (*path, "sa_lifetime_seconds"), d.get("sa_lifetime_seconds", 3600), 1),
-        sa_datasize_kilobytes=_int(ctx, (*path, "sa_datasize_kilobytes"),
-                                   d.get("sa_datasize_kilobytes", 102400000), 1),
-    )
-    ie, ii = policy.ike_encryption, policy.ike_integrity
-    if ii.startswith("GCMAES") and ie != ii:
-        raise ctx.error((*path, "ike_integrity"), f"{ii} requires ike_encryption {ii}, got {ie}")
-    pe, pi = policy.ipsec_encryption, policy.ipsec_integrity
-    if pi.startswith("GCMAES") and pe != pi:
-        raise ctx.error((*path, "ipsec_integrity"), f"{pi} requires ipsec_encryption {pi}, got {pe}")
-    if pe.startswith("GCMAES") and pi != pe:
-        raise ctx.error((*path, "ipsec_encryption"), f"{pe} requires ipsec_integrity {pe}, got {pi}")
-    dh = AZURE_DH_GROUP[policy.dh_group]
-    if dh is None:
-        raise ctx.error((*path, "dh_group"), "None is not possible with IKEv2 (IKE_SA_INIT always runs a "
-                                             "key exchange); choose DHGroup14, DHGroup24, ECP256 or ECP384")
-    integ, prf = AZURE_IKE_INTEGRITY[ii]
-    ike = "-".join(x for x in (AZURE_IKE_ENCRYPTION[ie], integ if not ie.startswith("GCMAES") else None, prf, dh)
-                   if x)
-    pfs = AZURE_PFS_GROUP[policy.pfs_group]
-    pfs = dh if pfs == "PFSMM" else pfs
-    esp = "-".join(x for x in (AZURE_IPSEC_ENCRYPTION[pe], AZURE_IPSEC_INTEGRITY[pi], pfs) if x)
-    try:
-        return policy, parse_proposals(ike, "ike"), parse_proposals(esp, "esp")
-    except ProposalError as exc:  # pragma: no cover - the tables above only produce valid strings
-        raise ctx.error(path, str(exc)) from None
 
 
 # ---------------------------------------------------------------- connection

@@ -10,13 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsecemu.config.connection import (
+from ipsecemu.config.azure_policy import (
     AZURE_DH_GROUP,
     AZURE_IKE_ENCRYPTION,
     AZURE_IKE_INTEGRITY,
     AZURE_IPSEC_ENCRYPTION,
     AZURE_IPSEC_INTEGRITY,
     AZURE_PFS_GROUP,
+)
+from ipsecemu.config.connection import (
     ConnectionConfigError,
     load,
     loads,
