@@ -12,7 +12,7 @@ LAB ?= netns-labs/er-vwan.yaml
 LAB_NAME ?= $(shell sed -n 's/^name: *\([A-Za-z0-9_.-]*\).*/\1/p' $(LAB) | head -n 1)
 BIN_LINK := /usr/local/bin/ipsecemu
 
-.PHONY: deps apt-deps venv build build-asan fuzz-native test lint bench lab cli-link lab-down capture interop bench-lab bench-macsec clean
+.PHONY: deps apt-deps venv build build-asan fuzz fuzz-native test lint bench lab cli-link lab-down capture interop bench-lab bench-macsec clean
 
 deps: apt-deps venv
 
@@ -38,6 +38,9 @@ build: venv
 
 build-asan: venv
 	@$(PY) native/build.py --asan
+
+# Every fuzz target, FUZZ_SECONDS each (10 targets x 30 s = 5 min by default); fails on the first finding.
+fuzz: fuzz-native fuzz-python
 
 # libFuzzer harnesses of the C code (native/fuzz): each runs FUZZ_SECONDS; a finding fails the target
 # and leaves its input in native/out/fuzz-findings/.  New coverage goes to native/out/fuzz-work/.
