@@ -6,7 +6,7 @@ certificates (``config.certs``, see :mod:`ipsecemu.ike.certs`): CERT + AUTH sign
 CERTREQ naming our CAs, the peer's chain and signature checked, its ID checked against its
 certificate.  Both sides use the same method; a mismatch is AUTHENTICATION_FAILED.
 
-A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
+A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the state and plumbing of ``core.SaCore`` (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from .base import (
     _strip_ke,
     to_wire,
 )
+from .core import SaCore
 
 
-class IkeAuthTask:
+class IkeAuthTask(SaCore):
     # --- IKE_AUTH ---------------------------------------------------------------------------------
 
     def _psk_auth(self, psk: bytes, signed: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
@@ -46,11 +47,11 @@ class IkeAuthTask:
         return init_msg + nonce + crypto.prf(self._prf_id, sk_p, id_body)
 
     def _auth_payloads(self, cfg: IkeSaConfig, init_msg: bytes, nonce: bytes, sk_p: bytes, id_body: bytes,
-                       certreq: bool) -> tuple[list, m.Auth]:
+                       certreq: bool) -> tuple[list[m.AnyPayload], m.Auth]:
         """(CERT / CERTREQ payloads, AUTH payload) proving our identity with ``cfg``'s credentials."""
         if cfg.certs is None:
             return [], m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, init_msg, nonce, sk_p, id_body))
-        extra: list = [m.Cert(Payload.CERT, x509auth.CERT_X509_SIGNATURE, d) for d in cfg.certs.cert_payload_data()]
+        extra: list[m.AnyPayload] = [m.Cert(Payload.CERT, x509auth.CERT_X509_SIGNATURE, d) for d in cfg.certs.cert_payload_data()]
         if certreq and cfg.certs.cas:
             extra.append(m.Cert(Payload.CERTREQ, x509auth.CERT_X509_SIGNATURE, cfg.certs.certreq_data()))
         method, data = cfg.certs.sign(self._signed_octets(init_msg, nonce, sk_p, id_body),
@@ -87,7 +88,7 @@ class IkeAuthTask:
         cfg = self.config
         idi = m.ID(Payload.IDi, cfg.local_id.id_type, cfg.local_id.data)
         extra, auth = self._auth_payloads(cfg, self._init_req, self.nr, self.keys.sk_pi, idi.body(), True)
-        payloads: list = [idi, *extra]
+        payloads: list[m.AnyPayload] = [idi, *extra]
         if cfg.remote_id is not None:
             payloads.append(m.ID(Payload.IDr, cfg.remote_id.id_type, cfg.remote_id.data))
         payloads.append(auth)
@@ -109,8 +110,8 @@ class IkeAuthTask:
         self._set_state(IkeState.AUTH_SENT)
         self._send_request(now, Exchange.IKE_AUTH, payloads, self._on_auth_response, "auth")
 
-    def _child_request_payloads(self, neg: _ChildNeg) -> list:
-        out: list = []
+    def _child_request_payloads(self, neg: _ChildNeg) -> list[m.AnyPayload]:
+        out: list[m.AnyPayload] = []
         if self.config.mode == "transport":
             out.append(m.Notification(Notify.USE_TRANSPORT_MODE))
         out.append(m.SA(to_wire(neg.proposals, neg.inbound_spi.to_bytes(4, "big"))))
@@ -171,7 +172,7 @@ class IkeAuthTask:
         self.peer_initial_contact = msg.notify(Notify.INITIAL_CONTACT) is not None
         idr = m.ID(Payload.IDr, cfg.local_id.id_type, cfg.local_id.data)
         extra, auth_p = self._auth_payloads(cfg, self._init_resp, self.ni, self.keys.sk_pr, idr.body(), False)
-        payloads: list = [idr, *extra, auth_p]
+        payloads: list[m.AnyPayload] = [idr, *extra, auth_p]
         if msg.first(m.SA) is None and msg.first(m.TS, Payload.TSi) is None and msg.first(m.TS, Payload.TSr) is None:
             if not self.childless_ok:
                 # RFC 6023: no Child SA although we did not announce support
