@@ -264,18 +264,21 @@ class MacsecCipher:
     xpn: bool
     c_enum: int  # enum ie_macsec_cipher
     suite_id: int  # 802.1AE Cipher Suite identifier (MKA announces it)
+    azure: str  # Azure ExpressRoute Direct's macSecConfig cipher name
 
 
 _MACSEC_LIST: list[MacsecCipher] = [
-    MacsecCipher("gcm-aes-128", 16, False, 1, 0x0080C20001000001),
-    MacsecCipher("gcm-aes-256", 32, False, 2, 0x0080C20001000002),
-    MacsecCipher("gcm-aes-xpn-128", 16, True, 3, 0x0080C20001000003),
-    MacsecCipher("gcm-aes-xpn-256", 32, True, 4, 0x0080C20001000004),
+    MacsecCipher("gcm-aes-128", 16, False, 1, 0x0080C20001000001, "GcmAes128"),
+    MacsecCipher("gcm-aes-256", 32, False, 2, 0x0080C20001000002, "GcmAes256"),
+    MacsecCipher("gcm-aes-xpn-128", 16, True, 3, 0x0080C20001000003, "GcmAesXpn128"),
+    MacsecCipher("gcm-aes-xpn-256", 32, True, 4, 0x0080C20001000004, "GcmAesXpn256"),
 ]
 MACSEC: dict[str, MacsecCipher] = {c.name: c for c in _MACSEC_LIST}
 #: name -> (SAK length, XPN)
 MACSEC_CIPHERS: dict[str, tuple[int, bool]] = {c.name: (c.key_len, c.xpn) for c in _MACSEC_LIST}
 C_MACSEC_CIPHER: dict[str, int] = {c.name: c.c_enum for c in _MACSEC_LIST}
+#: name -> Azure's cipher name (ExpressRoute Direct macSecConfig)
+AZURE_MACSEC_CIPHER: dict[str, str] = {c.name: c.azure for c in _MACSEC_LIST}
 
 
 # ---------------------------------------------------------------- Wireshark names without an entry above

@@ -16,7 +16,7 @@ def gateway() -> None:
 
 
 def _load(config: str, state_dir: str | None):  # type: ignore[no-untyped-def]
-    from ipsecemu.gateway.config import load  # lazy: CLI start-up
+    from ipsecemu.config.gateway import load  # lazy: CLI start-up
 
     return load(config, state_dir=state_dir)  # ConnectionConfigError is a ConfigError: status 2
 
@@ -27,7 +27,7 @@ def _load(config: str, state_dir: str | None):  # type: ignore[no-untyped-def]
               help="Where the pid file, log and control socket live (default /run/ipsecemu/<lab>/<node>).")
 def check(config: str, state_dir: str | None) -> None:
     """Validate CONFIG and print a summary (secrets are never shown)."""
-    from ipsecemu.gateway.config import summary  # lazy: CLI start-up
+    from ipsecemu.config.gateway import summary  # lazy: CLI start-up
 
     click.echo(summary(_load(config, state_dir)), nl=False)
 

@@ -95,12 +95,12 @@ def _quiet_swallowed_interrupt(u: Any) -> None:
 @click.option("--smoke", is_flag=True, help="After building, ping between every pair of host nodes.")
 def up(file: str, name: str | None, smoke: bool) -> None:
     """Build the lab described by FILE (YAML) in network namespaces."""
-    from ipsecemu.lab import builder, topology  # lazy: CLI start-up
+    from ipsecemu.lab import builder, check  # lazy: CLI start-up
     from ipsecemu.lab.errors import BuildError  # lazy: CLI start-up
 
     try:  # validate before anything else: a broken file never touches the system
-        topo = topology.load(file, name=name)
-    except TopologyError as exc:  # until lab/ derives TopologyError from ConfigError
+        topo = check.check_file(file, name=name)
+    except TopologyError as exc:
         _fail(str(exc), ConfigError)
     _need_root("lab up")
     global _MAIN_PID
@@ -152,6 +152,22 @@ def up(file: str, name: str | None, smoke: bool) -> None:
         _next_steps(topo)
     if not ok:
         _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')", CheckFailed)
+
+
+@lab.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_(file: str) -> None:
+    """Validate FILE as 'lab up' would (topology, VPN connections, MACsec links, routes), without root
+    and without touching the system."""
+    from ipsecemu.lab import check  # lazy: keeps 'ipsecemu --help' fast (pulls in the IKE config stack)
+
+    try:
+        topo = check.check_file(file)
+    except TopologyError as exc:
+        _fail(str(exc), ConfigError)
+    macsec = sum(lk.macsec is not None for lk in topo.links)
+    click.echo(f"{file}: lab {topo.name} OK: {len(topo.nodes)} nodes, {len(topo.links)} links "
+               f"({macsec} MACsec), {len(topo.segments)} segment(s), {len(topo.vpn)} VPN connection(s)")
 
 
 def _next_steps(topo: Any) -> None:

@@ -16,7 +16,7 @@ from ipsecemu.commands.base import Group
 
 
 def _config(path: str):  # type: ignore[no-untyped-def]
-    from ipsecemu.macsec.link import load_link_config  # lazy: CLI start-up
+    from ipsecemu.config.macsec_link import load_link_config  # lazy: CLI start-up
 
     try:
         return load_link_config(path)
@@ -58,8 +58,8 @@ def run(config_path: str, tap: str, phy: str, status_path: str | None, keys_path
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # no-op under cli.main
     if verbose:
-        logging.getLogger("ipsecemu.macsec.link").setLevel(logging.INFO)
-    from ipsecemu.macsec.link import LinkDaemon  # lazy: CLI start-up
+        logging.getLogger("ipsecemu.macsec_link.daemon").setLevel(logging.INFO)
+    from ipsecemu.macsec_link.daemon import LinkDaemon  # lazy: CLI start-up
 
     daemon = LinkDaemon(cfg, tap, phy, status_path=status_path, keys_path=keys_path, batch=batch)
     try:
@@ -78,7 +78,7 @@ def check(config_path: str) -> None:
 
 
 def _status(path: str) -> dict[str, Any]:
-    from ipsecemu.macsec.link import read_status  # lazy: CLI start-up
+    from ipsecemu.macsec_link.daemon import read_status  # lazy: CLI start-up
 
     p = Path(path)
     if p.is_dir():

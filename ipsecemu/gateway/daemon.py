@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import ServiceError
-from ipsecemu.gateway.config import GatewayConfig, GatewayConnection
+from ipsecemu.config import connection as ikecfg
+from ipsecemu.config.gateway import GatewayConfig, GatewayConnection
 from ipsecemu.gateway.control import ControlServer
 from ipsecemu.gateway.datapath import ConnectionDatapath, Port
-from ipsecemu.ike import config as ikecfg
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.errors import LocalProtocolError
 from ipsecemu.ike.events import (

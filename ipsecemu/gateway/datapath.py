@@ -29,9 +29,9 @@ from typing import Any
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import EspSaConfig, SaCounters, Verdict
+from ipsecemu.config.gateway import GatewayConnection, Network
 from ipsecemu.dataplane import BackendUnavailable
 from ipsecemu.dataplane import backend as dataplane_backend
-from ipsecemu.gateway.config import GatewayConnection, Network
 from ipsecemu.ike.events import ChildSaKeys
 from ipsecemu.io.tunnel import networks
 from ipsecemu.net.netns import netlink

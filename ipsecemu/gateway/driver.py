@@ -9,7 +9,7 @@ import logging
 import socket
 from typing import Any
 
-from ipsecemu.gateway.config import GatewayConfig
+from ipsecemu.config.gateway import GatewayConfig
 from ipsecemu.gateway.datapath import ConnectionDatapath, Port
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.errors import ParseError

@@ -49,7 +49,7 @@ class Timers(GatewayState):
             driver = local.transport.driver
             ike_sent = driver.last_sent if isinstance(driver, EventsFirst) else {}
             for sa in local.endpoint.sas.values():
-                interval = float(sa.config.extra.get("keepalive_s", 20) or 0)
+                interval = sa.config.keepalive_s
                 if sa.state != IkeState.ESTABLISHED or not sa.encap or interval <= 0:
                     continue
                 key = (sa.spi_i, sa.spi_r)

@@ -9,7 +9,7 @@ clock the caller likes).  Randomness (SPIs, nonces, DH private keys, IVs, rekey 
 
 ``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10, max_half_open=1000)``
 (``ipsecemu.ike.endpoint``; not re-exported here, endpoint.py imports this module) -- what a transport drives.  ``configs`` are ``settings.IkeSaConfig``
-(``ike.config.to_ike_sa_config`` builds them from YAML).  It owns every IKE SA of one local
+(``config.connection.to_ike_sa_config`` builds them from YAML).  It owns every IKE SA of one local
 address; routes datagrams by SPI; answers IKE_SA_INIT requests (responder role: the config
 naming the peer address / matching the offered IKE proposal, switched in IKE_AUTH by the peer's
 identity); sends stateless COOKIEs once ``cookie_threshold`` SAs are half-open and answers
@@ -140,7 +140,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         times = []
         if self._pending is not None:
             times.append(self._pending.next_at)
-            dpd_timeout = float(self.config.extra.get("dpd_timeout_s", 0) or 0)
+            dpd_timeout = self.config.dpd_timeout_s
             if self._pending.kind == "dpd" and dpd_timeout:
                 times.append(self._pending.started + dpd_timeout)
         if self._half_open_deadline is not None:
@@ -168,7 +168,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._close(now, "timeout")
             return
         p = self._pending
-        dpd_timeout = float(self.config.extra.get("dpd_timeout_s", 0) or 0)
+        dpd_timeout = self.config.dpd_timeout_s
         if p is not None and p.kind == "dpd" and dpd_timeout and now >= p.started + dpd_timeout:
             self._close(now, "dpd")  # e.g. Azure: peer declared dead after 45 s without an answer
             return

@@ -1,6 +1,6 @@
 """What one IKE SA needs to know (the core's own view of a connection).
 
-``ipsecemu.ike.config`` (YAML / Azure policies) builds these; tests build them with
+``ipsecemu.config.connection`` (YAML / Azure policies) builds these; tests build them with
 ``IkeSaConfig.simple(...)`` from strongSwan-style strings.
 """
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -25,38 +24,89 @@ CHILDLESS = ("never", "allow", "force")
 _DN_START = re.compile(r"^\s*[A-Za-z][A-Za-z0-9.]*\s*=")
 
 
+# ID prefixes (case-insensitive) and the names used in config files and messages
+_ID_PREFIX = {"fqdn": IdType.FQDN, "ipv4": IdType.IPV4_ADDR, "ipv6": IdType.IPV6_ADDR, "rfc822": IdType.RFC822_ADDR,
+              "email": IdType.RFC822_ADDR, "keyid": IdType.KEY_ID, "key_id": IdType.KEY_ID, "dn": IdType.DER_ASN1_DN}
+ID_NAMES: dict[int, str] = {IdType.FQDN: "fqdn", IdType.IPV4_ADDR: "ipv4", IdType.IPV6_ADDR: "ipv6", IdType.RFC822_ADDR: "rfc822",
+            IdType.KEY_ID: "key_id", IdType.DER_ASN1_DN: "dn"}
+_FQDN = re.compile(r"[A-Za-z0-9._-]+")
+
+
 @dataclass(frozen=True)
 class Identity:
+    """An IKEv2 identity (RFC 7296 §3.5) as sent in IDi/IDr: the one class for the core and the
+    config files alike; :meth:`parse` is the one parser of its text forms."""
+
     id_type: int
     data: bytes
 
     @classmethod
     def parse(cls, text: str) -> Identity:
         """strongSwan-like: ``10.0.0.1`` / ``fd00::1`` (IP), ``@host`` or ``host`` (FQDN),
-        ``user@host`` (RFC822), ``@#0a0b`` (KEY_ID, hex), or an explicit ``fqdn:``/``email:``/
-        ``keyid:``/``ipv4:``/``ipv6:`` prefix; ``C=CH, O=Org, CN=host`` or ``dn:...`` is a
-        distinguished name (ID_DER_ASN1_DN, attributes in the order given, as strongSwan reads it)."""
-        if text.startswith("dn:") or (_DN_START.match(text) and "@" not in text.split("=", 1)[0]):
-            return cls(IdType.DER_ASN1_DN, _dn_der(text.removeprefix("dn:")))
-        prefixes = {"fqdn:": IdType.FQDN, "email:": IdType.RFC822_ADDR, "rfc822:": IdType.RFC822_ADDR,
-                    "keyid:": IdType.KEY_ID, "ipv4:": IdType.IPV4_ADDR, "ipv6:": IdType.IPV6_ADDR}
-        for p, t in prefixes.items():
-            if text.startswith(p):
-                return cls.of(t, text[len(p):])
-        if text.startswith("@#"):
-            return cls.of(IdType.KEY_ID, text[2:])
-        if text.startswith("@"):
-            return cls(IdType.FQDN, text[1:].encode())
-        try:
-            addr = ipaddress.ip_address(text)
-            return cls(IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR, addr.packed)
-        except ValueError:
-            pass
-        if "@" in text:
-            return cls(IdType.RFC822_ADDR, text.encode())
-        if not text:
+        ``user@host`` (RFC822), ``@#0a0b`` or ``#0a0b`` (KEY_ID, hex), or an explicit
+        ``fqdn:``/``email:``/``rfc822:``/``keyid:``/``key_id:``/``ipv4:``/``ipv6:`` prefix (any case);
+        ``C=CH, O=Org, CN=host`` or ``dn:...`` is a distinguished name (ID_DER_ASN1_DN, attributes in
+        the order given, as strongSwan reads it).  A malformed value is a :class:`LocalProtocolError`."""
+        s = text.strip()
+        if not s:
             raise LocalProtocolError("identity must not be empty")
-        return cls(IdType.FQDN, text.encode())
+        prefix, sep, rest = s.partition(":")
+        kind = _ID_PREFIX.get(prefix.lower()) if sep else None
+        if kind is None and _DN_START.match(s) and "@" not in s.split("=", 1)[0]:
+            kind, rest = IdType.DER_ASN1_DN, s
+        if kind is None:
+            if s.startswith(("@#", "#")):
+                kind, rest = IdType.KEY_ID, s.lstrip("@")[1:]
+            elif s.startswith("@"):
+                kind, rest = IdType.FQDN, s[1:]
+            else:
+                try:
+                    addr = ipaddress.ip_address(s)
+                    return cls(IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR, addr.packed)
+                except ValueError:
+                    kind, rest = (IdType.RFC822_ADDR if "@" in s else IdType.FQDN), s
+        rest = rest.strip()
+        name = ID_NAMES[kind]
+        if not rest:
+            raise LocalProtocolError(f"{name} identity without a value")
+        if kind == IdType.DER_ASN1_DN:
+            return cls(kind, _dn_der(rest))
+        if kind in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+            try:
+                addr = ipaddress.ip_address(rest)
+            except ValueError:
+                raise LocalProtocolError(f"not an IP address: {rest!r}") from None
+            if ID_NAMES[IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR] != name:
+                raise LocalProtocolError(f"{rest} is not an {name} address")
+        elif kind == IdType.KEY_ID:
+            rest = rest.replace(":", "")
+            if not re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", rest):
+                raise LocalProtocolError(f"key_id must be hex, got {rest!r}")
+        elif kind == IdType.RFC822_ADDR and "@" not in rest:
+            raise LocalProtocolError(f"rfc822 identity needs user@domain, got {rest!r}")
+        elif kind == IdType.FQDN and not _FQDN.fullmatch(rest):
+            raise LocalProtocolError(f"not a valid FQDN: {rest!r}")
+        return cls.of(kind, rest)
+
+    @property
+    def type(self) -> str:
+        """``fqdn``, ``ipv4``, ``ipv6``, ``rfc822``, ``key_id`` or ``dn`` (the config files' names)."""
+        return ID_NAMES.get(self.id_type, str(self.id_type))
+
+    @property
+    def type_id(self) -> int:
+        return int(self.id_type)
+
+    @property
+    def value(self) -> str:
+        """The identity's text without a type prefix (key IDs as lower-case hex)."""
+        if self.id_type == IdType.KEY_ID:
+            return self.data.hex()
+        return str(self)
+
+    def spec(self) -> str:
+        """``type:value``: the unambiguous text :meth:`parse` reads back (what config files store)."""
+        return f"{self.type}:{self.value}"
 
     @classmethod
     def of(cls, id_type: int, value: str) -> Identity:
@@ -135,7 +185,10 @@ class IkeSaConfig:
     replay_window: int = 128
     force_encap: bool = False  # send a fake NAT-D source hash so both sides use UDP 4500
     initial_contact: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    dpd_timeout_s: float = 0.0  # a DPD exchange unanswered this long closes the SA (Azure: 45); 0: retransmits decide
+    keepalive_s: float = 20.0  # NAT keepalives on UDP 4500 while idle, sent by the gateway; 0: off
+    child_kilobytes: int = 0  # volume limits of each Child SA in the data plane (0: none)
+    child_packets: int = 0
     certs: CertAuth | None = None  # certificate authentication instead of the PSK
     fragmentation: bool = True  # RFC 7383: offer/accept IKE fragmentation
     fragment_size: int = 1280  # largest IP datagram for an IKE message before it is fragmented

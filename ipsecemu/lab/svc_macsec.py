@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ipsecemu.base.errors import ConfigError, ServiceError
-from ipsecemu.macsec.link import parse_link_config, read_status
+from ipsecemu.config.macsec_link import parse_link_config
+from ipsecemu.macsec_link.daemon import read_status
 from ipsecemu.net.netns import ns_argv
 from ipsecemu.net.proc import start as start_process
 

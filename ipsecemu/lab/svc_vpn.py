@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
+from ipsecemu.config.connection import parse_connection
 from ipsecemu.gateway.control import ControlError, request
-from ipsecemu.ike.config import parse_connection
 from ipsecemu.net.netns import ipr_in, ns_argv
 from ipsecemu.net.proc import pid_alive
 from ipsecemu.net.proc import start as start_process
@@ -89,7 +89,7 @@ def charon_dir(state: LabState, node: str) -> Path:
 
 
 def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]:
-    """``ipsecemu gateway run`` config (see ipsecemu.gateway.config) for an ipsecemu node."""
+    """``ipsecemu gateway run`` config (see ipsecemu.config.gateway) for an ipsecemu node."""
     conns: dict[str, Any] = {}
     for c in node_conns(topo, node):
         side = c.side_config(node)

@@ -4,7 +4,7 @@ Errors carry the file, the line (from PyYAML node marks) and the field path, e.g
 ``er-vwan.yaml:42: links[3].endpoints[1]: unknown node 'msee3'``.
 
 The ``vpn.connections[*]`` IKE/ESP contents are kept as an opaque read-only mapping; the IKE
-config parser (``ipsecemu.ike.config``) interprets them later.
+config parser (``ipsecemu.config.connection``) interprets them later.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
+from ipsecemu.config.kit import ConfigFileError, Doc, load_yaml, read_text
 
 KINDS = ("host", "router", "ipsecemu", "strongswan")
 VPN_KINDS = ("ipsecemu", "strongswan")
@@ -31,13 +31,8 @@ IFNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")  # Linux IFNAMSIZ: 15 
 SYSCTL_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
 
 
-class TopologyError(ValueError):
+class TopologyError(ConfigFileError):
     """A user mistake in a topology file: one line naming file, line and field."""
-
-    def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
-        self.file, self.line, self.field, self.message = file, line, field, message
-        where = f"{file}:{line}" if line else file
-        super().__init__(f"{where}: {field + ': ' if field else ''}{message}")
 
 
 # ---------------------------------------------------------------- dataclasses
@@ -126,7 +121,7 @@ class Segment:
 class VpnConnection:
     """A route-based IPsec connection between two VPN nodes; ``nodes[0]`` initiates.
 
-    ``config`` is opaque here: ``ipsecemu.ike.config`` keys shared by both sides (psk,
+    ``config`` is opaque here: ``ipsecemu.config.connection`` keys shared by both sides (psk,
     ipsec_policy or proposals, lifetimes...).  :meth:`side_config` adds what differs per side.
     """
 
@@ -141,7 +136,7 @@ class VpnConnection:
         return next((t for n, t in self.tables if n == node), 254)
 
     def side_config(self, node: str) -> dict[str, Any]:
-        """The connection as seen from ``node``: a dict for ``ipsecemu.ike.config.parse_connection``."""
+        """The connection as seen from ``node``: a dict for ``ipsecemu.config.connection.parse_connection``."""
         i = self.nodes.index(node)
         return {**self.config, "name": self.name, "local_address": self.addresses[i],
                 "remote_address": self.addresses[1 - i], "start_action": "initiate" if i == 0 else "listen"}
@@ -181,124 +176,64 @@ class Topology:
 _LAB_NAME_HELP = "lowercase letters, digits and single '-', 2-32 chars, starting with a letter"
 
 
-# ---------------------------------------------------------------- YAML with marks
-
-
-_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "seq", "str", "int", "float", "bool", "null")}
-
-
-class _Doc:
-    """Plain Python values from a YAML document plus the line of every field path."""
-
-    def __init__(self, file: str, root: yaml.Node) -> None:
-        self.file = file
-        self.lines: dict[tuple, int] = {}
-        self._ctor = yaml.constructor.SafeConstructor()
-        self.value = self._walk(root, ())
-
-    def _walk(self, node: yaml.Node, path: tuple) -> Any:
-        self.lines[path] = node.start_mark.line + 1
-        if node.tag not in _PLAIN_TAGS:  # plain data only: no !!python/... or custom tags
-            raise TopologyError(self.file, node.start_mark.line + 1, _fmt(path), f"unsupported YAML tag {node.tag}")
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
-                if not isinstance(knode, yaml.ScalarNode):
-                    raise TopologyError(self.file, knode.start_mark.line + 1, _fmt(path), "keys must be plain scalars")
-                key = self._ctor.construct_object(knode)
-                if key in out:
-                    raise TopologyError(self.file, knode.start_mark.line + 1, _fmt(path + (key,)), "duplicate key")
-                self.lines[path + (key,)] = knode.start_mark.line + 1
-                out[key] = self._walk(vnode, path + (key,))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self._walk(v, path + (i,)) for i, v in enumerate(node.value)]
-        return self._ctor.construct_object(node)
-
-    def line(self, path: tuple) -> int | None:
-        while path and path not in self.lines:
-            path = path[:-1]
-        return self.lines.get(path)
-
-    def error(self, path: tuple, message: str) -> TopologyError:
-        return TopologyError(self.file, self.line(path), _fmt(path), message)
-
-
-def _fmt(path: tuple) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
 # ---------------------------------------------------------------- parser/validator
 
 
 def load(path: str | Path, name: str | None = None) -> Topology:
     """Parse and validate a topology file; ``name`` overrides the lab name."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise TopologyError(str(path), None, "", f"cannot read: {exc.strerror or exc}") from None
-    topo = loads(text, str(path))
+    topo = loads(_read(path), str(path))
     return topo.renamed(name) if name else topo
 
 
+def _read(path: str | Path) -> str:
+    try:
+        return read_text(path)
+    except ConfigFileError as exc:  # the same error, under the topology family
+        raise TopologyError(exc.file, exc.line, exc.field, exc.message) from None
+
+
 def loads(text: str, file: str = "<string>") -> Topology:
+    return validate(_doc(text, file))
+
+
+def _doc(text: str, file: str) -> Doc:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise TopologyError(file, line, "", f"YAML syntax error: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:  # e.g. a control character: no mark, multi-line message
-        raise TopologyError(file, None, "", f"YAML error: {str(exc).splitlines()[0]}") from None
-    if root is None:
-        raise TopologyError(file, None, "", "empty file")
+        return load_yaml(text, file)
+    except ConfigFileError as exc:
+        raise TopologyError(exc.file, exc.line, exc.field, exc.message) from None
+
+
+def validate(doc: Doc) -> Topology:
+    """The topology of an already loaded document (``lab check`` reuses the document's lines)."""
     try:
-        doc = _Doc(file, root)
-    except yaml.MarkedYAMLError as exc:  # e.g. a scalar with an unknown !tag
-        mark = exc.problem_mark or exc.context_mark
-        raise TopologyError(file, mark.line + 1 if mark else None, "",
-                            f"YAML error: {exc.problem or exc.context}") from None
-    return _Validator(doc).topology()
+        return _Validator(doc).topology()
+    except ConfigFileError as exc:
+        if isinstance(exc, TopologyError):
+            raise
+        raise TopologyError(exc.file, exc.line, exc.field, exc.message) from None
 
 
 class _Validator:
-    def __init__(self, doc: _Doc) -> None:
+    def __init__(self, doc: Doc) -> None:
         self.doc = doc
         self.ifaces: dict[str, dict[str, tuple]] = {}  # node -> iface -> path where declared
         self.addr_paths: dict[str, tuple] = {}  # ip -> path where first assigned
 
-    # -- small typed getters, each raising a located error
+    # -- the kit's typed readers, each raising a located error
     def _mapping(self, v: Any, path: tuple, what: str = "a mapping") -> dict:
-        if not isinstance(v, dict):
-            raise self.doc.error(path, f"must be {what}")
-        return v
+        return self.doc.mapping(v, path, what)
 
     def _list(self, v: Any, path: tuple) -> list:
-        if not isinstance(v, list):
-            raise self.doc.error(path, "must be a list")
-        return v
+        return self.doc.list_(v, path)
 
     def _str(self, v: Any, path: tuple) -> str:
-        if not isinstance(v, str) or not v:
-            raise self.doc.error(path, "must be a non-empty string")
-        return v
+        return self.doc.str_(v, path)
 
     def _int(self, v: Any, path: tuple, lo: int, hi: int) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise self.doc.error(path, f"must be an integer in {lo}..{hi}")
-        return v
+        return self.doc.int_(v, path, lo, hi)
 
     def _keys(self, m: dict, path: tuple, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
-        for k in m:
-            if k not in allowed:
-                raise self.doc.error(path + (k,), f"unknown field (allowed: {', '.join(allowed)})")
-        for k in required:
-            if k not in m:
-                raise self.doc.error(path, f"missing field '{k}'")
+        self.doc.keys(m, path, allowed, required)
 
     def _cidr(self, v: Any, path: tuple, allow_default: bool = False) -> str:
         if allow_default and v == "default":
@@ -439,6 +374,8 @@ class _Validator:
     def _nexthop(self, m: dict, path: tuple, ifaces: set[str]) -> NextHop:
         via = self._ip(m["via"], path + ("via",)) if "via" in m else None
         dev = m.get("dev")
+        if dev is not None and not isinstance(dev, str):
+            raise self.doc.error(path + ("dev",), "must be an interface name")
         if dev is not None and dev not in ifaces:
             raise self.doc.error(path + ("dev",), f"unknown interface '{dev}' on this node")
         if via is None and dev is None:
@@ -478,6 +415,8 @@ class _Validator:
         src = self._net(m["from"], path + ("from",)) if "from" in m else None
         dst = self._net(m["to"], path + ("to",)) if "to" in m else None
         iif = m.get("iif")
+        if iif is not None and not isinstance(iif, str):
+            raise self.doc.error(path + ("iif",), "must be an interface name")
         if iif is not None and iif not in ifaces:
             raise self.doc.error(path + ("iif",), f"unknown interface '{iif}' on this node")
         prio = self._int(m["priority"], path + ("priority",), 1, 32765) if "priority" in m else None
@@ -509,7 +448,7 @@ class _Validator:
             if len(ns) != 2 or ns[0] == ns[1]:
                 raise self.doc.error(path + ("nodes",), "a connection joins exactly two different nodes")
             for j, n in enumerate(ns):
-                if n not in nodes:
+                if not isinstance(n, str) or n not in nodes:
                     raise self.doc.error(path + ("nodes", j), f"unknown node '{n}'")
                 if nodes[n].kind not in VPN_KINDS:
                     raise self.doc.error(path + ("nodes", j),

@@ -113,8 +113,8 @@ def pcap() -> None:
 
 
 def config() -> None:
-    from ipsecemu.gateway import config as gw
-    from ipsecemu.ike import config as ikecfg
+    from ipsecemu.config import connection as ikecfg
+    from ipsecemu.config import gateway as gw
     from ipsecemu.lab import svc_vpn, topology
 
     items = []

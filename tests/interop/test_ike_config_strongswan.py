@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from ipsecemu.ike.config import parse_connection
+from ipsecemu.config.connection import parse_connection
 from ipsecemu.ike.render import render_text
 from ipsecemu.lab.harness import charon_pair
 from ipsecemu.lab.netns import wait_for

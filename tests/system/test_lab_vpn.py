@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -286,14 +285,18 @@ def test_strongswan_ce_passes_traffic_both_ways(lab: callable) -> None:
 
 
 def test_broken_vpn_config_rolls_back(unique_name: str, tmp_path: Path) -> None:
-    """A gateway that cannot start (bad proposal) makes `lab up` fail with its log, leaving nothing."""
+    """A bad proposal makes `lab up` fail before anything is built (the `lab check` it runs first),
+    naming the user's file:line:field, leaving nothing."""
     text = ER.read_text().replace("dh_group: DHGroup14", "dh_group: DHGroup99", 1)
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     res = cli("up", str(bad), "--name", unique_name)
     try:
         assert res.returncode != 0
-        assert re.search(r"gateway daemon \(pid \d+\) exited during start", res.stderr), res.stderr
+        line = next(i + 1 for i, ln in enumerate(text.splitlines()) if "DHGroup99" in ln)
+        assert f"{bad}:{line}: vpn.connections[0].config.ipsec_policy.dh_group: must be one of" in res.stderr, \
+            res.stderr
+        assert "building" not in res.stdout
         assert "DHGroup99" in res.stderr and "Traceback" not in res.stderr
         assert _leftovers(unique_name) == [] and not LabState(unique_name).dir.exists()
     finally:

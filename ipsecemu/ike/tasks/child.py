@@ -70,9 +70,8 @@ class ChildTask(SaCore):
 
     def _volume_lifetime(self) -> Lifetime:
         """Byte/packet limits for the data plane (its soft expire event should trigger rekey_child)."""
-        life = self.config.extra.get("child_lifetime")
-        hard_b = int(getattr(life, "kilobytes", 0) or 0) * 1024
-        hard_p = int(getattr(life, "packets", 0) or 0)
+        hard_b = self.config.child_kilobytes * 1024
+        hard_p = self.config.child_packets
         f = self.config.rekey_fraction if 0 < self.config.rekey_fraction < 1 else 0.9
         return Lifetime(soft_bytes=int(hard_b * f), hard_bytes=hard_b, soft_packets=int(hard_p * f),
                         hard_packets=hard_p)

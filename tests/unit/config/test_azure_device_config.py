@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.ike.azure import AzureConfigError, import_device_config, load_device_config
+from ipsecemu.config.azure import AzureConfigError, import_device_config, load_device_config
 
 from support.paths import VECTORS
 
@@ -169,3 +169,18 @@ def test_bad_files(tmp_path: Path) -> None:
 def test_local_address_override(example: list) -> None:
     c = import_device_config(example, local_address="172.24.127.212")[0]
     assert c.config.local_address == ipaddress.ip_address("172.24.127.212")
+
+
+def test_file_errors_name_the_line(example: list, tmp_path: Path) -> None:
+    """Read through the config kit, every error of the JSON file names file:line: json.path."""
+    text = json.dumps(_break(example, [*C0, "connectionConfiguration", "IPsecParameters", "SALifeTimeInSeconds"], -5),
+                      indent=2)
+    f = tmp_path / "dev.json"
+    f.write_text(text)
+    want = [i + 1 for i, ln in enumerate(text.splitlines()) if '"SALifeTimeInSeconds": -5' in ln][0]
+    with pytest.raises(AzureConfigError) as ei:
+        load_device_config(f)
+    assert str(ei.value).startswith(f"{f}:{want}: ") and "SALifeTimeInSeconds: must be a positive integer" in str(ei.value)
+    f.write_bytes(b'[{"a": "caf\xe9"}]')
+    with pytest.raises(AzureConfigError, match="not UTF-8"):
+        load_device_config(f)

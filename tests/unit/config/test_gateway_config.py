@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.gateway.config import ConnectionConfigError, loads
+from ipsecemu.config.gateway import ConnectionConfigError, loads
 
 from support.gateway_config import GOOD, run_in  # noqa: F401
 
@@ -46,7 +46,7 @@ def test_check_prints_summary_without_secret(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("old", "new", "where"), [
-    ("node: gw-a\n", "", "gw.yaml: <top>: node is required"),
+    ("node: gw-a\n", "", "gw.yaml:1: <top>: node is required"),
     ("encapsulation: esp", "encapsulation: gre", "gw.yaml:4: datapath.encapsulation: must be one of auto, udp, esp"),
     ("mtu: 1400}", "mtu: 1400, colour: red}", "gw.yaml:16: connections.azure.tunnel.colour: unknown key"),
     ("routes: [10.2.0.0/16, 10.3.0.0/16]", "routes: [10.2.0.0/33]", "gw.yaml:16: connections.azure.tunnel.routes.0"),

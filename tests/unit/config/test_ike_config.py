@@ -11,22 +11,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsecemu.base.satypes import EspSaConfig
-from ipsecemu.ike.config import (
+from ipsecemu.config.azure_policy import (
     AZURE_DH_GROUP,
     AZURE_IKE_ENCRYPTION,
     AZURE_IKE_INTEGRITY,
     AZURE_IPSEC_ENCRYPTION,
     AZURE_IPSEC_INTEGRITY,
     AZURE_PFS_GROUP,
+)
+from ipsecemu.config.connection import (
     ConnectionConfigError,
-    Identity,
     load,
     loads,
     parse_config,
     parse_connection,
-    parse_identity,
     parse_ts,
 )
+from ipsecemu.ike.consts import IdType
+from ipsecemu.ike.settings import Identity
 
 BASE = {"remote_address": "10.51.230.4", "local_address": "172.24.127.211", "psk": "abc123"}
 DOCS_POLICY = {  # the az CLI example from the Azure docs (scenarios S6)
@@ -207,7 +209,7 @@ def test_defaults() -> None:
     assert c.ike_lifetime.seconds == 28800
     assert c.replay_window == 128 and (c.nat_t.ike_port, c.nat_t.natt_port) == (500, 4500)
     assert (c.dpd.interval, c.dpd.timeout) == (10, 45)
-    assert c.effective_local_id() == Identity("ipv4", "172.24.127.211")
+    assert c.effective_local_id() == Identity.parse("ipv4:172.24.127.211")
     assert ss(c.ike_proposals)[0] == "aes256gcm16-prfsha384-ecp384" and not c.esn
 
 
@@ -250,10 +252,11 @@ def test_identities() -> None:
         "#cafe": ("key_id", "cafe", b"\xca\xfe", 11),
     }
     for text, (kind, value, data, tid) in cases.items():
-        i = parse_identity(text)
-        assert (i.type, i.value, i.data(), i.type_id) == (kind, value, data, tid), text
+        i = Identity.parse(text)
+        assert (i.type, i.value, i.data, i.type_id) == (kind, value, data, tid), text
+        assert Identity.parse(i.spec()) == i
     c = conn(local_id={"type": "KEY_ID", "value": "0102"}, remote_id="fqdn:azure.example")
-    assert c.local_id == Identity("key_id", "0102") and c.remote_id == Identity("fqdn", "azure.example")
+    assert c.local_id == Identity(IdType.KEY_ID, b"\x01\x02") and c.remote_id == Identity(IdType.FQDN, b"azure.example")
     for bad, msg in [("ipv4:2001:db8::1", "not an ipv4"), ("keyid:xyz", "hex"), ("rfc822:nobody", "user@domain"),
                      ("fqdn:", "without a value"), ("bad host!", "not a valid FQDN")]:
         with pytest.raises(ConnectionConfigError, match=msg):
@@ -397,7 +400,7 @@ def test_yaml_errors_carry_file_and_line() -> None:
     bad = YAML.replace("esp_proposals: 3des-sha1", "esp_proposals: 3des-sha1-bogus")
     assert "site.yaml:21:" in _err(bad) and "'bogus'" in _err(bad)
     assert _err("connections:\n  a: {remote_address: 1.2.3.4\n").startswith("site.yaml:3: YAML syntax error")
-    assert _err("") == "site.yaml: <top>: the config must be a mapping, got NoneType"
+    assert _err("") == "site.yaml:1: empty file (no YAML document)"
     assert "site.yaml:2: colour: unknown key" in _err("remote_address: 1.2.3.4\ncolour: red\npsk: x\n")
 
 
@@ -454,7 +457,7 @@ def test_random_configs_give_a_config_or_a_config_error(data: dict) -> None:
     ],
 )
 def test_to_dict_and_dumps_round_trip(over: dict) -> None:
-    from ipsecemu.ike.config import dumps, to_dict
+    from ipsecemu.config.connection import dumps, to_dict
 
     d = {**BASE, **over}
     if d.get("psk") is None:
@@ -467,7 +470,7 @@ def test_to_dict_and_dumps_round_trip(over: dict) -> None:
 
 
 def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipsecemu.ike.config import dumps
+    from ipsecemu.config.connection import dumps
 
     c = conn(psk="\x01binary")
     monkeypatch.setenv("IPSECEMU_PSK", "\x01binary")
@@ -477,7 +480,7 @@ def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_summary_shows_the_negotiable_parts_not_the_secret() -> None:
-    from ipsecemu.ike.config import summary
+    from ipsecemu.config.connection import summary
 
     text = summary(loads(YAML, "x.yaml"))
     assert "azure-er-i0: 172.24.127.211 -> 10.51.230.4 (tunnel, initiate, auth psk)" in text

@@ -9,10 +9,10 @@ import textwrap
 import pytest
 
 from ipsecemu.base.satypes import Verdict
+from ipsecemu.config.azure import load_device_config
+from ipsecemu.config.connection import ConnectionConfigError, loads, parse_connection, to_ike_sa_config
 from ipsecemu.dataplane import backend
 from ipsecemu.ike import events as ev
-from ipsecemu.ike.azure import load_device_config
-from ipsecemu.ike.config import ConnectionConfigError, loads, parse_connection, to_ike_sa_config
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.loopback import LoopbackNet
 from ipsecemu.ike.states import IkeState

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.commands.macsec import macsec
-from ipsecemu.macsec.link import LinkConfig, parse_link_config
+from ipsecemu.config.macsec_link import LinkConfig, parse_link_config
 
 CAK = "00112233445566778899aabbccddeeff"
 BASE = {"cak": CAK, "ckn": "01"}

@@ -15,10 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from ipsecemu.config.connection import ConnectionConfigError, parse_connection, to_ike_sa_config
 from ipsecemu.ike import certs as c
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
-from ipsecemu.ike.config import ConnectionConfigError, parse_connection, to_ike_sa_config
 from ipsecemu.ike.consts import AuthMethod, Exchange, IdType, Notify, Payload
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.errors import LocalProtocolError

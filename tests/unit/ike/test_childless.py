@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from ipsecemu.config.connection import ConnectionConfigError, dumps, loads, parse_connection, to_ike_sa_config
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
-from ipsecemu.ike.config import ConnectionConfigError, dumps, loads, parse_connection, to_ike_sa_config
 from ipsecemu.ike.consts import Exchange, Notify
 from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState
@@ -162,7 +162,7 @@ def test_nat_t_keepalive_config_key() -> None:
     base = {"local_address": "192.0.2.1", "remote_address": "192.0.2.2", "psk": "s3cret-s3cret"}
     assert parse_connection(base, "x").nat_t.keepalive == 20
     c = parse_connection({**base, "nat_t": {"keep-alive": 5}}, "x")
-    assert c.nat_t.keepalive == 5 and to_ike_sa_config(c).extra["keepalive_s"] == 5
+    assert c.nat_t.keepalive == 5 and to_ike_sa_config(c).keepalive_s == 5
     assert loads(dumps([c], include_secret=True))[0].nat_t.keepalive == 5
     with pytest.raises(ConnectionConfigError, match="keepalive"):
         parse_connection({**base, "nat_t": {"keepalive": -1}}, "x")

@@ -264,7 +264,8 @@ def test_tampered_or_malformed_fragment_is_an_integrity_error() -> None:
 
 
 def test_yaml_fragmentation_options_reach_the_core() -> None:
-    from ipsecemu.ike.config import ConfigError, dumps, loads, parse_connection, to_ike_sa_config
+    from ipsecemu.base.errors import ConfigError
+    from ipsecemu.config.connection import dumps, loads, parse_connection, to_ike_sa_config
 
     base = {"remote_address": "192.0.2.2", "local_id": "left.example", "psk": "s3cret"}
     core = to_ike_sa_config(parse_connection(base))

@@ -167,11 +167,8 @@ def test_api_misuse_is_local_error() -> None:
 
 
 def test_dpd_timeout_from_config_and_volume_lifetimes() -> None:
-    """What ike/config.py passes through ``extra``: Azure's 45 s DPD timeout and KB/packet limits."""
-    from ipsecemu.ike.config import SaLifetime
-
-    life = SaLifetime(3600, kilobytes=1000, packets=5000)
-    a, b, net, sa, sb = established(a_kw={"extra": {"dpd_timeout_s": 45, "child_lifetime": life}})
+    """What config/connection.py hands the core: Azure's 45 s DPD timeout and KB/packet limits."""
+    a, b, net, sa, sb = established(a_kw={"dpd_timeout_s": 45, "child_kilobytes": 1000, "child_packets": 5000})
     child = next(iter(sa.children.values()))
     assert child.keys.outbound.lifetime.hard_bytes == 1000 * 1024
     assert child.keys.inbound.lifetime.hard_packets == 5000

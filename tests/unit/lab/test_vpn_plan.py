@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from ipsecemu.gateway import config as gwconfig
+from ipsecemu.config import gateway as gwconfig
 from ipsecemu.lab import route_agent, svc_vpn, topology, vpn_smoke
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.lab.state import LabState

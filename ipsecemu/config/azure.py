@@ -14,13 +14,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import ConfigError
-from ipsecemu.ike.config import ConnectionConfig, ConnectionConfigError, parse_connection, squash
+from ipsecemu.config.connection import ConnectionConfig, parse_connection
+from ipsecemu.config.fields import ConnectionConfigError, squash
+from ipsecemu.config.kit import ConfigFileError, FieldPath, load_yaml, read_text
 
 INSTANCES = ("Instance0", "Instance1")
 APIPA = ipaddress.ip_network("169.254.0.0/16")
@@ -69,12 +71,30 @@ def _get(d: Mapping[str, Any], key: str) -> Any:
     return None
 
 
+_PATH_PART = re.compile(r"\[(\d+)\]|\.?([^.\[\] ]+)")
+
+
 class _Walker:
-    def __init__(self, source: str) -> None:
+    """Errors name the JSON path and, when the text was read through the config kit, the line."""
+
+    def __init__(self, source: str, lines: Mapping[FieldPath, int] | None = None) -> None:
         self.source = source
+        # keys are matched case-insensitively (Azure's casing varies): so are their lines
+        self.lines = {tuple(squash(x) if isinstance(x, str) else x for x in p): n for p, n in (lines or {}).items()}
+
+    def line(self, path: str) -> int | None:
+        parts: list[str | int] = []
+        for m in _PATH_PART.finditer(path.split(" (", 1)[0]):
+            parts.append(int(m.group(1)) if m.group(1) is not None else squash(m.group(2)))
+        key = tuple(x for x in parts if x != "$")
+        while key and key not in self.lines:
+            key = key[:-1]
+        return self.lines.get(key)
 
     def err(self, path: str, msg: str) -> AzureConfigError:
-        return AzureConfigError(f"{self.source}: {path}: {msg}")
+        line = self.line(path)
+        where = f"{self.source}:{line}" if line else self.source
+        return AzureConfigError(f"{where}: {path}: {msg}")
 
     def mapping(self, d: Mapping[str, Any], key: str, path: str, required: bool = True) -> Mapping[str, Any]:
         v = _get(d, key)
@@ -105,17 +125,18 @@ class _Walker:
 
 
 def import_device_config(data: object, *, source: str = "<json>", ipsec_policy: Mapping[str, Any] | None = None,
-                         use_private_ip: bool | None = None, local_address: str | None = None
-                         ) -> list[AzureConnection]:
+                         use_private_ip: bool | None = None, local_address: str | None = None,
+                         lines: Mapping[FieldPath, int] | None = None) -> list[AzureConnection]:
     """Turn the parsed JSON (a list of sites, or one site object) into connections.
 
     ``ipsec_policy`` applies Azure custom-policy names (as in the connection config) to every
     tunnel; without it the connection-config defaults are used.  ``use_private_ip`` picks
     ``PrivateIpAddresses`` when the file lists both (default: when the connection says
     ``UsePrivateIpAddress``).  ``local_address`` overrides the device address (when the
-    device sits behind a CE that owns the site address).
+    device sits behind a CE that owns the site address).  ``lines`` (from the config kit) puts the
+    line number in every error.
     """
-    w = _Walker(source)
+    w = _Walker(source, lines)
     sites = [data] if isinstance(data, Mapping) else data
     if not isinstance(sites, list) or not sites:
         raise w.err("$", "expected a non-empty list of sites")
@@ -226,13 +247,17 @@ def _check_bgp(w: _Walker, path: str, peer: str, device_ip: str | None) -> None:
 
 
 def load_device_config(path: str | os.PathLike[str], **kw: Any) -> list[AzureConnection]:
-    """Read and import a device configuration JSON file."""
+    """Read and import a device configuration JSON file; errors name ``file:line: json.path``."""
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise AzureConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        text = read_text(path)
+    except ConfigFileError as exc:
+        raise AzureConfigError(str(exc)) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AzureConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    return import_device_config(data, source=str(path), **kw)
+    try:  # JSON is (nearly always) YAML too: the kit gives the line of every node
+        lines = load_yaml(text, str(path)).lines
+    except ConfigFileError:
+        lines = {}
+    return import_device_config(data, source=str(path), lines=lines, **kw)

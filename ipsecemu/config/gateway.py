@@ -11,7 +11,7 @@ Layout::
       batch: 32                     # packets per C loop batch (1..256)
     dpd: {interval: 10, timeout: 45}  # default for connections that do not set their own
     connections:
-      to-b:                         # any ipsecemu.ike.config connection keys, plus:
+      to-b:                         # any ipsecemu.config.connection connection keys, plus:
         remote_address: 192.0.2.2
         psk: env:PSK
         local_ts: [10.1.0.0/24]
@@ -23,7 +23,7 @@ Layout::
           routes: [10.2.0.0/24]     # prefixes routed into the tunnel (default: the remote TS)
           mtu: 1400
 
-Errors are :class:`~ipsecemu.ike.config.ConnectionConfigError` with ``file:line: field:``.
+Errors are :class:`~ipsecemu.config.connection.ConnectionConfigError` with ``file:line: field:``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipsecemu.ike import config as ikecfg
-from ipsecemu.ike.config import ConnectionConfig, ConnectionConfigError
+from ipsecemu.config import connection as ikecfg
+from ipsecemu.config import fields
+from ipsecemu.config.connection import ConnectionConfig
+from ipsecemu.config.fields import ConnectionConfigError
+from ipsecemu.config.kit import ConfigFileError, read_text
 
 __all__ = ["GatewayConfig", "GatewayConnection", "TunnelConfig", "load", "loads", "summary", "ConnectionConfigError"]
 
@@ -80,15 +83,15 @@ class GatewayConfig:
         return next((c for c in self.connections if c.name == name), None)
 
 
-_TOP = ikecfg._canon("node", "lab", "state_dir", "local_addresses", "datapath", "dpd", "connections",
+_TOP = fields._canon("node", "lab", "state_dir", "local_addresses", "datapath", "dpd", "connections",
                      local_address="local_addresses", local="local_addresses")
-_DATAPATH = ikecfg._canon("encapsulation", "batch", encap="encapsulation")
-_TUNNEL = ikecfg._canon("name", "address", "routes", "mtu")
+_DATAPATH = fields._canon("encapsulation", "batch", encap="encapsulation")
+_TUNNEL = fields._canon("name", "address", "routes", "mtu")
 
 
-def _tunnel(ctx: ikecfg._Ctx, path: ikecfg.Path_, v: object, conn_name: str, index: int) -> TunnelConfig:
-    d = ikecfg._keyed(ctx, path, v if v is not None else {}, _TUNNEL)
-    name = ikecfg._str(ctx, (*path, "name"), d.get("name", f"ipsec{index}"))
+def _tunnel(ctx: fields._Ctx, path: fields.Path_, v: object, conn_name: str, index: int) -> TunnelConfig:
+    d = fields._keyed(ctx, path, v if v is not None else {}, _TUNNEL)
+    name = fields._str(ctx, (*path, "name"), d.get("name", f"ipsec{index}"))
     if not 0 < len(name) <= MAX_IFNAME or "/" in name or " " in name:
         raise ctx.error((*path, "name"), f"a link name of 1..{MAX_IFNAME} characters without '/' or spaces, "
                                          f"got {name!r}")
@@ -110,23 +113,23 @@ def _tunnel(ctx: ikecfg._Ctx, path: ikecfg.Path_, v: object, conn_name: str, ind
             routes.append(ipaddress.ip_network(str(r), strict=False))
         except ValueError:
             raise ctx.error((*path, "routes", i), f"not a prefix: {r!r}") from None
-    mtu = ikecfg._int(ctx, (*path, "mtu"), d.get("mtu", 1400), 576, 9000)
+    mtu = fields._int(ctx, (*path, "mtu"), d.get("mtu", 1400), 576, 9000)
     return TunnelConfig(name, addr, tuple(routes), mtu)
 
 
-def parse(data: object, *, source: str = "<string>", lines: dict | None = None,
+def parse(data: object, *, source: str = "<string>", lines: dict[Any, int] | None = None,
           state_dir: str | None = None) -> GatewayConfig:
-    ctx = ikecfg._Ctx(source, lines or {})
-    top = ikecfg._keyed(ctx, (), data, _TOP)
+    ctx = fields._Ctx(source, lines or {})
+    top = fields._keyed(ctx, (), data, _TOP)
     if "node" not in top:
         raise ctx.error((), "node is required (this gateway's name)")
-    node = ikecfg._str(ctx, ("node",), top["node"])
-    lab = ikecfg._str(ctx, ("lab",), top["lab"]) if top.get("lab") is not None else None
+    node = fields._str(ctx, ("node",), top["node"])
+    lab = fields._str(ctx, ("lab",), top["lab"]) if top.get("lab") is not None else None
     for what, val in (("node", node), ("lab", lab)):
         if val is not None and ("/" in val or val in (".", "..") or not val):
             raise ctx.error((what,), f"must be a plain name, got {val!r}")
     if state_dir is None:
-        state_dir = ikecfg._str(ctx, ("state_dir",), top["state_dir"]) if "state_dir" in top else \
+        state_dir = fields._str(ctx, ("state_dir",), top["state_dir"]) if "state_dir" in top else \
             os.path.join("/run/ipsecemu", lab or "default", node)
 
     addrs_raw = top.get("local_addresses", [])
@@ -141,11 +144,11 @@ def parse(data: object, *, source: str = "<string>", lines: dict | None = None,
         except ValueError:
             raise ctx.error(("local_addresses", i), f"not an IP address: {a!r}") from None
 
-    dp = ikecfg._keyed(ctx, ("datapath",), top.get("datapath") or {}, _DATAPATH)
-    encap = ikecfg._str(ctx, ("datapath", "encapsulation"), dp.get("encapsulation", "auto")).lower()
+    dp = fields._keyed(ctx, ("datapath",), top.get("datapath") or {}, _DATAPATH)
+    encap = fields._str(ctx, ("datapath", "encapsulation"), dp.get("encapsulation", "auto")).lower()
     if encap not in ENCAPSULATIONS:
         raise ctx.error(("datapath", "encapsulation"), f"must be one of {', '.join(ENCAPSULATIONS)}, got {encap!r}")
-    batch = ikecfg._int(ctx, ("datapath", "batch"), dp.get("batch", 32), 1, 256)
+    batch = fields._int(ctx, ("datapath", "batch"), dp.get("batch", 32), 1, 256)
 
     conns_raw = top.get("connections")
     if not isinstance(conns_raw, Mapping) or not conns_raw:
@@ -153,16 +156,16 @@ def parse(data: object, *, source: str = "<string>", lines: dict | None = None,
     conns: list[GatewayConnection] = []
     tun_names: dict[str, str] = {}
     for index, (name, raw) in enumerate(conns_raw.items()):
-        path: ikecfg.Path_ = ("connections", str(name))
+        path: fields.Path_ = ("connections", str(name))
         if not isinstance(raw, Mapping):
             raise ctx.error(path, f"must be a mapping, got {type(raw).__name__}")
         d: dict[str, Any] = dict(raw)
-        keys = {ikecfg.squash(k): k for k in d}
+        keys = {fields.squash(k): k for k in d}
         tunnel = _tunnel(ctx, (*path, "tunnel"), d.pop(keys["tunnel"]) if "tunnel" in keys else None, str(name),
                          index)
         close = "none"
         if "closeaction" in keys:
-            close = ikecfg._str(ctx, (*path, "close_action"), d.pop(keys["closeaction"])).lower()
+            close = fields._str(ctx, (*path, "close_action"), d.pop(keys["closeaction"])).lower()
             if close not in ("none", "restart"):
                 raise ctx.error((*path, "close_action"), f"must be none or restart, got {close!r}")
         if "localaddress" not in keys and addrs:
@@ -197,9 +200,9 @@ def loads(text: str, source: str = "<string>", *, state_dir: str | None = None) 
 
 def load(path: str | os.PathLike[str], *, state_dir: str | None = None) -> GatewayConfig:
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConnectionConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        text = read_text(path)
+    except ConfigFileError as exc:
+        raise ConnectionConfigError(str(exc)) from None
     return loads(text, str(path), state_dir=state_dir)
 
 

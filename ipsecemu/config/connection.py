@@ -15,63 +15,36 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ipsecemu.base.algorithms import (
-    AZURE_DH_GROUP,
-    AZURE_IKE_ENCRYPTION,
-    AZURE_IKE_INTEGRITY,
-    AZURE_IPSEC_ENCRYPTION,
-    AZURE_IPSEC_INTEGRITY,
-    AZURE_PFS_GROUP,
-)
-from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import MAX_REPLAY_WINDOW, Lifetime
+from ipsecemu.config.azure_policy import AzurePolicy, azure_policy
+from ipsecemu.config.fields import (
+    ConnectionConfigError,
+    Path_,
+    _bool,
+    _canon,
+    _Ctx,
+    _int,
+    _keyed,
+    _str,
+    squash,
+)
+from ipsecemu.config.kit import ConfigFileError, FieldPath, load_yaml, read_text
+from ipsecemu.ike.certs import CertAuth
+from ipsecemu.ike.consts import IdType
+from ipsecemu.ike.errors import LocalProtocolError
 from ipsecemu.ike.proposals import Proposal, ProposalError, Transform, parse_proposals
-from ipsecemu.ike.settings import CHILDLESS
+from ipsecemu.ike.settings import CHILDLESS, Identity, IkeSaConfig
 from ipsecemu.ike.transforms import TransformType
 from ipsecemu.ike.ts import TrafficSelector
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class ConnectionConfigError(ConfigError):
-    """Invalid connection configuration; the message starts with ``[file:line: ]field:``."""
-
-
 # ---------------------------------------------------------------- dataclasses
-#: IKEv2 ID types (RFC 7296 §3.5)
-ID_TYPES = {"ipv4": 1, "fqdn": 2, "rfc822": 3, "ipv6": 5, "dn": 9, "key_id": 11}
-
-
-@dataclass(frozen=True)
-class Identity:
-    type: str  # "fqdn" | "ipv4" | "ipv6" | "rfc822" | "key_id" | "dn"
-    value: str  # key_id: lowercase hex
-
-    @property
-    def type_id(self) -> int:
-        return ID_TYPES[self.type]
-
-    def data(self) -> bytes:
-        """Identification Data as sent in IDi/IDr."""
-        if self.type in ("ipv4", "ipv6"):
-            return ipaddress.ip_address(self.value).packed
-        if self.type == "key_id":
-            return bytes.fromhex(self.value)
-        if self.type == "dn":
-            from ipsecemu.ike.settings import Identity as CoreIdentity
-
-            return CoreIdentity.parse("dn:" + self.value).data
-        return self.value.encode()
-
-    def __str__(self) -> str:
-        return f"{self.type}:{self.value}"
-
-
 @dataclass(frozen=True)
 class Auth:
     method: str  # "psk" | "cert"
@@ -130,20 +103,6 @@ class NatT:
 
 
 @dataclass(frozen=True)
-class AzurePolicy:
-    """The Azure ``--ipsec-policy`` values as given (canonical spelling)."""
-
-    ike_encryption: str
-    ike_integrity: str
-    dh_group: str
-    ipsec_encryption: str
-    ipsec_integrity: str
-    pfs_group: str
-    sa_lifetime_seconds: int = 3600
-    sa_datasize_kilobytes: int = 102400000
-
-
-@dataclass(frozen=True)
 class ConnectionConfig:
     name: str
     local_address: IpAddress | None  # None = any (responder)
@@ -177,83 +136,8 @@ class ConnectionConfig:
             return self.local_id
         if self.local_address is None:
             return None
-        return Identity("ipv4" if self.local_address.version == 4 else "ipv6", str(self.local_address))
-
-
-# ---------------------------------------------------------------- error context
-def squash(key: object) -> str:
-    """Key normal form: lower case without ``-``, ``_`` or spaces."""
-    return re.sub(r"[-_ ]", "", str(key)).lower()
-
-
-Path_ = tuple[str | int, ...]
-
-
-class _Ctx:
-    """Where the data came from: file name and the YAML line of every (squashed) key path."""
-
-    def __init__(self, source: str | None = None, lines: dict[Path_, int] | None = None) -> None:
-        self.source = source
-        self.lines = lines or {}
-
-    def error(self, path: Path_, message: str) -> ConnectionConfigError:
-        where = ""
-        if self.source is not None:
-            line = None
-            p = tuple(squash(x) if isinstance(x, str) else x for x in path)
-            while p and line is None:  # the nearest enclosing key with a known line
-                line = self.lines.get(p)
-                p = p[:-1]
-            where = f"{self.source}:{line}: " if line else f"{self.source}: "
-        dotted = ".".join(str(x) for x in path) or "<top>"
-        return ConnectionConfigError(f"{where}{dotted}: {message}")
-
-
-def _keyed(ctx: _Ctx, path: Path_, data: object, allowed: dict[str, str]) -> dict[str, Any]:
-    """Check a mapping's keys against ``allowed`` (squashed -> canonical); return canonical dict."""
-    if not isinstance(data, Mapping):
-        raise ctx.error(path, f"must be a mapping, got {type(data).__name__}")
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        canon = allowed.get(squash(k))
-        if canon is None:
-            names = ", ".join(sorted(set(allowed.values())))
-            raise ctx.error((*path, str(k)), f"unknown key; allowed: {names}")
-        if canon in out:
-            raise ctx.error((*path, str(k)), f"duplicate of {canon}")
-        out[canon] = v
-    return out
-
-
-def _canon(*names: str, **aliases: str) -> dict[str, str]:
-    table = {squash(n): n for n in names}
-    table.update({squash(a): n for a, n in aliases.items()})
-    return table
-
-
-def _int(ctx: _Ctx, path: Path_, v: object, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v.strip())
-        else:
-            raise ctx.error(path, f"must be an integer, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        raise ctx.error(path, f"must be in {lo}..{hi if hi is not None else 'inf'}, got {v}")
-    return v
-
-
-def _bool(ctx: _Ctx, path: Path_, v: object) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("yes", "true", "no", "false"):
-        return v.lower() in ("yes", "true")
-    raise ctx.error(path, f"must be true or false, got {v!r}")
-
-
-def _str(ctx: _Ctx, path: Path_, v: object) -> str:
-    if isinstance(v, str | int | float) and not isinstance(v, bool):
-        return str(v)
-    raise ctx.error(path, f"must be a string, got {type(v).__name__}")
+        return Identity(IdType.IPV4_ADDR if self.local_address.version == 4 else IdType.IPV6_ADDR,
+                        self.local_address.packed)
 
 
 # ---------------------------------------------------------------- field parsers
@@ -267,73 +151,20 @@ def _address(ctx: _Ctx, path: Path_, v: object) -> IpAddress | None:
         raise ctx.error(path, f"not an IPv4/IPv6 address: {s!r} (use %any for any)") from None
 
 
-_ID_PREFIX = {"fqdn": "fqdn", "ipv4": "ipv4", "ipv6": "ipv6", "rfc822": "rfc822", "email": "rfc822",
-              "keyid": "key_id", "key_id": "key_id", "dn": "dn"}
-_DN_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9.]*\s*=")
-
-
-def parse_identity(text: str) -> Identity:
-    """strongSwan-style ID: ``fqdn:``/``ipv4:``/``ipv6:``/``email:``/``keyid:``/``dn:`` prefix,
-    ``@name`` (FQDN), ``#hex`` (KEY_ID), an IP literal, ``C=CH, O=Org, CN=name`` (a distinguished
-    name, for certificates), ``user@host`` (RFC 822) or a host name (FQDN)."""
-    s = text.strip()
-    if not s:
-        raise ValueError("empty identity")
-    prefix, sep, rest = s.partition(":")
-    if (not sep or prefix.lower() not in _ID_PREFIX) and _DN_LIKE.match(s) and "@" not in s.split("=", 1)[0]:
-        prefix, sep, rest = "dn", ":", s
-    if sep and prefix.lower() in _ID_PREFIX:
-        kind, value = _ID_PREFIX[prefix.lower()], rest.strip()
-    elif s.startswith("#"):
-        kind, value = "key_id", s[1:]
-    elif s.startswith("@"):
-        kind, value = "fqdn", s[1:]
-    else:
-        try:
-            ip = ipaddress.ip_address(s)
-            return Identity(f"ipv{ip.version}", str(ip))
-        except ValueError:
-            kind, value = ("rfc822" if "@" in s else "fqdn"), s
-    if not value:
-        raise ValueError(f"{kind} identity without a value")
-    if kind in ("ipv4", "ipv6"):
-        ip = ipaddress.ip_address(value)  # ValueError names the bad address
-        if f"ipv{ip.version}" != kind:
-            raise ValueError(f"{value} is not an {kind} address")
-        value = str(ip)
-    elif kind == "key_id":
-        try:
-            value = bytes.fromhex(value.replace(":", "")).hex()
-        except ValueError:
-            raise ValueError(f"key_id must be hex, got {value!r}") from None
-    elif kind == "rfc822" and "@" not in value:
-        raise ValueError(f"rfc822 identity needs user@domain, got {value!r}")
-    elif kind == "fqdn" and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
-        raise ValueError(f"not a valid FQDN: {value!r}")
-    elif kind == "dn":
-        from ipsecemu.ike.errors import LocalProtocolError
-        from ipsecemu.ike.settings import Identity as CoreIdentity
-
-        try:
-            CoreIdentity.parse("dn:" + value)
-        except LocalProtocolError as exc:
-            raise ValueError(str(exc)) from None
-    return Identity(kind, value)
-
-
 def _identity(ctx: _Ctx, path: Path_, v: object) -> Identity:
+    """``local_id``/``remote_id``: a text form of :meth:`Identity.parse` or ``{type, value}``."""
     if isinstance(v, Mapping):
         d = _keyed(ctx, path, v, _canon("type", "value"))
         if "type" not in d or "value" not in d:
             raise ctx.error(path, "needs both type and value")
-        kind = _ID_PREFIX.get(squash(d["type"]).replace("keyid", "key_id"))
-        if kind is None:
+        kind = _str(ctx, (*path, "type"), d["type"]).lower()
+        if kind.replace("-", "_") not in ("fqdn", "ipv4", "ipv6", "rfc822", "email", "keyid", "key_id", "dn"):
             raise ctx.error((*path, "type"),
                             f"must be one of fqdn, ipv4, ipv6, rfc822, key_id, dn; got {d['type']!r}")
-        v = f"{kind}:{_str(ctx, (*path, 'value'), d['value'])}"
+        v = f"{kind.replace('-', '_')}:{_str(ctx, (*path, 'value'), d['value'])}"
     try:
-        return parse_identity(_str(ctx, path, v))
-    except ValueError as exc:
+        return Identity.parse(_str(ctx, path, v))
+    except LocalProtocolError as exc:
         raise ctx.error(path, str(exc)) from None
 
 
@@ -466,67 +297,6 @@ def _lifetime(ctx: _Ctx, path: Path_, v: object, default: SaLifetime) -> SaLifet
         margin, jitter,
         _int(ctx, (*path, "rekey_margin_percent"), d.get("rekey_margin_percent", default.rekey_margin_percent), 0, 99),
     )
-
-
-# ---------------------------------------------------------------- Azure ipsec-policy names
-# the tables themselves are facts of the algorithm registry (ipsecemu.base.algorithms)
-_AZURE_KEYS = _canon("ike_encryption", "ike_integrity", "dh_group", "ipsec_encryption", "ipsec_integrity",
-                     "pfs_group", "sa_lifetime_seconds", "sa_datasize_kilobytes",
-                     sa_life_time_seconds="sa_lifetime_seconds", sa_lifetime_in_seconds="sa_lifetime_seconds",
-                     sa_data_size_kilobytes="sa_datasize_kilobytes",
-                     sa_data_size_in_kilobytes="sa_datasize_kilobytes")
-_AZURE_TABLES = {"ike_encryption": AZURE_IKE_ENCRYPTION, "ike_integrity": AZURE_IKE_INTEGRITY,
-                 "dh_group": AZURE_DH_GROUP, "ipsec_encryption": AZURE_IPSEC_ENCRYPTION,
-                 "ipsec_integrity": AZURE_IPSEC_INTEGRITY, "pfs_group": AZURE_PFS_GROUP}
-
-
-def _azure_value(ctx: _Ctx, path: Path_, key: str, v: object) -> str:
-    table = _AZURE_TABLES[key]
-    s = _str(ctx, path, v)
-    for name in table:
-        if squash(name) == squash(s):
-            if table[name] in ("des",):
-                raise ctx.error(path, f"{name} (single DES) is not supported by ipsecemu: it is broken and our "
-                                      "crypto does not implement it; use DES3, AES or GCMAES")
-            return name
-    raise ctx.error(path, f"must be one of {', '.join(table)}; got {s!r}")
-
-
-def azure_policy(ctx: _Ctx, path: Path_, v: object) -> tuple[AzurePolicy, list[Proposal], list[Proposal]]:
-    """Azure ``--ipsec-policy`` names -> (policy, IKE proposals, ESP proposals)."""
-    d = _keyed(ctx, path, v, _AZURE_KEYS)
-    for k in _AZURE_TABLES:
-        if k not in d:
-            raise ctx.error(path, f"missing {k} (Azure needs all six: {', '.join(_AZURE_TABLES)})")
-    vals = {k: _azure_value(ctx, (*path, k), k, d[k]) for k in _AZURE_TABLES}
-    policy = AzurePolicy(
-        **vals,
-        sa_lifetime_seconds=_int(ctx, (*path, "sa_lifetime_seconds"), d.get("sa_lifetime_seconds", 3600), 1),
-        sa_datasize_kilobytes=_int(ctx, (*path, "sa_datasize_kilobytes"),
-                                   d.get("sa_datasize_kilobytes", 102400000), 1),
-    )
-    ie, ii = policy.ike_encryption, policy.ike_integrity
-    if ii.startswith("GCMAES") and ie != ii:
-        raise ctx.error((*path, "ike_integrity"), f"{ii} requires ike_encryption {ii}, got {ie}")
-    pe, pi = policy.ipsec_encryption, policy.ipsec_integrity
-    if pi.startswith("GCMAES") and pe != pi:
-        raise ctx.error((*path, "ipsec_integrity"), f"{pi} requires ipsec_encryption {pi}, got {pe}")
-    if pe.startswith("GCMAES") and pi != pe:
-        raise ctx.error((*path, "ipsec_encryption"), f"{pe} requires ipsec_integrity {pe}, got {pi}")
-    dh = AZURE_DH_GROUP[policy.dh_group]
-    if dh is None:
-        raise ctx.error((*path, "dh_group"), "None is not possible with IKEv2 (IKE_SA_INIT always runs a "
-                                             "key exchange); choose DHGroup14, DHGroup24, ECP256 or ECP384")
-    integ, prf = AZURE_IKE_INTEGRITY[ii]
-    ike = "-".join(x for x in (AZURE_IKE_ENCRYPTION[ie], integ if not ie.startswith("GCMAES") else None, prf, dh)
-                   if x)
-    pfs = AZURE_PFS_GROUP[policy.pfs_group]
-    pfs = dh if pfs == "PFSMM" else pfs
-    esp = "-".join(x for x in (AZURE_IPSEC_ENCRYPTION[pe], AZURE_IPSEC_INTEGRITY[pi], pfs) if x)
-    try:
-        return policy, parse_proposals(ike, "ike"), parse_proposals(esp, "esp")
-    except ProposalError as exc:  # pragma: no cover - the tables above only produce valid strings
-        raise ctx.error(path, str(exc)) from None
 
 
 # ---------------------------------------------------------------- connection
@@ -678,7 +448,7 @@ def parse_config(data: object, *, _ctx: _Ctx | None = None) -> list[ConnectionCo
 
 # ---------------------------------------------------------------- back to the file format
 def _ts_text(ts: TrafficSelector) -> list[str]:
-    nets = ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)  # type: ignore[arg-type]
+    nets = ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)
     extra = ""
     if ts.ip_proto or (ts.start_port, ts.end_port) != (0, 65535):
         ports = "%any" if (ts.start_port, ts.end_port) == (0, 65535) else (
@@ -699,9 +469,9 @@ def to_dict(conn: ConnectionConfig, *, include_secret: bool = False) -> dict[str
         "remote_address": str(conn.remote_address) if conn.remote_address is not None else "%any",
     }
     if conn.local_id is not None:
-        d["local_id"] = str(conn.local_id)
+        d["local_id"] = conn.local_id.spec()
     if conn.remote_id is not None:
-        d["remote_id"] = str(conn.remote_id)
+        d["remote_id"] = conn.remote_id.spec()
     if conn.auth.method == "psk":
         if include_secret:
             try:
@@ -749,11 +519,12 @@ def to_dict(conn: ConnectionConfig, *, include_secret: bool = False) -> dict[str
 
 def dumps(conns: list[ConnectionConfig], *, include_secret: bool = False) -> str:
     """YAML text for ``connections:`` (what ``loads`` reads back)."""
-    body = {"connections": {}}
+    conns_out: dict[str, Any] = {}
+    body = {"connections": conns_out}
     for c in conns:
         d = to_dict(c, include_secret=include_secret)
-        body["connections"][d.pop("name")] = d
-    return yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+        conns_out[d.pop("name")] = d
+    return str(yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
 
 
 def summary(conns: list[ConnectionConfig]) -> str:
@@ -782,21 +553,15 @@ def summary(conns: list[ConnectionConfig]) -> str:
 
 
 # ---------------------------------------------------------------- to the IKE core
-def to_ike_sa_config(conn: ConnectionConfig) -> Any:
+def to_ike_sa_config(conn: ConnectionConfig) -> IkeSaConfig:
     """The IKE core's view (:class:`ipsecemu.ike.settings.IkeSaConfig`) of a connection.
 
     With ``auth: {method: cert}`` the certificate, key and CA files are read here (a clear
     :class:`ConnectionConfigError` names the file if one is missing or unreadable); without a
     ``local_id`` we use the certificate's subject DN, as strongSwan does.
     """
-    from ipsecemu.ike.errors import LocalProtocolError
-    from ipsecemu.ike.settings import Identity as CoreIdentity
-    from ipsecemu.ike.settings import IkeSaConfig
-
     certs = None
     if conn.auth.method == "cert":
-        from ipsecemu.ike.certs import CertAuth
-
         if not conn.auth.ca:
             raise ConnectionConfigError(f"{conn.name}: auth: method cert needs ca (the CA that issued the peer's "
                                         "certificate)")
@@ -805,20 +570,20 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         except LocalProtocolError as exc:
             raise ConnectionConfigError(f"{conn.name}: auth: {exc}") from None
     if conn.local_id is None and certs is not None:
-        core_local = CoreIdentity(9, certs.dn)
+        core_local = Identity(IdType.DER_ASN1_DN, certs.dn)
     else:
         local_id = conn.effective_local_id()
         if local_id is None:
             raise ConnectionConfigError(f"{conn.name}: local_id: needed when local_address is %any")
-        core_local = CoreIdentity(local_id.type_id, local_id.data())
+        core_local = local_id
     child = conn.child_lifetime
-    kw = {"certs": certs} if certs is not None else {}
+    kw: dict[str, Any] = {"certs": certs} if certs is not None else {}
     try:
         return IkeSaConfig(
         name=conn.name,
         psk=conn.auth.secret,
         local_id=core_local,
-        remote_id=CoreIdentity(conn.remote_id.type_id, conn.remote_id.data()) if conn.remote_id else None,
+        remote_id=conn.remote_id,
         ike_proposals=list(conn.ike_proposals),
         esp_proposals=list(conn.esp_proposals),
         local_ts=list(conn.local_ts),
@@ -834,8 +599,10 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
         fragmentation=conn.fragmentation,
         fragment_size=conn.fragment_size,
         childless=conn.childless,
-        extra={"keepalive_s": conn.nat_t.keepalive, "dpd_timeout_s": conn.dpd.timeout, "child_lifetime": child, "ike_lifetime": conn.ike_lifetime,
-               "start_action": conn.start_action, "natt_port": conn.nat_t.natt_port},
+        keepalive_s=float(conn.nat_t.keepalive),
+        dpd_timeout_s=float(conn.dpd.timeout),
+        child_kilobytes=child.kilobytes,
+        child_packets=child.packets,
             **kw,
         )
     except LocalProtocolError as exc:  # e.g. local_id not in the certificate
@@ -843,50 +610,26 @@ def to_ike_sa_config(conn: ConnectionConfig) -> Any:
 
 
 # ---------------------------------------------------------------- YAML with line numbers
-def _lines(node: yaml.Node, path: Path_, out: dict[Path_, int], source: str, seen: set[int]) -> None:
-    """Record the line of every key path; reject duplicate keys (PyYAML silently keeps the last)."""
-    if id(node) in seen:  # an alias: walked once already (also keeps "billion laughs" linear)
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        keys: dict[str, int] = {}
-        for k, v in node.value:
-            name = squash(k.value) if isinstance(k, yaml.ScalarNode) else f"<{k.tag}>"
-            line = k.start_mark.line + 1
-            if name in keys and name != "<<":
-                dotted = ".".join(str(x) for x in (*path, k.value))
-                raise ConnectionConfigError(f"{source}:{line}: {dotted}: duplicate key (first at line {keys[name]})")
-            keys[name] = line
-            p = (*path, name)
-            out[p] = line
-            _lines(v, p, out, source, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            p = (*path, i)
-            out[p] = v.start_mark.line + 1
-            _lines(v, p, out, source, seen)
-
-
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
-    """YAML text -> (data, line number of every key path).  Syntax errors become
-    :class:`ConnectionConfigError` with ``source:line``; shared by every YAML config reader."""
+    """YAML text -> (data, line number of every key path), through the config kit: every YAML
+    mistake is a :class:`ConnectionConfigError` with ``source:line``."""
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConnectionConfigError(f"{source}{line}: YAML syntax error: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConnectionConfigError(f"{source}: YAML error: {exc}") from None
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        _lines(node, (), lines, source, set())
-    return data, lines
+        doc = load_yaml(text, source)
+    except ConfigFileError as exc:
+        raise ConnectionConfigError(str(exc)) from None
+    _no_squashed_duplicates(doc.lines, source)
+    return doc.value, doc.lines
+
+
+def _no_squashed_duplicates(lines: dict[FieldPath, int], source: str) -> None:
+    """``psk`` and ``PSK`` (or ``ike-port``/``ike_port``) are one key here: the second is a duplicate."""
+    first: dict[FieldPath, tuple[FieldPath, int]] = {}
+    for path, line in lines.items():  # file order
+        sq = tuple(squash(x) if isinstance(x, str) else x for x in path)
+        if sq in first and first[sq][0] != path:
+            dotted = ".".join(str(x) for x in path)
+            raise ConnectionConfigError(f"{source}:{line}: {dotted}: duplicate key (first at line {first[sq][1]})")
+        first.setdefault(sq, (path, line))
 
 
 def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
@@ -898,7 +641,7 @@ def loads(text: str, source: str = "<string>") -> list[ConnectionConfig]:
 def load(path: str | os.PathLike[str]) -> list[ConnectionConfig]:
     """Load a YAML config file."""
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConnectionConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        text = read_text(path)
+    except ConfigFileError as exc:
+        raise ConnectionConfigError(str(exc)) from None
     return loads(text, str(path))

@@ -19,19 +19,16 @@ import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import struct
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipsecemu.base.algorithms import MACSEC_CIPHERS
 from ipsecemu.base.errors import ConfigError
-from ipsecemu.base.satypes import VALIDATE_MODES, MacsecSaConfig, SecYConfig
+from ipsecemu.base.satypes import MacsecSaConfig
+from ipsecemu.config.macsec_link import LinkConfig
 from ipsecemu.macsec.mka import (
     InstallRxSa,
     InstallTxSa,
@@ -43,7 +40,7 @@ from ipsecemu.macsec.mka import (
 )
 from ipsecemu.net.tun import TunError, clear_offload, open_tun
 
-log = logging.getLogger("ipsecemu.macsec.link")
+log = logging.getLogger("ipsecemu.macsec_link.daemon")
 
 ETH_P_ALL = 0x0003
 ETH_P_PAE = 0x888E
@@ -54,161 +51,6 @@ SIOCGIFHWADDR = 0x8927
 SIOCGIFMTU = 0x8921
 RX_REMOVE_DELAY = 1.0  # s: frames of the old key still queued on the phy socket get validated
 KEY_HISTORY = 16  # SAKs kept in the key file (a capture may span several rotations)
-
-# Azure's names (Set-AzExpressRoutePort -MacSecCipher) and the IEEE ones, compared without case/-/_
-_CIPHERS = {
-    "gcmaes128": "gcm-aes-128", "gcmaes256": "gcm-aes-256",
-    "gcmaesxpn128": "gcm-aes-xpn-128", "gcmaesxpn256": "gcm-aes-xpn-256",
-}
-AZURE_CIPHER = {v: k for k, v in {
-    "GcmAes128": "gcm-aes-128", "GcmAes256": "gcm-aes-256",
-    "GcmAesXpn128": "gcm-aes-xpn-128", "GcmAesXpn256": "gcm-aes-xpn-256"}.items()}
-LINK_KEYS = ("cipher", "sci_state", "cak", "ckn", "replay_window", "validate", "key_server_priority",
-             "vlan", "qinq", "hello_time", "life_time", "pn_exhaustion_threshold", "offload")
-DEFAULT_PN_THRESHOLD = 0xC0000000  # rekey at 3/4 of the 32-bit PN space (XPN: of the high 32 bits)
-
-
-@dataclass(frozen=True)
-class LinkConfig:
-    """One end's MACsec settings (both ends of a link use the same)."""
-
-    cak: bytes = field(repr=False)
-    ckn: bytes
-    cipher: str = "gcm-aes-128"
-    include_sci: bool = True  # Azure sci_state: Enabled
-    replay_window: int = 0
-    validate: str = "strict"
-    key_server_priority: int = 16
-    vlan: int | None = None  # Azure Dot1Q: C-tag on the tap's frames
-    qinq: tuple[int, int] | None = None  # Azure QinQ: (S-tag, C-tag)
-    hello_time: float = 2.0  # 802.1X MKA Hello Time
-    life_time: float = 6.0  # 802.1X MKA Life Time
-    # Tx PN at which MKA asks for a new SAK (XPN: this << 32); lowered only to test rotation
-    pn_exhaustion_threshold: int = DEFAULT_PN_THRESHOLD
-    # tap with TSO/GRO (a vnet header per frame): the loop cuts and coalesces TCP super-packets;
-    # off: one frame per read/write (slower; for comparison)
-    offload: bool = True
-
-    def secy(self) -> SecYConfig:
-        return SecYConfig(include_sci=self.include_sci, end_station=not self.include_sci,
-                          replay_protect=True, replay_window=self.replay_window, validate=self.validate,
-                          pn_exhaustion_threshold=self.pn_exhaustion_threshold)
-
-    @property
-    def tag_bytes(self) -> int:
-        return 4 if self.vlan is not None else 8 if self.qinq is not None else 0
-
-    def public(self) -> dict[str, Any]:
-        """The settings without the CAK (status, logs)."""
-        return {"cipher": AZURE_CIPHER[self.cipher], "sci_state": "Enabled" if self.include_sci else "Disabled",
-                "ckn": self.ckn.hex(), "replay_window": self.replay_window, "validate": self.validate,
-                "key_server_priority": self.key_server_priority, "vlan": self.vlan,
-                "qinq": list(self.qinq) if self.qinq else None, "offload": self.offload}
-
-
-def _hex(value: Any, name: str, lengths: tuple[int, ...] | range) -> bytes:
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ConfigError(f"{name}: write it as a quoted hex string (YAML read a number)")
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: must be a hex string")
-    text = value.strip().replace(":", "").replace(" ", "")
-    if text.lower().startswith("0x"):
-        text = text[2:]
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(f"{name}: not valid hex") from None
-    if len(raw) not in lengths:
-        want = " or ".join(str(n) for n in lengths) if isinstance(lengths, tuple) else \
-            f"{lengths.start}-{lengths.stop - 1}"
-        raise ConfigError(f"{name}: must be {want} bytes, got {len(raw)}")
-    return raw
-
-
-def _int(m: Mapping[str, Any], key: str, name: str, lo: int, hi: int, default: int | None) -> int | None:
-    if key not in m or m[key] is None:
-        return default
-    v = m[key]
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ConfigError(f"{name}: must be an integer {lo}..{hi}, got {v!r}")
-    return v
-
-
-def _seconds(m: Mapping[str, Any], key: str, name: str, default: float) -> float:
-    v = m.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
-        raise ConfigError(f"{name}: must be a number of seconds (0, 3600], got {v!r}")
-    return float(v)
-
-
-def parse_link_config(m: Mapping[str, Any], where: str = "macsec") -> LinkConfig:
-    """Validate a ``macsec:`` mapping; ConfigError messages name the field (``where.key``)."""
-    if not isinstance(m, Mapping):
-        raise ConfigError(f"{where}: must be a mapping")
-    unknown = sorted(set(m) - set(LINK_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(LINK_KEYS)})")
-    for req in ("cak", "ckn"):
-        if req not in m:
-            raise ConfigError(f"{where}.{req}: required (the pre-shared CAK and its name, hex)")
-    cipher_in = m.get("cipher", "GcmAes128")
-    cipher = _CIPHERS.get(re.sub(r"[-_ ]", "", str(cipher_in)).lower())
-    if cipher is None:
-        raise ConfigError(f"{where}.cipher: unknown cipher {cipher_in!r}; use one of "
-                          f"{', '.join(AZURE_CIPHER.values())} (or {', '.join(MACSEC_CIPHERS)})")
-    sci_state = m.get("sci_state", "Enabled")
-    if isinstance(sci_state, bool):
-        include_sci = sci_state
-    elif str(sci_state).lower() in ("enabled", "disabled"):
-        include_sci = str(sci_state).lower() == "enabled"
-    else:
-        raise ConfigError(f"{where}.sci_state: must be Enabled or Disabled, got {sci_state!r}")
-    cak = _hex(m["cak"], f"{where}.cak", (16, 32))
-    ckn = _hex(m["ckn"], f"{where}.ckn", range(1, 33))
-    validate = str(m.get("validate", "strict")).lower()
-    if validate not in VALIDATE_MODES:
-        raise ConfigError(f"{where}.validate: must be one of {', '.join(VALIDATE_MODES)}, got {m['validate']!r}")
-    replay = _int(m, "replay_window", f"{where}.replay_window", 0, 4096, 0)
-    prio = _int(m, "key_server_priority", f"{where}.key_server_priority", 0, 255, 16)
-    vlan = _int(m, "vlan", f"{where}.vlan", 1, 4094, None)
-    qinq = None
-    if m.get("qinq") is not None:
-        q = m["qinq"]
-        if not isinstance(q, list | tuple) or len(q) != 2 or \
-                not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4094 for x in q):
-            raise ConfigError(f"{where}.qinq: must be [S-tag, C-tag], each 1..4094, got {q!r}")
-        qinq = (int(q[0]), int(q[1]))
-    if vlan is not None and qinq is not None:
-        raise ConfigError(f"{where}.vlan: give either vlan (Dot1Q) or qinq, not both")
-    hello = _seconds(m, "hello_time", f"{where}.hello_time", 2.0)
-    life = _seconds(m, "life_time", f"{where}.life_time", 6.0)
-    if life <= hello:
-        raise ConfigError(f"{where}.life_time: must be longer than hello_time")
-    pn = _int(m, "pn_exhaustion_threshold", f"{where}.pn_exhaustion_threshold", 2, 0xFFFFFFFF,
-              DEFAULT_PN_THRESHOLD)
-    offload = m.get("offload", True)
-    if not isinstance(offload, bool):
-        raise ConfigError(f"{where}.offload: must be true or false, got {offload!r}")
-    return LinkConfig(cak=cak, ckn=ckn, cipher=cipher, include_sci=include_sci, replay_window=replay or 0,
-                      validate=validate, key_server_priority=prio if prio is not None else 16, vlan=vlan,
-                      qinq=qinq, hello_time=hello, life_time=life, pn_exhaustion_threshold=pn or DEFAULT_PN_THRESHOLD,
-                      offload=offload)
-
-
-def load_link_config(path: str | Path) -> LinkConfig:
-    """A YAML/JSON file holding the ``macsec:`` mapping (or ``{macsec: {...}}``)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if isinstance(data, Mapping) and set(data) == {"macsec"}:
-        data = data["macsec"]
-    return parse_link_config(data if data is not None else {}, "macsec")
-
 
 # ------------------------------------------------------------------ interfaces
 
@@ -491,7 +333,8 @@ class LinkDaemon:
 
 def read_status(path: str | Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text())
+        status: dict[str, Any] = json.loads(Path(path).read_text())
+        return status
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read status: {exc.strerror}") from None
     except ValueError:
