@@ -55,11 +55,11 @@ class Port:
     pause: Callable[[], None]  # stop asyncio reading it (the C loop reads it then)
     resume: Callable[[], None]
     send: Callable[[bytes, tuple[str, int]], None]  # slow path: one ESP packet (SPI onward)
+    close: Callable[[], None]  # stop reading it and close it
     raw: bool = False
     ike_fd: int = -1  # UDP: where the C loop hands IKE datagrams (the daemon reads the other end)
     owner: str | None = None  # connection whose C loop reads the socket
     key: object = None  # what the socket was made for (encapsulation, peer)
-    close: Callable[[], None] | None = None
 
 
 def loop_supports_raw() -> bool:
