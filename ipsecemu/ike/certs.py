@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from ipsecemu.base.errors import ProtocolError
@@ -230,8 +231,10 @@ def _unsupported(what: str) -> type[hashes.HashAlgorithm]:
     raise CertError(f"unsupported {what}")
 
 
-def verify(pub: PublicKey, method: int, data: bytes, octets: bytes, peer_hashes_ok: frozenset[int]) -> None:
-    """Check AUTH ``data`` of ``method`` over ``octets`` with ``pub``; raise CertError if it fails."""
+def verify(pub: CertificatePublicKeyTypes, method: int, data: bytes, octets: bytes,
+           peer_hashes_ok: frozenset[int]) -> None:
+    """Check AUTH ``data`` of ``method`` over ``octets`` with ``pub``; raise CertError if it fails
+    (also for a key that is neither RSA nor ECDSA: no method fits it)."""
     try:
         if method == AuthMethod.RSA and isinstance(pub, rsa.RSAPublicKey):
             pub.verify(data, octets, padding.PKCS1v15(), hashes.SHA1())

@@ -75,7 +75,7 @@ class IkeAuthTask(SaCore):
             cert = cfg.certs.verify_chain(ders)
             if not any(Identity(t, d).matches(peer) for t, d in x509auth.cert_identities(cert)):
                 raise x509auth.CertError(f"peer identity {peer} is not in its certificate")
-            x509auth.verify(cert.public_key(), auth.method, auth.data,  # type: ignore[arg-type]
+            x509auth.verify(cert.public_key(), auth.method, auth.data,
                             self._signed_octets(init_msg, nonce, sk_p, idp.body()), frozenset())
         except x509auth.CertError as exc:
             self.last_error = str(exc)
