@@ -46,9 +46,10 @@ class Worker:
         self.proc.stdin.flush()
 
     def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
+        out = self.proc.stdout
+        assert out is not None  # Popen(stdout=PIPE)
         box: list[str] = []
-        t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        t = threading.Thread(target=lambda: box.append(out.readline()), daemon=True)
         t.start()
         t.join(timeout)
         if not box or not box[0]:
