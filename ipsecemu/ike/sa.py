@@ -323,7 +323,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         if resent:
             # a retransmitted fragmented request: answer once, on its first fragment (RFC 7383 2.6.1)
             if piece.number == 1:
-                assert self._last_response is not None
+                assert self._last_response is not None  # resent implies it
                 self._sink.out.extend(self._last_response[1])
                 self._count("duplicate_request")
             return None

@@ -47,7 +47,7 @@ class ChildTask(SaCore):
             raise RemoteProtocolError("ESP proposal without usable encryption", Notify.NO_PROPOSAL_CHOSEN)
         ek = encr.keymat_len
         ak = integ.key_len if integ is not None and not encr.aead else 0
-        assert self.keys is not None
+        assert self.keys is not None  # Child SAs come after IKE_SA_INIT derived the keys
         km = crypto.child_keymat(self._prf_id, self.keys.sk_d, ni, nr, 2 * (ek + ak), gir)
         i_enc, i_int, r_enc, r_int = km[:ek], km[ek:ek + ak], km[ek + ak:2 * ek + ak], km[2 * ek + ak:]
         out_keys, in_keys = ((i_enc, i_int), (r_enc, r_int)) if we_initiated else ((r_enc, r_int), (i_enc, i_int))

@@ -162,7 +162,7 @@ class SaCore:
         return self._rng(32)
 
     def _encrypt(self, msg: m.Message) -> bytes:
-        assert self._cout is not None
+        assert self._cout is not None  # only messages after IKE_SA_INIT are encrypted: keys installed
         return msg.encode_encrypted(self._cout, self._rng(self._cout.encr.iv_len))
 
     def _encrypt_frags(self, msg: m.Message) -> list[bytes]:
@@ -173,7 +173,7 @@ class SaCore:
         budget = frag.ike_budget(self.config.fragment_size, self.local, ":" in self.local[0])
         if len(wire) <= budget:
             return [wire]
-        assert self._cout is not None
+        assert self._cout is not None  # _encrypt above needed it too
         self._count("fragmented")
         return frag.fragment(msg, self._cout, self._rng, budget)
 

@@ -84,6 +84,7 @@ class IkeAuthTask(SaCore):
         return True
 
     def _send_auth_request(self, now: float) -> None:
+        # after our IKE_SA_INIT completed (keys derived) on an SA started by initiate() (_first_child)
         assert self.keys is not None and self._first_child is not None
         cfg = self.config
         idi = m.ID(Payload.IDi, cfg.local_id.id_type, cfg.local_id.data)
@@ -132,7 +133,7 @@ class IkeAuthTask(SaCore):
             self._close(now, "failed", errors[0].type if errors else Notify.INVALID_SYNTAX)
             return
         peer = Identity(idr.id_type, idr.data)
-        assert self.keys is not None
+        assert self.keys is not None  # the response was decrypted with them
         if not self._auth_ok(self.config, msg, idr, auth, self._init_resp, self.ni, self.keys.sk_pr):
             # the responder thinks the SA is up: tell it (RFC 7296 section 2.21.2), then forget the SA
             note = m.Message(self.spi_i, self.spi_r, Exchange.INFORMATIONAL, self._next_id, self.initiator, False,
@@ -163,7 +164,7 @@ class IkeAuthTask(SaCore):
         cfg = self.config
         if self._config_lookup is not None:
             cfg = self._config_lookup(peer, Identity(idr_req.id_type, idr_req.data) if idr_req else None) or cfg
-        assert self.keys is not None
+        assert self.keys is not None  # the request was decrypted with them
         if not self._auth_ok(cfg, msg, idi, auth, self._init_req, self.nr, self.keys.sk_pi):
             self._send_response(msg, [m.Notification(Notify.AUTHENTICATION_FAILED)], addr, local)
             self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
@@ -197,7 +198,7 @@ class IkeAuthTask(SaCore):
         self._set_state(IkeState.ESTABLISHED)
         self._half_open_deadline = None
         self._last_recv = now
-        assert self.proposal is not None
+        assert self.proposal is not None  # chosen in IKE_SA_INIT, before IKE_AUTH
         self._event(IkeSaEstablished, local_id=str(self.config.local_id), remote_id=str(self.remote_id),
                     proposal=self.proposal.to_strongswan_string(), local=self.local, remote=self.remote,
                     nat_local=self.nat_local, nat_remote=self.nat_remote)

@@ -171,7 +171,7 @@ class IkeInitTask(SaCore):
         self._init_resp = data
         self._read_sa_init_extras(msg)
         self.proposal = chosen
-        assert self._ke is not None
+        assert self._ke is not None  # _send_sa_init made it for the request this answers
         try:
             gir = self._ke.shared_secret(ke.data)
         except RemoteProtocolError as exc:
@@ -257,14 +257,14 @@ class IkeInitTask(SaCore):
         self._half_open_deadline = now + self.config.half_open_timeout_s
 
     def _derive_keys(self, gir: bytes) -> None:
-        assert self.proposal is not None
+        assert self.proposal is not None  # both IKE_SA_INIT handlers set it first
         encr, bits, prf, integ = _ike_suite(self.proposal)
         seed = crypto.skeyseed(prf, self.ni, self.nr, gir)
         self._install_keys(crypto.derive_ike_keys(prf, encr, bits, integ, seed, self.ni, self.nr,
                                                   self.spi_i, self.spi_r), prf)
 
     def _install_keys(self, keys: crypto.IkeKeys, prf_id: int) -> None:
-        assert self.proposal is not None
+        assert self.proposal is not None  # set before keys are derived (IKE_SA_INIT or _spawn)
         encr, _bits, _prf, integ = _ike_suite(self.proposal)
         self.keys, self._prf_id = keys, prf_id
         ci = crypto.SkCipher(encr, keys.sk_ei, integ, keys.sk_ai)

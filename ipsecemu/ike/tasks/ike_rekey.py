@@ -180,7 +180,7 @@ class IkeRekeyTask(SaCore):
         new.spi_i, new.spi_r, new.ni, new.nr, new.proposal = spi_i, spi_r, ni, nr, proposal
         new._group = proposal.ke.id if proposal.ke else self._group
         encr, bits, prf, integ = _ike_suite(proposal)
-        assert self.keys is not None
+        assert self.keys is not None  # only an established SA is rekeyed
         # SKEYSEED with the old SA's PRF and SK_d, then prf+ of the new PRF (as strongSwan does)
         seed = crypto.rekey_skeyseed(self._prf_id, self.keys.sk_d, gir, ni, nr)
         new._install_keys(crypto.derive_ike_keys(prf, encr, bits, integ, seed, ni, nr, spi_i, spi_r), prf)
