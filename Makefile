@@ -61,7 +61,7 @@ fuzz-native: venv
 	done
 
 # ruff, the import-linter contracts of pyproject.toml (layers, sans-I/O cores) and mypy (strict on
-# base, esp, macsec, dataplane).
+# everything but lab/, see [tool.mypy] in pyproject.toml).
 lint: venv
 	@$(VENV)/bin/ruff check ipsecemu tests native
 	@$(VENV)/bin/lint-imports --no-cache

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import ModuleType
+from typing import Any
 
 from ipsecemu.base.errors import BenchError
 from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict
@@ -89,7 +90,7 @@ class Result:
     ratios: tuple[float, ...] = ()  # per round, in round order (rounds where openssl answered)
     gbps_rounds: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -193,10 +194,11 @@ def _measure(be: ModuleType, suite: Suite, size: int, batch: int, budget: float)
     native = be.__name__.endswith(".native")
     if suite.esp is not None:
         cfg = suite.esp
-        helper = getattr(be, "bench_esp", None)
+        helper: Callable[..., tuple[float, float]] | None = getattr(be, "bench_esp", None)
         supported = getattr(be, "native_esp_supported", lambda _c: True)
         if native and helper is not None and supported(cfg):
-            return _c_loop(lambda n: helper(cfg, size, batch, n), ("encap", "decap"), batch, budget)
+            esp_bench = helper  # not None here; a lambda would not keep that narrowing
+            return _c_loop(lambda n: esp_bench(cfg, size, batch, n), ("encap", "decap"), batch, budget)
         return _python_esp(be, cfg, size, batch, budget)
     sa = suite.macsec
     assert sa is not None

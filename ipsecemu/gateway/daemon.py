@@ -40,6 +40,7 @@ from ipsecemu.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
     ChildSaRekeyed,
+    Event,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaRekeyed,
@@ -137,11 +138,11 @@ class Gateway(Sockets, Timers, ControlOps):
                     return local, sa
         return None
 
-    def _on_event(self, ev: object, from_response: bool = False) -> None:
-        found = self._sa_for(ev.ike_spi_i, ev.ike_spi_r) if hasattr(ev, "ike_spi_i") else None
+    def _on_event(self, ev: Event, from_response: bool = False) -> None:
+        found = self._sa_for(ev.ike_spi_i, ev.ike_spi_r)
         conn = found[1].config.name if found else None
         if conn is not None:
-            self.ike_conn[ev.ike_spi_i] = conn  # type: ignore[attr-defined]
+            self.ike_conn[ev.ike_spi_i] = conn
         if isinstance(ev, IkeSaRekeyed) and conn is not None:
             self.ike_conn[ev.new_spi_i] = conn
         if isinstance(ev, IkeSaEstablished):

@@ -55,11 +55,11 @@ class Port:
     pause: Callable[[], None]  # stop asyncio reading it (the C loop reads it then)
     resume: Callable[[], None]
     send: Callable[[bytes, tuple[str, int]], None]  # slow path: one ESP packet (SPI onward)
+    close: Callable[[], None]  # stop reading it and close it
     raw: bool = False
     ike_fd: int = -1  # UDP: where the C loop hands IKE datagrams (the daemon reads the other end)
     owner: str | None = None  # connection whose C loop reads the socket
     key: object = None  # what the socket was made for (encapsulation, peer)
-    close: Callable[[], None] | None = None
 
 
 def loop_supports_raw() -> bool:
@@ -288,12 +288,12 @@ class ConnectionDatapath:
         def __exit__(self, *exc: object) -> None:
             dp = self.dp
             if self.held is not None:
-                lo, held, self.held = dp._loop_obj, self.held, None
-                same = (dp.mode == "native" and dp.current is not None and dp._port is not None
+                lo, held, self.held, cur = dp._loop_obj, self.held, None, dp.current
+                same = (dp.mode == "native" and cur is not None and dp._port is not None
                         and dp._loop_key == (dp._port.fd, dp._loop_peer()))
                 try:
-                    if same and lo.outbound is not dp.current.out_sa:  # type: ignore[union-attr]
-                        lo.set_outbound(dp.current.out_sa)  # type: ignore[union-attr]
+                    if same and cur is not None and lo.outbound is not cur.out_sa:  # cur: checked in same
+                        lo.set_outbound(cur.out_sa)
                 finally:
                     held.__exit__(*exc)
                 if same:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
+from collections.abc import Callable
 
 from ipsecemu.config.gateway import GatewayConfig
 from ipsecemu.gateway.datapath import ConnectionDatapath, Port
 from ipsecemu.ike.endpoint import IkeEndpoint
 from ipsecemu.ike.errors import ParseError
+from ipsecemu.ike.events import Event
 from ipsecemu.ike.message import decode_header
 from ipsecemu.io.transport import IkeTransport
 
@@ -40,7 +41,7 @@ class EventsFirst:
     notes whether the input being handled was a response: events then come from exchanges we
     started (we are the initiator of that rekey)."""
 
-    def __init__(self, endpoint: IkeEndpoint, on_event: Any) -> None:
+    def __init__(self, endpoint: IkeEndpoint, on_event: Callable[[Event, bool], None]) -> None:
         self.endpoint = endpoint
         self.on_event = on_event
         self.from_response = False

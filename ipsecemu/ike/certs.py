@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from ipsecemu.base.errors import ProtocolError
@@ -40,24 +41,26 @@ from .errors import LocalProtocolError
 
 CERT_X509_SIGNATURE = 4  # CERT / CERTREQ encoding (RFC 7296 section 3.6)
 #: SIGNATURE_HASH_ALGORITHMS values (RFC 7427 section 7) -> hash
-HASH_IDS: dict[int, type[hashes.HashAlgorithm]] = {1: hashes.SHA1, 2: hashes.SHA256, 3: hashes.SHA384,
-                                                   4: hashes.SHA512}
+Hash = type[hashes.HashAlgorithm]  # a concrete hash class (SHA1 ... SHA512)
+HASH_IDS: dict[int, Hash] = {1: hashes.SHA1, 2: hashes.SHA256, 3: hashes.SHA384, 4: hashes.SHA512}
 OUR_HASHES = (2, 3, 4)  # what we announce: SHA-1 is not offered for new signatures
 
-_OID_HASH = {
+_OID_HASH: dict[str, Hash] = {
     "1.3.14.3.2.26": hashes.SHA1, "2.16.840.1.101.3.4.2.1": hashes.SHA256,
     "2.16.840.1.101.3.4.2.2": hashes.SHA384, "2.16.840.1.101.3.4.2.3": hashes.SHA512,
 }
 _HASH_OID = {v.name: k for k, v in _OID_HASH.items()}
-_RSA_PKCS1 = {"1.2.840.113549.1.1.5": hashes.SHA1, "1.2.840.113549.1.1.11": hashes.SHA256,
+_RSA_PKCS1: dict[str, Hash] = {"1.2.840.113549.1.1.5": hashes.SHA1, "1.2.840.113549.1.1.11": hashes.SHA256,
               "1.2.840.113549.1.1.12": hashes.SHA384, "1.2.840.113549.1.1.13": hashes.SHA512}
-_ECDSA = {"1.2.840.10045.4.1": hashes.SHA1, "1.2.840.10045.4.3.2": hashes.SHA256, "1.2.840.10045.4.3.3": hashes.SHA384,
+_ECDSA: dict[str, Hash] = {"1.2.840.10045.4.1": hashes.SHA1, "1.2.840.10045.4.3.2": hashes.SHA256, "1.2.840.10045.4.3.3": hashes.SHA384,
           "1.2.840.10045.4.3.4": hashes.SHA512}
 _PSS = "1.2.840.113549.1.1.10"
 _MGF1 = "1.2.840.113549.1.1.8"
 #: classic ECDSA methods (RFC 4754): method -> (curve, hash)
-_CLASSIC_ECDSA = {9: ("secp256r1", hashes.SHA256), 10: ("secp384r1", hashes.SHA384),
+_CLASSIC_ECDSA: dict[int, tuple[str, Hash]] = {9: ("secp256r1", hashes.SHA256), 10: ("secp384r1", hashes.SHA384),
                   11: ("secp521r1", hashes.SHA512)}
+#: curve size -> the hash an ECDSA signature uses (SHA-512 for larger curves)
+_EC_SIGN_HASH: dict[int, Hash] = {256: hashes.SHA256, 384: hashes.SHA384}
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -140,7 +143,7 @@ def _alg_id(oid: str, params: bytes | None = b"\x05\x00") -> bytes:
 def _pss_params(h: type[hashes.HashAlgorithm]) -> bytes:
     """RSASSA-PSS-params: hash h, MGF1 with h, salt length = hash length (RFC 4055)."""
     hid = _alg_id(_HASH_OID[h.name])
-    return _tlv(0x30, _tlv(0xA0, hid) + _tlv(0xA1, _alg_id(_MGF1, hid)) + _tlv(0xA2, _tlv(0x02, bytes([h.digest_size]))))
+    return _tlv(0x30, _tlv(0xA0, hid) + _tlv(0xA1, _alg_id(_MGF1, hid)) + _tlv(0xA2, _tlv(0x02, bytes([h().digest_size]))))
 
 
 def dn_to_str(der: bytes) -> str:
@@ -176,8 +179,9 @@ def _classic_method(key: PrivateKey | PublicKey) -> int:
 
 def sign(key: PrivateKey, octets: bytes, peer_hashes: frozenset[int], *, rsa_pss: bool = False) -> tuple[int, bytes]:
     """(auth method, AUTH data) over ``octets``; RFC 7427 when the peer announced hashes."""
+    want: Hash
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        want = {256: hashes.SHA256, 384: hashes.SHA384}.get(key.curve.key_size, hashes.SHA512)
+        want = _EC_SIGN_HASH.get(key.curve.key_size, hashes.SHA512)
     else:
         want = hashes.SHA256
     ids = {v.name: k for k, v in HASH_IDS.items()}
@@ -187,10 +191,10 @@ def sign(key: PrivateKey, octets: bytes, peer_hashes: frozenset[int], *, rsa_pss
         want = HASH_IDS[usable[-1]] if usable else want
     if not peer_hashes:
         method = _classic_method(key)
-        if method == AuthMethod.RSA:
-            return method, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())  # type: ignore[union-attr]
+        if isinstance(key, rsa.RSAPrivateKey):  # method is AuthMethod.RSA
+            return method, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())
         _curve, h = _CLASSIC_ECDSA[method]
-        r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(h())))  # type: ignore[call-arg]
+        r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(h())))
         size = (key.curve.key_size + 7) // 8
         return method, r.to_bytes(size, "big") + s.to_bytes(size, "big")
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -198,7 +202,7 @@ def sign(key: PrivateKey, octets: bytes, peer_hashes: frozenset[int], *, rsa_pss
         alg, sig = _alg_id(oid, None), key.sign(octets, ec.ECDSA(want()))
     elif rsa_pss:
         alg = _alg_id(_PSS, _pss_params(want))
-        sig = key.sign(octets, padding.PSS(padding.MGF1(want()), want.digest_size), want())
+        sig = key.sign(octets, padding.PSS(padding.MGF1(want()), want().digest_size), want())
     else:
         oid = {v.name: k for k, v in _RSA_PKCS1.items()}[want.name]
         alg, sig = _alg_id(oid), key.sign(octets, padding.PKCS1v15(), want())
@@ -206,7 +210,9 @@ def sign(key: PrivateKey, octets: bytes, peer_hashes: frozenset[int], *, rsa_pss
 
 
 def _parse_pss(params: bytes) -> tuple[type[hashes.HashAlgorithm], type[hashes.HashAlgorithm], int]:
-    h, mgf_h, salt = hashes.SHA1, hashes.SHA1, 20  # RFC 4055 defaults
+    h: Hash = hashes.SHA1  # RFC 4055 defaults
+    mgf_h: Hash = hashes.SHA1
+    salt = 20
     for tag, val in _items(params):
         if tag == 0xA0:
             h = _OID_HASH.get(_oid_str(_items(_items(val)[0][1])[0][1]), None) or _unsupported("PSS hash")
@@ -225,8 +231,10 @@ def _unsupported(what: str) -> type[hashes.HashAlgorithm]:
     raise CertError(f"unsupported {what}")
 
 
-def verify(pub: PublicKey, method: int, data: bytes, octets: bytes, peer_hashes_ok: frozenset[int]) -> None:
-    """Check AUTH ``data`` of ``method`` over ``octets`` with ``pub``; raise CertError if it fails."""
+def verify(pub: CertificatePublicKeyTypes, method: int, data: bytes, octets: bytes,
+           peer_hashes_ok: frozenset[int]) -> None:
+    """Check AUTH ``data`` of ``method`` over ``octets`` with ``pub``; raise CertError if it fails
+    (also for a key that is neither RSA nor ECDSA: no method fits it)."""
     try:
         if method == AuthMethod.RSA and isinstance(pub, rsa.RSAPublicKey):
             pub.verify(data, octets, padding.PKCS1v15(), hashes.SHA1())

@@ -54,7 +54,7 @@ PRF: dict[int, str] = PRF_HASH_BY_ID
 #: PRF names used by vector files and logs
 PRF_NAMES: dict[str, int] = PRF_ID_BY_SWAN_NAME
 
-_ECP = {19: ec.SECP256R1, 20: ec.SECP384R1, 21: ec.SECP521R1}
+_ECP: dict[int, Callable[[], ec.EllipticCurve]] = {19: ec.SECP256R1, 20: ec.SECP384R1, 21: ec.SECP521R1}
 #: MODP private exponent sizes in bits: 2 x the strength estimate of RFC 3526 section 8, >= 256
 _MODP_EXP_BITS = {1: 256, 2: 256, 5: 256, 14: 320, 15: 384, 16: 448, 17: 512, 18: 512}
 
@@ -241,6 +241,7 @@ class KeyExchange:
             size = (self._ec.curve.key_size + 7) // 8
             self.public = pt.x.to_bytes(size, "big") + pt.y.to_bytes(size, "big")
         elif g == 31:
+            self._xk: x25519.X25519PrivateKey | x448.X448PrivateKey
             self._xk = x25519.X25519PrivateKey.from_private_bytes(private)
             self.public = self._xk.public_key().public_bytes_raw()
         else:
@@ -287,7 +288,7 @@ class KeyExchange:
             # g^ir is the x coordinate only (RFC 5903 section 7)
             return self._ec.exchange(ec.ECDH(), pub)
         try:
-            if g == 31:
+            if isinstance(self._xk, x25519.X25519PrivateKey):  # group 31; else 32 (X448)
                 out = self._xk.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
             else:
                 out = self._xk.exchange(x448.X448PublicKey.from_public_bytes(peer))
@@ -314,13 +315,14 @@ class SkCipher:
             self._aead = ChaCha20Poly1305(k) if encr_id == 28 else AESGCM(k)
             self._aead_key = k
             self.icv_len = self.encr.icv_len
-            self._integ = None
+            self._integ_hash: str | None = None
         else:
             if integ_id is None:
                 raise LocalProtocolError("non-AEAD encryption needs an integrity algorithm")
-            self._integ = INTEG[integ_id]
+            integ = INTEG[integ_id]
+            self._integ_hash = integ.hash  # never None: INTEG keeps only the hashed algorithms
             self._integ_key = integ_key
-            self.icv_len = self._integ.icv_len
+            self.icv_len = integ.icv_len
 
     def body_len(self, content_len_without_pad: int) -> tuple[int, int]:
         """(pad_len, SK body length = IV | ciphertext | ICV) for ``inner`` of this length
@@ -340,8 +342,8 @@ class SkCipher:
             return iv + self._aead_seal(self._nonce(iv), content, assoc)
         enc = self._cbc(iv).encryptor()
         ct = enc.update(content) + enc.finalize()
-        assert self._integ is not None
-        icv = hmac.new(self._integ_key, assoc + iv + ct, self._integ.hash).digest()[: self.icv_len]
+        assert self._integ_hash is not None  # not AEAD: __init__ set it
+        icv = hmac.new(self._integ_key, assoc + iv + ct, self._integ_hash).digest()[: self.icv_len]
         return iv + ct + icv
 
     def open(self, assoc: bytes, body: bytes) -> bytes:
@@ -358,8 +360,8 @@ class SkCipher:
                 raise IntegrityError() from None
         else:
             ct, icv = body[iv_len:-icv_len], body[-icv_len:]
-            assert self._integ is not None
-            want = hmac.new(self._integ_key, assoc + body[:-icv_len], self._integ.hash).digest()[:icv_len]
+            assert self._integ_hash is not None  # not AEAD: __init__ set it
+            want = hmac.new(self._integ_key, assoc + body[:-icv_len], self._integ_hash).digest()[:icv_len]
             if not hmac.compare_digest(want, icv):
                 raise IntegrityError()
             if not ct or len(ct) % self.encr.block:
@@ -402,7 +404,7 @@ class SkCipher:
     def _nonce(self, iv: bytes) -> bytes:
         return self._salt + iv
 
-    def _cbc(self, iv: bytes) -> Cipher:
+    def _cbc(self, iv: bytes) -> Cipher[modes.CBC]:
         if self.encr_id == 3:
             return Cipher(TripleDES(self._key), modes.CBC(iv))
         return Cipher(algorithms.AES(self._key), modes.CBC(iv))

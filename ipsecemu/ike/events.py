@@ -66,7 +66,7 @@ class IkeSaDeleted(Event):
 
 @dataclass(frozen=True)
 class ChildSaEstablished(Event):
-    keys: ChildSaKeys = field(repr=True, default=None)  # type: ignore[assignment]
+    keys: ChildSaKeys
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class ChildSaRekeyed(Event):
 
     old_inbound_spi: int = 0
     old_outbound_spi: int = 0
-    keys: ChildSaKeys = field(default=None)  # type: ignore[assignment]
+    keys: ChildSaKeys = field(kw_only=True)  # after fields with defaults: by keyword
 
 
 @dataclass(frozen=True)

@@ -102,11 +102,13 @@ class Proposal:
 
     @property
     def encr(self) -> EncrAlg | None:
-        return self._first(TransformType.ENCR)  # type: ignore[return-value]
+        alg = self._first(TransformType.ENCR)
+        return alg if isinstance(alg, EncrAlg) else None
 
     @property
     def prf(self) -> PrfAlg | None:
-        return self._first(TransformType.PRF)  # type: ignore[return-value]
+        alg = self._first(TransformType.PRF)
+        return alg if isinstance(alg, PrfAlg) else None
 
     @property
     def integ(self) -> IntegAlg | None:
@@ -195,7 +197,7 @@ def parse_proposal(text: str, protocol: str, *, number: int = 1) -> Proposal:
 
 
 def _check(text: str, protocol: str, found: dict[TransformType, list[Alg]]) -> None:
-    encrs: list[EncrAlg] = found[TransformType.ENCR]  # type: ignore[assignment]
+    encrs = [a for a in found[TransformType.ENCR] if isinstance(a, EncrAlg)]  # all of them: parsed as ENCR
     where = f"{protocol} proposal {text!r}"
     if not encrs:
         raise ProposalError(f"{where}: an encryption algorithm is required")

@@ -86,32 +86,20 @@ notify to answer with).
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from collections.abc import Callable
-
-from . import crypto
 from . import fragments as frag
 from . import message as m
-from .consts import Exchange, Notify
+from .consts import Exchange, Notify, Payload
 from .errors import IntegrityError, LocalProtocolError, ParseError, RemoteProtocolError
 from .events import (
-    ChildSaDeleted,
     Event,
-    IkeSaDeleted,
     PeerAddressChanged,
 )
-from .proposals import Proposal
-from .settings import Identity, IkeSaConfig
-from .states import IkeState, check
+from .states import IkeState
 from .tasks.base import (
     Addr,
     ChildSa,
-    Rng,
     Sink,
     _ChildNeg,
-    _first_group,
-    _Request,
     from_wire,
     natd_hash,
     to_wire,
@@ -127,80 +115,7 @@ __all__ = ["IkeSa", "ChildSa", "Sink", "IkeState", "natd_hash", "to_wire", "from
 
 
 class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask):
-    """One IKE SA; see the module docstring for the driving API."""
-
-    def __init__(
-        self,
-        config: IkeSaConfig,
-        *,
-        initiator: bool,
-        local: Addr,
-        remote: Addr | None = None,
-        rng: Rng | None = None,
-        sink: Sink | None = None,
-        config_lookup: Callable[[Identity, Identity | None], IkeSaConfig | None] | None = None,
-    ) -> None:
-        self.config = config
-        self.initiator = initiator
-        self.local = local
-        remote = remote or config.remote_addr
-        if remote is None:
-            raise LocalProtocolError(f"{config.name}: no remote address")
-        self.remote = remote
-        self._rng: Rng = rng or os.urandom
-        self._sink = sink or Sink()
-        self._config_lookup = config_lookup
-        self.state = IkeState.INITIAL
-        self.spi_i = self._rng(8) if initiator else b""
-        self.spi_r = bytes(8) if initiator else self._rng(8)
-        self.ni = b""
-        self.nr = b""
-        self._ke: crypto.KeyExchange | None = None
-        self._group = _first_group(config.ike_proposals)
-        self._tried_groups: set[int] = set()
-        self._cookie = b""
-        self.proposal: Proposal | None = None
-        self.keys: crypto.IkeKeys | None = None
-        self._prf_id = 0
-        self._cin: crypto.SkCipher | None = None
-        self._cout: crypto.SkCipher | None = None
-        self._init_req = b""  # IKE_SA_INIT request / response as sent (for AUTH)
-        self._init_resp = b""
-        self.nat_local = False
-        self.nat_remote = False
-        self.remote_id: Identity | None = None
-        self.peer_sig_hashes: frozenset[int] = frozenset()  # RFC 7427 hashes the peer announced
-        self.frag_ok = False  # both sides said IKEV2_FRAGMENTATION_SUPPORTED
-        self.childless_ok = False  # both sides said CHILDLESS_IKEV2_SUPPORTED (RFC 6023)
-        self._want_child = True  # initiate(child=False): no first Child SA at all
-        self._reasm = frag.Reassembler()
-        self.children: dict[int, ChildSa] = {}
-        self._first_child: _ChildNeg | None = None
-        # message IDs (window size 1)
-        self._next_id = 0
-        self._expect_id = 0
-        self._pending: _Request | None = None
-        self._queue: deque[tuple[str, Callable[[float], None]]] = deque()
-        self._last_response: tuple[int, list[tuple[bytes, Addr, Addr]]] | None = None
-        self._created = 0.0
-        self._last_recv = 0.0
-        self._ike_rekey_at: float | None = None
-        self._ike_expire_at: float | None = None  # hard limit if rekeying keeps failing
-        self._half_open_deadline: float | None = None
-        self.counters: dict[str, int] = {}
-        self.successor: IkeSa | None = None
-        self._rekeying_ike = False
-        # simultaneous IKE rekey: (the peer's new SA, the lowest nonce of its exchange)
-        self._ike_collision: tuple[IkeSa, bytes] | None = None
-        self._collision_of: IkeSa | None = None  # the peer's new SA of a collision: the old SA
-        self._redundant = False  # the losing new SA of a simultaneous IKE rekey
-        self._redundant_deadline: float | None = None  # we delete it then if the peer has not
-        self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
-        # Deletes for outbound SPIs we do not know yet, received while our CREATE_CHILD_SA was in
-        # flight: the peer answered it (response lost or late) and already deleted the result
-        self._early_deletes: set[int] = set()
-        self.peer_initial_contact = False  # the peer said INITIAL_CONTACT: its older SAs are stale
-        self.last_error = ""  # the last peer protocol error (for logs; never contains key material)
+    """One IKE SA; see the module docstring for the driving API (state and plumbing: ``tasks.core``)."""
 
     # --- driving API ----------------------------------------------------------------------------
 
@@ -351,111 +266,9 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self._enqueue("dpd", lambda t: self._send_request(t, Exchange.INFORMATIONAL, [], lambda r, t2: None, "dpd"))
         self._kick(now)
 
-    # --- properties -----------------------------------------------------------------------------
-
-    @property
-    def local_spi(self) -> bytes:
-        return self.spi_i if self.initiator else self.spi_r
-
-    @property
-    def encap(self) -> bool:
-        return self.nat_local or self.nat_remote or self.config.force_encap
-
     def __repr__(self) -> str:
         return (f"<IkeSa {self.config.name} {self.spi_i.hex()}_i {self.spi_r.hex()}_r "
                 f"{'I' if self.initiator else 'R'} {self.state.value}>")
-
-    # --- internals: plumbing --------------------------------------------------------------------
-
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
-
-    def _set_state(self, new: IkeState) -> None:
-        if new != self.state:
-            check(self.state, new)
-            self.state = new
-
-    def _event(self, ev_cls: type, **kw: object) -> None:
-        self._sink.events.append(ev_cls(ike_spi_i=self.spi_i, ike_spi_r=self.spi_r, **kw))
-
-    def _emit(self, wire: bytes) -> None:
-        self._sink.out.append((wire, self.remote, self.local))
-
-    def _require_established(self) -> None:
-        if self.state != IkeState.ESTABLISHED:
-            raise LocalProtocolError(f"IKE SA {self.config.name} is {self.state.value}, not established")
-        if self._redundant:
-            raise LocalProtocolError(f"IKE SA {self.config.name} lost (or is resolving) a simultaneous rekey")
-
-    def _child(self, inbound_spi: int) -> ChildSa:
-        self._require_established()
-        c = self.children.get(inbound_spi)
-        if c is None:
-            raise LocalProtocolError(f"no Child SA with inbound SPI {inbound_spi:#x}")
-        return c
-
-    def _enqueue(self, kind: str, start: Callable[[float], None]) -> None:
-        self._queue.append((kind, start))
-
-    def _kick(self, now: float) -> None:
-        """Start the next queued request if the window (size 1) is free."""
-        while self._pending is None and self._queue and self.state in (IkeState.ESTABLISHED, IkeState.DELETING):
-            _kind, start = self._queue.popleft()
-            start(now)
-
-    def _alloc_child_spi(self) -> int:
-        while True:
-            spi = int.from_bytes(self._rng(4), "big")
-            if spi >= 256 and spi not in self.children:
-                return spi
-
-    def _nonce(self) -> bytes:
-        return self._rng(32)
-
-    def _encrypt(self, msg: m.Message) -> bytes:
-        assert self._cout is not None
-        return msg.encode_encrypted(self._cout, self._rng(self._cout.encr.iv_len))
-
-    def _encrypt_frags(self, msg: m.Message) -> list[bytes]:
-        """``msg`` encrypted; as RFC 7383 fragments if negotiated and it would not fit."""
-        wire = self._encrypt(msg)
-        if not self.frag_ok:
-            return [wire]
-        budget = frag.ike_budget(self.config.fragment_size, self.local, ":" in self.local[0])
-        if len(wire) <= budget:
-            return [wire]
-        assert self._cout is not None
-        self._count("fragmented")
-        return frag.fragment(msg, self._cout, self._rng, budget)
-
-    def _send_request(self, now: float, exchange: int, payloads: list, on_response: Callable[[m.Message, float], None],
-                      kind: str) -> None:
-        msg = m.Message(self.spi_i, self.spi_r, exchange, self._next_id, self.initiator, False, payloads)
-        wires = self._encrypt_frags(msg)
-        self._pending = _Request(self._next_id, wires[0], exchange, on_response, kind, 0,
-                                 now + self.config.retransmit_timeout_s, now, wires if len(wires) > 1 else [])
-        for w in wires:
-            self._emit(w)
-
-    def _send_response(self, req: m.Message, payloads: list, addr: Addr, local: Addr) -> None:
-        msg = m.Message(self.spi_i, self.spi_r, req.exchange, req.msg_id, self.initiator, True, payloads)
-        out = [(w, addr, local) for w in self._encrypt_frags(msg)]
-        self._sink.out.extend(out)
-        self._last_response = (req.msg_id, out)
-
-    def _close(self, now: float, reason: str, notify: int = 0, quiet_children: bool = False) -> None:
-        if self.state == IkeState.CLOSED:
-            return
-        if not quiet_children:
-            for c in self.children.values():
-                self._event(ChildSaDeleted, inbound_spi=c.inbound_spi, outbound_spi=c.outbound_spi, reason=reason)
-        self.children.clear()
-        self._pending = None
-        self._queue.clear()
-        self._half_open_deadline = None
-        self._reasm.clear()
-        self.state = IkeState.CLOSED
-        self._event(IkeSaDeleted, reason=reason, notify=notify)
 
     def close_replaced(self, now: float) -> None:
         """Forget this SA without telling the peer (it rebooted: RFC 7296 section 2.4 INITIAL_CONTACT)."""
@@ -473,7 +286,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             if msg.exchange == Exchange.IKE_SA_INIT:
                 self._recv_sa_init(msg, data, addr, local, now)
                 return
-            if len(data) > 16 and data[16] == m.Payload.SKF:
+            if len(data) > 16 and data[16] == Payload.SKF:
                 whole = self._reassemble(msg, data, addr, now)
                 if whole is None:
                     return
@@ -510,7 +323,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         if resent:
             # a retransmitted fragmented request: answer once, on its first fragment (RFC 7383 2.6.1)
             if piece.number == 1:
-                assert self._last_response is not None
+                assert self._last_response is not None  # resent implies it
                 self._sink.out.extend(self._last_response[1])
                 self._count("duplicate_request")
             return None
@@ -527,7 +340,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         return m.Message(msg.spi_i, msg.spi_r, msg.exchange, msg.msg_id, msg.initiator, msg.response, payloads,
                          msg.version, decrypted=True)
 
-    def _decrypt(self, msg: m.Message, data: bytes) -> list:
+    def _decrypt(self, msg: m.Message, data: bytes) -> list[m.AnyPayload]:
         if msg.decrypted:
             return msg.payloads
         if self._cin is None:

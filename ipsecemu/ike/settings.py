@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -221,7 +222,7 @@ class IkeSaConfig:
         esp: str = "aes256gcm16",
         local_ts: str = "0.0.0.0/0",
         remote_ts: str = "0.0.0.0/0",
-        **kw: object,
+        **kw: Any,  # any other IkeSaConfig field, passed through
     ) -> IkeSaConfig:
         return cls(
             name=name,
@@ -232,5 +233,5 @@ class IkeSaConfig:
             esp_proposals=parse_proposals(esp, "esp"),
             local_ts=[TrafficSelector.from_cidr(c.strip()) for c in local_ts.split(",")],
             remote_ts=[TrafficSelector.from_cidr(c.strip()) for c in remote_ts.split(",")],
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )

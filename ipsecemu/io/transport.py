@@ -21,7 +21,8 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from ipsecemu.net.netns import entered
 
@@ -82,7 +83,7 @@ class _Proto(asyncio.DatagramProtocol):
         self.owner = owner
         self.local = local
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.owner._on_datagram(data, (addr[0], addr[1]), self.local)
 
     def error_received(self, exc: Exception) -> None:
@@ -130,9 +131,8 @@ class IkeTransport:
             for host in self.hosts:
                 for port in (self.ike_port, self.nat_port):
                     sock = open_udp_socket(host, port, self.netns)
-                    tr, _ = await self._loop.create_datagram_endpoint(lambda h=host, p=port: _Proto(self, (h, p)),
-                                                                      sock=sock)
-                    self._socks[(host, port)] = tr  # type: ignore[assignment]
+                    tr, _ = await self._loop.create_datagram_endpoint(partial(_Proto, self, (host, port)), sock=sock)
+                    self._socks[(host, port)] = tr
         except BaseException:
             self.close()
             raise

@@ -173,6 +173,7 @@ class TunForwarder:
 
     def _encap(self, pkt: bytes) -> None:
         version = pkt[0] >> 4 if pkt else 0
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address
         if version == 4 and len(pkt) >= 20:
             dst, nh = ipaddress.IPv4Address(pkt[16:20]), 4
         elif version == 6 and len(pkt) >= 40:
@@ -212,6 +213,8 @@ class TunForwarder:
     @staticmethod
     def _fits(inner: bytes, sa: _In) -> bool:
         """Inner source in the remote TS and destination in the local TS (RFC 4301 5.2)."""
+        src: ipaddress.IPv4Address | ipaddress.IPv6Address
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address
         try:
             if inner[0] >> 4 == 4:
                 src, dst = ipaddress.IPv4Address(inner[12:16]), ipaddress.IPv4Address(inner[16:20])

@@ -30,8 +30,9 @@ class Worker:
 
     def __init__(self, ns: str, args: list[str]) -> None:
         self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "ipsecemu.bench.ike", *args]
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "ipsecemu.bench.ike", *args],
+            self.argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
             start_new_session=True)  # Ctrl-C reaches only us; we stop the worker ourselves
 
@@ -45,14 +46,16 @@ class Worker:
         self.proc.stdin.flush()
 
     def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
+        out = self.proc.stdout
+        assert out is not None  # Popen(stdout=PIPE)
         box: list[str] = []
-        t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        t = threading.Thread(target=lambda: box.append(out.readline()), daemon=True)
         t.start()
         t.join(timeout)
         if not box or not box[0]:
-            raise BenchError(f"worker {self.proc.args[5:]} gave no answer within {timeout:.0f}s:\n{self.stderr_tail()}")
-        return json.loads(box[0])
+            raise BenchError(f"worker {self.argv[5:]} gave no answer within {timeout:.0f}s:\n{self.stderr_tail()}")
+        reply: dict[str, Any] = json.loads(box[0])
+        return reply
 
     def stderr_tail(self, n: int = 15) -> str:
         self.err.seek(0)
@@ -205,7 +208,7 @@ def vici_run(charon: Any, conn: str, duration: float | None, count: int | None,
         t.join(max(0.0, limit - time.monotonic()))
     if errors and not by_uid:
         raise BenchError(f"vici initiate failed: {errors[0]}\n{charon.log_tail()}")
-    return Run({}, (state["last"] or time.monotonic()) - t0, state["failed"]), by_uid
+    return Run({}, (state["last"] or time.monotonic()) - t0, int(state["failed"])), by_uid
 
 
 @contextmanager

@@ -54,7 +54,7 @@ connections:
     dpd: {{interval: 0}}
     tunnel: {{name: {tun}, mtu: 1400}}
 """)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -62,11 +62,11 @@ connections:
 
     def start(self) -> None:
         # `ip netns exec` execs the command, so the pid is the daemon's own
-        self.proc = self.procs.start(ns_argv(self.ns, sys.executable, "-m", "ipsecemu", "gateway", "run",
-                                             str(self.cfg)),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = proc = self.procs.start(ns_argv(self.ns, sys.executable, "-m", "ipsecemu", "gateway", "run",
+                                                    str(self.cfg)),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         sock = self.state / "control.sock"
-        if not wait_for(lambda: sock.exists() or self.proc.poll() is not None, 15) or self.proc.poll() is not None:
+        if not wait_for(lambda: sock.exists() or proc.poll() is not None, 15) or proc.poll() is not None:
             raise BenchError(f"ipsecemu gateway in {self.ns} did not start: {self.log_tail()}")
 
     def request(self, cmd: str) -> Any:

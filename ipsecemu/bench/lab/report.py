@@ -91,8 +91,9 @@ def summarise(per_round: list[list[Cell]], ciphers: tuple[str, ...]) -> list[Cel
         errors = [f"round {i}/{len(rs)}: {c.error}" if len(rs) > 1 else c.error
                   for i, c in enumerate(rs, 1) if c.error]
         cell.error = "; ".join(errors)
-        cell.baseline_gbps = base[pick]
-        cell.ratio = round(cell.gbps / base[pick], 2) if base[pick] and not cell.error else None
+        base_gbps = base[pick]
+        cell.baseline_gbps = base_gbps
+        cell.ratio = round(cell.gbps / base_gbps, 2) if base_gbps and not cell.error else None
         cell.rounds = sp.rounds
         r2 = sp.rounded(2)
         cell.ratio_min, cell.ratio_max, cell.ratios = r2.ratio_min, r2.ratio_max, list(r2.ratios)
@@ -108,8 +109,8 @@ def target(cells: list[Cell]) -> dict[str, Any]:
     ratios = {f"{c.cipher}/{c.streams}": c.ratio for c in cells if c.path == "ipsecemu"}
     known = [r for r in ratios.values() if r is not None]
     ss = {(c.cipher, c.streams): c.cpu_per_gbps for c in cells if c.path == "strongswan"}
-    eff = {f"{c.cipher}/{c.streams}": round(ss[(c.cipher, c.streams)] / c.cpu_per_gbps, 2)
-           for c in cells if c.path == "ipsecemu" and c.cpu_per_gbps and ss.get((c.cipher, c.streams))}
+    eff = {f"{c.cipher}/{c.streams}": round(s / c.cpu_per_gbps, 2)
+           for c in cells if c.path == "ipsecemu" and c.cpu_per_gbps and (s := ss.get((c.cipher, c.streams)))}
     return {"required": TARGET, "ratios": ratios, "met": bool(known) and len(known) == len(ratios)
             and min(known) >= TARGET, "cpu_efficiency_vs_strongswan": eff}
 

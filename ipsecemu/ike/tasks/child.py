@@ -1,7 +1,7 @@
 """Child SAs: creation inside IKE_AUTH and by CREATE_CHILD_SA, rekeying (with PFS), and the
 simultaneous-rekey rules of RFC 7296 section 2.8.1.
 
-A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
+A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the state and plumbing of ``core.SaCore`` (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from .base import (
     from_wire,
     to_wire,
 )
+from .core import SaCore
 
 
-class ChildTask:
+class ChildTask(SaCore):
     # --- Child SAs (IKE_AUTH and CREATE_CHILD_SA) -------------------------------------------------
 
     def _make_child(self, prop: Proposal, in_spi: int, out_spi: int, ni: bytes, nr: bytes, gir: bytes,
@@ -46,7 +47,7 @@ class ChildTask:
             raise RemoteProtocolError("ESP proposal without usable encryption", Notify.NO_PROPOSAL_CHOSEN)
         ek = encr.keymat_len
         ak = integ.key_len if integ is not None and not encr.aead else 0
-        assert self.keys is not None
+        assert self.keys is not None  # Child SAs come after IKE_SA_INIT derived the keys
         km = crypto.child_keymat(self._prf_id, self.keys.sk_d, ni, nr, 2 * (ek + ak), gir)
         i_enc, i_int, r_enc, r_int = km[:ek], km[ek:ek + ak], km[ek + ak:2 * ek + ak], km[2 * ek + ak:]
         out_keys, in_keys = ((i_enc, i_int), (r_enc, r_int)) if we_initiated else ((r_enc, r_int), (i_enc, i_int))
@@ -76,7 +77,7 @@ class ChildTask:
                         hard_packets=hard_p)
 
     def _respond_child(self, msg: m.Message, ni: bytes, nr: bytes, rekey_of: ChildSa | None, now: float,
-                       ike_auth: bool = False) -> tuple[list, ChildSa | None, int]:
+                       ike_auth: bool = False) -> tuple[list[m.AnyPayload], ChildSa | None, int]:
         """Responder side of a Child SA negotiation: (response payloads, new child or None, notify)."""
         sa, tsi, tsr = msg.first(m.SA), msg.first(m.TS, Payload.TSi), msg.first(m.TS, Payload.TSr)
         if sa is None or tsi is None or tsr is None:
@@ -93,7 +94,7 @@ class ChildTask:
         if not ts_i or not ts_r:
             return [m.Notification(Notify.TS_UNACCEPTABLE)], None, Notify.TS_UNACCEPTABLE
         gir = b""
-        extra: list = []
+        extra: list[m.AnyPayload] = []
         if not ike_auth:
             extra.append(m.Nonce(nr))
             if chosen.ke is not None:
@@ -112,7 +113,7 @@ class ChildTask:
                                      ts_r, ts_i, mode, now)
         except RemoteProtocolError as exc:
             return [m.Notification(exc.notify)], None, exc.notify
-        payloads: list = [m.Notification(Notify.USE_TRANSPORT_MODE)] if transport else []
+        payloads: list[m.AnyPayload] = [m.Notification(Notify.USE_TRANSPORT_MODE)] if transport else []
         payloads += [m.SA(to_wire([chosen], in_spi.to_bytes(4, "big"))), *extra,
                      m.TS(Payload.TSi, ts_i), m.TS(Payload.TSr, ts_r)]
         return payloads, child, 0
@@ -184,8 +185,8 @@ class ChildTask:
                         reason="remote")
         return child
 
-    def _start_create_child(self, now: float, rekey_of: ChildSa | None, local_ts: list | None = None,
-                            remote_ts: list | None = None, group: int | None = None) -> None:
+    def _start_create_child(self, now: float, rekey_of: ChildSa | None, local_ts: list[TrafficSelector] | None = None,
+                            remote_ts: list[TrafficSelector] | None = None, group: int | None = None) -> None:
         if rekey_of is not None and (rekey_of.inbound_spi not in self.children or rekey_of.rekeyed):
             return  # deleted or rekeyed by the peer meanwhile
         props = self.config.esp_proposals
@@ -197,7 +198,7 @@ class ChildTask:
             list(remote_ts or (rekey_of.keys.remote_ts if rekey_of else self.config.remote_ts)),
             rekey_of,
         )
-        payloads: list = []
+        payloads: list[m.AnyPayload] = []
         if rekey_of is not None:
             payloads.append(m.Notification(Notify.REKEY_SA, b"", Protocol.ESP, rekey_of.inbound_spi.to_bytes(4, "big")))
         payloads += self._child_request_payloads(neg)

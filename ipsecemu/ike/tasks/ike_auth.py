@@ -6,7 +6,7 @@ certificates (``config.certs``, see :mod:`ipsecemu.ike.certs`): CERT + AUTH sign
 CERTREQ naming our CAs, the peer's chain and signature checked, its ID checked against its
 certificate.  Both sides use the same method; a mismatch is AUTHENTICATION_FAILED.
 
-A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
+A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the state and plumbing of ``core.SaCore`` (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from .base import (
     _strip_ke,
     to_wire,
 )
+from .core import SaCore
 
 
-class IkeAuthTask:
+class IkeAuthTask(SaCore):
     # --- IKE_AUTH ---------------------------------------------------------------------------------
 
     def _psk_auth(self, psk: bytes, signed: bytes, nonce: bytes, sk_p: bytes, id_body: bytes) -> bytes:
@@ -46,11 +47,11 @@ class IkeAuthTask:
         return init_msg + nonce + crypto.prf(self._prf_id, sk_p, id_body)
 
     def _auth_payloads(self, cfg: IkeSaConfig, init_msg: bytes, nonce: bytes, sk_p: bytes, id_body: bytes,
-                       certreq: bool) -> tuple[list, m.Auth]:
+                       certreq: bool) -> tuple[list[m.AnyPayload], m.Auth]:
         """(CERT / CERTREQ payloads, AUTH payload) proving our identity with ``cfg``'s credentials."""
         if cfg.certs is None:
             return [], m.Auth(AuthMethod.PSK, self._psk_auth(cfg.psk, init_msg, nonce, sk_p, id_body))
-        extra: list = [m.Cert(Payload.CERT, x509auth.CERT_X509_SIGNATURE, d) for d in cfg.certs.cert_payload_data()]
+        extra: list[m.AnyPayload] = [m.Cert(Payload.CERT, x509auth.CERT_X509_SIGNATURE, d) for d in cfg.certs.cert_payload_data()]
         if certreq and cfg.certs.cas:
             extra.append(m.Cert(Payload.CERTREQ, x509auth.CERT_X509_SIGNATURE, cfg.certs.certreq_data()))
         method, data = cfg.certs.sign(self._signed_octets(init_msg, nonce, sk_p, id_body),
@@ -74,7 +75,7 @@ class IkeAuthTask:
             cert = cfg.certs.verify_chain(ders)
             if not any(Identity(t, d).matches(peer) for t, d in x509auth.cert_identities(cert)):
                 raise x509auth.CertError(f"peer identity {peer} is not in its certificate")
-            x509auth.verify(cert.public_key(), auth.method, auth.data,  # type: ignore[arg-type]
+            x509auth.verify(cert.public_key(), auth.method, auth.data,
                             self._signed_octets(init_msg, nonce, sk_p, idp.body()), frozenset())
         except x509auth.CertError as exc:
             self.last_error = str(exc)
@@ -83,11 +84,12 @@ class IkeAuthTask:
         return True
 
     def _send_auth_request(self, now: float) -> None:
+        # after our IKE_SA_INIT completed (keys derived) on an SA started by initiate() (_first_child)
         assert self.keys is not None and self._first_child is not None
         cfg = self.config
         idi = m.ID(Payload.IDi, cfg.local_id.id_type, cfg.local_id.data)
         extra, auth = self._auth_payloads(cfg, self._init_req, self.nr, self.keys.sk_pi, idi.body(), True)
-        payloads: list = [idi, *extra]
+        payloads: list[m.AnyPayload] = [idi, *extra]
         if cfg.remote_id is not None:
             payloads.append(m.ID(Payload.IDr, cfg.remote_id.id_type, cfg.remote_id.data))
         payloads.append(auth)
@@ -109,8 +111,8 @@ class IkeAuthTask:
         self._set_state(IkeState.AUTH_SENT)
         self._send_request(now, Exchange.IKE_AUTH, payloads, self._on_auth_response, "auth")
 
-    def _child_request_payloads(self, neg: _ChildNeg) -> list:
-        out: list = []
+    def _child_request_payloads(self, neg: _ChildNeg) -> list[m.AnyPayload]:
+        out: list[m.AnyPayload] = []
         if self.config.mode == "transport":
             out.append(m.Notification(Notify.USE_TRANSPORT_MODE))
         out.append(m.SA(to_wire(neg.proposals, neg.inbound_spi.to_bytes(4, "big"))))
@@ -131,7 +133,7 @@ class IkeAuthTask:
             self._close(now, "failed", errors[0].type if errors else Notify.INVALID_SYNTAX)
             return
         peer = Identity(idr.id_type, idr.data)
-        assert self.keys is not None
+        assert self.keys is not None  # the response was decrypted with them
         if not self._auth_ok(self.config, msg, idr, auth, self._init_resp, self.ni, self.keys.sk_pr):
             # the responder thinks the SA is up: tell it (RFC 7296 section 2.21.2), then forget the SA
             note = m.Message(self.spi_i, self.spi_r, Exchange.INFORMATIONAL, self._next_id, self.initiator, False,
@@ -162,7 +164,7 @@ class IkeAuthTask:
         cfg = self.config
         if self._config_lookup is not None:
             cfg = self._config_lookup(peer, Identity(idr_req.id_type, idr_req.data) if idr_req else None) or cfg
-        assert self.keys is not None
+        assert self.keys is not None  # the request was decrypted with them
         if not self._auth_ok(cfg, msg, idi, auth, self._init_req, self.nr, self.keys.sk_pi):
             self._send_response(msg, [m.Notification(Notify.AUTHENTICATION_FAILED)], addr, local)
             self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
@@ -171,7 +173,7 @@ class IkeAuthTask:
         self.peer_initial_contact = msg.notify(Notify.INITIAL_CONTACT) is not None
         idr = m.ID(Payload.IDr, cfg.local_id.id_type, cfg.local_id.data)
         extra, auth_p = self._auth_payloads(cfg, self._init_resp, self.ni, self.keys.sk_pr, idr.body(), False)
-        payloads: list = [idr, *extra, auth_p]
+        payloads: list[m.AnyPayload] = [idr, *extra, auth_p]
         if msg.first(m.SA) is None and msg.first(m.TS, Payload.TSi) is None and msg.first(m.TS, Payload.TSr) is None:
             if not self.childless_ok:
                 # RFC 6023: no Child SA although we did not announce support
@@ -196,7 +198,7 @@ class IkeAuthTask:
         self._set_state(IkeState.ESTABLISHED)
         self._half_open_deadline = None
         self._last_recv = now
-        assert self.proposal is not None
+        assert self.proposal is not None  # chosen in IKE_SA_INIT, before IKE_AUTH
         self._event(IkeSaEstablished, local_id=str(self.config.local_id), remote_id=str(self.remote_id),
                     proposal=self.proposal.to_strongswan_string(), local=self.local, remote=self.remote,
                     nat_local=self.nat_local, nat_remote=self.nat_remote)

@@ -2,7 +2,7 @@
 INVALID_KE_PAYLOAD retries; key derivation; the IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383) and
 CHILDLESS_IKEV2_SUPPORTED (RFC 6023) notifies.
 
-A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
+A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the state and plumbing of ``core.SaCore`` (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from .base import (
     natd_hash,
     to_wire,
 )
+from .core import SaCore
 
 
-class IkeInitTask:
+class IkeInitTask(SaCore):
     # --- IKE_SA_INIT ------------------------------------------------------------------------------
 
-    def _natd_payloads(self, spi_r: bytes, local: Addr, remote: Addr) -> list:
+    def _natd_payloads(self, spi_r: bytes, local: Addr, remote: Addr) -> list[m.AnyPayload]:
         src = natd_hash(self.spi_i, spi_r, local)
         if self.config.force_encap:
             # like strongSwan's encap=yes: a hash that cannot match makes both sides float to 4500
@@ -49,11 +50,11 @@ class IkeInitTask:
         self.nat_remote = natd_hash(self.spi_i, spi_r, addr) not in src
         self.nat_local = natd_hash(self.spi_i, spi_r, local) not in dst
 
-    def _sa_init_extras(self, response: bool) -> list:
+    def _sa_init_extras(self, response: bool) -> list[m.AnyPayload]:
         """Optional IKE_SA_INIT payloads: IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383; a responder
         only echoes it), and with certificates the RFC 7427 hash algorithms and, in a response,
         a CERTREQ naming our CAs."""
-        out: list = []
+        out: list[m.AnyPayload] = []
         certs = self.config.certs
         if certs is not None and response and certs.cas:
             out.append(m.Cert(Payload.CERTREQ, CERT_X509_SIGNATURE, certs.certreq_data()))
@@ -81,7 +82,7 @@ class IkeInitTask:
             self._ke = crypto.KeyExchange(self._group, self._rng)
         if not self.ni:
             self.ni = self._nonce()
-        payloads: list = [m.Notification(Notify.COOKIE, self._cookie)] if self._cookie else []
+        payloads: list[m.AnyPayload] = [m.Notification(Notify.COOKIE, self._cookie)] if self._cookie else []
         payloads += [
             m.SA(to_wire(self.config.ike_proposals, b"")),
             m.KE(self._group, self._ke.public),
@@ -170,7 +171,7 @@ class IkeInitTask:
         self._init_resp = data
         self._read_sa_init_extras(msg)
         self.proposal = chosen
-        assert self._ke is not None
+        assert self._ke is not None  # _send_sa_init made it for the request this answers
         try:
             gir = self._ke.shared_secret(ke.data)
         except RemoteProtocolError as exc:
@@ -256,14 +257,14 @@ class IkeInitTask:
         self._half_open_deadline = now + self.config.half_open_timeout_s
 
     def _derive_keys(self, gir: bytes) -> None:
-        assert self.proposal is not None
+        assert self.proposal is not None  # both IKE_SA_INIT handlers set it first
         encr, bits, prf, integ = _ike_suite(self.proposal)
         seed = crypto.skeyseed(prf, self.ni, self.nr, gir)
         self._install_keys(crypto.derive_ike_keys(prf, encr, bits, integ, seed, self.ni, self.nr,
                                                   self.spi_i, self.spi_r), prf)
 
     def _install_keys(self, keys: crypto.IkeKeys, prf_id: int) -> None:
-        assert self.proposal is not None
+        assert self.proposal is not None  # set before keys are derived (IKE_SA_INIT or _spawn)
         encr, _bits, _prf, integ = _ike_suite(self.proposal)
         self.keys, self._prf_id = keys, prf_id
         ci = crypto.SkCipher(encr, keys.sk_ei, integ, keys.sk_ai)

@@ -10,12 +10,12 @@ SA while we rekey it simply wins (the SA is gone; our rekey with it).  Any other
 peer's new SA before our answer is in decides the collision for that SA: the peer uses it only as
 the survivor (it won, or never saw our request), and the request must find the Child SAs there.
 
-A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
+A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the state and plumbing of ``core.SaCore`` (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Self
 
 from .. import crypto
 from .. import message as m
@@ -33,9 +33,10 @@ from .base import (
     from_wire,
     to_wire,
 )
+from .core import SaCore
 
 
-class IkeRekeyTask:
+class IkeRekeyTask(SaCore):
     # --- IKE SA rekey (RFC 7296 section 2.18) -------------------------------------------------------
 
     def _start_rekey_ike(self, now: float, group: int | None = None) -> None:
@@ -45,7 +46,8 @@ class IkeRekeyTask:
         group = group or self._group
         ke = crypto.KeyExchange(group, self._rng)
         new_spi, ni = self._rng(8), self._nonce()
-        payloads = [m.SA(to_wire(self.config.ike_proposals, new_spi)), m.Nonce(ni), m.KE(group, ke.public)]
+        payloads: list[m.AnyPayload] = [m.SA(to_wire(self.config.ike_proposals, new_spi)), m.Nonce(ni),
+                                        m.KE(group, ke.public)]
         self._send_request(now, Exchange.CREATE_CHILD_SA, payloads,
                            lambda r, t: self._on_rekey_ike_response(r, t, new_spi, ni, ke), "rekey_ike")
 
@@ -152,7 +154,7 @@ class IkeRekeyTask:
         old._collision_survivor(self, now)
         old._count("rekey_collision_lost")
 
-    def _collision_survivor(self, new: Any, now: float) -> None:
+    def _collision_survivor(self, new: SaCore, now: float) -> None:
         """A simultaneous rekey ended with the peer's new SA as the survivor: the Child SAs move
         to it, it becomes usable and is announced."""
         target = new
@@ -169,7 +171,7 @@ class IkeRekeyTask:
         self._event(IkeSaRekeyed, new_spi_i=new.spi_i, new_spi_r=new.spi_r)
 
     def _spawn(self, now: float, we_initiated: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, gir: bytes,
-               proposal: Proposal, collision: bool = False) -> Any:
+               proposal: Proposal, collision: bool = False) -> Self:
         """Build the IKE SA that replaces this one; Child SAs move over (no Child events).  In a
         collision they stay here until it is resolved: the new SA is neither announced nor usable
         (``_redundant``) unless it turns out to be the survivor."""
@@ -178,7 +180,7 @@ class IkeRekeyTask:
         new.spi_i, new.spi_r, new.ni, new.nr, new.proposal = spi_i, spi_r, ni, nr, proposal
         new._group = proposal.ke.id if proposal.ke else self._group
         encr, bits, prf, integ = _ike_suite(proposal)
-        assert self.keys is not None
+        assert self.keys is not None  # only an established SA is rekeyed
         # SKEYSEED with the old SA's PRF and SK_d, then prf+ of the new PRF (as strongSwan does)
         seed = crypto.rekey_skeyseed(self._prf_id, self.keys.sk_d, gir, ni, nr)
         new._install_keys(crypto.derive_ike_keys(prf, encr, bits, integ, seed, ni, nr, spi_i, spi_r), prf)

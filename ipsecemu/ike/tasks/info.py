@@ -1,6 +1,6 @@
 """INFORMATIONAL: Delete (IKE and Child SAs), liveness checks, and the answer every request gets.
 
-A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the SA's state and plumbing (``_send_request``,
+A mixin of :class:`ipsecemu.ike.sa.IkeSa`: it uses the state and plumbing of ``core.SaCore`` (``_send_request``,
 ``_send_response``, ``_event``...), one concern per module as strongSwan splits its tasks."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from ..states import IkeState
 from .base import (
     Addr,
 )
+from .core import SaCore
 
 
-class InformationalTask:
+class InformationalTask(SaCore):
     # --- INFORMATIONAL ----------------------------------------------------------------------------
 
     def _recv_informational(self, msg: m.Message, addr: Addr, local: Addr, now: float) -> None:
-        out: list = []
+        out: list[m.AnyPayload] = []
         if msg.notify(Notify.AUTHENTICATION_FAILED) is not None and msg.msg_id == 2 and not self.initiator:
             # the initiator refused our IKE_AUTH response (RFC 7296 section 2.21.2)
             self._send_response(msg, [], addr, local)
