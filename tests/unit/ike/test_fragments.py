@@ -305,7 +305,12 @@ def test_mangled_fragments_never_raise_or_change_state(pki, data: st.DataObject)
         else:
             struct.pack_into("!H", raw, 30, data.draw(st.integers(0, 0xFFFF)))
         b.receive_datagram(bytes(raw), A, net.now, B)
-        assert bsa.state == IkeState.SA_INIT_DONE and not b.datagrams_to_send(net.now)
+        assert bsa.state == IkeState.SA_INIT_DONE
+        # The one answer allowed: a flipped major-version bit gets the unauthenticated
+        # INVALID_MAJOR_VERSION notify that RFC 7296 sections 1.5 and 2.5 ask for; nothing else.
+        for out, _r, _l in b.datagrams_to_send(net.now):
+            notes = [p for p in m.decode_message(out).payloads if isinstance(p, m.Notification)]
+            assert raw[17] >> 4 != 2 and [n.type for n in notes] == [Notify.INVALID_MAJOR_VERSION], out.hex()
     for d in req:
         b.receive_datagram(d, A, net.now, B)
     assert bsa.state == IkeState.ESTABLISHED
