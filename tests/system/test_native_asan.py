@@ -1,5 +1,5 @@
-"""Re-run the C-path test files against the ASan+UBSan builds (gcc and clang) in a subprocess and
-require a clean pass; a deliberate overflow shows the sanitizer is really watching."""
+"""Re-run the C-path test files (unit ones and the root loop tests) against the ASan+UBSan builds
+(gcc and clang) in a subprocess and require a clean pass (minutes: not in the unit loop); a deliberate overflow shows the sanitizer is really watching."""
 
 from __future__ import annotations
 
