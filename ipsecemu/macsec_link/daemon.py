@@ -125,8 +125,8 @@ class LinkDaemon:
 
     def __init__(self, cfg: LinkConfig, tap: str, phy: str, *, status_path: str | Path | None = None,
                  keys_path: str | Path | None = None, batch: int = 64) -> None:
-        # lazy: the C module may not be built, and lab imports this module for read_status alone
-        from ipsecemu.dataplane.native.macsec_loop import MacsecLinkLoop
+        # lab imports this module for read_status alone, on hosts without the C module too
+        from ipsecemu.dataplane.native.macsec_loop import MacsecLinkLoop  # lazy: C module may be unbuilt
 
         self.cfg = cfg
         self.tap, self.phy = tap, phy

@@ -17,7 +17,8 @@ from typing import Any
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import ExpireEvent, SaCounters, Verdict
 
-# which build is chosen at import time: the sanitizer builds need LD_PRELOAD and exist only after make build-asan
+# the build is chosen at import (module-level branches, not lazy imports): the sanitizer builds need
+# LD_PRELOAD and exist only after make build-asan
 if os.environ.get("IPSECEMU_NATIVE_ASAN") == "1":
     from ipsecemu.dataplane._native_asan import ffi, lib  # type: ignore[import-not-found]
 elif os.environ.get("IPSECEMU_NATIVE_ASAN") == "clang":
