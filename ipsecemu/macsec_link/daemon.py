@@ -8,7 +8,7 @@ events to the loop between batches.  Config keys follow Azure's names (``cipher`
 ``sci_state``, ``cak``, ``ckn``) plus ``replay_window``, ``validate``, ``key_server_priority``.
 
 Status (no keys) is written as JSON to ``status_path``; the SAKs in use (and a few before them)
-to ``keys_path`` as the MACsec SA JSON of :mod:`ipsecemu.pcap.uat` (mode 0600) for ``pcap
+to ``keys_path`` as the MACsec SA JSON of :mod:`ipsecemu.pcap.macsec_sa` (mode 0600) for ``pcap
 decrypt``.  SIGUSR1 forces a SAK rotation; SIGTERM/SIGINT stop the daemon.
 """
 
@@ -39,7 +39,7 @@ from ipsecemu.macsec.mka import (
     RemoveSa,
 )
 from ipsecemu.net.tun import TunError, clear_offload, open_tun
-from ipsecemu.pcap.uat import write_macsec_sa
+from ipsecemu.pcap.macsec_sa import write_macsec_sa
 
 log = logging.getLogger("ipsecemu.macsec_link.daemon")
 
