@@ -11,9 +11,17 @@ the inbound SAD), ``macsec`` (SecY TX/RX), ``gateway_loop`` (tun <-> ESP-in-UDP 
 C module is not built (``make build``).
 """
 
-from ipsecemu.dataplane.native.esp import EspInbound, EspInboundTable, EspOutbound, bench_esp
+from ipsecemu.dataplane.native.esp import (
+    EspInbound,
+    EspInboundTable,
+    EspOutbound,
+    bench_esp,
+    native_esp_supported,
+)
 from ipsecemu.dataplane.native.macsec import MacsecRx, MacsecTx, bench_macsec
 
-# the backend surface (as ipsecemu.dataplane.reference): backend("native") hands out this module;
-# bench_esp/bench_macsec are the optional C timing hooks bench.dataplane looks up on a backend
-__all__ = ["EspOutbound", "EspInbound", "EspInboundTable", "MacsecTx", "MacsecRx", "bench_esp", "bench_macsec"]
+# the backend surface (as ipsecemu.dataplane.reference): backend("native") hands out this module.
+# Besides the five classes, users of a backend module look up (gateway.datapath, bench.dataplane):
+# native_esp_supported (which SAs the C loop can drive) and the C timing hooks bench_esp/bench_macsec.
+__all__ = ["EspOutbound", "EspInbound", "EspInboundTable", "MacsecTx", "MacsecRx", "native_esp_supported",
+           "bench_esp", "bench_macsec"]
