@@ -18,7 +18,8 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def check(file: Path) -> None:
     """Validate FILE (YAML connections) and print what would be negotiated."""
-    from ipsecemu.config.connection import load, summary  # lazy: CLI start-up
+    from ipsecemu.config.connection import load  # lazy: CLI start-up
+    from ipsecemu.config.connection_dump import summary  # lazy: CLI start-up
 
     conns = load(file)  # a ConfigError ends the command with status 2 (commands.base)
     click.echo(summary(conns), nl=False)
@@ -39,7 +40,7 @@ def import_azure(file: Path, private_ip: bool | None, local_address: str | None,
     """Turn an Azure Virtual WAN VPN device configuration JSON into ipsecemu connections
     (one per site and gateway instance: two tunnels, active-active)."""
     from ipsecemu.config.azure import load_device_config  # lazy: CLI start-up
-    from ipsecemu.config.connection import dumps  # lazy: CLI start-up
+    from ipsecemu.config.connection_dump import dumps  # lazy: CLI start-up
 
     conns = load_device_config(file, use_private_ip=private_ip, local_address=local_address)
     text = dumps([c.config for c in conns], include_secret=show_psk)

@@ -44,9 +44,13 @@ def interop(as_json: bool, quick: bool, cases_opt: str | None, initiator: str) -
     checked through vici (ESTABLISHED/INSTALLED, same SPIs, algorithms and keys) and by pings through
     both ESP implementations.  Fails (CheckFailed) if any cell fails.  Needs root and strongSwan.
     """
-    # lazy: CLI start-up must not load the IKE core, pyroute2 and vici
-    from ipsecemu.interop.matrix import COLUMNS, Cell, format_matrix, run_matrix
-    from ipsecemu.strongswan.charon import charon_available
+    from ipsecemu.interop.matrix import (  # lazy: CLI start-up, IKE core
+        COLUMNS,
+        Cell,
+        format_matrix,
+        run_matrix,
+    )
+    from ipsecemu.strongswan.charon import charon_available  # lazy: CLI start-up must not load vici
 
     cases = _cases(cases_opt)
     if os.geteuid() != 0:

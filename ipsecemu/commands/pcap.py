@@ -34,7 +34,8 @@ def decrypt(capture: str, output: str, esp_sa: str | None, macsec_sa: str | None
     authentication are listed and left out; the command then fails (CheckFailed) unless --allow-failures.
     """
     from ipsecemu.pcap.decrypt import decrypt_file  # lazy: CLI start-up
-    from ipsecemu.pcap.uat import read_esp_sa, read_macsec_sa  # lazy: CLI start-up
+    from ipsecemu.pcap.macsec_sa import read_macsec_sa  # lazy: CLI start-up
+    from ipsecemu.pcap.uat import read_esp_sa  # lazy: CLI start-up
 
     if not esp_sa and not macsec_sa:
         raise click.UsageError("give --esp-sa and/or --macsec-sa (nothing to decrypt with)")

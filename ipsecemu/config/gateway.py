@@ -39,6 +39,8 @@ from typing import Any
 from ipsecemu.config import connection as ikecfg
 from ipsecemu.config import fields
 from ipsecemu.config.connection import ConnectionConfig
+from ipsecemu.config.connection_dump import summary as conn_summary
+from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.fields import ConnectionConfigError
 from ipsecemu.config.kit import ConfigFileError, read_text
 
@@ -181,7 +183,7 @@ def parse(data: object, *, source: str = "<string>", lines: dict[Any, int] | Non
             raise ctx.error((*path, "tunnel", "name"), f"{tunnel.name} is already used by {tun_names[tunnel.name]}")
         tun_names[tunnel.name] = str(name)
         try:
-            ikecfg.to_ike_sa_config(conn)  # what the IKE core cannot do is a config error too
+            to_ike_sa_config(conn)  # what the IKE core cannot do is a config error too
         except ConnectionConfigError as exc:
             raise ctx.error(path, str(exc)) from None
         conns.append(GatewayConnection(conn, tunnel, close))
@@ -212,7 +214,7 @@ def summary(cfg: GatewayConfig) -> str:
            f"  state dir  {cfg.state_dir}",
            f"  IKE on     {', '.join(cfg.local_addresses)}",
            f"  data path  encapsulation {cfg.encapsulation}, batch {cfg.batch}"]
-    out.append(ikecfg.summary([c.conn for c in cfg.connections]).rstrip("\n"))
+    out.append(conn_summary([c.conn for c in cfg.connections]).rstrip("\n"))
     for c in cfg.connections:
         t = c.tunnel
         routes = ", ".join(str(r) for r in t.routes) or "remote traffic selectors"

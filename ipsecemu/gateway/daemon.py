@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import ServiceError
-from ipsecemu.config import connection as ikecfg
+from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.gateway import GatewayConfig, GatewayConnection
 from ipsecemu.gateway.control import ControlServer
 from ipsecemu.gateway.datapath import ConnectionDatapath, Port
@@ -107,7 +107,7 @@ class Gateway(Sockets, Timers, ControlOps):
             if len(ports) > 1:
                 raise GatewayError(f"{addr}: connections on one address must share nat_t ports, got {sorted(ports)}")
             ike_port, nat_port = ports.pop()
-            endpoint = IkeEndpoint([ikecfg.to_ike_sa_config(c.conn) for c in conns], (addr, ike_port))
+            endpoint = IkeEndpoint([to_ike_sa_config(c.conn) for c in conns], (addr, ike_port))
             transport = IkeTransport(EventsFirst(endpoint, self._on_event), [addr], ike_port=ike_port,
                                      nat_port=nat_port, on_esp=self._on_esp)
             try:

@@ -1,7 +1,7 @@
 """One connection's data path: its tun device, routes, inbound SA table, outbound SA and the
 forwarder that moves packets between the tun and the wire.
 
-Fast path: the C batch loop (``native.EspUdpLoop``) on its own thread, over the connection's
+Fast path: the C batch loop (``native.gateway_loop.EspUdpLoop``) on its own thread, over the connection's
 own socket connected to the peer (ESP-in-UDP on 4500, or raw IP protocol 50); no Python runs
 per data packet.  The loop borrows the SA objects, so
 every SA change (install, rekey, delete) holds the running loop between batches
@@ -65,9 +65,9 @@ class Port:
 def loop_supports_raw() -> bool:
     """Whether the built C module's loop has the raw ESP (protocol 50) mode."""
     try:
-        from ipsecemu.dataplane import native  # lazy: the C module may not be built (then: False)
+        from ipsecemu.dataplane.native.cmodule import ffi  # lazy: the C module may not be built (then: False)
 
-        return "raw_esp" in dict(native.ffi.typeof("ie_loop_cfg").fields)
+        return "raw_esp" in dict(ffi.typeof("ie_loop_cfg").fields)
     except Exception:
         return False
 
@@ -99,7 +99,7 @@ class ConnectionDatapath:
         self.children: dict[int, _Child] = {}  # inbound SPI -> child
         self.current: _Child | None = None  # the one whose outbound SA carries traffic
         self.tun_fd: int | None = None
-        self._loop_obj: Any = None  # native.EspUdpLoop while the C loop runs
+        self._loop_obj: Any = None  # EspUdpLoop while the C loop runs
         self._loop_key: tuple[int, tuple[str, int]] | None = None  # (socket fd, peer) it was made for
         self._slow_send: Callable[[bytes, tuple[str, int]], None] | None = None
         self._slow_reader = False
@@ -341,7 +341,7 @@ class ConnectionDatapath:
 
     def _start_loop(self) -> None:
         assert self.current is not None and self._port is not None and self.tun_fd is not None
-        from ipsecemu.dataplane import native  # lazy: only reached with the C module built (self.native)
+        from ipsecemu.dataplane.native.gateway_loop import EspUdpLoop  # lazy: C module built here
 
         port = self._port
         port.pause()
@@ -349,7 +349,7 @@ class ConnectionDatapath:
         try:
             remote = self._loop_peer()
             self._loop_key = (port.fd, remote)
-            self._loop_obj = native.EspUdpLoop(tun_fd=self.tun_fd, udp_fd=port.fd, peer=remote,
+            self._loop_obj = EspUdpLoop(tun_fd=self.tun_fd, udp_fd=port.fd, peer=remote,
                                                outbound=self.current.out_sa, inbound=self.table,
                                                ike_fd=port.ike_fd, batch=self.batch, mtu=self.gw.tunnel.mtu,
                                                poll_ms=20, tun_vnet=bool(self.vnet), **kw)

@@ -95,8 +95,8 @@ class Sockets(GatewayState):
             port.close()
 
     def _on_ike_record(self, local: LocalAddress, sock: socket.socket, nat_port: int) -> None:
-        # lazy: dataplane.native needs the built C module; records only arrive once a C loop runs
-        from ipsecemu.dataplane.native import parse_ike_record
+        # records only arrive once a C loop runs
+        from ipsecemu.dataplane.native.gateway_loop import parse_ike_record  # lazy: needs the C module
 
         for _ in range(64):
             try:

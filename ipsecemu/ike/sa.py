@@ -9,7 +9,7 @@ clock the caller likes).  Randomness (SPIs, nonces, DH private keys, IVs, rekey 
 
 ``IkeEndpoint(configs, local, *, rng=os.urandom, cookie_threshold=10, max_half_open=1000)``
 (``ipsecemu.ike.endpoint``; not re-exported here, endpoint.py imports this module) -- what a transport drives.  ``configs`` are ``settings.IkeSaConfig``
-(``config.connection.to_ike_sa_config`` builds them from YAML).  It owns every IKE SA of one local
+(``config.connection_ike.to_ike_sa_config`` builds them from YAML).  It owns every IKE SA of one local
 address; routes datagrams by SPI; answers IKE_SA_INIT requests (responder role: the config
 naming the peer address / matching the offered IKE proposal, switched in IKE_AUTH by the peer's
 identity); sends stateless COOKIEs once ``cookie_threshold`` SAs are half-open and answers

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.config import gateway as gwconfig
-from ipsecemu.config.connection import ConnectionConfigError, parse_connection, to_ike_sa_config
+from ipsecemu.config.connection import ConnectionConfigError, parse_connection
+from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.fields import _Ctx
 from ipsecemu.config.kit import ConfigFileError, Doc, FieldPath, fmt_path
 from ipsecemu.config.macsec_link import parse_link_config

@@ -2,13 +2,13 @@
 
 The node's layer 2 is a tap (its L3 side, addresses go there); the veth under it (the "phy")
 carries only MACsec (EtherType 0x88E5) and EAPOL-MKA (0x888E).  The C loop
-(:class:`ipsecemu.dataplane.native.MacsecLinkLoop`) moves every data frame; this module runs the
+(:class:`ipsecemu.dataplane.native.macsec_loop.MacsecLinkLoop`) moves every data frame; this module runs the
 MKA participant on asyncio over its own AF_PACKET socket for 0x888E on the phy and applies the SA
 events to the loop between batches.  Config keys follow Azure's names (``cipher``,
 ``sci_state``, ``cak``, ``ckn``) plus ``replay_window``, ``validate``, ``key_server_priority``.
 
 Status (no keys) is written as JSON to ``status_path``; the SAKs in use (and a few before them)
-to ``keys_path`` as the MACsec SA JSON of :mod:`ipsecemu.pcap.uat` (mode 0600) for ``pcap
+to ``keys_path`` as the MACsec SA JSON of :mod:`ipsecemu.pcap.macsec_sa` (mode 0600) for ``pcap
 decrypt``.  SIGUSR1 forces a SAK rotation; SIGTERM/SIGINT stop the daemon.
 """
 
@@ -39,6 +39,7 @@ from ipsecemu.macsec.mka import (
     RemoveSa,
 )
 from ipsecemu.net.tun import TunError, clear_offload, open_tun
+from ipsecemu.pcap.macsec_sa import write_macsec_sa
 
 log = logging.getLogger("ipsecemu.macsec_link.daemon")
 
@@ -124,7 +125,8 @@ class LinkDaemon:
 
     def __init__(self, cfg: LinkConfig, tap: str, phy: str, *, status_path: str | Path | None = None,
                  keys_path: str | Path | None = None, batch: int = 64) -> None:
-        from ipsecemu.dataplane.native import MacsecLinkLoop
+        # lab imports this module for read_status alone, on hosts without the C module too
+        from ipsecemu.dataplane.native.macsec_loop import MacsecLinkLoop  # lazy: C module may be unbuilt
 
         self.cfg = cfg
         self.tap, self.phy = tap, phy
@@ -201,8 +203,6 @@ class LinkDaemon:
         while len(self._keys) > KEY_HISTORY:
             self._keys.pop(next(iter(self._keys)))
         if self.keys_path is not None:
-            from ipsecemu.pcap.uat import write_macsec_sa
-
             write_macsec_sa(self.keys_path, list(self._keys.values()))
 
     def _apply_events(self, now: float) -> bool:

@@ -18,23 +18,23 @@ decrypted without authentication (the data-plane contract has no such mode, see
 :func:`_open_unverified`).
 
 Frames failing (ICV, padding, malformed ESP/SecTAG) are counted, listed by frame number and
-left out; frames without a key pass through unchanged.
+left out; frames without a key pass through unchanged.  Reading and writing the files is
+:mod:`ipsecemu.pcap.pcapfile`.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, BinaryIO
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 
 from ipsecemu.base.algorithms import ESP_ENCR
-from ipsecemu.base.errors import ConfigError, InputError
+from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import (
     DecapResult,
     EspSaConfig,
@@ -45,14 +45,26 @@ from ipsecemu.base.satypes import (
 from ipsecemu.dataplane import backend as get_backend
 from ipsecemu.dataplane.api import EspInbound
 from ipsecemu.esp import framing
+from ipsecemu.pcap.pcapfile import (
+    LT_ETHERNET,
+    LT_IPV4,
+    LT_IPV6,
+    LT_LOOP,
+    LT_NULL,
+    LT_RAW,
+    LT_SLL,
+    LT_SLL2,
+    RAW_ALIASES,
+    SUPPORTED_LINKTYPES,
+    DecryptError,
+    PcapWriter,
+    output_linktype,
+    read_capture,
+)
 from ipsecemu.pcap.uat import EspAlgorithm, EspSaRow
 
-__all__ = ["DecryptError", "Failure", "Summary", "CaptureDecryptor", "decrypt_file", "read_capture"]
+__all__ = ["Failure", "Summary", "CaptureDecryptor", "decrypt_file"]
 
-# link types (https://www.tcpdump.org/linktypes.html)
-LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2 = 0, 1, 101, 108, 113, 228, 229, 276
-_RAW_ALIASES = {12, 14}  # DLT_RAW values some systems write into pcap files
-SUPPORTED_LINKTYPES = {LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2, *_RAW_ALIASES}
 ETH_IPV4, ETH_IPV6, ETH_MACSEC = 0x0800, 0x86DD, 0x88E5
 _VLAN_TPIDS = {0x8100, 0x88A8, 0x9100}
 MAX_DEPTH = 8  # nested ESP / MACsec layers walked per frame (bounded work for any input)
@@ -68,10 +80,6 @@ _FAILED = {
     Verdict.EXHAUSTED: "SA exhausted",
     Verdict.REPLAY: "replay",
 }
-
-
-class DecryptError(InputError):
-    """A user-level problem with the input or output (message is printed, no traceback)."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +232,7 @@ class CaptureDecryptor:
     def _link(self, linktype: int, data: bytes, depth: int) -> bytes:
         if linktype == LT_ETHERNET:
             return self._ethernet(data, depth)
-        if linktype in (LT_RAW, LT_IPV4, LT_IPV6) or linktype in _RAW_ALIASES:
+        if linktype in (LT_RAW, LT_IPV4, LT_IPV6) or linktype in RAW_ALIASES:
             return self._ip(data, depth)
         if linktype in (LT_NULL, LT_LOOP) and len(data) > 4:
             before = self._layers
@@ -347,105 +355,6 @@ class CaptureDecryptor:
         return None
 
 
-# ------------------------------------------------------------------ pcap I/O
-@dataclass(frozen=True)
-class _Record:
-    data: bytes
-    sec: int
-    frac: int  # micro- or nanoseconds, per the writer's resolution
-    wirelen: int
-    linktype: int
-
-
-def read_capture(path: str | Path) -> tuple[int, bool, Iterator[_Record]]:
-    """Open a pcap or pcapng file: (link type, nanosecond timestamps, records)."""
-    from scapy.error import Scapy_Exception  # lazy: scapy takes ~1 s to import
-    from scapy.utils import RawPcapNgReader, RawPcapReader  # lazy: scapy takes ~1 s to import
-
-    p = Path(path)
-    if not p.exists():
-        raise DecryptError(f"input file not found: {p}")
-    if p.is_dir():
-        raise DecryptError(f"input is a directory: {p}")
-    try:
-        reader = RawPcapReader(str(p))
-    except (Scapy_Exception, EOFError, OSError, ValueError, struct.error) as exc:
-        raise DecryptError(f"{p}: not a pcap or pcapng capture ({exc})") from None
-
-    if isinstance(reader, RawPcapNgReader):
-        it = iter(reader)
-        try:
-            first: tuple[bytes, Any] | None = next(it, None)  # scapy: (data, PacketMetadata)
-        except Exception as exc:  # scapy raises assorted errors on corrupt blocks
-            reader.close()
-            raise DecryptError(f"{p}: cannot read pcapng: {exc}") from None
-        if first is None:
-            reader.close()
-            return LT_ETHERNET, False, iter(())
-        nano = first[1].tsresol > 1_000_000
-
-        def ng_records() -> Iterator[_Record]:
-            try:
-                item: tuple[bytes, Any] | None = first
-                while item is not None:
-                    data, m = item
-                    ts = (m.tshigh << 32) | m.tslow
-                    scale = 1_000_000_000 if nano else 1_000_000
-                    sec, rest = divmod(ts, m.tsresol)
-                    yield _Record(data, sec, rest * scale // m.tsresol, m.wirelen or len(data), m.linktype)
-                    item = next(it, None)
-            finally:
-                reader.close()
-
-        return first[1].linktype, nano, ng_records()
-
-    nano = bool(getattr(reader, "nano", False))
-
-    def records() -> Iterator[_Record]:
-        try:
-            for data, m in reader:
-                yield _Record(data, m.sec, m.usec, m.wirelen, reader.linktype)
-        finally:
-            reader.close()
-
-    return reader.linktype, nano, records()
-
-
-def _output_linktype(linktype: int) -> int:
-    # A decrypted frame may change IP version: one raw-IP link type carries both.
-    return LT_RAW if linktype in (LT_IPV4, LT_IPV6) else linktype
-
-
-class _PcapWriter:
-    """Classic little-endian pcap, written directly so timestamps are kept bit for bit."""
-
-    # Classic pcap has 32-bit seconds (up to 2106); a pcapng record can be later.  Such a
-    # timestamp is clamped to the last representable instant and counted (a warning names the
-    # count) rather than switching the output format: every record read is still written.
-    MAX_SEC = 0xFFFFFFFF
-
-    def __init__(self, f: BinaryIO, linktype: int, nano: bool, summary: Summary) -> None:
-        self._f = f
-        self._summary = summary
-        self._frac_max = 999_999_999 if nano else 999_999
-        magic = 0xA1B23C4D if nano else 0xA1B2C3D4
-        f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype & 0xFFFFFFFF))
-
-    def write(self, rec: _Record, data: bytes, unchanged: bool) -> None:
-        sec, frac = rec.sec, rec.frac
-        if not 0 <= sec <= self.MAX_SEC:
-            self._summary.clamped += 1
-            sec, frac = (self.MAX_SEC, self._frac_max) if sec > 0 else (0, 0)
-        frac = min(max(frac, 0), self._frac_max)
-        wirelen = min(max(rec.wirelen, len(data)), 0xFFFFFFFF) if unchanged else len(data)
-        try:
-            self._f.write(struct.pack("<IIII", sec, frac, len(data), wirelen))
-            self._f.write(data)
-        except OSError as exc:
-            raise DecryptError(f"cannot write the output: {exc.strerror or exc}") from None
-        self._summary.written += 1
-
-
 def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[EspSaRow] = (),
                  macsec_sas: Sequence[MacsecSaConfig] = (), *, backend: str = "auto") -> Summary:
     """Decrypt ``in_path`` into ``out_path``; returns the summary (failures listed in it)."""
@@ -453,14 +362,14 @@ def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[E
     dec = CaptureDecryptor(esp_rows, macsec_sas, backend=backend)
     if linktype not in SUPPORTED_LINKTYPES:
         dec.summary.warnings.append(f"link type {linktype} is not supported; frames are copied unchanged")
-    out_lt = _output_linktype(linktype)
+    out_lt = output_linktype(linktype)
     try:
         f = open(out_path, "wb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise DecryptError(f"cannot write {out_path}: {exc.strerror or exc}") from None
     with f:
         summary = dec.summary
-        writer = _PcapWriter(f, out_lt, nano, summary)
+        writer = PcapWriter(f, out_lt, nano, summary)
         n = 0
         it = iter(records)
         while True:

@@ -1,5 +1,6 @@
 """Key files for capture decryption: Wireshark's ``esp_sa`` and ``ikev2_decryption_table`` UAT
-files (tshark 4.0 format) and ipsecemu's MACsec SA JSON.
+files (tshark 4.0 format), also built from charon's algorithm names (key-log rows).  ipsecemu's
+MACsec SA JSON is :mod:`ipsecemu.pcap.macsec_sa`; the shared file handling :mod:`ipsecemu.pcap.keyfile`.
 
 A UAT file has one record per line, fields comma-separated and double-quoted; ``#`` starts a
 comment line.  In quoted strings Wireshark escapes ``"``, ``\\`` and non-printable bytes as
@@ -19,12 +20,10 @@ key bytes never appear in messages.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ipsecemu.base.algorithms import (
     ENCR_LIST,
@@ -40,18 +39,14 @@ from ipsecemu.base.algorithms import (
     IntegAlg,
 )
 from ipsecemu.base.errors import ConfigError, InputError
-from ipsecemu.base.satypes import MacsecSaConfig
+from ipsecemu.pcap.keyfile import KeyFileError, read_key_text, write_secret
 
 __all__ = [
-    "KeyFileError", "EspSaRow", "EspAlgorithm", "ESP_ENCRYPTION", "ESP_AUTHENTICATION",
+    "EspSaRow", "EspAlgorithm", "ESP_ENCRYPTION", "ESP_AUTHENTICATION",
     "parse_esp_sa", "read_esp_sa", "format_esp_sa", "write_esp_sa", "esp_row",
-    "IkeSaRow", "format_ikev2_table", "write_ikev2_table", "esp_rows_from_keylog", "ike_rows_from_keylog",
-    "parse_macsec_sa", "read_macsec_sa", "format_macsec_sa", "write_macsec_sa",
+    "IkeSaRow", "IKE_ENCRYPTION", "IKE_INTEGRITY", "format_ikev2_table", "write_ikev2_table", "esp_rows_from_keylog",
+    "ike_rows_from_keylog",
 ]
-
-
-class KeyFileError(InputError):
-    """A key file is missing or malformed; the message names the file and line."""
 
 
 # Wireshark ESP encryption string -> ipsecemu ESP_ENCR name (None: Wireshark knows it, ipsecemu
@@ -294,20 +289,8 @@ def _check_key_lengths(row: EspSaRow, where: str) -> None:
                            f"got {len(row.auth_key)} bytes")
 
 
-def _read_text(path: str | Path, what: str) -> str:
-    p = Path(path)
-    try:
-        return p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KeyFileError(f"{what} file not found: {p}") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"{what} file is a directory: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"cannot read {what} file {p}: {exc}") from None
-
-
 def read_esp_sa(path: str | Path) -> list[EspSaRow]:
-    return parse_esp_sa(_read_text(path, "esp_sa"), str(path))
+    return parse_esp_sa(read_key_text(path, "esp_sa"), str(path))
 
 
 def _hexkey(key: bytes) -> str:
@@ -325,7 +308,7 @@ def format_esp_sa(rows: Iterable[EspSaRow]) -> str:
 
 
 def write_esp_sa(path: str | Path, rows: Iterable[EspSaRow]) -> None:
-    _write_secret(Path(path), format_esp_sa(rows))
+    write_secret(Path(path), format_esp_sa(rows))
 
 
 def esp_row(src: str, dst: str, spi: int, encr: str, enc_key: bytes, integ: str | None = None,
@@ -350,14 +333,6 @@ def esp_row(src: str, dst: str, spi: int, encr: str, enc_key: bytes, integ: str 
             raise ConfigError(f"integ: {integ!r} has no Wireshark name")
         auth, akey = _INTEG_TO_WS[integ], integ_key
     return EspSaRow(f"IPv{version}", src, dst, f"0x{spi:08x}", _ENCR_TO_WS[encr], enc_key, auth, akey)
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Key files are written owner-readable only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text, encoding="utf-8")
 
 
 # ------------------------------------------------------------------ ikev2_decryption_table
@@ -410,7 +385,7 @@ def format_ikev2_table(rows: Iterable[IkeSaRow]) -> str:
 
 
 def write_ikev2_table(path: str | Path, rows: Iterable[IkeSaRow]) -> None:
-    _write_secret(Path(path), format_ikev2_table(rows))
+    write_secret(Path(path), format_ikev2_table(rows))
 
 
 # ------------------------------------------------------------------ from a charon key log
@@ -472,73 +447,3 @@ def ike_rows_from_keylog(rows: Iterable[Mapping[str, str]], encr_alg: str, integ
     return [IkeSaRow(_hex_of(r, "spi_i"), _hex_of(r, "spi_r"), _hex_of(r, "sk_ei"), _hex_of(r, "sk_er"),
                      e.keyword, _hex_of(r, "sk_ai"), _hex_of(r, "sk_ar"), integ)
             for r in rows if r.get("spi_i")]
-
-
-# ------------------------------------------------------------------ MACsec SA JSON
-def _hex_field(obj: dict[str, Any], key: str, where: str, length: int | None = None) -> bytes:
-    v = obj.get(key)
-    if not isinstance(v, str):
-        raise KeyFileError(f"{where}: {key!r} must be a hex string")
-    s = v.strip().removeprefix("0x").replace(":", "")
-    try:
-        b = bytes.fromhex(s)
-    except ValueError:
-        raise KeyFileError(f"{where}: {key!r} is not valid hex") from None
-    if length is not None and len(b) != length:
-        raise KeyFileError(f"{where}: {key!r} must be {length * 2} hex digits, got {len(s)}")
-    return b
-
-
-def parse_macsec_sa(text: str, source: str = "macsec_sa") -> list[MacsecSaConfig]:
-    """Parse the MACsec SA JSON: a list of {"sci", "an", "cipher", "sak", ["ssci", "salt"]}."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise KeyFileError(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise KeyFileError(f"{source}: expected a JSON list of SA objects")
-    out: list[MacsecSaConfig] = []
-    for i, obj in enumerate(data):
-        where = f"{source}[{i}]"
-        if not isinstance(obj, dict):
-            raise KeyFileError(f"{where}: expected an object")
-        unknown = set(obj) - {"sci", "an", "cipher", "sak", "ssci", "salt", "comment"}
-        if unknown:
-            raise KeyFileError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        sci = _hex_field(obj, "sci", where, 8)
-        an = obj.get("an")
-        if not isinstance(an, int) or isinstance(an, bool) or not 0 <= an <= 3:
-            raise KeyFileError(f"{where}: 'an' must be an integer 0..3")
-        cipher = obj.get("cipher")
-        if not isinstance(cipher, str):
-            raise KeyFileError(f"{where}: 'cipher' must be a string")
-        cipher = cipher.lower()
-        sak = _hex_field(obj, "sak", where)
-        ssci = int.from_bytes(_hex_field(obj, "ssci", where, 4), "big") if "ssci" in obj else None
-        salt = _hex_field(obj, "salt", where, 12) if "salt" in obj else None
-        try:
-            out.append(MacsecSaConfig(cipher=cipher, sak=sak, sci=sci, an=an, ssci=ssci, salt=salt))
-        except ConfigError as exc:
-            raise KeyFileError(f"{where}: {exc}") from None
-    return out
-
-
-def read_macsec_sa(path: str | Path) -> list[MacsecSaConfig]:
-    return parse_macsec_sa(_read_text(path, "MACsec SA"), str(path))
-
-
-def format_macsec_sa(sas: Sequence[MacsecSaConfig]) -> str:
-    items = []
-    for sa in sas:
-        obj: dict[str, object] = {"sci": sa.sci.hex(), "an": sa.an, "cipher": sa.cipher, "sak": sa.sak.hex()}
-        if sa.xpn:
-            obj["ssci"] = f"{sa.ssci:08x}"
-            obj["salt"] = (sa.salt or b"").hex()
-        items.append(obj)
-    return json.dumps(items, indent=1) + "\n"
-
-
-def write_macsec_sa(path: str | Path, sas: Sequence[MacsecSaConfig]) -> None:
-    _write_secret(Path(path), format_macsec_sa(sas))

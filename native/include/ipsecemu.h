@@ -3,7 +3,7 @@
  * ESP (RFC 4303, AES-GCM RFC 4106, AES-CBC RFC 3602 + HMAC-SHA1/SHA2) and MACsec (IEEE 802.1AE,
  * GCM-AES-128/256 and XPN) transforms over batches of caller-owned packet buffers, in place.
  * The exact per-packet semantics are those of ipsecemu/dataplane/api.py; the Python wrapper is
- * ipsecemu/dataplane/native.py.
+ * the ipsecemu/dataplane/native/ package.
  *
  * Buffers: each packet is an ie_pkt descriptor (buf, off, len, cap).  Encap/protect grow the
  * packet into the headroom (buf[0..off)) and tailroom (buf[off+len..cap)); decap/validate shrink

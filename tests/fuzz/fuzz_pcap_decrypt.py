@@ -21,7 +21,8 @@ from fuzzlib import atheris_main  # noqa: E402
 from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdict  # noqa: E402
 from ipsecemu.dataplane import backend  # noqa: E402
 from ipsecemu.esp import framing  # noqa: E402
-from ipsecemu.pcap.decrypt import DecryptError, decrypt_file, read_capture  # noqa: E402
+from ipsecemu.pcap.decrypt import decrypt_file  # noqa: E402
+from ipsecemu.pcap.pcapfile import DecryptError, read_capture  # noqa: E402
 from ipsecemu.pcap.uat import esp_row  # noqa: E402
 
 OUTER = ("192.0.2.1", "192.0.2.2")

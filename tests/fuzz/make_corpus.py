@@ -115,6 +115,7 @@ def pcap() -> None:
 def config() -> None:
     from ipsecemu.config import connection as ikecfg
     from ipsecemu.config import gateway as gw
+    from ipsecemu.config.connection_dump import dumps
     from ipsecemu.lab import svc_vpn, topology
 
     items = []
@@ -130,7 +131,7 @@ def config() -> None:
                     conns = gw.loads(g, "g.yaml").connections
                 except ikecfg.ConnectionConfigError:
                     continue  # e.g. several tunnels of one node share a name before lab up numbers them
-                items.append(b"\x02" + ikecfg.dumps([c.conn for c in conns], include_secret=True).encode())
+                items.append(b"\x02" + dumps([c.conn for c in conns], include_secret=True).encode())
     for cipher in ("gcm-aes-128", "gcm-aes-xpn-256"):
         cak = "00112233445566778899aabbccddeeff" * (2 if cipher.endswith("256") else 1)
         link = {"cak": cak, "ckn": "01", "cipher": cipher, "replay_window": 64,

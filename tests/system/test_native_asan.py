@@ -52,13 +52,14 @@ compilers = pytest.mark.parametrize("compiler", sorted(VARIANTS))
 @compilers
 def test_sanitizer_catches_a_lying_descriptor(compiler: str) -> None:
     code = textwrap.dedent("""
-        from ipsecemu.dataplane import native
+        from ipsecemu.dataplane.native import EspOutbound
+        from ipsecemu.dataplane.native.cmodule import ffi, lib
         from ipsecemu.base.satypes import EspSaConfig
-        assert native.lib.__name__.endswith("MODULE.lib"), native.lib.__name__
-        out = native.EspOutbound(EspSaConfig(spi=0x1000, encr="aes-gcm-16", enc_key=bytes(20)))
-        buf = native.ffi.new("uint8_t[]", 40)
-        pkt = native.ffi.new("ie_pkt *", {"buf": buf, "off": 24, "len": 100, "cap": 400})
-        native.lib.ie_esp_encap(out._sa, pkt, 1, native.ffi.new("uint8_t[1]"))
+        assert lib.__name__.endswith("MODULE.lib"), lib.__name__
+        out = EspOutbound(EspSaConfig(spi=0x1000, encr="aes-gcm-16", enc_key=bytes(20)))
+        buf = ffi.new("uint8_t[]", 40)
+        pkt = ffi.new("ie_pkt *", {"buf": buf, "off": 24, "len": 100, "cap": 400})
+        lib.ie_esp_encap(out._sa, pkt, 1, ffi.new("uint8_t[1]"))
     """).replace("MODULE", VARIANTS[compiler][0])
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_asan_env(compiler), capture_output=True,
                          text=True, timeout=120)

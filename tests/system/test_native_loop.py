@@ -19,6 +19,7 @@ from ipsecemu.dataplane import reference as ref
 from ipsecemu.net.tun import open_tun
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
+gateway_loop = pytest.importorskip("ipsecemu.dataplane.native.gateway_loop")
 scapy_all = pytest.importorskip("scapy.all")
 
 pytestmark = pytest.mark.root
@@ -77,9 +78,9 @@ def test_two_loops_carry_pings_and_split_ike(nodes: tuple[Node, Node]) -> None:
     a_table.add(BA)
     b_table.add(AB)
     ike_a, ike_py = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    la = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
+    la = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
                            outbound=native.EspOutbound(AB), inbound=a_table, ike_fd=ike_a.fileno())
-    lb = native.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
+    lb = gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
                            outbound=native.EspOutbound(BA), inbound=b_table)
     try:
         la.start()
@@ -95,7 +96,7 @@ def test_two_loops_carry_pings_and_split_ike(nodes: tuple[Node, Node]) -> None:
             peer.sendto(b"\xff", ("127.0.0.1", a.port))
             peer.sendto(b"\x00\x00\x77\x77" + bytes(60), ("127.0.0.1", a.port))  # unknown SPI
             ike_py.settimeout(5)
-            src, msg = native.parse_ike_record(ike_py.recv(65535))
+            src, msg = gateway_loop.parse_ike_record(ike_py.recv(65535))
             assert (src, msg) == (peer.getsockname(), b"IKE_SA_INIT...")
             deadline = time.monotonic() + 5
             while la.stats["decap_drop"] < 1 and time.monotonic() < deadline:
@@ -121,7 +122,7 @@ def test_loop_wire_format_matches_reference_and_scapy(nodes: tuple[Node, Node]) 
         peer.settimeout(5)
         table = native.EspInboundTable()
         table.add(BA)
-        loop = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=peer.getsockname(),
+        loop = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=peer.getsockname(),
                                  outbound=native.EspOutbound(AB), inbound=table, batch=8)
         ref_in, ref_out = ref.EspInbound(AB), ref.EspOutbound(BA)
         # a reference-built ESP packet carrying an echo request to the namespace ...
@@ -160,7 +161,7 @@ def test_loop_drops_inner_packets_larger_than_mtu(nodes: tuple[Node, Node]) -> N
         table = native.EspInboundTable()
         table.add(BA)
         out = native.EspOutbound(AB)
-        loop = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=peer.getsockname(),
+        loop = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=peer.getsockname(),
                                  outbound=out, inbound=table, mtu=1400)
         subprocess.run(["ip", "netns", "exec", a.ns, "ping", "-c", "1", "-s", "2000", "-W", "1", "10.2.0.1"],
                        capture_output=True, timeout=10)
@@ -191,9 +192,9 @@ def test_two_loops_over_raw_esp(nodes: tuple[Node, Node], unique_name: str) -> N
         a_table, b_table = native.EspInboundTable(), native.EspInboundTable()
         a_table.add(BA)
         b_table.add(AB)
-        loops = [native.EspUdpLoop(tun_fd=a.fd, udp_fd=raw_a.fileno(), peer=(addr_b, 0), raw_esp=True,
+        loops = [gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=raw_a.fileno(), peer=(addr_b, 0), raw_esp=True,
                                    outbound=native.EspOutbound(AB), inbound=a_table),
-                 native.EspUdpLoop(tun_fd=b.fd, udp_fd=raw_b.fileno(), peer=(addr_a, 0), raw_esp=True,
+                 gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=raw_b.fileno(), peer=(addr_a, 0), raw_esp=True,
                                    outbound=native.EspOutbound(BA), inbound=b_table)]
         for loop in loops:
             loop.start()
@@ -218,7 +219,7 @@ def test_loop_bad_arguments_are_config_errors(kwargs: dict, match: str) -> None:
         args = {"tun_fd": s.fileno(), "udp_fd": s.fileno(), "peer": ("127.0.0.1", 4500),
                 "outbound": native.EspOutbound(AB), "inbound": table, **kwargs}
         with pytest.raises(ValueError, match=match):
-            native.EspUdpLoop(**args)
+            gateway_loop.EspUdpLoop(**args)
 
 
 def _wait(cond: object, timeout: float = 5.0) -> bool:
@@ -240,9 +241,9 @@ def test_icmp_error_on_the_connected_socket_does_not_end_the_loop(nodes: tuple[N
     b_table.add(AB)
     a.udp.connect(("127.0.0.1", b.port))  # as the gateway's per-connection socket
     b_out = native.EspOutbound(BA)
-    la = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
+    la = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
                            outbound=native.EspOutbound(AB), inbound=a_table)
-    lb = native.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
+    lb = gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
                            outbound=b_out, inbound=b_table)
     lb2 = None
     try:
@@ -257,7 +258,7 @@ def test_icmp_error_on_the_connected_socket_does_not_end_the_loop(nodes: tuple[N
         # the peer comes back on the same port
         b.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         b.udp.bind(("127.0.0.1", b.port))
-        lb2 = native.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
+        lb2 = gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
                                 outbound=b_out, inbound=b_table)
         lb2.start()
         res = ping(a.ns, "10.2.0.1", 3)
@@ -281,9 +282,9 @@ def test_live_rekey_without_stopping_the_loops(nodes: tuple[Node, Node]) -> None
     a_table, b_table = native.EspInboundTable(), native.EspInboundTable()
     a_table.add(BA)
     b_table.add(AB)
-    la = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
+    la = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
                            outbound=native.EspOutbound(AB), inbound=a_table)
-    lb = native.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
+    lb = gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
                            outbound=native.EspOutbound(BA), inbound=b_table)
     threads = []
     try:
@@ -328,7 +329,7 @@ def test_live_rekey_without_stopping_the_loops(nodes: tuple[Node, Node]) -> None
 def test_set_outbound_needs_a_c_path_sa(nodes: tuple[Node, Node]) -> None:
     a, b = nodes
     table = native.EspInboundTable()
-    loop = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
+    loop = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
                              outbound=native.EspOutbound(AB), inbound=table)
     chacha = EspSaConfig(spi=0x5005, encr="chacha20-poly1305", enc_key=bytes(36))
     with pytest.raises(ValueError, match="C-path SA"):
@@ -369,7 +370,7 @@ def test_burst_leaves_as_gso_trains_and_arrives_through_gro(nodes: tuple[Node, N
     b_table.add(AB)
     recv = subprocess.Popen(["ip", "netns", "exec", b.ns, "python3", "-c", RECEIVER, str(n)],
                             stdout=subprocess.PIPE, text=True)
-    lb = native.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
+    lb = gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
                            outbound=native.EspOutbound(BA), inbound=b_table, batch=64)
     tap = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a second copy of the wire, no GRO
     try:
@@ -378,7 +379,7 @@ def test_burst_leaves_as_gso_trains_and_arrives_through_gro(nodes: tuple[Node, N
         tap.bind(("127.0.0.1", 0))
         tap.settimeout(2)
         out_a = native.EspOutbound(AB)
-        la = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port), outbound=out_a,
+        la = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port), outbound=out_a,
                                inbound=native.EspInboundTable(), batch=64)
         subprocess.run(["ip", "netns", "exec", a.ns, "python3", "-c", SENDER, str(n)], check=True, timeout=10)
         while la.step(100) > 0:  # everything queued on the tun, in batches of up to 64
@@ -386,7 +387,7 @@ def test_burst_leaves_as_gso_trains_and_arrives_through_gro(nodes: tuple[Node, N
         assert la.stats["udp_gso_trains"] >= 1 and la.stats["esp_tx"] >= n, la.stats
         # the same packets once more, from a fresh SA to the tap socket: the wire format
         del la
-        lt = native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=tap.getsockname(),
+        lt = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=tap.getsockname(),
                                outbound=native.EspOutbound(AB), inbound=native.EspInboundTable(), batch=64)
         subprocess.run(["ip", "netns", "exec", a.ns, "python3", "-c", SENDER, "20"], check=True, timeout=10)
         while lt.step(100) > 0:
@@ -461,9 +462,9 @@ def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_
         a_table, b_table = native.EspInboundTable(), native.EspInboundTable()
         a_table.add(BA)
         b_table.add(AB)
-        loops = [native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port), tun_vnet=True,
+        loops = [gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port), tun_vnet=True,
                                    outbound=native.EspOutbound(AB), inbound=a_table, mtu=1400),
-                 native.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port), tun_vnet=vnet_b,
+                 gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port), tun_vnet=vnet_b,
                                    outbound=native.EspOutbound(BA), inbound=b_table, mtu=1400)]
         for n, mine, theirs in ((a, "fd00:1::1", "fd00:2::/64"), (b, "fd00:2::1", "fd00:1::/64")):
             ip("link", "set", n.tun, "mtu", "1400", ns=n.ns)
@@ -526,5 +527,5 @@ def test_tcp_through_vnet_tun_cut_from_tso_super_packets(unique_name: str, vnet_
 def test_vnet_flag_must_match_the_tun(nodes: tuple[Node, Node]) -> None:
     a, b = nodes
     with pytest.raises(ValueError, match="tun_vnet"):
-        native.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port), tun_vnet=True,
+        gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port), tun_vnet=True,
                           outbound=native.EspOutbound(AB), inbound=native.EspInboundTable())

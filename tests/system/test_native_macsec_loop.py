@@ -22,6 +22,7 @@ from ipsecemu.base.satypes import MacsecSaConfig, SecYConfig, Verdict
 from ipsecemu.macsec.reference import MacsecRx as RefRx
 
 native = pytest.importorskip("ipsecemu.dataplane.native")
+macsec_loop = pytest.importorskip("ipsecemu.dataplane.native.macsec_loop")
 
 SCI_A = bytes.fromhex("020000000a010001")
 SCI_B = bytes.fromhex("020000000b010001")
@@ -72,7 +73,7 @@ def test_protects_what_the_reference_validates_and_back(wires, cipher: str, incl
     extra = {"ssci": 1, "salt": bytes(range(12))} if xpn else {}
     secy = SecYConfig(include_sci=include_sci, end_station=not include_sci)
     sa_a = MacsecSaConfig(cipher, key, SCI_A, 0, next_pn=7, **extra)
-    loop = native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, batch=8)
+    loop = macsec_loop.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, batch=8)
     # nothing leaves before MKA installed a Tx SA
     tap_user.send(_frame(0))
     loop.step(200)
@@ -126,8 +127,8 @@ def test_sa_changes_while_running_lose_no_frames(wires) -> None:
         for s in (tap_b, tap_b_user, tap_a_user):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         secy = SecYConfig()
-        la = native.MacsecLinkLoop(tap_fd=tap_a.fileno(), phy_fd=phy_a.fileno(), secy=secy, batch=32, poll_ms=5)
-        lb = native.MacsecLinkLoop(tap_fd=tap_b.fileno(), phy_fd=phy_b.fileno(), secy=secy, batch=32, poll_ms=5)
+        la = macsec_loop.MacsecLinkLoop(tap_fd=tap_a.fileno(), phy_fd=phy_a.fileno(), secy=secy, batch=32, poll_ms=5)
+        lb = macsec_loop.MacsecLinkLoop(tap_fd=tap_b.fileno(), phy_fd=phy_b.fileno(), secy=secy, batch=32, poll_ms=5)
         first = MacsecSaConfig("gcm-aes-128", SAK1, SCI_A, 0)
         lb.add_rx_sa(first)
         la.set_tx(first)
@@ -165,13 +166,13 @@ def test_sa_changes_while_running_lose_no_frames(wires) -> None:
 def test_bad_configuration_is_a_clear_error(wires) -> None:
     _, tap_loop, phy_loop, _ = wires
     with pytest.raises(ConfigError, match="batch"):
-        native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=SecYConfig(), batch=0)
+        macsec_loop.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=SecYConfig(), batch=0)
     with pytest.raises(ConfigError, match="max_frame"):
-        native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=SecYConfig(), max_frame=10)
+        macsec_loop.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=SecYConfig(), max_frame=10)
     with pytest.raises(ConfigError, match="tap_fd"):
-        native.MacsecLinkLoop(tap_fd=-1, phy_fd=phy_loop.fileno(), secy=SecYConfig())
+        macsec_loop.MacsecLinkLoop(tap_fd=-1, phy_fd=phy_loop.fileno(), secy=SecYConfig())
     with pytest.raises(ConfigError):
-        native.MacsecLinkLoop(tap_fd=999_999, phy_fd=phy_loop.fileno(), secy=SecYConfig())
+        macsec_loop.MacsecLinkLoop(tap_fd=999_999, phy_fd=phy_loop.fileno(), secy=SecYConfig())
 
 
 @pytest.mark.parametrize(("vlan", "qinq", "tags"), [
@@ -184,7 +185,7 @@ def test_vlan_tags_go_inside_the_protected_frame_and_are_checked(wires, vlan, qi
     tap_user, tap_loop, phy_loop, phy_wire = wires
     secy = SecYConfig()
     sa = MacsecSaConfig("gcm-aes-128", SAK1, SCI_A, 2)
-    loop = native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, vlan=vlan,
+    loop = macsec_loop.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, vlan=vlan,
                                  qinq=qinq, max_frame=1514)
     loop.set_tx(sa)
     full = _frame(1, 1514)  # a full-size untagged frame still fits once tagged
@@ -207,13 +208,13 @@ def test_vlan_tags_go_inside_the_protected_frame_and_are_checked(wires, vlan, qi
     assert _drain(tap_user, 1) == [frame]
     assert loop.stats["vlan_drop"] == 2 and loop.stats["validated"] == 1
     with pytest.raises(ConfigError, match="vlan"):
-        native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, vlan=4095)
+        macsec_loop.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=secy, vlan=4095)
 
 
 def test_tap_vnet_needs_a_vnet_tap(wires) -> None:
     tap_user, tap_loop, phy_loop, phy_wire = wires
     with pytest.raises(ConfigError, match="tap_vnet"):  # a socket is no vnet tap: refused, not misread
-        native.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=SecYConfig(), tap_vnet=True)
+        macsec_loop.MacsecLinkLoop(tap_fd=tap_loop.fileno(), phy_fd=phy_loop.fileno(), secy=SecYConfig(), tap_vnet=True)
 
 
 # ---- real vnet taps (root): the kernel hands the loop a TSO super-packet and takes GRO ones back ----
@@ -275,8 +276,8 @@ def test_vnet_tap_cuts_super_packets_and_writes_them_back_coalesced(unique_name:
         phy_a, wire_a = _pair()
         wire_b, phy_b = _pair()
         socks += [phy_a, wire_a, wire_b, phy_b]
-        la = native.MacsecLinkLoop(tap_fd=fds[0], phy_fd=phy_a.fileno(), secy=secy, tap_vnet=True, max_frame=1514)
-        lb = native.MacsecLinkLoop(tap_fd=fds[1], phy_fd=phy_b.fileno(), secy=secy, tap_vnet=True, max_frame=1514)
+        la = macsec_loop.MacsecLinkLoop(tap_fd=fds[0], phy_fd=phy_a.fileno(), secy=secy, tap_vnet=True, max_frame=1514)
+        lb = macsec_loop.MacsecLinkLoop(tap_fd=fds[1], phy_fd=phy_b.fileno(), secy=secy, tap_vnet=True, max_frame=1514)
         la.set_tx(sa)
         lb.add_rx_sa(sa)
         for dev in ("ta", "tb"):  # up once the loops turned the offloads on

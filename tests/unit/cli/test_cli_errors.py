@@ -50,7 +50,7 @@ def test_family_maps_to_status_and_one_line(family: type[errors.IpsecemuError], 
 
 def test_subclass_uses_its_family_status() -> None:
     from ipsecemu.ike.errors import LocalProtocolError
-    from ipsecemu.pcap.uat import KeyFileError
+    from ipsecemu.pcap.keyfile import KeyFileError
 
     assert CliRunner().invoke(_raising(LocalProtocolError("x")), ["sub", "boom"]).exit_code == 4
     assert CliRunner().invoke(_raising(KeyFileError("x")), ["sub", "boom"]).exit_code == 3

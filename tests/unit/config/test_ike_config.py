@@ -27,6 +27,7 @@ from ipsecemu.config.connection import (
     parse_connection,
     parse_ts,
 )
+from ipsecemu.config.connection_dump import dumps, summary, to_dict
 from ipsecemu.ike.consts import IdType
 from ipsecemu.ike.settings import Identity
 
@@ -457,8 +458,6 @@ def test_random_configs_give_a_config_or_a_config_error(data: dict) -> None:
     ],
 )
 def test_to_dict_and_dumps_round_trip(over: dict) -> None:
-    from ipsecemu.config.connection import dumps, to_dict
-
     d = {**BASE, **over}
     if d.get("psk") is None:
         d.pop("psk")
@@ -470,8 +469,6 @@ def test_to_dict_and_dumps_round_trip(over: dict) -> None:
 
 
 def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipsecemu.config.connection import dumps
-
     c = conn(psk="\x01binary")
     monkeypatch.setenv("IPSECEMU_PSK", "\x01binary")
     assert "env:IPSECEMU_PSK" in dumps([c])
@@ -480,8 +477,6 @@ def test_dumps_hides_secret_behind_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_summary_shows_the_negotiable_parts_not_the_secret() -> None:
-    from ipsecemu.config.connection import summary
-
     text = summary(loads(YAML, "x.yaml"))
     assert "azure-er-i0: 172.24.127.211 -> 10.51.230.4 (tunnel, initiate, auth psk)" in text
     assert "  esp    aes256gcm16-modp2048" in text and "ipsec GCMAES256/GCMAES256/PFSMM" in text

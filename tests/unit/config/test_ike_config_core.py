@@ -10,7 +10,8 @@ import pytest
 
 from ipsecemu.base.satypes import Verdict
 from ipsecemu.config.azure import load_device_config
-from ipsecemu.config.connection import ConnectionConfigError, loads, parse_connection, to_ike_sa_config
+from ipsecemu.config.connection import ConnectionConfigError, loads, parse_connection
+from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.dataplane import backend
 from ipsecemu.ike import events as ev
 from ipsecemu.ike.endpoint import IkeEndpoint

@@ -15,7 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from ipsecemu.config.connection import ConnectionConfigError, parse_connection, to_ike_sa_config
+from ipsecemu.config.connection import ConnectionConfigError, parse_connection
+from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.ike import certs as c
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ipsecemu.config.connection import ConnectionConfigError, dumps, loads, parse_connection, to_ike_sa_config
+from ipsecemu.config.connection import ConnectionConfigError, loads, parse_connection
+from ipsecemu.config.connection_dump import dumps
+from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.ike import events as ev
 from ipsecemu.ike import message as m
 from ipsecemu.ike.consts import Exchange, Notify

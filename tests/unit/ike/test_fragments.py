@@ -265,7 +265,9 @@ def test_tampered_or_malformed_fragment_is_an_integrity_error() -> None:
 
 def test_yaml_fragmentation_options_reach_the_core() -> None:
     from ipsecemu.base.errors import ConfigError
-    from ipsecemu.config.connection import dumps, loads, parse_connection, to_ike_sa_config
+    from ipsecemu.config.connection import loads, parse_connection
+    from ipsecemu.config.connection_dump import dumps
+    from ipsecemu.config.connection_ike import to_ike_sa_config
 
     base = {"remote_address": "192.0.2.2", "local_id": "left.example", "psk": "s3cret"}
     core = to_ike_sa_config(parse_connection(base))

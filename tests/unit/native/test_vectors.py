@@ -13,7 +13,8 @@ from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdi
 from support.paths import load_vectors
 
 native = pytest.importorskip("ipsecemu.dataplane.native", reason="C module not built (make build)")
-ffi, lib = native.ffi, native.lib
+cmodule = pytest.importorskip("ipsecemu.dataplane.native.cmodule")
+ffi, lib = cmodule.ffi, cmodule.lib
 
 GCM = [v for v in load_vectors("esp_aes_gcm_draft_mcgrew_gcm_test_01.json")["vectors"]
        if v["transform"].startswith("ENCR_AES_GCM_16")]

@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
 from fuzz_pcap_decrypt import MACSEC_SA, ROWS, seed_frames  # noqa: E402
 from make_corpus import classic, pcapng  # noqa: E402
 
-from ipsecemu.pcap.decrypt import decrypt_file, read_capture  # noqa: E402
+from ipsecemu.pcap.decrypt import decrypt_file  # noqa: E402
+from ipsecemu.pcap.pcapfile import read_capture  # noqa: E402
 
 
 def records(path: Path) -> list:

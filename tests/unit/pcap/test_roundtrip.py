@@ -21,7 +21,8 @@ from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig, Verdi
 from ipsecemu.cli import cli
 from ipsecemu.dataplane import backend
 from ipsecemu.esp import framing
-from ipsecemu.pcap.uat import esp_row, write_esp_sa, write_macsec_sa
+from ipsecemu.pcap.macsec_sa import write_macsec_sa
+from ipsecemu.pcap.uat import esp_row, write_esp_sa
 
 BE = backend("auto")
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"

@@ -10,19 +10,19 @@ import pytest
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.base.satypes import MacsecSaConfig
+from ipsecemu.pcap.keyfile import KeyFileError
+from ipsecemu.pcap.macsec_sa import format_macsec_sa, parse_macsec_sa, read_macsec_sa
 from ipsecemu.pcap.uat import (
     ESP_AUTHENTICATION,
     ESP_ENCRYPTION,
+    IKE_ENCRYPTION,
+    IKE_INTEGRITY,
     IkeSaRow,
-    KeyFileError,
     esp_row,
     format_esp_sa,
     format_ikev2_table,
-    format_macsec_sa,
     parse_esp_sa,
-    parse_macsec_sa,
     read_esp_sa,
-    read_macsec_sa,
     split_uat_line,
     write_esp_sa,
 )
@@ -157,7 +157,6 @@ def test_algorithm_strings_exist_in_libwireshark() -> None:
     """Every string we write for tshark 4.0 is one libwireshark itself contains."""
     blob = LIBWIRESHARK.read_bytes()
     wanted = [k for k, v in ESP_ENCRYPTION.items() if v and "ChaCha20" not in k] + list(ESP_AUTHENTICATION)
-    from ipsecemu.pcap.uat import IKE_ENCRYPTION, IKE_INTEGRITY
     wanted += list(IKE_ENCRYPTION.values()) + list(IKE_INTEGRITY.values())
     missing = [w for w in wanted if w != "NULL" and b"\0" + w.encode() + b"\0" not in blob]
     assert not missing

@@ -1,0 +1,127 @@
+"""The C gateway loop (tun <-> ESP-in-UDP or raw ESP with one peer) and the decoder of the IKE
+records it hands to Python."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import threading
+from collections.abc import Iterator
+
+from ipsecemu.base.errors import ConfigError
+from ipsecemu.dataplane.native.cmodule import check_status, ffi, lib
+from ipsecemu.dataplane.native.esp import EspInboundTable, EspOutbound
+
+
+class EspUdpLoop:
+    """The C gateway loop: tun <-> ESP-in-UDP (RFC 3948) with one peer, batched, no Python per
+    packet.  ``run()`` blocks (without the GIL) until ``stop()``; ``start()`` runs it on a thread.
+
+    IKE datagrams (non-ESP marker) arriving on the UDP socket are sent to ``ike_fd`` (an
+    AF_UNIX SOCK_DGRAM socket) one message each; :func:`parse_ike_record` decodes them.
+    ``raw_esp=True``: ``udp_fd`` is a raw IP protocol 50 socket instead (peer port ignored).
+    The SA objects must stay alive and must not be used from Python while the loop runs, except
+    inside ``with loop.paused():`` (the loop waits between batches): there the inbound table may
+    be edited and ``set_outbound`` switches the outbound SA, so a rekey needs no stop/start.
+    An ICMP error on the socket (peer restarting) is counted in ``stats["sock_errors"]``.
+    ESP-in-UDP uses UDP GSO on send (``gso``) and UDP GRO on receive (``gro``; switched off
+    again when the loop is freed); ``sock_buf`` raises the socket buffers (forced as root).
+    ``tun_vnet=True``: the tun was opened with ``ipsecemu.net.tun.open_tun(vnet_hdr=True)``; the loop turns on TSO so the
+    kernel hands over TCP super-packets, which it cuts into segments itself (off again on free,
+    but every packet read or written by others then carries a 10-byte zero header: net.tun.VNET_HDR).
+    """
+
+    def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
+                 inbound: EspInboundTable, ike_fd: int = -1, batch: int = 32, mtu: int = 1500,
+                 poll_ms: int = 50, raw_esp: bool = False, gso: bool = True, gro: bool = True,
+                 sock_buf: int = 4 << 20, tun_vnet: bool = False) -> None:
+        if outbound._sa is None:
+            raise ConfigError(f"encr: the C loop needs a C-path SA, not {outbound.cfg.encr}")
+        if not 1 <= batch <= lib.IE_LOOP_MAX_BATCH:
+            raise ConfigError(f"batch: must be 1..{lib.IE_LOOP_MAX_BATCH}, got {batch}")
+        if not 68 <= mtu <= 65535:
+            raise ConfigError(f"mtu: must be 68..65535, got {mtu}")
+        if tun_fd < 0 or udp_fd < 0:
+            raise ConfigError("tun_fd/udp_fd: need open file descriptors")
+        if not 0 <= sock_buf <= 1 << 30:
+            raise ConfigError(f"sock_buf: must be 0..{1 << 30} bytes, got {sock_buf}")
+        try:
+            addr = ipaddress.ip_address(peer[0])
+        except ValueError as exc:
+            raise ConfigError(f"peer: {exc}") from None
+        c = ffi.new("ie_loop_cfg *")
+        c.tun_fd, c.udp_fd, c.ike_fd = tun_fd, udp_fd, ike_fd
+        c.peer_family = addr.version
+        c.peer_addr = addr.packed + bytes(16 - len(addr.packed))
+        c.peer_port = peer[1]
+        c.batch, c.mtu, c.poll_ms = batch, mtu, poll_ms
+        c.raw_esp = int(raw_esp)
+        c.offload = (lib.IE_LOOP_UDP_GSO if gso else 0) | (lib.IE_LOOP_UDP_GRO if gro else 0)
+        c.sock_buf = sock_buf
+        c.tun_vnet = int(tun_vnet)
+        out = ffi.new("ie_loop **")
+        check_status(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out),
+               "gateway loop (tun_vnet must match how the tun was opened)")
+        self._loop = ffi.gc(out[0], lib.ie_loop_free)
+        self._keep = (outbound, inbound)  # borrowed by C: keep them alive
+        self.outbound, self.inbound = outbound, inbound
+        self._held = False
+        self._thread: threading.Thread | None = None
+        self.result: int | None = None
+
+    def run(self) -> int:
+        self.result = int(lib.ie_loop_run(self._loop))
+        return self.result
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="ipsecemu-esp-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        lib.ie_loop_stop(self._loop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def step(self, timeout_ms: int = 0) -> int:
+        return int(lib.ie_loop_step(self._loop, timeout_ms))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the loop between batches while the block changes SAs (one control thread;
+        nesting is fine).  Packets arriving meanwhile wait in the kernel queues."""
+        if self._held:
+            yield
+            return
+        lib.ie_loop_pause(self._loop)  # cffi drops the GIL while this waits for the batch to end
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            lib.ie_loop_resume(self._loop)
+
+    def set_outbound(self, outbound: EspOutbound) -> EspOutbound:
+        """Send with ``outbound`` from the next batch on; returns the previous SA (no longer
+        used by the loop)."""
+        if outbound._sa is None:
+            raise ConfigError(f"encr: the C loop needs a C-path SA, not {outbound.cfg.encr}")
+        with self.paused():
+            lib.ie_loop_set_out(self._loop, outbound._sa)
+            old, self.outbound = self.outbound, outbound
+            self._keep = (outbound, self.inbound)
+        return old
+
+    @property
+    def stats(self) -> dict[str, int]:
+        s = ffi.new("ie_loop_stats *")
+        lib.ie_loop_get_stats(self._loop, s)
+        return {name: getattr(s, name) for name, _ in ffi.typeof("ie_loop_stats").fields}
+
+
+def parse_ike_record(record: bytes) -> tuple[tuple[str, int], bytes]:
+    """Decode one message the loop wrote to ``ike_fd``: ((address, port), IKE message)."""
+    if len(record) < 19 or record[0] not in (4, 6):
+        raise ValueError("not an ipsecemu IKE record")
+    raw = record[1:5] if record[0] == 4 else record[1:17]
+    return (str(ipaddress.ip_address(raw)), int.from_bytes(record[17:19], "big")), record[19:]
