@@ -155,17 +155,22 @@ def build_program(main: Path, variant: str) -> Path:
     target = outdir / main.stem
     stamp = outdir / f"{main.stem}.stamp"
     cmd = [compiler, *flags, *PROGRAM_WARNINGS, "-I", str(NATIVE / "include"), "-I", str(NATIVE / "src"),
-           str(main), *map(str, SOURCES), "-lcrypto", "-lpthread", "-o", str(target)]
-    h = hashlib.sha256(" ".join(cmd).encode())
+           str(main), *map(str, SOURCES), "-lcrypto", "-lpthread", "-o"]
+    h = hashlib.sha256(" ".join([*cmd, str(target)]).encode())
     for p in [main, HEADER, *SOURCES, *INTERNAL]:
         h.update(p.read_bytes())
     if target.exists() and stamp.exists() and stamp.read_text() == h.hexdigest():
         return target
     check_toolchain(compiler)
     outdir.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    # Link to a private name, then rename: a test worker running the previous binary, or a second
+    # build racing this one, never sees a half-written executable.
+    tmp_target = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    res = subprocess.run([*cmd, str(tmp_target)], capture_output=True, text=True)
     if res.returncode != 0:
+        tmp_target.unlink(missing_ok=True)
         raise BuildError(f"building {main.name} ({variant}) failed:\n{res.stdout}{res.stderr}")
+    os.replace(tmp_target, target)
     stamp.write_text(h.hexdigest())
     return target
 
