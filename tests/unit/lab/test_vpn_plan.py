@@ -14,7 +14,8 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from ipsecemu.config import gateway as gwconfig
-from ipsecemu.lab import route_agent, svc_vpn, topology, vpn_smoke
+from ipsecemu.lab import route_agent, topology, vpn_smoke
+from ipsecemu.lab.plan import vpn as svc_vpn
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.lab.state import LabState
 
@@ -80,7 +81,7 @@ def test_charon_conn_uses_routes_as_selectors() -> None:
 
 
 def test_route_plan_watches_hub_ecmp_and_tunnels(er: topology.Topology, tmp_path: Path) -> None:
-    plan = svc_vpn.route_plan(er, _state(tmp_path, "er-vwan"))
+    plan = svc_vpn.route_plan(er, _state(tmp_path, "er-vwan").dir)
     tun = {(t["node"], t["conn"]): (t["dev"], t["table"], t["prefixes"]) for t in plan["tunnels"]}
     assert tun[("ce", "ce-hubgw0")] == ("vpn0", 100, ["10.51.230.0/24", "10.51.231.0/24"])
     assert tun[("ce", "ce-hubgw1")] == ("vpn1", 100, ["10.51.230.0/24", "10.51.231.0/24"])
@@ -93,7 +94,7 @@ def test_route_plan_watches_hub_ecmp_and_tunnels(er: topology.Topology, tmp_path
 
 def test_agent_withdraws_dead_instances(er: topology.Topology, tmp_path: Path) -> None:
     st = _state(tmp_path, "er-vwan")
-    (st.dir / svc_vpn.PLAN_FILE).write_text(__import__("json").dumps(svc_vpn.route_plan(er, st)))
+    (st.dir / svc_vpn.PLAN_FILE).write_text(__import__("json").dumps(svc_vpn.route_plan(er, st.dir)))
     agent = route_agent.Agent(st.dir)
     all_up = {f"{t['node']}/{t['conn']}": True for t in agent.plan["tunnels"]}
     want = agent.desired(all_up)
