@@ -110,9 +110,9 @@ class Builder:
     def up(self) -> LabState:
         """Create everything; on any error or Ctrl-C roll back and re-raise."""
         p = self.plan
+        if LabState(p.name, self.base).dir != p.lab_dir:  # the generated configs name the state dir
+            raise BuildError(f"plan compiled for state dir {p.lab_dir}, not {LabState(p.name, self.base).dir}")
         self.state = LabState.create(p.name, p.source, {n.name: n.kind for n in p.nodes}, self.base)
-        if self.state.dir != p.lab_dir:  # the generated configs name the state dir
-            raise BuildError(f"plan compiled for {p.lab_dir}, state is in {self.state.dir}")
         try:
             for step in (self._create_netns, self._base_sysctls, self._segments, self._links,
                          self._addresses_and_up, self._wait_links_up, self._routes_and_rules,

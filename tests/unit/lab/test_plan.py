@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.lab import check, topology
-from ipsecemu.lab.errors import MacsecServiceError
+from ipsecemu.lab import builder, check, topology
+from ipsecemu.lab.errors import BuildError, MacsecServiceError
 from ipsecemu.lab.plan import CHARON, GATEWAY, MACSEC_LINK, ROUTE_AGENT, compile_plan, plan_json, plan_text
 from ipsecemu.lab.plan.model import Tap, Veth
 
@@ -180,3 +180,11 @@ def test_out_without_dry_run_is_a_usage_error(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "ipsecemu", "lab", "up", str(REPO / "netns-labs" / "pair.yaml"),
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--dry-run" in res.stderr and not any(tmp_path.iterdir())
+
+
+def test_apply_refuses_a_plan_for_another_state_dir(tmp_path: Path) -> None:
+    """The generated configs name the state dir: applying elsewhere fails before anything exists."""
+    plan = compile_plan(topology.load(REPO / "netns-labs" / "pair.yaml"), tmp_path / "a")
+    with pytest.raises(BuildError, match="plan compiled for state dir"):
+        builder.apply(plan, base=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
