@@ -46,7 +46,7 @@ from ipsecemu.strongswan.charon import Charon, CharonError
 from .errors import BuildError
 from .plan import CHARON, GATEWAY, ROUTE_AGENT, Daemon, LabPlan, write_file
 from .plan.render import daemon_argv
-from .plan.vpn import CHARON_DEV, PLAN_FILE, STATUS_FILE, charon_run_dir
+from .plan.vpn import CHARON_DEV, PLAN_FILE, STATUS_FILE
 
 # what to run where is derived in ipsecemu.lab.plan.vpn; these stay importable from here
 from .plan.vpn import gateway_config as gateway_config
@@ -62,9 +62,8 @@ def node_dir(state: LabState, node: str) -> Path:
 
 
 def charon_dir(state: LabState, node: str) -> Path:
-    """A charon's instance dir, as recorded at start (outside /run: see plan.vpn.CHARON_BASE)."""
-    d = (state.data.get("charon_dirs") or {}).get(node)
-    return Path(d) if d else charon_run_dir(state.name, node)
+    """A charon's instance dir, as recorded at start (outside /run: see state.CHARON_BASE)."""
+    return state.charon_dir(node)
 
 
 def warnings(state: LabState) -> list[str]:
