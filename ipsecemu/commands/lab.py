@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -93,15 +94,26 @@ def _quiet_swallowed_interrupt(u: Any) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Run the lab under another name (a second copy of the same file).")
 @click.option("--smoke", is_flag=True, help="After building, ping between every pair of host nodes.")
-def up(file: str, name: str | None, smoke: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the plan (netns, links, addresses, routes, daemons and their "
+              "configs) and build nothing; no root needed.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="With --dry-run: write the generated configs (gateway.yaml, swanctl.conf, ...) under this dir.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
+def up(file: str, name: str | None, smoke: bool, dry_run: bool, out_dir: str | None, as_json: bool) -> None:
     """Build the lab described by FILE (YAML) in network namespaces."""
-    from ipsecemu.lab import builder, check  # lazy: CLI start-up
+    from ipsecemu.lab import builder, check, plan  # lazy: CLI start-up
     from ipsecemu.lab.errors import BuildError  # lazy: CLI start-up
 
+    if (out_dir or as_json) and not dry_run:
+        raise click.UsageError("--out and --json go with --dry-run")
     try:  # validate before anything else: a broken file never touches the system
         topo = check.check_file(file, name=name)
+        lab_plan = plan.compile_plan(topo)  # everything lab up will do, derived once
     except TopologyError as exc:
         _fail(str(exc), ConfigError)
+    if dry_run:
+        _dry_run(lab_plan, out_dir, as_json)
+        return
     _need_root("lab up")
     global _MAIN_PID
     _MAIN_PID = os.getpid()
@@ -115,7 +127,7 @@ def up(file: str, name: str | None, smoke: bool) -> None:
     click.echo(f"lab {topo.name}: building from {file}")
     t0 = time.monotonic()
     try:
-        builder.build(topo, say)
+        builder.apply(lab_plan, say)
     except KeyboardInterrupt:
         raise ExitWithMessage(f"lab {topo.name}: interrupted, rolled back (nothing left behind)",
                               EXIT_INTERRUPTED) from None
@@ -152,6 +164,28 @@ def up(file: str, name: str | None, smoke: bool) -> None:
         _next_steps(topo)
     if not ok:
         _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')", CheckFailed)
+
+
+def _dry_run(lab_plan: Any, out_dir: str | None, as_json: bool) -> None:
+    """``lab up --dry-run``: the plan on stdout, its generated files under ``out_dir``."""
+    from ipsecemu.lab import plan  # lazy: CLI start-up
+
+    written = []
+    if out_dir:
+        try:
+            written = plan.write_files(lab_plan, Path(out_dir))
+        except OSError as exc:
+            _fail(f"--out {out_dir}: {exc.strerror or exc}", SystemSetupError)
+    if as_json:
+        click.echo(json.dumps({**plan.plan_json(lab_plan), "written": [str(p) for p in written]}, indent=2))
+        return
+    click.echo(plan.plan_text(lab_plan))
+    if out_dir:
+        click.echo(f"wrote {len(written)} generated file(s) under {out_dir}"
+                   + "".join(f"\n  {p}" for p in written))
+    elif lab_plan.files():
+        click.echo(f"({len(lab_plan.files())} generated file(s); --out DIR writes them)")
+    click.echo("dry run: nothing built")
 
 
 @lab.command("check")

@@ -1,4 +1,4 @@
-"""Build a validated :class:`Topology` into network namespaces with pyroute2, and tear it down.
+"""Apply a lab plan (:mod:`ipsecemu.lab.plan`) to network namespaces with pyroute2, and tear it down.
 
 Layout: one named netns ``<lab>-<node>`` per node (so ``ip netns exec er-vwan-ce tcpdump`` works),
 one ``<lab>--<segment>`` per shared segment holding bridge ``br0``.  Veth pairs are created
@@ -34,16 +34,15 @@ from ipsecemu.net.tun import open_tun
 
 from . import services
 from .errors import BuildError
+from .plan import LabPlan, compile_plan
+from .plan.model import Tap, Veth
 from .state import LabState, LabStateError
-from .topology import FORWARDING_KINDS, Node, Route, Rule, Topology, phy_ifname
+from .topology import Route, Rule, Topology
 
 Say = Callable[[str], None]
 BRIDGE = "br0"
 LINK_UP_TIMEOUT = 5.0
 IFA_F_NODAD = 0x02
-
-
-MACSEC_OVERHEAD = 40  # SecTAG with SCI (16) + ICV (16) + one 802.1Q tag (4), rounded up
 
 
 def _quiet(_: str) -> None:
@@ -97,8 +96,11 @@ def _index(ipr: IPRoute, ifname: str) -> int:
 
 
 class Builder:
-    def __init__(self, topo: Topology, say: Say = _quiet, base: Path | None = None) -> None:
-        self.topo = topo
+    """Executes a :class:`~ipsecemu.lab.plan.LabPlan`: every name, address and route comes from
+    the plan; nothing here looks at the topology."""
+
+    def __init__(self, plan: LabPlan, say: Say = _quiet, base: Path | None = None) -> None:
+        self.plan = plan
         self.say = say
         self.base = base
         self.state: LabState | None = None
@@ -107,8 +109,10 @@ class Builder:
     # ------------------------------------------------------------ entry point
     def up(self) -> LabState:
         """Create everything; on any error or Ctrl-C roll back and re-raise."""
-        t = self.topo
-        self.state = LabState.create(t.name, t.source, {n.name: n.kind for n in t.nodes}, self.base)
+        p = self.plan
+        if LabState(p.name, self.base).dir != p.lab_dir:  # the generated configs name the state dir
+            raise BuildError(f"plan compiled for state dir {p.lab_dir}, not {LabState(p.name, self.base).dir}")
+        self.state = LabState.create(p.name, p.source, {n.name: n.kind for n in p.nodes}, self.base)
         try:
             for step in (self._create_netns, self._base_sysctls, self._segments, self._links,
                          self._addresses_and_up, self._wait_links_up, self._routes_and_rules,
@@ -117,7 +121,7 @@ class Builder:
                 _test_pause(step.__name__)
                 if INTERRUPTED.is_set():  # a signal whose KeyboardInterrupt got swallowed
                     raise KeyboardInterrupt
-            services.start(self.topo, self.state, self.say)
+            services.start(p, self.state, self.say)
             if INTERRUPTED.is_set():
                 raise KeyboardInterrupt
         except BaseException as exc:  # includes KeyboardInterrupt from SIGINT/SIGTERM
@@ -127,9 +131,9 @@ class Builder:
             self.say(f"{why}: rolling back")
             with _signals_ignored():
                 try:
-                    teardown(t.name, self.say, self.base)
+                    teardown(p.name, self.say, self.base)
                 except Exception as td_exc:  # keep the original error; say what is left
-                    self.say(f"rollback incomplete ({td_exc}); run 'ipsecemu lab down {t.name}'")
+                    self.say(f"rollback incomplete ({td_exc}); run 'ipsecemu lab down {p.name}'")
             if isinstance(exc, NetlinkError):
                 raise BuildError(f"netlink: {exc.args[-1] if exc.args else exc}") from None
             if isinstance(exc, NetError):
@@ -141,9 +145,7 @@ class Builder:
     # ------------------------------------------------------------ steps
     def _create_netns(self) -> None:
         assert self.state is not None
-        t = self.topo
-        wanted = [(t.netns(n.name), f"node:{n.name}") for n in t.nodes]
-        wanted += [(t.segment_netns(s.name), f"segment:{s.name}") for s in t.segments]
+        wanted = self.plan.netns()
         for ns, _ in wanted:
             if netns_exists(ns):
                 raise BuildError(f"netns {ns} already exists (left by something else?); nothing created")
@@ -154,103 +156,81 @@ class Builder:
         self.say(f"netns: created {len(wanted)} ({', '.join(ns for ns, _ in wanted)})")
 
     def _base_sysctls(self) -> None:
-        for n in self.topo.nodes:
-            pairs = []
-            if not n.ipv6:  # no IPv6 unless asked: avoids DAD/RA noise and MOBIKE updates
-                pairs += [("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")]
-            # loose reverse-path filter: with ECMP the return path may use the other link
-            pairs += [("net.ipv4.conf.all.rp_filter", "2"), ("net.ipv4.conf.default.rp_filter", "2")]
-            if n.kind in FORWARDING_KINDS:
-                pairs.append(("net.ipv4.ip_forward", "1"))
-                if n.ipv6:
-                    pairs.append(("net.ipv6.conf.all.forwarding", "1"))
-            _sysctl(self.topo.netns(n.name), pairs)
-        for s in self.topo.segments:
-            _sysctl(self.topo.segment_netns(s.name),
-                    [("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")])
-        self.say(f"sysctls: base set on {len(self.topo.nodes)} nodes")
+        for n in self.plan.nodes:
+            _sysctl(n.netns, list(n.base_sysctls))
+        for s in self.plan.segments:
+            _sysctl(s.netns, list(s.sysctls))
+        self.say(f"sysctls: base set on {len(self.plan.nodes)} nodes")
 
-    def _veth(self, ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int | None) -> None:
+    def _veth(self, v: Veth) -> None:
         assert self.state is not None
-        self.state.add_link(kind="veth", netns=ns_a, ifname=if_a, peer_netns=ns_b, peer_ifname=if_b)
-        with ipr_in(ns_a) as ipr:
-            peer: dict = {"ifname": if_b}
-            if ns_b != ns_a:
-                peer["net_ns_fd"] = ns_b
-            kw: dict = {"mtu": mtu} if mtu else {}
-            if mtu:
-                peer["mtu"] = mtu
-            ipr.link("add", ifname=if_a, kind="veth", peer=peer, **kw)
+        self.state.add_link(kind="veth", netns=v.netns, ifname=v.ifname, peer_netns=v.peer_netns,
+                            peer_ifname=v.peer_ifname)
+        with ipr_in(v.netns) as ipr:
+            peer: dict = {"ifname": v.peer_ifname}
+            if v.peer_netns != v.netns:
+                peer["net_ns_fd"] = v.peer_netns
+            kw: dict = {"mtu": v.mtu} if v.mtu else {}
+            if v.mtu:
+                peer["mtu"] = v.mtu
+            ipr.link("add", ifname=v.ifname, kind="veth", peer=peer, **kw)
 
     def _segments(self) -> None:
-        for s in self.topo.segments:
-            sns = self.topo.segment_netns(s.name)
-            with ipr_in(sns) as ipr:
+        for s in self.plan.segments:
+            with ipr_in(s.netns) as ipr:
                 ipr.link("add", ifname=BRIDGE, kind="bridge", br_forward_delay=0, br_stp_state=0)
                 ipr.link("set", index=_index(ipr, BRIDGE), state="up")
-            for j, ep in enumerate(s.members):
-                port = f"p{j}"
-                self._veth(self.topo.netns(ep.node), ep.iface, sns, port, s.mtu)
-                with ipr_in(sns) as ipr:
+            for port in s.ports:
+                self._veth(port)
+                with ipr_in(s.netns) as ipr:
                     br = _index(ipr, BRIDGE)
-                    ipr.link("set", index=_index(ipr, port), master=br, state="up")
-            self.say(f"segment {s.name}: bridge with {len(s.members)} members "
-                     f"({', '.join(str(m) for m in s.members)})")
+                    ipr.link("set", index=_index(ipr, port.peer_ifname), master=br, state="up")
+            self.say(f"segment {s.name}: bridge with {len(s.ports)} members "
+                     f"({', '.join(self._member(p) for p in s.ports)})")
+
+    def _member(self, port: Veth) -> str:
+        node = next(n.name for n in self.plan.nodes if n.netns == port.netns)
+        return f"{node}:{port.ifname}"
 
     def _links(self) -> None:
-        for lk in self.topo.links:
-            if lk.macsec is None:
-                self._veth(self.topo.netns(lk.a.node), lk.a.iface, self.topo.netns(lk.b.node), lk.b.iface, lk.mtu)
-                continue
-            # MACsec: the veth carries SecTAG + ICV (+ a VLAN tag) on top of the tap's frames.
-            mtu = (lk.mtu or 1500) + MACSEC_OVERHEAD
-            self._veth(self.topo.netns(lk.a.node), phy_ifname(lk.a.iface),
-                       self.topo.netns(lk.b.node), phy_ifname(lk.b.iface), mtu)
-            for ep in (lk.a, lk.b):
-                self._tap(self.topo.netns(ep.node), ep.iface, lk.mtu)
-        if self.topo.links:
-            self.say(f"links: {len(self.topo.links)} veth pairs")
+        for lk in self.plan.links:
+            if isinstance(lk, Veth):
+                self._veth(lk)
+            else:
+                self._tap(lk)
+        pairs = sum(isinstance(lk, Veth) for lk in self.plan.links)
+        if pairs:
+            self.say(f"links: {pairs} veth pairs")
 
-    def _tap(self, ns: str, ifname: str, mtu: int | None) -> None:
+    def _tap(self, t: Tap) -> None:
         """A persistent tap: the L3 side of a MACsec link, opened later by the link daemon."""
         assert self.state is not None
-        self.state.add_link(kind="tap", netns=ns, ifname=ifname)
-        _persistent_tap(ns, ifname)
-        with ipr_in(ns) as ipr:
-            if mtu:
-                ipr.link("set", index=_index(ipr, ifname), mtu=mtu)
-
-    def _node_ifaces(self, n: Node) -> list[str]:
-        out = [ep.iface for lk in self.topo.links for ep in (lk.a, lk.b) if ep.node == n.name]
-        out += [phy_ifname(ep.iface) for lk in self.topo.links if lk.macsec is not None
-                for ep in (lk.a, lk.b) if ep.node == n.name]
-        out += [ep.iface for s in self.topo.segments for ep in s.members if ep.node == n.name]
-        return out
-
-    def _tap_ifaces(self, n: Node) -> set[str]:
-        return {ep.iface for lk in self.topo.links if lk.macsec is not None for ep in (lk.a, lk.b) if ep.node == n.name}
+        self.state.add_link(kind="tap", netns=t.netns, ifname=t.ifname)
+        _persistent_tap(t.netns, t.ifname)
+        with ipr_in(t.netns) as ipr:
+            if t.mtu:
+                ipr.link("set", index=_index(ipr, t.ifname), mtu=t.mtu)
 
     def _addresses_and_up(self) -> None:
         count = 0
-        for n in self.topo.nodes:
-            with ipr_in(self.topo.netns(n.name)) as ipr:
+        for n in self.plan.nodes:
+            with ipr_in(n.netns) as ipr:
                 for iface, cidr in n.addresses:
                     ifi = ipaddress.ip_interface(cidr)
                     kw = {"flags": IFA_F_NODAD} if ifi.version == 6 else {}  # usable at once, no DAD wait
                     ipr.addr("add", index=_index(ipr, iface), address=str(ifi.ip), prefixlen=ifi.network.prefixlen,
                              **kw)
                     count += 1
-                for iface in ["lo", *self._node_ifaces(n)]:
+                for iface in ["lo", *n.interfaces]:
                     ipr.link("set", index=_index(ipr, iface), state="up")
         self.say(f"addresses: {count} assigned, interfaces up")
 
     def _wait_links_up(self) -> None:
         """Poll until every veth has carrier (both ends up) instead of sleeping."""
         deadline = time.monotonic() + LINK_UP_TIMEOUT
-        for n in self.topo.nodes:
-            with ipr_in(self.topo.netns(n.name)) as ipr:
-                taps = self._tap_ifaces(n)  # no carrier until the MACsec daemon opens them
-                for iface in (i for i in self._node_ifaces(n) if i not in taps):
+        for n in self.plan.nodes:
+            with ipr_in(n.netns) as ipr:
+                for iface in (i for i in n.interfaces if i not in n.taps):  # taps: no carrier before their daemon
                     left = max(0.1, deadline - time.monotonic())
                     try:
                         ipr.poll(ipr.link, "dump", timeout=left, interval=0.01, ifname=iface, operstate="UP")
@@ -307,8 +287,8 @@ class Builder:
 
     def _routes_and_rules(self) -> None:
         nroutes = nrules = necmp = 0
-        for n in self.topo.nodes:
-            with ipr_in(self.topo.netns(n.name)) as ipr:
+        for n in self.plan.nodes:
+            with ipr_in(n.netns) as ipr:
                 for i, r in enumerate(n.routes):
                     try:
                         ipr.route("add", **self._route_args(ipr, r))
@@ -326,15 +306,20 @@ class Builder:
 
     def _user_sysctls(self) -> None:
         total = 0
-        for n in self.topo.nodes:
-            _sysctl(self.topo.netns(n.name), list(n.sysctls))
+        for n in self.plan.nodes:
+            _sysctl(n.netns, list(n.sysctls))
             total += len(n.sysctls)
         if total:
             self.say(f"sysctls: {total} from the topology")
 
 
 def build(topo: Topology, say: Say = _quiet, base: Path | None = None) -> LabState:
-    return Builder(topo, say, base).up()
+    """Plan ``topo`` and apply the plan (``lab up``)."""
+    return apply(compile_plan(topo, base), say, base)
+
+
+def apply(plan: LabPlan, say: Say = _quiet, base: Path | None = None) -> LabState:
+    return Builder(plan, say, base).up()
 
 
 # ---------------------------------------------------------------- teardown

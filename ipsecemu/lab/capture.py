@@ -22,7 +22,6 @@ from ipsecemu.strongswan.charon import Charon
 from ipsecemu.strongswan.keylog import ike_algorithms, wireshark_esp_sa, wireshark_ikev2
 
 from .state import LabState
-from .svc_vpn import charon_dir
 
 _COUNT_RE = re.compile(r"^(\d+) packets? captured", re.M)
 
@@ -120,7 +119,7 @@ class Capture:
 def _charon_key_lines(state: LabState, node: str) -> tuple[list[str], list[str]]:
     """esp_sa and ikev2_decryption_table lines for a charon node, from its level-4 key log."""
     ns = state.node_netns(node) or ""
-    ch = Charon(ns, charon_dir(state, node))
+    ch = Charon(ns, state.charon_dir(node))
     if not ch.vici_path.exists():
         return [], []
     try:

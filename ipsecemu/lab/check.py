@@ -19,7 +19,7 @@ from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.fields import _Ctx
 from ipsecemu.config.kit import ConfigFileError, Doc, FieldPath, fmt_path
 from ipsecemu.config.macsec_link import parse_link_config
-from ipsecemu.lab import svc_vpn
+from ipsecemu.lab.plan import vpn as planvpn
 from ipsecemu.lab.topology import Topology, TopologyError, _doc, _read, validate
 
 # What ``lab up`` would fill in for a MACsec link without keys (a throw-away pair, see svc_macsec)
@@ -64,10 +64,10 @@ def _check_vpn(topo: Topology, doc: Doc) -> None:
             except ConfigError as exc:
                 raise _located(doc, base, exc) from None
     for node in topo.nodes:
-        if node.kind != "ipsecemu" or not svc_vpn.node_conns(topo, node.name):
+        if node.kind != "ipsecemu" or not planvpn.node_conns(topo, node.name):
             continue
         try:  # the config 'gateway run' will read, with the lab's own names in any error
-            gwconfig.parse(svc_vpn.gateway_config(topo, node.name, Path("/nonexistent")),
+            gwconfig.parse(planvpn.gateway_config(topo, node.name, Path("/nonexistent")),
                            source=f"gateway config of node '{node.name}'")
         except ConfigError as exc:
             raise _located(doc, ("nodes", node.name), exc) from None

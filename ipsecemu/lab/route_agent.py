@@ -1,7 +1,7 @@
 """The VPN route agent: a daemon in the root netns that stands in for BGP over the lab's tunnels.
 
 Every ``POLL`` seconds it asks each gateway which tunnels are up (ipsecemu: control socket;
-charon: vici) and makes the routes of the plan :func:`ipsecemu.lab.svc_vpn.route_plan` wrote
+charon: vici) and makes the routes of the plan :func:`ipsecemu.lab.plan.vpn.route_plan` made
 match (see :mod:`ipsecemu.lab.svc_vpn` for the rules).  Started by the VPN service as
 ``python -m ipsecemu.lab.route_agent agent LAB_STATE_DIR`` and stopped by PID.
 """
@@ -23,7 +23,7 @@ import vici
 from ipsecemu.gateway.control import ControlError, request
 from ipsecemu.net.netns import ipr_in
 
-from .svc_vpn import PLAN_FILE, STATUS_FILE
+from .plan.vpn import PLAN_FILE, STATUS_FILE
 
 POLL = 0.25  # seconds between agent passes
 REFRESH_PASSES = 8  # every 2 s the agent re-installs its routes even without a change

@@ -1,9 +1,11 @@
 """Services a lab runs once its network is built: MACsec link daemons, then VPN gateways.
 
 Each kind of service lives in its own module with one entry point
-``start(topo: Topology, state: LabState, say: Callable[[str], None]) -> None`` that starts its
-processes (inside the node netns) and registers every PID with ``state.add_process(pid, role,
-node)``, so ``lab down`` stops them by PID.  Raising aborts ``lab up``, which then rolls back.
+``start(plan: LabPlan, state: LabState, say: Callable[[str], None]) -> None`` that starts the
+daemons of its kinds from the plan (:class:`ipsecemu.lab.plan.Daemon`: argv, generated files,
+log), inside the node netns, and registers every PID with ``state.add_process(pid, role, node)``,
+so ``lab down`` stops them by PID.  Raising aborts ``lab up``, which then rolls back.  A new
+daemon kind (the FRR daemons of the routing issue) is a Daemon in the plan plus a module here.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from .plan import LabPlan
 from .state import LabState
-from .topology import Topology
 
 # in start order: MACsec links carry the IPsec underlay in the MACsec lab, so they come first
 SERVICE_MODULES = ("ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_vpn")
 
 
-def start(topo: Topology, state: LabState, say: Callable[[str], None]) -> None:
+def start(plan: LabPlan, state: LabState, say: Callable[[str], None]) -> None:
     for name in SERVICE_MODULES:
         try:
             mod = importlib.import_module(name)
@@ -26,4 +28,4 @@ def start(topo: Topology, state: LabState, say: Callable[[str], None]) -> None:
             if exc.name == name:
                 continue  # that service is not part of this build
             raise
-        mod.start(topo, state, say)
+        mod.start(plan, state, say)

@@ -23,6 +23,9 @@ from ipsecemu.net.proc import pid_alive, proc_start_time
 __all__ = ["LabState", "LabStateError", "list_labs", "pid_alive", "proc_start_time", "run_dir"]
 
 STATE_FILE = "state.json"
+# A charon's instance dirs.  Not under /run: charon runs with its own dir bind-mounted over /run
+# (its pid file path is compiled in), which would hide a dir below /run from it.
+CHARON_BASE = Path("/tmp/ipsecemu-charon")
 
 
 def run_dir() -> Path:
@@ -91,6 +94,11 @@ class LabState:
     @property
     def keys_dir(self) -> Path:
         return self.dir / "keys"
+
+    def charon_dir(self, node: str) -> Path:
+        """The instance dir of ``node``'s charon, as recorded when it started."""
+        d = (self.data.get("charon_dirs") or {}).get(node)
+        return Path(d) if d else CHARON_BASE / self.name / node
 
     # ------------------------------------------------------------ locked updates
     def _write(self, data: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """Lab service: the VPN gateways of a lab, and the route agent that stands in for VPN BGP.
 
-``start(topo, state, say)`` runs after the network is built:
+``start(plan, state, say)`` runs after the network is built and starts what the plan
+(:mod:`ipsecemu.lab.plan.vpn`) says:
 
 * one ``ipsecemu gateway run`` per ``ipsecemu`` node that has VPN connections, inside its netns,
   with a config generated into the node's state dir ``<lab dir>/<node>/gateway.yaml`` (0600: it
@@ -29,158 +30,40 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ipsecemu.config.connection import parse_connection
 from ipsecemu.gateway.control import ControlError, request
-from ipsecemu.net.netns import ipr_in, ns_argv
+from ipsecemu.net.netns import ipr_in
 from ipsecemu.net.proc import pid_alive
 from ipsecemu.net.proc import start as start_process
 from ipsecemu.strongswan.charon import Charon, CharonError
-from ipsecemu.strongswan.conn import Child, Conn
 
 from .errors import BuildError
+from .plan import CHARON, GATEWAY, ROUTE_AGENT, Daemon, LabPlan, write_file
+from .plan.render import daemon_argv
+from .plan.vpn import CHARON_DEV, PLAN_FILE, STATUS_FILE
+
+# what to run where is derived in ipsecemu.lab.plan.vpn; these stay importable from here
+from .plan.vpn import gateway_config as gateway_config
+from .plan.vpn import node_conns as node_conns
 from .state import LabState
-from .topology import Topology, VpnConnection
 
 Say = Callable[[str], None]
-PLAN_FILE = "vpn-plan.json"
-STATUS_FILE = "vpn-routes.json"
 UP_TIMEOUT = 45.0  # bounded wait for every tunnel at `lab up`
-MAIN = 254
-CHARON_DEV = "ipsec0"  # kernel-libipsec's one tun for all of a charon's SAs
-
-
-# ---------------------------------------------------------------- what to run where
-
-
-def node_conns(topo: Topology, node: str) -> list[VpnConnection]:
-    return [c for c in topo.vpn if node in c.nodes]
-
-
-def tunnel_name(topo: Topology, node: str, conn: VpnConnection) -> str:
-    """The tun of ``conn`` on ``node``: ``vpn0``, ``vpn1``... in connection order (15-char safe)."""
-    if topo.node(node).kind == "strongswan":
-        return CHARON_DEV
-    return f"vpn{node_conns(topo, node).index(conn)}"
 
 
 def node_dir(state: LabState, node: str) -> Path:
     return state.dir / node
 
 
-CHARON_BASE = Path("/tmp/ipsecemu-charon")
-
-
 def charon_dir(state: LabState, node: str) -> Path:
-    """A charon's instance dir.  Not under /run: charon runs with its own dir bind-mounted over
-    /run (its pid file path is compiled in), which would hide a dir below /run from it."""
-    d = (state.data.get("charon_dirs") or {}).get(node)
-    return Path(d) if d else CHARON_BASE / state.name / node
-
-
-def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]:
-    """``ipsecemu gateway run`` config (see ipsecemu.config.gateway) for an ipsecemu node."""
-    conns: dict[str, Any] = {}
-    for c in node_conns(topo, node):
-        side = c.side_config(node)
-        side.pop("name", None)
-        if c.nodes[0] == node:
-            side["close_action"] = "restart"
-        side["tunnel"] = {"name": tunnel_name(topo, node, c), "routes": []}
-        conns[c.name] = side
-    return {"node": node, "lab": topo.name, "state_dir": str(state_dir),
-            # ESP-in-UDP always: what the C loop runs fastest, and what libipsec peers need
-            "datapath": {"encapsulation": "udp"}, "connections": conns}
-
-
-def charon_conn(topo: Topology, node: str, conn: VpnConnection) -> Conn:
-    """The :class:`~ipsecemu.strongswan.conn.Conn` of ``conn`` on a strongSwan node."""
-    cfg = parse_connection(conn.side_config(node))
-    peer = conn.nodes[1 - conn.nodes.index(node)]
-    initiator = conn.nodes[0] == node
-    child_life = cfg.child_lifetime.seconds or 3600
-    ike_life = cfg.ike_lifetime.seconds or 28800
-    child = Child(
-        name=conn.name,
-        # policy-based peer: what the other side routes to us <-> what we route into the tunnel
-        local_ts=tuple(conn.routes_of(peer)) or ("0.0.0.0/0",),
-        remote_ts=tuple(conn.routes_of(node)) or ("0.0.0.0/0",),
-        esp_proposals=tuple(p.to_strongswan_string() for p in cfg.esp_proposals),
-        start_action="start" if initiator else "none",
-        dpd_action="restart" if initiator else "clear",
-        close_action="start" if initiator else "none",
-        rekey_time=max(60, child_life - 300), life_time=child_life)
-    return Conn(name=conn.name, local_addrs=(str(cfg.local_address),), remote_addrs=(str(cfg.remote_address),),
-                psk=cfg.auth.secret.decode(errors="replace"),
-                proposals=tuple(p.to_strongswan_string() for p in cfg.ike_proposals),
-                children=(child,), dpd_delay=cfg.dpd.interval, rekey_time=max(60, ike_life - 600), encap=True)
-
-
-def route_plan(topo: Topology, state: LabState) -> dict[str, Any]:
-    """What the agent watches: every tunnel, and every route that depends on a VPN node."""
-    tunnels = []
-    for c in topo.vpn:
-        for node in c.nodes:
-            kind = topo.node(node).kind
-            ctl = (str(node_dir(state, node) / "control.sock") if kind == "ipsecemu"
-                   else str(charon_dir(state, node) / "run" / "charon.vici"))
-            tunnels.append({"conn": c.name, "node": node, "kind": kind, "netns": topo.netns(node),
-                            "dev": tunnel_name(topo, node, c), "table": c.table_of(node),
-                            "prefixes": list(c.routes_of(node)), "control": ctl})
-    vpn_addr: dict[str, str] = {}  # address -> VPN node
-    for c in topo.vpn:
-        for node in c.nodes:
-            for _, cidr in topo.node(node).addresses:
-                vpn_addr[str(ipaddress.ip_interface(cidr).ip)] = node
-    upstream = []
-    for n in topo.nodes:
-        for r in n.routes:
-            if r.dst == "default":
-                continue
-            hops = []
-            watched = False
-            for h in r.nexthops:
-                vn = vpn_addr.get(h.via or "")
-                carried = vn is not None and vn != n.name and any(
-                    ipaddress.ip_network(r.dst).subnet_of(ipaddress.ip_network(p))  # type: ignore[arg-type]
-                    for t in tunnels if t["node"] == vn for p in t["prefixes"])
-                watched |= carried
-                hops.append({"via": h.via, "dev": h.dev, "weight": h.weight, "vpn_node": vn if carried else None})
-            if watched:
-                upstream.append({"node": n.name, "netns": topo.netns(n.name), "dst": r.dst,
-                                 "table": r.table or MAIN, "metric": r.metric, "hops": hops})
-    # S3: the routers next to a responder (the hub next to the instances) must send the responder's
-    # prefixes to a VPN node; if their best route goes elsewhere, that traffic crosses ER in clear
-    checks = []
-    for c in topo.vpn:
-        resp = c.nodes[1]
-        for nb in _neighbors(topo, resp):
-            if topo.node(nb).kind != "router":
-                continue
-            for p in c.routes_of(resp):
-                if not any(x["node"] == nb and x["prefix"] == p for x in checks):
-                    checks.append({"node": nb, "netns": topo.netns(nb), "prefix": p})
-    return {"lab": topo.name, "tunnels": tunnels, "upstream": upstream, "vpn_addresses": sorted(vpn_addr),
-            "checks": checks}
-
-
-def _neighbors(topo: Topology, node: str) -> set[str]:
-    out = {b.node for lk in topo.links for a, b in ((lk.a, lk.b), (lk.b, lk.a)) if a.node == node}
-    for s in topo.segments:
-        if any(m.node == node for m in s.members):
-            out |= {m.node for m in s.members}
-    out.discard(node)
-    return out
+    """A charon's instance dir, as recorded at start (outside /run: see state.CHARON_BASE)."""
+    return state.charon_dir(node)
 
 
 def warnings(state: LabState) -> list[str]:
@@ -225,57 +108,64 @@ def _tail(path: Path, n: int = 8) -> str:
     return "\n    ".join(lines) or "(empty log)"
 
 
-def start(topo: Topology, state: LabState, say: Say) -> None:
-    if not topo.vpn:
+def _start_gateway(plan: LabPlan, state: LabState, d: Daemon) -> tuple[str, int, Path]:
+    for f in d.files:
+        write_file(state.dir, f)
+    log = state.dir / d.log
+    cmd = daemon_argv(d, plan)
+    proc = _spawn(cmd, log)
+    state.add_process(proc.pid, "daemon", d.node, cmd, str(log))
+    return f"{d.node}: gateway daemon", proc.pid, log
+
+
+def _start_charon(plan: LabPlan, state: LabState, d: Daemon) -> tuple[str, int, Path]:
+    assert d.node is not None and d.run_dir is not None
+    cdir = Path(d.run_dir)
+    with state.update() as data:  # recorded first: `lab down` removes it (builder.teardown)
+        data.setdefault("charon_dirs", {})[d.node] = str(cdir)
+        extra = data.setdefault("extra_dirs", [])
+        if str(cdir.parent) not in extra:
+            extra.append(str(cdir.parent))
+    for f in d.files:  # what is loaded over vici below, as swanctl.conf
+        write_file(state.dir, f)
+    shutil.rmtree(cdir, ignore_errors=True)
+    cdir.mkdir(parents=True, mode=0o700)
+    ns = plan.node(d.node).netns
+    ch = Charon(ns, cdir, key_log=True)
+    try:
+        ch.start()
+        assert ch.pid is not None
+        state.add_process(ch.pid, "daemon", d.node, ["charon"], str(ch.log_file))
+        _drop_charon_rule(ns)
+        for conn in d.conns:
+            ch.load(conn)
+    except CharonError as exc:
+        if ch.pid is not None:
+            state.add_process(ch.pid, "daemon", d.node, ["charon"], str(ch.log_file))
+        raise BuildError(f"{d.node}: strongSwan: {exc}") from None
+    return f"{d.node}: charon", ch.pid, ch.log_file
+
+
+def start(plan: LabPlan, state: LabState, say: Say) -> None:
+    agents = plan.daemons_of(ROUTE_AGENT)
+    if not agents:
         return
-    nodes = sorted({n for c in topo.vpn for n in c.nodes}, key=[x.name for x in topo.nodes].index)
     watch: list[tuple[str, int, Path]] = []  # (what, pid, log) checked while waiting
-    for node in nodes:
-        kind = topo.node(node).kind
-        d = node_dir(state, node)
-        d.mkdir(mode=0o700, exist_ok=True)
-        if kind == "ipsecemu":
-            cfg_path = d / "gateway.yaml"
-            fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the PSK
-            with os.fdopen(fd, "w") as f:
-                f.write("# generated by ipsecemu lab up (ipsecemu.lab.svc_vpn); lab secrets inside\n")
-                yaml.safe_dump(gateway_config(topo, node, d), f, sort_keys=False)
-            log = state.logs_dir / f"{node}-gateway.log"
-            cmd = ns_argv(topo.netns(node), sys.executable, "-m", "ipsecemu", "gateway", "run", str(cfg_path))
-            proc = _spawn(cmd, log)
-            state.add_process(proc.pid, "daemon", node, cmd, str(log))
-            watch.append((f"{node}: gateway daemon", proc.pid, log))
-            say(f"vpn: {node}: ipsecemu gateway pid {proc.pid} ({len(node_conns(topo, node))} tunnel(s))")
-        else:
-            cdir = CHARON_BASE / topo.name / node
-            with state.update() as data:  # recorded first: `lab down` removes it (builder.teardown)
-                data.setdefault("charon_dirs", {})[node] = str(cdir)
-                extra = data.setdefault("extra_dirs", [])
-                if str(cdir.parent) not in extra:
-                    extra.append(str(cdir.parent))
-            shutil.rmtree(cdir, ignore_errors=True)
-            cdir.mkdir(parents=True, mode=0o700)
-            ch = Charon(topo.netns(node), cdir, key_log=True)
-            try:
-                ch.start()
-                assert ch.pid is not None
-                state.add_process(ch.pid, "daemon", node, ["charon"], str(ch.log_file))
-                _drop_charon_rule(topo.netns(node))
-                for c in node_conns(topo, node):
-                    ch.load(charon_conn(topo, node, c))
-            except CharonError as exc:
-                if ch.pid is not None:
-                    state.add_process(ch.pid, "daemon", node, ["charon"], str(ch.log_file))
-                raise BuildError(f"{node}: strongSwan: {exc}") from None
-            watch.append((f"{node}: charon", ch.pid, ch.log_file))
-            say(f"vpn: {node}: strongSwan charon pid {ch.pid} ({len(node_conns(topo, node))} connection(s))")
-    plan = route_plan(topo, state)
-    (state.dir / PLAN_FILE).write_text(json.dumps(plan, indent=2))
-    log = state.logs_dir / "vpn-routes.log"
-    cmd = [sys.executable, "-m", "ipsecemu.lab.route_agent", "agent", str(state.dir)]
-    agent = _spawn(cmd, log)
-    state.add_process(agent.pid, "daemon", None, cmd, str(log))
-    watch.append(("VPN route agent", agent.pid, log))
+    for d in plan.all_daemons():
+        if d.kind == GATEWAY:
+            watch.append(_start_gateway(plan, state, d))
+            say(f"vpn: {d.node}: ipsecemu gateway pid {watch[-1][1]} ({d.info['tunnels']} tunnel(s))")
+        elif d.kind == CHARON:
+            watch.append(_start_charon(plan, state, d))
+            say(f"vpn: {d.node}: strongSwan charon pid {watch[-1][1]} ({d.info['tunnels']} connection(s))")
+    agent = agents[0]
+    for f in agent.files:  # vpn-plan.json: what the agent watches
+        write_file(state.dir, f)
+    log = state.dir / agent.log
+    cmd = daemon_argv(agent, plan)
+    proc = _spawn(cmd, log)
+    state.add_process(proc.pid, "daemon", None, cmd, str(log))
+    watch.append(("VPN route agent", proc.pid, log))
     _wait_up(state, plan, watch, say)
 
 
@@ -297,10 +187,10 @@ def _drop_charon_rule(ns: str) -> None:
         time.sleep(0.05)
 
 
-def _wait_up(state: LabState, plan: dict[str, Any], watch: list[tuple[str, int, Path]], say: Say) -> None:
+def _wait_up(state: LabState, plan: LabPlan, watch: list[tuple[str, int, Path]], say: Say) -> None:
     t0 = time.monotonic()
     last_say = t0
-    want = {f"{t['node']}/{t['conn']}" for t in plan["tunnels"]}
+    want = {f"{n.name}/{t.conn}" for n in plan.nodes for t in n.tunnels}
     while True:
         for what, pid, log in watch:
             if not pid_alive(pid, None):
@@ -308,7 +198,7 @@ def _wait_up(state: LabState, plan: dict[str, Any], watch: list[tuple[str, int, 
         st = read_status(state)
         up = {k for k, v in (st.get("tunnels") or {}).items() if v}
         if st.get("applied") and want <= up:
-            say(f"vpn: {len(plan['tunnels']) // 2} tunnel(s) up in {time.monotonic() - t0:.1f} s, "
+            say(f"vpn: {len(want) // 2} tunnel(s) up in {time.monotonic() - t0:.1f} s, "
                 f"routes installed")
             return
         now = time.monotonic()

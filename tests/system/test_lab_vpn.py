@@ -267,8 +267,15 @@ def test_active_active_then_failover_to_instance1(lab: callable) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(charon_available() is not None, reason=str(charon_available()))
-def test_strongswan_ce_passes_traffic_both_ways(lab: callable) -> None:
+def test_strongswan_ce_passes_traffic_both_ways(lab: callable, tmp_path: Path) -> None:
     name = lab(ER_SS)
+    # `lab up` ran the plan `--dry-run` shows: the files it wrote are the dry run's, byte for byte
+    res = cli("up", str(ER_SS), "--name", name, "--dry-run", "--out", str(tmp_path / "dry"), "--json")
+    assert res.returncode == 0, res.stderr
+    files = [f["path"] for f in json.loads(res.stdout)["files"]]
+    assert sorted(files) == ["ce/swanctl.conf", "hubgw0/gateway.yaml", "hubgw1/gateway.yaml", "vpn-plan.json"]
+    for f in files:
+        assert (LabState(name).dir / f).read_text() == (tmp_path / "dry" / f).read_text(), f
     lb = _status(name)
     ce = [t for t in lb["vpn"]["tunnels"] if t["node"] == "ce"]
     assert sorted(t["conn"] for t in ce) == ["ce-hubgw0", "ce-hubgw1"] and all(t["kind"] == "strongswan" for t in ce)

@@ -14,8 +14,9 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from ipsecemu.config import gateway as gwconfig
-from ipsecemu.lab import route_agent, svc_vpn, topology, vpn_smoke
+from ipsecemu.lab import route_agent, topology, vpn_smoke
 from ipsecemu.lab.capture import pcap_flows
+from ipsecemu.lab.plan import vpn as planvpn
 from ipsecemu.lab.state import LabState
 
 from support.paths import REPO  # noqa: E402
@@ -54,7 +55,7 @@ def test_er_vwan_vpn_section_is_azure_s1(er: topology.Topology) -> None:
 
 
 def test_gateway_config_is_valid_and_route_based(er: topology.Topology, tmp_path: Path) -> None:
-    d = svc_vpn.gateway_config(er, "ce", tmp_path)
+    d = planvpn.gateway_config(er, "ce", tmp_path)
     cfg = gwconfig.loads(yaml.safe_dump(d), "ce.yaml")  # the gateway's own parser accepts it
     assert cfg.node == "ce" and cfg.encapsulation == "udp" and cfg.state_dir == tmp_path
     assert [(c.name, c.tunnel.name, c.tunnel.routes) for c in cfg.connections] == [
@@ -63,14 +64,14 @@ def test_gateway_config_is_valid_and_route_based(er: topology.Topology, tmp_path
         assert c.conn.start_action == "initiate" and c.close_action == "restart"
         assert [str(t) for t in c.conn.local_ts] == [str(t) for t in c.conn.remote_ts]  # 0/0 both
         assert c.conn.child_lifetime.seconds == 3600 and c.conn.child_lifetime.kilobytes == 102400000
-    hub0 = gwconfig.loads(yaml.safe_dump(svc_vpn.gateway_config(er, "hubgw0", tmp_path)), "h.yaml")
+    hub0 = gwconfig.loads(yaml.safe_dump(planvpn.gateway_config(er, "hubgw0", tmp_path)), "h.yaml")
     (only,) = hub0.connections
     assert only.conn.start_action == "listen" and str(only.conn.local_address) == "10.51.230.4"
 
 
 def test_charon_conn_uses_routes_as_selectors() -> None:
     ss = topology.load(ER_SS)
-    conn = svc_vpn.charon_conn(ss, "ce", ss.vpn[1])
+    conn = planvpn.charon_conn(ss, "ce", ss.vpn[1])
     (child,) = conn.children
     assert conn.local_addrs == ("172.24.127.211",) and conn.remote_addrs == ("10.51.230.5",)
     assert child.local_ts == ("10.0.1.0/24",) and child.remote_ts == ("10.51.230.0/24", "10.51.231.0/24")
@@ -80,7 +81,7 @@ def test_charon_conn_uses_routes_as_selectors() -> None:
 
 
 def test_route_plan_watches_hub_ecmp_and_tunnels(er: topology.Topology, tmp_path: Path) -> None:
-    plan = svc_vpn.route_plan(er, _state(tmp_path, "er-vwan"))
+    plan = planvpn.route_plan(er, _state(tmp_path, "er-vwan").dir)
     tun = {(t["node"], t["conn"]): (t["dev"], t["table"], t["prefixes"]) for t in plan["tunnels"]}
     assert tun[("ce", "ce-hubgw0")] == ("vpn0", 100, ["10.51.230.0/24", "10.51.231.0/24"])
     assert tun[("ce", "ce-hubgw1")] == ("vpn1", 100, ["10.51.230.0/24", "10.51.231.0/24"])
@@ -93,7 +94,7 @@ def test_route_plan_watches_hub_ecmp_and_tunnels(er: topology.Topology, tmp_path
 
 def test_agent_withdraws_dead_instances(er: topology.Topology, tmp_path: Path) -> None:
     st = _state(tmp_path, "er-vwan")
-    (st.dir / svc_vpn.PLAN_FILE).write_text(__import__("json").dumps(svc_vpn.route_plan(er, st)))
+    (st.dir / planvpn.PLAN_FILE).write_text(__import__("json").dumps(planvpn.route_plan(er, st.dir)))
     agent = route_agent.Agent(st.dir)
     all_up = {f"{t['node']}/{t['conn']}": True for t in agent.plan["tunnels"]}
     want = agent.desired(all_up)
