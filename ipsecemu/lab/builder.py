@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -92,7 +93,7 @@ def _index(ipr: IPRoute, ifname: str) -> int:
     idx = ipr.link_lookup(ifname=ifname)
     if not idx:
         raise BuildError(f"interface {ifname} not found")
-    return idx[0]
+    return int(idx[0])
 
 
 class Builder:
@@ -167,10 +168,10 @@ class Builder:
         self.state.add_link(kind="veth", netns=v.netns, ifname=v.ifname, peer_netns=v.peer_netns,
                             peer_ifname=v.peer_ifname)
         with ipr_in(v.netns) as ipr:
-            peer: dict = {"ifname": v.peer_ifname}
+            peer: dict[str, Any] = {"ifname": v.peer_ifname}
             if v.peer_netns != v.netns:
                 peer["net_ns_fd"] = v.peer_netns
-            kw: dict = {"mtu": v.mtu} if v.mtu else {}
+            kw: dict[str, Any] = {"mtu": v.mtu} if v.mtu else {}
             if v.mtu:
                 peer["mtu"] = v.mtu
             ipr.link("add", ifname=v.ifname, kind="veth", peer=peer, **kw)
@@ -238,8 +239,8 @@ class Builder:
                         raise BuildError(f"{n.name}:{iface} did not come up within {LINK_UP_TIMEOUT:.0f} s") from None
         self.say("links: all up")
 
-    def _route_args(self, ipr: IPRoute, r: Route) -> dict:
-        kw: dict = {}
+    def _route_args(self, ipr: IPRoute, r: Route) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
         if r.dst == "default":
             fam = 6 if any(h.via and ":" in h.via for h in r.nexthops) else 4
             kw["dst"] = "::/0" if fam == 6 else "0.0.0.0/0"
@@ -256,7 +257,7 @@ class Builder:
         if r.multipath:
             hops = []
             for h in r.nexthops:
-                hop: dict = {"hops": h.weight - 1}
+                hop: dict[str, Any] = {"hops": h.weight - 1}
                 if h.via:
                     hop["gateway"] = h.via
                 if h.dev:
@@ -272,8 +273,8 @@ class Builder:
         return kw
 
     @staticmethod
-    def _rule_args(r: Rule) -> dict:
-        kw: dict = {"table": r.table}
+    def _rule_args(r: Rule) -> dict[str, Any]:
+        kw: dict[str, Any] = {"table": r.table}
         if r.priority is not None:
             kw["priority"] = r.priority
         for key, net in (("src", r.src), ("dst", r.dst)):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.config import gateway as gwconfig
-from ipsecemu.config.connection import ConnectionConfigError, parse_connection
+from ipsecemu.config.connection import parse_connection
 from ipsecemu.config.connection_ike import to_ike_sa_config
-from ipsecemu.config.fields import _Ctx
+from ipsecemu.config.fields import ConnectionConfigError, _Ctx
 from ipsecemu.config.kit import ConfigFileError, Doc, FieldPath, fmt_path
 from ipsecemu.config.macsec_link import parse_link_config
 from ipsecemu.lab.plan import vpn as planvpn
@@ -63,14 +63,14 @@ def _check_vpn(topo: Topology, doc: Doc) -> None:
                 to_ike_sa_config(cfg)  # what the IKE core itself refuses (IDs, certificates)
             except ConfigError as exc:
                 raise _located(doc, base, exc) from None
-    for node in topo.nodes:
-        if node.kind != "ipsecemu" or not planvpn.node_conns(topo, node.name):
+    for nd in topo.nodes:
+        if nd.kind != "ipsecemu" or not planvpn.node_conns(topo, nd.name):
             continue
         try:  # the config 'gateway run' will read, with the lab's own names in any error
-            gwconfig.parse(planvpn.gateway_config(topo, node.name, Path("/nonexistent")),
-                           source=f"gateway config of node '{node.name}'")
+            gwconfig.parse(planvpn.gateway_config(topo, nd.name, Path("/nonexistent")),
+                           source=f"gateway config of node '{nd.name}'")
         except ConfigError as exc:
-            raise _located(doc, ("nodes", node.name), exc) from None
+            raise _located(doc, ("nodes", nd.name), exc) from None
 
 
 def _check_macsec(topo: Topology, doc: Doc) -> None:

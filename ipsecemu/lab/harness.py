@@ -5,6 +5,7 @@ gateways (:func:`star_topology`), built with :class:`~ipsecemu.lab.netns.Netns` 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,7 +106,7 @@ def pair_topology(prefix: str, *, ipv6: bool = False) -> Iterator[PairTopology]:
             # the first packets wait (about a second), which would look like IKE retransmissions
             for ns, link in ((gl, prefix + "o0"), (gr, prefix + "o1"), (gl, prefix + "li"), (gr, prefix + "ri"),
                              (hl, prefix + "lh"), (hr, prefix + "rh")):
-                wait_for(lambda ns=ns, link=link: _link_local_ready(ns, link), 5)
+                wait_for(functools.partial(_link_local_ready, ns, link), 5)
         yield PairTopology(lab, (gl, gr), (hl, hr), outer, host_in, subnets, (prefix + "o0", prefix + "o1"))
     finally:
         lab.close()

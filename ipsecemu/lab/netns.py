@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 from pyroute2 import IPRoute, netns
 
@@ -117,7 +118,7 @@ class Netns:
     def route(self, ns: str, dst: str, *, gateway: str | None = None, dev: str | None = None) -> None:
         """Add a route in ``ns`` (via ``gateway`` and/or out of ``dev``)."""
         def do(ipr: IPRoute) -> None:
-            kw: dict = {"dst": dst}
+            kw: dict[str, Any] = {"dst": dst}
             if gateway:
                 kw["gateway"] = gateway
             if dev:
@@ -131,7 +132,7 @@ class Netns:
 
 
 @contextmanager
-def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeout: float = 5.0) -> Iterator[None]:
+def capture(ns: str, ifname: str, path: str | os.PathLike[str], bpf: str = "", timeout: float = 5.0) -> Iterator[None]:
     """tcpdump on ``ns:ifname`` into ``path`` while the block runs (armed before it starts).
 
     ``--immediate-mode`` matters: without it packets still in the kernel ring when we stop
@@ -145,7 +146,7 @@ def capture(ns: str, ifname: str, path: str | os.PathLike, bpf: str = "", timeou
 
         def armed() -> bool:
             nonlocal seen
-            seen += proc.stderr.read() or b""
+            seen += (proc.stderr.read() if proc.stderr is not None else None) or b""
             return b"listening on" in seen or proc.poll() is not None
 
         if not wait_for(armed, timeout) or proc.poll() is not None:

@@ -65,7 +65,7 @@ class Agent:
     def __init__(self, lab_dir: Path) -> None:
         self.dir = lab_dir
         self.plan = json.loads((lab_dir / PLAN_FILE).read_text())
-        self.applied: dict[tuple, tuple] = {}
+        self.applied: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self.changes = 0
         self.passes = 0
 
@@ -80,8 +80,8 @@ class Agent:
             up[f"{t['node']}/{t['conn']}"] = bool(ans.get(t["conn"]))
         return up
 
-    def desired(self, up: dict[str, bool]) -> dict[tuple, tuple]:
-        want: dict[tuple, tuple] = {}
+    def desired(self, up: dict[str, bool]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        want: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for t in self.plan["tunnels"]:  # tunnel routes: (netns, table, dst) -> devs
             live = up[f"{t['node']}/{t['conn']}"]
             for p in t["prefixes"]:
@@ -103,7 +103,7 @@ class Agent:
         return want
 
     @staticmethod
-    def _apply(key: tuple, hops: tuple) -> None:
+    def _apply(key: tuple[Any, ...], hops: tuple[Any, ...]) -> None:
         ns, table, dst, metric = key
         with ipr_in(ns) as ipr:
             base: dict[str, Any] = {"dst": dst, "table": table}

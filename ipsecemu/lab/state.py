@@ -155,7 +155,7 @@ class LabState:
     def node_netns(self, node: str) -> str | None:
         for e in self.data.get("netns", []):
             if e.get("owner") == f"node:{node}":
-                return e["name"]
+                return str(e["name"])
         return None
 
 

@@ -215,7 +215,8 @@ def _wait_up(state: LabState, plan: LabPlan, watch: list[tuple[str, int, Path]],
 def read_status(state: LabState) -> dict[str, Any]:
     """The route agent's last published view (``{}`` before its first pass)."""
     try:
-        return json.loads((state.dir / STATUS_FILE).read_text())
+        status: dict[str, Any] = json.loads((state.dir / STATUS_FILE).read_text())
+        return status
     except (OSError, ValueError):
         return {}
 

@@ -216,26 +216,26 @@ def validate(doc: Doc) -> Topology:
 class _Validator:
     def __init__(self, doc: Doc) -> None:
         self.doc = doc
-        self.ifaces: dict[str, dict[str, tuple]] = {}  # node -> iface -> path where declared
-        self.addr_paths: dict[str, tuple] = {}  # ip -> path where first assigned
+        self.ifaces: dict[str, dict[str, tuple[Any, ...]]] = {}  # node -> iface -> path where declared
+        self.addr_paths: dict[str, tuple[Any, ...]] = {}  # ip -> path where first assigned
 
     # -- the kit's typed readers, each raising a located error
-    def _mapping(self, v: Any, path: tuple, what: str = "a mapping") -> dict:
+    def _mapping(self, v: Any, path: tuple[Any, ...], what: str = "a mapping") -> dict[str, Any]:
         return self.doc.mapping(v, path, what)
 
-    def _list(self, v: Any, path: tuple) -> list:
+    def _list(self, v: Any, path: tuple[Any, ...]) -> list[Any]:
         return self.doc.list_(v, path)
 
-    def _str(self, v: Any, path: tuple) -> str:
+    def _str(self, v: Any, path: tuple[Any, ...]) -> str:
         return self.doc.str_(v, path)
 
-    def _int(self, v: Any, path: tuple, lo: int, hi: int) -> int:
+    def _int(self, v: Any, path: tuple[Any, ...], lo: int, hi: int) -> int:
         return self.doc.int_(v, path, lo, hi)
 
-    def _keys(self, m: dict, path: tuple, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+    def _keys(self, m: dict[str, Any], path: tuple[Any, ...], allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
         self.doc.keys(m, path, allowed, required)
 
-    def _cidr(self, v: Any, path: tuple, allow_default: bool = False) -> str:
+    def _cidr(self, v: Any, path: tuple[Any, ...], allow_default: bool = False) -> str:
         if allow_default and v == "default":
             return "default"
         if not isinstance(v, str) or "/" not in v:
@@ -245,20 +245,20 @@ class _Validator:
         except ValueError:
             raise self.doc.error(path, f"bad CIDR {v!r}") from None
 
-    def _net(self, v: Any, path: tuple) -> str:
+    def _net(self, v: Any, path: tuple[Any, ...]) -> str:
         cidr = self._cidr(v, path)
         try:
             return str(ipaddress.ip_network(cidr, strict=True))
         except ValueError:
             raise self.doc.error(path, f"{v!r} has host bits set (did you mean {ipaddress.ip_interface(cidr).network}?)") from None
 
-    def _ip(self, v: Any, path: tuple) -> str:
+    def _ip(self, v: Any, path: tuple[Any, ...]) -> str:
         try:
             return str(ipaddress.ip_address(v))
         except ValueError:
             raise self.doc.error(path, f"bad IP address {v!r}") from None
 
-    def _endpoint(self, v: Any, path: tuple, nodes: dict) -> Endpoint:
+    def _endpoint(self, v: Any, path: tuple[Any, ...], nodes: dict[str, Any]) -> Endpoint:
         if not isinstance(v, str) or v.count(":") != 1:
             raise self.doc.error(path, f"expected 'node:iface', got {v!r}")
         node, iface = v.split(":")
@@ -292,7 +292,7 @@ class _Validator:
         vpn = self._vpn(top.get("vpn"), {n.name: n for n in nodes})
         return Topology(name=name, nodes=nodes, links=links, segments=segments, vpn=vpn, source=self.doc.file)
 
-    def _link(self, v: Any, path: tuple, nodes: dict) -> Link:
+    def _link(self, v: Any, path: tuple[Any, ...], nodes: dict[str, Any]) -> Link:
         m = self._mapping(v, path)
         self._keys(m, path, ("endpoints", "mtu", "macsec"), ("endpoints",))
         eps = self._list(m["endpoints"], path + ("endpoints",))
@@ -306,7 +306,7 @@ class _Validator:
             macsec = MappingProxyType(dict(self._mapping(m["macsec"] or {}, path + ("macsec",))))
         return Link(a, b, mtu, macsec)
 
-    def _segments(self, v: Any, nodes: dict) -> tuple[Segment, ...]:
+    def _segments(self, v: Any, nodes: dict[str, Any]) -> tuple[Segment, ...]:
         out: list[Segment] = []
         names: set[str] = set()
         for i, s in enumerate(self._list(v, ("segments",))):
@@ -327,7 +327,7 @@ class _Validator:
             out.append(Segment(sname, eps, mtu))
         return tuple(out)
 
-    def _node(self, name: str, v: Any, path: tuple) -> Node:
+    def _node(self, name: str, v: Any, path: tuple[Any, ...]) -> Node:
         m = self._mapping(v if v is not None else {}, path)
         self._keys(m, path, ("kind", "addresses", "routes", "rules", "sysctls", "ipv6"), ("kind",))
         kind = m["kind"]
@@ -366,12 +366,12 @@ class _Validator:
             sysctls.append((k, str(val)))
         return Node(name, kind, tuple(addrs), routes, rules, tuple(sysctls), ipv6)
 
-    def _table(self, v: Any, path: tuple) -> int:
+    def _table(self, v: Any, path: tuple[Any, ...]) -> int:
         if v == "main":
             return 254
         return self._int(v, path, 1, 2**32 - 2)
 
-    def _nexthop(self, m: dict, path: tuple, ifaces: set[str]) -> NextHop:
+    def _nexthop(self, m: dict[str, Any], path: tuple[Any, ...], ifaces: set[str]) -> NextHop:
         via = self._ip(m["via"], path + ("via",)) if "via" in m else None
         dev = m.get("dev")
         if dev is not None and not isinstance(dev, str):
@@ -383,7 +383,7 @@ class _Validator:
         weight = self._int(m["weight"], path + ("weight",), 1, 256) if "weight" in m else 1
         return NextHop(via, dev, weight)
 
-    def _route(self, v: Any, path: tuple, ifaces: set[str]) -> Route:
+    def _route(self, v: Any, path: tuple[Any, ...], ifaces: set[str]) -> Route:
         m = self._mapping(v, path)
         self._keys(m, path, ("dst", "via", "dev", "nexthops", "table", "metric", "src"), ("dst",))
         dst = self._cidr(m["dst"], path + ("dst",), allow_default=True)
@@ -409,7 +409,7 @@ class _Validator:
         src = self._ip(m["src"], path + ("src",)) if "src" in m else None
         return Route(dst, nexthops, table, metric, src)
 
-    def _rule(self, v: Any, path: tuple, ifaces: set[str]) -> Rule:
+    def _rule(self, v: Any, path: tuple[Any, ...], ifaces: set[str]) -> Rule:
         m = self._mapping(v, path)
         self._keys(m, path, ("from", "to", "iif", "table", "priority"), ("table",))
         src = self._net(m["from"], path + ("from",)) if "from" in m else None
@@ -422,7 +422,7 @@ class _Validator:
         prio = self._int(m["priority"], path + ("priority",), 1, 32765) if "priority" in m else None
         return Rule(self._table(m["table"], path + ("table",)), src, dst, iif, prio)
 
-    def _claim_address(self, cidr: str, path: tuple) -> None:
+    def _claim_address(self, cidr: str, path: tuple[Any, ...]) -> None:
         ip = str(ipaddress.ip_interface(cidr).ip)
         if ip in self.addr_paths:
             raise self.doc.error(path, f"duplicate address {ip} (also at line {self.doc.line(self.addr_paths[ip])})")

@@ -123,7 +123,7 @@ def daemons(topo: Topology, lab_dir: Path, node: str) -> tuple[Daemon, ...]:
 
 def route_plan(topo: Topology, lab_dir: Path) -> dict[str, Any]:
     """What the agent watches: every tunnel, and every route that depends on a VPN node."""
-    tuns = []
+    tuns: list[dict[str, Any]] = []
     for c in topo.vpn:
         for node in c.nodes:
             tuns.append({"conn": c.name, "node": node, "kind": topo.node(node).kind, "netns": topo.netns(node),
