@@ -236,7 +236,7 @@ def run_audit(topo: Topology, state: LabState, audit: Audit | None = None) -> Re
     for label, cap in caps:
         st: CaptureStats = scan_capture(cap.path, markers, esp_rows, macsec_sas)
         captures[label] = {"path": str(cap.path), "frames": st.frames, "decrypted": st.decrypted,
-                           "failed": st.failed, "no_key": st.no_key}
+                           "failed": st.failed, "no_key": st.no_key, "coalesced": st.coalesced}
         for p in probes:
             p.evidence[label] = st.hits[p.marker]
     for p in probes:
@@ -257,7 +257,8 @@ def format_report(r: Report) -> list[str]:
     out = ["  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
            for row in [head, *rows]]
     for label, c in r.captures.items():
-        out.append(f"capture {label}: {c['frames']} frames, {c['decrypted']} decrypted, "
+        merged = f" ({c['coalesced']} merged by GRO, split)" if c["coalesced"] else ""
+        out.append(f"capture {label}: {c['frames']} frames, {c['decrypted']} decrypted{merged}, "
                    f"{c['no_key']} without a key, {c['failed']} failed ({c['path']})")
     n = len(r.mismatches)
     out.append(f"lab {r.lab}: audit {'passed' if not n else 'FAILED'}: "

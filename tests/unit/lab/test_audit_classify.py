@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 from scapy.utils import RawPcapWriter
@@ -25,6 +25,7 @@ from ipsecemu.lab.audit_classify import (
     NOT_OBSERVED,
     LinkEvidence,
     scan_capture,
+    split_coalesced,
     verdict,
 )
 from ipsecemu.pcap.uat import esp_row
@@ -141,3 +142,18 @@ def test_macsec_link(tmp_path: Path, with_esp: bool) -> None:
     assert verdict(True, [st.hits[m]]) == ENCRYPTED
     st = scan_capture(tmp_path / "c.pcap", [m], rows)  # without the MACsec key: nothing proven
     assert verdict(True, [st.hits[m]]) == NOT_OBSERVED
+
+
+def test_datagrams_merged_by_gro_are_split(tmp_path: Path) -> None:
+    """tcpdump on the receiving veth sees UDP GRO's merged packet: several ESP datagrams of one SA
+    under one UDP header (seen live: an ACK of 88 bytes + the echoed data of 104).  The audit cuts
+    it where the SPI returns with the next sequence number and decrypts each part."""
+    m = os.urandom(16)
+    frames, cfg = esp_frames([ping(os.urandom(16)), raw(IP(src=SPOKE1, dst=ONPREM1) / TCP(sport=8080) / Raw(m))])
+    datagrams = [f[14 + 20 + 8:] for f in frames]
+    merged = eth(raw(IP(src=IKE_A, dst=IKE_B) / UDP(sport=4500, dport=4500) / Raw(b"".join(datagrams))))
+    assert len(split_coalesced(merged)) == 2
+    st = scan_capture(write_pcap(tmp_path / "c.pcap", [merged]), [m], [row(cfg)])
+    assert (st.frames, st.coalesced, st.failed) == (1, 1, 0)
+    assert st.hits[m].as_dict() == {"clear": 0, "encrypted": 1}
+    assert split_coalesced(frames[0]) == []  # a lone datagram stays as it is
