@@ -11,6 +11,7 @@ process started here (tcpdump, servers) is stopped by PID, also on Ctrl-C.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import select
 import subprocess
@@ -241,7 +242,9 @@ def run_audit(topo: Topology, state: LabState, audit: Audit | None = None) -> Re
             p.evidence[label] = st.hits[p.marker]
     for p in probes:
         p.observed = verdict(p.delivered, p.evidence.values())
-    return Report(topo.name, probes, captures)
+    report = Report(topo.name, probes, captures)
+    (work / "report.json").write_text(json.dumps(report.as_dict(), indent=2))  # next to the evidence pcaps
+    return report
 
 
 def format_report(r: Report) -> list[str]:
