@@ -441,3 +441,75 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
             click.echo(f"decrypt: {tshark_hint(keys_dir, cap.path)}")
         else:
             click.echo("keys: no SAs in this lab yet")
+
+
+# ---------------------------------------------------------------- audit
+
+
+@lab.command()
+@click.argument("name", required=False)
+@click.option("--file", "audit_file", type=click.Path(dir_okay=False),
+              help="Take the audit: section from this lab file instead of the one the lab was built from.")
+@click.option("--failures", is_flag=True,
+              help="Audit again under each single failure (each VPN gateway instance down, each tunnel "
+                   "terminated) and print the failure x flow matrix.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def audit(name: str | None, audit_file: str | None, failures: bool, as_json: bool) -> None:
+    """Run the flows of the lab file's audit: section and classify each from captures on the untrusted
+    links (encrypted / clear / blocked); exit status 9 when a flow differs from its expectation
+    (with --failures: when a flow expected encrypted goes clear under a failure)."""
+    from ipsecemu.lab import audit as lab_audit  # lazy: CLI start-up (scapy)
+    from ipsecemu.lab import audit_failures, check  # lazy: CLI start-up (the IKE config stack)
+
+    labs = list_labs()
+    if name is None:
+        if len(labs) != 1:
+            _fail("no lab is up" if not labs else f"several labs are up ({', '.join(labs)}): name one")
+        name = labs[0]
+    _need_root("lab audit")
+    try:
+        st = LabState.open(name)
+    except LabStateError as exc:
+        _fail(str(exc))
+    source = st.data.get("source") or ""
+    if not os.path.isfile(source):  # recorded as given to 'lab up' (maybe relative, or moved since)
+        if not audit_file:
+            _fail(f"lab {name}: cannot read its lab file {source or '(none recorded)'}; give it with --file")
+        source = audit_file
+    try:
+        topo = check.check_file(source, name=name)
+        spec = lab_audit.load_audit_file(audit_file) if audit_file else topo.audit
+    except TopologyError as exc:
+        _fail(str(exc), ConfigError)
+    if spec is None:
+        _fail(f"lab {name}: {source} has no 'audit:' section (or give one with --file)", ConfigError)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop captures and servers by PID on SIGTERM too
+    if failures:
+        try:
+            cols = audit_failures.run_failures(topo, st, spec)
+        except KeyboardInterrupt:
+            raise ExitWithMessage(f"lab {name}: audit interrupted (failure restored, captures and servers "
+                                  "stopped)", EXIT_INTERRUPTED) from None
+        if as_json:
+            click.echo(json.dumps(audit_failures.matrix_dict(cols), indent=2))
+        else:
+            for line in audit_failures.format_matrix(cols):
+                click.echo(line)
+        leaks = [f"{x} when {c.failure}" for c in cols for x in c.leaks()]
+        if leaks:
+            _fail(f"lab {name}: expected encrypted, went clear: {'; '.join(leaks)}", CheckFailed)
+        return
+    try:
+        report = lab_audit.run_audit(topo, st, spec)
+    except KeyboardInterrupt:
+        raise ExitWithMessage(f"lab {name}: audit interrupted (captures and servers stopped)",
+                              EXIT_INTERRUPTED) from None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in lab_audit.format_report(report):
+            click.echo(line)
+    if report.mismatches:
+        _fail(f"lab {name}: audit failed: " + "; ".join(
+            f"{p.src} -> {p.dst} {p.flow.proto}{f'/{p.port}' if p.port else ''} expected {p.flow.expect}, "
+            f"observed {p.observed}" for p in report.mismatches), CheckFailed)

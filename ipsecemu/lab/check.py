@@ -10,6 +10,7 @@ milliseconds with nothing built.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from ipsecemu.base.errors import ConfigError
@@ -19,6 +20,7 @@ from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.fields import ConnectionConfigError, _Ctx
 from ipsecemu.config.kit import ConfigFileError, Doc, FieldPath, fmt_path
 from ipsecemu.config.macsec_link import parse_link_config
+from ipsecemu.lab.audit_schema import check_audit
 from ipsecemu.lab.plan import vpn as planvpn
 from ipsecemu.lab.topology import Topology, TopologyError, _doc, _read, validate
 
@@ -38,11 +40,26 @@ def check_text(text: str, file: str = "<string>") -> Topology:
     try:
         _check_vpn(topo, doc)
         _check_macsec(topo, doc)
+        if topo.audit is not None:
+            check_audit(doc, topo.audit, *_audit_refs(topo))
     except ConfigFileError as exc:
         if isinstance(exc, TopologyError):
             raise
         raise TopologyError(exc.file, exc.line, exc.field, exc.message) from None
     return topo
+
+
+def _audit_refs(topo: Topology) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """node -> its IPs, node -> its link/segment interfaces (what audit flows and captures may name)."""
+    addrs = {n.name: tuple(str(ipaddress.ip_interface(a).ip) for _i, a in n.addresses) for n in topo.nodes}
+    ifaces: dict[str, list[str]] = {n.name: [] for n in topo.nodes}
+    for lk in topo.links:
+        for ep in (lk.a, lk.b):
+            ifaces[ep.node].append(ep.iface)
+    for seg in topo.segments:
+        for ep in seg.members:
+            ifaces[ep.node].append(ep.iface)
+    return addrs, {n: tuple(v) for n, v in ifaces.items()}
 
 
 def _located(doc: Doc, path: FieldPath, exc: ConfigError) -> TopologyError:

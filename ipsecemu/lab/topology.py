@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ipsecemu.config.kit import ConfigFileError, Doc, load_yaml, read_text
+from ipsecemu.lab.audit_schema import Audit, parse_audit
 
 KINDS = ("host", "router", "ipsecemu", "strongswan")
 VPN_KINDS = ("ipsecemu", "strongswan")
@@ -153,6 +154,7 @@ class Topology:
     segments: tuple[Segment, ...] = ()
     vpn: tuple[VpnConnection, ...] = ()
     source: str = "<string>"
+    audit: Audit | None = None  # what `lab audit` checks (ipsecemu.lab.audit_schema)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -275,7 +277,7 @@ class _Validator:
     # -- sections
     def topology(self) -> Topology:
         top = self._mapping(self.doc.value, (), "a mapping with 'name' and 'nodes'")
-        self._keys(top, (), ("name", "nodes", "links", "segments", "vpn"), ("name", "nodes"))
+        self._keys(top, (), ("name", "nodes", "links", "segments", "vpn", "audit"), ("name", "nodes"))
         name = top["name"]
         if not isinstance(name, str) or not LAB_NAME_RE.match(name):
             raise self.doc.error(("name",), f"invalid lab name {name!r} ({_LAB_NAME_HELP})")
@@ -290,7 +292,9 @@ class _Validator:
         segments = self._segments(top.get("segments") or [], raw_nodes)
         nodes = tuple(self._node(n, v, ("nodes", n)) for n, v in raw_nodes.items())
         vpn = self._vpn(top.get("vpn"), {n.name: n for n in nodes})
-        return Topology(name=name, nodes=nodes, links=links, segments=segments, vpn=vpn, source=self.doc.file)
+        audit = parse_audit(self.doc, top["audit"]) if "audit" in top else None
+        return Topology(name=name, nodes=nodes, links=links, segments=segments, vpn=vpn, source=self.doc.file,
+                        audit=audit)
 
     def _link(self, v: Any, path: tuple[Any, ...], nodes: dict[str, Any]) -> Link:
         m = self._mapping(v, path)
