@@ -23,7 +23,8 @@ from typing import Any
 from ipsecemu.base.errors import LabError
 from ipsecemu.net.netns import ns_argv, ns_exec
 from ipsecemu.net.proc import start, stop_popen
-from ipsecemu.pcap.uat import read_esp_sa, read_macsec_sa
+from ipsecemu.pcap.macsec_sa import read_macsec_sa
+from ipsecemu.pcap.uat import read_esp_sa
 
 from .audit_classify import CaptureStats, LinkEvidence, scan_capture, verdict
 from .audit_schema import Audit, AuditFlow, dst_node

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipsecemu.base.satypes import MacsecSaConfig
-from ipsecemu.pcap.decrypt import CaptureDecryptor, read_capture
+from ipsecemu.pcap.decrypt import CaptureDecryptor
+from ipsecemu.pcap.pcapfile import read_capture
 from ipsecemu.pcap.uat import EspSaRow
 
 # Observed verdicts (the first three are also the expectations a lab file may declare)
