@@ -9,18 +9,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipsecemu.base.algorithms import ENCR_LIST, INTEG_LIST
 from ipsecemu.pcap.uat import EspSaRow, IkeSaRow, esp_row, format_esp_sa, format_ikev2_table
 
 __all__ = ["CHARON_ENCR", "CHARON_INTEG", "KeyLog", "esp_rows", "ike_algorithms", "ike_rows", "parse_keys",
            "wireshark_esp_sa", "wireshark_ikev2"]
 
-#: list-sas algorithm names -> ipsecemu.dataplane.api names
-CHARON_ENCR = {"AES_GCM_16": "aes-gcm-16", "AES_GCM_12": "aes-gcm-12", "AES_GCM_8": "aes-gcm-8",
-               "AES_CBC": "aes-cbc", "3DES_CBC": "3des-cbc", "CHACHA20_POLY1305": "chacha20-poly1305",
-               "NULL": "null"}
-CHARON_INTEG = {"HMAC_SHA1_96": "hmac-sha1-96", "HMAC_SHA2_256_128": "hmac-sha256-128",
-                "HMAC_SHA2_384_192": "hmac-sha384-192", "HMAC_SHA2_512_256": "hmac-sha512-256",
-                "HMAC_MD5_96": "hmac-md5-96"}
+#: list-sas algorithm names -> ipsecemu.base.satypes ESP names (views of the algorithm registry)
+CHARON_ENCR: dict[str, str] = {e.swan_name: e.esp_name for e in ENCR_LIST if e.esp_name}
+CHARON_INTEG: dict[str, str] = {i.swan_name: i.esp_name for i in INTEG_LIST if i.esp_name}
 
 
 @dataclass
@@ -128,18 +125,25 @@ def ike_rows(rows: Iterable[dict[str, str]], encr: str = "AES-CBC-256 [RFC3602]"
             for r in rows if "spi_i" in r]
 
 
-# list-sas IKE algorithm names -> tshark 4.0 ikev2_decryption_table strings
-_IKE_ENCR = {"AES_CBC": "AES-CBC-{ks} [RFC3602]", "AES_GCM_16": "AES-GCM-{ks} with 16 octet ICV [RFC5282]"}
-_IKE_INTEG = {"HMAC_SHA2_256_128": "HMAC_SHA2_256_128 [RFC4868]", "HMAC_SHA1_96": "HMAC_SHA1_96 [RFC2404]",
-              "HMAC_SHA2_384_192": "HMAC_SHA2_384_192 [RFC4868]", "HMAC_SHA2_512_256": "HMAC_SHA2_512_256 [RFC4868]"}
+# list-sas IKE algorithm names (and key size) -> tshark 4.0 ikev2_decryption_table strings, from the
+# registry; a cipher without a key-size attribute (3DES) is found under its fixed size
+_IKE_ENCR: dict[tuple[str, int], str] = {
+    (e.swan_name, e.key_bits or e.key_len * 8): e.wireshark_ike for e in ENCR_LIST if e.wireshark_ike and e.ike_ok
+}
+_IKE_INTEG: dict[str, str] = {i.swan_name: i.wireshark_ike for i in INTEG_LIST if i.hash}
 
 
 def ike_algorithms(sa: dict[str, Any]) -> tuple[str, str] | None:
     """(encryption, integrity) tshark strings for a list-sas IKE SA; None if Wireshark cannot decrypt it."""
-    encr = _IKE_ENCR.get(sa.get("encr-alg", ""))
+    name = sa.get("encr-alg", "")
+    size = str(sa.get("encr-keysize", "") or "")
+    if not size.isdigit():
+        fixed = [ks for (n, ks) in _IKE_ENCR if n == name]
+        size = str(fixed[0]) if len(fixed) == 1 else "256"
+    encr = _IKE_ENCR.get((name, int(size)))
     if encr is None:
         return None
-    return encr.format(ks=sa.get("encr-keysize", "256")), _IKE_INTEG.get(sa.get("integ-alg", ""), "NONE [RFC4306]")
+    return encr, _IKE_INTEG.get(sa.get("integ-alg", ""), "NONE [RFC4306]")
 
 
 def wireshark_esp_sa(rows: Iterable[dict[str, str]], encr: str = "AES_GCM_16", integ: str = "") -> str:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from ipsecemu.base.satypes import ESP_ENCR, ESP_INTEG
 from ipsecemu.pcap.uat import parse_esp_sa
 from ipsecemu.strongswan.conn import Child, Conn
 from ipsecemu.strongswan.keylog import (
+    CHARON_ENCR,
+    CHARON_INTEG,
     esp_rows,
     ike_algorithms,
     ike_rows,
@@ -89,3 +92,14 @@ def test_ikev2_table_rows_need_spis() -> None:
 ])
 def test_ike_algorithms(sa: dict, want: tuple[str, str] | None) -> None:
     assert ike_algorithms(sa) == want
+
+
+def test_charon_names_are_views_of_the_registry() -> None:
+    assert set(CHARON_ENCR.values()) <= set(ESP_ENCR) and set(CHARON_INTEG.values()) <= set(ESP_INTEG)
+    assert CHARON_ENCR["AES_GCM_16"] == "aes-gcm-16" and CHARON_INTEG["HMAC_SHA2_256_128"] == "hmac-sha256-128"
+    # tshark's strings by key size; 3DES has no key-size attribute; ChaCha20 tshark 4.0 cannot decrypt
+    assert ike_algorithms({"encr-alg": "AES_CBC", "encr-keysize": "128", "integ-alg": "HMAC_SHA1_96"}) == (
+        "AES-CBC-128 [RFC3602]", "HMAC_SHA1_96 [RFC2404]")
+    assert ike_algorithms({"encr-alg": "3DES_CBC", "integ-alg": "HMAC_SHA2_256_128"}) == (
+        "3DES [RFC2451]", "HMAC_SHA2_256_128 [RFC4868]")
+    assert ike_algorithms({"encr-alg": "CHACHA20_POLY1305", "encr-keysize": "256"}) is None
