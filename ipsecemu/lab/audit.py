@@ -222,8 +222,8 @@ def run_audit(topo: Topology, state: LabState, audit: Audit | None = None) -> Re
     try:
         for label, node, iface in points:
             cap = Capture(state, node, iface, work / f"{node}-{iface}.pcap")
+            caps.append((label, cap))  # before start: a Ctrl-C inside start() must still stop it
             cap.start()
-            caps.append((label, cap))
         for p in probes:
             _run_probe(topo, p)
     finally:

@@ -120,7 +120,11 @@ def test_er_vwan_audit_passes(lab: Callable[[Path], str], tmp_path: Path) -> Non
     # SIGTERM mid-audit: captures and servers are stopped by PID
     proc = subprocess.Popen([sys.executable, "-m", "ipsecemu", "lab", "audit", name], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
+    # signal once the audit is capturing (its handler is in place by then, whatever the load)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not any(
+            p["role"] == "capture" for p in LabState.open(name).data["processes"]):
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130), err  # 0 only if it finished first
