@@ -86,7 +86,7 @@ def test_quick_json_all_paths(tmp_path: Path) -> None:
     assert by["plain"]["cpu_per_gbps"] is None and by["ipsecemu"]["cpu_per_gbps"] > 0
     assert by["strongswan"]["cpu_per_gbps"] > 0 and "aes128gcm16/1" in rep["target"]["cpu_efficiency_vs_strongswan"]
     for row in rows:  # the whole box's CPU split adds up
-        assert set(row["host_cpu"]) == {"user", "system", "softirq", "idle"}
+        assert set(row["host_cpu"]) == {"user", "system", "softirq", "idle", "steal"}
         assert 99 <= sum(row["host_cpu"].values()) <= 101
         assert all(v > 0 for v in row["link_drops"].values())
     assert rep["target"]["required"] == 3.0 and "aes128gcm16/1" in rep["target"]["ratios"]

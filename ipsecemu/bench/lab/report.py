@@ -47,7 +47,7 @@ class Cell:
     link_drops: dict[str, int] = field(default_factory=dict)  # "<netns>:<link> rx|tx": dropped, this cell
     cpu_per_gbps: float | None = None  # both VPN processes together: % of one core per Gbit/s
     profile: dict[str, Any] = field(default_factory=dict)  # --profile: perf samples of the VPN processes
-    host_cpu: dict[str, float] = field(default_factory=dict)  # whole box, % of all CPUs: user/system/softirq/idle
+    host_cpu: dict[str, float] = field(default_factory=dict)  # whole box, % of all CPUs: user/system/softirq/idle/steal
     # over the rounds (summarise): the fields above are the median round's, ratio = gbps / baseline_gbps
     rounds: int = 1
     baseline_gbps: float | None = None  # strongSwan <-> strongSwan in the same round

@@ -87,7 +87,9 @@ def host_share(before: list[int], after: list[int]) -> dict[str, float]:
     v = dict(zip(_STAT, d, strict=True))
     return {"user": round(100 * (v["user"] + v["nice"]) / total, 1), "system": round(100 * v["system"] / total, 1),
             "softirq": round(100 * (v["softirq"] + v["irq"]) / total, 1),
-            "idle": round(100 * (v["idle"] + v["iowait"]) / total, 1)}
+            "idle": round(100 * (v["idle"] + v["iowait"]) / total, 1),
+            # time the hypervisor gave to other guests: without it the shares do not add up to 100
+            "steal": round(100 * v["steal"] / total, 1)}
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
