@@ -11,7 +11,10 @@ milliseconds with nothing built.
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.config import gateway as gwconfig
@@ -22,7 +25,9 @@ from ipsecemu.config.kit import ConfigFileError, Doc, FieldPath, fmt_path
 from ipsecemu.config.macsec_link import parse_link_config
 from ipsecemu.lab.audit_schema import check_audit
 from ipsecemu.lab.plan import vpn as planvpn
+from ipsecemu.lab.routing_schema import check_routing
 from ipsecemu.lab.topology import Topology, TopologyError, _doc, _read, validate
+from ipsecemu.routing.frr import check_config
 
 # What ``lab up`` would fill in for a MACsec link without keys (a throw-away pair, see svc_macsec)
 _PLACEHOLDER_KEYS = {"cak": "00" * 32, "ckn": "00" * 16}
@@ -42,6 +47,7 @@ def check_text(text: str, file: str = "<string>") -> Topology:
         _check_macsec(topo, doc)
         if topo.audit is not None:
             check_audit(doc, topo.audit, *_audit_refs(topo))
+        _check_routing(topo, doc)
     except ConfigFileError as exc:
         if isinstance(exc, TopologyError):
             raise
@@ -98,3 +104,58 @@ def _check_macsec(topo: Topology, doc: Doc) -> None:
         if "cak" not in raw and "ckn" not in raw:
             raw.update(_PLACEHOLDER_KEYS)
         parse_link_config(raw, f"links[{i}].macsec", doc=doc, path=("links", i, "macsec"))
+
+
+def _check_routing(topo: Topology, doc: Doc) -> None:
+    """The ``routing:`` intent against the topology, and a user's own CE FRR config through FRR's parser."""
+    r = topo.routing
+    bgp = [(i, c.nodes) for i, c in enumerate(topo.vpn) if c.bgp]
+    if r is None:
+        if bgp:
+            raise doc.error(("vpn", "connections", bgp[0][0], "bgp"), "BGP inside a tunnel needs a 'routing:' "
+                                                                      "section (who the CE, MSEEs and hub are)")
+        return
+    links = [(lk.a.node, lk.a.iface, lk.b.node, lk.b.iface) for lk in topo.links]
+    for s in topo.segments:
+        links += [(a.node, a.iface, b.node, b.iface) for i, a in enumerate(s.members) for b in s.members[i + 1:]]
+    addrs: dict[tuple[str, str], list[str]] = {}
+    for n in topo.nodes:
+        for iface, cidr in n.addresses:
+            addrs.setdefault((n.name, iface), []).append(cidr)
+    check_routing(doc, r, {n.name: n.kind for n in topo.nodes}, links, addrs, bgp)
+    for i, c in enumerate(topo.vpn):
+        if not c.bgp:
+            continue
+        for node in c.nodes:
+            if topo.node(node).kind == "strongswan":
+                raise doc.error(("vpn", "connections", i, "bgp"), f"BGP inside the tunnel on strongSwan node "
+                                                                  f"'{node}' is not supported yet (ipsecemu nodes only)")
+            if node != r.ce.node and not any(
+                    {a.node, b.node} == {node, r.hub} for a, b in _pairs(topo)):
+                raise doc.error(("vpn", "connections", i, "nodes"), f"VPN instance '{node}' needs a link or "
+                                                                    f"segment to the hub router '{r.hub}' (iBGP)")
+    if r.ce.frr_config is not None:
+        _check_user_frr(doc, r.ce.frr_config)
+
+
+def _pairs(topo: Topology) -> list[tuple[Any, Any]]:
+    out: list[tuple[Any, Any]] = [(lk.a, lk.b) for lk in topo.links]
+    for s in topo.segments:
+        out += [(a, b) for i, a in enumerate(s.members) for b in s.members[i + 1:]]
+    return out
+
+
+def _check_user_frr(doc: Doc, path: str) -> None:
+    where: FieldPath = ("routing", "ce", "frr_config")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise doc.error(where, f"cannot read the CE's FRR config {path}: {exc.strerror}") from None
+    if shutil.which("vtysh") is None:
+        return  # FRR not installed: `lab up` says so; nothing to check the syntax with
+    with tempfile.TemporaryDirectory(prefix="ipsecemu-frrcheck-") as tmp:
+        try:
+            check_config(text, Path(tmp))
+        except ConfigError as exc:
+            msg = str(exc).split("FRR refuses the config: ", 1)[-1].replace("\n", " ")
+            raise doc.error(where, f"FRR (vtysh --dryrun) refuses {path}: {' '.join(msg.split())[:300]}") from None

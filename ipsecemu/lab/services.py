@@ -17,10 +17,14 @@ from .plan import LabPlan
 from .state import LabState
 
 # in start order: MACsec links carry the IPsec underlay in the MACsec lab, so they come first
-SERVICE_MODULES = ("ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_vpn")
+# FRR before the VPN: IKE between the CE and the hub's instances rides routes BGP learns over ER.
+SERVICE_MODULES = ("ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_frr", "ipsecemu.lab.svc_vpn")
 
 
 def start(plan: LabPlan, state: LabState, say: Callable[[str], None]) -> None:
+    """Start every service in order, then give each an optional ``settle(plan, state, say)`` pass
+    (FRR waits there for the BGP sessions inside the tunnels the VPN service brought up)."""
+    mods = []
     for name in SERVICE_MODULES:
         try:
             mod = importlib.import_module(name)
@@ -29,3 +33,8 @@ def start(plan: LabPlan, state: LabState, say: Callable[[str], None]) -> None:
                 continue  # that service is not part of this build
             raise
         mod.start(plan, state, say)
+        mods.append(mod)
+    for mod in mods:
+        settle = getattr(mod, "settle", None)
+        if settle is not None:
+            settle(plan, state, say)

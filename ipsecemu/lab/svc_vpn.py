@@ -148,7 +148,7 @@ def _start_charon(plan: LabPlan, state: LabState, d: Daemon) -> tuple[str, int, 
 
 def start(plan: LabPlan, state: LabState, say: Say) -> None:
     agents = plan.daemons_of(ROUTE_AGENT)
-    if not agents:
+    if not agents and not any(n.tunnels for n in plan.nodes):
         return
     watch: list[tuple[str, int, Path]] = []  # (what, pid, log) checked while waiting
     for d in plan.all_daemons():
@@ -158,6 +158,9 @@ def start(plan: LabPlan, state: LabState, say: Say) -> None:
         elif d.kind == CHARON:
             watch.append(_start_charon(plan, state, d))
             say(f"vpn: {d.node}: strongSwan charon pid {watch[-1][1]} ({d.info['tunnels']} connection(s))")
+    if not agents:  # BGP lab (routing:): FRR moves the routes; wait for the SAs themselves
+        _wait_sas(state, plan, watch, say)
+        return
     agent = agents[0]
     for f in agent.files:  # vpn-plan.json: what the agent watches
         write_file(state.dir, f)
@@ -210,6 +213,31 @@ def _wait_up(state: LabState, plan: LabPlan, watch: list[tuple[str, int, Path]],
             say(f"vpn: waiting for tunnels ({len(up & want)}/{len(want)} sides up, {now - t0:.0f} s)")
             last_say = now
         time.sleep(0.1)
+
+
+def _wait_sas(state: LabState, plan: LabPlan, watch: list[tuple[str, int, Path]], say: Say) -> None:
+    """Without a route agent: every tunnel end has an installed Child SA (asked from each gateway)."""
+    t0 = time.monotonic()
+    last_say = t0
+    want = {(n.name, t.conn) for n in plan.nodes for t in n.tunnels}
+    while True:
+        for what, pid, log in watch:
+            if not pid_alive(pid, None):
+                raise BuildError(f"{what} (pid {pid}) exited during start; last log lines:\n    {_tail(log)}")
+        up = {(t["node"], t["conn"]) for t in tunnel_status(state)
+              if "error" not in t and any(c["state"] == "INSTALLED" for c in t["child_sas"])}
+        if want <= up:
+            say(f"vpn: {len(want) // 2} tunnel(s) up in {time.monotonic() - t0:.1f} s (routes: BGP)")
+            return
+        now = time.monotonic()
+        if now - t0 > UP_TIMEOUT:
+            missing = ", ".join(sorted(f"{n}/{c}" for n, c in want - up))
+            raise BuildError(f"VPN tunnels not up within {UP_TIMEOUT:.0f} s: {missing} "
+                             f"(logs in {state.logs_dir} and {state.dir}/<node>/)")
+        if now - last_say >= 3:
+            say(f"vpn: waiting for tunnels ({len(up & want)}/{len(want)} sides up, {now - t0:.0f} s)")
+            last_say = now
+        time.sleep(0.2)
 
 
 def read_status(state: LabState) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ipsecemu.config.kit import ConfigFileError, Doc, load_yaml, read_text
 from ipsecemu.lab.audit_schema import Audit, parse_audit
+from ipsecemu.lab.routing_schema import Routing, parse_routing
 
 KINDS = ("host", "router", "ipsecemu", "strongswan")
 VPN_KINDS = ("ipsecemu", "strongswan")
@@ -132,6 +133,10 @@ class VpnConnection:
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (node, prefixes it sends into the tunnel)
     config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     tables: tuple[tuple[str, int], ...] = ()  # (node, routing table for its tunnel routes); default main
+    bgp: tuple[tuple[str, str], ...] = ()  # (node, its BGP address inside this tunnel); empty: no BGP
+
+    def bgp_of(self, node: str) -> str | None:
+        return next((a for n, a in self.bgp if n == node), None)
 
     def table_of(self, node: str) -> int:
         return next((t for n, t in self.tables if n == node), 254)
@@ -155,6 +160,7 @@ class Topology:
     vpn: tuple[VpnConnection, ...] = ()
     source: str = "<string>"
     audit: Audit | None = None  # what `lab audit` checks (ipsecemu.lab.audit_schema)
+    routing: Routing | None = None  # BGP intent (ipsecemu.lab.routing_schema); None: static routes only
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -277,7 +283,8 @@ class _Validator:
     # -- sections
     def topology(self) -> Topology:
         top = self._mapping(self.doc.value, (), "a mapping with 'name' and 'nodes'")
-        self._keys(top, (), ("name", "nodes", "links", "segments", "vpn", "audit"), ("name", "nodes"))
+        self._keys(top, (), ("name", "nodes", "links", "segments", "vpn", "audit", "routing"),
+                   ("name", "nodes"))
         name = top["name"]
         if not isinstance(name, str) or not LAB_NAME_RE.match(name):
             raise self.doc.error(("name",), f"invalid lab name {name!r} ({_LAB_NAME_HELP})")
@@ -293,8 +300,9 @@ class _Validator:
         nodes = tuple(self._node(n, v, ("nodes", n)) for n, v in raw_nodes.items())
         vpn = self._vpn(top.get("vpn"), {n.name: n for n in nodes})
         audit = parse_audit(self.doc, top["audit"]) if "audit" in top else None
+        routing = parse_routing(self.doc, top["routing"], self.doc.file) if "routing" in top else None
         return Topology(name=name, nodes=nodes, links=links, segments=segments, vpn=vpn, source=self.doc.file,
-                        audit=audit)
+                        audit=audit, routing=routing)
 
     def _link(self, v: Any, path: tuple[Any, ...], nodes: dict[str, Any]) -> Link:
         m = self._mapping(v, path)
@@ -442,7 +450,7 @@ class _Validator:
         for i, c in enumerate(self._list(m.get("connections") or [], ("vpn", "connections"))):
             path = ("vpn", "connections", i)
             cm = self._mapping(c, path)
-            self._keys(cm, path, ("name", "nodes", "addresses", "routes", "table", "config"),
+            self._keys(cm, path, ("name", "nodes", "addresses", "routes", "table", "config", "bgp"),
                        ("name", "nodes", "addresses"))
             cname = self._str(cm["name"], path + ("name",))
             if cname in names:
@@ -482,6 +490,26 @@ class _Validator:
                     raise self.doc.error(path + ("table", n), f"'{n}' is not one of this connection's nodes")
                 tables.append((n, self._table(tv, path + ("table", n))))
             config = self._mapping(cm.get("config") or {}, path + ("config",))
+            bgp = self._bgp(cm["bgp"], path + ("bgp",), ns, ips) if "bgp" in cm else ()
             out.append(VpnConnection(cname, (ns[0], ns[1]), (ips[0], ips[1]), tuple(routes),
-                                     MappingProxyType(config), tuple(tables)))
+                                     MappingProxyType(config), tuple(tables), bgp))
+        return tuple(out)
+
+    def _bgp(self, v: Any, path: tuple[Any, ...], nodes: list[str], ike: list[str]) -> tuple[tuple[str, str], ...]:
+        """``bgp: {node: address, ...}``: each end's BGP address inside the tunnel (IPv4, not its IKE
+        address: BGP rides in ESP, never next to it)."""
+        m = self._mapping(v, path, "a mapping node -> BGP address inside the tunnel")
+        if set(m) != set(nodes):
+            raise self.doc.error(path, f"give the BGP address of both ends ({nodes[0]}, {nodes[1]})")
+        out = []
+        for n in nodes:
+            ip = self._ip(m[n], path + (n,))
+            if ipaddress.ip_address(ip).version != 4:
+                raise self.doc.error(path + (n,), "BGP addresses are IPv4 here")
+            if ip in ike:
+                raise self.doc.error(path + (n,), f"{ip} is an IKE address: the BGP address inside the tunnel "
+                                                  "must differ from the VPN device address")
+            out.append((n, ip))
+        if out[0][1] == out[1][1]:
+            raise self.doc.error(path, "both ends have the same BGP address")
         return tuple(out)

@@ -161,7 +161,7 @@ def msee_node(name: str, router_id: str, ce: Sequence[Peer], hub: Sequence[Peer]
 
 def vpn_instance_node(name: str, router_id: str, ce: Sequence[Peer], hub: Sequence[Peer],
                       timers: BgpTimers = LAB_TIMERS, bfd: bool = True, apipa: bool = False,
-                      bfd_profile: BfdProfile = AZURE_BFD) -> RoutingNode:
+                      bfd_profile: BfdProfile = AZURE_BFD, update_source: str | None = None) -> RoutingNode:
     """A Virtual WAN VPN gateway instance (AS 65515): eBGP with the CE inside the tunnel (multihop: the
     CE's BGP address is not its tunnel endpoint), iBGP with the hub router carrying what it learns
     (next-hop-self: the hub cannot reach the CE's tunnel address).  The instance keeps what its own
@@ -173,7 +173,7 @@ def vpn_instance_node(name: str, router_id: str, ce: Sequence[Peer], hub: Sequen
         check_customer_asn(p.asn, f"{name}.ce.{p.name}")
         neighbors.append(Neighbor(name=p.name, address=p.address, remote_asn=p.asn, kind=PathKind.OTHER,
                                   timers=timers, bfd=bfd, ebgp_multihop=2, passive=apipa,
-                                  weight=INSTANCE_OWN_WEIGHT))
+                                  weight=INSTANCE_OWN_WEIGHT, update_source=update_source))
     neighbors += [Neighbor(name=p.name, address=p.address, remote_asn=HUB_ASN, kind=PathKind.INTERNAL,
                            timers=timers, bfd=bfd, next_hop_self=True) for p in hub]
     return RoutingNode(name=name, asn=HUB_ASN, router_id=router_id, neighbors=tuple(neighbors),
@@ -189,8 +189,9 @@ def hub_node(name: str, router_id: str, originate: Sequence[str], msees: Sequenc
     hub and spoke prefixes originated, and the hub routing preference as policy."""
     neighbors = [Neighbor(name=p.name, address=p.address, remote_asn=MSEE_ASN, kind=PathKind.EXPRESSROUTE,
                           timers=timers, bfd=bfd) for p in msees]
+    # next-hop-self towards the instances: they cannot reach the MSEE link addresses of ER routes
     neighbors += [Neighbor(name=p.name, address=p.address, remote_asn=HUB_ASN, kind=PathKind.VPN,
-                           timers=timers, bfd=bfd) for p in instances]
+                           timers=timers, bfd=bfd, next_hop_self=True) for p in instances]
     return RoutingNode(name=name, asn=HUB_ASN, router_id=router_id, neighbors=tuple(neighbors),
                        originate=tuple(originate), static_routes=tuple(static_routes),
                        hub_preference=preference, bfd_profile=bfd_profile)

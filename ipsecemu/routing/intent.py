@@ -141,6 +141,9 @@ class Neighbor:
     passive: bool = False  # wait for the peer (Azure does not initiate BGP from an APIPA address)
     next_hop_self: bool = False
     route_reflector_client: bool = False
+    # refused on receipt: e.g. a CE never learns the prefix of its own tunnel endpoints through the
+    # tunnel (recursive routing: IKE/ESP would enter the tunnel they build)
+    deny_in: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"neighbors.{self.name}"
@@ -154,6 +157,8 @@ class Neighbor:
                 raise ConfigError(f"{where}.advertise: give a list of prefixes, not one string")
             for p in self.advertise:
                 _prefix(p, f"{where}.advertise")
+        for p in self.deny_in:
+            _prefix(p, f"{where}.deny_in")
         if not 0 <= self.prepend <= 10:
             raise ConfigError(f"{where}.prepend: {self.prepend} is not in 0..10")
         if self.local_preference is not None and not 0 <= self.local_preference <= ASN_MAX:

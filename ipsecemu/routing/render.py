@@ -26,6 +26,10 @@ def _pl_out(n: Neighbor) -> str:
     return f"PL-{n.name}-OUT"
 
 
+def _pl_deny(n: Neighbor) -> str:
+    return f"PL-{n.name}-DENY-IN"
+
+
 def _session_lines(node: RoutingNode, n: Neighbor) -> list[str]:
     a = n.address
     lines = [f" neighbor {a} remote-as {n.remote_asn}",
@@ -80,6 +84,13 @@ def _policy_lines(node: RoutingNode) -> list[str]:
                       for i, p in enumerate(n.advertise)]
             lines.append("!")
     for n in node.neighbors:
+        if n.deny_in:
+            lines += [f"ip prefix-list {_pl_deny(n)} seq {5 * (i + 1)} permit {p}"
+                      for i, p in enumerate(n.deny_in)]
+            lines.append("!")
+    for n in node.neighbors:
+        if n.deny_in:
+            lines += [f"route-map {_rm_in(n)} deny 5", f" match ip address prefix-list {_pl_deny(n)}", "exit", "!"]
         lines.append(f"route-map {_rm_in(n)} permit 10")
         lines += _inbound_sets(node, n)
         lines += ["exit", "!"]

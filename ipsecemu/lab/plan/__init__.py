@@ -2,8 +2,19 @@
 the validated topology (:func:`compile_plan`), rendered for ``lab up --dry-run`` (:mod:`.render`)."""
 
 from .compiler import compile_plan, lab_dir_of
-from .model import CHARON, GATEWAY, MACSEC_LINK, ROUTE_AGENT, Daemon, GeneratedFile, LabPlan, NodePlan, Tunnel
+from .model import (
+           CHARON,
+           FRR,
+           GATEWAY,
+           MACSEC_LINK,
+           ROUTE_AGENT,
+           Daemon,
+           GeneratedFile,
+           LabPlan,
+           NodePlan,
+           Tunnel,
+)
 from .render import plan_json, plan_text, write_file, write_files
 
-__all__ = ["CHARON", "GATEWAY", "MACSEC_LINK", "ROUTE_AGENT", "Daemon", "GeneratedFile", "LabPlan", "NodePlan",
+__all__ = ["CHARON", "FRR", "GATEWAY", "MACSEC_LINK", "ROUTE_AGENT", "Daemon", "GeneratedFile", "LabPlan", "NodePlan",
            "Tunnel", "compile_plan", "lab_dir_of", "plan_json", "plan_text", "write_file", "write_files"]

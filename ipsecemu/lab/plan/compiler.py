@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..state import run_dir
 from ..topology import FORWARDING_KINDS, Node, Topology, phy_ifname
-from . import macsec, vpn
+from . import frr, macsec, vpn
 from .model import Daemon, LabPlan, NodePlan, SegmentPlan, Tap, Veth
 
 MACSEC_OVERHEAD = 40  # SecTAG with SCI (16) + ICV (16) + one 802.1Q tag (4), rounded up
@@ -76,10 +76,13 @@ def compile_plan(topo: Topology, base: Path | None = None, rand: macsec.Random =
     whose state lives under ``base`` (default :func:`ipsecemu.lab.state.run_dir`)."""
     lab_dir = lab_dir_of(topo.name, base)
     macsec_daemons, notes = macsec.daemons(topo, lab_dir, rand)
+    routing = frr.build_nodes(topo)
     nodes = []
     for n in topo.nodes:
-        # start order: MACsec links carry the IPsec underlay in the MACsec lab, so they come first
-        daemons: list[Daemon] = [*macsec_daemons.get(n.name, []), *vpn.daemons(topo, lab_dir, n.name)]
+        # start order: MACsec links carry the IPsec underlay in the MACsec lab, so they come first;
+        # FRR before the VPN: IKE needs the ExpressRoute routes BGP installs
+        daemons: list[Daemon] = [*macsec_daemons.get(n.name, []), *frr.daemons(topo, lab_dir, n.name, routing),
+                                 *vpn.daemons(topo, lab_dir, n.name)]
         nodes.append(NodePlan(
             name=n.name, kind=n.kind, netns=topo.netns(n.name), base_sysctls=base_sysctls(n),
             interfaces=_interfaces(topo, n.name), taps=_taps(topo, n.name), addresses=n.addresses,

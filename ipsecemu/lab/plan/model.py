@@ -26,6 +26,7 @@ GATEWAY = "ipsecemu-gateway"
 CHARON = "charon"
 MACSEC_LINK = "macsec-link"
 ROUTE_AGENT = "route-agent"
+FRR = "frr"  # one FRR instance (zebra, bgpd, +bfdd/staticd) per routing node; run_dir = its state dir
 
 
 def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from ipsecemu.net.netns import ns_argv
 
 from ..topology import Route, Rule
-from .model import Daemon, GeneratedFile, LabPlan, NodePlan, Tap, Veth
+from .model import FRR, Daemon, GeneratedFile, LabPlan, NodePlan, Tap, Veth
 
 
 def write_file(root: Path, f: GeneratedFile) -> Path:
@@ -52,6 +52,8 @@ def daemon_json(d: Daemon, plan: LabPlan) -> dict[str, Any]:
         out["connections"] = [c.name for c in d.conns]
     if d.run_dir:
         out["run_dir"] = d.run_dir
+    if d.kind == FRR:
+        out["frr_daemons"] = list(d.info["daemons"])
     return out
 
 
@@ -116,12 +118,17 @@ def _daemon_lines(d: Daemon, plan: LabPlan) -> list[str]:
     head = f"    daemon {d.kind}: "
     if d.argv:
         head += " ".join(daemon_argv(d, plan))
+    elif d.kind == FRR:
+        head += (f"FRR {' '.join(d.info['daemons'])} in this netns, state/sockets/logs in {d.run_dir} "
+                 f"({d.info['origin']})")
     else:
         head += f"charon in {d.run_dir}, loads over vici: {', '.join(c.name for c in d.conns)}"
     out = [head]
     out += [f"      config {plan.lab_dir / f.path}{' (0600: secrets)' if f.secret else ''}" for f in d.files]
     if d.log:
         out.append(f"      log    {plan.lab_dir / d.log}")
+    if d.kind == FRR and plan.nodes:
+        out.append(f"      vtysh  ipsecemu lab exec {plan.name}/{d.node} -- vtysh -c 'show bgp summary'")
     return out
 
 

@@ -62,6 +62,12 @@ def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]
         if c.nodes[0] == node:
             side["close_action"] = "restart"
         side["tunnel"] = {"name": tunnel_name(topo, node, c), "routes": []}
+        mine, peer = c.bgp_of(node), c.bgp_of(c.nodes[1 - c.nodes.index(node)])
+        if mine is not None and peer is not None:
+            # BGP inside the tunnel: our BGP address on the tun, the peer's /32 routed into it while an
+            # SA lives (the gateway removes it with the last SA, so BGP's next hop goes at once)
+            side["tunnel"] = {"name": tunnel_name(topo, node, c), "address": f"{mine}/32",
+                              "routes": [f"{peer}/32"]}
         conns[c.name] = side
     return {"node": node, "lab": topo.name, "state_dir": str(state_dir),
             # ESP-in-UDP always: what the C loop runs fastest, and what libipsec peers need
@@ -95,9 +101,11 @@ def tunnels(topo: Topology, lab_dir: Path, node: str) -> tuple[Tunnel, ...]:
     out = []
     for c in node_conns(topo, node):
         i = c.nodes.index(node)
+        peer_bgp = c.bgp_of(c.nodes[1 - i])
         out.append(Tunnel(conn=c.name, dev=tunnel_name(topo, node, c), local=c.addresses[i],
                           remote=c.addresses[1 - i], peer=c.nodes[1 - i], table=c.table_of(node),
-                          prefixes=c.routes_of(node), control=control_path(topo, lab_dir, node)))
+                          prefixes=(f"{peer_bgp}/32",) if peer_bgp else c.routes_of(node),
+                          control=control_path(topo, lab_dir, node)))
     return tuple(out)
 
 
@@ -176,8 +184,9 @@ def neighbors(topo: Topology, node: str) -> set[str]:
 
 
 def route_agent(topo: Topology, lab_dir: Path) -> tuple[Daemon, dict[str, Any]] | None:
-    """The route agent (root netns) and its plan; None for a lab without VPN."""
-    if not topo.vpn:
+    """The route agent (root netns) and its plan; None for a lab without VPN, and for a lab whose
+    routing is BGP (``routing:``): there BGP inside the tunnels moves the routes."""
+    if not topo.vpn or topo.routing is not None:
         return None
     plan = route_plan(topo, lab_dir)
     d = Daemon(ROUTE_AGENT, None, (sys.executable, "-m", "ipsecemu.lab.route_agent", "agent", str(lab_dir)),

@@ -17,7 +17,8 @@ import pytest
 
 from ipsecemu.lab import builder, check, topology
 from ipsecemu.lab.errors import BuildError, MacsecServiceError
-from ipsecemu.lab.plan import CHARON, GATEWAY, MACSEC_LINK, ROUTE_AGENT, compile_plan, plan_json, plan_text
+from ipsecemu.lab.plan import CHARON, FRR, GATEWAY, MACSEC_LINK, ROUTE_AGENT, compile_plan, plan_json, plan_text
+from ipsecemu.lab.plan import frr as frr_plan
 from ipsecemu.lab.plan.model import Tap, Veth
 
 from support.nonroot import non_root_prefix  # noqa: E402
@@ -40,7 +41,7 @@ def test_generated_files_equal_pre_plan_lab_up(lab: Path) -> None:
     made = {f.path: f.text for f in plan.files()}
     assert made == golden
     secret = {f.path for f in plan.files() if f.secret}
-    assert secret == {p for p in made if p != "vpn-plan.json"}  # PSK / CAK inside: 0600
+    assert secret == {p for p in made if p != "vpn-plan.json" and not p.endswith("frr/frr.conf")}  # PSK / CAK: 0600
 
 
 @pytest.mark.parametrize("lab", LABS, ids=[p.stem for p in LABS])
@@ -71,14 +72,15 @@ def test_plan_per_node_facts(lab: Path) -> None:
     vpn_nodes = {n for c in topo.vpn for n in c.nodes}
     assert kinds.count(GATEWAY) + kinds.count(CHARON) == len(vpn_nodes)
     assert kinds.count(MACSEC_LINK) == 2 * sum(lk.macsec is not None for lk in topo.links)
-    assert kinds.count(ROUTE_AGENT) == (1 if topo.vpn else 0)
+    assert kinds.count(ROUTE_AGENT) == (1 if topo.vpn and topo.routing is None else 0)  # BGP labs: none
+    assert kinds.count(FRR) == len(frr_plan.routing_nodes(topo))  # one FRR instance per routing node
     text = plan_text(plan)
     assert all(ns in text for ns in created)
     assert json.loads(json.dumps(plan_json(plan)))["netns"] == created
 
 
 def test_er_vwan_plan_routes_and_tunnels() -> None:
-    plan = compile_plan(topology.load(REPO / "netns-labs" / "er-vwan.yaml"), BASE)
+    plan = compile_plan(topology.load(REPO / "tests" / "unit" / "lab" / "static" / "er-vwan.yaml"), BASE)
     ce, hub = plan.node("ce"), plan.node("hub")
     assert [(t.conn, t.dev, t.table, t.peer) for t in ce.tunnels] == [
         ("ce-hubgw0", "vpn0", 100, "hubgw0"), ("ce-hubgw1", "vpn1", 100, "hubgw1")]

@@ -14,7 +14,7 @@ from ipsecemu.lab.topology import TopologyError
 
 from support.paths import REPO  # noqa: E402
 
-ER = REPO / "netns-labs" / "er-vwan.yaml"
+ER = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan.yaml"  # static-route S1 (route agent)
 PAIR = REPO / "netns-labs" / "pair.yaml"
 
 

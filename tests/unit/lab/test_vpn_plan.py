@@ -21,7 +21,7 @@ from ipsecemu.lab.state import LabState
 
 from support.paths import REPO  # noqa: E402
 
-ER = REPO / "netns-labs" / "er-vwan.yaml"
+ER = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan.yaml"  # static-route S1 (route agent)
 ER_SS = REPO / "netns-labs" / "er-vwan-strongswan.yaml"
 
 

@@ -1,0 +1,127 @@
+"""Lab service: the FRR instance of every routing node (:mod:`ipsecemu.lab.plan.frr`).
+
+``start`` runs after the network is built and before the VPN gateways: it starts each node's FRR
+(zebra + bgpd, + bfdd/staticd as the config needs) in the node's netns with its state, sockets and
+logs under ``<lab dir>/<node>/frr/`` (:class:`ipsecemu.routing.frr.FrrInstance`), registers every
+daemon's PID (``lab down`` stops them by PID), and waits for the sessions that do not ride a tunnel
+(ExpressRoute, hub <-> instances): IKE between the CE and the instances needs the routes they bring.
+``settle`` runs after every service and waits (bounded) for the BGP sessions inside the tunnels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ipsecemu.base.errors import ServiceError, SystemSetupError
+from ipsecemu.routing.frr import FrrInstance
+
+from .errors import BuildError
+from .plan import FRR, Daemon, LabPlan
+from .state import LabState
+
+Say = Callable[[str], None]
+UNDERLAY_TIMEOUT = 40.0  # ER and hub sessions (BGP connect retry 5 s, BFD up in about 1 s)
+TUNNEL_BGP_TIMEOUT = 40.0
+
+
+def instance(plan_or_state: LabPlan | LabState, node: str) -> FrrInstance:
+    """The FRR instance of ``node`` in a planned or running lab (for vtysh, status, tests)."""
+    if isinstance(plan_or_state, LabPlan):
+        lab_dir, ns = plan_or_state.lab_dir, plan_or_state.node(node).netns
+    else:
+        lab_dir, ns = plan_or_state.dir, plan_or_state.node_netns(node) or ""
+    d = Path(lab_dir) / node / "frr"
+    daemons = ("zebra", "bgpd", "staticd", "bfdd")
+    return FrrInstance(node, d, ns, tuple(x for x in daemons if (d / f"{x}.pid").exists()) or ("zebra", "bgpd"))
+
+
+def routing_nodes(state: LabState) -> list[str]:
+    """The nodes of a running lab that run FRR (those with an FRR state dir)."""
+    return [n for n in (state.data.get("nodes") or {}) if (state.dir / n / "frr" / "frr.conf").exists()]
+
+
+def sessions(inst: FrrInstance) -> dict[str, dict[str, Any]]:
+    """peer address -> FRR's summary row (state, pfxRcd, pfxSnt, desc) of every BGP session."""
+    doc = inst.vtysh_json("show bgp ipv4 unicast summary json", daemon="bgpd")
+    peers: dict[str, dict[str, Any]] = doc.get("peers", {}) if isinstance(doc, dict) else {}
+    return peers
+
+
+def _start_one(plan: LabPlan, state: LabState, d: Daemon) -> FrrInstance:
+    assert d.node is not None and d.run_dir is not None
+    inst = FrrInstance(d.node, Path(d.run_dir), plan.node(d.node).netns, tuple(d.info["daemons"]))
+    try:
+        inst.start(d.files[0].text, timeout=15.0)
+    except (ServiceError, SystemSetupError) as exc:
+        raise BuildError(f"{d.node}: FRR: {exc}") from None
+    finally:  # registered even when start failed half-way, so rollback stops what runs
+        for daemon, pid in inst.running_daemons().items():
+            state.add_process(pid, "daemon", d.node, inst.daemon_argv(daemon), str(inst.log_path(daemon)))
+    return inst
+
+
+def start(plan: LabPlan, state: LabState, say: Say) -> None:
+    frrs = plan.daemons_of(FRR)
+    if not frrs:
+        return
+    t0 = time.monotonic()
+    insts = {d.node: _start_one(plan, state, d) for d in frrs if d.node}
+    say(f"frr: {len(insts)} instance(s) up ({', '.join(insts)}) in {time.monotonic() - t0:.1f} s; "
+        f"vtysh: ipsecemu lab exec {plan.name}/NODE -- vtysh -c 'show bgp summary'")
+    tunnel_peers = _tunnel_peers(plan)
+    _wait(insts, lambda node, addr: (node, addr) not in tunnel_peers, UNDERLAY_TIMEOUT, "ExpressRoute/hub", say)
+
+
+def settle(plan: LabPlan, state: LabState, say: Say) -> None:
+    """After the VPN is up: wait for the BGP sessions inside the tunnels."""
+    frrs = plan.daemons_of(FRR)
+    if not frrs:
+        return
+    insts = {d.node: instance(plan, d.node) for d in frrs if d.node}
+    tunnel_peers = _tunnel_peers(plan)
+    if tunnel_peers:
+        _wait(insts, lambda node, addr: (node, addr) in tunnel_peers, TUNNEL_BGP_TIMEOUT, "in-tunnel", say)
+
+
+def _tunnel_peers(plan: LabPlan) -> set[tuple[str, str]]:
+    """(node, peer address) of every BGP session that rides a tunnel."""
+    out: set[tuple[str, str]] = set()
+    for n in plan.nodes:
+        for t in n.tunnels:
+            for p in t.prefixes:
+                if p.endswith("/32"):
+                    out.add((n.name, p[:-3]))
+    return out
+
+
+def _wait(insts: dict[str, FrrInstance], want: Callable[[str, str], bool], timeout: float, what: str,
+          say: Say) -> None:
+    t0 = time.monotonic()
+    last_say = t0
+    while True:
+        pending: list[str] = []
+        for node, inst in insts.items():
+            down = [d for d in inst.daemons if d not in inst.running_daemons()]
+            if down:
+                raise BuildError(f"{node}: FRR {', '.join(down)} exited (logs in {inst.state_dir})")
+            try:
+                peers = sessions(inst)
+            except ServiceError:
+                pending.append(f"{node} (bgpd not answering)")
+                continue
+            pending += [f"{node}->{a} {p.get('state')}" for a, p in peers.items()
+                        if want(node, a) and p.get("state") != "Established"]
+        now = time.monotonic()
+        if not pending:
+            say(f"frr: {what} BGP sessions established in {now - t0:.1f} s")
+            return
+        if now - t0 > timeout:
+            raise BuildError(f"{what} BGP sessions not established within {timeout:.0f} s: "
+                             f"{', '.join(sorted(pending))} (FRR logs in <lab dir>/<node>/frr/)")
+        if now - last_say >= 5:
+            say(f"frr: waiting for {what} BGP sessions ({len(pending)} pending, {now - t0:.0f} s)")
+            last_say = now
+        time.sleep(0.2)
