@@ -25,6 +25,7 @@ from .state import LabState
 Say = Callable[[str], None]
 UNDERLAY_TIMEOUT = 40.0  # ER and hub sessions (BGP connect retry 5 s, BFD up in about 1 s)
 TUNNEL_BGP_TIMEOUT = 40.0
+QUIET, QUIET_TIMEOUT = 1.5, 15.0  # prefix counts unchanged this long = converged
 
 
 def instance(plan_or_state: LabPlan | LabState, node: str) -> FrrInstance:
@@ -84,6 +85,34 @@ def settle(plan: LabPlan, state: LabState, say: Say) -> None:
     tunnel_peers = _tunnel_peers(plan)
     if tunnel_peers:
         _wait(insts, lambda node, addr: (node, addr) in tunnel_peers, TUNNEL_BGP_TIMEOUT, "in-tunnel", say)
+        _quiet(insts, say)
+
+
+def _counts(insts: dict[str, FrrInstance]) -> dict[tuple[str, str], tuple[int, int]]:
+    out = {}
+    for node, inst in insts.items():
+        try:
+            peers = sessions(inst)
+        except ServiceError:
+            continue
+        out.update({(node, a): (int(p.get("pfxRcd", 0)), int(p.get("pfxSnt", 0))) for a, p in peers.items()})
+    return out
+
+
+def _quiet(insts: dict[str, FrrInstance], say: Say) -> None:
+    """Sessions up is not routes in: wait (bounded) until no node's prefix counts move for QUIET s, so
+    the first traffic after `lab up` takes the paths BGP settles on."""
+    t0 = time.monotonic()
+    last, since = _counts(insts), time.monotonic()
+    while time.monotonic() - t0 < QUIET_TIMEOUT:
+        time.sleep(0.3)
+        now = _counts(insts)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= QUIET:
+            say(f"frr: routes settled in {time.monotonic() - t0:.1f} s")
+            return
+    say(f"frr: routes still moving after {QUIET_TIMEOUT:.0f} s (continuing)")
 
 
 def _tunnel_peers(plan: LabPlan) -> set[tuple[str, str]]:
