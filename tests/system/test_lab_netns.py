@@ -26,7 +26,7 @@ from support.paths import (
 )
 
 # the builder's own tests run the lab files without their VPN (tests/system/test_lab_vpn.py covers that)
-ER = underlay_copy(REPO / "netns-labs" / "er-vwan.yaml", drop=(
+ER = underlay_copy(REPO / "tests" / "unit" / "lab" / "static" / "er-vwan.yaml", drop=(  # static S1
     "      - dst: 10.0.1.0/24\n        nexthops: [{via: 10.51.230.4}, {via: 10.51.230.5}]\n",))
 PAIR = underlay_copy(REPO / "netns-labs" / "pair.yaml")
 NETNS = Path("/run/netns")

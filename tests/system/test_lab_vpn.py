@@ -21,7 +21,7 @@ from ipsecemu.strongswan.charon import charon_available
 
 from support.paths import REPO  # noqa: E402
 
-ER = REPO / "netns-labs" / "er-vwan.yaml"
+ER = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan.yaml"  # static-route S1 (route agent)
 ER_SS = REPO / "netns-labs" / "er-vwan-strongswan.yaml"
 ONPREM1, ONPREM2, SPOKE1 = "10.0.1.10", "10.0.2.10", "10.51.231.4"
 
@@ -316,7 +316,7 @@ def test_broken_vpn_config_rolls_back(unique_name: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # ~15-25 s: lab up, traffic, capture, lab down
 def test_s3_same_prefix_over_er_goes_in_clear_and_warns(lab: callable, tmp_path: Path) -> None:
-    name = lab(REPO / "netns-labs" / "er-vwan-s3.yaml")
+    name = lab(REPO / "tests" / "unit" / "lab" / "static" / "er-vwan-s3.yaml")
     lb = _status(name)
     assert any(w.startswith("10.0.1.0/24 reachable over ER without VPN") for w in lb["vpn"]["warnings"])
     text = cli("status", name)

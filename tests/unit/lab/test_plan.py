@@ -17,7 +17,16 @@ import pytest
 
 from ipsecemu.lab import builder, check, topology
 from ipsecemu.lab.errors import BuildError, MacsecServiceError
-from ipsecemu.lab.plan import CHARON, FRR, GATEWAY, MACSEC_LINK, ROUTE_AGENT, compile_plan, plan_json, plan_text
+from ipsecemu.lab.plan import (
+    CHARON,
+    FRR,
+    GATEWAY,
+    MACSEC_LINK,
+    ROUTE_AGENT,
+    compile_plan,
+    plan_json,
+    plan_text,
+)
 from ipsecemu.lab.plan import frr as frr_plan
 from ipsecemu.lab.plan.model import Tap, Veth
 
