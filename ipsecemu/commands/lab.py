@@ -317,7 +317,26 @@ def _lab_status(name: str) -> dict[str, Any]:
         agent = svc_vpn.read_status(st)
         out["vpn"] = {"tunnels": svc_vpn.tunnel_status(st), "routes": agent.get("routes", []),
                       "up": agent.get("tunnels", {}), "warnings": svc_vpn.warnings(st)}
+    if d.get("routing") and root:
+        from ipsecemu.lab import svc_frr  # lazy: CLI start-up
+
+        out["routing"] = svc_frr.routing_status(st)
     return out
+
+
+def _print_routing(r: dict[str, Any]) -> None:
+    click.echo("  routing (BGP, FRR):")
+    for node, n in r["nodes"].items():
+        if "error" in n:
+            click.echo(f"    {node:<8} {n['role']:<8} FRR DOWN: {n['error']}")
+            continue
+        for x in n["sessions"]:
+            click.echo(f"    {node:<8} {n['role']:<8} {x['peer']:<15} {x['desc']:<24} {x['state']:<12} "
+                       f"pfx in {x['pfx_in']} out {x['pfx_out']}")
+        for p in n.get("paths", []):
+            click.echo(f"    {node:<8} path     {p['prefix']:<18} {p['path']:<6} via {', '.join(p['via'])}")
+    if r.get("fallback"):
+        click.echo(f"  FALLBACK: {r['fallback']}")
 
 
 @lab.command()
@@ -354,6 +373,8 @@ def status(name: str | None, as_json: bool) -> None:
         click.echo(f"  links: {len(lb['links'])}")
         if "vpn" in lb:
             _print_vpn(lb["vpn"])
+        if "routing" in lb:
+            _print_routing(lb["routing"])
         for p in lb["processes"]:
             click.echo(f"  pid {p['pid']} {p['role']} on {p.get('node') or '-'}: {'alive' if p['alive'] else 'dead'}")
         if not lb["live_details"]:
@@ -398,11 +419,53 @@ def exec_(node: str, cmd: tuple[str, ...]) -> None:
     args = list(cmd[1:] if cmd and cmd[0] == "--" else cmd)
     if not args:
         raise click.UsageError("no command given (ipsecemu lab exec NODE -- CMD ...)")
+    frr_dir = st.dir / n / "frr"
+    if args[0] == "vtysh" and (frr_dir / "vtysh.conf").exists():
+        # the node's own FRR instance, not the system's /var/run/frr
+        args[1:1] = ["--vty_socket", str(frr_dir), "--config_dir", str(frr_dir)]
     sys.stdout.flush()
     try:
         os.execvp("ip", ["ip", "netns", "exec", str(ns), *args])
     except OSError as exc:
         _fail(f"cannot run ip netns exec: {exc.strerror}", SystemSetupError)
+
+
+# ---------------------------------------------------------------- bgp
+
+
+@lab.command("bgp", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+def bgp(args: tuple[str, ...]) -> None:
+    """vtysh on a routing node's FRR (default: show bgp summary).
+
+    ipsecemu lab bgp [LAB] NODE [-- VTYSH COMMAND ...]   e.g.  lab bgp hub -- show ip route bgp
+    """
+    _need_root("lab bgp")
+    pos = list(args)
+    extra: list[str] = []
+    if "--" in pos:
+        i = pos.index("--")
+        pos, extra = pos[:i], pos[i + 1:]
+    if len(pos) == 2:
+        pos = [f"{pos[0]}/{pos[1]}"]
+    if len(pos) != 1:
+        raise click.UsageError("ipsecemu lab bgp [LAB] NODE [-- VTYSH COMMAND ...]")
+    st, n = _resolve(pos[0])
+    frr_dir = st.dir / n / "frr"
+    if not (frr_dir / "vtysh.conf").exists():
+        _fail(f"node '{n}' of lab '{st.name}' runs no FRR (routing nodes: "
+              f"{', '.join(st.data.get('routing') or {}) or 'none'})")
+    if not extra:
+        extra = ["-c", "show bgp summary"]
+    elif not any(a.startswith("-") for a in extra):
+        extra = ["-c", " ".join(extra)]
+    argv = ["ip", "netns", "exec", str(st.node_netns(n)), "vtysh", "--vty_socket", str(frr_dir),
+            "--config_dir", str(frr_dir), *extra]
+    sys.stdout.flush()
+    try:
+        os.execvp("ip", argv)
+    except OSError as exc:
+        _fail(f"cannot run vtysh: {exc.strerror}", SystemSetupError)
 
 
 # ---------------------------------------------------------------- capture

@@ -69,6 +69,8 @@ def start(plan: LabPlan, state: LabState, say: Say) -> None:
     if not frrs:
         return
     t0 = time.monotonic()
+    with state.update() as data:  # who is who, for `lab status` and `lab bgp`
+        data["routing"] = {d.node: d.info.get("role", "") for d in frrs if d.node}
     insts = {d.node: _start_one(plan, state, d) for d in frrs if d.node}
     say(f"frr: {len(insts)} instance(s) up ({', '.join(insts)}) in {time.monotonic() - t0:.1f} s; "
         f"vtysh: ipsecemu lab exec {plan.name}/NODE -- vtysh -c 'show bgp summary'")
@@ -154,3 +156,65 @@ def _wait(insts: dict[str, FrrInstance], want: Callable[[str, str], bool], timeo
             say(f"frr: waiting for {what} BGP sessions ({len(pending)} pending, {now - t0:.0f} s)")
             last_say = now
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------- status
+
+
+def _label(peers: dict[str, dict[str, Any]], nexthop: str | None, iface: str | None) -> str:
+    """A next hop as the user reads it: the BGP peer it came from ("msee1 (expressroute)")."""
+    if nexthop and nexthop in peers:
+        return str(peers[nexthop].get("desc") or nexthop)
+    return nexthop or (f"dev {iface}" if iface else "?")
+
+
+def _kind(label: str) -> str:
+    if "(expressroute)" in label or "(other)" in label:
+        return "ER"
+    if "(vpn)" in label or "(internal)" in label:
+        return "VPN"
+    return "?"
+
+
+def node_status(inst: FrrInstance, role: str) -> dict[str, Any]:
+    """BGP sessions of one node; for the CE and the hub also the chosen path of each BGP/static prefix."""
+    peers = sessions(inst)
+    out: dict[str, Any] = {"role": role, "sessions": [
+        {"peer": a, "desc": p.get("desc", ""), "state": p.get("state"), "pfx_in": p.get("pfxRcd", 0),
+         "pfx_out": p.get("pfxSnt", 0), "up_down": p.get("peerUptime", "")} for a, p in sorted(peers.items())]}
+    if role not in ("ce", "hub"):
+        return out
+    paths = []
+    routes = inst.vtysh_json("show ip route json", daemon="zebra")
+    for prefix, entries in sorted(routes.items()):
+        for e in entries:
+            if not e.get("selected") or e.get("protocol") not in ("bgp", "static"):
+                continue
+            hops = [_label(peers, h.get("ip"), h.get("interfaceName")) for h in e.get("nexthops", [])
+                    if h.get("active")]
+            hops = list(dict.fromkeys(hops))  # a recursive next hop shows once, not per resolution
+            kinds = {_kind(h) for h in hops}
+            via = "static" if e["protocol"] == "static" else ("/".join(sorted(kinds)) or "?")
+            paths.append({"prefix": prefix, "path": via, "via": hops})
+    out["paths"] = paths
+    return out
+
+
+def routing_status(state: LabState) -> dict[str, Any]:
+    """Per routing node its sessions (and paths), plus one line when every tunnel's BGP is down and
+    traffic falls back to ExpressRoute in clear."""
+    roles: dict[str, str] = state.data.get("routing") or {}
+    nodes: dict[str, Any] = {}
+    for node, role in roles.items():
+        try:
+            nodes[node] = node_status(instance(state, node), role)
+        except ServiceError as exc:
+            nodes[node] = {"role": role, "error": str(exc)}
+    out: dict[str, Any] = {"nodes": nodes, "fallback": None}
+    ce = next((n for n, r in roles.items() if r == "ce"), None)
+    if ce and "sessions" in nodes.get(ce, {}):
+        vpn = [x for x in nodes[ce]["sessions"] if "(vpn)" in x["desc"]]
+        if vpn and not any(x["state"] == "Established" for x in vpn):
+            out["fallback"] = (f"all {len(vpn)} VPN BGP sessions of the CE are down: traffic between on-prem and "
+                               "Azure falls back to ExpressRoute, IN CLEAR")
+    return out

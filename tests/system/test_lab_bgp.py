@@ -239,7 +239,8 @@ def test_s1_instance_sigkill_then_both_down_falls_back_to_clear_er(s1: tuple[str
     print(f"both instances down: hub routes 10.0.1.0/24 over ER (10.0.0.0/16) after {t:.2f} s; "
           f"20 Hz ping lost {sent - got}/{sent} = {lost:.2f} s")
     res = cli("status", name)
-    print(res.stdout)
+    print("\n".join(x for x in res.stdout.splitlines() if " path " in x or "FALLBACK" in x))
+    assert "FALLBACK: all 2 VPN BGP sessions of the CE are down" in res.stdout  # said in one line
     pcap = tmp_path / "fallback.pcap"
     cap = subprocess.Popen(["ip", "netns", "exec", _ns(name, "hub"), "timeout", "4", "tcpdump", "-i", "msee1", "-i",
                             "msee2", "-n", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

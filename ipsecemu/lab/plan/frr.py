@@ -182,4 +182,10 @@ def daemons(topo: Topology, lab_dir: Path, node: str, nodes: dict[str, RoutingNo
     text = f"! {node}: {origin} (ipsecemu lab up)\n" + text
     state = frr_dir(lab_dir, node)
     return (Daemon(FRR, node, (), (GeneratedFile(f"{node}/frr/frr.conf", text),), log=f"{node}/frr",
-                   run_dir=str(state), info={"daemons": names, "origin": origin}),)
+                   run_dir=str(state), info={"daemons": names, "origin": origin, "role": role_of(topo, node)}),)
+
+
+def role_of(topo: Topology, node: str) -> str:
+    assert topo.routing is not None
+    r = topo.routing
+    return "ce" if node == r.ce.node else "hub" if node == r.hub else "msee" if node in r.msees else "instance"
