@@ -49,11 +49,16 @@ def smoke_plan(topo: Topology) -> dict[str, Any] | None:
         return None
     c = topo.vpn[0]
     init, resp = c.nodes
-    prot = _host_in(topo, list(c.routes_of(resp)), set())
-    remote = _host_in(topo, list(c.routes_of(init)), set())
+    if topo.routing is not None and c.bgp:  # BGP lab: what the CE advertises over the VPN <-> Azure's prefixes
+        to_prem, to_azure = list(topo.routing.ce.vpn_advertise), list(topo.routing.hub_prefixes)
+        all_vpn = to_prem + to_azure
+    else:
+        to_prem, to_azure = list(c.routes_of(resp)), list(c.routes_of(init))
+        all_vpn = [p for v in topo.vpn for n in v.nodes for p in v.routes_of(n)]
+    prot = _host_in(topo, to_prem, set())
+    remote = _host_in(topo, to_azure, set())
     if prot is None or remote is None:
         return None
-    all_vpn = [p for v in topo.vpn for n in v.nodes for p in v.routes_of(n)]
     clear = next(((n.name, str(ipaddress.ip_interface(n.addresses[0][1]).ip)) for n in topo.nodes
                   if n.kind == "host" and n.addresses and n.name not in (prot[0], remote[0])
                   and not any(ipaddress.ip_interface(n.addresses[0][1]).ip in ipaddress.ip_network(p)

@@ -45,7 +45,8 @@ AZURE_DOCUMENTED_TIMERS = BgpTimers(keepalive=60, hold=180)
 AZURE_MIN_TIMERS = BgpTimers(keepalive=3, hold=10)
 AZURE_BFD = BfdProfile(name="azure", detect_multiplier=3, receive_interval_ms=300, transmit_interval_ms=300)
 # The lab's default: Azure's minimum BGP timers plus BFD, so failover takes about a second, not minutes.
-LAB_TIMERS = AZURE_MIN_TIMERS
+# connect 2 s: a session whose peer was not up yet at the first try (lab start, a link back) retries soon.
+LAB_TIMERS = BgpTimers(keepalive=AZURE_MIN_TIMERS.keepalive, hold=AZURE_MIN_TIMERS.hold, connect=2)
 
 # Hub policy: (local-preference, MED) put on routes received from each kind of path.  BGP best-path
 # compares weight, then local-preference, then AS-path length, origin, MED (with always-compare-med:
