@@ -272,11 +272,25 @@ def test_s1_instance_sigkill_then_both_down_falls_back_to_clear_er(s1: tuple[str
     ("er-vwan-s3-vpn", "encrypted"),
     ("er-vwan-s3-aspath", "encrypted"),
 ])
-def test_scenarios_on_the_wire(lab: str, expect: str) -> None:
+def test_scenarios_on_the_wire(lab: str, expect: str, tmp_path: Path) -> None:
     name = _name(lab.replace("er-vwan-", "").replace("-", "")[:6])
+    path = LABS / f"{lab}.yaml"
+    if lab == "er-vwan-s2":
+        # S2 runs with the user's own CE config (here: the generated one under another hostname, as a user
+        # would start from `lab up --dry-run --out`)
+        from ipsecemu.lab import check  # lazy: only this case
+        from ipsecemu.lab.plan import compile_plan  # lazy: only this case
+
+        conf = compile_plan(check.check_file(path)).file("ce/frr/frr.conf").text
+        (tmp_path / "my-ce-frr.conf").write_text(conf.replace("hostname ce", "hostname my-ce"))
+        path = tmp_path / f"{lab}.yaml"
+        path.write_text((LABS / f"{lab}.yaml").read_text().replace(
+            "    asn: 65001\n", "    asn: 65001\n    frr_config: my-ce-frr.conf\n", 1))
     st = None
     try:
-        st = _up(LABS / f"{lab}.yaml", name)
+        st = _up(path, name)
+        if lab == "er-vwan-s2":
+            assert "hostname my-ce" in _vtysh(st, "ce", "show running-config")
         seen = _audit(name)
         print(f"{lab}: {seen}")
         assert seen["onprem1->spoke1 icmp"] == expect, seen
