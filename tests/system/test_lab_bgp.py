@@ -175,6 +175,19 @@ def test_s1_audit_and_bgp_rides_esp(s1: tuple[str, LabState], tmp_path: Path) ->
     assert {a: p["state"] for a, p in peers.items()} == {a: "Established" for a in peers}
     assert {"169.254.21.1", "169.254.22.1"} <= set(peers)
     assert all(p["pfxRcd"] >= 1 for a, p in peers.items() if a.startswith("169.254."))
+    # the user's ways in: lab bgp, vtysh through lab exec, lab status
+    res = cli("bgp", name, "hub")
+    assert res.returncode == 0 and "10.51.230.4" in res.stdout and "10.51.230.5" in res.stdout, res.stderr
+    res = cli("bgp", f"{name}/ce", "--", "show", "bfd", "peers", "brief")
+    assert res.returncode == 0 and res.stdout.count(" up ") >= 4, res.stdout  # 2 ER + 2 in-tunnel (multihop)
+    res = cli("exec", f"{name}/hub", "--", "vtysh", "-c", "show ip route 10.0.1.0/24")
+    assert res.returncode == 0 and "10.51.230.4" in res.stdout and "10.51.230.5" in res.stdout, res.stdout
+    doc = json.loads(cli("status", name, "--json").stdout)["labs"][0]["routing"]
+    hub = {p["prefix"]: p for p in doc["nodes"]["hub"]["paths"]}
+    assert hub["10.0.1.0/24"]["path"] == "VPN" and len(hub["10.0.1.0/24"]["via"]) == 2
+    assert hub["10.0.0.0/16"]["path"] == "ER" and doc["fallback"] is None
+    ce = {p["prefix"]: p for p in doc["nodes"]["ce"]["paths"]}
+    assert ce["10.51.231.0/24"]["path"] == "VPN" and ce["10.51.230.0/24"]["path"] == "ER"  # IKE peers: ER
 
 
 def test_s1_announce_and_withdraw_at_run_time(s1: tuple[str, LabState]) -> None:
