@@ -152,7 +152,12 @@ class _Walker:
             return ()
         if not isinstance(v, list):
             raise self.err(f"{path}.{key}", f"must be a list of CIDR prefixes, got {type(v).__name__}")
-        return tuple(str(self.prefix({key: x}, key, path, f"{path}.{key}[{i}]")) for i, x in enumerate(v))
+        out = []
+        for i, x in enumerate(v):
+            if x is None:
+                raise self.err(f"{path}.{key}[{i}]", "must be a CIDR prefix, got null")
+            out.append(str(self.prefix({key: x}, key, path, f"{path}.{key}[{i}]")))
+        return tuple(out)
 
     def asn(self, d: Mapping[str, Any], key: str, path: str, *, customer: bool) -> int | None:
         v = _get(d, key)

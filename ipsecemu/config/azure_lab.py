@@ -110,8 +110,17 @@ def build_lab(conns: Sequence[AzureConnection], source: str, opts: LabOptions) -
     if c0.hub_address_space is None:
         raise AzureConfigError(f"{where}: hubConfiguration.AddressSpace is missing; the lab puts the hub and the "
                                "gateway instances in it")
-    hub_net = _net(c0.hub_address_space, "hubConfiguration.AddressSpace")
-    spokes = [_net(s, "hubConfiguration.ConnectedSubnets") for s in c0.connected_subnets]
+    hub_net = _net(c0.hub_address_space, f"{where}: hubConfiguration.AddressSpace")
+    spokes = [_net(s, f"{where}: hubConfiguration.ConnectedSubnets") for s in c0.connected_subnets]
+    for i, n in enumerate([hub_net, *spokes]):
+        what = "AddressSpace" if i == 0 else f"ConnectedSubnets[{i - 1}]"
+        if n.version != 4 or n.prefixlen > 29:
+            raise AzureConfigError(f"{where}: hubConfiguration.{what} {n}: the lab needs an IPv4 prefix of /29 or "
+                                   "larger (router .1, host .4)")
+        for m in [hub_net, *spokes][:i]:
+            if n.overlaps(m):
+                raise AzureConfigError(f"{where}: hubConfiguration.{what} {n} overlaps {m}; the lab gives each "
+                                       "Azure prefix its own network")
     gw_ips = [str(c0.config.remote_address), str(c1.config.remote_address)]
     for inst, ip in zip(("Instance0", "Instance1"), gw_ips, strict=True):
         if ipaddress.ip_address(ip) not in hub_net:
