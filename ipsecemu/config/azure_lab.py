@@ -117,9 +117,9 @@ def build_lab(conns: Sequence[AzureConnection], source: str, opts: LabOptions) -
         if n.version != 4 or n.prefixlen > 29:
             raise AzureConfigError(f"{where}: hubConfiguration.{what} {n}: the lab needs an IPv4 prefix of /29 or "
                                    "larger (router .1, host .4)")
-        for m in [hub_net, *spokes][:i]:
-            if n.overlaps(m):
-                raise AzureConfigError(f"{where}: hubConfiguration.{what} {n} overlaps {m}; the lab gives each "
+        for prev in [hub_net, *spokes][:i]:
+            if n.overlaps(prev):
+                raise AzureConfigError(f"{where}: hubConfiguration.{what} {n} overlaps {prev}; the lab gives each "
                                        "Azure prefix its own network")
     gw_ips = [str(c0.config.remote_address), str(c1.config.remote_address)]
     for inst, ip in zip(("Instance0", "Instance1"), gw_ips, strict=True):
