@@ -250,8 +250,9 @@ def import_device_config(data: object, *, source: str = "<json>", ipsec_policy: 
 
             file_private = w.bool_(cc, "UsePrivateIpAddress", ccp, None)
             private = use_private_ip if use_private_ip is not None else bool(file_private)
-            key, addrs = _instance_addresses(w, gw, gwp, private, why="--private-ip" if use_private_ip
-                                             else f"{ccp}.UsePrivateIpAddress")
+            why = (f"{ccp}.UsePrivateIpAddress" if use_private_ip is None
+                   else "--private-ip" if use_private_ip else "--public-ip")
+            key, addrs = _instance_addresses(w, gw, gwp, private, why=why)
             gw_bgp_setting = w.mapping(gw, "BgpSetting", gwp, required=False)
             gw_bgp = w.mapping(gw_bgp_setting, "BgpPeeringAddresses", f"{gwp}.BgpSetting", required=False)
             asn = w.asn(gw_bgp_setting, "Asn", f"{gwp}.BgpSetting", customer=False)
@@ -339,6 +340,10 @@ def _instance_addresses(w: _Walker, gw: Mapping[str, Any], gwp: str, private: bo
     if len(set(kinds.values())) > 1:
         raise w.err(f"{gwp}.{key}", "one instance address is private and the other public "
                                     f"({', '.join(f'{i} {a}' for i, a in addrs.items())}); both must be the same kind")
+    if private is False and why == "--public-ip" and all(kinds.values()):
+        raise w.err(f"{gwp}.{key}", f"--public-ip asks for the instances' public addresses, but this connection "
+                                    f"only has private ones ({', '.join(addrs.values())}); import without "
+                                    "--public-ip (VPN over ExpressRoute)")
     if private and not all(kinds.values()):
         raise w.err(f"{gwp}.{key}", f"{why} asks for the instances' private addresses, but this connection only "
                                     f"has public ones ({', '.join(addrs.values())}) and no PrivateIpAddresses; "

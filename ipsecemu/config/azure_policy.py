@@ -79,12 +79,10 @@ def azure_policy(ctx: _Ctx, path: Path_, v: object) -> tuple[AzurePolicy, list[P
     if dh is None:
         raise ctx.error((*path, "dh_group"), "None is not possible with IKEv2 (IKE_SA_INIT always runs a "
                                              "key exchange); choose DHGroup14, DHGroup24, ECP256 or ECP384")
-    integ, prf = AZURE_IKE_INTEGRITY[ii]
-    ike = "-".join(x for x in (AZURE_IKE_ENCRYPTION[ie], integ if not ie.startswith("GCMAES") else None, prf, dh)
-                   if x)
-    pfs = AZURE_PFS_GROUP[policy.pfs_group]
-    pfs = dh if pfs == "PFSMM" else pfs
-    esp = "-".join(x for x in (AZURE_IPSEC_ENCRYPTION[pe], AZURE_IPSEC_INTEGRITY[pi], pfs) if x)
+    ike = ike_proposal_string(ie, ii, policy.dh_group)
+    # PFSMM: the Child SA uses the IKE SA's group (DHGroup14 -> PFS14, ECP384 -> ECP384, ...)
+    pfs_name = policy.dh_group.replace("DHGroup", "PFS") if policy.pfs_group == "PFSMM" else policy.pfs_group
+    esp = esp_proposal_string(pe, pi, pfs_name)
     try:
         return policy, parse_proposals(ike, "ike"), parse_proposals(esp, "esp")
     except ProposalError as exc:  # pragma: no cover - the tables above only produce valid strings

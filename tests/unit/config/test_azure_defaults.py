@@ -149,3 +149,11 @@ def test_ipsecemu_own_defaults_do_not_match_azure() -> None:
     a, b, _, sa = _pair(onprem, _azure("responder"))
     assert sa.state != IkeState.ESTABLISHED
     assert not any(isinstance(e, ev.IkeSaEstablished) for e in _events(b))
+
+
+@pytest.mark.parametrize("dh", ["DHGroup1", "DHGroup2", "DHGroup14", "DHGroup2048", "DHGroup24", "ECP256", "ECP384"])
+def test_pfsmm_uses_the_ike_group(dh: str) -> None:
+    c = parse_connection({"remote_address": "192.0.2.2", "psk": "x", "ipsec_policy": {
+        "ike_encryption": "AES256", "ike_integrity": "SHA256", "dh_group": dh, "ipsec_encryption": "AES256",
+        "ipsec_integrity": "SHA256", "pfs_group": "PFSMM"}})
+    assert c.ike_proposals[0].ke == c.esp_proposals[0].ke and c.esp_proposals[0].ke is not None

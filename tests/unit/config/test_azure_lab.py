@@ -360,3 +360,9 @@ def test_fuzz_mutated_device_configs_end_in_a_value_or_one_clear_error(muts: lis
             build_lab(site_connections(conns, "fuzz.json", s), "fuzz.json", LabOptions(static=static))
     except AzureConfigError as exc:
         assert str(exc).startswith("fuzz.json") and "\n" not in str(exc)
+
+
+def test_public_ip_on_a_private_only_site_is_an_error(example: list) -> None:
+    with pytest.raises(AzureConfigError, match="--public-ip asks for the instances' public addresses"):
+        import_device_config(example, use_private_ip=False, site=ER_SITE)
+    assert len(import_device_config(example, use_private_ip=False, site="VPN-over-INet-site")) == 2
