@@ -118,6 +118,11 @@ def test_imported_lab_comes_up_and_carries_the_vpn_prefix_in_esp(tmp_path: Path)
         assert vpn_clear == 0  # the VPN-connected prefix never shows in clear on ExpressRoute
         assert esp >= 16  # 8 requests + 8 replies, each inside ESP
         assert er_clear == 16  # the ER-only prefix rides ExpressRoute in clear, as in Azure (S1)
+        # the generated audit: section runs too (verdicts from packets on all four ER links)
+        t0 = time.monotonic()
+        audit = ipsecemu("lab", "audit", name, env=env, timeout=180)  # it re-reads the lab file: PSK env too
+        print(f"lab audit ({time.monotonic() - t0:.1f} s):\n{audit.stdout}")
+        assert audit.returncode == 0, audit.stdout + audit.stderr
     finally:
         down = ipsecemu("lab", "down", name)
         assert down.returncode == 0, down.stderr
