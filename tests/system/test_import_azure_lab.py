@@ -55,16 +55,38 @@ def _ike_sas(lab: str, node: str) -> list[dict[str, str]]:
     return out
 
 
-@pytest.mark.slow  # ~20-30 s: import, lab up, traffic + capture, lab down
-def test_imported_lab_comes_up_and_carries_the_vpn_prefix_in_esp(tmp_path: Path) -> None:
+def _with_bgp(tmp_path: Path) -> Path:
+    """The example's ER site with BGP on (site AS 65010 with its BGP address, the instances' addresses)."""
+    data = json.loads(DEVICE_JSON.read_text())[:1]
+    data[0]["vpnSiteConfiguration"]["BgpSetting"] = {"Asn": 65010, "BgpPeeringAddress": "10.0.255.1"}
+    conn = data[0]["vpnSiteConnections"][0]
+    conn["connectionConfiguration"]["IsBgpEnabled"] = True
+    conn["gatewayConfiguration"]["BgpSetting"] = {
+        "Asn": 65515, "BgpPeeringAddresses": {"Instance0": "10.51.230.14", "Instance1": "10.51.230.15"}}
+    f = tmp_path / "bgp.json"
+    f.write_text(json.dumps(data, indent=2))
+    return f
+
+
+@pytest.mark.slow  # ~15-30 s each: import, lab up, traffic + capture, audit, lab down
+@pytest.mark.parametrize("form", ["static", "routing"])
+def test_imported_lab_comes_up_and_carries_the_vpn_prefix_in_esp(tmp_path: Path, form: str) -> None:
     name = f"azimport-{uuid.uuid4().hex[:6]}"
     lab_file = tmp_path / "imported.yaml"
-    res = ipsecemu("config", "import-azure", str(DEVICE_JSON), "--site", "VPN-over-ER-site", "--lab", str(lab_file),
-                   "--static-routing", "--name", name)
+    env = {"IPSECEMU_PSK": "abc123"}  # the device configuration's PSK, given the documented way
+    if form == "static":
+        res = ipsecemu("config", "import-azure", str(DEVICE_JSON), "--site", "VPN-over-ER-site", "--lab",
+                       str(lab_file), "--static-routing", "--name", name)
+    else:
+        res = ipsecemu("config", "import-azure", str(_with_bgp(tmp_path)), "--lab", str(lab_file), "--name", name)
     assert res.returncode == 0, res.stderr
     text = lab_file.read_text()
     assert "abc123" not in text and "env:IPSECEMU_PSK" in text  # the PSK stays out of the file
-    env = {"IPSECEMU_PSK": "abc123"}  # the device configuration's PSK, given the documented way
+    if form == "routing":
+        chk = ipsecemu("lab", "check", str(lab_file), env=env)
+        if chk.returncode != 0 and "routing" in chk.stderr and "unknown" in chk.stderr:
+            pytest.skip(f"this tree's labs have no routing: section yet (BGP labs not merged): {chk.stderr.strip()}")
+        assert chk.returncode == 0, chk.stderr
     t0 = time.monotonic()
     up = ipsecemu("lab", "up", str(lab_file), env=env, timeout=180)
     t_up = time.monotonic() - t0
@@ -117,7 +139,10 @@ def test_imported_lab_comes_up_and_carries_the_vpn_prefix_in_esp(tmp_path: Path)
               f"onprem2<->spoke1 in clear {er_clear}")
         assert vpn_clear == 0  # the VPN-connected prefix never shows in clear on ExpressRoute
         assert esp >= 16  # 8 requests + 8 replies, each inside ESP
-        assert er_clear == 16  # the ER-only prefix rides ExpressRoute in clear, as in Azure (S1)
+        if form == "static":
+            assert er_clear == 16  # the ER-only prefix rides ExpressRoute in clear, as in Azure (S1)
+        else:
+            assert er_clear >= 8  # at least Azure -> onprem2 over ER in clear (the CE's choice is BGP's)
         # the generated audit: section runs too (verdicts from packets on all four ER links)
         t0 = time.monotonic()
         audit = ipsecemu("lab", "audit", name, env=env, timeout=180)  # it re-reads the lab file: PSK env too
