@@ -148,9 +148,12 @@ def build_lab(conns: Sequence[AzureConnection], source: str, opts: LabOptions) -
     tr = {k: str(v) for k, v in {
         "ce_m1": ce_m1[0], "m1_ce": ce_m1[1], "ce_m2": ce_m2[0], "m2_ce": ce_m2[1],
         "m1_hub": m1_hub[0], "hub_m1": m1_hub[1], "m2_hub": m2_hub[0], "hub_m2": m2_hub[1]}.items()}
-    hub_ip = _host(hub_net, 1, set(gw_ips))
+    # addresses the file gives to a node: no generated address may take them
+    taken = {site_ip, *gw_ips, *(x for c in (c0, c1) for x in (c.bgp_peer_address, c.gateway_bgp_address) if x)}
+    hub_ip = _host(hub_net, 1, taken)
     lan1 = vpn_nets[0]
-    ce_lan1, host1 = _host(lan1, 1, set()), _host(lan1, 10, set())
+    ce_lan1 = _host(lan1, 1, taken)
+    host1 = _host(lan1, 10, taken | {ce_lan1})
     # an ER-only on-prem host: the first /24 (or the prefix itself) of the ER prefixes outside the VPN ones
     lan2: Net | None = None
     for n in er_nets:
@@ -171,7 +174,8 @@ def build_lab(conns: Sequence[AzureConnection], source: str, opts: LabOptions) -
     ce_addrs: dict[str, list[str]] = {"lan1": [f"{ce_lan1}/{lan1.prefixlen}"]}
     links: list[dict[str, Any]] = [{"endpoints": ["onprem1:eth0", "ce:lan1"]}]
     if lan2 is not None:
-        ce_lan2, host2 = _host(lan2, 1, set()), _host(lan2, 10, set())
+        ce_lan2 = _host(lan2, 1, taken)
+        host2 = _host(lan2, 10, taken | {ce_lan2})
         nodes["onprem2"] = {"kind": "host", "addresses": {"eth0": [f"{host2}/{lan2.prefixlen}"]},
                             "routes": [{"dst": "default", "via": ce_lan2}]}
         ce_addrs["lan2"] = [f"{ce_lan2}/{lan2.prefixlen}"]
@@ -201,7 +205,7 @@ def build_lab(conns: Sequence[AzureConnection], source: str, opts: LabOptions) -
     hub_addrs: dict[str, list[str]] = {"msee1": [f"{tr['hub_m1']}/30"], "msee2": [f"{tr['hub_m2']}/30"],
                                        "hubnet": [f"{hub_ip}/{hub_net.prefixlen}"]}
     for i, s in enumerate(spokes, 1):
-        hub_addrs[f"spoke{i}"] = [f"{_host(s, 1, set())}/{s.prefixlen}"]
+        hub_addrs[f"spoke{i}"] = [f"{_host(s, 1, taken)}/{s.prefixlen}"]
     hub: dict[str, Any] = {"kind": "router", "addresses": hub_addrs,
                            "sysctls": {"net.ipv4.fib_multipath_hash_policy": 1}}
     if opts.static:
@@ -218,8 +222,9 @@ def build_lab(conns: Sequence[AzureConnection], source: str, opts: LabOptions) -
         nodes[f"hubgw{i}"] = {"kind": "ipsecemu", "addresses": gw_addrs,
                               "routes": [{"dst": "default", "via": hub_ip}]}
     for i, s in enumerate(spokes, 1):
-        nodes[f"spoke{i}"] = {"kind": "host", "addresses": {"eth0": [f"{_host(s, 4, set())}/{s.prefixlen}"]},
-                              "routes": [{"dst": "default", "via": _host(s, 1, set())}]}
+        gw = _host(s, 1, taken)
+        nodes[f"spoke{i}"] = {"kind": "host", "addresses": {"eth0": [f"{_host(s, 4, taken | {gw})}/{s.prefixlen}"]},
+                              "routes": [{"dst": "default", "via": gw}]}
         links.append({"endpoints": [f"hub:spoke{i}", f"spoke{i}:eth0"]})
 
     lab: dict[str, Any] = {"name": opts.name or _lab_name(site), "nodes": nodes, "links": links,
