@@ -137,6 +137,14 @@ def build_lab(conns: Sequence[AzureConnection], source: str, opts: LabOptions) -
     if any(ipaddress.ip_address(site_ip) in n for n in (*vpn_nets, *azure_nets)):
         raise AzureConfigError(f"{where}: the site address {site_ip} lies inside a VPN or Azure prefix; the VPN "
                                "device address must be reachable over ExpressRoute, outside the tunnels")
+    for c in (c0, c1):
+        gb = c.gateway_bgp_address
+        if gb and not (ipaddress.ip_address(gb) in hub_net or ipaddress.ip_address(gb).is_link_local):
+            raise AzureConfigError(f"{where}: {c.instance} BGP peering address {gb} is neither in the hub "
+                                   f"AddressSpace {hub_net} nor a custom APIPA address")
+    peer = c0.bgp_peer_address
+    if peer and any(ipaddress.ip_address(peer) in n for n in azure_nets):
+        raise AzureConfigError(f"{where}: the site's BGP peering address {peer} lies inside an Azure prefix")
     bgp_on = c0.bgp_enabled
     if not opts.static and not bgp_on:
         raise AzureConfigError(

@@ -371,13 +371,19 @@ def test_public_ip_on_a_private_only_site_is_an_error(example: list) -> None:
 def test_generated_addresses_never_take_the_files_bgp_addresses(example: list, monkeypatch) -> None:
     """A site BGP address on the CE's LAN (.1) or on a host's spot (.10), an instance BGP address on the
     hub router's (.1): the lab moves its own addresses aside, and `lab check` finds no duplicate."""
-    data = _bgp(example, peer="10.0.1.1", gw_bgp=("10.51.230.1", "10.51.231.4"))
+    data = _bgp(example, peer="10.0.1.1", gw_bgp=("10.51.230.1", "10.51.230.15"))
     lab = _lab(data)
     assert lab["nodes"]["ce"]["addresses"]["lan1"] == ["10.0.1.2/24"]
     assert lab["nodes"]["onprem1"]["routes"] == [{"dst": "default", "via": "10.0.1.2"}]
     assert lab["nodes"]["hub"]["addresses"]["hubnet"] == ["10.51.230.2/24"]
-    assert lab["nodes"]["spoke1"]["addresses"]["eth0"] == ["10.51.231.5/24"]
     monkeypatch.setenv("IPSECEMU_PSK", "abc123")
     lab2 = _lab(_bgp(example, peer="10.0.1.10"), static=True)
     assert lab2["nodes"]["onprem1"]["addresses"]["eth0"] == ["10.0.1.11/24"]
     check.check_text(yaml.safe_dump(lab2), "lab.yaml")
+
+
+def test_bgp_addresses_must_fit_azures_ranges(example: list) -> None:
+    with pytest.raises(AzureConfigError, match="Instance0 BGP peering address 10.99.0.1 is neither in the hub"):
+        _lab(_bgp(example, gw_bgp=("10.99.0.1", "10.51.230.15")))
+    with pytest.raises(AzureConfigError, match="site's BGP peering address 10.51.231.9 lies inside an Azure"):
+        _lab(_bgp(example, peer="10.51.231.9"))
