@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipsecemu.base.errors import ConfigError
+from ipsecemu.config.azure_policy import vwan_default_proposals
 from ipsecemu.config.connection import ConnectionConfig, parse_connection
 from ipsecemu.config.fields import ConnectionConfigError, squash
 from ipsecemu.config.kit import ConfigFileError, FieldPath, load_yaml, read_text
 
 INSTANCES = ("Instance0", "Instance1")
 APIPA = ipaddress.ip_network("169.254.0.0/16")
+# custom APIPA BGP addresses Azure accepts: 169.254.21.0-169.254.22.255 (not one aligned prefix)
+AZURE_APIPA_BGP = (ipaddress.ip_network("169.254.21.0/24"), ipaddress.ip_network("169.254.22.0/24"))
+AZURE_RESERVED_ASNS = range(65515, 65521)  # Azure's own (65515) and reserved ASNs
 # RFC 1918 / RFC 6598 / ULA: what "Use Azure Private IP Address" gives (ipaddress.is_private also
 # counts the documentation ranges, which the example file uses as *public* addresses)
 PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
@@ -56,6 +60,10 @@ class AzureConnection:
     gateway_bgp_address: str | None  # this instance's BGP address
     bgp_asn: int | None  # the gateway's ASN when given
     config: ConnectionConfig
+    site_address: str = ""  # the site's IPAddress in the file (its IKE identity)
+    site_asn: int | None = None  # vpnSiteConfiguration.BgpSetting.Asn
+    connection_index: int = 0  # which vpnSiteConnections entry
+    custom_policy: bool = False  # a custom IPsec/IKE policy (else Azure's default proposals)
 
     @property
     def azure_prefixes(self) -> tuple[str, ...]:
@@ -115,6 +123,53 @@ class _Walker:
         except ValueError:
             raise self.err(f"{path}.{key}", f"not an IP address: {v!r}") from None
 
+    def bool_(self, d: Mapping[str, Any], key: str, path: str, default: Any) -> Any:
+        v = _get(d, key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self.err(f"{path}.{key}", f"must be true or false, got {v!r}")
+        return v
+
+    def opt_str(self, d: Mapping[str, Any], key: str, path: str) -> str | None:
+        v = _get(d, key)
+        if v is not None and not isinstance(v, str):
+            raise self.err(f"{path}.{key}", f"must be a string, got {v!r}")
+        return v
+
+    def prefix(self, d: Mapping[str, Any], key: str, path: str, what: str | None = None) -> str | None:
+        v = _get(d, key)
+        if v is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(str(v).strip()))
+        except ValueError:
+            raise self.err(what or f"{path}.{key}", f"not a CIDR prefix (with host bits zero): {v!r}") from None
+
+    def prefixes(self, d: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
+        v = _get(d, key)
+        if v is None:
+            return ()
+        if not isinstance(v, list):
+            raise self.err(f"{path}.{key}", f"must be a list of CIDR prefixes, got {type(v).__name__}")
+        out = []
+        for i, x in enumerate(v):
+            if x is None:
+                raise self.err(f"{path}.{key}[{i}]", "must be a CIDR prefix, got null")
+            out.append(str(self.prefix({key: x}, key, path, f"{path}.{key}[{i}]")))
+        return tuple(out)
+
+    def asn(self, d: Mapping[str, Any], key: str, path: str, *, customer: bool) -> int | None:
+        v = _get(d, key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4294967295:
+            raise self.err(f"{path}.{key}", f"must be an AS number (1-4294967295), got {v!r}")
+        if customer and v in AZURE_RESERVED_ASNS:
+            raise self.err(f"{path}.{key}", f"AS {v} is reserved by Azure (65515-65520) and cannot be the site's "
+                                            "ASN; use a private ASN such as 64512-65514 or 65521-65534")
+        return v
+
     def int_(self, d: Mapping[str, Any], key: str, path: str, default: int) -> int:
         v = _get(d, key)
         if v is None:
@@ -126,36 +181,49 @@ class _Walker:
 
 def import_device_config(data: object, *, source: str = "<json>", ipsec_policy: Mapping[str, Any] | None = None,
                          use_private_ip: bool | None = None, local_address: str | None = None,
-                         lines: Mapping[FieldPath, int] | None = None) -> list[AzureConnection]:
+                         lines: Mapping[FieldPath, int] | None = None, site: str | None = None) -> list[AzureConnection]:
     """Turn the parsed JSON (a list of sites, or one site object) into connections.
 
     ``ipsec_policy`` applies Azure custom-policy names (as in the connection config) to every
-    tunnel; without it the connection-config defaults are used.  ``use_private_ip`` picks
-    ``PrivateIpAddresses`` when the file lists both (default: when the connection says
-    ``UsePrivateIpAddress``).  ``local_address`` overrides the device address (when the
-    device sits behind a CE that owns the site address).  ``lines`` (from the config kit) puts the
-    line number in every error.
+    tunnel; without it a custom policy in ``IPsecParameters`` is used, and without that Azure's
+    documented default proposals (``azure_policy.vwan_default_proposals``).  ``use_private_ip``
+    True insists on the instances' private addresses (``PrivateIpAddresses``, or ``IpAddresses``
+    when those are private already) and is an error for a site that only has public ones; None
+    follows the connection's ``UsePrivateIpAddress``.  ``local_address`` overrides the device
+    address (a device behind a CE that owns the site address); the IKE identity stays the site
+    address Azure knows.  ``site`` keeps one site (by name).  ``lines`` (from the config kit) puts
+    the line number in every error.
     """
     w = _Walker(source, lines)
     sites = [data] if isinstance(data, Mapping) else data
     if not isinstance(sites, list) or not sites:
         raise w.err("$", "expected a non-empty list of sites")
+    if local_address is not None:
+        try:
+            local_address = str(ipaddress.ip_address(local_address.strip()))
+        except ValueError:
+            raise AzureConfigError(f"--local-address: not an IP address: {local_address!r}") from None
     out: list[AzureConnection] = []
     names: set[str] = set()
-    for si, site in enumerate(sites):
+    site_names: list[str] = []
+    for si, site_d in enumerate(sites):
         sp = f"[{si}]"
-        if not isinstance(site, Mapping):
-            raise w.err(sp, f"a site must be an object, got {type(site).__name__}")
-        sc = w.mapping(site, "vpnSiteConfiguration", sp)
+        if not isinstance(site_d, Mapping):
+            raise w.err(sp, f"a site must be an object, got {type(site_d).__name__}")
+        sc = w.mapping(site_d, "vpnSiteConfiguration", sp)
         scp = f"{sp}.vpnSiteConfiguration"
         site_name = _get(sc, "Name")
         if not isinstance(site_name, str) or not site_name.strip():
             raise w.err(f"{scp}.Name", "missing site name")
-        device_ip = w.ip(sc, "IPAddress", scp)
-        link = _get(sc, "LinkName")
+        site_names.append(site_name)
+        if site is not None and site_name != site:
+            continue
+        device_ip = str(w.ip(sc, "IPAddress", scp))
+        link = w.opt_str(sc, "LinkName", scp)
         site_bgp = w.mapping(sc, "BgpSetting", scp, required=False)
         site_bgp_addr = w.ip(site_bgp, "BgpPeeringAddress", f"{scp}.BgpSetting", required=False)
-        conns = _get(site, "vpnSiteConnections")
+        site_asn = w.asn(site_bgp, "Asn", f"{scp}.BgpSetting", customer=True)
+        conns = _get(site_d, "vpnSiteConnections")
         if not isinstance(conns, list) or not conns:
             raise w.err(f"{sp}.vpnSiteConnections", "expected a non-empty list of connections")
         for ci, conn in enumerate(conns):
@@ -163,13 +231,9 @@ def import_device_config(data: object, *, source: str = "<json>", ipsec_policy: 
             if not isinstance(conn, Mapping):
                 raise w.err(cp, "a connection must be an object")
             hub = w.mapping(conn, "hubConfiguration", cp, required=False)
-            hub_space = _get(hub, "AddressSpace")
-            subnets = _get(hub, "ConnectedSubnets") or []
-            for i, pfx in enumerate([hub_space, *subnets] if hub_space else subnets):
-                try:
-                    ipaddress.ip_network(str(pfx))
-                except ValueError:
-                    raise w.err(f"{cp}.hubConfiguration", f"not a CIDR prefix: {pfx!r} (entry {i})") from None
+            hp = f"{cp}.hubConfiguration"
+            hub_space = w.prefix(hub, "AddressSpace", hp)
+            subnets = w.prefixes(hub, "ConnectedSubnets", hp)
             gw = w.mapping(conn, "gatewayConfiguration", cp)
             gwp = f"{cp}.gatewayConfiguration"
             cc = w.mapping(conn, "connectionConfiguration", cp)
@@ -177,34 +241,35 @@ def import_device_config(data: object, *, source: str = "<json>", ipsec_policy: 
             psk = _get(cc, "PSK")
             if not isinstance(psk, str) or not psk:
                 raise w.err(f"{ccp}.PSK", "missing or empty pre-shared key")
-            bgp = _get(cc, "IsBgpEnabled")
-            if bgp is None:
-                bgp = False
-            if not isinstance(bgp, bool):
-                raise w.err(f"{ccp}.IsBgpEnabled", f"must be true or false, got {bgp!r}")
+            bgp = w.bool_(cc, "IsBgpEnabled", ccp, False)
             params = w.mapping(cc, "IPsecParameters", ccp, required=False)
             pp = f"{ccp}.IPsecParameters"
             life_s = w.int_(params, "SALifeTimeInSeconds", pp, 3600)
             life_kb = w.int_(params, "SADataSizeInKilobytes", pp, 102400000)
+            policy = ipsec_policy if ipsec_policy is not None else _custom_policy(w, params, pp)
 
-            private = use_private_ip
-            if private is None:
-                private = bool(_get(cc, "UsePrivateIpAddress"))
-            key = "PrivateIpAddresses" if private and _get(gw, "PrivateIpAddresses") is not None else "IpAddresses"
-            addrs = w.mapping(gw, key, gwp)
-            gw_bgp = w.mapping(w.mapping(gw, "BgpSetting", gwp, required=False), "BgpPeeringAddresses",
-                               f"{gwp}.BgpSetting", required=False)
-            asn = _get(w.mapping(gw, "BgpSetting", gwp, required=False), "Asn")
+            file_private = w.bool_(cc, "UsePrivateIpAddress", ccp, None)
+            private = use_private_ip if use_private_ip is not None else bool(file_private)
+            why = (f"{ccp}.UsePrivateIpAddress" if use_private_ip is None
+                   else "--private-ip" if use_private_ip else "--public-ip")
+            key, addrs = _instance_addresses(w, gw, gwp, private, why=why)
+            gw_bgp_setting = w.mapping(gw, "BgpSetting", gwp, required=False)
+            gw_bgp = w.mapping(gw_bgp_setting, "BgpPeeringAddresses", f"{gwp}.BgpSetting", required=False)
+            asn = w.asn(gw_bgp_setting, "Asn", f"{gwp}.BgpSetting", customer=False)
             if bgp:
                 if site_bgp_addr is None:
                     raise w.err(f"{scp}.BgpSetting.BgpPeeringAddress",
                                 "IsBgpEnabled is true but the site has no BGP peering address")
                 _check_bgp(w, f"{scp}.BgpSetting.BgpPeeringAddress", site_bgp_addr, device_ip)
+                if not gw_bgp:
+                    raise w.err(f"{gwp}.BgpSetting.BgpPeeringAddresses",
+                                "IsBgpEnabled is true but the gateway gives no BGP peering addresses")
 
             for inst in INSTANCES:
-                gw_ip = str(w.ip(addrs, inst, f"{gwp}.{key}"))
-                gw_bgp_ip = w.ip(gw_bgp, inst, f"{gwp}.BgpSetting.BgpPeeringAddresses", required=False)
-                is_private = is_private_address(gw_ip)
+                gw_ip = str(addrs[inst])
+                gw_bgp_ip = w.ip(gw_bgp, inst, f"{gwp}.BgpSetting.BgpPeeringAddresses", required=bgp)
+                if gw_bgp_ip is not None:
+                    _check_gateway_bgp(w, f"{gwp}.BgpSetting.BgpPeeringAddresses.{inst}", gw_bgp_ip)
                 name = f"{site_name}-{inst.lower()}" if len(conns) == 1 else f"{site_name}-{ci}-{inst.lower()}"
                 if name in names:
                     raise w.err(f"{scp}.Name", f"duplicate site name {site_name!r}")
@@ -213,29 +278,85 @@ def import_device_config(data: object, *, source: str = "<json>", ipsec_policy: 
                     "name": name,
                     "local_address": local_address or device_ip,
                     "remote_address": gw_ip,
+                    # each side's own identity: Azure knows the site by its IPAddress (even when the
+                    # device sits behind a CE, --local-address), the instance by its tunnel address
+                    "local_id": device_ip,
                     "remote_id": gw_ip,
                     "psk": psk,
                     # route-based: the selectors are any <-> any, routes pick what enters the tunnel
                     "local_ts": ["0.0.0.0/0"],
                     "remote_ts": ["0.0.0.0/0"],
                 }
-                if ipsec_policy is not None:
-                    d["ipsec_policy"] = {**ipsec_policy, "sa_lifetime_seconds": life_s,
-                                         "sa_datasize_kilobytes": life_kb}
+                if policy is not None:
+                    d["ipsec_policy"] = {**policy, "sa_lifetime_seconds": life_s, "sa_datasize_kilobytes": life_kb}
                 else:
+                    ike, esp = vwan_default_proposals("initiator")
+                    d["ike_proposals"], d["esp_proposals"] = ",".join(ike), ",".join(esp)
                     d["child_lifetime"] = {"seconds": life_s, "kilobytes": life_kb}
                 try:
                     cfg = parse_connection(d)
                 except ConnectionConfigError as exc:
                     raise w.err(f"{cp} ({inst})", str(exc)) from None
                 out.append(AzureConnection(
-                    site=site_name, link=link if isinstance(link, str) else None, instance=inst,
-                    hub_address_space=str(hub_space) if hub_space else None,
-                    connected_subnets=tuple(str(s) for s in subnets), private_ip=is_private,
+                    site=site_name, link=link, instance=inst, hub_address_space=hub_space,
+                    connected_subnets=subnets, private_ip=is_private_address(gw_ip),
                     bgp_enabled=bgp, bgp_peer_address=site_bgp_addr, gateway_bgp_address=gw_bgp_ip,
-                    bgp_asn=asn if isinstance(asn, int) else None, config=cfg,
+                    bgp_asn=asn, config=cfg, site_address=device_ip, site_asn=site_asn,
+                    connection_index=ci, custom_policy=policy is not None,
                 ))
+    if site is not None and site not in site_names:
+        raise AzureConfigError(f"{source}: --site {site!r}: no such site; the file has: {', '.join(site_names)}")
     return out
+
+
+_POLICY_KEYS = ("IkeEncryption", "IkeIntegrity", "DhGroup", "IpsecEncryption", "IpsecIntegrity", "PfsGroup")
+
+
+def _custom_policy(w: _Walker, params: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """A custom IPsec/IKE policy given in IPsecParameters with Azure's ARM names (all six or none)."""
+    given = {k: _get(params, k) for k in _POLICY_KEYS}
+    if all(v is None for v in given.values()):
+        return None
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise w.err(f"{path}.{missing[0]}", f"a custom policy needs all six of {', '.join(_POLICY_KEYS)}; "
+                                            f"missing {', '.join(missing)}")
+    return {squash(k): v for k, v in given.items()}
+
+
+def _instance_addresses(w: _Walker, gw: Mapping[str, Any], gwp: str, private: bool,
+                        why: str) -> tuple[str, dict[str, str]]:
+    """(block name, {Instance0: ip, Instance1: ip}) of the addresses the tunnels run to.
+
+    With ``private`` the private addresses are required: the ``PrivateIpAddresses`` block, or an
+    ``IpAddresses`` block that is private already (files downloaded with "Use Azure Private IP
+    Address" on).  A site that only has public addresses is an error, never a silent fallback.
+    """
+    has_private_block = _get(gw, "PrivateIpAddresses") is not None
+    key = "PrivateIpAddresses" if private and has_private_block else "IpAddresses"
+    block = w.mapping(gw, key, gwp)
+    addrs = {inst: str(w.ip(block, inst, f"{gwp}.{key}")) for inst in INSTANCES}
+    kinds = {inst: is_private_address(a) for inst, a in addrs.items()}
+    if len(set(kinds.values())) > 1:
+        raise w.err(f"{gwp}.{key}", "one instance address is private and the other public "
+                                    f"({', '.join(f'{i} {a}' for i, a in addrs.items())}); both must be the same kind")
+    if private is False and why == "--public-ip" and all(kinds.values()):
+        raise w.err(f"{gwp}.{key}", f"--public-ip asks for the instances' public addresses, but this connection "
+                                    f"only has private ones ({', '.join(addrs.values())}); import without "
+                                    "--public-ip (VPN over ExpressRoute)")
+    if private and not all(kinds.values()):
+        raise w.err(f"{gwp}.{key}", f"{why} asks for the instances' private addresses, but this connection only "
+                                    f"has public ones ({', '.join(addrs.values())}) and no PrivateIpAddresses; "
+                                    "enable 'Use Azure Private IP Address' and download the file again, or "
+                                    "import without --private-ip (tunnels over the internet)")
+    return key, addrs
+
+
+def _check_gateway_bgp(w: _Walker, path: str, addr: str) -> None:
+    ip = ipaddress.ip_address(addr)
+    if ip in APIPA and not any(ip in n for n in AZURE_APIPA_BGP):
+        raise w.err(path, f"custom APIPA BGP address {addr} is outside 169.254.21.0-169.254.22.255, the range "
+                          "Azure accepts")
 
 
 def _check_bgp(w: _Walker, path: str, peer: str, device_ip: str | None) -> None:

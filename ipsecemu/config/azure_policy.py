@@ -79,13 +79,70 @@ def azure_policy(ctx: _Ctx, path: Path_, v: object) -> tuple[AzurePolicy, list[P
     if dh is None:
         raise ctx.error((*path, "dh_group"), "None is not possible with IKEv2 (IKE_SA_INIT always runs a "
                                              "key exchange); choose DHGroup14, DHGroup24, ECP256 or ECP384")
-    integ, prf = AZURE_IKE_INTEGRITY[ii]
-    ike = "-".join(x for x in (AZURE_IKE_ENCRYPTION[ie], integ if not ie.startswith("GCMAES") else None, prf, dh)
-                   if x)
-    pfs = AZURE_PFS_GROUP[policy.pfs_group]
-    pfs = dh if pfs == "PFSMM" else pfs
-    esp = "-".join(x for x in (AZURE_IPSEC_ENCRYPTION[pe], AZURE_IPSEC_INTEGRITY[pi], pfs) if x)
+    ike = ike_proposal_string(ie, ii, policy.dh_group)
+    # PFSMM: the Child SA uses the IKE SA's group (DHGroup14 -> PFS14, ECP384 -> ECP384, ...)
+    pfs_name = policy.dh_group.replace("DHGroup", "PFS") if policy.pfs_group == "PFSMM" else policy.pfs_group
+    esp = esp_proposal_string(pe, pi, pfs_name)
     try:
         return policy, parse_proposals(ike, "ike"), parse_proposals(esp, "esp")
     except ProposalError as exc:  # pragma: no cover - the tables above only produce valid strings
         raise ctx.error(path, str(exc)) from None
+
+
+# ---------------------------------------------------------------- Azure's default policies
+# Virtual WAN's documented DEFAULT policies, used when a connection has no custom policy, in the order
+# Microsoft lists them (MicrosoftDocs/azure-docs articles/virtual-wan/virtual-wan-ipsec.md, the
+# include "virtual-wan-ipsec-include.md"; ../shared/notes/azure-routing.md "VPN defaults").  Rows are
+# in Azure's own policy names so the one name table above (the algorithm registry) turns them into
+# proposals.  Azure offers the initiator rows; as responder it also accepts the PFS rows (a Child SA
+# rekey the on-prem side starts with PFS), but never starts one with PFS itself.
+VWAN_DEFAULT_IKE: tuple[tuple[str, str, str], ...] = (  # (IkeEncryption, IkeIntegrity, DhGroup)
+    ("AES256", "SHA1", "DHGroup2"),
+    ("AES256", "SHA256", "DHGroup2"),
+    ("AES128", "SHA1", "DHGroup2"),
+    ("AES128", "SHA256", "DHGroup2"),
+)
+VWAN_DEFAULT_ESP_INITIATOR: tuple[tuple[str, str, str], ...] = (  # (IpsecEncryption, IpsecIntegrity, PfsGroup)
+    ("GCMAES256", "GCMAES256", "None"),
+    ("AES256", "SHA1", "None"),
+    ("AES256", "SHA256", "None"),
+    ("AES128", "SHA1", "None"),
+)
+VWAN_DEFAULT_ESP_RESPONDER: tuple[tuple[str, str, str], ...] = (
+    *VWAN_DEFAULT_ESP_INITIATOR,
+    ("AES256", "SHA1", "PFS1"), ("AES256", "SHA1", "PFS2"), ("AES256", "SHA1", "PFS14"),
+    ("AES128", "SHA1", "PFS1"), ("AES128", "SHA1", "PFS2"), ("AES128", "SHA1", "PFS14"),
+    ("AES256", "SHA256", "PFS1"), ("AES256", "SHA256", "PFS2"), ("AES256", "SHA256", "PFS14"),
+    ("AES256", "SHA1", "PFS24"), ("AES256", "SHA256", "PFS24"),
+    ("AES128", "SHA256", "None"), ("AES128", "SHA256", "PFS1"), ("AES128", "SHA256", "PFS2"),
+    ("AES128", "SHA256", "PFS14"),
+)
+VWAN_DEFAULTS_SOURCE = ("MicrosoftDocs/azure-docs articles/virtual-wan/virtual-wan-ipsec.md "
+                        "(Virtual WAN default initiator/responder policies)")
+
+
+def ike_proposal_string(encryption: str, integrity: str, dh_group: str) -> str:
+    """One IKE proposal from Azure names, e.g. (AES256, SHA1, DHGroup2) -> ``aes256-sha1-prfsha1-modp1024``."""
+    integ, prf = AZURE_IKE_INTEGRITY[integrity]
+    aead = encryption.startswith("GCMAES")
+    return "-".join(x for x in (AZURE_IKE_ENCRYPTION[encryption], None if aead else integ, prf,
+                                AZURE_DH_GROUP[dh_group]) if x)
+
+
+def esp_proposal_string(encryption: str, integrity: str, pfs_group: str) -> str:
+    """One ESP proposal from Azure names, e.g. (AES256, SHA1, PFS14) -> ``aes256-sha1-modp2048``."""
+    pfs = AZURE_PFS_GROUP[pfs_group]
+    if pfs == "PFSMM":
+        raise ValueError("PFSMM depends on the IKE group; resolve it before calling")
+    return "-".join(x for x in (AZURE_IPSEC_ENCRYPTION[encryption], AZURE_IPSEC_INTEGRITY[integrity], pfs) if x)
+
+
+def vwan_default_proposals(role: str = "initiator") -> tuple[list[str], list[str]]:
+    """Azure Virtual WAN's default (IKE, ESP) proposals as strongSwan strings, in Azure's order.
+
+    ``role`` "initiator": what Azure offers (no PFS); "responder": what it accepts (PFS rows too).
+    """
+    if role not in ("initiator", "responder"):
+        raise ValueError(f"role must be initiator or responder, got {role!r}")
+    esp = VWAN_DEFAULT_ESP_INITIATOR if role == "initiator" else VWAN_DEFAULT_ESP_RESPONDER
+    return [ike_proposal_string(*r) for r in VWAN_DEFAULT_IKE], [esp_proposal_string(*r) for r in esp]

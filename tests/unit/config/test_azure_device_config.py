@@ -145,6 +145,7 @@ def test_keys_are_case_insensitive(example: list) -> None:
 
 def test_ipv6_mismatch_and_policy_errors_are_wrapped(example: list) -> None:
     data = _break(example, [*C0, "gatewayConfiguration", "IpAddresses", "Instance0"], "2001:db8::4")
+    data = _break(data, [*C0, "gatewayConfiguration", "IpAddresses", "Instance1"], "2001:db8::5")
     with pytest.raises(AzureConfigError, match=r"\(Instance0\).*IPv6 peer but IPv4 local address"):
         import_device_config(data)
     bad_policy = {"ike_encryption": "DES", "ike_integrity": "SHA1", "dh_group": "DHGroup2",

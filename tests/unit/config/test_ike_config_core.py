@@ -10,6 +10,7 @@ import pytest
 
 from ipsecemu.base.satypes import Verdict
 from ipsecemu.config.azure import load_device_config
+from ipsecemu.config.azure_policy import vwan_default_proposals
 from ipsecemu.config.connection import ConnectionConfigError, loads, parse_connection
 from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.dataplane import backend
@@ -105,11 +106,14 @@ def test_yaml_pair_with_azure_policy_establishes() -> None:
 
 
 def test_device_config_site_establishes_with_both_instances() -> None:
-    """Each tunnel imported from the Azure JSON comes up against a matching 'Azure side'."""
+    """Each tunnel imported from the Azure JSON comes up against an 'Azure side' with Azure's default
+    responder proposals (the import offers Azure's defaults, not ipsecemu's own)."""
+    ike, esp = vwan_default_proposals("responder")
     for conn in load_device_config(VECTORS / "azure" / "vwan-vpn-device-config.example.json")[:2]:
         azure = parse_connection({
             "name": "azure", "local_address": str(conn.config.remote_address),
             "remote_address": str(conn.config.local_address), "psk": "abc123", "start_action": "listen",
+            "ike_proposals": ",".join(ike), "esp_proposals": ",".join(esp),
         })
         ea, eb = _establish(conn.config, azure)
         ka, kb = _one(ea, ev.ChildSaEstablished).keys, _one(eb, ev.ChildSaEstablished).keys
