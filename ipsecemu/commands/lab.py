@@ -451,10 +451,13 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
 @click.option("--file", "audit_file", type=click.Path(dir_okay=False),
               help="Take the audit: section from this lab file instead of the one the lab was built from.")
 @click.option("--failures", is_flag=True,
-              help="Audit again under each single failure (each VPN gateway instance down, each tunnel "
-                   "terminated) and print the failure x flow matrix.")
+              help="Audit again under each failure (each VPN gateway instance down, all instances down, each "
+                   "tunnel terminated, each ER link down, each MACsec link down; each applied, converged, "
+                   "audited, restored) and print the failure x flow matrix.")
+@click.option("--only", multiple=True, metavar="TEXT",
+              help="With --failures: just the failures whose name contains TEXT (repeatable), e.g. 'MACsec'.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def audit(name: str | None, audit_file: str | None, failures: bool, as_json: bool) -> None:
+def audit(name: str | None, audit_file: str | None, failures: bool, only: tuple[str, ...], as_json: bool) -> None:
     """Run the flows of the lab file's audit: section and classify each from captures on the untrusted
     links (encrypted / clear / blocked); exit status 9 when a flow differs from its expectation
     (with --failures: when a flow expected encrypted goes clear under a failure)."""
@@ -483,13 +486,19 @@ def audit(name: str | None, audit_file: str | None, failures: bool, as_json: boo
         _fail(str(exc), ConfigError)
     if spec is None:
         _fail(f"lab {name}: {source} has no 'audit:' section (or give one with --file)", ConfigError)
+    if only and not failures:
+        raise click.UsageError("--only goes with --failures")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop captures and servers by PID on SIGTERM too
     if failures:
         try:
-            cols = audit_failures.run_failures(topo, st, spec)
+            cols = audit_failures.run_failures(topo, st, spec, only)
+        except audit_failures.FailureError as exc:
+            _fail(str(exc))
         except KeyboardInterrupt:
             raise ExitWithMessage(f"lab {name}: audit interrupted (failure restored, captures and servers "
                                   "stopped)", EXIT_INTERRUPTED) from None
+        if cols[0].report is not None:  # the baseline is what 'lab graph' draws; the matrix rides along
+            lab_audit.save_last(st, {**cols[0].report.as_dict(), **audit_failures.matrix_dict(cols)})
         if as_json:
             click.echo(json.dumps(audit_failures.matrix_dict(cols), indent=2))
         else:
@@ -504,6 +513,7 @@ def audit(name: str | None, audit_file: str | None, failures: bool, as_json: boo
     except KeyboardInterrupt:
         raise ExitWithMessage(f"lab {name}: audit interrupted (captures and servers stopped)",
                               EXIT_INTERRUPTED) from None
+    lab_audit.save_last(st, report.as_dict())
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -513,3 +523,51 @@ def audit(name: str | None, audit_file: str | None, failures: bool, as_json: boo
         _fail(f"lab {name}: audit failed: " + "; ".join(
             f"{p.src} -> {p.dst} {p.flow.proto}{f'/{p.port}' if p.port else ''} expected {p.flow.expect}, "
             f"observed {p.observed}" for p in report.mismatches), CheckFailed)
+
+
+# ---------------------------------------------------------------- graph
+
+
+@lab.command()
+@click.argument("target", metavar="FILE|LAB")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Picture to write: .svg, .png or .dot (default: LAB.svg).")
+def graph(target: str, output: str | None) -> None:
+    """Draw a lab with Graphviz: nodes by kind, links, segments, IPsec tunnels (dashed), MACsec links
+    (blue), untrusted links (red).  For a running LAB: tunnels colored by state (green up, red down) and
+    the flows of its last 'lab audit' with their verdicts."""
+    from ipsecemu.lab import audit as lab_audit  # lazy: CLI start-up
+    from ipsecemu.lab import check  # lazy: CLI start-up (the IKE config stack)
+    from ipsecemu.lab import graph as lab_graph  # lazy: CLI start-up
+
+    tunnels: dict[str, bool] | None = None
+    last: dict[str, Any] | None = None
+    try:
+        if os.path.isfile(target) or target not in list_labs():
+            if not os.path.isfile(target):
+                _fail(f"{target}: no such lab file, and no lab of that name is up "
+                      f"(up: {', '.join(list_labs()) or 'none'})")
+            topo = check.check_file(target)
+        else:
+            from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
+
+            st = LabState.open(target)
+            source = st.data.get("source") or ""
+            if not os.path.isfile(source):
+                _fail(f"lab {target}: cannot read its lab file {source or '(none recorded)'}; "
+                      "draw the file instead (ipsecemu lab graph FILE)")
+            topo = check.check_file(source, name=target)
+            tunnels = dict(svc_vpn.read_status(st).get("tunnels") or {}) if topo.vpn else None
+            last = lab_audit.load_last(st.dir)
+    except TopologyError as exc:
+        _fail(str(exc), ConfigError)
+    except LabStateError as exc:
+        _fail(str(exc))
+    out = output or f"{topo.name}.svg"
+    path = lab_graph.render(lab_graph.dot_text(topo, tunnels, last), out)
+    extra = []
+    if tunnels is not None:
+        extra.append(f"{sum(tunnels.values())}/{len(tunnels)} tunnel ends up")
+    if last is not None:
+        extra.append("last audit " + ("passed" if last.get("ok") else "FAILED"))
+    click.echo(f"lab {topo.name}: picture written to {path}" + (f" ({', '.join(extra)})" if extra else ""))

@@ -34,6 +34,7 @@ from .state import LabState
 from .topology import Topology, phy_ifname
 
 MARKER_LEN = 16
+LAST_FILE = "audit-last.json"  # in the lab's state dir: the last `lab audit` result (lab graph draws it)
 
 # An echo server: binds, says "ready", echoes every datagram / the first read of every connection.
 _SERVER = r"""
@@ -270,6 +271,24 @@ def format_report(r: Report) -> list[str]:
     return out
 
 
+def save_last(state: LabState, doc: dict[str, Any]) -> Path:
+    """Keep ``doc`` (a report's ``as_dict``, maybe with a failure matrix) as the lab's last audit."""
+    path = state.dir / LAST_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load_last(state_dir: Path) -> dict[str, Any] | None:
+    """The last saved audit of a lab (None: never audited, or unreadable)."""
+    try:
+        doc = json.loads((state_dir / LAST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def load_audit_file(path: str | Path) -> Audit:
     """The ``audit:`` of another lab file (``lab audit --file``: check a running lab against it)."""
     topo = check_file(path)
@@ -278,5 +297,5 @@ def load_audit_file(path: str | Path) -> Audit:
     return topo.audit
 
 
-__all__ = ["AuditError", "Probe", "Report", "capture_points", "format_report", "load_audit_file", "plan",
-           "run_audit"]
+__all__ = ["LAST_FILE", "AuditError", "Probe", "Report", "capture_points", "format_report", "load_audit_file",
+           "load_last", "plan", "run_audit", "save_last"]

@@ -1,5 +1,7 @@
-"""`ipsecemu lab audit --failures` on the default lab (root): every single instance or tunnel
-failure keeps the S1 flows off the ER links in clear, and the lab is restored afterwards."""
+"""`ipsecemu lab audit --failures` (root): on the default lab every single instance, tunnel or ER
+link failure keeps the S1 flows off the ER links in clear, the whole VPN gateway down sends them back
+over ER in clear (marked, exit 9), and the lab is restored afterwards; on the MACsec lab a MACsec link
+down never lets a flow out in clear."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from ipsecemu.lab.svc_vpn import read_status
 from support.paths import REPO  # noqa: E402
 
 ER = REPO / "netns-labs" / "er-vwan.yaml"
+MACSEC = REPO / "netns-labs" / "er-direct-macsec.yaml"
 
 pytestmark = pytest.mark.root
 
@@ -25,32 +29,52 @@ def cli(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, cwd=REPO)
 
 
-@pytest.fixture
-def er_lab(unique_name: str) -> Iterator[str]:
-    res = cli("up", str(ER), "--name", unique_name)
+def _lab(file: Path, name: str) -> Iterator[str]:
+    res = cli("up", str(file), "--name", name)
     assert res.returncode == 0, res.stdout + res.stderr
-    recorded = [(p["pid"], p.get("start_time")) for p in LabState.open(unique_name).data["processes"]]
+    recorded = [(p["pid"], p.get("start_time")) for p in LabState.open(name).data["processes"]]
     try:
-        yield unique_name
+        yield name
     finally:
-        res = cli("down", unique_name)
+        res = cli("down", name)
         assert res.returncode == 0, res.stderr
         assert [p for p, st in recorded if pid_alive(p, st)] == []
 
 
-def test_single_failures_keep_s1_encrypted(er_lab: str) -> None:
+@pytest.fixture
+def er_lab(unique_name: str) -> Iterator[str]:
+    yield from _lab(ER, unique_name)
+
+
+@pytest.fixture
+def macsec_lab(unique_name: str) -> Iterator[str]:
+    yield from _lab(MACSEC, unique_name)
+
+
+def test_failure_matrix_s1(er_lab: str) -> None:
     res = cli("audit", er_lab, "--failures", "--json")
-    assert res.returncode == 0, res.stdout + res.stderr
+    # the whole VPN gateway down: ER carries 10.0.1.0/24 back in clear -> a marked leak, exit 9
+    assert res.returncode == 9, res.stdout + res.stderr
+    assert "expected encrypted, went clear" in res.stderr and "when hubgw0+hubgw1 down" in res.stderr
     cols = {c["failure"]: c for c in json.loads(res.stdout)["failures"]}
-    assert list(cols) == ["none", "hubgw0 down", "hubgw1 down", "ce-hubgw0 terminated", "ce-hubgw1 terminated"]
+    assert list(cols) == ["none", "hubgw0 down", "hubgw1 down", "hubgw0+hubgw1 down", "ce-hubgw0 terminated",
+                          "ce-hubgw1 terminated", "link ce:msee1 down", "link ce:msee2 down", "link hub:msee1 down",
+                          "link hub:msee2 down"]
+    both = cols.pop("hubgw0+hubgw1 down")
+    assert both["note"] == "", both["note"]
+    assert both["leaks"], both  # at least spoke1 -> onprem1 rides ER in clear
+    assert any(f["from"] == "spoke1" and f["expected"] == "encrypted" and f["observed"] == "clear"
+               for f in both["audit"]["flows"])
     for name, c in cols.items():
         assert c["note"] == "", (name, c["note"])  # applied, converged, restored
         assert c["leaks"] == []
         for f in c["audit"]["flows"]:
             if f["expected"] == "encrypted":
                 assert f["observed"] != "clear", (name, f)
-            else:
+            elif name == "none" or "terminated" in name or "hubgw" in name:
                 assert f["observed"] == "clear", (name, f)
+            else:  # an ER link down in a static lab: what ECMP still hashes into it is lost
+                assert f["observed"] in ("clear", "not delivered", "blocked"), (name, f)
     # a terminated tunnel: the other one carries everything, encrypted and delivered
     for name in ("ce-hubgw0 terminated", "ce-hubgw1 terminated"):
         assert all(f["ok"] for f in cols[name]["audit"]["flows"]), name
@@ -60,3 +84,18 @@ def test_single_failures_keep_s1_encrypted(er_lab: str) -> None:
     for p in LabState.open(er_lab).data["processes"]:
         state = open(f"/proc/{p['pid']}/stat").read().rsplit(")", 1)[1].split()[0]
         assert state != "T", p
+
+
+def test_macsec_link_down_never_clear(macsec_lab: str) -> None:
+    res = cli("audit", macsec_lab, "--failures", "--only", "MACsec", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    cols = {c["failure"]: c for c in json.loads(res.stdout)["failures"]}
+    assert list(cols) == ["none", "MACsec ce:msee1 down", "MACsec ce:msee2 down"]
+    for name in ("MACsec ce:msee1 down", "MACsec ce:msee2 down"):
+        c = cols[name]
+        assert c["note"] == "" and c["leaks"] == [], (name, c["note"])
+        seen = {f["observed"] for f in c["audit"]["flows"]}
+        assert "clear" not in seen and seen <= {"encrypted", "not delivered", "blocked"}, (name, seen)
+    # restored: every flow crosses the MACsec ports encrypted again
+    res = cli("audit", macsec_lab)
+    assert res.returncode == 0, res.stdout + res.stderr
