@@ -93,7 +93,10 @@ def _quiet_swallowed_interrupt(u: Any) -> None:
 @lab.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Run the lab under another name (a second copy of the same file).")
-@click.option("--smoke", is_flag=True, help="After building, ping between every pair of host nodes.")
+@click.option("--smoke", is_flag=True,
+              help="After building, check traffic: a lab with an audit: section runs its audit (each flow "
+                   "expected vs observed from captures, with a reason); otherwise ping between every pair of "
+                   "host nodes.  Failure: exit status 9, lab left up.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (netns, links, addresses, routes, daemons and their "
               "configs) and build nothing; no root needed.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -150,20 +153,30 @@ def up(file: str, name: str | None, smoke: bool, dry_run: bool, out_dir: str | N
         click.echo(f"  vpn: {len(topo.vpn)} tunnel(s) up ({', '.join(c.name for c in topo.vpn)}); "
                    f"gateways on {', '.join(vpn_nodes)}")
     hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
-    if len(hosts) >= 2 and not (smoke and topo.vpn):  # the VPN smoke prints its own next steps
+    if len(hosts) >= 2 and not (smoke and topo.vpn):  # with --smoke a VPN lab prints its next steps after it
         dst = ipaddress.ip_interface(hosts[0].addresses[0][1]).ip
         click.echo(f"  try: ipsecemu lab exec {topo.name}/{hosts[-1].name} -- ping -c1 {dst}")
     if not smoke:
         return
-    ok = builder.smoke(topo, say)
-    if topo.vpn:
-        from ipsecemu.lab import vpn_smoke  # lazy: CLI start-up
-        from ipsecemu.lab.state import LabState as _State  # lazy: CLI start-up
+    from ipsecemu.lab import smoke as lab_smoke  # lazy: CLI start-up (scapy, via the audit)
 
-        ok &= vpn_smoke.smoke(topo, _State.open(topo.name), say)
+    try:
+        ok = lab_smoke.smoke(topo, LabState.open(topo.name), say)
+    except KeyboardInterrupt:
+        raise ExitWithMessage(f"lab {topo.name}: smoke check interrupted (lab left up; to remove it: "
+                              f"{_cli()} lab down {topo.name})", EXIT_INTERRUPTED) from None
+    if topo.vpn:
         _next_steps(topo)
     if not ok:
-        _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')", CheckFailed)
+        _fail(f"lab {topo.name}: smoke check failed (see the FAILED lines; lab left up; to remove it: "
+              f"{_cli()} lab down {topo.name})", CheckFailed)
+
+
+def _cli() -> str:
+    """How to run this CLI as the user can type it (ipsecemu may not be on PATH after make lab)."""
+    import shutil  # lazy: only for this message
+
+    return "ipsecemu" if shutil.which("ipsecemu") else f"{sys.executable} -m ipsecemu"
 
 
 def _dry_run(lab_plan: Any, out_dir: str | None, as_json: bool) -> None:
@@ -205,9 +218,9 @@ def check_(file: str) -> None:
 
 
 def _next_steps(topo: Any) -> None:
-    from ipsecemu.lab import vpn_smoke  # lazy: CLI start-up
+    from ipsecemu.lab import smoke as lab_smoke  # lazy: CLI start-up
 
-    plan = vpn_smoke.smoke_plan(topo)
+    plan = lab_smoke.next_steps_plan(topo)
     lab = topo.name
     gw = next((n for c in topo.vpn for n in c.nodes if topo.node(n).kind == "ipsecemu"), None)
     click.echo(f"\nlab {lab} is up. Next:")
@@ -463,6 +476,7 @@ def audit(name: str | None, audit_file: str | None, failures: bool, only: tuple[
     (with --failures: when a flow expected encrypted goes clear under a failure)."""
     from ipsecemu.lab import audit as lab_audit  # lazy: CLI start-up (scapy)
     from ipsecemu.lab import audit_failures, check  # lazy: CLI start-up (the IKE config stack)
+    from ipsecemu.lab.capture import CaptureError  # lazy: CLI start-up
 
     labs = list_labs()
     if name is None:
@@ -492,8 +506,8 @@ def audit(name: str | None, audit_file: str | None, failures: bool, only: tuple[
     if failures:
         try:
             cols = audit_failures.run_failures(topo, st, spec, only)
-        except audit_failures.FailureError as exc:
-            _fail(str(exc))
+        except (audit_failures.FailureError, lab_audit.AuditError, CaptureError) as exc:
+            _fail(f"lab {name}: {exc}")
         except KeyboardInterrupt:
             raise ExitWithMessage(f"lab {name}: audit interrupted (failure restored, captures and servers "
                                   "stopped)", EXIT_INTERRUPTED) from None
@@ -510,6 +524,8 @@ def audit(name: str | None, audit_file: str | None, failures: bool, only: tuple[
         return
     try:
         report = lab_audit.run_audit(topo, st, spec)
+    except (lab_audit.AuditError, CaptureError) as exc:
+        _fail(f"lab {name}: audit could not run: {exc}")
     except KeyboardInterrupt:
         raise ExitWithMessage(f"lab {name}: audit interrupted (captures and servers stopped)",
                               EXIT_INTERRUPTED) from None

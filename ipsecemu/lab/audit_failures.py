@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ from typing import Any
 from ipsecemu.base.errors import LabError
 from ipsecemu.gateway.control import ControlError, request
 
-from .audit import Report, run_audit
+from .audit import AuditError, Report, run_audit
 from .audit_classify import CLEAR, ENCRYPTED, NOT_DELIVERED
 from .audit_schema import Audit
+from .capture import CaptureError
 from .state import LabState, pid_alive
 from .svc_vpn import node_dir, read_status
 from .topology import Link, Topology, phy_ifname
@@ -144,8 +146,12 @@ def wait_stable(topo: Topology, state: LabState, pred: Callable[[Tunnels], bool]
 
 
 def _ip(topo: Topology, node: str, *args: str, stdin: bytes | None = None) -> bytes:
-    res = subprocess.run(["ip", "-n", topo.netns(node), *args], input=stdin, capture_output=True,
-                         timeout=10, check=False)
+    with tempfile.TemporaryFile() as f:  # 'ip route restore' wants a seekable stdin
+        if stdin is not None:
+            f.write(stdin)
+            f.seek(0)
+        res = subprocess.run(["ip", "-n", topo.netns(node), *args], stdin=f if stdin is not None else None,
+                             capture_output=True, timeout=10, check=False)
     # 'route restore' reports each route that is still there ("File exists") and goes on
     if res.returncode != 0:
         raise FailureError(f"ip {' '.join(args)} in {node}: {res.stderr.decode(errors='replace').strip()}")
@@ -221,18 +227,25 @@ def run_failures(topo: Topology, state: LabState, audit: Audit, only: tuple[str,
         raise FailureError(f"no failure of lab {topo.name} matches {', '.join(only)} (failures: {names})")
     cols = [Column("none", run_audit(topo, state, audit))]
     for f in failures:
-        note = ""
+        notes: list[str] = []
+        report: Report | None = None
         try:
             try:
                 if not apply(topo, state, f):
-                    note = f"not stable within {CONVERGE_S:.0f} s with the failure"
-                report: Report | None = run_audit(topo, state, audit)
+                    notes.append(f"not stable within {CONVERGE_S:.0f} s with the failure")
+                try:
+                    report = run_audit(topo, state, audit)
+                except (AuditError, CaptureError) as exc:  # this column has no verdicts; the others go on
+                    notes.append(f"audit: {exc}")
             finally:
-                if not restore(topo, state, f):
-                    note = (note + "; " if note else "") + f"not restored (tunnels up, stable) within {CONVERGE_S:.0f} s"
+                try:
+                    if not restore(topo, state, f):
+                        notes.append(f"not restored (tunnels up, stable) within {CONVERGE_S:.0f} s")
+                except FailureError as exc:
+                    notes.append(f"restore: {exc}")
         except FailureError as exc:
-            report, note = None, str(exc)
-        cols.append(Column(f.name, report, note))
+            notes.insert(0, str(exc))
+        cols.append(Column(f.name, report, "; ".join(notes)))
     return cols
 
 
