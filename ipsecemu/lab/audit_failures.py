@@ -6,7 +6,11 @@ route agent withdraws its routes as VPN BGP would; SIGCONT restores it), all of 
 VPN gateway down: where ExpressRoute carries the same prefixes, the traffic falls back to it), each
 tunnel terminated (an operator's ``terminate`` on one end, ``initiate`` to restore), each ER link
 down (every link with an untrusted end, and every link between two routers: its veth is set down at
-one end, the untrusted one if any) and each MACsec link down (the veth under the MACsec tap).
+one end, the untrusted one if any) and each MACsec link down (the MACsec link daemon of one end is
+frozen with SIGSTOP: no frame crosses, its peer loses it at the MKA timeout; SIGCONT restores it
+and MKA secures the link again).  Setting the veth under the tap down would be the physical
+failure, but today the link daemon exits when its phy goes down and does not come back (found by
+this matrix), so the restore would leave the lab broken.
 
 One generic model, so that it holds for static labs and for labs whose routing protocol (FRR/BGP,
 BFD) reacts by itself: apply; wait until the lab is stable (the failure's own condition, e.g. the
@@ -17,6 +21,7 @@ the packets (ipsecemu.lab.audit).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,16 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipsecemu.base.errors import LabError
+from ipsecemu.base.errors import ConfigError, LabError
 from ipsecemu.gateway.control import ControlError, request
+from ipsecemu.macsec_link.daemon import read_status as read_macsec_status
 
 from .audit import AuditError, Report, run_audit
 from .audit_classify import CLEAR, ENCRYPTED, NOT_DELIVERED
 from .audit_schema import Audit
 from .capture import CaptureError
 from .state import LabState, pid_alive
+from .svc_macsec import status_path
 from .svc_vpn import node_dir, read_status
-from .topology import Link, Topology, phy_ifname
+from .topology import Link, Topology
 
 CONVERGE_S = 20.0  # a failure or a restore must show (and the lab settle) within this
 QUIET_S = 1.5  # stable = routes and tunnel states unchanged this long (BFD reacts within ~1 s)
@@ -59,7 +66,8 @@ class LabFailure:
     nodes: tuple[str, ...] = ()  # instances frozen together (ALL_INSTANCES)
     iface: str = ""  # the interface set down (ER_LINK, MACSEC_LINK), in ``node``'s netns
     pids: list[int] = field(default_factory=list)  # frozen daemons (instance down)
-    saved_routes: list[bytes] = field(default_factory=list)  # ``ip route save`` v4, v6 (link down)
+    saved_routes: list[bytes] = field(default_factory=list)  # ``ip route save`` v4, v6 (ER link down)
+    links_before: dict[str, str] = field(default_factory=dict)  # every interface's operstate before it
 
 
 def _link_end(topo: Topology, lk: Link, untrusted: set[tuple[str, str]]) -> tuple[str, str]:
@@ -92,17 +100,43 @@ def plan_failures(topo: Topology, audit: Audit | None = None) -> list[LabFailure
     for lk in topo.links:
         ends = {(lk.a.node, lk.a.iface), (lk.b.node, lk.b.iface)}
         node, iface = _link_end(topo, lk, untrusted)
-        if lk.macsec is not None:  # the port under the tap: MACsec frames stop, the tap stays up
-            out.append(LabFailure(f"MACsec {node}:{iface} down", MACSEC_LINK, node, iface=phy_ifname(iface)))
+        if lk.macsec is not None:  # its MKA/SecY end frozen: nothing crosses, the peer loses it at MKA timeout
+            out.append(LabFailure(f"MACsec {node}:{iface} down", MACSEC_LINK, node, iface=iface))
         elif ends & untrusted or (kinds[lk.a.node] == "router" and kinds[lk.b.node] == "router"):
             out.append(LabFailure(f"link {node}:{iface} down", ER_LINK, node, iface=iface))
     return out
 
 
-def _daemons(state: LabState, node: str) -> list[int]:
+def _daemons(state: LabState, node: str, tap: str | None = None) -> list[int]:
+    """Live daemons of ``node``: its VPN gateway/charon, or with ``tap`` the MACsec link end on it."""
     state.reload()
-    return [p["pid"] for p in state.data.get("processes", [])
-            if p.get("node") == node and p.get("role") == "daemon" and pid_alive(p["pid"], p.get("start_time"))]
+    out = []
+    for p in state.data.get("processes", []):
+        if p.get("node") != node or p.get("role") != "daemon" or not pid_alive(p["pid"], p.get("start_time")):
+            continue
+        cmd = p.get("cmd") or []
+        on_tap = cmd[cmd.index("--tap") + 1] if "--tap" in cmd[:-1] else None
+        if on_tap == tap:
+            out.append(p["pid"])
+    return out
+
+
+def _macsec_secured(topo: Topology, state: LabState, since: float) -> bool:
+    """Every MACsec link end wrote a status after ``since`` saying MKA secured it with a live peer."""
+    for lk in topo.links:
+        if lk.macsec is None:
+            continue
+        for ep in (lk.a, lk.b):
+            path = status_path(state, ep.node, ep.iface)
+            try:
+                if path.stat().st_mtime <= since:
+                    return False
+                st = read_macsec_status(path)
+            except (OSError, ConfigError):
+                return False
+            if not (st.get("secured") and st.get("live_peers")):
+                return False
+    return True
 
 
 Tunnels = dict[str, bool]
@@ -121,11 +155,31 @@ def _snapshot(topo: Topology, state: LabState) -> tuple[Any, ...]:
     return (tuple(routes), tuple(sorted(tunnels.items())))
 
 
+def link_states(topo: Topology) -> dict[str, str]:
+    """``{"node:iface": operstate}`` of every node (a MACsec tap is UP only once MKA secured it)."""
+    out: dict[str, str] = {}
+    for n in topo.nodes:
+        res = subprocess.run(["ip", "-n", topo.netns(n.name), "-j", "link", "show"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        try:
+            for lk in json.loads(res.stdout or "[]"):
+                out[f"{n.name}:{lk.get('ifname')}"] = str(lk.get("operstate"))
+        except ValueError:
+            continue
+    return out
+
+
 def wait_stable(topo: Topology, state: LabState, pred: Callable[[Tunnels], bool] | None, since: float,
-                timeout: float = CONVERGE_S) -> bool:
+                timeout: float = CONVERGE_S, links: dict[str, str] | None = None) -> bool:
     """Bounded wait: until the route agent's view (published after ``since``) satisfies ``pred`` (if
-    the lab has VPN tunnels), then until routes and tunnel states stay unchanged for ``QUIET_S``."""
+    the lab has VPN tunnels) and, with ``links`` (a restore), every interface is back in that
+    operstate and every MACsec link secured again; then until routes and tunnel states stay
+    unchanged for ``QUIET_S``."""
     deadline = time.monotonic() + timeout
+    while links is not None and (link_states(topo) != links or not _macsec_secured(topo, state, since)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_S)
     if pred is not None and topo.vpn:
         while True:
             st = read_status(state)
@@ -161,19 +215,23 @@ def _ip(topo: Topology, node: str, *args: str, stdin: bytes | None = None) -> by
 def apply(topo: Topology, state: LabState, f: LabFailure) -> bool:
     """Apply ``f``; True once the lab is stable with it (see ``wait_stable``)."""
     t0 = time.time()
+    f.links_before = link_states(topo)
     pred: Callable[[Tunnels], bool] | None = lambda up: not any(up.get(k) for k in f.down)  # noqa: E731
-    if f.kind in (INSTANCE, ALL_INSTANCES):
-        f.pids = [pid for n in f.nodes for pid in _daemons(state, n)]
+    if f.kind in (INSTANCE, ALL_INSTANCES, MACSEC_LINK):
+        f.pids = ([pid for n in f.nodes for pid in _daemons(state, n)] if f.kind != MACSEC_LINK
+                  else _daemons(state, f.node, tap=f.iface))
         if not f.pids:
-            raise FailureError(f"no running daemon on {', '.join(f.nodes)}")
+            raise FailureError(f"no running daemon on {', '.join(f.nodes or (f'{f.node}:{f.iface}',))}")
         for pid in f.pids:
             os.kill(pid, signal.SIGSTOP)
+        if f.kind == MACSEC_LINK:
+            pred = None  # no tunnel needs to go down: IPsec rides over the MACsec links
     elif f.kind == TERMINATED:
         try:
             request(node_dir(state, f.node) / "control.sock", "terminate", timeout=5.0, target=f.conn)
         except (ControlError, OSError) as exc:
             raise FailureError(f"terminate {f.conn} on {f.node}: {exc}") from None
-    else:  # a link down: a down interface loses its routes for good, so keep them to restore
+    else:  # an interface set down loses its routes for good: keep them to restore
         f.saved_routes = [_ip(topo, f.node, fam, "route", "save", "table", "all") for fam in ("-4", "-6")]
         _ip(topo, f.node, "link", "set", "dev", f.iface, "down")
         pred = None  # which tunnels go down (if any) is the lab's business: just wait for stability
@@ -183,7 +241,7 @@ def apply(topo: Topology, state: LabState, f: LabFailure) -> bool:
 def restore(topo: Topology, state: LabState, f: LabFailure) -> bool:
     """Undo ``f``; True once every tunnel is up again and the lab is stable."""
     t0 = time.time()
-    if f.kind in (INSTANCE, ALL_INSTANCES):
+    if f.kind in (INSTANCE, ALL_INSTANCES, MACSEC_LINK):
         for pid in f.pids:
             try:
                 os.kill(pid, signal.SIGCONT)
@@ -201,7 +259,7 @@ def restore(topo: Topology, state: LabState, f: LabFailure) -> bool:
             if saved:
                 _ip(topo, f.node, fam, "route", "restore", stdin=saved)
         f.saved_routes = []
-    return wait_stable(topo, state, lambda up: bool(up) and all(up.values()), t0)
+    return wait_stable(topo, state, lambda up: bool(up) and all(up.values()), t0, links=f.links_before)
 
 
 @dataclass

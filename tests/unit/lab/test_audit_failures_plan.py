@@ -26,10 +26,11 @@ def test_er_vwan_failures() -> None:
     assert fs[2].nodes == ("hubgw0", "hubgw1")
 
 
-def test_macsec_links_go_down_under_their_tap() -> None:
+def test_macsec_link_down_freezes_one_end() -> None:
     topo = check_file(REPO / "netns-labs" / "er-direct-macsec.yaml")
     fs = {f.name: f for f in plan_failures(topo, topo.audit)}
-    assert (fs["MACsec ce:msee1 down"].kind, fs["MACsec ce:msee1 down"].iface) == ("MACsec link down", "msee1_phy")
+    f = fs["MACsec ce:msee1 down"]
+    assert (f.kind, f.node, f.iface) == ("MACsec link down", "ce", "msee1")  # the link daemon on the ce:msee1 tap
     assert "MACsec ce:msee2 down" in fs
     assert "link ce:msee1 down" not in fs  # a MACsec port is one failure, not two
     # MSEE-hub links: router to router, not untrusted in this lab: down at their first end
