@@ -63,13 +63,14 @@ def macsec_failure() -> Iterator[dict[str, Any]]:
 
 
 def test_failure_matrix_s1(er_lab: str) -> None:
-    res = cli("audit", er_lab, "--failures", "--json")
+    # one failure of each kind (the full 9-failure matrix takes ~3 min; docs/notes-audit.md has it)
+    res = cli("audit", er_lab, "--failures", "--json", "--only", "hubgw0 down", "--only", "+",
+              "--only", "ce-hubgw1", "--only", "link ce:msee1", "--only", "link hub:msee2")
     # the whole VPN gateway down: ER carries 10.0.1.0/24 back in clear -> a marked leak, exit 9
     assert res.returncode == 9, res.stdout + res.stderr
     assert "expected encrypted, went clear" in res.stderr and "when hubgw0+hubgw1 down" in res.stderr
     cols = {c["failure"]: c for c in json.loads(res.stdout)["failures"]}
-    assert list(cols) == ["none", "hubgw0 down", "hubgw1 down", "hubgw0+hubgw1 down", "ce-hubgw0 terminated",
-                          "ce-hubgw1 terminated", "link ce:msee1 down", "link ce:msee2 down", "link hub:msee1 down",
+    assert list(cols) == ["none", "hubgw0 down", "hubgw0+hubgw1 down", "ce-hubgw1 terminated", "link ce:msee1 down",
                           "link hub:msee2 down"]
     both = cols.pop("hubgw0+hubgw1 down")
     assert both["note"] == "", both["note"]
@@ -87,8 +88,7 @@ def test_failure_matrix_s1(er_lab: str) -> None:
             else:  # an ER link down in a static lab: what ECMP still hashes into it is lost
                 assert f["observed"] in ("clear", "not delivered", "blocked"), (name, f)
     # a terminated tunnel: the other one carries everything, encrypted and delivered
-    for name in ("ce-hubgw0 terminated", "ce-hubgw1 terminated"):
-        assert all(f["ok"] for f in cols[name]["audit"]["flows"]), name
+    assert all(f["ok"] for f in cols["ce-hubgw1 terminated"]["audit"]["flows"])
     # restored: both tunnels up on both ends, no daemon left frozen
     up = read_status(LabState.open(er_lab)).get("tunnels", {})
     assert up and all(up.values()), up
