@@ -586,4 +586,7 @@ def graph(target: str, output: str | None) -> None:
         extra.append(f"{sum(tunnels.values())}/{len(tunnels)} tunnel ends up")
     if last is not None:
         extra.append("last audit " + ("passed" if last.get("ok") else "FAILED"))
+        nleaks = sum(len(c.get("leaks", [])) for c in last.get("failures", []))
+        if nleaks:
+            extra.append(f"{nleaks} flow(s) went clear under a failure")
     click.echo(f"lab {topo.name}: picture written to {path}" + (f" ({', '.join(extra)})" if extra else ""))

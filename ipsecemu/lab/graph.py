@@ -86,6 +86,13 @@ def _audit_table(audit: Mapping[str, Any]) -> str:
         rows.append(f"<TR><TD ALIGN=\"LEFT\">{_h(what)}</TD><TD>{_h(str(f.get('expected')))}</TD>"
                     f"<TD><FONT COLOR=\"{color}\">{_h(str(f.get('observed')))}</FONT></TD>"
                     f"<TD>{'ok' if f.get('ok') else '<B>MISMATCH</B>'}</TD></TR>")
+    fails = [c for c in audit.get("failures", []) if c.get("failure") != "none"]
+    if fails:  # saved by `lab audit --failures`: the leaks of the matrix, or that there were none
+        leaks = [f"{x} when {c['failure']}" for c in fails for x in c.get("leaks", [])]
+        text = ("went clear: " + "; ".join(leaks)) if leaks else "no flow expected encrypted went clear"
+        color = VERDICT_COLOR["clear"] if leaks else VERDICT_COLOR["encrypted"]
+        rows.append(f'<TR><TD COLSPAN="4" ALIGN="LEFT"><FONT COLOR="{color}">under {len(fails)} failure(s): '
+                    f"{_h(text)}</FONT></TD></TR>")
     return '<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0">' + "".join(rows) + "</TABLE>>"
 
 

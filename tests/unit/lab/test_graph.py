@@ -79,6 +79,11 @@ def test_running_lab_colors_and_audit() -> None:
     assert "(up)" in t0 and TUNNEL[True] in t0
     assert "(DOWN)" in t1 and TUNNEL[False] in t1
     assert "last audit: FAILED" in dot and "spoke1 -&gt; onprem1 tcp/8080" in dot and "MISMATCH" in dot
+    assert "under 1 failure" not in dot  # a plain audit: no matrix
+    audit["failures"] = [{"failure": "none", "leaks": []},
+                         {"failure": "hubgw0+hubgw1 down", "leaks": ["spoke1->onprem1 icmp"]}]
+    assert "under 1 failure(s): went clear: spoke1-&gt;onprem1 icmp when hubgw0+hubgw1 down" in dot_text(
+        topo, tunnels, audit)
 
 
 @needs_dot
