@@ -47,6 +47,7 @@ from .topology import Link, Topology
 CONVERGE_S = 20.0  # a failure or a restore must show (and the lab settle) within this
 QUIET_S = 1.5  # stable = routes and tunnel states unchanged this long (BFD reacts within ~1 s)
 POLL_S = 0.25
+_RESTORED_PROTOS = ("boot", "static")  # route protocols an ER link restore puts back
 
 INSTANCE, ALL_INSTANCES, TERMINATED, ER_LINK, MACSEC_LINK = (
     "instance down", "all instances down", "tunnel terminated", "ER link down", "MACsec link down")
@@ -66,7 +67,7 @@ class LabFailure:
     nodes: tuple[str, ...] = ()  # instances frozen together (ALL_INSTANCES)
     iface: str = ""  # the interface set down (ER_LINK, MACSEC_LINK), in ``node``'s netns
     pids: list[int] = field(default_factory=list)  # frozen daemons (instance down)
-    saved_routes: list[bytes] = field(default_factory=list)  # ``ip route save`` v4, v6 (ER link down)
+    saved_routes: list[bytes] = field(default_factory=list)  # ``ip route save`` v4, v6 x protos (ER link)
     links_before: dict[str, str] = field(default_factory=dict)  # every interface's operstate before it
 
 
@@ -231,8 +232,10 @@ def apply(topo: Topology, state: LabState, f: LabFailure) -> bool:
             request(node_dir(state, f.node) / "control.sock", "terminate", timeout=5.0, target=f.conn)
         except (ControlError, OSError) as exc:
             raise FailureError(f"terminate {f.conn} on {f.node}: {exc}") from None
-    else:  # an interface set down loses its routes for good: keep them to restore
-        f.saved_routes = [_ip(topo, f.node, fam, "route", "save", "table", "all") for fam in ("-4", "-6")]
+    else:  # an interface set down loses its routes for good: keep the configured ones to restore
+        # (boot/static: the lab's own and the route agent's; a routing daemon re-announces its own)
+        f.saved_routes = [_ip(topo, f.node, fam, "route", "save", "table", "all", "proto", proto)
+                          for fam in ("-4", "-6") for proto in _RESTORED_PROTOS]
         _ip(topo, f.node, "link", "set", "dev", f.iface, "down")
         pred = None  # which tunnels go down (if any) is the lab's business: just wait for stability
     return wait_stable(topo, state, pred, t0)
@@ -255,7 +258,8 @@ def restore(topo: Topology, state: LabState, f: LabFailure) -> bool:
             raise FailureError(f"initiate {f.conn} on {f.node}: {exc}") from None
     else:
         _ip(topo, f.node, "link", "set", "dev", f.iface, "up")
-        for fam, saved in zip(("-4", "-6"), f.saved_routes, strict=False):
+        fams = [fam for fam in ("-4", "-6") for _ in _RESTORED_PROTOS]
+        for fam, saved in zip(fams, f.saved_routes, strict=False):
             if saved:
                 _ip(topo, f.node, fam, "route", "restore", stdin=saved)
         f.saved_routes = []
