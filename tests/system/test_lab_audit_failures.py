@@ -89,7 +89,9 @@ def test_failure_matrix_s1(er_lab: str) -> None:
                 assert f["observed"] in ("clear", "not delivered", "blocked"), (name, f)
     # a terminated tunnel: the other one carries everything, encrypted and delivered
     assert all(f["ok"] for f in cols["ce-hubgw1 terminated"]["audit"]["flows"])
-    # restored: both tunnels up on both ends, no daemon left frozen
+    # restored: the plain audit passes again, both tunnels up on both ends, no daemon left frozen
+    res = cli("audit", er_lab)
+    assert res.returncode == 0, res.stdout + res.stderr
     up = read_status(LabState.open(er_lab)).get("tunnels", {})
     assert up and all(up.values()), up
     for p in LabState.open(er_lab).data["processes"]:

@@ -33,6 +33,7 @@ def test_macsec_link_down_freezes_one_end() -> None:
     assert (f.kind, f.node, f.iface) == ("MACsec link down", "ce", "msee1")  # the link daemon on the ce:msee1 tap
     assert "MACsec ce:msee2 down" in fs
     assert "link ce:msee1 down" not in fs  # a MACsec port is one failure, not two
+    assert list(fs)[-2:] == ["MACsec ce:msee1 down", "MACsec ce:msee2 down"]  # last: not restorable today
     # MSEE-hub links: router to router, not untrusted in this lab: down at their first end
     assert (fs["link msee1:hub down"].node, fs["link msee1:hub down"].iface) == ("msee1", "hub")
 
