@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := build-essential clang libclang-rt-14-dev libssl-dev python3-dev python3-venv iproute2 iputils-ping \
 	tcpdump tshark iperf3 strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-	libstrongswan-standard-plugins libstrongswan-extra-plugins frr
+	libstrongswan-standard-plugins libstrongswan-extra-plugins frr graphviz
 PYTEST_ARGS ?=
 LAB ?= netns-labs/er-vwan.yaml
 # The lab's own name (its top-level `name:`), so lab-down removes this lab and no one else's.

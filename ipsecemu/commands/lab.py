@@ -93,7 +93,10 @@ def _quiet_swallowed_interrupt(u: Any) -> None:
 @lab.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Run the lab under another name (a second copy of the same file).")
-@click.option("--smoke", is_flag=True, help="After building, ping between every pair of host nodes.")
+@click.option("--smoke", is_flag=True,
+              help="After building, check traffic: a lab with an audit: section runs its audit (each flow "
+                   "expected vs observed from captures, with a reason); otherwise ping between every pair of "
+                   "host nodes.  Failure: exit status 9, lab left up.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (netns, links, addresses, routes, daemons and their "
               "configs) and build nothing; no root needed.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -150,20 +153,30 @@ def up(file: str, name: str | None, smoke: bool, dry_run: bool, out_dir: str | N
         click.echo(f"  vpn: {len(topo.vpn)} tunnel(s) up ({', '.join(c.name for c in topo.vpn)}); "
                    f"gateways on {', '.join(vpn_nodes)}")
     hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
-    if len(hosts) >= 2 and not (smoke and topo.vpn):  # the VPN smoke prints its own next steps
+    if len(hosts) >= 2 and not (smoke and topo.vpn):  # with --smoke a VPN lab prints its next steps after it
         dst = ipaddress.ip_interface(hosts[0].addresses[0][1]).ip
         click.echo(f"  try: ipsecemu lab exec {topo.name}/{hosts[-1].name} -- ping -c1 {dst}")
     if not smoke:
         return
-    ok = builder.smoke(topo, say)
-    if topo.vpn:
-        from ipsecemu.lab import vpn_smoke  # lazy: CLI start-up
-        from ipsecemu.lab.state import LabState as _State  # lazy: CLI start-up
+    from ipsecemu.lab import smoke as lab_smoke  # lazy: CLI start-up (scapy, via the audit)
 
-        ok &= vpn_smoke.smoke(topo, _State.open(topo.name), say)
+    try:
+        ok = lab_smoke.smoke(topo, LabState.open(topo.name), say)
+    except KeyboardInterrupt:
+        raise ExitWithMessage(f"lab {topo.name}: smoke check interrupted (lab left up; to remove it: "
+                              f"{_cli()} lab down {topo.name})", EXIT_INTERRUPTED) from None
+    if topo.vpn:
         _next_steps(topo)
     if not ok:
-        _fail(f"lab {topo.name}: smoke test failed (lab left up; 'ipsecemu lab down {topo.name}')", CheckFailed)
+        _fail(f"lab {topo.name}: smoke check failed (see the FAILED lines; lab left up; to remove it: "
+              f"{_cli()} lab down {topo.name})", CheckFailed)
+
+
+def _cli() -> str:
+    """How to run this CLI as the user can type it (ipsecemu may not be on PATH after make lab)."""
+    import shutil  # lazy: only for this message
+
+    return "ipsecemu" if shutil.which("ipsecemu") else f"{sys.executable} -m ipsecemu"
 
 
 def _dry_run(lab_plan: Any, out_dir: str | None, as_json: bool) -> None:
@@ -205,9 +218,9 @@ def check_(file: str) -> None:
 
 
 def _next_steps(topo: Any) -> None:
-    from ipsecemu.lab import vpn_smoke  # lazy: CLI start-up
+    from ipsecemu.lab import smoke as lab_smoke  # lazy: CLI start-up
 
-    plan = vpn_smoke.smoke_plan(topo)
+    plan = lab_smoke.next_steps_plan(topo)
     lab = topo.name
     gw = next((n for c in topo.vpn for n in c.nodes if topo.node(n).kind == "ipsecemu"), None)
     click.echo(f"\nlab {lab} is up. Next:")
@@ -514,15 +527,19 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
 @click.option("--file", "audit_file", type=click.Path(dir_okay=False),
               help="Take the audit: section from this lab file instead of the one the lab was built from.")
 @click.option("--failures", is_flag=True,
-              help="Audit again under each single failure (each VPN gateway instance down, each tunnel "
-                   "terminated) and print the failure x flow matrix.")
+              help="Audit again under each failure (each VPN gateway instance down, all instances down, each "
+                   "tunnel terminated, each ER link down, each MACsec link down; each applied, converged, "
+                   "audited, restored) and print the failure x flow matrix.")
+@click.option("--only", multiple=True, metavar="TEXT",
+              help="With --failures: just the failures whose name contains TEXT (repeatable), e.g. 'MACsec'.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def audit(name: str | None, audit_file: str | None, failures: bool, as_json: bool) -> None:
+def audit(name: str | None, audit_file: str | None, failures: bool, only: tuple[str, ...], as_json: bool) -> None:
     """Run the flows of the lab file's audit: section and classify each from captures on the untrusted
     links (encrypted / clear / blocked); exit status 9 when a flow differs from its expectation
     (with --failures: when a flow expected encrypted goes clear under a failure)."""
     from ipsecemu.lab import audit as lab_audit  # lazy: CLI start-up (scapy)
     from ipsecemu.lab import audit_failures, check  # lazy: CLI start-up (the IKE config stack)
+    from ipsecemu.lab.capture import CaptureError  # lazy: CLI start-up
 
     labs = list_labs()
     if name is None:
@@ -546,13 +563,19 @@ def audit(name: str | None, audit_file: str | None, failures: bool, as_json: boo
         _fail(str(exc), ConfigError)
     if spec is None:
         _fail(f"lab {name}: {source} has no 'audit:' section (or give one with --file)", ConfigError)
+    if only and not failures:
+        raise click.UsageError("--only goes with --failures")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop captures and servers by PID on SIGTERM too
     if failures:
         try:
-            cols = audit_failures.run_failures(topo, st, spec)
+            cols = audit_failures.run_failures(topo, st, spec, only)
+        except (audit_failures.FailureError, lab_audit.AuditError, CaptureError) as exc:
+            _fail(f"lab {name}: {exc}")
         except KeyboardInterrupt:
             raise ExitWithMessage(f"lab {name}: audit interrupted (failure restored, captures and servers "
                                   "stopped)", EXIT_INTERRUPTED) from None
+        if cols[0].report is not None:  # the baseline is what 'lab graph' draws; the matrix rides along
+            lab_audit.save_last(st, {**cols[0].report.as_dict(), **audit_failures.matrix_dict(cols)})
         if as_json:
             click.echo(json.dumps(audit_failures.matrix_dict(cols), indent=2))
         else:
@@ -564,9 +587,12 @@ def audit(name: str | None, audit_file: str | None, failures: bool, as_json: boo
         return
     try:
         report = lab_audit.run_audit(topo, st, spec)
+    except (lab_audit.AuditError, CaptureError) as exc:
+        _fail(f"lab {name}: audit could not run: {exc}")
     except KeyboardInterrupt:
         raise ExitWithMessage(f"lab {name}: audit interrupted (captures and servers stopped)",
                               EXIT_INTERRUPTED) from None
+    lab_audit.save_last(st, report.as_dict())
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -576,3 +602,54 @@ def audit(name: str | None, audit_file: str | None, failures: bool, as_json: boo
         _fail(f"lab {name}: audit failed: " + "; ".join(
             f"{p.src} -> {p.dst} {p.flow.proto}{f'/{p.port}' if p.port else ''} expected {p.flow.expect}, "
             f"observed {p.observed}" for p in report.mismatches), CheckFailed)
+
+
+# ---------------------------------------------------------------- graph
+
+
+@lab.command()
+@click.argument("target", metavar="FILE|LAB")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Picture to write: .svg, .png or .dot (default: LAB.svg).")
+def graph(target: str, output: str | None) -> None:
+    """Draw a lab with Graphviz: nodes by kind, links, segments, IPsec tunnels (dashed), MACsec links
+    (blue), untrusted links (red).  For a running LAB: tunnels colored by state (green up, red down) and
+    the flows of its last 'lab audit' with their verdicts."""
+    from ipsecemu.lab import audit as lab_audit  # lazy: CLI start-up
+    from ipsecemu.lab import check  # lazy: CLI start-up (the IKE config stack)
+    from ipsecemu.lab import graph as lab_graph  # lazy: CLI start-up
+
+    tunnels: dict[str, bool] | None = None
+    last: dict[str, Any] | None = None
+    try:
+        if os.path.isfile(target) or target not in list_labs():
+            if not os.path.isfile(target):
+                _fail(f"{target}: no such lab file, and no lab of that name is up "
+                      f"(up: {', '.join(list_labs()) or 'none'})")
+            topo = check.check_file(target)
+        else:
+            from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
+
+            st = LabState.open(target)
+            source = st.data.get("source") or ""
+            if not os.path.isfile(source):
+                _fail(f"lab {target}: cannot read its lab file {source or '(none recorded)'}; "
+                      "draw the file instead (ipsecemu lab graph FILE)")
+            topo = check.check_file(source, name=target)
+            tunnels = dict(svc_vpn.read_status(st).get("tunnels") or {}) if topo.vpn else None
+            last = lab_audit.load_last(st.dir)
+    except TopologyError as exc:
+        _fail(str(exc), ConfigError)
+    except LabStateError as exc:
+        _fail(str(exc))
+    out = output or f"{topo.name}.svg"
+    path = lab_graph.render(lab_graph.dot_text(topo, tunnels, last), out)
+    extra = []
+    if tunnels is not None:
+        extra.append(f"{sum(tunnels.values())}/{len(tunnels)} tunnel ends up")
+    if last is not None:
+        extra.append("last audit " + ("passed" if last.get("ok") else "FAILED"))
+        nleaks = sum(len(c.get("leaks", [])) for c in last.get("failures", []))
+        if nleaks:
+            extra.append(f"{nleaks} flow(s) went clear under a failure")
+    click.echo(f"lab {topo.name}: picture written to {path}" + (f" ({', '.join(extra)})" if extra else ""))

@@ -34,6 +34,7 @@ from .state import LabState
 from .topology import Topology, phy_ifname
 
 MARKER_LEN = 16
+LAST_FILE = "audit-last.json"  # in the lab's state dir: the last `lab audit` result (lab graph draws it)
 
 # An echo server: binds, says "ready", echoes every datagram / the first read of every connection.
 _SERVER = r"""
@@ -139,8 +140,10 @@ def plan(topo: Topology, audit: Audit) -> list[Probe]:
             raise AuditError(f"flow {flow.label}: '{flow.dst}' is not a node or an address of one")
         dst_ip = flow.dst if flow.dst != owner else addrs[owner][0]
         ends = [(flow.src, owner, dst_ip)]
-        if flow.both_directions:
-            ends.append((owner, flow.src, addrs[flow.src][0]))
+        if flow.both_directions:  # back to the source's address of the same family (IPv6 flows stay IPv6)
+            fam = ipaddress.ip_address(dst_ip).version
+            back = next((a for a in addrs[flow.src] if ipaddress.ip_address(a).version == fam), addrs[flow.src][0])
+            ends.append((owner, flow.src, back))
         for src, dst, ip in ends:
             for port in flow.ports or (None,):
                 probes.append(Probe(flow, src, dst, ip, port))
@@ -172,6 +175,15 @@ class _Server:
             if f is not None:
                 f.close()
         return err.splitlines()[-1] if err else ""
+
+
+def _admin_down(ns: str, iface: str) -> bool:
+    """True when ``iface`` is set down (tcpdump cannot open it; no frame crosses it)."""
+    res = ns_exec(ns, "ip", "-j", "link", "show", "dev", iface, timeout=5, check=False)
+    try:
+        return "UP" not in json.loads(res.stdout)[0].get("flags", [])
+    except (ValueError, IndexError, AttributeError):
+        return False  # unknown: let the capture say what is wrong
 
 
 def _run_probe(topo: Topology, p: Probe) -> None:
@@ -219,8 +231,13 @@ def run_audit(topo: Topology, state: LabState, audit: Audit | None = None) -> Re
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     points = capture_points(topo, audit)
     caps: list[tuple[str, Capture]] = []
+    skipped: dict[str, dict[str, Any]] = {}
     try:
         for label, node, iface in points:
+            if _admin_down(topo.netns(node), iface):  # a link set down (lab audit --failures): nothing crosses
+                skipped[label] = {"path": None, "frames": 0, "decrypted": 0, "failed": 0, "no_key": 0,
+                                  "coalesced": 0, "skipped": "interface down, not captured"}
+                continue
             cap = Capture(state, node, iface, work / f"{node}-{iface}.pcap")
             caps.append((label, cap))  # before start: a Ctrl-C inside start() must still stop it
             cap.start()
@@ -234,7 +251,10 @@ def run_audit(topo: Topology, state: LabState, audit: Audit | None = None) -> Re
     esp_rows = read_esp_sa(keys / "esp_sa") if (keys / "esp_sa").exists() else []
     macsec_sas = [sa for f in sorted(keys.glob("macsec-*.json")) for sa in read_macsec_sa(f)]
     markers = [p.marker for p in probes]
-    captures: dict[str, dict[str, Any]] = {}
+    captures: dict[str, dict[str, Any]] = dict(skipped)
+    for label in skipped:
+        for p in probes:
+            p.evidence[label] = LinkEvidence()
     for label, cap in caps:
         st: CaptureStats = scan_capture(cap.path, markers, esp_rows, macsec_sas)
         captures[label] = {"path": str(cap.path), "frames": st.frames, "decrypted": st.decrypted,
@@ -261,6 +281,9 @@ def format_report(r: Report) -> list[str]:
     out = ["  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5]
            for row in [head, *rows]]
     for label, c in r.captures.items():
+        if c.get("skipped"):
+            out.append(f"capture {label}: {c['skipped']}")
+            continue
         merged = f" ({c['coalesced']} merged by GRO, split)" if c["coalesced"] else ""
         out.append(f"capture {label}: {c['frames']} frames, {c['decrypted']} decrypted{merged}, "
                    f"{c['no_key']} without a key, {c['failed']} failed ({c['path']})")
@@ -268,6 +291,24 @@ def format_report(r: Report) -> list[str]:
     out.append(f"lab {r.lab}: audit {'passed' if not n else 'FAILED'}: "
                f"{len(r.probes) - n} of {len(r.probes)} flows as expected")
     return out
+
+
+def save_last(state: LabState, doc: dict[str, Any]) -> Path:
+    """Keep ``doc`` (a report's ``as_dict``, maybe with a failure matrix) as the lab's last audit."""
+    path = state.dir / LAST_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load_last(state_dir: Path) -> dict[str, Any] | None:
+    """The last saved audit of a lab (None: never audited, or unreadable)."""
+    try:
+        doc = json.loads((state_dir / LAST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def load_audit_file(path: str | Path) -> Audit:
@@ -278,5 +319,5 @@ def load_audit_file(path: str | Path) -> Audit:
     return topo.audit
 
 
-__all__ = ["AuditError", "Probe", "Report", "capture_points", "format_report", "load_audit_file", "plan",
-           "run_audit"]
+__all__ = ["LAST_FILE", "AuditError", "Probe", "Report", "capture_points", "format_report", "load_audit_file",
+           "load_last", "plan", "run_audit", "save_last"]

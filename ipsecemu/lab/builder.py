@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ipsecemu.net import NetError
-from ipsecemu.net.netns import NETNS_DIR, netns_exists, ns_argv, open_ipr, pids_in_netns, sysctl
+from ipsecemu.net.netns import NETNS_DIR, netns_exists, open_ipr, pids_in_netns, sysctl
 from ipsecemu.net.proc import stop_pids
 from ipsecemu.net.tun import open_tun
 
@@ -380,20 +379,3 @@ def teardown(name: str, say: Say = _quiet, base: Path | None = None) -> dict[str
         st.remove()
     say(f"lab {name}: removed {removed} netns, stopped {stopped} processes")
     return {"netns": removed, "processes": stopped}
-
-
-def smoke(topo: Topology, say: Say = _quiet) -> bool:
-    """Ping between every pair of host nodes (first address each); True if all answer."""
-    hosts = [n for n in topo.nodes if n.kind == "host" and n.addresses]
-    ok = True
-    for a in hosts:
-        for b in hosts:
-            if a is b:
-                continue
-            dst = str(ipaddress.ip_interface(b.addresses[0][1]).ip)
-            res = subprocess.run(ns_argv(topo.netns(a.name), "ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", dst),
-                                 capture_output=True, timeout=15)
-            good = res.returncode == 0
-            ok &= good
-            say(f"smoke: {a.name} -> {b.name} ({dst}): {'ok' if good else 'FAILED'}")
-    return ok

@@ -129,8 +129,9 @@ def test_smoke_flag_and_non_root_status() -> None:
     res = cli("up", str(PAIR), "--name", name, "--smoke")
     try:
         assert res.returncode == 0, res.stderr
-        assert "smoke: left -> right (10.2.0.10): ok" in res.stdout
-        assert "smoke: right -> left (10.1.0.10): ok" in res.stdout
+        # pair declares an audit: the smoke check is that audit, one line per flow
+        assert "smoke: left -> right 10.2.0.10 icmp: ok: expected encrypted, observed encrypted" in res.stdout
+        assert "smoke: right -> left 10.1.0.10 icmp: ok: expected encrypted, observed encrypted" in res.stdout
         # status reads the state file without root (no live details then)
         nobody = subprocess.run([*non_root_prefix(REPO / "netns-labs" / "er-vwan.yaml"), sys.executable, "-m", "ipsecemu", "lab", "status", name, "--json"],
                                 capture_output=True, text=True, timeout=60, cwd="/")
