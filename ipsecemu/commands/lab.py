@@ -347,7 +347,7 @@ def _lab_status(name: str) -> dict[str, Any]:
     if builder_died(d):  # `lab up` was killed (SIGKILL, OOM, a closed terminal): it will never finish
         status, detail = "failed", f"builder died; run 'ipsecemu lab down {name}'"
     elif status == "failed" and d.get("error"):  # lab up --keep-on-failure
-        detail = f"{str(d['error']).splitlines()[0]}; kept for debugging, run 'ipsecemu lab down {name}'"
+        detail = f"{' '.join(str(d['error']).split())}; kept for debugging, run 'ipsecemu lab down {name}'"
     out = {"name": name, "status": status, "detail": detail, "source": d.get("source"), "created": d.get("created"),
            "nodes": nodes, "links": d.get("links", []), "processes": procs,
            "live_details": root}
