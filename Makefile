@@ -75,7 +75,7 @@ bench: deps build
 	$(PY) -m pytest tests/bench --benchmark-enable -q
 
 lab: deps build cli-link
-	$(PY) -m ipsecemu lab up $(LAB) --smoke
+	$(PY) -m ipsecemu lab up $(LAB) --smoke --default
 
 # The commands `lab up` prints start with `ipsecemu`: link the venv's entry point onto PATH (root only,
 # and never over a file that is not our own link).

@@ -23,7 +23,15 @@ from ipsecemu.base.errors import (
     SystemSetupError,
 )
 from ipsecemu.commands.base import ExitWithMessage, Group
-from ipsecemu.lab.state import LabState, LabStateError, list_labs, pid_alive
+from ipsecemu.lab.state import (
+    LabState,
+    LabStateError,
+    builder_died,
+    default_lab,
+    list_labs,
+    pid_alive,
+    set_default_lab,
+)
 from ipsecemu.lab.topology import VPN_KINDS, TopologyError
 
 
@@ -37,17 +45,26 @@ def _need_root(what: str) -> None:
         _fail(f"{what} needs root (network namespaces); run it with sudo", NeedsRootError)
 
 
+def _default_lab(what: str) -> str:
+    """The lab a command without a lab name acts on: the default lab (the one `make lab` built,
+    recorded by `lab up --default`) while it is up, else the only lab up; never a guess among several."""
+    name = default_lab()
+    if name:
+        return name
+    labs = list_labs()
+    if not labs:
+        _fail("no lab is up (ipsecemu lab up FILE)")
+    if len(labs) > 1:
+        _fail(f"several labs are up ({', '.join(labs)}) and no default lab: {what}")
+    return labs[0]
+
+
 def _resolve(spec: str) -> tuple[LabState, str]:
-    """``lab/node`` or just ``node`` when exactly one lab is up."""
+    """``lab/node``, or ``node`` of the default lab (or of the only lab up)."""
     if "/" in spec:
         lab, node = spec.split("/", 1)
     else:
-        labs = list_labs()
-        if not labs:
-            _fail("no lab is up (ipsecemu lab up FILE)")
-        if len(labs) > 1:
-            _fail(f"several labs are up ({', '.join(labs)}): name the node as LAB/{spec}")
-        lab, node = labs[0], spec
+        lab, node = _default_lab(f"name the node as LAB/{spec}"), spec
     try:
         st = LabState.open(lab)
     except LabStateError as exc:
@@ -102,10 +119,15 @@ def _quiet_swallowed_interrupt(u: Any) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="With --dry-run: write the generated configs (gateway.yaml, swanctl.conf, ...) under this dir.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as JSON.")
-def up(file: str, name: str | None, smoke: bool, dry_run: bool, out_dir: str | None, as_json: bool) -> None:
+@click.option("--keep-on-failure", is_flag=True, help="If building fails, leave the lab as it is for debugging "
+              "(no rollback; 'ipsecemu lab down NAME' removes it).")
+@click.option("--default", "make_default", is_flag=True, help="Make this the default lab: commands without a "
+              "lab name (lab down, lab exec NODE, sa ...) act on it ('make lab' sets this).")
+def up(file: str, name: str | None, smoke: bool, dry_run: bool, out_dir: str | None, as_json: bool,
+       keep_on_failure: bool, make_default: bool) -> None:
     """Build the lab described by FILE (YAML) in network namespaces."""
     from ipsecemu.lab import builder, check, plan  # lazy: CLI start-up
-    from ipsecemu.lab.errors import BuildError  # lazy: CLI start-up
+    from ipsecemu.lab.errors import BuildError, LabKept  # lazy: CLI start-up
 
     if (out_dir or as_json) and not dry_run:
         raise click.UsageError("--out and --json go with --dry-run")
@@ -130,18 +152,25 @@ def up(file: str, name: str | None, smoke: bool, dry_run: bool, out_dir: str | N
     click.echo(f"lab {topo.name}: building from {file}")
     t0 = time.monotonic()
     try:
-        builder.apply(lab_plan, say)
+        builder.apply(lab_plan, say, keep_on_failure=keep_on_failure)
     except KeyboardInterrupt:
         raise ExitWithMessage(f"lab {topo.name}: interrupted, rolled back (nothing left behind)",
                               EXIT_INTERRUPTED) from None
+    except LabKept as exc:
+        _fail(f"lab {topo.name}: {exc} (lab kept for debugging: state and logs in {LabState(topo.name).dir}; "
+              f"'ipsecemu lab down {topo.name}' removes it)")
     except LabStateError as exc:
         _fail(str(exc))
     except BuildError as exc:
-        _fail(f"lab {topo.name}: {exc} (rolled back)")
+        _fail(f"lab {topo.name}: {exc} (rolled back{'' if exc.logs else '; --keep-on-failure keeps the lab'})")
     except OSError as exc:
         _fail(f"lab {topo.name}: {exc.strerror or exc} (rolled back)", SystemSetupError)
+    except IpsecemuError as exc:  # a daemon's own family: keep its exit status; the lab is rolled back
+        raise ExitWithMessage(f"lab {topo.name}: {exc} (rolled back)", exc.exit_status) from None
     except Exception as exc:  # an unexpected failure still gets one line; the lab is rolled back
         _fail(f"lab {topo.name}: unexpected {type(exc).__name__}: {exc} (rolled back)")
+    if make_default:
+        set_default_lab(topo.name)
     dt = time.monotonic() - t0
     nroutes = sum(len(n.routes) for n in topo.nodes)
     necmp = sum(r.multipath for n in topo.nodes for r in n.routes)
@@ -246,7 +275,8 @@ def _next_steps(topo: Any) -> None:
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Tear down every lab that is up.")
 def down(name: str | None, all_: bool) -> None:
-    """Remove every netns, link and process of a lab (idempotent)."""
+    """Remove every netns, link and process of lab NAME (idempotent).  Without NAME: the default lab
+    (the one 'make lab' built)."""
     from ipsecemu.lab import builder  # lazy: CLI start-up
 
     labs = list_labs()
@@ -254,13 +284,14 @@ def down(name: str | None, all_: bool) -> None:
         targets = labs
     elif name:
         targets = [name]
-    elif len(labs) == 1:
-        targets = labs
+    elif default_lab():  # never "the only lab up": on a shared box that may be someone else's
+        targets = [str(default_lab())]
     elif not labs:
         click.echo("no lab is up")
         return
     else:
-        _fail(f"several labs are up ({', '.join(labs)}): name one or use --all")
+        _fail(f"no default lab is up (labs up: {', '.join(labs)}): name the lab (ipsecemu lab down NAME) "
+              "or use --all")
     if not targets:
         click.echo("no lab is up")
         return
@@ -273,6 +304,8 @@ def down(name: str | None, all_: bool) -> None:
 
 
 # ---------------------------------------------------------------- status
+
+RTM_F_CLONED = 0x200  # linux/rtnetlink.h: a cached (exception) route, e.g. a learned PMTU
 
 
 def _live_details(ns: str) -> dict[str, Any]:
@@ -291,6 +324,8 @@ def _live_details(ns: str) -> dict[str, Any]:
         routes = []
         for r in ipr.route("dump", table=254):
             if r.get("proto") == 2:  # kernel connected routes: implied by addresses
+                continue
+            if r["flags"] & RTM_F_CLONED:  # route cache (PMTU/redirect exceptions): not a route anyone set
                 continue
             dst = f"{r.get('dst')}/{r['dst_len']}" if r.get("dst") else "default"
             hops = [{"via": h.get("gateway"), "dev": names.get(h.get("oif"))} for h in r.get("multipath") or []]
@@ -321,7 +356,12 @@ def _lab_status(name: str) -> dict[str, Any]:
             except (OSError, BuildError) as exc:  # netns removed under our feet
                 entry["error"] = str(exc)
         nodes.append(entry)
-    out = {"name": name, "status": d.get("status"), "source": d.get("source"), "created": d.get("created"),
+    status, detail = d.get("status"), None
+    if builder_died(d):  # `lab up` was killed (SIGKILL, OOM, a closed terminal): it will never finish
+        status, detail = "failed", f"builder died; run 'ipsecemu lab down {name}'"
+    elif status == "failed" and d.get("error"):  # lab up --keep-on-failure
+        detail = f"{' '.join(str(d['error']).split())}; kept for debugging, run 'ipsecemu lab down {name}'"
+    out = {"name": name, "status": status, "detail": detail, "source": d.get("source"), "created": d.get("created"),
            "nodes": nodes, "links": d.get("links", []), "processes": procs,
            "live_details": root}
     if any(k in VPN_KINDS for k in d.get("nodes", {}).values()) and root:
@@ -372,7 +412,8 @@ def status(name: str | None, as_json: bool) -> None:
         return
     for lb in labs:
         age = time.time() - (lb["created"] or time.time())
-        click.echo(f"lab {lb['name']}: {lb['status']} (from {lb['source']}, {age:.0f} s ago)")
+        detail = f" ({lb['detail']})" if lb.get("detail") else ""
+        click.echo(f"lab {lb['name']}: {lb['status']}{detail} (from {lb['source']}, {age:.0f} s ago)")
         for nd in lb["nodes"]:
             flag = "" if nd["netns_present"] else "  [netns missing]"
             # per-node daemon state, unless the gateways report their tunnels themselves
@@ -401,6 +442,9 @@ def _print_vpn(vpn: dict[str, Any]) -> None:
     for t in vpn["tunnels"]:
         if "error" in t:
             click.echo(f"    {t['node']:<8} DOWN: {t['error']}")
+            continue
+        if not t["child_sas"] and t["local"] is None:  # the gateway answers, without an SA for it
+            click.echo(f"    {t['node']:<8} {t['conn'] or '?':<12} {t['state']:<12} (gateway running, no IKE SA)")
             continue
         click.echo(f"    {t['node']:<8} {t['conn'] or '?':<12} {t['state']:<12} {t['local']} <-> {t['remote']}")
         for c in t["child_sas"]:
@@ -541,11 +585,8 @@ def audit(name: str | None, audit_file: str | None, failures: bool, only: tuple[
     from ipsecemu.lab import audit_failures, check  # lazy: CLI start-up (the IKE config stack)
     from ipsecemu.lab.capture import CaptureError  # lazy: CLI start-up
 
-    labs = list_labs()
     if name is None:
-        if len(labs) != 1:
-            _fail("no lab is up" if not labs else f"several labs are up ({', '.join(labs)}): name one")
-        name = labs[0]
+        name = _default_lab("name one")
     _need_root("lab audit")
     try:
         st = LabState.open(name)

@@ -16,11 +16,18 @@ def _socket(ctx: click.Context) -> Path:
     o = ctx.obj or {}
     if o.get("socket"):
         return Path(o["socket"])
-    if o.get("lab") and o.get("node"):
+    if o.get("node"):
         from ipsecemu.gateway.control import socket_path  # lazy: CLI start-up
+        from ipsecemu.lab.state import default_lab, list_labs  # lazy: CLI start-up
 
-        return socket_path(o["lab"], o["node"])
-    raise ConfigError("say which gateway: --socket PATH, or --lab LAB --node NODE")
+        lab = o.get("lab") or default_lab()  # the lab `make lab` built, while it is up
+        if not lab and len(list_labs()) == 1:
+            lab = list_labs()[0]
+        if lab:
+            return socket_path(lab, o["node"])
+        raise ConfigError("--node without --lab: no default lab is up and not exactly one lab is up; "
+                          "give --lab LAB")
+    raise ConfigError("say which gateway: --socket PATH, or [--lab LAB] --node NODE")
 
 
 def _call(ctx: click.Context, cmd: str, **args: Any) -> Any:
@@ -35,7 +42,8 @@ def _call(ctx: click.Context, cmd: str, **args: Any) -> Any:
 @click.group(cls=Group)
 @click.option("--socket", "sock", type=click.Path(dir_okay=False, path_type=str),
               help="The gateway's control socket.")
-@click.option("--lab", help="Lab name (with --node: /run/ipsecemu/<lab>/<node>/control.sock).")
+@click.option("--lab", help="Lab name (with --node: /run/ipsecemu/<lab>/<node>/control.sock); default: the "
+              "default lab ('make lab'), else the only lab up.")
 @click.option("--node", help="Node name within the lab.")
 @click.pass_context
 def sa(ctx: click.Context, sock: str | None, lab: str | None, node: str | None) -> None:

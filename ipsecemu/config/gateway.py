@@ -20,7 +20,8 @@ Layout::
         tunnel:
           name: vti0                # tun device (<= 15 characters)
           address: 169.254.0.1/30   # optional inner address
-          routes: [10.2.0.0/24]     # prefixes routed into the tunnel (default: the remote TS)
+          routes: [10.2.0.0/24]     # prefixes routed into the tunnel (default: the remote TS;
+                                    # external: none, something else routes into the tun)
           mtu: 1400
 
 Errors are :class:`~ipsecemu.config.connection.ConnectionConfigError` with ``file:line: field:``.
@@ -57,6 +58,8 @@ class TunnelConfig:
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
     routes: tuple[Network, ...] = ()  # empty: route the negotiated remote traffic selectors
     mtu: int = 1400
+    # `routes: external`: install no routes; something else routes into the tun (a lab's route agent)
+    external_routes: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ def _tunnel(ctx: fields._Ctx, path: fields.Path_, v: object, conn_name: str, ind
             raise ctx.error((*path, "address"), f"an address/prefix like 169.254.0.1/30, got {d['address']!r}") \
                 from None
     routes_raw = d.get("routes", [])
+    external = routes_raw == "external"
+    if external:
+        routes_raw = []
     if isinstance(routes_raw, str):
         routes_raw = [routes_raw]
     if not isinstance(routes_raw, list):
@@ -116,7 +122,7 @@ def _tunnel(ctx: fields._Ctx, path: fields.Path_, v: object, conn_name: str, ind
         except ValueError:
             raise ctx.error((*path, "routes", i), f"not a prefix: {r!r}") from None
     mtu = fields._int(ctx, (*path, "mtu"), d.get("mtu", 1400), 576, 9000)
-    return TunnelConfig(name, addr, tuple(routes), mtu)
+    return TunnelConfig(name, addr, tuple(routes), mtu, external)
 
 
 def parse(data: object, *, source: str = "<string>", lines: dict[Any, int] | None = None,
@@ -217,7 +223,7 @@ def summary(cfg: GatewayConfig) -> str:
     out.append(conn_summary([c.conn for c in cfg.connections]).rstrip("\n"))
     for c in cfg.connections:
         t = c.tunnel
-        routes = ", ".join(str(r) for r in t.routes) or "remote traffic selectors"
+        routes = "external" if t.external_routes else (", ".join(str(r) for r in t.routes) or "remote traffic selectors")
         out.append(f"{c.name}: tunnel {t.name} mtu {t.mtu}" + (f" address {t.address}" if t.address else "") +
                    f", routes {routes}, close_action {c.close_action}")
     return "\n".join(out) + "\n"

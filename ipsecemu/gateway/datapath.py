@@ -137,6 +137,8 @@ class ConnectionDatapath:
         log.info("%s: tun %s up (mtu %d)", self.gw.name, t.name, t.mtu)
 
     def _wanted_routes(self, keys: ChildSaKeys) -> list[Network]:
+        if self.gw.tunnel.external_routes:  # a lab's route agent routes into the tun, not us
+            return []
         if self.gw.tunnel.routes:
             return list(self.gw.tunnel.routes)
         nets = [n for n in networks(keys.remote_ts) if n not in ANY_NETS]
@@ -442,6 +444,31 @@ class ConnectionDatapath:
         """(inbound, outbound) counters of one child; plain loads while the loop runs."""
         child = self.children[inbound_spi]
         return self.table.counters_for(inbound_spi), child.out_sa.counters
+
+    def kernel_routes(self) -> list[str]:
+        """What the kernel routes into our tun, in any table ("10.0.1.0/24 table 100"): with
+        ``routes: external`` someone else installs them, and that is what carries traffic."""
+        name = self.gw.tunnel.name
+
+        def dump(ipr: Any) -> list[str]:
+            idx = ipr.link_lookup(ifname=name)
+            if not idx:
+                return []
+            out = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in ipr.route("dump", family=family):
+                    oifs = {r.get_attr("RTA_OIF")} | {h.get("oif") for h in r.get_attr("RTA_MULTIPATH") or []}
+                    table = r.get_attr("RTA_TABLE") or r["table"]
+                    if idx[0] not in oifs or r["flags"] & 0x200 or table == 255:  # cached clones, local table
+                        continue
+                    dst = f"{r.get_attr('RTA_DST')}/{r['dst_len']}" if r.get_attr("RTA_DST") else "default"
+                    out.append(dst if table == 254 else f"{dst} table {table}")
+            return sorted(set(out))
+
+        try:
+            return netlink(None, dump)
+        except Exception:  # noqa: BLE001 - a status answer: no routes shown beats no answer
+            return []
 
     def loop_stats(self) -> dict[str, int]:
         out = dict(self._stats_acc)

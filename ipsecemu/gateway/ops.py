@@ -184,7 +184,8 @@ class ControlOps(GatewayState):
                 sas.append({"spi_in": f"{spi:08x}", "spi_out": f"{ch.outbound.spi:08x}",
                             "in": dataclasses.asdict(cin), "out": dataclasses.asdict(cout)})
             conns[name] = {"backend": dp.mode, "native": dp.native, "tunnel": dp.gw.tunnel.name,
-                           "routes": sorted(str(r) for r in dp.routes), "loop": dp.loop_stats(), "sas": sas}
+                           # what the kernel routes into the tun (ours, or a lab route agent's)
+                           "routes": dp.kernel_routes(), "loop": dp.loop_stats(), "sas": sas}
         ike = {lo.addr: {"transport": dict(lo.transport.counters), "endpoint": dict(lo.endpoint.counters)}
                for lo in self.locals.values()}
         return {"connections": conns, "ike": ike}

@@ -27,16 +27,17 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ipsecemu.base.errors import IpsecemuError
 from ipsecemu.net import NetError
 from ipsecemu.net.netns import NETNS_DIR, netns_exists, open_ipr, pids_in_netns, sysctl
 from ipsecemu.net.proc import stop_pids
 from ipsecemu.net.tun import open_tun
 
 from . import services
-from .errors import BuildError
+from .errors import BuildError, LabKept
 from .plan import LabPlan, compile_plan
 from .plan.model import Tap, Veth
-from .state import LabState, LabStateError
+from .state import LabState, LabStateError, keep_failed_logs
 from .topology import Route, Rule, Topology
 
 Say = Callable[[str], None]
@@ -99,10 +100,12 @@ class Builder:
     """Executes a :class:`~ipsecemu.lab.plan.LabPlan`: every name, address and route comes from
     the plan; nothing here looks at the topology."""
 
-    def __init__(self, plan: LabPlan, say: Say = _quiet, base: Path | None = None) -> None:
+    def __init__(self, plan: LabPlan, say: Say = _quiet, base: Path | None = None,
+                 keep_on_failure: bool = False) -> None:
         self.plan = plan
         self.say = say
         self.base = base
+        self.keep_on_failure = keep_on_failure  # a failure (not Ctrl-C) leaves the lab up for debugging
         self.state: LabState | None = None
         self._pid = os.getpid()
 
@@ -127,20 +130,39 @@ class Builder:
         except BaseException as exc:  # includes KeyboardInterrupt from SIGINT/SIGTERM
             if os.getpid() != self._pid:  # a forked helper (pyroute2) must never roll back
                 raise
-            why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self.say(f"{why}: rolling back")
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            if self.keep_on_failure and not interrupted:
+                with self.state.update() as d:  # `lab status` shows why
+                    d["status"], d["error"] = "failed", _one_line(exc)
+                raise LabKept(self._message(exc)) from None
+            self.say(f"{'interrupted' if interrupted else 'failed'}: rolling back")
             with _signals_ignored():
+                # the logs the error names live in the state dir the rollback removes: copy them out
+                kept = None if interrupted else keep_failed_logs(self.state)
                 try:
                     teardown(p.name, self.say, self.base)
                 except Exception as td_exc:  # keep the original error; say what is left
                     self.say(f"rollback incomplete ({td_exc}); run 'ipsecemu lab down {p.name}'")
-            if isinstance(exc, NetlinkError):
-                raise BuildError(f"netlink: {exc.args[-1] if exc.args else exc}") from None
-            if isinstance(exc, NetError):
-                raise BuildError(str(exc)) from None
+            if kept is not None:
+                if isinstance(exc, IpsecemuError) and not isinstance(exc, BuildError):
+                    exc.args = (self._message(exc, kept),)  # keep its family (exit status)
+                    raise
+                raise BuildError(self._message(exc, kept), logs=kept) from None
+            if isinstance(exc, (NetlinkError, NetError)):
+                raise BuildError(self._message(exc)) from None
             raise
         self.state.set_status("up")
         return self.state
+
+    def _message(self, exc: BaseException, kept: Path | None = None) -> str:
+        """The failure in one line; paths into the removed state dir point at the kept copy."""
+        msg = _one_line(exc)
+        if kept is not None and self.state is not None:
+            if str(self.state.dir) in msg:
+                msg = msg.replace(str(self.state.dir), str(kept))
+            else:
+                msg += f" (logs kept in {kept})"
+        return msg
 
     # ------------------------------------------------------------ steps
     def _create_netns(self) -> None:
@@ -318,8 +340,18 @@ def build(topo: Topology, say: Say = _quiet, base: Path | None = None) -> LabSta
     return apply(compile_plan(topo, base), say, base)
 
 
-def apply(plan: LabPlan, say: Say = _quiet, base: Path | None = None) -> LabState:
-    return Builder(plan, say, base).up()
+def apply(plan: LabPlan, say: Say = _quiet, base: Path | None = None, keep_on_failure: bool = False) -> LabState:
+    return Builder(plan, say, base, keep_on_failure).up()
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, NetlinkError):
+        return f"netlink: {exc.args[-1] if exc.args else exc}"
+    if isinstance(exc, BuildError | NetError | LabStateError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------- teardown

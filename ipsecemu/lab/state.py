@@ -20,9 +20,11 @@ from typing import Any
 from ipsecemu.base.errors import LabError
 from ipsecemu.net.proc import pid_alive, proc_start_time
 
-__all__ = ["LabState", "LabStateError", "list_labs", "pid_alive", "proc_start_time", "run_dir"]
+__all__ = ["LabState", "LabStateError", "builder_died", "default_lab", "failed_dir", "keep_failed_logs",
+           "list_labs", "pid_alive", "proc_start_time", "run_dir", "set_default_lab"]
 
 STATE_FILE = "state.json"
+DEFAULT_LAB_FILE = "default-lab"  # under run_dir(): the lab `make lab` built (commands without a lab name)
 # A charon's instance dirs.  Not under /run: charon runs with its own dir bind-mounted over /run
 # (its pid file path is compiled in), which would hide a dir below /run from it.
 CHARON_BASE = Path("/tmp/ipsecemu-charon")
@@ -59,8 +61,12 @@ class LabState:
                 f"run 'ipsecemu lab down {name}' first") from None
         for sub in ("logs", "keys"):
             (st.dir / sub).mkdir(mode=0o700)
+        pid = os.getpid()
         st.data = {
-            "lab": name, "source": source, "status": "building", "created": time.time(),
+            # absolute: `lab audit` re-reads the file later, maybe from another directory
+            "lab": name, "source": os.path.abspath(source), "status": "building", "created": time.time(),
+            # who builds it: a `lab up` killed by SIGKILL leaves "building"; status checks this PID
+            "builder": {"pid": pid, "start_time": proc_start_time(pid)},
             "nodes": nodes, "netns": [], "links": [], "processes": [],
         }
         st._write(st.data)
@@ -159,8 +165,90 @@ class LabState:
         return None
 
 
+def builder_died(data: dict[str, Any]) -> bool:
+    """True when the lab is still "building" but the `lab up` that builds it is gone (killed)."""
+    b = data.get("builder")
+    if data.get("status") != "building" or not isinstance(b, dict) or not isinstance(b.get("pid"), int):
+        return False
+    return not pid_alive(b["pid"], b.get("start_time"))
+
+
 def list_labs(base: Path | None = None) -> list[str]:
     root = base or run_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir())
+    # lab names start with a letter (topology schema): ".failed" and other bookkeeping are not labs
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+# ---------------------------------------------------------------- the default lab
+
+
+def set_default_lab(name: str, base: Path | None = None) -> None:
+    """Record ``name`` as the lab commands use when none is named (``make lab`` sets it)."""
+    root = base or run_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{DEFAULT_LAB_FILE}.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, root / DEFAULT_LAB_FILE)
+
+
+def default_lab(base: Path | None = None) -> str | None:
+    """The recorded default lab, if it is still up; None otherwise."""
+    root = base or run_dir()
+    try:
+        name = (root / DEFAULT_LAB_FILE).read_text().strip()
+    except OSError:
+        return None
+    return name if name and name in list_labs(base) else None
+
+
+# ---------------------------------------------------------------- failed labs
+
+
+def failed_dir(base: Path | None = None) -> Path:
+    """Where the logs of failed `lab up`s are kept (the rollback removes the lab's own dir)."""
+    return (base or run_dir()) / ".failed"
+
+
+def keep_failed_logs(state: LabState) -> Path | None:
+    """Copy the lab's logs and generated configs (not its keys or sockets) to
+    ``<run dir>/.failed/<lab>-<time>/`` before the rollback removes the state dir; returns the copy,
+    or None when there was nothing to keep."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = failed_dir(state.dir.parent) / f"{state.name}-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = failed_dir(state.dir.parent) / f"{state.name}-{stamp}-{n}"
+    with contextlib.suppress(LabStateError):
+        state.reload()  # daemons register themselves: the file knows more than our copy
+    kept = logs = 0
+    for src in sorted(state.dir.rglob("*")):
+        rel = src.relative_to(state.dir)
+        if (not src.is_file() or src.is_symlink() or rel.parts[0] == "keys" or src.suffix in (".sock", ".tmp")
+                or src.name == ".lock"):
+            continue  # keys are secrets; sockets and locks mean nothing once the lab is gone
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            shutil.copy2(src, out)
+        except OSError:
+            continue
+        kept += 1
+        logs += src.suffix == ".log"
+    for extra in state.data.get("processes", []):  # daemon logs kept outside the state dir (charon)
+        log = extra.get("log")
+        if log and not str(log).startswith(str(state.dir)) and os.path.isfile(log):
+            out = dest / "external" / str(extra.get("node") or "lab") / os.path.basename(log)
+            out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with contextlib.suppress(OSError):
+                shutil.copy2(log, out)
+                kept += 1
+                logs += 1
+    if not logs:  # failed before any daemon ran (e.g. a netns exists): the error says it all
+        if kept:
+            shutil.rmtree(dest, ignore_errors=True)
+        return None
+    os.chmod(dest, 0o700)  # gateway.yaml holds the PSK
+    return dest

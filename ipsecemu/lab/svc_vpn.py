@@ -55,6 +55,8 @@ from .state import LabState
 
 Say = Callable[[str], None]
 UP_TIMEOUT = 45.0  # bounded wait for every tunnel at `lab up`
+LISTEN_TIMEOUT = 15.0  # a responder gateway binds its IKE sockets within this (python start-up, 2 cores)
+NO_SA = "NO SA"  # tunnel_status: the gateway answers, but has no IKE SA for the connection
 
 
 def node_dir(state: LabState, node: str) -> Path:
@@ -151,13 +153,16 @@ def start(plan: LabPlan, state: LabState, say: Say) -> None:
     if not agents and not any(n.tunnels for n in plan.nodes):
         return
     watch: list[tuple[str, int, Path]] = []  # (what, pid, log) checked while waiting
-    for d in plan.all_daemons():
-        if d.kind == GATEWAY:
-            watch.append(_start_gateway(plan, state, d))
-            say(f"vpn: {d.node}: ipsecemu gateway pid {watch[-1][1]} ({d.info['tunnels']} tunnel(s))")
-        elif d.kind == CHARON:
-            watch.append(_start_charon(plan, state, d))
-            say(f"vpn: {d.node}: strongSwan charon pid {watch[-1][1]} ({d.info['tunnels']} connection(s))")
+    vpn = [d for d in plan.all_daemons() if d.kind in (GATEWAY, CHARON)]
+    # Responders first, and listening, before any initiator starts: an IKE_SA_INIT sent to a port
+    # nobody has bound yet is lost, and the initiator only retries after its 1 s... 4 s backoff.
+    responders = [d for d in vpn if not d.info.get("initiates")]
+    initiators = [d for d in vpn if d.info.get("initiates")]
+    for group in (responders, initiators):
+        started = [_start_vpn_daemon(plan, state, d, say) for d in group]
+        watch += [w for w, _ in started]
+        if group is responders and initiators:
+            _wait_listening(state, [(d, w) for d, w in zip(group, (w for w, _ in started), strict=True)])
     if not agents:  # BGP lab (routing:): FRR moves the routes; wait for the SAs themselves
         _wait_sas(state, plan, watch, say)
         return
@@ -170,6 +175,37 @@ def start(plan: LabPlan, state: LabState, say: Say) -> None:
     state.add_process(proc.pid, "daemon", None, cmd, str(log))
     watch.append(("VPN route agent", proc.pid, log))
     _wait_up(state, plan, watch, say)
+
+
+def _start_vpn_daemon(plan: LabPlan, state: LabState, d: Daemon, say: Say) -> tuple[tuple[str, int, Path], Daemon]:
+    if d.kind == GATEWAY:
+        w = _start_gateway(plan, state, d)
+        say(f"vpn: {d.node}: ipsecemu gateway pid {w[1]} ({d.info['tunnels']} tunnel(s))")
+    else:
+        w = _start_charon(plan, state, d)  # returns once charon listens and has its connections
+        say(f"vpn: {d.node}: strongSwan charon pid {w[1]} ({d.info['tunnels']} connection(s))")
+    return w, d
+
+
+def _wait_listening(state: LabState, started: list[tuple[Daemon, tuple[str, int, Path]]]) -> None:
+    """Until every responder gateway answers on its control socket, which it opens only after
+    binding its IKE sockets (gateway.daemon._main).  Bounded; a daemon that dies fails lab up."""
+    deadline = time.monotonic() + LISTEN_TIMEOUT
+    for d, (what, pid, log) in started:
+        if d.kind != GATEWAY:
+            continue
+        sock = node_dir(state, str(d.node)) / "control.sock"
+        while True:
+            if not pid_alive(pid, None):
+                raise BuildError(f"{what} (pid {pid}) exited during start; last log lines:\n    {_tail(log)}")
+            try:
+                request(sock, "counters", timeout=1.0)
+                break
+            except (ControlError, OSError, ValueError):
+                if time.monotonic() > deadline:
+                    raise BuildError(f"{what} (pid {pid}) does not answer on {sock} after {LISTEN_TIMEOUT:.0f} s "
+                                     f"(log {log})") from None
+                time.sleep(0.02)
 
 
 def _drop_charon_rule(ns: str) -> None:
@@ -281,6 +317,27 @@ def tunnel_status(state: LabState) -> list[dict[str, Any]]:
             for name, sa in sas:
                 sa = {**sa, "name": name, "child-sas": list(sa.get("child-sas", {}).values())}
                 out.append(_entry(node, kind, sa))
+    return out + _without_sa(state, out)
+
+
+def _without_sa(state: LabState, seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A gateway that answers but has no SA for one of its connections (after ``sa terminate``,
+    or while IKE retries) still shows, as state ``NO SA``: silence would read as "no gateway"."""
+    try:
+        plan = json.loads((state.dir / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    have = {(e["node"], e.get("conn")) for e in seen}
+    failed = {e["node"] for e in seen if "error" in e}
+    out = []
+    for t in plan.get("tunnels", []):
+        node, conn = t.get("node"), t.get("conn")
+        if node in failed or (node, conn) in have:
+            continue
+        if t.get("kind") == "ipsecemu" and not (state.dir / str(node) / "gateway.yaml").exists():
+            continue  # not started (yet)
+        out.append({"node": node, "kind": t.get("kind"), "conn": conn, "state": NO_SA, "local": None,
+                    "remote": None, "child_sas": []})
     return out
 
 

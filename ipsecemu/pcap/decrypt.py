@@ -45,6 +45,7 @@ from ipsecemu.base.satypes import (
 from ipsecemu.dataplane import backend as get_backend
 from ipsecemu.dataplane.api import EspInbound
 from ipsecemu.esp import framing
+from ipsecemu.pcap.coalesced import split_coalesced
 from ipsecemu.pcap.pcapfile import (
     LT_ETHERNET,
     LT_IPV4,
@@ -99,6 +100,7 @@ class Summary:
     dummy: int = 0  # ESP TFC dummy packets (next header 59): nothing to write
     no_key: int = 0  # ESP/MACsec frames passed through for lack of a key
     truncated: int = 0  # cut by the capture's snaplen and not decryptable: copied unchanged
+    coalesced: int = 0  # frames of several ESP-in-UDP datagrams (UDP GRO), split and each decrypted
     clamped: int = 0  # timestamps past the classic pcap limit (2106), written as the limit
     written: int = 0  # records in the output file
     failures: list[Failure] = field(default_factory=list)
@@ -107,6 +109,7 @@ class Summary:
     def line(self) -> str:
         extra = f", TFC dummies dropped: {self.dummy}" if self.dummy else ""
         extra += f", truncated by snaplen: {self.truncated}" if self.truncated else ""
+        extra += f", GRO-merged frames split: {self.coalesced}" if self.coalesced else ""
         nokey = f" ({self.no_key} encrypted without a key)" if self.no_key else ""
         return (f"frames read: {self.frames}, decrypted: {self.decrypted} (ESP layers: {self.esp}, "
                 f"MACsec layers: {self.macsec}), failed: {self.failed}, "
@@ -394,6 +397,19 @@ def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[E
             failed = summary.failed
             failures = len(summary.failures)
             out = dec.process(n, linktype, rec.data)
+            if out is None and linktype == LT_ETHERNET and summary.failed > failed:
+                parts = split_coalesced(rec.data)
+                if parts:  # UDP GRO merged several ESP datagrams: not an ICV failure, decrypt each
+                    frames = summary.frames
+                    summary.failed -= 1
+                    del summary.failures[failures:]
+                    for part in parts:
+                        pout = dec.process(n, linktype, part)
+                        if pout is not None:
+                            writer.write(rec, pout, False)
+                    summary.frames = frames  # one frame read, whatever it held
+                    summary.coalesced += 1
+                    continue
             if rec.wirelen > len(rec.data) and (out is rec.data or summary.failed > failed):
                 # cut by the snaplen and not decrypted: no verdict is possible on a partial frame;
                 # copied unchanged and reported once (with a count) below, not as a failure each

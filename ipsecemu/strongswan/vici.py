@@ -84,15 +84,17 @@ class ViciClient:
         return cast(dict[str, str], _decode(self._call("version", "version")))
 
     def load(self, conn: Conn) -> None:
-        """load-conn + load-shared (the PSK)."""
-        self._call(f"load-conn {conn.name}", "load_conn", conn.vici())
-        # the same connection as swanctl.conf text, for humans reading the instance dir
-        with open(self.dir / "swanctl.conf", "a") as f:
-            f.write(conn.swanctl_conf())
+        """load-shared (the PSK), then load-conn: a connection with start_action=start initiates as
+        it loads, and with the responder already listening its IKE_AUTH can come before a PSK loaded
+        after it ("no shared key found")."""
         if conn.psk:
             ids = [i for i in (conn.local_id, conn.remote_id) if i != "%any"] or ["%any"]
             self._call("load-shared", "load_shared",
                        {"id": f"psk-{conn.name}", "type": "IKE", "data": conn.psk, "owners": ids})
+        self._call(f"load-conn {conn.name}", "load_conn", conn.vici())
+        # the same connection as swanctl.conf text, for humans reading the instance dir
+        with open(self.dir / "swanctl.conf", "a") as f:
+            f.write(conn.swanctl_conf())
 
     def initiate(self, child: str | None = None, ike: str | None = None, timeout_ms: int = 8000) -> None:
         msg: dict[str, Any] = {"timeout": str(timeout_ms), "init-limits": "no"}

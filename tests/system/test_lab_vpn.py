@@ -347,7 +347,7 @@ def test_sigterm_while_waiting_for_tunnels_rolls_back(unique_name: str) -> None:
     try:
         assert p.stdout is not None
         seen = ""
-        while "vpn: hubgw1: ipsecemu gateway pid" not in seen:
+        while "vpn: ce: ipsecemu gateway pid" not in seen:  # the initiator starts last (responders listen first)
             line = p.stdout.readline()
             assert line, seen
             seen += line

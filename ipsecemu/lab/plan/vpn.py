@@ -61,7 +61,8 @@ def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]
         side.pop("name", None)
         if c.nodes[0] == node:
             side["close_action"] = "restart"
-        side["tunnel"] = {"name": tunnel_name(topo, node, c), "routes": []}
+        # the route agent routes into the tunnel (ECMP, tables, withdrawal), never the gateway itself
+        side["tunnel"] = {"name": tunnel_name(topo, node, c), "routes": "external"}
         mine, peer = c.bgp_of(node), c.bgp_of(c.nodes[1 - c.nodes.index(node)])
         if mine is not None and peer is not None:
             # BGP inside the tunnel: our BGP address on the tun, the peer's /32 routed into it while an
@@ -115,18 +116,19 @@ def daemons(topo: Topology, lab_dir: Path, node: str) -> tuple[Daemon, ...]:
     if not conns:
         return ()
     kind = topo.node(node).kind
+    initiates = sum(c.nodes[0] == node for c in conns)  # lab up starts responders first (svc_vpn)
     if kind == "ipsecemu":
         cfg = lab_dir / node / "gateway.yaml"
         text = GATEWAY_HEADER + yaml.safe_dump(gateway_config(topo, node, lab_dir / node), sort_keys=False)
         return (Daemon(GATEWAY, node, (sys.executable, "-m", "ipsecemu", "gateway", "run", str(cfg)),
                        (GeneratedFile(f"{node}/gateway.yaml", text, secret=True),),
-                       log=f"logs/{node}-gateway.log", info={"tunnels": len(conns)}),)
+                       log=f"logs/{node}-gateway.log", info={"tunnels": len(conns), "initiates": initiates}),)
     cc = tuple(charon_conn(topo, node, c) for c in conns)
     # what is loaded over vici, as swanctl.conf (for reading and for `swanctl --load-all`)
     text = "".join(c.swanctl_conf(include_secret=True) for c in cc)
     return (Daemon(CHARON, node, (), (GeneratedFile(f"{node}/swanctl.conf", text, secret=True),),
                    log=str(charon_run_dir(topo.name, node) / "charon.log"), conns=cc,
-                   run_dir=str(charon_run_dir(topo.name, node)), info={"tunnels": len(conns)}),)
+                   run_dir=str(charon_run_dir(topo.name, node)), info={"tunnels": len(conns), "initiates": initiates}),)
 
 
 def route_plan(topo: Topology, lab_dir: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -28,7 +29,15 @@ def test_no_gateway_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_which_gateway_must_be_said() -> None:
     r = sa("list")
-    assert r.returncode == 2 and "--socket PATH, or --lab LAB --node NODE" in r.stderr
+    assert r.returncode == 2 and "--socket PATH, or [--lab LAB] --node NODE" in r.stderr
+
+
+def test_node_without_lab_needs_a_default_lab(tmp_path: Path) -> None:
+    """--node alone: the default lab (make lab), else the only lab up; here (a private, empty run
+    dir) neither, so it says so instead of guessing."""
+    r = subprocess.run([sys.executable, "-m", "ipsecemu", "sa", "--node", "ce", "list"], capture_output=True,
+                       text=True, timeout=30, env={**os.environ, "IPSECEMU_RUN_DIR": str(tmp_path)})
+    assert r.returncode == 2 and "no default lab is up" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_lab_node_path() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.config.gateway import ConnectionConfigError, loads
+from ipsecemu.config.gateway import ConnectionConfigError, loads, summary
 
 from support.gateway_config import GOOD, run_in  # noqa: F401
 
@@ -80,3 +80,15 @@ def test_duplicate_tunnel_names_refused() -> None:
         loads(two, "gw.yaml")
 
 
+
+
+def test_routes_external_means_the_gateway_routes_nothing() -> None:
+    """A lab's gateways say ``routes: external``: the lab's route agent routes into the tun, and a
+    0.0.0.0/0 traffic selector is then no reason for a 'not routing a default route' warning."""
+    cfg = loads(GOOD.replace("routes: [10.2.0.0/16, 10.3.0.0/16]", "routes: external"), "gw.yaml")
+    t = cfg.connections[0].tunnel
+    assert t.external_routes and t.routes == ()
+    assert "routes external" in summary(cfg)
+    assert not loads(GOOD, "gw.yaml").connections[0].tunnel.external_routes
+    with pytest.raises(ConnectionConfigError, match="tunnel.routes"):
+        loads(GOOD.replace("routes: [10.2.0.0/16, 10.3.0.0/16]", "routes: externl"), "gw.yaml")
