@@ -533,6 +533,17 @@ class ConnectionDatapath:
                 self._count("tun_error")
 
     # -- views -----------------------------------------------------------------------------
+    def lineage_of(self, spi: int) -> int | None:
+        ch = self.children.get(spi)
+        return ch.lineage if ch is not None else None
+
+    def policies(self) -> list[dict[str, Any]]:
+        """The live children in lookup order: which SA each one's traffic leaves on."""
+        return [{"child": c.lineage, "local_ts": [str(t) for t in c.keys.local_ts],
+                 "remote_ts": [str(t) for t in c.keys.remote_ts], "spi_out": f"{c.outbound.spi:08x}",
+                 "spi_in": f"{c.inbound.spi:08x}", "routes": sorted(str(r) for r in c.routes)}
+                for c in self._ordered()]
+
     def has_spi(self, spi: int) -> bool:
         return spi in self.children or spi in self._retiring
 
