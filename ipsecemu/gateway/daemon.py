@@ -159,7 +159,8 @@ class Gateway(Sockets, Timers, ControlOps):
             if isinstance(ev, ChildSaRekeyed):
                 log.info("%s: Child SA rekeyed %08x -> %08x", conn, ev.old_inbound_spi, keys.inbound.spi)
             self.dps[conn].install(keys, self.now(), self._port_for(local, conn, keys),
-                                   rekey=isinstance(ev, ChildSaRekeyed), we_started=from_response)
+                                   rekey=isinstance(ev, ChildSaRekeyed), we_started=from_response,
+                                   old_inbound_spi=ev.old_inbound_spi if isinstance(ev, ChildSaRekeyed) else None)
         elif isinstance(ev, ChildSaDeleted):
             for dp in self.dps.values():
                 if dp.remove(ev.inbound_spi):

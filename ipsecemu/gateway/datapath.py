@@ -14,6 +14,15 @@ them itself and writes coalesced ones back (GRO); the slow path strips/adds the 
 Slow path (logged loudly as "slow path"): raw ESP (IP protocol 50) when the built C loop lacks
 that mode, SAs whose algorithm has no C implementation (e.g. ChaCha20, 3DES), or the C module
 not built (``--backend reference``).  There Python encapsulates per packet through the same backend objects.
+
+Several Child SAs under one IKE SA (e.g. charon with two children of different traffic
+selectors): each child is a *lineage* (its SA and the SAs that rekey it) with its own selectors.
+The loop gets one outbound policy per live lineage (``EspUdpLoop.set_out_policy``): a packet
+from the tun leaves on the SA whose selectors hold its source and destination (protocol and
+ports included; the most specific lineage first), and a packet no child covers is a counted
+drop (``no_policy``).  Every inbound SA has its selectors too (``set_in_policy``): a
+decapsulated packet outside them is a counted drop (``ts_drop``, RFC 4301 section 5.2).  The
+routes are the union of the live children's; a child's routes go only when no other needs them.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ from ipsecemu.base.satypes import EspSaConfig, SaCounters, Verdict
 from ipsecemu.config.gateway import GatewayConnection, Network
 from ipsecemu.dataplane import BackendUnavailable
 from ipsecemu.dataplane import backend as dataplane_backend
+from ipsecemu.dataplane.selectors import fits_inbound, packet_selectors, pick_outbound
 from ipsecemu.ike.events import ChildSaKeys
+from ipsecemu.ike.ts import TrafficSelector
 from ipsecemu.io.tunnel import networks
 from ipsecemu.net.netns import netlink
 from ipsecemu.net.tun import VNET_HDR, open_tun
@@ -79,9 +90,21 @@ class _Child:
     keys: ChildSaKeys
     out_sa: Any
     installed: float
+    lineage: int = 0  # the logical child: a rekey keeps it, a new CREATE_CHILD_SA gets its own
     soft_fired: bool = False
     pending: bool = False  # rekeyed in, outbound not switched yet
     routes: list[Network] = field(default_factory=list)
+
+    @property
+    def ts(self) -> str:
+        k = self.keys
+        return f"{','.join(map(str, k.local_ts))} === {','.join(map(str, k.remote_ts))}"
+
+
+def _span(sels: tuple[TrafficSelector, ...]) -> int:
+    """How much a selector list covers: the narrower child's policy is looked at first."""
+    return sum((int(t.end_addr) - int(t.start_addr) + 1) * (t.end_port - t.start_port + 1) * (1 if t.ip_proto else 256)
+               for t in sels)
 
 
 class ConnectionDatapath:
@@ -97,7 +120,11 @@ class ConnectionDatapath:
         self.native = self.dp.__name__.endswith("native")
         self.table = self.dp.EspInboundTable()
         self.children: dict[int, _Child] = {}  # inbound SPI -> child
-        self.current: _Child | None = None  # the one whose outbound SA carries traffic
+        self.current: _Child | None = None  # the newest active child (its peer address drives the loop)
+        self.active: dict[int, _Child] = {}  # lineage -> the child whose outbound SA carries its traffic
+        self._in_sel: dict[int, tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]] = {}
+        self._pushed_out = 0  # outbound policy slots set in the running loop
+        self._pushed_in: set[int] = set()  # inbound SPIs whose selectors the running loop has
         self.tun_fd: int | None = None
         self._loop_obj: Any = None  # EspUdpLoop while the C loop runs
         self._loop_key: tuple[int, tuple[str, int]] | None = None  # (socket fd, peer) it was made for
@@ -175,7 +202,7 @@ class ConnectionDatapath:
 
     # -- SA changes (IKE events) ---------------------------------------------------------
     def install(self, keys: ChildSaKeys, now: float, port: Port | None, *, rekey: bool = False,
-                we_started: bool = False) -> None:
+                we_started: bool = False, old_inbound_spi: int | None = None) -> None:
         """A new Child SA (installed before the IKE message that completes it leaves).  First SA,
         or a rekey we started (the peer installed it before answering): it carries traffic at
         once.  A rekey the peer started: its inbound goes in now, the outbound stays on the old
@@ -183,25 +210,50 @@ class ConnectionDatapath:
         sees traffic, or PROMOTE_AFTER passes (make-before-break, as strongSwan's responder)."""
         self.ensure_tun()
         child = _Child(keys.inbound, keys.outbound, keys, self.dp.EspOutbound(keys.outbound), now)
-        child.pending = rekey and not we_started and self.current is not None
+        child.lineage = self._lineage_for(keys, rekey, old_inbound_spi)
+        child.pending = rekey and not we_started and child.lineage in self.active
         with self._paused():
             self.table.add(keys.inbound)
             self.children[keys.inbound.spi] = child
+            self._in_sel[keys.inbound.spi] = (keys.local_ts, keys.remote_ts)
             if not child.pending:
+                self.active[child.lineage] = child
                 self.current = child
                 self._choose_path(keys, port)
         child.routes = self._wanted_routes(keys)
-        self._set_routes(child.routes)
-        log.info("%s: installed SA in %08x out %08x (%s, %s, %s path%s)", self.gw.name, keys.inbound.spi,
-                 keys.outbound.spi, keys.proposal, "ESP-in-UDP" if keys.encap else "ESP", self.mode,
+        self._set_routes(self._all_routes())
+        log.info("%s: child %d (%s) with %s: installed SA in %08x out %08x (%s, %s, %s path%s)", self.gw.name,
+                 child.lineage, child.ts, keys.remote[0], keys.inbound.spi, keys.outbound.spi, keys.proposal,
+                 "ESP-in-UDP" if keys.encap else "ESP", self.mode,
                  ", outbound after the old SA goes" if child.pending else "")
 
+    def _lineage_for(self, keys: ChildSaKeys, rekey: bool, old_inbound_spi: int | None) -> int:
+        """A rekey continues its old SA's child; a new child takes the lowest free number."""
+        old = self.children.get(old_inbound_spi or 0)
+        if rekey and old is not None:
+            return old.lineage
+        if rekey:  # the old SA is unknown here: the child with the same selectors
+            for ch in self.children.values():
+                if (ch.keys.local_ts, ch.keys.remote_ts) == (keys.local_ts, keys.remote_ts):
+                    return ch.lineage
+        used = {ch.lineage for ch in self.children.values()}
+        return next(i for i in range(1, len(used) + 2) if i not in used)
+
+    def _all_routes(self) -> list[Network]:
+        out: list[Network] = []
+        for ch in self.children.values():
+            out += [n for n in ch.routes if n not in out]
+        return out
+
     def _switch_to(self, child: _Child | None) -> None:
+        """``child`` takes its lineage's outbound (and becomes current); None: nothing is left."""
         with self._paused():
             if child is not None:
                 child.pending = False
+                self.active[child.lineage] = child
             self.current = child
             if child is None:
+                self.active.clear()
                 self._stop_slow()
                 self.mode = "idle"
                 self._release_port()
@@ -225,7 +277,8 @@ class ConnectionDatapath:
         """Tick: move the outbound to a pending rekeyed SA once the peer evidently uses it."""
         for spi, ch in list(self.children.items()):
             if ch.pending and (now - ch.installed >= PROMOTE_AFTER or self.table.counters_for(spi).packets > 0):
-                log.info("%s: outbound now on %08x", self.gw.name, ch.outbound.spi)
+                log.info("%s: child %d (%s) with %s: outbound now on %08x", self.gw.name, ch.lineage, ch.ts,
+                         ch.keys.remote[0], ch.outbound.spi)
                 self._switch_to(ch)
 
     def remove(self, inbound_spi: int) -> bool:
@@ -234,17 +287,27 @@ class ConnectionDatapath:
         child = self.children.pop(inbound_spi, None)
         if child is None:
             return False
+        if self.active.get(child.lineage) is child:
+            # the newest remaining SA of the same child (a rekey) takes over its outbound
+            heir = max((c for c in self.children.values() if c.lineage == child.lineage),
+                       key=lambda c: c.installed, default=None)
+            if heir is not None:
+                self._switch_to(heir)
+            else:
+                with self._paused():
+                    del self.active[child.lineage]
         if self.current is child:
-            # the newest remaining SA takes over the outbound direction
-            nxt = max(self.children.values(), key=lambda c: c.installed, default=None)
+            nxt = max(self.active.values(), key=lambda c: c.installed, default=None)
             self._switch_to(nxt)
         if self.children:
             self._retiring.add(inbound_spi)
             asyncio.get_running_loop().call_later(GRACE, self._drop_inbound, inbound_spi)
+            self._set_routes(self._all_routes())
         else:
             self._drop_inbound(inbound_spi)
             self._set_routes([])
-        log.info("%s: removed SA in %08x out %08x", self.gw.name, inbound_spi, child.outbound.spi)
+        log.info("%s: child %d (%s) with %s: removed SA in %08x out %08x", self.gw.name, child.lineage, child.ts,
+                 child.keys.remote[0], inbound_spi, child.outbound.spi)
         return True
 
     def _drop_inbound(self, spi: int) -> None:
@@ -252,6 +315,7 @@ class ConnectionDatapath:
         if spi in self.children or self.tun_fd is None:
             return
         with self._paused():
+            self._in_sel.pop(spi, None)
             try:
                 self.table.remove(spi)
             except (KeyError, ConfigError, ValueError):
@@ -296,6 +360,8 @@ class ConnectionDatapath:
                 try:
                     if same and cur is not None and lo.outbound is not cur.out_sa:  # cur: checked in same
                         lo.set_outbound(cur.out_sa)
+                    if same:
+                        dp._push_policies(lo)
                 finally:
                     held.__exit__(*exc)
                 if same:
@@ -308,6 +374,25 @@ class ConnectionDatapath:
         """Hold the C loop (it borrows the SAs) between batches while the block edits them, then
         switch its outbound SA live; stop and restart it only for a new socket or peer."""
         return ConnectionDatapath._Pause(self)
+
+    def _ordered(self) -> list[_Child]:
+        """Live children, the narrowest selectors first (a packet goes to the most specific)."""
+        return sorted(self.active.values(), key=lambda c: (_span(c.keys.remote_ts), _span(c.keys.local_ts), c.lineage))
+
+    def _push_policies(self, lo: Any) -> None:
+        """Bring the (paused or not yet started) C loop's policies in line with the children."""
+        order = [c for c in self._ordered() if c.out_sa._sa is not None]
+        for i, ch in enumerate(order):
+            lo.set_out_policy(i, ch.out_sa, ch.keys.local_ts, ch.keys.remote_ts)
+        for i in range(len(order), self._pushed_out):
+            lo.set_out_policy(i, None)
+        self._pushed_out = len(order)
+        for spi in self._pushed_in - set(self._in_sel):
+            lo.del_in_policy(spi)
+        for spi, (local, remote) in self._in_sel.items():
+            if spi not in self._pushed_in:
+                lo.set_in_policy(spi, local, remote)
+        self._pushed_in = set(self._in_sel)
 
     def _release_port(self) -> None:
         if self._port is not None and self._port.owner == self.gw.name:
@@ -355,6 +440,8 @@ class ConnectionDatapath:
                                                outbound=self.current.out_sa, inbound=self.table,
                                                ike_fd=port.ike_fd, batch=self.batch, mtu=self.gw.tunnel.mtu,
                                                poll_ms=20, tun_vnet=bool(self.vnet), **kw)
+            self._pushed_out, self._pushed_in = 0, set()
+            self._push_policies(self._loop_obj)
             self._loop_obj.start()
             self._starts += 1
             log.info("%s: C loop started on fd %d to %s", self.gw.name, port.fd, remote[0])
@@ -412,10 +499,15 @@ class ConnectionDatapath:
                 self._count("tun_error")
                 return
             pkt = pkt[self.vnet:]  # no offloads while no C loop runs: a plain packet behind it
-            cur = self.current
-            if cur is None or self._slow_send is None or not pkt:
+            if self.current is None or self._slow_send is None or not pkt:
                 self._count("no_sa")
                 continue
+            order = self._ordered()
+            i = pick_outbound(pkt, [(c.keys.local_ts, c.keys.remote_ts) for c in order])
+            if i is None:
+                self._count("no_policy")
+                continue
+            cur = order[i]
             verdict, esp = cur.out_sa.encap(pkt, 41 if pkt[0] >> 4 == 6 else 4)
             if verdict != Verdict.OK:
                 self._count(f"encap_{Verdict(verdict).name.lower()}")
@@ -429,6 +521,12 @@ class ConnectionDatapath:
         if res.verdict != Verdict.OK:
             self._count(f"decap_{Verdict(res.verdict).name.lower()}")
             return
+        sel = self._in_sel.get(res.spi or int.from_bytes(esp[:4], "big"))
+        if sel is not None:
+            p = packet_selectors(res.payload)
+            if p is None or not fits_inbound(p, *sel):
+                self._count("ts_drop")
+                return
         self._count("esp_ok")
         if self.tun_fd is not None:
             try:
@@ -437,6 +535,17 @@ class ConnectionDatapath:
                 self._count("tun_error")
 
     # -- views -----------------------------------------------------------------------------
+    def lineage_of(self, spi: int) -> int | None:
+        ch = self.children.get(spi)
+        return ch.lineage if ch is not None else None
+
+    def policies(self) -> list[dict[str, Any]]:
+        """The live children in lookup order: which SA each one's traffic leaves on."""
+        return [{"child": c.lineage, "local_ts": [str(t) for t in c.keys.local_ts],
+                 "remote_ts": [str(t) for t in c.keys.remote_ts], "spi_out": f"{c.outbound.spi:08x}",
+                 "spi_in": f"{c.inbound.spi:08x}", "routes": sorted(str(r) for r in c.routes)}
+                for c in self._ordered()]
+
     def has_spi(self, spi: int) -> bool:
         return spi in self.children or spi in self._retiring
 

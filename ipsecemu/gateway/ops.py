@@ -154,8 +154,10 @@ class ControlOps(GatewayState):
             children = []
             for spi, ch in sa.children.items():
                 k = ch.keys
+                # reqid as in strongSwan: one per child (its policies), kept across rekeys
+                lineage = dp.lineage_of(spi) if dp is not None else None
                 c: dict[str, Any] = {
-                    "name": name, "uniqueid": self._uniqueid(spi.to_bytes(4, "big")), "reqid": 1,
+                    "name": name, "uniqueid": self._uniqueid(spi.to_bytes(4, "big")), "reqid": lineage or 1,
                     "state": "REKEYED" if ch.rekeyed else "INSTALLED",
                     "mode": k.mode.upper(), "protocol": "ESP", "encap": k.encap,
                     "spi-in": f"{ch.inbound_spi:08x}", "spi-out": f"{ch.outbound_spi:08x}", "proposal": k.proposal,
@@ -185,7 +187,8 @@ class ControlOps(GatewayState):
                             "in": dataclasses.asdict(cin), "out": dataclasses.asdict(cout)})
             conns[name] = {"backend": dp.mode, "native": dp.native, "tunnel": dp.gw.tunnel.name,
                            # what the kernel routes into the tun (ours, or a lab route agent's)
-                           "routes": dp.kernel_routes(), "loop": dp.loop_stats(), "sas": sas}
+                           "routes": dp.kernel_routes(), "loop": dp.loop_stats(), "sas": sas,
+                           "children": dp.policies()}
         ike = {lo.addr: {"transport": dict(lo.transport.counters), "endpoint": dict(lo.endpoint.counters)}
                for lo in self.locals.values()}
         return {"connections": conns, "ike": ike}

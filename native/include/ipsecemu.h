@@ -290,6 +290,8 @@ typedef struct ie_loop_stats {
     uint64_t udp_gro_trains; /* receives returning several datagrams (UDP GRO) */
     uint64_t tun_tso;        /* TCP super-packets read from a vnet tun (tun_rx counts their segments) */
     uint64_t tun_gro;        /* coalesced TCP super-packets written to a vnet tun (esp_ok counts segments) */
+    uint64_t no_policy;      /* read from tun, no outbound policy matches it (policies set): dropped */
+    uint64_t ts_drop;        /* decapsulated, outside its SA's traffic selectors: dropped */
 } ie_loop_stats;
 
 typedef struct ie_loop ie_loop;
@@ -309,6 +311,36 @@ void ie_loop_resume(ie_loop *loop);
 /* Only while paused (or before the loop runs): send with `out` from now on (borrowed; NULL is
  * ignored); returns the previous outbound SA, no longer used by the loop. */
 ie_esp_out *ie_loop_set_out(ie_loop *loop, ie_esp_out *out);
+/* Several Child SAs with one peer (loop_policy.c).  A traffic selector (RFC 7296 3.13.1): one
+ * family's address range (network order; IPv4 in the first 4 bytes), an IP protocol (0: any) and
+ * a port range (ICMP: type << 8 | code; 0-65535: any, also matching packets without ports). */
+#define IE_LOOP_MAX_POLICIES 64
+#define IE_LOOP_MAX_IN_POLICIES 128
+#define IE_LOOP_MAX_TS 16
+typedef struct ie_ts {
+    uint8_t family;          /* 4 or 6 */
+    uint8_t proto;
+    uint16_t port_lo, port_hi;
+    uint8_t start[16], end[16];
+} ie_ts;
+/* Only while paused (or before the loop runs).  Outbound policy `slot` (< IE_LOOP_MAX_POLICIES):
+ * a packet from tun whose source fits local[] and destination fits remote[] leaves on `out`
+ * (borrowed); the lowest matching slot wins.  out NULL clears the slot.  While any slot is set,
+ * a packet no slot matches is dropped (stats.no_policy) and the loop's own outbound SA is unused;
+ * with none set, everything leaves on the loop's outbound SA (ie_loop_set_out). */
+int ie_loop_set_out_policy(ie_loop *loop, uint32_t slot, ie_esp_out *out, const ie_ts *local, uint32_t nlocal,
+                           const ie_ts *remote, uint32_t nremote);
+/* Only while paused.  Inbound selectors of SA `spi`: a decapsulated packet whose source is not
+ * in remote[] or destination not in local[] is dropped (stats.ts_drop).  SAs without an entry
+ * are not checked.  Replaces an existing entry; IE_S_ENOMEM past IE_LOOP_MAX_IN_POLICIES. */
+int ie_loop_set_in_policy(ie_loop *loop, uint32_t spi, const ie_ts *local, uint32_t nlocal, const ie_ts *remote,
+                          uint32_t nremote);
+int ie_loop_del_in_policy(ie_loop *loop, uint32_t spi);  /* IE_S_ENOENT if none */
+/* What the loop would do with one inner IP packet (while paused; for tests and diagnostics):
+ * the outbound slot it leaves on (-1: none matches; -2: no policies, the loop's own SA), and
+ * whether inbound SA `spi` accepts it (1) or drops it as outside its selectors (0). */
+int ie_loop_out_slot(const ie_loop *loop, const uint8_t *pkt, uint32_t len);
+int ie_loop_in_ok(ie_loop *loop, uint32_t spi, const uint8_t *pkt, uint32_t len);
 /* ---- MACsec link loop (macsec_loop.c) ----
  * tap (IFF_TAP | IFF_NO_PI: one Ethernet frame per read) -> ie_macsec_protect -> sendmmsg on
  * phy_fd (an AF_PACKET SOCK_RAW socket bound to the link's veth); recvmmsg on phy_fd ->

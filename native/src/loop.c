@@ -25,6 +25,7 @@
 
 #include "internal.h"
 #include "loop_io.h"
+#include "loop_policy.h"
 #include "offload.h"
 
 #define IKE_HDR 19  /* family | address(16) | port(2) */
@@ -34,6 +35,7 @@
 #define VNET_LEN IE_VNET_LEN
 #define TSO_BUF (65536 + VNET_LEN)
 #define TUN_OFFLOADS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+#define V_NO_POLICY 0xFF      /* tx verdict slot: no outbound policy matched (not an SA verdict) */
 
 struct ie_loop {
     ie_loop_cfg cfg;
@@ -61,6 +63,8 @@ struct ie_loop {
     uint8_t *coal;           /* vnet tun: vnet header + coalesced packet to write */
     ie_tso tso;              /* the super-packet in vin being cut */
     ie_gro tcpgro;           /* the run of decapsulated segments being coalesced (rxp indices) */
+    ie_policies *pol;        /* several Child SAs: outbound chosen by selectors, inbound checked */
+    uint16_t *txslot;        /* per tx slot: the outbound policy slot of the packet */
 };
 
 static const ie_io libc_io = {read, write, sendmmsg, sendmsg};
@@ -128,7 +132,10 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     l->vin = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
     l->coal = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
     l->rxctl = calloc(n, CTL_SPACE);
+    l->pol = calloc(1, sizeof *l->pol);
+    l->txslot = calloc(n, sizeof *l->txslot);
     if (!ie_batch_init(&l->b, n, l->stride, l->rstride) || !l->rxaddr || !l->txctl || !l->rxctl ||
+        !l->pol || !l->txslot ||
         (cfg->tun_vnet && (!l->vin || !l->coal)) ||
         !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
@@ -205,6 +212,8 @@ void ie_loop_free(ie_loop *l)
     free(l->rxaddr);
     free(l->txctl);
     free(l->rxctl);
+    free(l->pol);
+    free(l->txslot);
     if (l->vin && l->own_fds)  /* whoever reads the tun next gets plain packets (still behind a header) */
         ioctl(l->cfg.tun_fd, TUNSETOFFLOAD, 0UL);
     free(l->vin);
@@ -250,6 +259,63 @@ ie_esp_out *ie_loop_set_out(ie_loop *l, ie_esp_out *out)
     if (out)  /* the loop always has an outbound SA; stop it to stop sending */
         l->out = out;
     return old;
+}
+
+int ie_loop_set_out_policy(ie_loop *l, uint32_t slot, ie_esp_out *out, const ie_ts *local, uint32_t nlocal,
+                           const ie_ts *remote, uint32_t nremote)
+{
+    return ie_pol_set_out(l->pol, slot, out, local, nlocal, remote, nremote);
+}
+
+int ie_loop_set_in_policy(ie_loop *l, uint32_t spi, const ie_ts *local, uint32_t nlocal, const ie_ts *remote,
+                          uint32_t nremote)
+{
+    return ie_pol_set_in(l->pol, spi, local, nlocal, remote, nremote);
+}
+
+int ie_loop_del_in_policy(ie_loop *l, uint32_t spi)
+{
+    return ie_pol_del_in(l->pol, spi);
+}
+
+int ie_loop_out_slot(const ie_loop *l, const uint8_t *pkt, uint32_t len)
+{
+    uint32_t slot;
+
+    if (!l->pol->nout)
+        return -2;
+    slot = ie_pol_out_lookup(l->pol, pkt, len);
+    return slot == IE_POL_NONE ? -1 : (int)slot;
+}
+
+int ie_loop_in_ok(ie_loop *l, uint32_t spi, const uint8_t *pkt, uint32_t len)
+{
+    return ie_pol_in_ok(l->pol, spi, pkt, len);
+}
+
+/* Encapsulate the n packets read: all on the loop's SA, or (policies set) each on its slot's SA,
+ * in runs of consecutive packets of one slot so a bulk flow still makes one batch call. */
+static void encap_batch(ie_loop *l, uint32_t n)
+{
+    uint32_t i, j;
+
+    if (!l->pol->nout) {
+        ie_esp_encap(l->out, l->b.txp, n, l->b.txv);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        ie_pkt *p = &l->b.txp[i];
+        l->txslot[i] = (uint16_t)ie_pol_out_lookup(l->pol, p->buf + p->off, p->len);
+    }
+    for (i = 0; i < n; i = j) {
+        uint16_t slot = l->txslot[i];
+        for (j = i + 1; j < n && l->txslot[j] == slot; j++)
+            ;
+        if (slot == IE_POL_NONE)
+            memset(l->b.txv + i, V_NO_POLICY, j - i);
+        else
+            ie_esp_encap(l->pol->out[slot].out, l->b.txp + i, j - i, l->b.txv + i);
+    }
 }
 
 void ie_loop_get_stats(const ie_loop *l, ie_loop_stats *out)
@@ -382,13 +448,16 @@ static int tun_to_udp(ie_loop *l)
     if (!n)
         return 0;
     l->st.tun_rx += n;
-    ie_esp_encap(l->out, l->b.txp, n, l->b.txv);
+    encap_batch(l, n);
     /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
      * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
     for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
         uint32_t len = l->b.txp[i].len;
         if (l->b.txv[i] != IE_OK) {
-            l->st.encap_drop++;
+            if (l->b.txv[i] == V_NO_POLICY)
+                l->st.no_policy++;
+            else
+                l->st.encap_drop++;
             continue;
         }
         l->b.txiov[k].iov_base = l->b.txp[i].buf + l->b.txp[i].off;
@@ -500,6 +569,12 @@ static void rx_flush(ie_loop *l, uint32_t k)
     ie_esp_decap(l->in, l->b.rxp, k, l->b.rxv);
     for (i = 0; i < k; i++) {
         ie_pkt *p = &l->b.rxp[i];
+        if (l->b.rxv[i] == IE_OK && !ie_pol_in_ok(l->pol, p->spi, p->buf + p->off, p->len)) {
+            l->b.rxv[i] = IE_UNKNOWN_SA;  /* any non-OK: not written below */
+            p->flags &= (uint8_t)~IE_PKT_DELIVER;
+            l->st.ts_drop++;
+            continue;
+        }
         if (l->b.rxv[i] != IE_OK)
             l->st.decap_drop++;
         else if (!l->vin)

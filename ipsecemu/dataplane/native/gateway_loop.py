@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.dataplane.native.cmodule import check_status, ffi, lib
 from ipsecemu.dataplane.native.esp import EspInboundTable, EspOutbound
+from ipsecemu.dataplane.selectors import Selector
 
 
 class EspUdpLoop:
@@ -66,6 +68,7 @@ class EspUdpLoop:
         self._keep = (outbound, inbound)  # borrowed by C: keep them alive
         self.outbound, self.inbound = outbound, inbound
         self._held = False
+        self._policies: dict[int, EspOutbound] = {}  # outbound slot -> its SA (borrowed by C)
         self._thread: threading.Thread | None = None
         self.result: int | None = None
 
@@ -112,11 +115,68 @@ class EspUdpLoop:
             self._keep = (outbound, self.inbound)
         return old
 
+    def set_out_policy(self, slot: int, outbound: EspOutbound | None, local: Sequence[Selector] = (),
+                       remote: Sequence[Selector] = ()) -> None:
+        """Several Child SAs with this peer: a packet from the tun whose source fits ``local``
+        and destination fits ``remote`` leaves on ``outbound`` (the lowest matching slot wins);
+        ``None`` clears the slot.  While any slot is set, a packet no slot matches is dropped
+        and counted (``stats["no_policy"]``)."""
+        if outbound is not None and outbound._sa is None:
+            raise ConfigError(f"encr: the C loop needs a C-path SA, not {outbound.cfg.encr}")
+        cl, nl = c_selectors(local)
+        cr, nr = c_selectors(remote)
+        with self.paused():
+            check_status(lib.ie_loop_set_out_policy(self._loop, slot, outbound._sa if outbound else ffi.NULL,
+                                                    cl, nl, cr, nr), f"outbound policy slot {slot}")
+            if outbound is None:
+                self._policies.pop(slot, None)
+            else:
+                self._policies[slot] = outbound
+
+    def set_in_policy(self, spi: int, local: Sequence[Selector], remote: Sequence[Selector]) -> None:
+        """Inbound SA ``spi``: a decapsulated packet must come from ``remote`` and go to
+        ``local``, else it is dropped and counted (``stats["ts_drop"]``)."""
+        cl, nl = c_selectors(local)
+        cr, nr = c_selectors(remote)
+        with self.paused():
+            check_status(lib.ie_loop_set_in_policy(self._loop, spi, cl, nl, cr, nr), f"inbound selectors of {spi:08x}")
+
+    def del_in_policy(self, spi: int) -> None:
+        with self.paused():
+            lib.ie_loop_del_in_policy(self._loop, spi)  # IE_S_ENOENT: never set, nothing to do
+
+    def out_slot(self, pkt: bytes) -> int | None:
+        """The outbound policy slot ``pkt`` would leave on (None: no slot matches; -2: no
+        policies, the loop's own SA)."""
+        with self.paused():
+            r = int(lib.ie_loop_out_slot(self._loop, pkt, len(pkt)))
+        return None if r == -1 else r
+
+    def in_ok(self, spi: int, pkt: bytes) -> bool:
+        """Whether inbound SA ``spi`` accepts the decapsulated ``pkt`` (its selectors)."""
+        with self.paused():
+            return bool(lib.ie_loop_in_ok(self._loop, spi, pkt, len(pkt)))
+
     @property
     def stats(self) -> dict[str, int]:
         s = ffi.new("ie_loop_stats *")
         lib.ie_loop_get_stats(self._loop, s)
         return {name: getattr(s, name) for name, _ in ffi.typeof("ie_loop_stats").fields}
+
+
+def c_selectors(sels: Sequence[Selector]) -> tuple[Any, int]:
+    """Selectors -> (``ie_ts[]``, count) for the C loop."""
+    if len(sels) > lib.IE_LOOP_MAX_TS:
+        raise ConfigError(f"traffic selectors: the C loop takes at most {lib.IE_LOOP_MAX_TS} per side, got {len(sels)}")
+    arr = ffi.new("ie_ts[]", max(1, len(sels)))
+    for i, t in enumerate(sels):
+        a, b = t.start_addr.packed, t.end_addr.packed
+        arr[i].family = t.start_addr.version
+        arr[i].proto = t.ip_proto
+        arr[i].port_lo, arr[i].port_hi = t.start_port, t.end_port
+        arr[i].start = a + bytes(16 - len(a))
+        arr[i].end = b + bytes(16 - len(b))
+    return arr, len(sels)
 
 
 def parse_ike_record(record: bytes) -> tuple[tuple[str, int], bytes]:
