@@ -280,6 +280,14 @@ typedef struct ie_loop_cfg {
                                 cuts TCP super-packets into MTU-size segments itself; on the way back
                                 consecutive segments of a TCP flow in a batch are written as one
                                 super-packet (GRO), anything else behind a zero virtio_net_hdr */
+    int transport;           /* 1: transport-mode ESP (RFC 4303 3.1.1) between this host (local_addr)
+                                and the peer: a packet from tun loses its IP header (it must be to the
+                                peer, unfragmented; else encap_drop) and its protocol becomes the ESP
+                                next header; the socket adds the outer header.  Decapsulated data gets
+                                a fresh header peer -> local_addr, protocol = next header, and after
+                                UDP encapsulation a recomputed TCP/UDP checksum (RFC 3948 3.1.3).
+                                No UDP GRO on receive in this mode. */
+    uint8_t local_addr[16];  /* transport: this host's address (family of the peer) */
 } ie_loop_cfg;
 
 typedef struct ie_loop_stats {
