@@ -122,7 +122,7 @@ ENCR_LIST: list[EncrAlg] = [
     *(_aes_cbc(b) for b in (128, 192, 256)),
     *(_aes_gcm(b, i) for b in (128, 192, 256) for i in (8, 12, 16)),
     EncrAlg("3des", 3, None, 24, 0, 8, 8, 0, False, "3des-cbc", True,
-            "TripleDES-CBC [RFC2451]", "3DES [RFC2451]", "3DES_CBC"),
+            "TripleDES-CBC [RFC2451]", "3DES [RFC2451]", "3DES_CBC", c_enum=5),
     EncrAlg("null", 11, None, 0, 0, 0, 4, 0, False, "null", False, "NULL", None, "NULL"),
     EncrAlg("chacha20poly1305", 28, None, 32, 4, 8, 4, 16, True, "chacha20-poly1305", True,
             None, None, "CHACHA20_POLY1305"),

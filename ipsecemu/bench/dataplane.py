@@ -1,8 +1,9 @@
 """``ipsecemu bench dataplane``: packets/s and Gbit/s of the ESP and MACsec transforms on one core,
-next to ``openssl speed -evp aes-{128,256}-gcm`` run in the same process tree, like
+next to ``openssl speed -evp aes-{128,256}-gcm`` / ``des-ede3-cbc`` run in the same process tree, like
 ``openssl speed`` for ipsecemu.
 
-Suites: ESP AES-GCM-128, AES-GCM-256, AES-CBC-256 + HMAC-SHA-256-128 (encap, decap); MACsec
+Suites: ESP AES-GCM-128, AES-GCM-256, AES-CBC-256 + HMAC-SHA-256-128, 3DES-CBC + HMAC-SHA1-96
+(ratio vs DES-EDE3-CBC alone: the HMAC is extra work) (encap, decap); MACsec
 GCM-AES-128 and GCM-AES-XPN-256 (protect, validate).  ``size`` is the payload handed to the
 transform: the inner IP packet for ESP, the whole Ethernet frame for MACsec; Gbit/s counts
 those bytes.
@@ -62,6 +63,8 @@ SUITES: tuple[Suite, ...] = (
     Suite("esp", "aes-gcm-128", "aes-128-gcm", esp=_esp("aes-gcm-16", 20)),
     Suite("esp", "aes-gcm-256", "aes-256-gcm", esp=_esp("aes-gcm-16", 36)),
     Suite("esp", "aes-cbc-256+hmac-sha256-128", None, esp=_esp("aes-cbc", 32, "hmac-sha256-128", 32)),
+    # 3DES-SHA1: the Windows host IPsec policy of scenario S5; vs openssl's DES-EDE3-CBC (the cipher only)
+    Suite("esp", "3des-cbc+hmac-sha1-96", "des-ede3-cbc", esp=_esp("3des-cbc", 24, "hmac-sha1-96", 20)),
     Suite("macsec", "gcm-aes-128", "aes-128-gcm",
           macsec=MacsecSaConfig("gcm-aes-128", bytes(range(16)), bytes.fromhex("020000000001" "0001"), 0)),
     Suite("macsec", "gcm-aes-xpn-256", "aes-256-gcm",

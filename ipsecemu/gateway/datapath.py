@@ -12,7 +12,7 @@ tun is opened with IFF_VNET_HDR: the loop takes TCP super-packets from the kerne
 them itself and writes coalesced ones back (GRO); the slow path strips/adds the 10-byte header.
 
 Slow path (logged loudly as "slow path"): raw ESP (IP protocol 50) when the built C loop lacks
-that mode, SAs whose algorithm has no C implementation (e.g. ChaCha20, 3DES), or the C module
+that mode, SAs whose algorithm has no C implementation (e.g. ChaCha20, HMAC-MD5), or the C module
 not built (``--backend reference``).  There Python encapsulates per packet through the same backend objects.
 
 Several Child SAs under one IKE SA (e.g. charon with two children of different traffic
@@ -23,6 +23,10 @@ ports included; the most specific lineage first), and a packet no child covers i
 drop (``no_policy``).  Every inbound SA has its selectors too (``set_in_policy``): a
 decapsulated packet outside them is a counted drop (``ts_drop``, RFC 4301 section 5.2).  The
 routes are the union of the live children's; a child's routes go only when no other needs them.
+
+Transport-mode Child SAs (RFC 4303 §3.1.1) are framed as such on both paths: the IP header of a
+packet from the tun is dropped (the socket writes the outer one) and its protocol is the ESP next
+header; decapsulated data gets a header peer -> local back (selectors are checked after that).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ipsecemu.config.gateway import GatewayConnection, Network
 from ipsecemu.dataplane import BackendUnavailable
 from ipsecemu.dataplane import backend as dataplane_backend
 from ipsecemu.dataplane.selectors import fits_inbound, packet_selectors, pick_outbound
+from ipsecemu.esp import framing
 from ipsecemu.ike.events import ChildSaKeys
 from ipsecemu.ike.ts import TrafficSelector
 from ipsecemu.io.tunnel import networks
@@ -432,7 +437,9 @@ class ConnectionDatapath:
 
         port = self._port
         port.pause()
-        kw = {"raw_esp": True} if port.raw else {}
+        kw: dict[str, Any] = {"raw_esp": True} if port.raw else {}
+        if self.current.keys.mode == "transport":  # RFC 4303 3.1.1 framing: no inner IP header
+            kw.update(transport=True, local=self.current.keys.local[0])
         try:
             remote = self._loop_peer()
             self._loop_key = (port.fd, remote)
@@ -508,7 +515,15 @@ class ConnectionDatapath:
                 self._count("no_policy")
                 continue
             cur = order[i]
-            verdict, esp = cur.out_sa.encap(pkt, 41 if pkt[0] >> 4 == 6 else 4)
+            if cur.keys.mode == "transport":  # RFC 4303 3.1.1: the socket writes the IP header
+                try:
+                    _hdr, proto, data = framing.split_transport(pkt)
+                except framing.FramingError:
+                    self._count("encap_bad_header")
+                    continue
+                verdict, esp = cur.out_sa.encap(data, proto)
+            else:
+                verdict, esp = cur.out_sa.encap(pkt, 41 if pkt[0] >> 4 == 6 else 4)
             if verdict != Verdict.OK:
                 self._count(f"encap_{Verdict(verdict).name.lower()}")
                 continue
@@ -521,16 +536,22 @@ class ConnectionDatapath:
         if res.verdict != Verdict.OK:
             self._count(f"decap_{Verdict(res.verdict).name.lower()}")
             return
+        payload = res.payload
+        child = self.children.get(res.spi)
+        if child is not None and child.keys.mode == "transport":  # put the IP header back
+            payload = framing.build_ip(child.keys.remote[0], child.keys.local[0], res.next_header, payload)
+            if child.keys.encap:  # RFC 3948 3.1.3: the sender summed its own (pre-NAT) addresses
+                payload = framing.fix_l4_checksum(payload)
         sel = self._in_sel.get(res.spi or int.from_bytes(esp[:4], "big"))
         if sel is not None:
-            p = packet_selectors(res.payload)
+            p = packet_selectors(payload)
             if p is None or not fits_inbound(p, *sel):
                 self._count("ts_drop")
                 return
         self._count("esp_ok")
         if self.tun_fd is not None:
             try:
-                os.write(self.tun_fd, bytes(self.vnet) + res.payload)
+                os.write(self.tun_fd, bytes(self.vnet) + payload)
             except OSError:
                 self._count("tun_error")
 

@@ -80,7 +80,7 @@ static const uint8_t fuzz_salt[12] = {0x70, 0x71, 0x72, 0x73, 0x74, 0x75, 0x76, 
 
 /* ESP SA settings from one byte: bits 0-1 encr (GCM-16, GCM-8, GCM-12, CBC), bits 2-3 integ
  * for CBC (SHA1-96, SHA256-128, SHA384-192, SHA512-256), bit 4 ESN, bit 5 window 4096 (else 64),
- * bit 6 AES-256 (else 128). */
+ * bit 6 AES-256 (else 128), bit 7 3DES-CBC instead (integ from bits 2-3). */
 static inline ie_esp_cfg fuzz_esp_cfg(uint8_t b)
 {
     static const int encr[4] = {IE_ENCR_AES_GCM_16, IE_ENCR_AES_GCM_8, IE_ENCR_AES_GCM_12, IE_ENCR_AES_CBC};
@@ -90,10 +90,10 @@ static inline ie_esp_cfg fuzz_esp_cfg(uint8_t b)
 
     memset(&c, 0, sizeof c);
     c.spi = FUZZ_SPI;
-    c.encr = encr[b & 3];
+    c.encr = b & 128 ? IE_ENCR_3DES_CBC : encr[b & 3];
     c.enc_key = fuzz_enc_key;
-    if (c.encr == IE_ENCR_AES_CBC) {
-        c.enc_key_len = aes;
+    if (c.encr == IE_ENCR_AES_CBC || c.encr == IE_ENCR_3DES_CBC) {
+        c.enc_key_len = c.encr == IE_ENCR_3DES_CBC ? 24 : aes;
         c.integ = 1 + ((b >> 2) & 3);
         c.integ_key = fuzz_integ_key;
         c.integ_key_len = integ_len[c.integ];

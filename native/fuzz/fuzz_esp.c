@@ -3,18 +3,51 @@
  * Input: cfg (fuzz_esp_cfg) | mode | seq (4) | n | n x (headroom, tailroom, next_header, chunk).
  * mode bit 0 clear: decapsulate the chunks as received ESP packets (SA window top = seq);
  * set: encapsulate them as payloads (first sequence number seq) and decapsulate the results with
- * a fresh inbound SA, which must hand back exactly the payload (a mismatch aborts: a finding). */
+ * a fresh inbound SA, which must hand back exactly the payload (a mismatch aborts: a finding).
+ * mode bit 1: transport mode (RFC 4303 3.1.1): the chunks are whole IP packets (encap) or
+ * IP | ESP / IP | UDP | ESP (decap); the round trip must give back the packet up to its IP
+ * length, byte for byte except the IPv4 header checksum (rewritten, so a wrong one comes back right). */
 #include <stdio.h>
 
 #include "fuzz.h"
 
 #define MAX_BATCH 8
 
+/* A transport round trip: the packet comes back up to its IP length (the encap accepted it, so
+ * the header parsed), equal but for the IPv4 header checksum; protocol 59 comes back as TFC. */
+static void transport_oracle(const ie_pkt *p, uint8_t verdict, const uint8_t *orig, size_t len)
+{
+    uint32_t total, i, proto_at = 9;
+    int v6 = len && orig[0] >> 4 == 6;
+
+    total = v6 ? 40 + ((uint32_t)orig[4] << 8 | orig[5]) : ((uint32_t)orig[2] << 8 | orig[3]);
+    if (v6) {  /* the protocol: after the extension headers the encap walked (0, 43, 44, 60) */
+        uint32_t off = 40;
+        uint8_t nh = orig[6];
+        proto_at = 6;
+        while (nh == 0 || nh == 43 || nh == 44 || nh == 60) {
+            proto_at = off;
+            off += nh == 44 ? 8 : ((uint32_t)orig[off + 1] + 1) * 8;
+            nh = orig[proto_at];
+        }
+    }
+    if (orig[proto_at] == 59 ? verdict == IE_TFC_DUMMY : verdict == IE_OK && p->len == total) {
+        for (i = 0; verdict == IE_OK && i < total; i++)
+            if (p->buf[p->off + i] != orig[i] && (v6 || (i != 10 && i != 11)))
+                break;
+        if (verdict != IE_OK || i == total)
+            return;
+    }
+    fprintf(stderr, "ESP transport round trip broke: verdict %u len %u/%u\n", verdict, p->len, total);
+    abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fz f = {data, size};
     ie_esp_cfg cfg = fuzz_esp_cfg(fz_u8(&f)), in_cfg;
     uint8_t mode = fz_u8(&f), verdicts[MAX_BATCH], back[MAX_BATCH];
+    const int transport = !!(mode & 2);
     uint32_t seq = fz_u32(&f), n = 1 + fz_u8(&f) % MAX_BATCH, i;
     ie_pkt pkts[MAX_BATCH];
     uint8_t *bufs[MAX_BATCH], *copies[MAX_BATCH];
@@ -44,13 +77,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!(mode & 1)) {
         in_cfg.initial_seq = seq;
         if (ie_esp_table_add(t, &in_cfg) == IE_S_OK)
-            ie_esp_decap(t, pkts, n, verdicts);
+            (transport ? ie_esp_decap_transport : ie_esp_decap)(t, pkts, n, verdicts);
     } else {
         cfg.initial_seq = seq ? seq : 1;
         in_cfg.initial_seq = cfg.initial_seq - 1;  /* the window top just below the first packet */
         if (ie_esp_out_new(&cfg, &out) == IE_S_OK && ie_esp_table_add(t, &in_cfg) == IE_S_OK) {
             uint8_t nh[MAX_BATCH];
-            ie_esp_encap(out, pkts, n, verdicts);
+            (transport ? ie_esp_encap_transport : ie_esp_encap)(out, pkts, n, verdicts);
             for (i = 0; i < n; i++) {
                 nh[i] = pkts[i].next_header;
                 if (verdicts[i] == IE_OK)
@@ -58,10 +91,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 else
                     pkts[i].len = 0;  /* not sent: its bytes (maybe a valid ESP packet) must not reach decap */
             }
-            ie_esp_decap(t, pkts, n, back);
+            (transport ? ie_esp_decap_transport : ie_esp_decap)(t, pkts, n, back);
             for (i = 0; i < n; i++) {
                 if (verdicts[i] != IE_OK)
                     continue;
+                if (transport) {
+                    transport_oracle(&pkts[i], back[i], copies[i], lens[i]);
+                    continue;
+                }
                 if (back[i] != (nh[i] == 59 ? IE_TFC_DUMMY : IE_OK) ||
                     (back[i] == IE_OK && (pkts[i].len != lens[i] || pkts[i].next_header != nh[i] ||
                                           memcmp(pkts[i].buf + pkts[i].off, copies[i], lens[i])))) {

@@ -21,8 +21,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from ipsecemu.dataplane.api import EspSaConfig, MacsecSaConfig, SecYConfig
+from ipsecemu.base.satypes import EspSaConfig, MacsecSaConfig, SecYConfig
 from ipsecemu.esp.reference import EspOutbound
+from ipsecemu.esp.transport import encap_transport
 from ipsecemu.macsec.reference import MacsecTx
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -48,9 +49,9 @@ def chunk(data: bytes) -> bytes:
 
 def esp_sa(cfg: int) -> EspSaConfig:
     """The SA fuzz_esp_cfg(cfg) builds in C."""
-    encr = ENCR[cfg & 3]
-    aes = 32 if cfg & 64 else 16
-    if encr == "aes-cbc":
+    encr = "3des-cbc" if cfg & 128 else ENCR[cfg & 3]
+    aes = 24 if cfg & 128 else 32 if cfg & 64 else 16
+    if encr in ("aes-cbc", "3des-cbc"):
         integ = INTEG[(cfg >> 2) & 3]
         ilen = {"hmac-sha1-96": 20, "hmac-sha256-128": 32, "hmac-sha384-192": 48, "hmac-sha512-256": 64}[integ]
         return EspSaConfig(spi=SPI, encr=encr, enc_key=ENC_KEY[:aes], integ=integ, integ_key=INTEG_KEY[:ilen],
@@ -62,7 +63,7 @@ def esp_sa(cfg: int) -> EspSaConfig:
 def esp_packets(cfg: int, inner: Iterable[bytes]) -> list[bytes]:
     sa = esp_sa(cfg)
     out = EspOutbound(sa)
-    iv = bytes(16 if sa.encr == "aes-cbc" else 8)
+    iv = bytes(16 if sa.encr == "aes-cbc" else 8)  # 3DES: 8 like GCM
     res = []
     for p in inner:
         verdict, pkt = out.encap(p, 41 if p[:1] and p[0] >> 4 == 6 else 4, iv=iv)
@@ -88,9 +89,30 @@ def super_packet(size: int = 4000, v6: bool = False) -> bytes:
     return bytes(ip / TCP(sport=40000, dport=5201, seq=7, ack=1, flags="PA") / Raw(bytes(range(256)) * (size // 256)))
 
 
+def transport_packets(cfg: int, pkts: Iterable[bytes]) -> list[bytes]:
+    """Transport-mode ESP (the reference's) of whole IP packets."""
+    sa = esp_sa(cfg)
+    out = EspOutbound(sa)
+    iv = bytes(16 if sa.encr == "aes-cbc" else 8)
+    res = []
+    for p in pkts:
+        verdict, pkt = encap_transport(out, p, iv=iv)
+        assert verdict.name == "OK", verdict
+        res.append(pkt)
+    return res
+
+
 def seeds_esp() -> dict[str, bytes]:
     s = {}
-    for cfg in (0x00, 0x01, 0x02, 0x03 | 0x04, 0x03 | 0x10 | 0x20, 0x40 | 0x10, 0x03 | 0x0C | 0x40):
+    # transport mode (mode bit 1): TCP to 8080 over IPv4 and IPv6, 3DES-SHA1 and AES-GCM-16
+    for cfg in (0x80, 0x80 | 0x04 | 0x10, 0x00, 0x03):
+        pkts = [bytes(IP(src="10.2.27.10", dst="10.0.1.4") / TCP(sport=40000, dport=8080, flags="PA") / Raw(b"g" * 90)),
+                bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=8080) / Raw(b"u" * 41))]
+        body = b"".join(bytes([16, 16, 0]) + chunk(p) for p in transport_packets(cfg, pkts))
+        s[f"transport-decap-{cfg:02x}"] = bytes([cfg, 2]) + struct.pack("!I", 0) + bytes([len(pkts) - 1]) + body
+        body = b"".join(bytes([24, 64, 0]) + chunk(p) for p in pkts)
+        s[f"transport-roundtrip-{cfg:02x}"] = bytes([cfg, 3]) + struct.pack("!I", 7) + bytes([1]) + body
+    for cfg in (0x00, 0x01, 0x02, 0x03 | 0x04, 0x03 | 0x10 | 0x20, 0x40 | 0x10, 0x03 | 0x0C | 0x40, 0x80, 0x80 | 0x04 | 0x30):
         pkts = esp_packets(cfg, tcp_run(3, 200) + [bytes(IP() / UDP() / Raw(b"x"))])
         body = b"".join(bytes([16, 16, 0]) + chunk(p) for p in pkts)
         s[f"decap-{cfg:02x}"] = bytes([cfg, 0]) + struct.pack("!I", 0) + bytes([len(pkts) - 1]) + body

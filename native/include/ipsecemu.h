@@ -1,6 +1,6 @@
 /* ipsecemu.h - the whole C API of the ipsecemu data-plane fast path.
  *
- * ESP (RFC 4303, AES-GCM RFC 4106, AES-CBC RFC 3602 + HMAC-SHA1/SHA2) and MACsec (IEEE 802.1AE,
+ * ESP (RFC 4303, AES-GCM RFC 4106, AES-CBC RFC 3602 / 3DES-CBC RFC 2451 + HMAC-SHA1/SHA2) and MACsec (IEEE 802.1AE,
  * GCM-AES-128/256 and XPN) transforms over batches of caller-owned packet buffers, in place.
  * The exact per-packet semantics are those of ipsecemu/dataplane/api.py; the Python wrapper is
  * the ipsecemu/dataplane/native/ package.
@@ -61,7 +61,8 @@ enum ie_esp_encr {
     IE_ENCR_AES_GCM_8 = 1,
     IE_ENCR_AES_GCM_12 = 2,
     IE_ENCR_AES_GCM_16 = 3,
-    IE_ENCR_AES_CBC = 4
+    IE_ENCR_AES_CBC = 4,
+    IE_ENCR_3DES_CBC = 5     /* 24-byte key, 8-byte IV and block */
 };
 enum ie_esp_integ {
     IE_INTEG_NONE = 0,
@@ -203,6 +204,15 @@ int ie_esp_table_remove(ie_esp_table *t, uint32_t spi);
 size_t ie_esp_table_size(const ie_esp_table *t);
 /* Decapsulate ESP packets in place: on OK/TFC the payload is [off, off+len). */
 void ie_esp_decap(ie_esp_table *t, ie_pkt *pkts, size_t n, uint8_t *verdicts);
+/* Transport mode (RFC 4303 §3.1.1).  Encap: pkts[i] is a whole IPv4/IPv6 packet (headroom
+ * IE_ESP_HEADROOM); ESP goes between its IP header (IPv4 options / IPv6 extension headers
+ * kept) and the upper-layer data, next header = the old protocol; protocol 50, lengths and the
+ * IPv4 checksum are rewritten.  Fragments and malformed headers: BAD_HEADER (SA bad_header).
+ * Decap: pkts[i] is IP | ESP, or IP | UDP | ESP (RFC 3948); on OK it becomes the original
+ * packet (protocol = next header, lengths and checksum fixed); after UDP encapsulation the
+ * TCP/UDP checksum is recomputed (RFC 3948 §3.1.3: NAT changed the addresses it covers). */
+void ie_esp_encap_transport(ie_esp_out *sa, ie_pkt *pkts, size_t n, uint8_t *verdicts);
+void ie_esp_decap_transport(ie_esp_table *t, ie_pkt *pkts, size_t n, uint8_t *verdicts);
 int ie_esp_table_counters(const ie_esp_table *t, uint32_t spi, ie_counters *out);
 /* Drops not tied to a known SA (UNKNOWN_SA, packets too short to hold an SPI). */
 void ie_esp_table_global_counters(const ie_esp_table *t, ie_counters *out);
@@ -270,6 +280,14 @@ typedef struct ie_loop_cfg {
                                 cuts TCP super-packets into MTU-size segments itself; on the way back
                                 consecutive segments of a TCP flow in a batch are written as one
                                 super-packet (GRO), anything else behind a zero virtio_net_hdr */
+    int transport;           /* 1: transport-mode ESP (RFC 4303 3.1.1) between this host (local_addr)
+                                and the peer: a packet from tun loses its IP header (it must be to the
+                                peer, unfragmented; else encap_drop) and its protocol becomes the ESP
+                                next header; the socket adds the outer header.  Decapsulated data gets
+                                a fresh header peer -> local_addr, protocol = next header, and after
+                                UDP encapsulation a recomputed TCP/UDP checksum (RFC 3948 3.1.3).
+                                No UDP GRO on receive in this mode. */
+    uint8_t local_addr[16];  /* transport: this host's address (family of the peer) */
 } ie_loop_cfg;
 
 typedef struct ie_loop_stats {

@@ -1,4 +1,5 @@
-/* esp.c - ESP (RFC 4303) encap/decap: AES-GCM (RFC 4106) and AES-CBC (RFC 3602) + HMAC. */
+/* esp.c - ESP (RFC 4303) encap/decap: AES-GCM (RFC 4106), AES-CBC (RFC 3602) and 3DES-CBC
+ * (RFC 2451, OpenSSL's DES-EDE3-CBC from the default provider) + HMAC. */
 #include <stdlib.h>
 
 #include <openssl/core_names.h>
@@ -7,6 +8,7 @@
 #include <openssl/rand.h>
 
 #include "internal.h"
+#include "transport.h"
 
 #define RP_BITS IE_MAX_REPLAY_WINDOW  /* ring bitmap covers the largest window */
 #define RP_MASK (RP_BITS - 1)
@@ -155,8 +157,12 @@ static int sa_init(esp_sa *sa, const ie_esp_cfg *cfg, int enc)
             return cfg->enc_key_len - 4 == 16 || cfg->enc_key_len - 4 == 24 || cfg->enc_key_len - 4 == 32
                        ? IE_S_ECRYPTO : IE_S_EINVAL;
         return IE_S_OK;
-    case IE_ENCR_AES_CBC: {
-        const EVP_CIPHER *c = cfg->enc_key_len == 16   ? EVP_aes_128_cbc()
+    case IE_ENCR_AES_CBC:
+    case IE_ENCR_3DES_CBC: {
+        /* the two CBC ciphers differ only in block (= IV) size: 16 for AES, 8 for 3DES */
+        const int des = cfg->encr == IE_ENCR_3DES_CBC;
+        const EVP_CIPHER *c = des ? (cfg->enc_key_len == 24 ? EVP_des_ede3_cbc() : NULL)
+                              : cfg->enc_key_len == 16 ? EVP_aes_128_cbc()
                               : cfg->enc_key_len == 24 ? EVP_aes_192_cbc()
                               : cfg->enc_key_len == 32 ? EVP_aes_256_cbc()
                                                        : NULL;
@@ -166,8 +172,8 @@ static int sa_init(esp_sa *sa, const ie_esp_cfg *cfg, int enc)
         if (!c || cfg->integ < IE_INTEG_HMAC_SHA1_96 || cfg->integ > IE_INTEG_HMAC_SHA512_256 ||
             !cfg->integ_key || cfg->integ_key_len != integs[cfg->integ].keylen)
             return IE_S_EINVAL;
-        sa->ivlen = 16;
-        sa->block = 16;
+        sa->ivlen = des ? 8 : 16;
+        sa->block = sa->ivlen;
         sa->icvlen = integs[cfg->integ].icvlen;
         sa->ctx = EVP_CIPHER_CTX_new();
         if (!sa->ctx)
@@ -540,5 +546,111 @@ void ie_esp_decap(ie_esp_table *t, ie_pkt *pkts, size_t n, uint8_t *verdicts)
         pkts[i].spi = 0;
         pkts[i].next_header = 0;
         verdicts[i] = decap_one(t, &pkts[i]);
+    }
+}
+
+/* ---- transport mode (RFC 4303 §3.1.1): ESP between the IP header and the upper-layer data ---- */
+
+/* A whole IP packet in p: move its header down by the ESP header size, encapsulate the
+ * upper-layer data with next header = its protocol, then fix protocol (50), length, checksum. */
+static uint8_t encap_transport_one(esp_sa *sa, ie_pkt *p)
+{
+    ie_ipinfo ip;
+    ie_pkt q;
+    uint32_t E = 8 + sa->ivlen, O = p->off;
+    uint8_t v;
+
+    if ((uint64_t)O + p->len > p->cap || !ie_ip_parse(p->buf + O, p->len, &ip) || ip.fragment) {
+        sa->c.bad_header++;
+        return IE_BAD_HEADER;
+    }
+    if (O < E)
+        return IE_TOO_BIG;
+    q = *p;
+    q.off = O + ip.hlen;
+    q.len = ip.total - ip.hlen;
+    q.next_header = ip.proto;
+    memmove(p->buf + O - E, p->buf + O, ip.hlen);
+    v = encap_one(sa, &q);
+    if (v == IE_OK && !ie_ip_rewrite(p->buf + O - E, &ip, 50, q.len))
+        v = IE_TOO_BIG;  /* cannot happen below a 64 KiB MTU; the SA already counted it */
+    if (v != IE_OK) {
+        memmove(p->buf + O, p->buf + O - E, ip.hlen);  /* the caller gets its packet back */
+        return v;
+    }
+    p->off = O - E;
+    p->len = ip.hlen + q.len;
+    p->seq = q.seq;
+    p->spi = q.spi;
+    return IE_OK;
+}
+
+void ie_esp_encap_transport(ie_esp_out *o, ie_pkt *pkts, size_t n, uint8_t *verdicts)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        pkts[i].flags = 0;
+        verdicts[i] = encap_transport_one(&o->sa, &pkts[i]);
+        if (verdicts[i] == IE_OK)
+            pkts[i].flags = IE_PKT_DELIVER;
+    }
+}
+
+/* IP | ESP or IP | UDP | ESP (RFC 3948): decapsulate, then move the IP header up to the
+ * decrypted data and make it the original packet's (protocol = next header). */
+static uint8_t decap_transport_one(ie_esp_table *t, ie_pkt *p)
+{
+    ie_ipinfo ip;
+    ie_pkt q;
+    uint32_t espo;
+    uint8_t v;
+    int udp;
+
+    if ((uint64_t)p->off + p->len > p->cap || !p->len) {
+        t->global.too_short++;
+        return IE_TOO_SHORT;
+    }
+    if (!ie_ip_parse(p->buf + p->off, p->len, &ip) || ip.fragment || (ip.proto != 50 && ip.proto != 17)) {
+        t->global.bad_header++;
+        return IE_BAD_HEADER;
+    }
+    udp = ip.proto == 17;
+    espo = ip.hlen + (udp ? 8 : 0);
+    if (espo > ip.total) {
+        t->global.too_short++;
+        return IE_TOO_SHORT;
+    }
+    q = *p;
+    q.off = p->off + espo;
+    q.len = ip.total - espo;
+    v = decap_one(t, &q);
+    p->spi = q.spi;
+    p->seq = q.seq;
+    p->next_header = q.next_header;
+    if (v != IE_OK && v != IE_TFC_DUMMY)
+        return v;
+    /* q.off >= p->off + espo + 8 >= p->off + hlen: the header moves up, never below the start */
+    memmove(p->buf + q.off - ip.hlen, p->buf + p->off, ip.hlen);
+    p->off = q.off - ip.hlen;
+    ie_ip_rewrite(p->buf + p->off, &ip, q.next_header, q.len);  /* shorter than before: fits */
+    p->len = ip.hlen + q.len;
+    if (udp && v == IE_OK) {
+        ip.total = p->len;
+        ip.proto = q.next_header;
+        ie_l4_csum_fix(p->buf + p->off, &ip);  /* the sender summed its own (pre-NAT) addresses */
+    }
+    p->flags = q.flags;
+    return v;
+}
+
+void ie_esp_decap_transport(ie_esp_table *t, ie_pkt *pkts, size_t n, uint8_t *verdicts)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        pkts[i].flags = 0;
+        pkts[i].seq = 0;
+        pkts[i].spi = 0;
+        pkts[i].next_header = 0;
+        verdicts[i] = decap_transport_one(t, &pkts[i]);
     }
 }

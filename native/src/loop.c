@@ -27,6 +27,7 @@
 #include "loop_io.h"
 #include "loop_policy.h"
 #include "offload.h"
+#include "transport.h"
 
 #define IKE_HDR 19  /* family | address(16) | port(2) */
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
@@ -36,6 +37,9 @@
 #define TSO_BUF (65536 + VNET_LEN)
 #define TUN_OFFLOADS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
 #define V_NO_POLICY 0xFF      /* tx verdict slot: no outbound policy matched (not an SA verdict) */
+#define V_BAD_HEADER 0xFE     /* tx verdict slot: transport mode could not take the IP header off */
+#define SLOT_BAD 0xFFFEu      /* txslot of a packet transport_strip refused */
+#define TRANSPORT_HEAD 40     /* transport: receive slots start this far in, room for the IP header put back */
 
 struct ie_loop {
     ie_loop_cfg cfg;
@@ -56,6 +60,7 @@ struct ie_loop {
     struct sockaddr_storage *rxaddr;
     uint8_t *txctl, *rxctl;  /* one cmsg buffer per message: UDP_SEGMENT out, UDP_GRO in */
     uint32_t rstride;        /* receive slot: a whole GRO train with UDP GRO, else one datagram */
+    uint32_t rxhead;         /* transport: TRANSPORT_HEAD free bytes before each received datagram */
     int gso, gro, connected; /* offloads in use; connected: udp_fd is connected to the peer */
     /* IFF_VNET_HDR tun with TSO: one read may be a TCP super-packet, cut into segments here
      * (one per slot, maybe across calls) */
@@ -126,7 +131,8 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     l->stride = IE_ESP_HEADROOM + cfg->mtu + IE_ESP_TAILROOM;
     l->gro = gro;
     l->gso = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GSO);
-    l->rstride = l->gro ? 65536 : l->stride;
+    l->rxhead = cfg->transport ? TRANSPORT_HEAD : 0;
+    l->rstride = (l->gro ? 65536 : l->stride) + l->rxhead;
     l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->txctl = calloc(n, CTL_SPACE);
     l->vin = cfg->tun_vnet ? malloc(TSO_BUF) : NULL;
@@ -165,7 +171,7 @@ int ie_loop_new_io(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, co
     *loop = NULL;
     if (!cfg || !io)
         return IE_S_EINVAL;
-    return loop_alloc(cfg, out, in, io, !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GRO), loop);
+    return loop_alloc(cfg, out, in, io, !cfg->raw_esp && !cfg->transport && (cfg->offload & IE_LOOP_UDP_GRO), loop);
 }
 
 int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_loop **loop)
@@ -184,7 +190,7 @@ int ie_loop_new(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, ie_lo
         if (fl < 0 || fcntl(cfg->tun_fd, F_SETFL, fl | O_NONBLOCK) < 0)
             return IE_S_EINVAL;
     }
-    gro = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GRO) &&
+    gro = !cfg->raw_esp && !cfg->transport && (cfg->offload & IE_LOOP_UDP_GRO) &&
           setsockopt(cfg->udp_fd, SOL_UDP, UDP_GRO, &(int){1}, sizeof(int)) == 0;
     rc = loop_alloc(cfg, out, in, &libc_io, gro, &l);
     if (rc != IE_S_OK) {
@@ -295,17 +301,23 @@ int ie_loop_in_ok(ie_loop *l, uint32_t spi, const uint8_t *pkt, uint32_t len)
 
 /* Encapsulate the n packets read: all on the loop's SA, or (policies set) each on its slot's SA,
  * in runs of consecutive packets of one slot so a bulk flow still makes one batch call. */
+static int transport_strip(const ie_loop *l, ie_pkt *p);
+
 static void encap_batch(ie_loop *l, uint32_t n)
 {
     uint32_t i, j;
+    int pol = l->pol->nout != 0;
 
-    if (!l->pol->nout) {
+    if (!pol && !l->cfg.transport) {
         ie_esp_encap(l->out, l->b.txp, n, l->b.txv);
         return;
     }
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {  /* the slot first: the selectors read the IP header transport takes off */
         ie_pkt *p = &l->b.txp[i];
-        l->txslot[i] = (uint16_t)ie_pol_out_lookup(l->pol, p->buf + p->off, p->len);
+        uint16_t slot = pol ? (uint16_t)ie_pol_out_lookup(l->pol, p->buf + p->off, p->len) : 0;
+        if (l->cfg.transport && slot != IE_POL_NONE && !transport_strip(l, p))
+            slot = SLOT_BAD;
+        l->txslot[i] = slot;
     }
     for (i = 0; i < n; i = j) {
         uint16_t slot = l->txslot[i];
@@ -313,8 +325,10 @@ static void encap_batch(ie_loop *l, uint32_t n)
             ;
         if (slot == IE_POL_NONE)
             memset(l->b.txv + i, V_NO_POLICY, j - i);
+        else if (slot == SLOT_BAD)
+            memset(l->b.txv + i, V_BAD_HEADER, j - i);
         else
-            ie_esp_encap(l->pol->out[slot].out, l->b.txp + i, j - i, l->b.txv + i);
+            ie_esp_encap(pol ? l->pol->out[slot].out : l->out, l->b.txp + i, j - i, l->b.txv + i);
     }
 }
 
@@ -418,6 +432,45 @@ static void send_each(ie_loop *l, const struct msghdr *train)
             l->st.send_errors++;
         else
             l->st.esp_tx++;
+    }
+}
+
+/* Transport mode: the packet must go to the peer, whole; its IP header goes (the socket writes
+ * the outer one) and its protocol becomes the ESP next header. */
+static int transport_strip(const ie_loop *l, ie_pkt *p)
+{
+    const uint8_t *d = p->buf + p->off;
+    ie_ipinfo ip;
+    int v6 = l->cfg.peer_family == 6;
+
+    if (!ie_ip_parse(d, p->len, &ip) || ip.fragment || ip.v6 != v6 ||
+        memcmp(d + (v6 ? 24 : 16), l->cfg.peer_addr, v6 ? 16 : 4) != 0)
+        return 0;
+    p->off += ip.hlen;
+    p->len = ip.total - ip.hlen;
+    p->next_header = ip.proto;
+    return 1;
+}
+
+/* Transport mode: put an IP header peer -> local in front of each decapsulated payload (the
+ * receive slots leave TRANSPORT_HEAD bytes for it); after UDP encapsulation the sender's TCP/UDP
+ * checksum covered its own view of the addresses (NAT): recompute it. */
+static void transport_restore(const ie_loop *l, ie_pkt *p)
+{
+    int v6 = l->cfg.peer_family == 6;
+    uint32_t hl = v6 ? 40 : 20;
+    ie_ipinfo ip;
+
+    ie_ip_build(p->buf + p->off - hl, v6, l->cfg.peer_addr, l->cfg.local_addr, p->next_header, p->len);
+    p->off -= hl;
+    p->len += hl;
+    if (!l->cfg.raw_esp) {
+        memset(&ip, 0, sizeof ip);
+        ip.v6 = v6;
+        ip.hlen = hl;
+        ip.total = p->len;
+        ip.proto = p->next_header;
+        ie_l4_csum_fix(p->buf + p->off, &ip);
     }
 }
 
@@ -569,15 +622,19 @@ static void rx_flush(ie_loop *l, uint32_t k)
     ie_esp_decap(l->in, l->b.rxp, k, l->b.rxv);
     for (i = 0; i < k; i++) {
         ie_pkt *p = &l->b.rxp[i];
-        if (l->b.rxv[i] == IE_OK && !ie_pol_in_ok(l->pol, p->spi, p->buf + p->off, p->len)) {
+        if (l->b.rxv[i] != IE_OK) {
+            l->st.decap_drop++;
+            continue;
+        }
+        if (l->rxhead)  /* transport: the selectors are checked on the packet with its header back */
+            transport_restore(l, p);
+        if (!ie_pol_in_ok(l->pol, p->spi, p->buf + p->off, p->len)) {
             l->b.rxv[i] = IE_UNKNOWN_SA;  /* any non-OK: not written below */
             p->flags &= (uint8_t)~IE_PKT_DELIVER;
             l->st.ts_drop++;
             continue;
         }
-        if (l->b.rxv[i] != IE_OK)
-            l->st.decap_drop++;
-        else if (!l->vin)
+        if (!l->vin)
             ie_devout_write(&l->tun, p->buf + p->off, p->len, 1);
     }
     if (l->vin)
@@ -606,7 +663,10 @@ static void rx_one(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d, 
         to_ike(l, from, d + 4, len - 4);
         return;
     }
-    ie_pkt_init(&l->b.rxp[*k], d, 0, len, len);  /* decap only shrinks */
+    if (l->rxhead)  /* transport: the slot has rxhead bytes before d for the IP header put back */
+        ie_pkt_init(&l->b.rxp[*k], d - l->rxhead, l->rxhead, len, len + l->rxhead);
+    else
+        ie_pkt_init(&l->b.rxp[*k], d, 0, len, len);  /* decap only shrinks */
     if (++*k == l->cfg.batch) {
         rx_flush(l, *k);
         *k = 0;
@@ -663,8 +723,8 @@ static int udp_to_tun(ie_loop *l)
     int r;
 
     for (i = 0; i < n; i++) {
-        l->b.rxiov[i].iov_base = l->b.rxmem + (size_t)i * l->rstride;
-        l->b.rxiov[i].iov_len = l->rstride;
+        l->b.rxiov[i].iov_base = l->b.rxmem + (size_t)i * l->rstride + l->rxhead;
+        l->b.rxiov[i].iov_len = l->rstride - l->rxhead;
         memset(&l->b.rxm[i], 0, sizeof l->b.rxm[i]);
         l->b.rxm[i].msg_hdr.msg_iov = &l->b.rxiov[i];
         l->b.rxm[i].msg_hdr.msg_iovlen = 1;

@@ -55,7 +55,8 @@ int ie_run_until_stopped(atomic_int *stop, int (*step)(void *ctx, int timeout_ms
 int ie_loop_new_io(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in, const ie_io *io, ie_loop **loop);
 /* One received message as recvmmsg returned it: len bytes at d, a GRO train of seg-byte
  * datagrams (seg 0: one datagram), trunc: MSG_TRUNC was set.  *k counts the ESP datagrams
- * collected for decap (start at 0); d must stay valid until ie_loop_rx_end(l, *k). */
+ * collected for decap (start at 0); d must stay valid until ie_loop_rx_end(l, *k).
+ * cfg->transport: the 40 bytes before d belong to the message too (the IP header is put back there). */
 void ie_loop_rx_msg(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d, uint32_t len, uint32_t seg,
                     int trunc, uint32_t *k);
 void ie_loop_rx_end(ie_loop *l, uint32_t k);

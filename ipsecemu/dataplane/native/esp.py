@@ -1,6 +1,8 @@
 """ESP SAs on the C path: ``EspOutbound``, ``EspInbound``, ``EspInboundTable`` (the inbound SAD
-by SPI) and the C ESP timing loop.  Algorithms the C code does not implement (3DES,
-ChaCha20-Poly1305, NULL, HMAC-MD5) are served transparently by the reference classes."""
+by SPI) and the C ESP timing loop.  Algorithms the C code does not implement
+(ChaCha20-Poly1305, NULL, HMAC-MD5) are served transparently by the reference classes.
+``encap_transport_batch`` / ``decap_transport_batch`` take whole IP packets (transport mode,
+RFC 4303 §3.1.1; semantics of :mod:`ipsecemu.esp.transport`)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ipsecemu.dataplane.native.cmodule import (
     u64_limit,
 )
 from ipsecemu.esp import reference  # the fallback for algorithms the C path lacks
+from ipsecemu.esp import transport as ref_transport
 
 
 def native_esp_supported(cfg: EspSaConfig) -> bool:
@@ -120,6 +123,24 @@ class EspOutbound:
         lib.ie_esp_encap(self._sa, b.pkts, b.n, b.verdicts)
         return tx_results(b)
 
+    def encap_transport_batch(
+        self, packets: Sequence[bytes], *, ivs: Sequence[bytes | None] | None = None
+    ) -> list[tuple[Verdict, bytes]]:
+        """Transport mode: each item is a whole IP packet; returns it with ESP inserted."""
+        if ivs is not None and len(ivs) != len(packets):
+            raise ValueError(f"ivs: need one IV per packet ({len(packets)}), got {len(ivs)}")
+        if self._ref is not None:
+            return [ref_transport.encap_transport(self._ref, p, iv=None if ivs is None else ivs[i])
+                    for i, p in enumerate(packets)]
+        b = Batch(packets, lib.IE_ESP_HEADROOM, lib.IE_ESP_TAILROOM)
+        if ivs is not None:
+            for iv in ivs:
+                if iv is not None and len(iv) != self._iv_len:
+                    raise ValueError(f"iv: {self.cfg.encr} needs a {self._iv_len}-byte IV, got {len(iv)}")
+            b.set_ivs(ivs, self._iv_len)
+        lib.ie_esp_encap_transport(self._sa, b.pkts, b.n, b.verdicts)
+        return tx_results(b)
+
 
 def _decap_results(b: Batch) -> list[DecapResult]:
     res = []
@@ -169,6 +190,11 @@ class _CTable:
     def decap(self, packets: Sequence[bytes]) -> list[DecapResult]:
         b = Batch(packets, 0, 0)
         lib.ie_esp_decap(self.t, b.pkts, b.n, b.verdicts)
+        return _decap_results(b)
+
+    def decap_transport(self, packets: Sequence[bytes]) -> list[DecapResult]:
+        b = Batch(packets, 0, 0)
+        lib.ie_esp_decap_transport(self.t, b.pkts, b.n, b.verdicts)
         return _decap_results(b)
 
 
@@ -310,6 +336,14 @@ class EspInboundTable:
         ]
         native = iter(self._c.decap([p for p, sa in zip(packets, fb, strict=True) if sa is None]))
         return [next(native) if sa is None else sa.decap(p) for p, sa in zip(packets, fb, strict=True)]
+
+    def decap_transport_batch(self, packets: Iterable[bytes]) -> list[DecapResult]:
+        """Transport mode: each item is IP | ESP or IP | UDP | ESP; on OK the payload is the
+        original packet."""
+        packets = list(packets)
+        if not self._fallback:
+            return self._c.decap_transport(packets)
+        return [ref_transport.decap_transport(self, p) for p in packets]
 
 
 

@@ -31,12 +31,18 @@ class EspUdpLoop:
     ``tun_vnet=True``: the tun was opened with ``ipsecemu.net.tun.open_tun(vnet_hdr=True)``; the loop turns on TSO so the
     kernel hands over TCP super-packets, which it cuts into segments itself (off again on free,
     but every packet read or written by others then carries a 10-byte zero header: net.tun.VNET_HDR).
+    ``transport=True`` (with ``local``, this host's address): transport-mode ESP (RFC 4303
+    §3.1.1) between this host and the peer: packets from tun (to the peer, whole) lose their IP
+    header and go as ESP with next header = their protocol; decapsulated data gets a header
+    peer -> local back (TCP/UDP checksum recomputed after UDP encapsulation, RFC 3948 §3.1.3).
+    No UDP GRO on receive in that mode.
     """
 
     def __init__(self, *, tun_fd: int, udp_fd: int, peer: tuple[str, int], outbound: EspOutbound,
                  inbound: EspInboundTable, ike_fd: int = -1, batch: int = 32, mtu: int = 1500,
                  poll_ms: int = 50, raw_esp: bool = False, gso: bool = True, gro: bool = True,
-                 sock_buf: int = 4 << 20, tun_vnet: bool = False) -> None:
+                 sock_buf: int = 4 << 20, tun_vnet: bool = False, transport: bool = False,
+                 local: str | None = None) -> None:
         if outbound._sa is None:
             raise ConfigError(f"encr: the C loop needs a C-path SA, not {outbound.cfg.encr}")
         if not 1 <= batch <= lib.IE_LOOP_MAX_BATCH:
@@ -51,6 +57,15 @@ class EspUdpLoop:
             addr = ipaddress.ip_address(peer[0])
         except ValueError as exc:
             raise ConfigError(f"peer: {exc}") from None
+        local_packed = b""
+        if transport:
+            try:
+                local_ip = ipaddress.ip_address(local or "")
+            except ValueError as exc:
+                raise ConfigError(f"local: transport mode needs this host's address ({exc})") from None
+            if local_ip.version != addr.version:
+                raise ConfigError(f"local: {local_ip} and the peer {addr} are of different families")
+            local_packed = local_ip.packed
         c = ffi.new("ie_loop_cfg *")
         c.tun_fd, c.udp_fd, c.ike_fd = tun_fd, udp_fd, ike_fd
         c.peer_family = addr.version
@@ -61,6 +76,9 @@ class EspUdpLoop:
         c.offload = (lib.IE_LOOP_UDP_GSO if gso else 0) | (lib.IE_LOOP_UDP_GRO if gro else 0)
         c.sock_buf = sock_buf
         c.tun_vnet = int(tun_vnet)
+        if transport:
+            c.transport = 1
+            c.local_addr = local_packed + bytes(16 - len(local_packed))
         out = ffi.new("ie_loop **")
         check_status(lib.ie_loop_new(c, outbound._sa, inbound._c.t, out),
                "gateway loop (tun_vnet must match how the tun was opened)")

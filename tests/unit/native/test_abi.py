@@ -37,7 +37,7 @@ def test_counter_struct_mirrors_sacounters() -> None:
 def test_sizes() -> None:
     assert lib.IE_MAX_REPLAY_WINDOW == api.MAX_REPLAY_WINDOW
     # headroom/tailroom cover every algorithm the C path takes
-    for encr in ("aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "aes-cbc"):
+    for encr in ("aes-gcm-8", "aes-gcm-12", "aes-gcm-16", "aes-cbc", "3des-cbc"):
         _keys, _salt, iv, block, icv = algorithms.ESP_ENCR[encr]
         assert 8 + iv <= lib.IE_ESP_HEADROOM
         worst_icv = icv or max(i for _k, i, _h in algorithms.ESP_INTEG.values())
