@@ -51,6 +51,7 @@ from ipsecemu.io.transport import IkeTransport
 from ipsecemu.net.netns import netlink
 
 from .driver import EventsFirst, LocalAddress
+from .explain import FailureLog
 from .ops import ControlOps
 from .sockets import Sockets
 from .timers import TICK, Timers
@@ -88,6 +89,7 @@ class Gateway(Sockets, Timers, ControlOps):
         self._uid = 0
         self._uids: dict[bytes, int] = {}
         self.control: ControlServer | None = None
+        self.explain = FailureLog(log)  # failures in words: connection, peer, role, reason
         self._tasks: list[asyncio.Task[Any]] = []
         # keepalives: IKE SA (SPIi, SPIr) -> (last time anything went to its peer, ESP packets out then)
         self._ka: dict[tuple[bytes, bytes], tuple[float, int]] = {}
@@ -145,6 +147,11 @@ class Gateway(Sockets, Timers, ControlOps):
             self.ike_conn[ev.ike_spi_i] = conn
         if isinstance(ev, IkeSaRekeyed) and conn is not None:
             self.ike_conn[ev.new_spi_i] = conn
+        self.explain(ev)
+        if isinstance(ev, IkeSaRekeyed):
+            # the new IKE SA is listed with its own proposal and age (the old one's entry goes with it)
+            old = self.ike_info.get((ev.ike_spi_i, ev.ike_spi_r), {})
+            self.ike_info[(ev.new_spi_i, ev.new_spi_r)] = {**old, "established": time.time(), "proposal": ev.proposal}
         if isinstance(ev, IkeSaEstablished):
             self.ike_info[(ev.ike_spi_i, ev.ike_spi_r)] = {"established": time.time(), "proposal": ev.proposal,
                                                           "local_id": ev.local_id, "remote_id": ev.remote_id}
@@ -170,7 +177,6 @@ class Gateway(Sockets, Timers, ControlOps):
                 return
             # the endpoint drops a closed SA before its event is delivered: use what we noted
             name = self.ike_conn.pop(ev.ike_spi_i, None) or conn
-            log.info("%s: IKE SA deleted (%s)", name or "?", ev.reason)
             self._reconcile()
             if name and not self.stopping:
                 self._maybe_restart(name, ev.reason)
