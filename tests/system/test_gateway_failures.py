@@ -107,8 +107,8 @@ def test_ike_rekey_is_logged_and_listed_with_its_proposal(unique_name: str, tmp_
         for g, role in ((lab.a, "initiator"), (lab.b, "responder")):
             (new,) = g.sas()
             assert new["proposal"] == old["proposal"] and new["initiator_spi"] != old["initiator_spi"]
-            assert wait_for(lambda g=g: f"vpn: IKE SA rekeyed {old['initiator_spi']}_i -> {new['initiator_spi']}_i"
-                            in g.log(), 5), g.log()
+            line = f"vpn: IKE SA rekeyed {old['initiator_spi']}_i -> {new['initiator_spi']}_i"
+            assert wait_for(lambda g=g, line=line: line in g.log(), 5), g.log()
             assert f"{role}, aes128gcm16-prfsha256-modp2048" in g.log()
     finally:
         if lab is not None:
