@@ -34,6 +34,7 @@
 #define VNET_LEN IE_VNET_LEN
 #define TSO_BUF (65536 + VNET_LEN)
 #define TUN_OFFLOADS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+#define EVQ 64                /* loop event ring: each SA fires each code once, so a few per rekey */
 
 struct ie_loop {
     ie_loop_cfg cfg;
@@ -61,6 +62,10 @@ struct ie_loop {
     uint8_t *coal;           /* vnet tun: vnet header + coalesced packet to write */
     ie_tso tso;              /* the super-packet in vin being cut */
     ie_gro tcpgro;           /* the run of decapsulated segments being coalesced (rxp indices) */
+    /* expire events raised at once (ie_loop_set_wakeup): SPSC ring, the loop produces */
+    _Atomic int evfd;
+    ie_loop_event evq[EVQ];
+    _Atomic uint32_t evhead, evtail;
 };
 
 static const ie_io libc_io = {read, write, sendmmsg, sendmsg};
@@ -149,6 +154,9 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     }
     atomic_init(&l->stop, 0);
     atomic_init(&l->waiters, 0);
+    atomic_init(&l->evfd, -1);
+    atomic_init(&l->evhead, 0);
+    atomic_init(&l->evtail, 0);
     *loop = l;
     return IE_S_OK;
 }
@@ -250,6 +258,82 @@ ie_esp_out *ie_loop_set_out(ie_loop *l, ie_esp_out *out)
     if (out)  /* the loop always has an outbound SA; stop it to stop sending */
         l->out = out;
     return old;
+}
+
+void ie_loop_set_wakeup(ie_loop *l, int event_fd)
+{
+    atomic_store(&l->evfd, event_fd);
+}
+
+size_t ie_loop_events(ie_loop *l, ie_loop_event *out, size_t max)
+{
+    uint32_t h = atomic_load_explicit(&l->evhead, memory_order_relaxed);
+    uint32_t t = atomic_load_explicit(&l->evtail, memory_order_acquire);
+    size_t n = 0;
+
+    while (h != t && n < max)
+        out[n++] = l->evq[h++ % EVQ];
+    atomic_store_explicit(&l->evhead, h, memory_order_release);
+    return n;
+}
+
+/* queue the codes popped from one SA's ring and wake the control side (one write per batch
+ * at most: the eventfd counter adds up, a full ring drops nothing the counters cannot redo) */
+static int ev_push(ie_loop *l, uint64_t sa, uint32_t spi, int outbound, const uint8_t *codes, size_t n)
+{
+    uint32_t t = atomic_load_explicit(&l->evtail, memory_order_relaxed);
+    uint32_t h = atomic_load_explicit(&l->evhead, memory_order_acquire);
+    size_t i;
+
+    for (i = 0; i < n && t - h < EVQ; i++, t++)
+        l->evq[t % EVQ] = (ie_loop_event){.sa = sa, .spi = spi, .code = codes[i], .outbound = (uint8_t)outbound};
+    atomic_store_explicit(&l->evtail, t, memory_order_release);
+    return n > 0;
+}
+
+static void ev_wake(int fd)
+{
+    uint64_t one = 1;
+
+    if (write(fd, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is already huge, a wake-up is pending anyway */
+    }
+}
+
+/* after an encap batch: the outbound SA's events (nothing to do without a wake-up fd) */
+static void out_events(ie_loop *l)
+{
+    uint8_t codes[8];
+    int fd = atomic_load_explicit(&l->evfd, memory_order_relaxed);
+    size_t n;
+
+    if (fd < 0)
+        return;
+    n = ie_esp_out_events(l->out, codes, sizeof codes);
+    if (n && ev_push(l, (uint64_t)(uintptr_t)l->out, 0, 1, codes, n))
+        ev_wake(fd);
+}
+
+/* after a decap batch: the events of each inbound SA it used (one lookup per SPI change) */
+static void in_events(ie_loop *l, uint32_t k)
+{
+    uint8_t codes[8];
+    int fd = atomic_load_explicit(&l->evfd, memory_order_relaxed), woke = 0;
+    uint32_t i, last = 0;
+
+    if (fd < 0)
+        return;
+    for (i = 0; i < k; i++) {
+        uint32_t spi = l->b.rxp[i].spi;
+        size_t n;
+        if (l->b.rxv[i] != IE_OK || spi == last)
+            continue;
+        last = spi;
+        n = ie_esp_table_events(l->in, spi, codes, sizeof codes);
+        woke |= n && ev_push(l, 0, spi, 0, codes, n);
+    }
+    if (woke)
+        ev_wake(fd);
 }
 
 void ie_loop_get_stats(const ie_loop *l, ie_loop_stats *out)
@@ -383,6 +467,7 @@ static int tun_to_udp(ie_loop *l)
         return 0;
     l->st.tun_rx += n;
     ie_esp_encap(l->out, l->b.txp, n, l->b.txv);
+    out_events(l);
     /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
      * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
     for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
@@ -498,6 +583,7 @@ static void rx_flush(ie_loop *l, uint32_t k)
     if (!k)
         return;
     ie_esp_decap(l->in, l->b.rxp, k, l->b.rxv);
+    in_events(l, k);
     for (i = 0; i < k; i++) {
         ie_pkt *p = &l->b.rxp[i];
         if (l->b.rxv[i] != IE_OK)
