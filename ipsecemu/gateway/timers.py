@@ -81,6 +81,8 @@ class Timers(GatewayState):
     _ka: dict[tuple[bytes, bytes], tuple[float, int]]
 
     async def _tick(self) -> None:
+        for dp in self.dps.values():
+            dp.on_limit = self._on_limit  # the C loop wakes us at a soft limit: rekey at once
         while True:
             await asyncio.sleep(TICK)
             try:
@@ -91,6 +93,12 @@ class Timers(GatewayState):
                 self._keepalives(self.now())
             except Exception:
                 log.exception("keepalive check failed")
+
+    def _on_limit(self) -> None:
+        try:
+            self._check_lifetimes()
+        except Exception:
+            log.exception("lifetime check failed")
 
     def _esp_out(self, sa: IkeSa) -> int:
         """ESP packets sent so far on this IKE SA's Child SAs (plain counter loads)."""

@@ -66,6 +66,10 @@ struct ie_loop {
     _Atomic int evfd;
     ie_loop_event evq[EVQ];
     _Atomic uint32_t evhead, evtail;
+    /* the outbound SA refused a packet (hard limit, sequence space): the tun is left unread, its
+     * packets wait in the kernel queue for the rekeyed SA (ie_loop_set_out) instead of being
+     * dropped one by one; only the rest of the batch that crossed the limit is lost */
+    int out_held;
 };
 
 static const ie_io libc_io = {read, write, sendmmsg, sendmsg};
@@ -255,8 +259,10 @@ ie_esp_out *ie_loop_set_out(ie_loop *l, ie_esp_out *out)
 {
     ie_esp_out *old = l->out;
 
-    if (out)  /* the loop always has an outbound SA; stop it to stop sending */
+    if (out) { /* the loop always has an outbound SA; stop it to stop sending */
         l->out = out;
+        l->out_held = 0;  /* the tun queue drains into the new SA */
+    }
     return old;
 }
 
@@ -468,6 +474,8 @@ static int tun_to_udp(ie_loop *l)
     l->st.tun_rx += n;
     ie_esp_encap(l->out, l->b.txp, n, l->b.txv);
     out_events(l);
+    for (i = 0; i < n && !l->out_held; i++)
+        l->out_held = l->b.txv[i] == IE_EXHAUSTED;
     /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
      * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
     for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
@@ -698,8 +706,9 @@ static int udp_to_tun(ie_loop *l)
 
 int ie_loop_step(ie_loop *l, int timeout_ms)
 {
-    struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = POLLIN}, {.fd = l->cfg.udp_fd, .events = POLLIN}};
-    int r = poll(pfd, 2, l->tso.active ? 0 : timeout_ms), done = 0;
+    struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = l->out_held ? 0 : POLLIN},
+                            {.fd = l->cfg.udp_fd, .events = POLLIN}};
+    int r = poll(pfd, 2, l->tso.active && !l->out_held ? 0 : timeout_ms), done = 0;
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
@@ -710,7 +719,7 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
     pthread_mutex_lock(&l->mu);
     if (pfd[1].revents & POLLERR)
         clear_sock_error(l);
-    done = (pfd[0].revents & POLLIN || l->tso.active ? tun_to_udp(l) : 0) +
+    done = (!l->out_held && (pfd[0].revents & POLLIN || l->tso.active) ? tun_to_udp(l) : 0) +
            (pfd[1].revents & POLLIN ? udp_to_tun(l) : 0);
     l->st.batches += done > 0;
     pthread_mutex_unlock(&l->mu);
