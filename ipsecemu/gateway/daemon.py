@@ -51,16 +51,16 @@ from ipsecemu.io.transport import IkeTransport
 from ipsecemu.net.netns import netlink
 
 from .driver import EventsFirst, LocalAddress
+from .explain import FailureLog
 from .ops import ControlOps
 from .sockets import Sockets
-from .timers import TICK, Timers
+from .timers import TICK, Backoff, Timers
 
 log = logging.getLogger("ipsecemu.gateway")
 
 __all__ = ["TICK", "Gateway", "GatewayError", "run"]
 
 SHUTDOWN_GRACE = 2.0  # seconds to wait for DELETE answers on SIGTERM
-RESTART_DELAY = 1.0
 
 
 class GatewayError(ServiceError):
@@ -88,6 +88,8 @@ class Gateway(Sockets, Timers, ControlOps):
         self._uid = 0
         self._uids: dict[bytes, int] = {}
         self.control: ControlServer | None = None
+        self.explain = FailureLog(log)  # failures in words: connection, peer, role, reason
+        self.backoff = Backoff()  # re-initiation of failing connections: 1 s .. 60 s
         self._tasks: list[asyncio.Task[Any]] = []
         # keepalives: IKE SA (SPIi, SPIr) -> (last time anything went to its peer, ESP packets out then)
         self._ka: dict[tuple[bytes, bytes], tuple[float, int]] = {}
@@ -145,10 +147,16 @@ class Gateway(Sockets, Timers, ControlOps):
             self.ike_conn[ev.ike_spi_i] = conn
         if isinstance(ev, IkeSaRekeyed) and conn is not None:
             self.ike_conn[ev.new_spi_i] = conn
+        self.explain(ev)
+        if isinstance(ev, IkeSaRekeyed):
+            # the new IKE SA is listed with its own proposal and age (the old one's entry goes with it)
+            old = self.ike_info.get((ev.ike_spi_i, ev.ike_spi_r), {})
+            self.ike_info[(ev.new_spi_i, ev.new_spi_r)] = {**old, "established": time.time(), "proposal": ev.proposal}
         if isinstance(ev, IkeSaEstablished):
             self.ike_info[(ev.ike_spi_i, ev.ike_spi_r)] = {"established": time.time(), "proposal": ev.proposal,
                                                           "local_id": ev.local_id, "remote_id": ev.remote_id}
             log.info("%s: IKE SA established with %s (%s, %s)", conn, ev.remote[0], ev.remote_id, ev.proposal)
+            self.backoff.succeeded(ev.conn)
         elif isinstance(ev, ChildSaEstablished | ChildSaRekeyed):
             if conn is None or conn not in self.dps or found is None:
                 log.warning("Child SA for an unknown IKE SA; ignored")
@@ -171,10 +179,9 @@ class Gateway(Sockets, Timers, ControlOps):
                 return
             # the endpoint drops a closed SA before its event is delivered: use what we noted
             name = self.ike_conn.pop(ev.ike_spi_i, None) or conn
-            log.info("%s: IKE SA deleted (%s)", name or "?", ev.reason)
             self._reconcile()
             if name and not self.stopping:
-                self._maybe_restart(name, ev.reason)
+                self._maybe_restart(name, ev.reason, ev.detail)
 
     def _live_children(self) -> set[int]:
         live: set[int] = set()
@@ -192,7 +199,7 @@ class Gateway(Sockets, Timers, ControlOps):
                 if spi not in live:
                     dp.remove(spi)
 
-    def _maybe_restart(self, name: str, reason: str) -> None:
+    def _maybe_restart(self, name: str, reason: str, detail: str = "") -> None:
         gw = self.cfg.connection(name)
         if gw is None or gw.conn.start_action != "initiate" or name in self.held:
             return
@@ -203,10 +210,13 @@ class Gateway(Sockets, Timers, ControlOps):
         if any(sa.config.name == name and sa.state != IkeState.CLOSED
                for local in self.locals.values() for sa in local.endpoint.sas.values()):
             return
-        log.info("%s: re-initiating in %.0fs (%s)", name, RESTART_DELAY, reason)
-        self.loop.call_later(RESTART_DELAY, self._restart, name)
+        delay = self.backoff.failed(name, self.now(), f"{reason}: {detail}" if detail else reason)
+        log.info("%s: re-initiating in %.1fs (attempt %d, %s)", name, delay, self.backoff.retries[name].attempts,
+                 reason)
+        self.loop.call_later(delay, self._restart, name)
 
     def _restart(self, name: str) -> None:
+        self.backoff.started(name)
         if self.stopping or name in self.held:
             return
         if not any(sa.config.name == name and sa.state != IkeState.CLOSED

@@ -32,6 +32,7 @@ header; decapsulated data gets a header peer -> local back (selectors are checke
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipsecemu.base.errors import ConfigError
-from ipsecemu.base.satypes import EspSaConfig, SaCounters, Verdict
+from ipsecemu.base.satypes import EspSaConfig, Lifetime, SaCounters, Verdict
 from ipsecemu.config.gateway import GatewayConnection, Network
 from ipsecemu.dataplane import BackendUnavailable
 from ipsecemu.dataplane import backend as dataplane_backend
@@ -58,6 +59,14 @@ log = logging.getLogger(__name__)
 __all__ = ["ConnectionDatapath", "Port", "loop_supports_raw"]
 
 GRACE = 1.0  # seconds a replaced SA's inbound stays for packets already in flight
+# Soft byte limit headroom: a rekey (detection, CREATE_CHILD_SA with PFS, install on both sides)
+# takes a few ms to tens of ms on a busy box; at line rate the negotiated 10% margin of a small
+# lifetime lasts less than that, so a new SA's soft limit leaves this many seconds at the rate its
+# predecessor carried (Azure's 102400000 KB lifetimes keep their 90%).
+REKEY_HEADROOM_S = 0.03
+# The inbound SA keeps decrypting past its hard limit, up to this factor: the peer's outbound
+# enforces the limit, and what it sent just before switching to the new SA is still in flight.
+INBOUND_HARD_SLACK = 2
 PROMOTE_AFTER = 2.0  # seconds after which a rekeyed SA takes the outbound even without a sign
 ANY_NETS = {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
 
@@ -144,6 +153,9 @@ class ConnectionDatapath:
         self._restarts = 0
         self._starts = 0  # C loops started: SA changes no longer add any
         self.vnet = 0  # bytes of virtio_net_hdr before every packet on our tun (0: none)
+        # called on the asyncio thread as soon as the C loop reports an expire event (eventfd)
+        self.on_limit: Callable[[], None] | None = None
+        self._evfd: int | None = None
 
     # -- tun and routes ----------------------------------------------------------------
     def ensure_tun(self) -> None:
@@ -214,11 +226,13 @@ class ConnectionDatapath:
         SA until the peer deletes that one (by then the peer has the new SA), the new inbound
         sees traffic, or PROMOTE_AFTER passes (make-before-break, as strongSwan's responder)."""
         self.ensure_tun()
-        child = _Child(keys.inbound, keys.outbound, keys, self.dp.EspOutbound(keys.outbound), now)
-        child.lineage = self._lineage_for(keys, rekey, old_inbound_spi)
+        lineage = self._lineage_for(keys, rekey, old_inbound_spi)
+        inbound, outbound = self._limits(keys, now, self.active.get(lineage))
+        child = _Child(inbound, outbound, keys, self.dp.EspOutbound(outbound), now)
+        child.lineage = lineage
         child.pending = rekey and not we_started and child.lineage in self.active
         with self._paused():
-            self.table.add(keys.inbound)
+            self.table.add(inbound)
             self.children[keys.inbound.spi] = child
             self._in_sel[keys.inbound.spi] = (keys.local_ts, keys.remote_ts)
             if not child.pending:
@@ -249,6 +263,30 @@ class ConnectionDatapath:
         for ch in self.children.values():
             out += [n for n in ch.routes if n not in out]
         return out
+
+    def _limits(self, keys: ChildSaKeys, now: float, cur: _Child | None) -> tuple[EspSaConfig, EspSaConfig]:
+        """The SA configs as installed: the soft byte limit moved earlier when the SA this one
+        replaces carried so much per second that the negotiated margin would not last a rekey
+        (REKEY_HEADROOM_S), and the inbound hard limit relaxed (INBOUND_HARD_SLACK)."""
+        rate = 0.0  # of the SA this one replaces (``cur``: its child's live SA)
+        if cur is not None:
+            cin, cout = self.counters(cur.inbound.spi)
+            rate = max(cin.bytes, cout.bytes) / max(now - cur.installed, 0.01)
+        out = []
+        for cfg in (keys.inbound, keys.outbound):
+            lt = cfg.lifetime
+            soft = lt.soft_bytes
+            if lt.hard_bytes and rate:
+                soft = max(1, min(soft or lt.hard_bytes, int(lt.hard_bytes - rate * REKEY_HEADROOM_S)))
+            hard_b, hard_p = lt.hard_bytes, lt.hard_packets
+            if cfg is keys.inbound:
+                hard_b, hard_p = hard_b * INBOUND_HARD_SLACK, hard_p * INBOUND_HARD_SLACK
+            new = Lifetime(soft_bytes=soft, hard_bytes=hard_b, soft_packets=lt.soft_packets, hard_packets=hard_p)
+            out.append(cfg if new == lt else dataclasses.replace(cfg, lifetime=new))
+        if out[1].lifetime.soft_bytes != keys.outbound.lifetime.soft_bytes:
+            log.info("%s: SA %08x: soft limit at %d of %d bytes (%.1f MB/s)", self.gw.name, keys.inbound.spi,
+                     out[1].lifetime.soft_bytes, keys.outbound.lifetime.hard_bytes, rate / 1e6)
+        return out[0], out[1]
 
     def _switch_to(self, child: _Child | None) -> None:
         """``child`` takes its lineage's outbound (and becomes current); None: nothing is left."""
@@ -333,6 +371,7 @@ class ConnectionDatapath:
     def close(self) -> None:
         self.remove_all()
         self._stop_loop()
+        self._close_wakeup()
         self._stop_slow()
         self._release_port()
         if self.tun_fd is not None:
@@ -449,6 +488,8 @@ class ConnectionDatapath:
                                                poll_ms=20, tun_vnet=bool(self.vnet), **kw)
             self._pushed_out, self._pushed_in = 0, set()
             self._push_policies(self._loop_obj)
+            if self.on_limit is not None:
+                self._loop_obj.set_wakeup(self._wakeup_fd())
             self._loop_obj.start()
             self._starts += 1
             log.info("%s: C loop started on fd %d to %s", self.gw.name, port.fd, remote[0])
@@ -461,6 +502,34 @@ class ConnectionDatapath:
             self._port = None
             self.mode = "slow"
             self._start_slow(port.send)
+
+    def _wakeup_fd(self) -> int:
+        """The eventfd the C loop writes when an SA crosses a limit; read on the asyncio loop."""
+        if self._evfd is None:
+            self._evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            asyncio.get_running_loop().add_reader(self._evfd, self._on_wakeup)
+        return self._evfd
+
+    def _on_wakeup(self) -> None:
+        assert self._evfd is not None  # the reader exists only with the fd
+        try:
+            os.eventfd_read(self._evfd)
+        except BlockingIOError:
+            pass
+        if self._loop_obj is not None:
+            for ev in self._loop_obj.events():  # which SA is told by the counters (soft_expired)
+                log.debug("%s: C loop event %s", self.gw.name, ev)
+        if self.on_limit is not None:
+            self.on_limit()
+
+    def _close_wakeup(self) -> None:
+        if self._evfd is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._evfd)
+            except RuntimeError:
+                pass
+            os.close(self._evfd)
+            self._evfd = None
 
     def _loop_peer(self) -> tuple[str, int]:
         assert self.current is not None

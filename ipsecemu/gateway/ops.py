@@ -18,6 +18,7 @@ from ipsecemu.ike.transforms import TransformType
 from ipsecemu.pcap.uat import IkeSaRow, esp_row, write_esp_sa, write_ikev2_table
 
 from .driver import GatewayState, LocalAddress
+from .timers import Backoff
 
 log = logging.getLogger("ipsecemu.gateway")
 
@@ -33,6 +34,7 @@ class ControlOps(GatewayState):
     child_created: dict[int, float]
     _uid: int
     _uids: dict[bytes, int]
+    backoff: Backoff
 
     def _uniqueid(self, spi_i: bytes) -> int:
         if spi_i not in self._uids:
@@ -108,6 +110,7 @@ class ControlOps(GatewayState):
     def terminate(self, target: str) -> list[str]:
         if self.cfg.connection(target) is not None:
             self.held.add(target)  # an operator's terminate is not undone by a restart
+            self.backoff.succeeded(target)  # nor is it a failure to back off from
         ikes, kids = self._match(target)
         now = self.now()
         done = []
@@ -174,7 +177,16 @@ class ControlOps(GatewayState):
                               "packets-out": cout.packets, "backend": dp.mode, "tunnel": dp.gw.tunnel.name})
                 children.append(c)
             d["child-sas"] = children
+            d.update(self.backoff.view(name, now))  # an attempt after failures: how many so far
             out.append(d)
+        listed = {d["name"] for d in out}
+        for gw in self.cfg.connections:
+            retry = self.backoff.view(gw.name, now)
+            if retry and gw.name not in listed:
+                # waiting to re-initiate: no SA exists, but the user should see why and until when
+                out.append({"name": gw.name, "state": "BACKOFF", "version": 2,
+                            "local-host": str(gw.conn.local_address), "remote-host": str(gw.conn.remote_address),
+                            "child-sas": [], **retry})
         return out
 
     def counters(self) -> dict[str, Any]:

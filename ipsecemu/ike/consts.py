@@ -122,3 +122,11 @@ STATUS_NOTIFY_MIN = 16384
 
 #: transform attribute "Key Length (in bits)" (TV format, AF bit set)
 ATTR_KEY_LENGTH = 14
+
+
+def notify_name(value: int) -> str:
+    """``AUTHENTICATION_FAILED`` for 24; the number for a type we do not know (for logs)."""
+    try:
+        return Notify(value).name
+    except ValueError:
+        return f"notify {value}"

@@ -37,8 +37,18 @@ class ChildSaKeys:
 
 @dataclass(frozen=True)
 class Event:
+    """Every event names its IKE SA, and (filled in by the SA that emits it, so a consumer can log
+    a failure even after the SA is gone) the connection, the peer's address and our role."""
+
     ike_spi_i: bytes
     ike_spi_r: bytes
+    conn: str = field(default="", kw_only=True)  # the IkeSaConfig name
+    peer: Addr = field(default=("", 0), kw_only=True)  # the peer's IKE address
+    initiator: bool = field(default=False, kw_only=True)  # our role in this IKE SA
+
+    @property
+    def role(self) -> str:
+        return "initiator" if self.initiator else "responder"
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,35 @@ class IkeSaEstablished(Event):
 class IkeSaRekeyed(Event):
     new_spi_i: bytes
     new_spi_r: bytes
+    proposal: str = ""  # the new IKE SA's proposal, e.g. "aes256-sha256-prfsha256-modp2048"
+
+
+@dataclass(frozen=True)
+class IkeSaRekeyFailed(Event):
+    """Our IKE SA rekey was refused (the old SA stays up and retries; its hard lifetime still ends it)."""
+
+    notify: int = 0
+    detail: str = ""
 
 
 @dataclass(frozen=True)
 class IkeSaDeleted(Event):
     reason: str  # "local" "remote" "dpd" "timeout" "auth_failed" "no_proposal" "rekeyed" "failed" ...
     notify: int = 0  # the error notify that ended it, if any
+    # why, in words (the core's own reason text: "PSK mismatch: ...", "peer identity X is not the
+    # configured Y", "certificate: ...", both proposal lists...); never key material
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class IkeSaRefused(Event):
+    """As responder we refused an IKE_SA_INIT request (no IKE SA ever existed): ``notify`` is what we
+    answered (NO_PROPOSAL_CHOSEN...), ``ours``/``theirs`` the two proposal lists."""
+
+    notify: int = 0
+    detail: str = ""
+    ours: tuple[str, ...] = ()
+    theirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,10 +121,15 @@ class ChildSaDeleted(Event):
 
 @dataclass(frozen=True)
 class ChildSaFailed(Event):
-    """A Child SA could not be negotiated (the IKE SA stays up)."""
+    """A Child SA could not be negotiated (the IKE SA stays up).  ``requested``: we sent the request
+    (the peer refused it) or we refused the peer's; ``ours``/``theirs``: the ESP proposal lists
+    (``theirs`` only known when we answered)."""
 
     notify: int = 0
     reason: str = ""
+    requested: bool = False
+    ours: tuple[str, ...] = ()
+    theirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

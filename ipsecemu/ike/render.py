@@ -189,6 +189,12 @@ def render_text(sas: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> str:
         algs = _algs(ike, ike=True)
         if algs:
             lines.append(f"  {algs}")
+        if ike.get("attempts"):
+            # an ipsecemu gateway backing off a failing connection (gateway/timers.py Backoff)
+            s = f"  failed {ike['attempts']} time(s) in a row"
+            if ike.get("next_attempt") is not None:
+                s += f", next attempt in {ike['next_attempt']}s"
+            lines.append(s + (f" (last: {ike['last_failure']})" if ike.get("last_failure") else ""))
         if ike.get("established") is not None:
             s = f"  established {ike['established']}s ago"
             for key, word in (("rekey_time", "rekeying in"), ("reauth_time", "reauth in"),

@@ -359,6 +359,21 @@ int ie_loop_del_in_policy(ie_loop *loop, uint32_t spi);  /* IE_S_ENOENT if none 
  * whether inbound SA `spi` accepts it (1) or drops it as outside its selectors (0). */
 int ie_loop_out_slot(const ie_loop *loop, const uint8_t *pkt, uint32_t len);
 int ie_loop_in_ok(ie_loop *loop, uint32_t spi, const uint8_t *pkt, uint32_t len);
+/* Expire events at once: after ie_loop_set_wakeup(loop, fd) with an eventfd (or any fd a write of
+ * an 8-byte 1 wakes), the loop itself pops the expire events of the SAs it drives (the outbound
+ * SA after each encap batch, the inbound SAs a decap batch used), queues them in its own ring and
+ * writes the fd, so the control side rekeys within a batch of the soft limit instead of at its
+ * next poll.  Those SAs' own event rings then belong to the loop: read them with ie_loop_events
+ * (a single-consumer ring; any one thread, no pause needed).  fd -1 switches this off. */
+typedef struct ie_loop_event {
+    uint64_t sa;             /* outbound: the ie_esp_out it fired on (as an integer); inbound: 0 */
+    uint32_t spi;            /* inbound: the SA's SPI; outbound: 0 */
+    uint8_t code;            /* IE_EV_SOFT | IE_EV_BYTES ... */
+    uint8_t outbound;
+    uint8_t reserved[2];
+} ie_loop_event;
+void ie_loop_set_wakeup(ie_loop *loop, int event_fd);
+size_t ie_loop_events(ie_loop *loop, ie_loop_event *out, size_t max);
 /* ---- MACsec link loop (macsec_loop.c) ----
  * tap (IFF_TAP | IFF_NO_PI: one Ethernet frame per read) -> ie_macsec_protect -> sendmmsg on
  * phy_fd (an AF_PACKET SOCK_RAW socket bound to the link's veth); recvmmsg on phy_fd ->

@@ -40,6 +40,7 @@
 #define V_BAD_HEADER 0xFE     /* tx verdict slot: transport mode could not take the IP header off */
 #define SLOT_BAD 0xFFFEu      /* txslot of a packet transport_strip refused */
 #define TRANSPORT_HEAD 40     /* transport: receive slots start this far in, room for the IP header put back */
+#define EVQ 64                /* loop event ring: each SA fires each code once, so a few per rekey */
 
 struct ie_loop {
     ie_loop_cfg cfg;
@@ -70,6 +71,14 @@ struct ie_loop {
     ie_gro tcpgro;           /* the run of decapsulated segments being coalesced (rxp indices) */
     ie_policies *pol;        /* several Child SAs: outbound chosen by selectors, inbound checked */
     uint16_t *txslot;        /* per tx slot: the outbound policy slot of the packet */
+    /* expire events raised at once (ie_loop_set_wakeup): SPSC ring, the loop produces */
+    _Atomic int evfd;
+    ie_loop_event evq[EVQ];
+    _Atomic uint32_t evhead, evtail;
+    /* the outbound SA refused a packet (hard limit, sequence space): the tun is left unread, its
+     * packets wait in the kernel queue for the rekeyed SA (ie_loop_set_out) instead of being
+     * dropped one by one; only the rest of the batch that crossed the limit is lost */
+    int out_held;
 };
 
 static const ie_io libc_io = {read, write, sendmmsg, sendmsg};
@@ -162,6 +171,9 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     }
     atomic_init(&l->stop, 0);
     atomic_init(&l->waiters, 0);
+    atomic_init(&l->evfd, -1);
+    atomic_init(&l->evhead, 0);
+    atomic_init(&l->evtail, 0);
     *loop = l;
     return IE_S_OK;
 }
@@ -262,15 +274,21 @@ ie_esp_out *ie_loop_set_out(ie_loop *l, ie_esp_out *out)
 {
     ie_esp_out *old = l->out;
 
-    if (out)  /* the loop always has an outbound SA; stop it to stop sending */
+    if (out) { /* the loop always has an outbound SA; stop it to stop sending */
         l->out = out;
+        l->out_held = 0;  /* the tun queue drains into the new SA */
+    }
     return old;
 }
 
 int ie_loop_set_out_policy(ie_loop *l, uint32_t slot, ie_esp_out *out, const ie_ts *local, uint32_t nlocal,
                            const ie_ts *remote, uint32_t nremote)
 {
-    return ie_pol_set_out(l->pol, slot, out, local, nlocal, remote, nremote);
+    int r = ie_pol_set_out(l->pol, slot, out, local, nlocal, remote, nremote);
+
+    if (r == IE_S_OK && out)
+        l->out_held = 0;  /* a rekeyed child: the held tun queue drains again */
+    return r;
 }
 
 int ie_loop_set_in_policy(ie_loop *l, uint32_t spi, const ie_ts *local, uint32_t nlocal, const ie_ts *remote,
@@ -330,6 +348,91 @@ static void encap_batch(ie_loop *l, uint32_t n)
         else
             ie_esp_encap(pol ? l->pol->out[slot].out : l->out, l->b.txp + i, j - i, l->b.txv + i);
     }
+}
+
+void ie_loop_set_wakeup(ie_loop *l, int event_fd)
+{
+    atomic_store(&l->evfd, event_fd);
+}
+
+size_t ie_loop_events(ie_loop *l, ie_loop_event *out, size_t max)
+{
+    uint32_t h = atomic_load_explicit(&l->evhead, memory_order_relaxed);
+    uint32_t t = atomic_load_explicit(&l->evtail, memory_order_acquire);
+    size_t n = 0;
+
+    while (h != t && n < max)
+        out[n++] = l->evq[h++ % EVQ];
+    atomic_store_explicit(&l->evhead, h, memory_order_release);
+    return n;
+}
+
+/* queue the codes popped from one SA's ring and wake the control side (one write per batch
+ * at most: the eventfd counter adds up, a full ring drops nothing the counters cannot redo) */
+static int ev_push(ie_loop *l, uint64_t sa, uint32_t spi, int outbound, const uint8_t *codes, size_t n)
+{
+    uint32_t t = atomic_load_explicit(&l->evtail, memory_order_relaxed);
+    uint32_t h = atomic_load_explicit(&l->evhead, memory_order_acquire);
+    size_t i;
+
+    for (i = 0; i < n && t - h < EVQ; i++, t++)
+        l->evq[t % EVQ] = (ie_loop_event){.sa = sa, .spi = spi, .code = codes[i], .outbound = (uint8_t)outbound};
+    atomic_store_explicit(&l->evtail, t, memory_order_release);
+    return n > 0;
+}
+
+static void ev_wake(int fd)
+{
+    uint64_t one = 1;
+
+    if (write(fd, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is already huge, a wake-up is pending anyway */
+    }
+}
+
+/* after an encap batch: the outbound SA's events (nothing to do without a wake-up fd) */
+static void out_events(ie_loop *l)
+{
+    uint8_t codes[8];
+    int fd = atomic_load_explicit(&l->evfd, memory_order_relaxed), woke;
+    uint32_t slot;
+    size_t n;
+
+    if (fd < 0)
+        return;
+    n = ie_esp_out_events(l->out, codes, sizeof codes);
+    woke = n && ev_push(l, (uint64_t)(uintptr_t)l->out, 0, 1, codes, n);
+    for (slot = 0; slot < l->pol->nout; slot++) {  /* several Child SAs: each slot's SA fires on its own */
+        ie_esp_out *o = l->pol->out[slot].out;
+        if (!o || o == l->out)
+            continue;
+        n = ie_esp_out_events(o, codes, sizeof codes);
+        woke |= n && ev_push(l, (uint64_t)(uintptr_t)o, 0, 1, codes, n);
+    }
+    if (woke)
+        ev_wake(fd);
+}
+
+/* after a decap batch: the events of each inbound SA it used (one lookup per SPI change) */
+static void in_events(ie_loop *l, uint32_t k)
+{
+    uint8_t codes[8];
+    int fd = atomic_load_explicit(&l->evfd, memory_order_relaxed), woke = 0;
+    uint32_t i, last = 0;
+
+    if (fd < 0)
+        return;
+    for (i = 0; i < k; i++) {
+        uint32_t spi = l->b.rxp[i].spi;
+        size_t n;
+        if (l->b.rxv[i] != IE_OK || spi == last)
+            continue;
+        last = spi;
+        n = ie_esp_table_events(l->in, spi, codes, sizeof codes);
+        woke |= n && ev_push(l, 0, spi, 0, codes, n);
+    }
+    if (woke)
+        ev_wake(fd);
 }
 
 void ie_loop_get_stats(const ie_loop *l, ie_loop_stats *out)
@@ -502,6 +605,9 @@ static int tun_to_udp(ie_loop *l)
         return 0;
     l->st.tun_rx += n;
     encap_batch(l, n);
+    out_events(l);
+    for (i = 0; i < n && !l->out_held; i++)
+        l->out_held = l->b.txv[i] == IE_EXHAUSTED;
     /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
      * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
     for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
@@ -620,6 +726,7 @@ static void rx_flush(ie_loop *l, uint32_t k)
     if (!k)
         return;
     ie_esp_decap(l->in, l->b.rxp, k, l->b.rxv);
+    in_events(l, k);
     for (i = 0; i < k; i++) {
         ie_pkt *p = &l->b.rxp[i];
         if (l->b.rxv[i] != IE_OK) {
@@ -747,8 +854,9 @@ static int udp_to_tun(ie_loop *l)
 
 int ie_loop_step(ie_loop *l, int timeout_ms)
 {
-    struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = POLLIN}, {.fd = l->cfg.udp_fd, .events = POLLIN}};
-    int r = poll(pfd, 2, l->tso.active ? 0 : timeout_ms), done = 0;
+    struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = l->out_held ? 0 : POLLIN},
+                            {.fd = l->cfg.udp_fd, .events = POLLIN}};
+    int r = poll(pfd, 2, l->tso.active && !l->out_held ? 0 : timeout_ms), done = 0;
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
@@ -759,7 +867,7 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
     pthread_mutex_lock(&l->mu);
     if (pfd[1].revents & POLLERR)
         clear_sock_error(l);
-    done = (pfd[0].revents & POLLIN || l->tso.active ? tun_to_udp(l) : 0) +
+    done = (!l->out_held && (pfd[0].revents & POLLIN || l->tso.active) ? tun_to_udp(l) : 0) +
            (pfd[1].revents & POLLIN ? udp_to_tun(l) : 0);
     l->st.batches += done > 0;
     pthread_mutex_unlock(&l->mu);

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import socket
 import subprocess
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecemu.base.satypes import EspSaConfig, Verdict
+from ipsecemu.base.satypes import EspSaConfig, Lifetime, Verdict
 from ipsecemu.dataplane import reference as ref
 from ipsecemu.net.tun import open_tun
 
@@ -529,3 +530,44 @@ def test_vnet_flag_must_match_the_tun(nodes: tuple[Node, Node]) -> None:
     with pytest.raises(ValueError, match="tun_vnet"):
         gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port), tun_vnet=True,
                           outbound=native.EspOutbound(AB), inbound=native.EspInboundTable())
+
+
+def test_soft_limit_wakes_the_control_side_at_once(nodes: tuple[Node, Node]) -> None:
+    """ie_loop_set_wakeup: the loop pops its SAs' expire events itself and writes the eventfd
+    within the batch that crossed the soft limit (no polling), outbound and inbound."""
+    a, b = nodes
+    life = Lifetime(soft_packets=4, hard_packets=1000)
+    ab, ba = dataclasses.replace(AB, lifetime=life), dataclasses.replace(BA, lifetime=life)
+    a_table, b_table = native.EspInboundTable(), native.EspInboundTable()
+    a_table.add(ba)
+    b_table.add(ab)
+    out_a = native.EspOutbound(ab)
+    la = gateway_loop.EspUdpLoop(tun_fd=a.fd, udp_fd=a.udp.fileno(), peer=("127.0.0.1", b.port),
+                                 outbound=out_a, inbound=a_table)
+    lb = gateway_loop.EspUdpLoop(tun_fd=b.fd, udp_fd=b.udp.fileno(), peer=("127.0.0.1", a.port),
+                                 outbound=native.EspOutbound(ba), inbound=b_table)
+    efd_a, efd_b = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    la.set_wakeup(efd_a)
+    lb.set_wakeup(efd_b)
+    try:
+        la.start()
+        lb.start()
+        proc = subprocess.Popen(["ip", "netns", "exec", a.ns, "ping", "-c", "6", "-i", "0.2", "10.2.0.1"],
+                                stdout=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        got_a, got_b = select.select([efd_a], [], [], 5)[0], select.select([efd_b], [], [], 5)[0]
+        woke_after = time.monotonic() - t0
+        proc.wait(10)
+        assert got_a and got_b and os.eventfd_read(efd_a) >= 1 and os.eventfd_read(efd_b) >= 1
+        ev_a, ev_b = la.events(), lb.events()
+    finally:
+        la.stop()
+        lb.stop()
+        os.close(efd_a)
+        os.close(efd_b)
+    # a: its outbound crossed 4 packets, then its inbound (the replies); b: the other way round
+    assert gateway_loop.LoopEvent(True, la.sa_id(out_a), 0, "soft", "packets") in ev_a, ev_a
+    assert gateway_loop.LoopEvent(False, 0, BA.spi, "soft", "packets") in ev_a, ev_a
+    assert gateway_loop.LoopEvent(False, 0, AB.spi, "soft", "packets") in ev_b, ev_b
+    assert not [e for e in ev_a + ev_b if e.kind == "hard"]
+    print(f"\nsoft-limit wake-up: both sides woken {woke_after:.2f} s after the pings started (one every 0.2 s)")

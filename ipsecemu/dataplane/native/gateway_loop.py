@@ -7,12 +7,27 @@ import contextlib
 import ipaddress
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ipsecemu.base.errors import ConfigError
 from ipsecemu.dataplane.native.cmodule import check_status, ffi, lib
 from ipsecemu.dataplane.native.esp import EspInboundTable, EspOutbound
 from ipsecemu.dataplane.selectors import Selector
+
+_EV_REASON = {lib.IE_EV_BYTES: "bytes", lib.IE_EV_PACKETS: "packets", lib.IE_EV_SEQ: "seq", lib.IE_EV_PN: "pn"}
+
+
+@dataclass(frozen=True)
+class LoopEvent:
+    """An expire event the loop raised at once: on its outbound SA (``sa``: ``EspUdpLoop.sa_id``)
+    or on the inbound SA ``spi``; ``kind`` "soft"/"hard", ``reason`` "bytes"/"packets"/"seq"."""
+
+    outbound: bool
+    sa: int
+    spi: int
+    kind: str
+    reason: str
 
 
 class EspUdpLoop:
@@ -174,6 +189,26 @@ class EspUdpLoop:
         """Whether inbound SA ``spi`` accepts the decapsulated ``pkt`` (its selectors)."""
         with self.paused():
             return bool(lib.ie_loop_in_ok(self._loop, spi, pkt, len(pkt)))
+
+    def set_wakeup(self, event_fd: int) -> None:
+        """From now on the loop pops the expire events of its SAs itself, queues them and writes
+        ``event_fd`` (an eventfd) at once: the control side learns of a soft limit within a batch
+        instead of at its next poll (see ``events``).  -1 switches it off."""
+        lib.ie_loop_set_wakeup(self._loop, event_fd)
+
+    def events(self) -> list[LoopEvent]:
+        """The expire events the loop raised since the last call (after ``set_wakeup``)."""
+        buf = ffi.new("ie_loop_event[]", 64)
+        out: list[LoopEvent] = []
+        while n := lib.ie_loop_events(self._loop, buf, 64):
+            for e in buf[0:n]:
+                out.append(LoopEvent(bool(e.outbound), int(e.sa), int(e.spi),
+                                     "soft" if e.code & lib.IE_EV_SOFT else "hard", _EV_REASON.get(e.code & 15, "?")))
+        return out
+
+    def sa_id(self, outbound: EspOutbound) -> int:
+        """What ``LoopEvent.sa`` says for events of ``outbound``."""
+        return int(ffi.cast("uintptr_t", outbound._sa))
 
     @property
     def stats(self) -> dict[str, int]:

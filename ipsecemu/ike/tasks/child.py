@@ -11,7 +11,7 @@ from ipsecemu.base.satypes import EspSaConfig, Lifetime
 
 from .. import crypto
 from .. import message as m
-from ..consts import STATUS_NOTIFY_MIN, Exchange, Notify, Payload, Protocol
+from ..consts import STATUS_NOTIFY_MIN, Exchange, Notify, Payload, Protocol, notify_name
 from ..errors import RemoteProtocolError
 from ..events import (
     ChildSaDeleted,
@@ -33,6 +33,11 @@ from .base import (
     to_wire,
 )
 from .core import SaCore
+
+
+def _names(props: list[Proposal]) -> tuple[str, ...]:
+    """Proposals as strongSwan strings, for events and logs."""
+    return tuple(p.to_strongswan_string() for p in props)
 
 
 class ChildTask(SaCore):
@@ -88,10 +93,14 @@ class ChildTask(SaCore):
             offered, mine = _strip_ke(offered), _strip_ke(mine)
         chosen = select(mine, offered)
         if chosen is None or len(chosen.spi) != 4:
+            self._refusal = "no common ESP proposal"
             return [m.Notification(Notify.NO_PROPOSAL_CHOSEN)], None, Notify.NO_PROPOSAL_CHOSEN
         ts_i = narrow(tsi.selectors, self.config.remote_ts)
         ts_r = narrow(tsr.selectors, self.config.local_ts)
         if not ts_i or not ts_r:
+            self._refusal = (f"traffic selectors unacceptable: the peer asked "
+                             f"{' '.join(map(str, tsi.selectors))} <-> {' '.join(map(str, tsr.selectors))}, we allow "
+                             f"{' '.join(map(str, self.config.remote_ts))} <-> {' '.join(map(str, self.config.local_ts))}")
             return [m.Notification(Notify.TS_UNACCEPTABLE)], None, Notify.TS_UNACCEPTABLE
         gir = b""
         extra: list[m.AnyPayload] = []
@@ -112,11 +121,28 @@ class ChildTask(SaCore):
             child = self._make_child(chosen, in_spi, int.from_bytes(chosen.spi, "big"), ni, nr, gir, False,
                                      ts_r, ts_i, mode, now)
         except RemoteProtocolError as exc:
+            self._refusal = str(exc)
             return [m.Notification(exc.notify)], None, exc.notify
         payloads: list[m.AnyPayload] = [m.Notification(Notify.USE_TRANSPORT_MODE)] if transport else []
         payloads += [m.SA(to_wire([chosen], in_spi.to_bytes(4, "big"))), *extra,
                      m.TS(Payload.TSi, ts_i), m.TS(Payload.TSr, ts_r)]
         return payloads, child, 0
+
+    def _child_refused(self, notify: int, msg: m.Message, ike_auth: bool = False) -> None:
+        """We refused the peer's Child SA: an event with the reason and both ESP proposal lists.  A
+        wrong KE group is no failure (the peer retries with the group we named)."""
+        if notify == Notify.INVALID_KE_PAYLOAD:
+            return
+        sa = msg.first(m.SA)
+        theirs = [p for p in from_wire(sa.proposals) if p.protocol == "esp"] if sa else []
+        mine = self.config.esp_proposals
+        if ike_auth:
+            theirs, mine = _strip_ke(theirs), _strip_ke(mine)
+        what = "first Child SA (IKE_AUTH)" if ike_auth else "Child SA"
+        why = self._refusal or f"we answered {notify_name(notify)}"
+        self._refusal = ""
+        self._event(ChildSaFailed, notify=notify, reason=f"we refused the peer's {what}: {why}", requested=False,
+                    ours=_names(mine), theirs=_names(theirs))
 
     def _finish_child(self, msg: m.Message, neg: _ChildNeg, ni: bytes, nr: bytes, gir: bytes,
                       now: float) -> ChildSa | None:
@@ -136,7 +162,9 @@ class ChildTask(SaCore):
                 # RFC 7296 2.25: the peer's crossing rekey won and already deleted the old SA
                 self._count("rekey_superseded")
                 return None
-            self._event(ChildSaFailed, notify=errors[0].type, reason="refused by peer")
+            t = errors[0].type
+            self._event(ChildSaFailed, notify=t, reason=f"the peer refused our Child SA: it answered {notify_name(t)}",
+                        requested=True, ours=_names(neg.proposals))
             return None
         sa, tsi, tsr = msg.first(m.SA), msg.first(m.TS, Payload.TSi), msg.first(m.TS, Payload.TSr)
         props = from_wire(sa.proposals) if sa else []
@@ -147,14 +175,16 @@ class ChildTask(SaCore):
             ok = narrow(tsi.selectors, neg.local_ts) == tsi.selectors and \
                 narrow(tsr.selectors, neg.remote_ts) == tsr.selectors and bool(tsi.selectors and tsr.selectors)
         if not ok or not (tsi and tsr):
-            self._event(ChildSaFailed, notify=Notify.INVALID_SYNTAX, reason="bad Child SA answer")
+            self._event(ChildSaFailed, notify=Notify.INVALID_SYNTAX, requested=True, ours=_names(neg.proposals),
+                        reason="bad Child SA answer: the peer chose a proposal or selectors we did not offer",
+                        theirs=_names(props))
             return None
         mode = "transport" if msg.notify(Notify.USE_TRANSPORT_MODE) and self.config.mode == "transport" else "tunnel"
         try:
             child = self._make_child(props[0], neg.inbound_spi, int.from_bytes(props[0].spi, "big"), ni, nr, gir,
                                      True, tsi.selectors, tsr.selectors, mode, now)
         except RemoteProtocolError as exc:
-            self._event(ChildSaFailed, notify=exc.notify, reason=str(exc))
+            self._event(ChildSaFailed, notify=exc.notify, reason=str(exc), requested=True)
             return None
         self.children[child.inbound_spi] = child
         old = neg.rekey_of
@@ -222,13 +252,14 @@ class ChildTask(SaCore):
         if not errors:
             kep = msg.first(m.KE)
             if nonce is None or (neg.ke is not None and (kep is None or kep.group != neg.ke.group)):
-                self._event(ChildSaFailed, notify=Notify.INVALID_SYNTAX, reason="bad CREATE_CHILD_SA answer")
+                self._event(ChildSaFailed, notify=Notify.INVALID_SYNTAX, requested=True,
+                            reason="bad CREATE_CHILD_SA answer: no Nonce, or no KE of our group")
                 return
             if neg.ke is not None and kep is not None:
                 try:
                     gir = neg.ke.shared_secret(kep.data)
                 except RemoteProtocolError as exc:
-                    self._event(ChildSaFailed, notify=exc.notify, reason=str(exc))
+                    self._event(ChildSaFailed, notify=exc.notify, reason=str(exc), requested=True)
                     return
         self._finish_child(msg, neg, neg.nonce, nonce.data if nonce else b"", gir, now)
         self._early_deletes.clear()
@@ -265,9 +296,10 @@ class ChildTask(SaCore):
             self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
             return
         nr = self._nonce()
-        payloads, child, _fail = self._respond_child(msg, nonce.data, nr, old, now)
+        payloads, child, fail = self._respond_child(msg, nonce.data, nr, old, now)
         self._send_response(msg, payloads, addr, local)
         if child is None:
+            self._child_refused(fail, msg)
             return
         self.children[child.inbound_spi] = child
         neg = self._child_neg

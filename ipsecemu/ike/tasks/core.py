@@ -25,6 +25,9 @@ from ..states import IkeState, check
 from ..ts import TrafficSelector
 from .base import Addr, ChildSa, Rng, Sink, _ChildNeg, _first_group, _Request
 
+# close reasons for which ``last_error`` (set where the problem was found) explains the close
+_FAILURES = frozenset({"auth_failed", "no_proposal", "failed"})
+
 ConfigLookup = Callable[[Identity, Identity | None], IkeSaConfig | None]
 
 
@@ -103,6 +106,7 @@ class SaCore:
         self._early_deletes: set[int] = set()
         self.peer_initial_contact = False  # the peer said INITIAL_CONTACT: its older SAs are stale
         self.last_error = ""  # the last peer protocol error (for logs; never contains key material)
+        self._refusal = ""  # why we refused the peer's last Child SA (set by _respond_child)
 
     # --- properties -----------------------------------------------------------------------------
 
@@ -125,7 +129,8 @@ class SaCore:
             self.state = new
 
     def _event(self, ev_cls: type, **kw: object) -> None:
-        self._sink.events.append(ev_cls(ike_spi_i=self.spi_i, ike_spi_r=self.spi_r, **kw))
+        self._sink.events.append(ev_cls(ike_spi_i=self.spi_i, ike_spi_r=self.spi_r, conn=self.config.name,
+                                        peer=self.remote, initiator=self.initiator, **kw))
 
     def _emit(self, wire: bytes) -> None:
         self._sink.out.append((wire, self.remote, self.local))
@@ -192,7 +197,9 @@ class SaCore:
         self._sink.out.extend(out)
         self._last_response = (req.msg_id, out)
 
-    def _close(self, now: float, reason: str, notify: int = 0, quiet_children: bool = False) -> None:
+    def _close(self, now: float, reason: str, notify: int = 0, quiet_children: bool = False,
+               detail: str = "") -> None:
+        """``detail``: why, in words, for the IkeSaDeleted event (defaults to ``last_error``)."""
         if self.state == IkeState.CLOSED:
             return
         if not quiet_children:
@@ -204,7 +211,7 @@ class SaCore:
         self._half_open_deadline = None
         self._reasm.clear()
         self.state = IkeState.CLOSED
-        self._event(IkeSaDeleted, reason=reason, notify=notify)
+        self._event(IkeSaDeleted, reason=reason, notify=notify, detail=detail or (self.last_error if reason in _FAILURES else ""))
 
     if TYPE_CHECKING:
         # Methods one task mixin calls on another (or on the SA a rekey creates): declared for the
@@ -220,6 +227,7 @@ class SaCore:
         # tasks/child.py
         def _respond_child(self, msg: m.Message, ni: bytes, nr: bytes, rekey_of: ChildSa | None, now: float,
                            ike_auth: bool = False) -> tuple[list[m.AnyPayload], ChildSa | None, int]: ...
+        def _child_refused(self, notify: int, msg: m.Message, ike_auth: bool = False) -> None: ...
         def _finish_child(self, msg: m.Message, neg: _ChildNeg, ni: bytes, nr: bytes, gir: bytes,
                           now: float) -> ChildSa | None: ...
         def _start_create_child(self, now: float, rekey_of: ChildSa | None,

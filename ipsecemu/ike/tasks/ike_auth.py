@@ -14,10 +14,9 @@ from __future__ import annotations
 from .. import certs as x509auth
 from .. import crypto
 from .. import message as m
-from ..consts import STATUS_NOTIFY_MIN, AuthMethod, Exchange, Notify, Payload, Protocol
+from ..consts import STATUS_NOTIFY_MIN, AuthMethod, Exchange, Notify, Payload, Protocol, notify_name
 from ..events import (
     ChildSaEstablished,
-    ChildSaFailed,
     IkeSaEstablished,
     NatDetected,
 )
@@ -63,13 +62,18 @@ class IkeAuthTask(SaCore):
         """Is ``auth`` a valid proof of identity ``idp`` for ``cfg``?  Reasons go to ``last_error``."""
         peer = Identity(idp.id_type, idp.data)
         if cfg.remote_id is not None and not cfg.remote_id.matches(peer):
-            self.last_error = f"peer identity {peer} is not the configured {cfg.remote_id}"
+            self.last_error = f"identity mismatch: peer identity {peer} is not the configured {cfg.remote_id}"
             return False
         if cfg.certs is None:
             if auth.method != AuthMethod.PSK:
-                self.last_error = f"peer used auth method {auth.method}, we expect PSK"
+                self.last_error = f"auth method mismatch: peer used auth method {auth.method}, we expect PSK"
                 return False
-            return _eq(self._psk_auth(cfg.psk, init_msg, nonce, sk_p, idp.body()), auth.data)
+            if not _eq(self._psk_auth(cfg.psk, init_msg, nonce, sk_p, idp.body()), auth.data):
+                # the only thing left that differs is the secret itself (the IDs matched); never log it
+                self.last_error = (f"PSK mismatch: the AUTH of peer identity {peer} does not verify with the PSK "
+                                   f"of connection {cfg.name}")
+                return False
+            return True
         ders = [c.data for c in msg.get(m.Cert, Payload.CERT) if c.encoding == x509auth.CERT_X509_SIGNATURE]
         try:
             cert = cfg.certs.verify_chain(ders)
@@ -78,7 +82,7 @@ class IkeAuthTask(SaCore):
             x509auth.verify(cert.public_key(), auth.method, auth.data,
                             self._signed_octets(init_msg, nonce, sk_p, idp.body()), frozenset())
         except x509auth.CertError as exc:
-            self.last_error = str(exc)
+            self.last_error = f"certificate: {exc}"
             self._count("cert_auth_failed")
             return False
         return True
@@ -126,11 +130,15 @@ class IkeAuthTask(SaCore):
     def _on_auth_response(self, msg: m.Message, now: float) -> None:
         errors = [n for n in msg.get(m.Notification) if n.type < STATUS_NOTIFY_MIN]
         if any(n.type == Notify.AUTHENTICATION_FAILED for n in errors):
-            self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
+            self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED,
+                        detail=f"the peer answered AUTHENTICATION_FAILED to our IKE_AUTH as {self.config.local_id} "
+                               "(PSK, identity or certificate mismatch: the peer's log says which)")
             return
         idr, auth = msg.first(m.ID, Payload.IDr), msg.first(m.Auth)
         if idr is None or auth is None:
-            self._close(now, "failed", errors[0].type if errors else Notify.INVALID_SYNTAX)
+            t = errors[0].type if errors else Notify.INVALID_SYNTAX
+            self._close(now, "failed", t, detail=f"the peer answered {notify_name(t)} to our IKE_AUTH" if errors
+                        else "IKE_AUTH response without IDr or AUTH")
             return
         peer = Identity(idr.id_type, idr.data)
         assert self.keys is not None  # the response was decrypted with them
@@ -157,7 +165,7 @@ class IkeAuthTask(SaCore):
         idi, auth = msg.first(m.ID, Payload.IDi), msg.first(m.Auth)
         if idi is None or auth is None:
             self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
-            self._close(now, "failed", Notify.INVALID_SYNTAX)
+            self._close(now, "failed", Notify.INVALID_SYNTAX, detail="IKE_AUTH request without IDi or AUTH")
             return
         peer = Identity(idi.id_type, idi.data)
         idr_req = msg.first(m.ID, Payload.IDr)
@@ -167,6 +175,7 @@ class IkeAuthTask(SaCore):
         assert self.keys is not None  # the request was decrypted with them
         if not self._auth_ok(cfg, msg, idi, auth, self._init_req, self.nr, self.keys.sk_pi):
             self._send_response(msg, [m.Notification(Notify.AUTHENTICATION_FAILED)], addr, local)
+            self.config = cfg  # the connection the peer's identity selected names the failure
             self._close(now, "auth_failed", Notify.AUTHENTICATION_FAILED)
             return
         self.config, self.remote_id = cfg, peer
@@ -192,7 +201,7 @@ class IkeAuthTask(SaCore):
             self.children[child.inbound_spi] = child
             self._event(ChildSaEstablished, keys=child.keys)
         else:
-            self._event(ChildSaFailed, notify=fail, reason="first Child SA refused")
+            self._child_refused(fail, msg, ike_auth=True)
 
     def _establish(self, now: float) -> None:
         self._set_state(IkeState.ESTABLISHED)

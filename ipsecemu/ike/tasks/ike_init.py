@@ -12,8 +12,9 @@ import hashlib
 from .. import crypto
 from .. import message as m
 from ..certs import CERT_X509_SIGNATURE, OUR_HASHES
-from ..consts import STATUS_NOTIFY_MIN, Exchange, Notify, Payload
+from ..consts import STATUS_NOTIFY_MIN, Exchange, Notify, Payload, notify_name
 from ..errors import ParseError, RemoteProtocolError
+from ..events import IkeSaRefused
 from ..proposals import check_selected, select
 from ..states import IkeState
 from .base import (
@@ -77,6 +78,10 @@ class IkeInitTask(SaCore):
         self.childless_ok = self.config.childless != "never" and \
             (not self.initiator or msg.notify(Notify.CHILDLESS_IKEV2_SUPPORTED) is not None)
 
+    def _ours(self) -> str:
+        """Our IKE proposals, for a failure's detail."""
+        return ", ".join(p.to_strongswan_string() for p in self.config.ike_proposals)
+
     def _send_sa_init(self, now: float) -> None:
         if self._ke is None or self._ke.group != self._group:
             self._ke = crypto.KeyExchange(self._group, self._rng)
@@ -132,7 +137,7 @@ class IkeInitTask(SaCore):
         cookie = msg.notify(Notify.COOKIE)
         if cookie is not None:
             if self._cookie:  # a second cookie demand: the responder is not playing along
-                self._close(now, "failed", Notify.COOKIE)
+                self._close(now, "failed", Notify.COOKIE, detail="the peer asked for a COOKIE twice")
                 return
             self._cookie = cookie.data
             self._send_sa_init(now)
@@ -145,12 +150,15 @@ class IkeInitTask(SaCore):
                 self._group = want
                 self._send_sa_init(now)
             else:
-                self._close(now, "no_proposal", Notify.INVALID_KE_PAYLOAD)
+                self._close(now, "no_proposal", Notify.INVALID_KE_PAYLOAD,
+                            detail=f"the peer wants KE group {want}, which none of our IKE proposals has "
+                                   f"(ours: {self._ours()})")
             return
         errors = [n for n in msg.get(m.Notification) if n.type < STATUS_NOTIFY_MIN]
         if errors:
             t = errors[0].type
-            self._close(now, "no_proposal" if t == Notify.NO_PROPOSAL_CHOSEN else "failed", t)
+            self._close(now, "no_proposal" if t == Notify.NO_PROPOSAL_CHOSEN else "failed", t,
+                        detail=f"the peer answered {notify_name(t)} to our IKE_SA_INIT (ours: {self._ours()})")
             return
         sa, ke, nonce = msg.first(m.SA), msg.first(m.KE), msg.first(m.Nonce)
         props = from_wire(sa.proposals) if sa else []
@@ -221,9 +229,14 @@ class IkeInitTask(SaCore):
             self._count("refused")
             self._discard()
 
-        chosen = select(self.config.ike_proposals, [p for p in from_wire(sa.proposals) if p.protocol == "ike"])
+        offered = [p for p in from_wire(sa.proposals) if p.protocol == "ike"]
+        chosen = select(self.config.ike_proposals, offered)
         if chosen is None or chosen.ke is None:
             refuse(Notify.NO_PROPOSAL_CHOSEN)
+            # no IKE SA ever existed; the event names the connection whose proposals were compared
+            self._event(IkeSaRefused, notify=Notify.NO_PROPOSAL_CHOSEN, detail="no common IKE proposal",
+                        ours=tuple(p.to_strongswan_string() for p in self.config.ike_proposals),
+                        theirs=tuple(p.to_strongswan_string() for p in offered))
             return
         group = chosen.ke.id
         if ke.group != group:

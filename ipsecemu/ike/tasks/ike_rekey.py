@@ -19,10 +19,11 @@ from typing import Self
 
 from .. import crypto
 from .. import message as m
-from ..consts import Exchange, Notify, Protocol
+from ..consts import STATUS_NOTIFY_MIN, Exchange, Notify, Protocol, notify_name
 from ..errors import RemoteProtocolError
 from ..events import (
     IkeSaRekeyed,
+    IkeSaRekeyFailed,
 )
 from ..proposals import Proposal, check_selected, select
 from ..states import IkeState
@@ -81,11 +82,18 @@ class IkeRekeyTask(SaCore):
                 # refused (e.g. NO_PROPOSAL_CHOSEN): try again in 20-60 s; the hard lifetime still ends it
                 self._count("rekey_failed")
                 self._ike_rekey_at = now + 10 * self._retry_delay()
+                errs = [n.type for n in msg.get(m.Notification) if n.type < STATUS_NOTIFY_MIN]
+                self._event(IkeSaRekeyFailed, notify=errs[0] if errs else 0,
+                            detail=(f"the peer answered {notify_name(errs[0])}" if errs else
+                                    "the peer's answer is not a proposal we offered") +
+                            f" (ours: {', '.join(p.to_strongswan_string() for p in self.config.ike_proposals)});"
+                            f" retrying in {self._ike_rekey_at - now:.0f} s")
             return
         try:
             gir = ke.shared_secret(kep.data)
-        except RemoteProtocolError:
+        except RemoteProtocolError as exc:
             self._count("rekey_failed")
+            self._event(IkeSaRekeyFailed, notify=exc.notify, detail=f"the peer's KE: {exc}")
             return
         if lost_already or (collision is not None and min(ni, nonce.data) < collision[1]):
             # our exchange has the lowest nonce: our new SA is redundant, we delete it; the peer
@@ -168,7 +176,8 @@ class IkeRekeyTask(SaCore):
         self.successor = new
         self._queue.clear()  # as after any IKE rekey: nothing more is started on the old SA
         self._ike_rekey_at = self._ike_expire_at = None  # the peer deletes this old SA
-        self._event(IkeSaRekeyed, new_spi_i=new.spi_i, new_spi_r=new.spi_r)
+        self._event(IkeSaRekeyed, new_spi_i=new.spi_i, new_spi_r=new.spi_r,
+                    proposal=new.proposal.to_strongswan_string() if new.proposal else "")
 
     def _spawn(self, now: float, we_initiated: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, gir: bytes,
                proposal: Proposal, collision: bool = False) -> Self:
@@ -199,5 +208,5 @@ class IkeRekeyTask(SaCore):
             new._schedule_ike_rekey(now)
         self._sink.new_sas.append(new)
         if not collision:
-            self._event(IkeSaRekeyed, new_spi_i=spi_i, new_spi_r=spi_r)
+            self._event(IkeSaRekeyed, new_spi_i=spi_i, new_spi_r=spi_r, proposal=proposal.to_strongswan_string())
         return new

@@ -103,7 +103,10 @@ def test_wrong_ca_is_authentication_failed(pki) -> None:
     a, b, net = cert_pair(creds(pki["left-p256"], ca_cert), creds(pki["right-p256"], other_ca[0]))
     ea, eb = _refused(a, b, net)
     assert one(ea, ev.IkeSaDeleted).notify == Notify.AUTHENTICATION_FAILED
-    assert one(eb, ev.IkeSaDeleted).reason == "auth_failed"
+    gone = one(eb, ev.IkeSaDeleted)
+    # the responder's event says it was the certificate (not a PSK or an identity), with the core's text
+    assert gone.reason == "auth_failed" and gone.detail.startswith("certificate: ") and not gone.initiator
+    assert gone.conn == "c" and gone.peer[0] == "192.0.2.1"
 
 
 def test_initiator_refuses_responder_from_wrong_ca(pki) -> None:

@@ -96,7 +96,10 @@ def test_no_proposal_chosen() -> None:
     net.run()
     d = one(events(a), ev.IkeSaDeleted)
     assert d.reason == "no_proposal" and d.notify == Notify.NO_PROPOSAL_CHOSEN and sa.state == IkeState.CLOSED
-    assert not events(b) and not b.sas  # the responder kept no state
+    assert not b.sas  # the responder kept no state, but says why it refused (both lists)
+    r = one(events(b), ev.IkeSaRefused)
+    assert r.notify == Notify.NO_PROPOSAL_CHOSEN and r.conn == "c" and not r.initiator
+    assert r.ours == ("aes256gcm16-prfsha384-ecp384",) and r.theirs == ("aes128-sha1-prfsha1-modp2048",)
 
 
 def test_invalid_ke_payload_retry() -> None:
