@@ -16,8 +16,9 @@ from collections.abc import Callable
 from .plan import LabPlan
 from .state import LabState
 
-# in start order: MACsec links carry the IPsec underlay in the MACsec lab, so they come first
-SERVICE_MODULES = ("ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_vpn")
+# in start order: impaired links carry nothing until their element runs; MACsec links carry the IPsec
+# underlay in the MACsec lab, so they come next
+SERVICE_MODULES = ("ipsecemu.lab.svc_impair", "ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_vpn")
 
 
 def start(plan: LabPlan, state: LabState, say: Callable[[str], None]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ipsecemu.config.kit import ConfigFileError, Doc, load_yaml, read_text
 from ipsecemu.lab.audit_schema import Audit, parse_audit
+from ipsecemu.lab.impair_schema import Impair, parse_impair
 
 KINDS = ("host", "router", "ipsecemu", "strongswan")
 VPN_KINDS = ("ipsecemu", "strongswan")
@@ -102,6 +103,9 @@ class Link:
     # by ipsecemu.lab.svc_macsec.  The node's L3 interface is then a tap named after the endpoint;
     # the veth underneath carries the protected frames and is named by ``phy_ifname``.
     macsec: Mapping[str, Any] | None = None
+    # An impaired link (ipsecemu.lab.impair_schema): the two ends meet in a helper netns where the
+    # impairment element (native/src/impair.c) forwards between them; ``impair: {}`` = none yet.
+    impair: Impair | None = None
 
 
 def phy_ifname(iface: str) -> str:
@@ -167,6 +171,10 @@ class Topology:
 
     def segment_netns(self, segment: str) -> str:
         return f"{self.name}--{segment}"
+
+    def impair_netns(self, link_index: int) -> str:
+        """The helper netns of impaired ``links[link_index]`` ('-' is not allowed in segment names)."""
+        return f"{self.name}--imp-{link_index}"
 
     def renamed(self, name: str) -> Topology:
         """The same lab under another name (tests, a second copy of a lab)."""
@@ -298,7 +306,7 @@ class _Validator:
 
     def _link(self, v: Any, path: tuple[Any, ...], nodes: dict[str, Any]) -> Link:
         m = self._mapping(v, path)
-        self._keys(m, path, ("endpoints", "mtu", "macsec"), ("endpoints",))
+        self._keys(m, path, ("endpoints", "mtu", "macsec", "impair"), ("endpoints",))
         eps = self._list(m["endpoints"], path + ("endpoints",))
         if len(eps) != 2:
             raise self.doc.error(path + ("endpoints",), "a link has exactly two endpoints (use segments: for more)")
@@ -308,7 +316,11 @@ class _Validator:
         macsec = None
         if "macsec" in m:
             macsec = MappingProxyType(dict(self._mapping(m["macsec"] or {}, path + ("macsec",))))
-        return Link(a, b, mtu, macsec)
+        impair = parse_impair(self.doc, m["impair"], path + ("impair",)) if "impair" in m else None
+        if impair is not None and macsec is not None:
+            raise self.doc.error(path + ("impair",), "impair on a macsec link is not supported (impair the link "
+                                 "that carries it, or a plain link)")
+        return Link(a, b, mtu, macsec, impair)
 
     def _segments(self, v: Any, nodes: dict[str, Any]) -> tuple[Segment, ...]:
         out: list[Segment] = []
