@@ -317,6 +317,10 @@ def _lab_status(name: str) -> dict[str, Any]:
         agent = svc_vpn.read_status(st)
         out["vpn"] = {"tunnels": svc_vpn.tunnel_status(st), "routes": agent.get("routes", []),
                       "up": agent.get("tunnels", {}), "warnings": svc_vpn.warnings(st)}
+    if d.get("impair"):  # impaired links: settings and counters of each element (lab drills)
+        from ipsecemu.lab.impair_ctl import status_lines  # lazy: CLI start-up
+
+        out["impair"] = status_lines(st)
     return out
 
 
@@ -352,6 +356,8 @@ def status(name: str | None, as_json: bool) -> None:
                 hops = ", ".join(f"via {h['via']}" if h["via"] else f"dev {h['dev']}" for h in r["nexthops"])
                 click.echo(f"      route {r['dst']} {hops}{'  (ECMP)' if len(r['nexthops']) > 1 else ''}")
         click.echo(f"  links: {len(lb['links'])}")
+        for line in lb.get("impair", []):
+            click.echo(f"  {line}")
         if "vpn" in lb:
             _print_vpn(lb["vpn"])
         for p in lb["processes"]:
@@ -513,3 +519,11 @@ def audit(name: str | None, audit_file: str | None, failures: bool, as_json: boo
         _fail(f"lab {name}: audit failed: " + "; ".join(
             f"{p.src} -> {p.dst} {p.flow.proto}{f'/{p.port}' if p.port else ''} expected {p.flow.expect}, "
             f"observed {p.observed}" for p in report.mismatches), CheckFailed)
+
+
+# ---------------------------------------------------------------- drills (impair, link, node)
+# In their own module (commands/lab_drills.py, which does not import this one); registered here.
+from ipsecemu.commands.lab_drills import DRILL_COMMANDS  # noqa: E402
+
+for _cmd in DRILL_COMMANDS:
+    lab.add_command(_cmd)

@@ -44,14 +44,14 @@ def links(state: LabState) -> dict[str, dict[str, Any]]:
     return dict(state.data.get("impair") or {})
 
 
-def find(state: LabState, endpoint: str) -> tuple[Path, int]:
-    """The control socket of the impaired link with end ``NODE:IFACE`` and that end's index (0:
-    endpoints[0], whose outgoing direction is a_to_b)."""
+def find(state: LabState, endpoint: str) -> tuple[Path, int, dict[str, Any]]:
+    """The control socket of the impaired link with end ``NODE:IFACE``, that end's index (0:
+    endpoints[0], whose outgoing direction is a_to_b) and the link's recorded info."""
     node, _, iface = endpoint.partition(":")
     for info in links(state).values():
         for i, (n, f, *_rest) in enumerate(info["ends"]):
             if (n, f) == (node, iface):
-                return Path(info["control"]), i
+                return Path(info["control"]), i, info
     declared = ", ".join(sorted(links(state))) or "none"
     raise ImpairError(
         f"{endpoint}: no impairment element on this link (impaired links of lab {state.name}: {declared}); "

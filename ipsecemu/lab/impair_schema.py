@@ -149,14 +149,15 @@ def apply_values(base: ImpairDir, values: dict[str, Any]) -> ImpairDir:
 
 def _dir(doc: Doc, v: Any, path: FieldPath) -> ImpairDir:
     m = doc.mapping(v if v is not None else {}, path, "a mapping of impairments")
-    out = ImpairDir()
+    changes = {}
     for k, val in m.items():
         try:
-            out = apply_values(out, {k: val})
+            changes[_FIELD[k] if k in _FIELD else str(k)] = parse_value(k, val)
         except ImpairValueError as exc:
-            raise doc.error((*path, k), str(exc).split(": ", 1)[1]) from None
+            raise doc.error((*path, k), str(exc)) from None
+    out = ImpairDir(**changes)
     if out.delay_ns + out.jitter_ns > MAX_DELAY_NS:
-        raise doc.error((*path, "jitter"), f"delay + jitter is more than {MAX_DELAY_NS // 10**9} s")
+        raise doc.error((*path, "jitter"), f"delay + jitter is more than the element's {MAX_DELAY_NS // 10**9} s")
     return out
 
 
