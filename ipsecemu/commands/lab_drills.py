@@ -23,9 +23,6 @@ def _open(name: str) -> LabState:
         raise LabError(str(exc)) from None
 
 
-_SETTINGS = ("delay", "jitter", "loss", "reorder", "duplicate", "corrupt", "rate", "limit")
-
-
 @click.command("impair", cls=Command)
 @click.argument("name", metavar="LAB")
 @click.argument("endpoint", metavar="NODE:IFACE")
@@ -37,6 +34,7 @@ _SETTINGS = ("delay", "jitter", "loss", "reorder", "duplicate", "corrupt", "rate
 @click.option("--corrupt", help="Frames with one bit flipped after the Ethernet header, e.g. 0.1%.")
 @click.option("--rate", help="Rate limit (token bucket), e.g. 650mbit.")
 @click.option("--limit", help="Frames queued in the element at most.")
+@click.option("--overhead", help="Bytes added to each frame for the rate (negative: count less, as netem).")
 @click.option("--direction", type=click.Choice(["both", "out", "in"]), default="both", show_default=True,
               help="out: from NODE:IFACE to its peer; in: towards it.")
 @click.option("--clear", is_flag=True, help="Remove the impairment (of --direction).")

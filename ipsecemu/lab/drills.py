@@ -69,6 +69,8 @@ def describe(state: LabState, endpoint: str, answer: dict[str, Any]) -> list[str
 
 
 def link_set(state: LabState, endpoint: str, up: bool) -> None:
+    """``NODE:IFACE`` administratively down/up.  On an impaired link the element's side facing the
+    peer follows, so the peer loses carrier as it would on a plain veth (a cut link)."""
     node, _, iface = endpoint.partition(":")
     ns = state.node_netns(node)
     if ns is None or not iface:
@@ -79,6 +81,13 @@ def link_set(state: LabState, endpoint: str, up: bool) -> None:
         if not idx:
             raise DrillError(f"{endpoint}: node {node} has no interface {iface}")
         ipr.link("set", index=idx[0], state="up" if up else "down")
+    for info in (state.data.get("impair") or {}).values():
+        for i, (n, f, *_rest) in enumerate(info["ends"]):
+            if (n, f) == (node, iface) and "netns" in info:
+                with ipr_in(info["netns"]) as ipr:
+                    far = ipr.link_lookup(ifname=info["sides"][1 - i])
+                    if far:
+                        ipr.link("set", index=far[0], state="up" if up else "down")
 
 
 # ---------------------------------------------------------------- node

@@ -29,7 +29,7 @@ from ipsecemu.config.kit import Doc, FieldPath
 __all__ = ["DIRECTIONS", "KEYS", "MAX_DELAY_NS", "Impair", "ImpairDir", "ImpairValueError", "parse_impair",
            "parse_value", "format_dir"]
 
-KEYS = ("delay", "jitter", "loss", "reorder", "duplicate", "corrupt", "rate", "limit")
+KEYS = ("delay", "jitter", "loss", "reorder", "duplicate", "corrupt", "rate", "limit", "overhead")
 DIRECTIONS = ("a_to_b", "b_to_a")
 MAX_DELAY_NS = 4_000_000_000  # native/include/ipsecemu.h IE_IMP_MAX_DELAY_NS: the wheel's span
 MAX_RATE_BPS = 400_000_000_000
@@ -58,10 +58,11 @@ class ImpairDir:
     corrupt_ppm: int = 0
     rate_bps: int = 0
     limit: int = 0  # frames queued at most (0: the element's pool)
+    rate_overhead: int = 0  # bytes added to each frame for the rate (negative: count less, as netem)
 
     @property
     def active(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self) if f.name != "limit")
+        return any(getattr(self, f.name) for f in fields(self) if f.name not in ("limit", "rate_overhead"))
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)
@@ -124,13 +125,20 @@ def parse_value(key: str, v: Any) -> int:
         if 0 < bps < 8000:
             raise ImpairValueError(f"{v} is less than 8 kbit/s (one frame would take seconds)")
         return bps
+    if isinstance(v, str) and re.fullmatch(r"\s*[-+]?[0-9]+\s*", v):  # limit/overhead from a command line
+        v = int(v)
+    if key == "overhead":
+        if isinstance(v, int) and -65535 <= v <= 65535:
+            return v
+        raise ImpairValueError(f"must be bytes per frame -65535..65535 (as netem's packetoverhead), got {v!r}")
     if isinstance(v, int) and 0 <= v <= MAX_LIMIT:  # limit
         return v
     raise ImpairValueError(f"must be a frame count 0..{MAX_LIMIT}, got {v!r}")
 
 
 _FIELD = {"delay": "delay_ns", "jitter": "jitter_ns", "loss": "loss_ppm", "reorder": "reorder_ppm",
-          "duplicate": "duplicate_ppm", "corrupt": "corrupt_ppm", "rate": "rate_bps", "limit": "limit"}
+          "duplicate": "duplicate_ppm", "corrupt": "corrupt_ppm", "rate": "rate_bps", "limit": "limit",
+          "overhead": "rate_overhead"}
 
 
 def apply_values(base: ImpairDir, values: dict[str, Any]) -> ImpairDir:
@@ -187,6 +195,8 @@ def format_dir(d: ImpairDir) -> str:
             parts.append(f"{name} {ppm / 10_000:g}%")
     if d.rate_bps:
         parts.append(f"rate {_fmt_rate(d.rate_bps)}")
+    if d.rate_bps and d.rate_overhead:
+        parts.append(f"overhead {d.rate_overhead:+d}B")
     if d.limit:
         parts.append(f"limit {d.limit}")
     return " ".join(parts) or "none"

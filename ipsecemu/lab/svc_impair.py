@@ -79,7 +79,8 @@ def _start_one(plan: LabPlan, state: LabState, d: Daemon) -> tuple[int, str]:
     control = str(state.dir / d.info["control"])
     with state.update() as data:
         data.setdefault("impair", {})[d.info["link"]] = {
-            "control": control, "ends": d.info["ends"], "pid": p.pid, "log": logf}
+            "control": control, "ends": d.info["ends"], "pid": p.pid, "log": logf, "netns": d.info["netns"],
+            "sides": d.info["sides"]}
     return p.pid, logf
 
 

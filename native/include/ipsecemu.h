@@ -397,6 +397,8 @@ typedef struct ie_imp_dir_cfg {
     uint32_t corrupt_ppm;    /* one random bit flipped after the Ethernet header */
     uint64_t rate_bps;       /* 0: unlimited */
     uint32_t limit;          /* frames queued in this direction at most (0: the pool size) */
+    int32_t rate_overhead;   /* bytes added to each frame's length for the rate (may be negative, as
+                                netem's packetoverhead: -76 counts only what an ESP tunnel carries) */
 } ie_imp_dir_cfg;
 
 typedef struct ie_imp_stats {

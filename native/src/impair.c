@@ -124,7 +124,7 @@ int ie_imp_pipe_set(ie_imp_pipe *p, const ie_imp_dir_cfg *cfg)
     if (cfg->delay_ns > IE_IMP_MAX_DELAY_NS || cfg->jitter_ns > IE_IMP_MAX_DELAY_NS ||
         cfg->delay_ns + cfg->jitter_ns > IE_IMP_MAX_DELAY_NS || cfg->loss_ppm > PPM ||
         cfg->reorder_ppm > PPM || cfg->duplicate_ppm > PPM || cfg->corrupt_ppm > PPM ||
-        cfg->rate_bps > 400000000000ULL)
+        cfg->rate_bps > 400000000000ULL || cfg->rate_overhead < -65535 || cfg->rate_overhead > 65535)
         return IE_S_EINVAL;
     if (cfg->rate_bps != p->cfg.rate_bps)
         p->credit = 0; /* start the new rate with an empty bucket */
@@ -323,7 +323,8 @@ uint32_t ie_imp_pipe_pop(ie_imp_pipe *p, uint64_t now_ns, uint32_t *ids, uint32_
         if (p->cfg.rate_bps) {
             if (p->credit < 0)
                 break;
-            p->credit -= (int64_t)p->len[id] * NS;
+            int64_t cost = (int64_t)p->len[id] + p->cfg.rate_overhead;
+            p->credit -= (cost > 1 ? cost : 1) * NS;
         }
         p->rq_head = p->next[id];
         if (p->rq_head == IE_IMP_NONE)

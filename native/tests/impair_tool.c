@@ -37,6 +37,8 @@ static int parse_cfg(const char *s, ie_imp_dir_cfg *c, uint64_t *seed, uint32_t 
     c->corrupt_ppm = (uint32_t)v[5];
     c->rate_bps = v[6];
     c->limit = (uint32_t)v[7];
+    if (getenv("IMPAIR_OVERHEAD"))
+        c->rate_overhead = atoi(getenv("IMPAIR_OVERHEAD"));
     if (seed)
         *seed = n > 8 ? v[8] : 1;
     if (pool)

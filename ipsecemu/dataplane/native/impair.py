@@ -51,7 +51,7 @@ class ImpairElement:
             raise ConfigError(f"impairment: unknown setting(s) {', '.join(sorted(unknown))}")
         c = ffi.new("ie_imp_dir_cfg *")
         for k, v in values.items():
-            if not isinstance(v, int) or v < 0:
+            if not isinstance(v, int) or (v < 0 and k != "rate_overhead"):
                 raise ConfigError(f"impairment {k}: must be an integer >= 0, got {v!r}")
             setattr(c, k, v)
         if lib.ie_imp_set(self._imp, _dir(direction), c) != lib.IE_S_OK:

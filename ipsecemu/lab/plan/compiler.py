@@ -53,7 +53,7 @@ def _links(topo: Topology) -> tuple[Veth | Tap, ...]:
     out: list[Veth | Tap] = []
     for lk in topo.links:
         na, nb = topo.netns(lk.a.node), topo.netns(lk.b.node)
-        if lk.impair is not None:  # both ends meet the element in the link's helper netns
+        if impair.link_impair(topo, lk) is not None:  # both ends meet the element in the link's helper netns
             out += impair.veths(topo, lk, na, nb)
             continue
         if lk.macsec is None:

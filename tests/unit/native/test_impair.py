@@ -40,8 +40,8 @@ def tool(request: pytest.FixtureRequest) -> Path:
         pytest.fail(str(exc))
 
 
-def run(tool: Path, *commands: str) -> list[str]:
-    env = dict(os.environ, UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+def run(tool: Path, *commands: str, overhead: int = 0) -> list[str]:
+    env = dict(os.environ, UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", IMPAIR_OVERHEAD=str(overhead))
     res = subprocess.run([str(tool)], input="\n".join(commands) + "\n", capture_output=True, text=True,
                          timeout=120, env=env)
     assert res.returncode == 0 and "runtime error" not in res.stderr, res.stderr[-3000:]
@@ -124,6 +124,14 @@ def test_rate_token_bucket_within_one_percent(tool: Path) -> None:
     assert st["queue"] > 0 and st["queue"] + st["passed"] == 40_000
     # a queue of 1000 frames of 1250 B at 100 Mbit/s: at most 100 ms (+ one frame) of waiting
     assert s["lat_max"] <= 100 * MS + 100_000
+
+
+def test_rate_overhead_counts_less_per_frame(tool: Path) -> None:
+    # -250 B on 1250 B frames: the bucket charges 1000 B, so 100 Mbit/s of "cost" is 125 Mbit/s of frames
+    out = run(tool, cfg(rate=100_000_000, limit=1000), "sim 40000 10000 1250", overhead=-250)
+    s = fields(out[1])
+    measured = (s["bytes"] - 1250) * 8 / ((s["last"] - s["first"]) / 1e9)
+    assert abs(measured - 125e6) / 125e6 < 0.01
 
 
 def test_below_the_rate_nothing_is_dropped(tool: Path) -> None:
