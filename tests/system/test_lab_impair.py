@@ -106,6 +106,25 @@ def test_loss_within_binomial_bounds_and_counted(lab: str) -> None:
     assert got == 50
 
 
+def test_duplicates_and_corruption_reach_the_peer(lab: str) -> None:
+    cli("lab", "impair", lab, "h1:e0", "--clear")
+    cli("lab", "impair", lab, "h1:e0", "--direction", "in", "--duplicate", "50%")  # h2 -> h1: the replies
+    n = 100
+    res = ns(lab, "h1", "ping", "-n", "-c", str(n), "-i", "0.01", "-W", "1", "10.77.0.2")
+    dups = res.stdout.count("(DUP!)")
+    sd = math.sqrt(n * 0.25)
+    print(f"\nduplicate 50% (replies): ping saw {dups} duplicate replies of {n}")
+    assert abs(dups - n * 0.5) <= 5 * sd, res.stdout[-500:]
+    cli("lab", "impair", lab, "h1:e0", "--clear")
+    cli("lab", "impair", lab, "h1:e0", "--direction", "out", "--corrupt", "100%")
+    got, _ = ping(lab, 20, 0.01)
+    out = cli("lab", "status", lab).stdout
+    corrupted = int(re.search(r"impair h1:e0 -> h2:e0: corrupt 100%; .*corrupted (\d+)", out).group(1))
+    print(f"corrupt 100% (requests): {got}/20 answered, element corrupted {corrupted} frames")
+    assert got == 0 and corrupted >= 20  # any one flipped bit fails the IP or ICMP checksum
+    cli("lab", "impair", lab, "h1:e0", "--clear")
+
+
 def _counters(lab: str) -> dict[str, dict[str, int]]:
     out = cli("lab", "status", lab).stdout
     res = {}
