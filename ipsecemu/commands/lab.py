@@ -374,6 +374,10 @@ def _lab_status(name: str) -> dict[str, Any]:
         from ipsecemu.lab import svc_frr  # lazy: CLI start-up
 
         out["routing"] = svc_frr.routing_status(st)
+    if d.get("impair"):  # impaired links: settings and counters of each element (lab drills)
+        from ipsecemu.lab.impair_ctl import status_lines  # lazy: CLI start-up
+
+        out["impair"] = status_lines(st)
     return out
 
 
@@ -425,6 +429,8 @@ def status(name: str | None, as_json: bool) -> None:
                 hops = ", ".join(f"via {h['via']}" if h["via"] else f"dev {h['dev']}" for h in r["nexthops"])
                 click.echo(f"      route {r['dst']} {hops}{'  (ECMP)' if len(r['nexthops']) > 1 else ''}")
         click.echo(f"  links: {len(lb['links'])}")
+        for line in lb.get("impair", []):
+            click.echo(f"  {line}")
         if "vpn" in lb:
             _print_vpn(lb["vpn"])
         if "routing" in lb:
@@ -694,3 +700,11 @@ def graph(target: str, output: str | None) -> None:
         if nleaks:
             extra.append(f"{nleaks} flow(s) went clear under a failure")
     click.echo(f"lab {topo.name}: picture written to {path}" + (f" ({', '.join(extra)})" if extra else ""))
+
+
+# ---------------------------------------------------------------- drills (impair, link, node)
+# In their own module (commands/lab_drills.py, which does not import this one); registered here.
+from ipsecemu.commands.lab_drills import DRILL_COMMANDS  # noqa: E402
+
+for _cmd in DRILL_COMMANDS:
+    lab.add_command(_cmd)

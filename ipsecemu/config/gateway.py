@@ -10,6 +10,8 @@ Layout::
       encapsulation: auto           # auto (UDP 4500 when NAT is seen) | udp (always) | esp (proto 50)
       batch: 32                     # packets per C loop batch (1..256)
     dpd: {interval: 10, timeout: 45}  # default for connections that do not set their own
+    sku: VpnGw1                     # optional, emulated Azure SKU: connections beyond its tunnel count
+                                    # are refused (logged); the rate cap is the lab's (uplink element)
     connections:
       to-b:                         # any ipsecemu.config.connection connection keys, plus:
         remote_address: 192.0.2.2
@@ -39,6 +41,7 @@ from typing import Any
 
 from ipsecemu.config import connection as ikecfg
 from ipsecemu.config import fields
+from ipsecemu.config import sku as skus
 from ipsecemu.config.connection import ConnectionConfig
 from ipsecemu.config.connection_dump import summary as conn_summary
 from ipsecemu.config.connection_ike import to_ike_sa_config
@@ -83,12 +86,13 @@ class GatewayConfig:
     batch: int
     connections: tuple[GatewayConnection, ...]
     source: str = "<string>"
+    sku: str | None = None  # emulated Azure SKU (ipsecemu.config.sku): caps the number of tunnels
 
     def connection(self, name: str) -> GatewayConnection | None:
         return next((c for c in self.connections if c.name == name), None)
 
 
-_TOP = fields._canon("node", "lab", "state_dir", "local_addresses", "datapath", "dpd", "connections",
+_TOP = fields._canon("node", "lab", "state_dir", "local_addresses", "datapath", "dpd", "connections", "sku",
                      local_address="local_addresses", local="local_addresses")
 _DATAPATH = fields._canon("encapsulation", "batch", encap="encapsulation")
 _TUNNEL = fields._canon("name", "address", "routes", "mtu")
@@ -198,7 +202,13 @@ def parse(data: object, *, source: str = "<string>", lines: dict[Any, int] | Non
     for c in conns:
         if str(c.conn.local_address) not in addrs:
             addrs.append(str(c.conn.local_address))
-    return GatewayConfig(node, lab, Path(state_dir), tuple(addrs), encap, batch, tuple(conns), source)
+    sku_name = None
+    if top.get("sku") is not None:
+        try:
+            sku_name = skus.sku(fields._str(ctx, ("sku",), top["sku"])).name
+        except ValueError as exc:
+            raise ctx.error(("sku",), str(exc)) from None
+    return GatewayConfig(node, lab, Path(state_dir), tuple(addrs), encap, batch, tuple(conns), source, sku_name)
 
 
 def loads(text: str, source: str = "<string>", *, state_dir: str | None = None) -> GatewayConfig:

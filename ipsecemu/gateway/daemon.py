@@ -21,6 +21,7 @@ transport's counters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import ServiceError
+from ipsecemu.config import sku as skus
 from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.gateway import GatewayConfig, GatewayConnection
 from ipsecemu.gateway.control import ControlServer
@@ -67,13 +69,25 @@ class GatewayError(ServiceError):
     """A user-facing startup error (not root, address missing, port in use, ...)."""
 
 
+def sku_admitted(cfg: GatewayConfig) -> GatewayConfig:
+    """``cfg`` with at most its SKU's tunnel count of connections (in file order); each refused one
+    is logged (emulated Azure limit, ipsecemu.config.sku)."""
+    if cfg.sku is None:
+        return cfg
+    limit = skus.sku(cfg.sku).tunnels
+    for c in cfg.connections[limit:]:
+        log.error("%s: connection %s (peer %s) refused: SKU %s allows %d tunnels (emulated Azure limit)",
+                  cfg.node, c.name, c.conn.remote_address, cfg.sku, limit)
+    return dataclasses.replace(cfg, connections=cfg.connections[:limit])
+
+
 class Gateway(Sockets, Timers, ControlOps):
     """One ``gateway run``: startup, IKE events into the data path, restarts and shutdown; sockets,
     timers and control operations come from the mixins."""
 
 
     def __init__(self, cfg: GatewayConfig, *, backend: str = "auto") -> None:
-        self.cfg = cfg
+        self.cfg = cfg = sku_admitted(cfg)
         self.backend = backend
         self.locals: dict[str, LocalAddress] = {}
         self.dps: dict[str, ConnectionDatapath] = {

@@ -182,6 +182,8 @@ class Builder:
             _sysctl(n.netns, list(n.base_sysctls))
         for s in self.plan.segments:
             _sysctl(s.netns, list(s.sysctls))
+        for h in self.plan.impairs:
+            _sysctl(h.netns, list(h.sysctls))
         self.say(f"sysctls: base set on {len(self.plan.nodes)} nodes")
 
     def _veth(self, v: Veth) -> None:
@@ -244,6 +246,10 @@ class Builder:
                              **kw)
                     count += 1
                 for iface in ["lo", *n.interfaces]:
+                    ipr.link("set", index=_index(ipr, iface), state="up")
+        for h in self.plan.impairs:  # the element's ends: the link has carrier once they are up
+            with ipr_in(h.netns) as ipr:
+                for iface in h.ifaces:
                     ipr.link("set", index=_index(ipr, iface), state="up")
         self.say(f"addresses: {count} assigned, interfaces up")
 

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from .plan import LabPlan
 from .state import LabState
 
-# in start order: MACsec links carry the IPsec underlay in the MACsec lab, so they come first
-# FRR before the VPN: IKE between the CE and the hub's instances rides routes BGP learns over ER.
-SERVICE_MODULES = ("ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_frr", "ipsecemu.lab.svc_vpn")
+# in start order: impaired links carry nothing until their element runs; MACsec links carry the IPsec
+# underlay in the MACsec lab, so they come next; FRR before the VPN: IKE between the CE and the hub's
+# instances rides routes BGP learns over ER.
+SERVICE_MODULES = ("ipsecemu.lab.svc_impair", "ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_frr",
+                   "ipsecemu.lab.svc_vpn")
 
 
 def start(plan: LabPlan, state: LabState, say: Callable[[str], None]) -> None:

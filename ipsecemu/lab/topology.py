@@ -17,8 +17,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ipsecemu.config import sku as skus
 from ipsecemu.config.kit import ConfigFileError, Doc, load_yaml, read_text
 from ipsecemu.lab.audit_schema import Audit, parse_audit
+from ipsecemu.lab.impair_schema import Impair, parse_impair
 from ipsecemu.lab.routing_schema import Routing, parse_routing
 
 KINDS = ("host", "router", "ipsecemu", "strongswan")
@@ -87,6 +89,7 @@ class Node:
     rules: tuple[Rule, ...] = ()
     sysctls: tuple[tuple[str, str], ...] = ()
     ipv6: bool = False
+    sku: str | None = None  # Azure VPN gateway SKU emulated on a VPN node (ipsecemu.config.sku)
 
     def addresses_on(self, iface: str) -> list[str]:
         return [a for i, a in self.addresses if i == iface]
@@ -103,6 +106,15 @@ class Link:
     # by ipsecemu.lab.svc_macsec.  The node's L3 interface is then a tap named after the endpoint;
     # the veth underneath carries the protected frames and is named by ``phy_ifname``.
     macsec: Mapping[str, Any] | None = None
+    # An impaired link (ipsecemu.lab.impair_schema): the two ends meet in a helper netns where the
+    # impairment element (native/src/impair.c) forwards between them; ``impair: {}`` = none yet.
+    impair: Impair | None = None
+
+
+def sku_uplinks(node: Node, vpn: tuple[VpnConnection, ...]) -> list[str]:
+    """The interfaces of ``node`` holding one of its IKE addresses (what a SKU cap applies to)."""
+    ike = {c.addresses[i] for c in vpn for i in (0, 1) if c.nodes[i] == node.name}
+    return sorted({i for i, cidr in node.addresses if str(ipaddress.ip_interface(cidr).ip) in ike})
 
 
 def phy_ifname(iface: str) -> str:
@@ -173,6 +185,10 @@ class Topology:
 
     def segment_netns(self, segment: str) -> str:
         return f"{self.name}--{segment}"
+
+    def impair_netns(self, link_index: int) -> str:
+        """The helper netns of impaired ``links[link_index]`` ('-' is not allowed in segment names)."""
+        return f"{self.name}--imp-{link_index}"
 
     def renamed(self, name: str) -> Topology:
         """The same lab under another name (tests, a second copy of a lab)."""
@@ -299,6 +315,7 @@ class _Validator:
         segments = self._segments(top.get("segments") or [], raw_nodes)
         nodes = tuple(self._node(n, v, ("nodes", n)) for n, v in raw_nodes.items())
         vpn = self._vpn(top.get("vpn"), {n.name: n for n in nodes})
+        self._sku_uplinks(nodes, links, vpn)
         audit = parse_audit(self.doc, top["audit"]) if "audit" in top else None
         routing = parse_routing(self.doc, top["routing"], self.doc.file) if "routing" in top else None
         return Topology(name=name, nodes=nodes, links=links, segments=segments, vpn=vpn, source=self.doc.file,
@@ -306,7 +323,7 @@ class _Validator:
 
     def _link(self, v: Any, path: tuple[Any, ...], nodes: dict[str, Any]) -> Link:
         m = self._mapping(v, path)
-        self._keys(m, path, ("endpoints", "mtu", "macsec"), ("endpoints",))
+        self._keys(m, path, ("endpoints", "mtu", "macsec", "impair"), ("endpoints",))
         eps = self._list(m["endpoints"], path + ("endpoints",))
         if len(eps) != 2:
             raise self.doc.error(path + ("endpoints",), "a link has exactly two endpoints (use segments: for more)")
@@ -316,7 +333,11 @@ class _Validator:
         macsec = None
         if "macsec" in m:
             macsec = MappingProxyType(dict(self._mapping(m["macsec"] or {}, path + ("macsec",))))
-        return Link(a, b, mtu, macsec)
+        impair = parse_impair(self.doc, m["impair"], path + ("impair",)) if "impair" in m else None
+        if impair is not None and macsec is not None:
+            raise self.doc.error(path + ("impair",), "impair on a macsec link is not supported (impair the link "
+                                 "that carries it, or a plain link)")
+        return Link(a, b, mtu, macsec, impair)
 
     def _segments(self, v: Any, nodes: dict[str, Any]) -> tuple[Segment, ...]:
         out: list[Segment] = []
@@ -341,10 +362,18 @@ class _Validator:
 
     def _node(self, name: str, v: Any, path: tuple[Any, ...]) -> Node:
         m = self._mapping(v if v is not None else {}, path)
-        self._keys(m, path, ("kind", "addresses", "routes", "rules", "sysctls", "ipv6"), ("kind",))
+        self._keys(m, path, ("kind", "addresses", "routes", "rules", "sysctls", "ipv6", "sku"), ("kind",))
         kind = m["kind"]
         if kind not in KINDS:
             raise self.doc.error(path + ("kind",), f"unknown kind {kind!r} (one of: {', '.join(KINDS)})")
+        sku_name = None
+        if "sku" in m:
+            if kind not in VPN_KINDS:
+                raise self.doc.error(path + ("sku",), f"only VPN nodes ({', '.join(VPN_KINDS)}) have a SKU")
+            try:
+                sku_name = skus.sku(str(m["sku"])).name
+            except ValueError as exc:
+                raise self.doc.error(path + ("sku",), str(exc)) from None
         ipv6 = m.get("ipv6", False)
         if not isinstance(ipv6, bool):
             raise self.doc.error(path + ("ipv6",), "must be true or false")
@@ -376,7 +405,20 @@ class _Validator:
             if not isinstance(val, int | str):
                 raise self.doc.error(kpath, "sysctl value must be a number or a string")
             sysctls.append((k, str(val)))
-        return Node(name, kind, tuple(addrs), routes, rules, tuple(sysctls), ipv6)
+        return Node(name, kind, tuple(addrs), routes, rules, tuple(sysctls), ipv6, sku_name)
+
+    def _sku_uplinks(self, nodes: tuple[Node, ...], links: tuple[Link, ...], vpn: tuple[VpnConnection, ...]) -> None:
+        """A SKU caps the gateway's uplink (the link holding its IKE address): it must be a link."""
+        for n in nodes:
+            if n.sku is None:
+                continue
+            ends = {(ep.node, ep.iface) for lk in links for ep in (lk.a, lk.b)}
+            for iface in sku_uplinks(n, vpn):
+                if (n.name, iface) not in ends:
+                    raise self.doc.error(("nodes", n.name, "sku"), f"the SKU's rate cap goes on the link of the IKE "
+                                         f"address, but {n.name}:{iface} is not a links: endpoint")
+            if not sku_uplinks(n, vpn):
+                raise self.doc.error(("nodes", n.name, "sku"), f"node '{n.name}' has no VPN connection to cap")
 
     def _table(self, v: Any, path: tuple[Any, ...]) -> int:
         if v == "main":

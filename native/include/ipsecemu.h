@@ -443,6 +443,57 @@ ie_macsec_tx *ie_mloop_set_tx(ie_mloop *loop, ie_macsec_tx *tx);
 int ie_mloop_rx_add_sa(ie_mloop *loop, const ie_macsec_sa_cfg *sa);
 int ie_mloop_rx_remove_sa(ie_mloop *loop, uint64_t sci, uint8_t an);
 int ie_mloop_rx_sa_counters(ie_mloop *loop, uint64_t sci, uint8_t an, ie_counters *out);
+/* ---------------------------------------------------------------- link impairment (impair.c)
+ * An element between two AF_PACKET sockets (one on each veth that replaces a lab link): frames read
+ * on side A leave on side B (direction 0, "a_to_b") and the other way (direction 1), each direction
+ * with its own delay + jitter (a timing wheel), loss, reorder, duplicate, corrupt and a rate (token
+ * bucket); no netem needed.  Probabilities are parts per million.  Thread-safety as ie_mloop:
+ * ie_imp_run on one thread; ie_imp_set/_get/_stats from any other (they take the element's mutex,
+ * which the loop holds only while it handles one batch). */
+#define IE_IMP_MAX_DELAY_NS 4000000000 /* delay + jitter; the wheel spans 2^32 ns */
+#define IE_IMP_MAX_BATCH 64
+
+typedef struct ie_imp_dir_cfg {
+    uint64_t delay_ns;
+    uint64_t jitter_ns;      /* uniform in [-jitter, +jitter] around delay, clamped at 0 */
+    uint32_t loss_ppm;
+    uint32_t reorder_ppm;    /* sent at once, ahead of the delayed queue (needs delay > 0) */
+    uint32_t duplicate_ppm;
+    uint32_t corrupt_ppm;    /* one random bit flipped after the Ethernet header */
+    uint64_t rate_bps;       /* 0: unlimited */
+    uint32_t limit;          /* frames queued in this direction at most (0: the pool size) */
+    int32_t rate_overhead;   /* bytes added to each frame's length for the rate (may be negative, as
+                                netem's packetoverhead: -76 counts only what an ESP tunnel carries) */
+} ie_imp_dir_cfg;
+
+typedef struct ie_imp_stats {
+    uint64_t rx;             /* frames read */
+    uint64_t passed;         /* frames sent on (duplicates included) */
+    uint64_t bytes;          /* bytes sent on */
+    uint64_t dropped_loss;
+    uint64_t dropped_queue;  /* queue limit reached (rate too low for the offered load) */
+    uint64_t dropped_tx;     /* the send failed (or a frame longer than max_frame) */
+    uint64_t delayed;        /* frames that waited in the wheel */
+    uint64_t reordered;
+    uint64_t duplicated;
+    uint64_t corrupted;
+    uint64_t queued;         /* frames in the element now */
+} ie_imp_stats;
+
+typedef struct ie_imp ie_imp;
+/* fd_a/fd_b: AF_PACKET sockets bound to their interfaces (put in non-blocking mode here);
+ * max_frame: the largest frame (link MTU + 14 + tags); pool: frames each direction may hold;
+ * seed: the RNG seed (0: from getrandom). */
+int ie_imp_new(int fd_a, int fd_b, uint32_t max_frame, uint32_t pool, uint64_t seed, ie_imp **out);
+void ie_imp_free(ie_imp *imp);
+int ie_imp_set(ie_imp *imp, int dir, const ie_imp_dir_cfg *cfg);
+int ie_imp_get(ie_imp *imp, int dir, ie_imp_dir_cfg *out);
+int ie_imp_stats_get(ie_imp *imp, int dir, ie_imp_stats *out);
+/* One poll + what is due; returns frames handled, or -errno. */
+int ie_imp_step(ie_imp *imp, int timeout_ms);
+/* Until ie_imp_stop; returns 0, or -errno on a fatal poll error. */
+int ie_imp_run(ie_imp *imp);
+void ie_imp_stop(ie_imp *imp);
 /* CDEF END */
 
 #endif

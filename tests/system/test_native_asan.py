@@ -15,8 +15,9 @@ import pytest
 from support.paths import REPO  # noqa: E402
 
 C_PATH_TESTS = ["unit/native/test_abi.py", "unit/native/test_vectors.py", "unit/native/test_bad_input.py",
-                "unit/native/test_vs_reference.py", "unit/native/test_transport.py", "system/test_native_loop.py",
-                "system/test_native_loop_policy.py", "system/test_native_transport.py", "system/test_native_macsec_loop.py"]
+                "unit/native/test_vs_reference.py", "unit/native/test_transport.py", "unit/native/test_impair_element.py",
+                "system/test_native_loop.py", "system/test_native_loop_policy.py", "system/test_native_transport.py",
+                "system/test_native_macsec_loop.py"]
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 #: compiler -> (module, IPSECEMU_NATIVE_ASAN value, the runtime to preload)
 VARIANTS = {

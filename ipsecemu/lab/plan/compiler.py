@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..state import run_dir
 from ..topology import FORWARDING_KINDS, Node, Topology, phy_ifname
-from . import frr, macsec, vpn
+from . import frr, impair, macsec, vpn
 from .model import Daemon, LabPlan, NodePlan, SegmentPlan, Tap, Veth
 
 MACSEC_OVERHEAD = 40  # SecTAG with SCI (16) + ICV (16) + one 802.1Q tag (4), rounded up
@@ -53,6 +53,9 @@ def _links(topo: Topology) -> tuple[Veth | Tap, ...]:
     out: list[Veth | Tap] = []
     for lk in topo.links:
         na, nb = topo.netns(lk.a.node), topo.netns(lk.b.node)
+        if impair.link_impair(topo, lk) is not None:  # both ends meet the element in the link's helper netns
+            out += impair.veths(topo, lk, na, nb)
+            continue
         if lk.macsec is None:
             out.append(Veth(na, lk.a.iface, nb, lk.b.iface, lk.mtu))
             continue
@@ -90,5 +93,6 @@ def compile_plan(topo: Topology, base: Path | None = None, rand: macsec.Random =
             daemons=tuple(daemons)))
     agent = vpn.route_agent(topo, lab_dir)
     return LabPlan(name=topo.name, source=topo.source, lab_dir=lab_dir, nodes=tuple(nodes),
-                   segments=_segments(topo), links=_links(topo), daemons=(agent[0],) if agent else (),
-                   route_plan=agent[1] if agent else None, notes=tuple(notes))
+                   segments=_segments(topo), links=_links(topo),
+                   daemons=(*impair.daemons(topo, lab_dir), *((agent[0],) if agent else ())),
+                   route_plan=agent[1] if agent else None, notes=tuple(notes), impairs=impair.helpers(topo, NO_IPV6))

@@ -27,6 +27,7 @@ CHARON = "charon"
 MACSEC_LINK = "macsec-link"
 ROUTE_AGENT = "route-agent"
 FRR = "frr"  # one FRR instance (zebra, bgpd, +bfdd/staticd) per routing node; run_dir = its state dir
+IMPAIR = "impair"
 
 
 def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -81,6 +82,16 @@ class Tap:
 
 
 @dataclass(frozen=True)
+class ImpairPlan:
+    """The helper netns of an impaired link: its two veth ends (``ifaces``, peers of the link's
+    endpoints), brought up by the builder; the element daemon (kind IMPAIR) forwards between them."""
+
+    netns: str
+    ifaces: tuple[str, str]
+    sysctls: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class SegmentPlan:
     """A bridge ``br0`` in its own netns with one veth port ``p<j>`` per member."""
 
@@ -132,6 +143,7 @@ class LabPlan:
     daemons: tuple[Daemon, ...] = ()  # root netns (the VPN route agent)
     route_plan: Mapping[str, Any] | None = None  # what the route agent watches (vpn-plan.json)
     notes: tuple[str, ...] = ()  # said once at apply (e.g. a throw-away MACsec key)
+    impairs: tuple[ImpairPlan, ...] = ()  # helper netns of impaired links (ipsecemu.lab.plan.impair)
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:
@@ -142,7 +154,8 @@ class LabPlan:
     def netns(self) -> list[tuple[str, str]]:
         """Every netns to create, with its owner label for the state file, in creation order."""
         return ([(n.netns, f"node:{n.name}") for n in self.nodes]
-                + [(s.netns, f"segment:{s.name}") for s in self.segments])
+                + [(s.netns, f"segment:{s.name}") for s in self.segments]
+                + [(i.netns, "impair") for i in self.impairs])
 
     def all_daemons(self) -> Iterator[Daemon]:
         """In start order within a kind: nodes in file order, then the root netns."""

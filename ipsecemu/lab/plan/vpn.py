@@ -70,9 +70,13 @@ def gateway_config(topo: Topology, node: str, state_dir: Path) -> dict[str, Any]
             side["tunnel"] = {"name": tunnel_name(topo, node, c), "address": f"{mine}/32",
                               "routes": [f"{peer}/32"]}
         conns[c.name] = side
-    return {"node": node, "lab": topo.name, "state_dir": str(state_dir),
-            # ESP-in-UDP always: what the C loop runs fastest, and what libipsec peers need
-            "datapath": {"encapsulation": "udp"}, "connections": conns}
+    out = {"node": node, "lab": topo.name, "state_dir": str(state_dir),
+           # ESP-in-UDP always: what the C loop runs fastest, and what libipsec peers need
+           "datapath": {"encapsulation": "udp"}, "connections": conns}
+    sku = topo.node(node).sku
+    if sku is not None:  # the tunnel count; the rate cap is the uplink's impairment element (plan/impair.py)
+        out["sku"] = sku
+    return out
 
 
 def charon_conn(topo: Topology, node: str, conn: VpnConnection) -> Conn:
