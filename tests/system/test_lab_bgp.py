@@ -310,6 +310,8 @@ def test_scenarios_on_the_wire(lab: str, expect: str, tmp_path: Path) -> None:
         assert seen["onprem1->spoke1 icmp"] == expect, seen
         assert seen["onprem1->spoke1 tcp"] == expect, seen
         assert seen["onprem2->spoke1 icmp"] == "clear", seen
+        warned = "WARNING: 10.0.1.0/24 is also advertised over the VPN" in cli("status", name).stdout
+        assert warned == (lab == "er-vwan-s3")  # the S3 warning, from the hub's own BGP table
         if lab == "er-vwan-s3-aspath":
             # Microsoft's lever: prepend on what on-prem sends over the VPN; 65001 65001 65001 (3) is
             # longer than ER's 12076 65001 (2), so the hub now picks ExpressRoute: clear again

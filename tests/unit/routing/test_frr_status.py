@@ -28,6 +28,8 @@ class FakeFrr:
         self.summary = summary
 
     def vtysh_json(self, command: str, daemon: str | None = None) -> Any:
+        if command.startswith("show bgp ipv4 unicast 10."):  # the hub's candidates for one prefix
+            return {"paths": [{"peer": {"peerId": "192.168.100.2"}}, {"peer": {"peerId": "169.254.21.1"}}]}
         return self.summary if "summary" in command else ROUTES
 
 
@@ -55,3 +57,9 @@ def test_fallback_line_only_when_every_tunnel_session_is_down(monkeypatch: pytes
     assert (out["fallback"] is not None) == fallback
     if fallback:
         assert "falls back to ExpressRoute, IN CLEAR" in out["fallback"]
+
+
+def test_hub_warns_when_a_vpn_prefix_goes_over_er() -> None:
+    st = svc_frr.node_status(FakeFrr(SUMMARY), "hub")  # type: ignore[arg-type]
+    assert [w.split(" ")[0] for w in st["warnings"]] == ["10.51.230.0/24"]  # the one the VPN also offers
+    assert "crosses ER in clear" in st["warnings"][0]
