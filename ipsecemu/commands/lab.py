@@ -392,6 +392,9 @@ def _print_routing(r: dict[str, Any]) -> None:
                        f"pfx in {x['pfx_in']} out {x['pfx_out']}")
         for p in n.get("paths", []):
             click.echo(f"    {node:<8} path     {p['prefix']:<18} {p['path']:<6} via {', '.join(p['via'])}")
+    for n in r["nodes"].values():
+        for w in n.get("warnings", []):
+            click.echo(f"  WARNING: {w}")
     if r.get("fallback"):
         click.echo(f"  FALLBACK: {r['fallback']}")
 

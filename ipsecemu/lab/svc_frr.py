@@ -197,6 +197,26 @@ def node_status(inst: FrrInstance, role: str) -> dict[str, Any]:
             via = "static" if e["protocol"] == "static" else ("/".join(sorted(kinds)) or "?")
             paths.append({"prefix": prefix, "path": via, "via": hops})
     out["paths"] = paths
+    if role == "hub":
+        out["warnings"] = _s3_warnings(inst, peers, paths)
+    return out
+
+
+def _s3_warnings(inst: FrrInstance, peers: dict[str, dict[str, Any]], paths: list[dict[str, Any]]) -> list[str]:
+    """S3: a prefix the hub also learns from a VPN instance, yet routes over ExpressRoute (in clear)."""
+    vpn_peers = {a for a, p in peers.items() if "(vpn)" in str(p.get("desc", ""))}
+    out = []
+    for p in paths:
+        if p["path"] != "ER" or not vpn_peers:
+            continue
+        try:
+            doc = inst.vtysh_json(f"show bgp ipv4 unicast {p['prefix']} json", daemon="bgpd")
+        except ServiceError:
+            continue
+        if any((x.get("peer") or {}).get("peerId") in vpn_peers for x in doc.get("paths", [])):
+            out.append(f"{p['prefix']} is also advertised over the VPN, but the hub routes it over ExpressRoute: "
+                       "Azure -> on-prem for it crosses ER in clear (S3; hub routing preference, or advertise "
+                       "it over one path only)")
     return out
 
 

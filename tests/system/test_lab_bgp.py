@@ -234,7 +234,7 @@ def test_s1_one_er_link_down(s1: tuple[str, LabState]) -> None:
     _sh(_ns(name, "ce"), "ip", "link", "set", link, "up")
     t = _wait(lambda: _hub_paths(name, "10.0.0.0/16") == {"192.168.101.1", "192.168.101.5"}, 30,
               f"{link} path back")
-    print(f"ER link back: ECMP over both MSEEs again after {t:.2f} s (BGP connect retry 5 s)")
+    print(f"ER link back: ECMP over both MSEEs again after {t:.2f} s (BGP connect retry 2 s)")
     assert time.monotonic() - t0 < 30
 
 
@@ -290,12 +290,13 @@ def test_scenarios_on_the_wire(lab: str, expect: str, tmp_path: Path) -> None:
     path = LABS / f"{lab}.yaml"
     if lab == "er-vwan-s2":
         # S2 runs with the user's own CE config (here: the generated one under another hostname, as a user
-        # would start from `lab up --dry-run --out`)
+        # would start from `lab up --dry-run --out`, with their own neighbour description)
         from ipsecemu.lab import check  # lazy: only this case
         from ipsecemu.lab.plan import compile_plan  # lazy: only this case
 
         conf = compile_plan(check.check_file(path)).file("ce/frr/frr.conf").text
-        (tmp_path / "my-ce-frr.conf").write_text(conf.replace("hostname ce", "hostname my-ce"))
+        mine = conf.replace("description msee1 (expressroute)", "description msee1 (expressroute) my-ce")
+        (tmp_path / "my-ce-frr.conf").write_text(mine)
         path = tmp_path / f"{lab}.yaml"
         path.write_text((LABS / f"{lab}.yaml").read_text().replace(
             "    asn: 65001\n", "    asn: 65001\n    frr_config: my-ce-frr.conf\n", 1))
@@ -303,12 +304,14 @@ def test_scenarios_on_the_wire(lab: str, expect: str, tmp_path: Path) -> None:
     try:
         st = _up(path, name)
         if lab == "er-vwan-s2":
-            assert "hostname my-ce" in _vtysh(st, "ce", "show running-config")
+            assert "msee1 (expressroute) my-ce" in _vtysh(st, "ce", "show running-config")
         seen = _audit(name)
         print(f"{lab}: {seen}")
         assert seen["onprem1->spoke1 icmp"] == expect, seen
         assert seen["onprem1->spoke1 tcp"] == expect, seen
         assert seen["onprem2->spoke1 icmp"] == "clear", seen
+        warned = "WARNING: 10.0.1.0/24 is also advertised over the VPN" in cli("status", name).stdout
+        assert warned == (lab == "er-vwan-s3")  # the S3 warning, from the hub's own BGP table
         if lab == "er-vwan-s3-aspath":
             # Microsoft's lever: prepend on what on-prem sends over the VPN; 65001 65001 65001 (3) is
             # longer than ER's 12076 65001 (2), so the hub now picks ExpressRoute: clear again
