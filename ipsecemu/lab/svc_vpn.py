@@ -133,7 +133,10 @@ def _start_charon(plan: LabPlan, state: LabState, d: Daemon) -> tuple[str, int, 
     shutil.rmtree(cdir, ignore_errors=True)
     cdir.mkdir(parents=True, mode=0o700)
     ns = plan.node(d.node).netns
-    ch = Charon(ns, cdir, key_log=True)
+    # a BGP CE: FRR routes into ipsec0, charon's updown keeps the BGP /32s (plan.vpn.bgp_updown)
+    conf_extra = "" if d.info.get("install_routes", True) else "charon {\n  install_routes = no\n}\n"
+    ch = Charon(ns, cdir, key_log=True, extra_conf=conf_extra)
+    _add_bgp_addresses(ns, d.info.get("bgp_addresses") or [])
     try:
         ch.start()
         assert ch.pid is not None
@@ -206,6 +209,17 @@ def _wait_listening(state: LabState, started: list[tuple[Daemon, tuple[str, int,
                     raise BuildError(f"{what} (pid {pid}) does not answer on {sock} after {LISTEN_TIMEOUT:.0f} s "
                                      f"(log {log})") from None
                 time.sleep(0.02)
+
+
+def _add_bgp_addresses(ns: str, addrs: list[str]) -> None:
+    """The CE's BGP addresses inside the tunnels, on lo before charon starts: libipsec installs a
+    CHILD_SA only when its local TS (which holds that /32, plan.vpn.bgp_selectors) has a local address."""
+    if not addrs:
+        return
+    with ipr_in(ns) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        for a in addrs:
+            ipr.addr("replace", index=lo, address=a, prefixlen=32)
 
 
 def _drop_charon_rule(ns: str) -> None:

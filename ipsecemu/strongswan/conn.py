@@ -23,6 +23,7 @@ class Child:
     close_action: str = "none"
     rekey_time: int = 0  # seconds; 0 = never (tests rekey explicitly)
     life_time: int = 0
+    updown: str = ""  # shell command charon runs on up-client/down-client (PLUTO_* env); "" = none
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Conn:
                 "start_action": c.start_action, "dpd_action": c.dpd_action,
                 "close_action": c.close_action, "rekey_time": str(c.rekey_time),
                 "life_time": str(c.life_time),
+                **({"updown": c.updown} if c.updown else {}),
             }
             for c in self.children
         }
@@ -97,4 +99,6 @@ def _yn(b: bool) -> str:
 
 
 def _fmt(v: Any) -> str:
-    return ",".join(v) if isinstance(v, list) else str(v)
+    s = ",".join(v) if isinstance(v, list) else str(v)
+    # swanctl.conf needs quotes around values with blanks or separators (e.g. an updown command)
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"' if any(ch in s for ch in ' ;{}="#') else s

@@ -22,7 +22,7 @@ from ipsecemu.strongswan.charon import charon_available
 from support.paths import REPO  # noqa: E402
 
 ER = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan.yaml"  # static-route S1 (route agent)
-ER_SS = REPO / "netns-labs" / "er-vwan-strongswan.yaml"
+ER_SS = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan-strongswan.yaml"  # static routes + agent
 ONPREM1, ONPREM2, SPOKE1 = "10.0.1.10", "10.0.2.10", "10.51.231.4"
 
 pytestmark = pytest.mark.root

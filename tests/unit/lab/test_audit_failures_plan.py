@@ -44,5 +44,5 @@ def test_without_audit_only_router_links() -> None:
 
 
 def test_strongswan_lab_terminates_on_the_ipsecemu_end() -> None:
-    fs = plan_failures(check_file(REPO / "netns-labs" / "er-vwan-strongswan.yaml"))
+    fs = plan_failures(check_file(REPO / "tests" / "unit" / "lab" / "static" / "er-vwan-strongswan.yaml"))
     assert {f.node for f in fs if f.kind == "tunnel terminated"} == {"hubgw0", "hubgw1"}

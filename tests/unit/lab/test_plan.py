@@ -106,10 +106,17 @@ def test_er_vwan_plan_routes_and_tunnels() -> None:
 
 def test_strongswan_node_gets_charon_with_conns() -> None:
     plan = compile_plan(topology.load(REPO / "netns-labs" / "er-vwan-strongswan.yaml"), BASE)
-    (ch,) = plan.node("ce").daemons
-    assert ch.kind == CHARON and ch.argv == () and [c.name for c in ch.conns] == ["ce-hubgw0", "ce-hubgw1"]
+    (ch,) = [d for d in plan.node("ce").daemons if d.kind == CHARON]  # + the CE's FRR
+    assert ch.argv == () and [c.name for c in ch.conns] == ["ce-hubgw0", "ce-hubgw1"]
     assert ch.run_dir == f"/tmp/ipsecemu-charon/{plan.name}/ce"
     assert {t.dev for t in plan.node("ce").tunnels} == {"ipsec0"}
+    # BGP inside the tunnels: each child narrowed to its own BGP /32s (libipsec picks SAs by policy),
+    # charon's routes off, its updown routes the instance's /32 into ipsec0 while the SA lives
+    (c0,), (c1,) = (c.children for c in ch.conns)
+    assert c0.local_ts == ("169.254.21.2/32", "10.0.0.0/16") and c0.remote_ts == ("169.254.21.1/32", "10.51.231.0/24")
+    assert c1.local_ts == ("169.254.22.2/32", "10.0.0.0/16") and c1.remote_ts == ("169.254.22.1/32", "10.51.231.0/24")
+    assert "route replace 169.254.21.1/32 dev ipsec0 src 169.254.21.2" in c0.updown
+    assert ch.info["install_routes"] is False and ch.info["bgp_addresses"] == ["169.254.21.2", "169.254.22.2"]
 
 
 _MACSEC_NO_KEYS = """
@@ -159,7 +166,7 @@ def open_dir() -> Iterator[Path]:
 
 
 def test_dry_run_cli_writes_configs_and_builds_nothing(open_dir: Path) -> None:
-    lab = REPO / "netns-labs" / "er-vwan-strongswan.yaml"
+    lab = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan-strongswan.yaml"  # with a route agent
     out, run = open_dir / "out", open_dir / "run"
     before = _netns()
     prefix = non_root_prefix(lab) if os.geteuid() == 0 else []

@@ -22,7 +22,7 @@ from ipsecemu.lab.state import LabState
 from support.paths import REPO  # noqa: E402
 
 ER = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan.yaml"  # static-route S1 (route agent)
-ER_SS = REPO / "netns-labs" / "er-vwan-strongswan.yaml"
+ER_SS = REPO / "tests" / "unit" / "lab" / "static" / "er-vwan-strongswan.yaml"  # static routes + agent
 
 
 @pytest.fixture
