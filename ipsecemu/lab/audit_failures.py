@@ -16,8 +16,9 @@ so the link stays unsecured and the column says "not restored"; MACsec failures 
 
 One generic model, so that it holds for static labs and for labs whose routing protocol (FRR/BGP,
 BFD) reacts by itself: apply; wait until the lab is stable (the failure's own condition, e.g. the
-route agent shows the tunnel down, then routes and tunnel states unchanged for ``QUIET_S``, all
-bounded by ``CONVERGE_S``); audit; restore; wait again.  Each cell of the matrix is the verdict from
+route agent shows the tunnel down; in a BGP lab the BGP sessions it touches down, read from FRR by
+lab/converge.py; then routes and tunnel states unchanged for ``QUIET_S``, all bounded by
+``CONVERGE_S``); audit; restore; wait again.  Each cell of the matrix is the verdict from
 the packets (ipsecemu.lab.audit).
 """
 
