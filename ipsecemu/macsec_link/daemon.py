@@ -151,6 +151,8 @@ class LinkDaemon:
             os.close(self._tap_fd)
             raise
         self._pending_rx_removal: dict[tuple[bytes, int], float] = {}
+        self._rx_ki: dict[tuple[bytes, int], bytes] = {}  # (SCI, AN) -> key identifier installed there
+        self._tx_ki = b""
         self._keys: dict[tuple[bytes, int, bytes], MacsecSaConfig] = {}
         self.rotations = 0
         self.started = time.time()
@@ -211,19 +213,25 @@ class LinkDaemon:
             changed = True
             if isinstance(ev, InstallRxSa):
                 self._pending_rx_removal.pop((ev.sa.sci, ev.sa.an), None)
-                self.loop.add_rx_sa(ev.sa)
+                self.loop.add_rx_sa(ev.sa)  # replaces an SA of an older key under this AN
+                self._rx_ki[(ev.sa.sci, ev.sa.an)] = ev.ki
                 self._remember_key(ev.sa)
                 log.info("installed rx SA sci=%s an=%d", ev.sa.sci.hex(), ev.sa.an)
             elif isinstance(ev, InstallTxSa):
                 self.loop.set_tx(ev.sa)
+                self._tx_ki = ev.ki
                 self._remember_key(ev.sa)
                 self.rotations += 1
                 log.info("transmitting with SA an=%d (key %d)", ev.sa.an, self.rotations)
             elif isinstance(ev, RemoveSa):
+                # keyed by (AN, key identifier): a removal meant for an older key under a reused
+                # AN must not take the new SA with it
                 if ev.direction == "tx":
-                    if self.loop.tx is not None and self.loop.tx.sa.an == ev.an:
+                    if self.loop.tx is not None and self.loop.tx.sa.an == ev.an and self._tx_ki == ev.ki:
                         self.loop.set_tx(None)
                         log.info("tx SA an=%d removed: not transmitting", ev.an)
+                elif self._rx_ki.get((ev.sci, ev.an)) != ev.ki:
+                    log.debug("rx SA sci=%s an=%d already replaced by a newer key", ev.sci.hex(), ev.an)
                 elif self.participant.live_peers:
                     # in-flight frames of the old key may still sit in the phy socket queue
                     self._pending_rx_removal[(ev.sci, ev.an)] = now + RX_REMOVE_DELAY
@@ -242,6 +250,7 @@ class LinkDaemon:
         return changed
 
     def _remove_rx(self, sci: bytes, an: int) -> None:
+        self._rx_ki.pop((sci, an), None)
         try:
             self.loop.remove_rx_sa(sci, an)
             log.info("removed rx SA sci=%s an=%d", sci.hex(), an)
