@@ -479,7 +479,7 @@ class MkaParticipant:
         key = self._latest
         if self.is_key_server and live:
             members = frozenset(p.mi for p in live)
-            if key is None or key.ks_mi != self.mi or key.members != members:
+            if key is None or key.ks_mi != self.mi or key.members != members or self._member_lost_key(key, live):
                 self._new_sak()
             else:
                 for p in live:
@@ -518,6 +518,12 @@ class MkaParticipant:
                     self._need_send = True
             if not old.rx and not old.tx:
                 self._old = None
+
+    def _member_lost_key(self, key: _Key, live: list[_Peer]) -> bool:
+        """Key server: a member confirmed our latest SAK and now reports it does not hold it (it
+        dropped us while we were frozen, and came back with the same MI): distribute a new one."""
+        return self._distributing is None and any(
+            p.mi in key.members and not self._peer_has(p, key, "latest_rx") for p in live)
 
     def _threshold(self) -> int:
         return self.pn_exhaustion_threshold << 32 if self._xpn else self.pn_exhaustion_threshold

@@ -368,15 +368,19 @@ def test_message_number_exhaustion_starts_a_new_member_identity() -> None:
     assert_traffic(b, a)
 
 
-def test_frozen_peer_resumes_past_the_life_time_and_is_secured_again() -> None:
+@pytest.mark.parametrize("frozen", ["member", "key server"])
+def test_frozen_peer_resumes_past_the_life_time_and_is_secured_again(frozen: str) -> None:
     """b is frozen (SIGSTOP: no timers, no sends, received frames queue up) longer than the life
     time, then resumes.  a dropped b and tore down; b first reads a's queued MKPDUs, which still
     list it, so b keeps its old key.  a's next SAK must take the next AN (not AN 0 again), and no
     removal meant for b's old key may take the new SA: both ends end up secured (issue 11/13)."""
     a, b = make(2, life_time=6.0)
+    if frozen == "key server":  # make() gives node 0 the lowest SCI: the key server
+        b, a = a, b
     lan = Lan([a, b])
     lan.run(2.0)
     converged([a, b])
+    assert b.p.is_key_server == (frozen == "key server")
     old_an = a.tx_sa.an  # type: ignore[union-attr]
     queued: list[bytes] = []
     while lan.now < 10.0:  # b frozen: a keeps talking, b neither runs nor answers
