@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     kind = request.param
     if kind == "strongswan" and charon_available() is not None:
         pytest.skip(str(charon_available()))
-    name = f"resp-{kind[:2]}-{__import__('uuid').uuid4().hex[:5]}"
+    name = f"resp-{kind[:2]}-{uuid.uuid4().hex[:5]}"
     f = tmp_path / "lab.yaml"
     f.write_text(LAB.format(name=name, gwc_kind=kind))
     res = cli("lab", "up", str(f), check=False)
