@@ -181,6 +181,11 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
                     self._ike_collision = None
                     self._close(now, "rekeyed", quiet_children=True)
                     return
+                if p.kind == "delete" and (self.successor is not None or self._redundant):
+                    # the Delete of a replaced (or redundant) SA went unanswered: nothing is lost,
+                    # its Child SAs live on the successor; the peer may have dropped it already
+                    self._close(now, "rekeyed", quiet_children=True)
+                    return
                 self._close(now, "dpd" if p.kind == "dpd" else "timeout")
                 return
             p.tries += 1
@@ -199,7 +204,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         if self._ike_expire_at is not None and now >= self._ike_expire_at:
             self._ike_expire_at = None
-            self._count("ike_lifetime_expired")
+            # a replaced SA the peer never deleted (its Delete was lost: _await_peer_delete)
+            self._count("rekeyed_sa_not_deleted" if self.successor is not None else "ike_lifetime_expired")
             self.delete(now)
             return
         for c in list(self.children.values()):
