@@ -8,11 +8,9 @@ tunnel terminated (an operator's ``terminate`` on one end, ``initiate`` to resto
 down (every link with an untrusted end, and every link between two routers: its veth is set down at
 one end, the untrusted one if any) and each MACsec link down (the MACsec link daemon of one end is
 frozen with SIGSTOP: no frame crosses, its peer loses it at the MKA timeout; SIGCONT restores it
-and MKA secures the link again).  Setting the veth under the tap down would be the physical
-failure, but today the link daemon exits when its phy goes down and does not come back (found by
-this matrix), so the restore would leave the lab broken.  The freeze is not fully undone either
-today: the resumed end removes the new SAK installed under the reused AN 0 along with the old one,
-so the link stays unsecured and the column says "not restored"; MACsec failures therefore run last.
+and MKA secures the link again: a new SAK under the next AN).  The link daemon also survives its
+phy going down and re-secures the link when it comes back; the freeze stays the failure because it
+is the harsher one (the peer must time out, not just see carrier loss).
 
 One generic model, so that it holds for static labs and for labs whose routing protocol (FRR/BGP,
 BFD) reacts by itself: apply; wait until the lab is stable (the failure's own condition, e.g. the
