@@ -12,7 +12,7 @@ LAB ?= netns-labs/er-vwan.yaml
 LAB_NAME ?= $(shell sed -n 's/^name: *\([A-Za-z0-9_.-]*\).*/\1/p' $(LAB) | head -n 1)
 BIN_LINK := /usr/local/bin/ipsecemu
 
-.PHONY: deps apt-deps venv build build-asan fuzz fuzz-native test lint bench lab cli-link lab-down capture interop bench-lab bench-macsec clean
+.PHONY: deps apt-deps venv build build-asan fuzz fuzz-native test lint bench lab cli-link lab-down capture interop bench-lab bench-macsec clean test-explore
 
 deps: apt-deps venv
 
@@ -69,6 +69,10 @@ lint: venv
 
 test: deps build build-asan lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the unit tests with fresh random hypothesis examples (make test draws the same ones every run)
+test-explore: venv build
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest tests/unit -q
 
 bench: deps build
 	$(PY) -m ipsecemu bench dataplane

@@ -14,8 +14,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from support.paths import VECTORS
+
+# `make test` is reproducible: hypothesis draws the same examples on every run, so a red CI is a
+# defect, not bad luck (a random draw once found a rare IKE rekey race only by chance).  New random
+# examples: HYPOTHESIS_PROFILE=explore (`make test-explore`), and the atheris campaigns (`make fuzz`).
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HERE = Path(__file__).resolve().parent
 UNIT = HERE / "unit"

@@ -454,6 +454,10 @@ class ConnectionDatapath:
             why = "the built C loop has no raw ESP (protocol 50) mode"
         elif not self.dp.native_esp_supported(keys.outbound):
             why = f"{keys.outbound.encr}/{keys.outbound.integ or 'aead'} has no C implementation"
+        elif slow := [c for c in self.active.values() if not self.dp.native_esp_supported(c.outbound)]:
+            # one loop carries every child of the connection: a child the C loop cannot encrypt
+            # keeps the whole connection on the slow path (else its packets would be no_policy)
+            why = f"child {slow[0].lineage} uses {slow[0].outbound.encr}, which has no C implementation"
         elif port.owner not in (None, self.gw.name):
             why = f"the socket is already driven by {port.owner}'s C loop"
         if self._port is not None and self._port is not port:

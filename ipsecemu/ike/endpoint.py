@@ -23,6 +23,7 @@ from .proposals import select
 from .sa import Addr, IkeSa, Sink, from_wire
 from .settings import Identity, IkeSaConfig
 from .states import IkeState
+from .tasks.core import ConfigLookup
 
 Rng = Callable[[int], bytes]
 _log = logging.getLogger("ipsecemu.ike")
@@ -104,8 +105,9 @@ class IkeEndpoint:
         cfg = self.configs.get(name)
         if cfg is None:
             raise LocalProtocolError(f"no connection named {name!r}; known: {', '.join(self.configs)}")
+        host = (remote or cfg.remote_addr or (None,))[0]
         sa = IkeSa(cfg, initiator=True, local=self.local, remote=remote, rng=self._rng, sink=self._sink,
-                   config_lookup=self._lookup)
+                   config_lookup=self._lookup_for(host, cfg))
         self.sas[sa.spi_i] = sa
         sa.initiate(now, child)
         return sa
@@ -137,12 +139,42 @@ class IkeEndpoint:
                 sa.close_replaced(now)
                 self._count("replaced_by_initial_contact")
 
-    def _lookup(self, peer: Identity, _ours: Identity | None) -> IkeSaConfig | None:
-        """IKE_AUTH: the config whose remote identity is the peer's (exact match first, then the
-        same distinguished name in another string encoding)."""
-        exact = [c for c in self.configs.values() if c.remote_id == peer] or \
-            [c for c in self.configs.values() if c.remote_id is not None and c.remote_id.matches(peer)]
-        return exact[0] if exact else next((c for c in self.configs.values() if c.remote_id is None), None)
+    def _lookup_for(self, host: str | None, current: IkeSaConfig) -> ConfigLookup:
+        """The IKE_AUTH config lookup of one SA: it knows the peer's address and the config that
+        served IKE_SA_INIT (see :meth:`_lookup`)."""
+        return lambda peer, ours: self._lookup(peer, ours, host, current)
+
+    def _lookup(self, peer: Identity, ours: Identity | None, host: str | None = None,
+                current: IkeSaConfig | None = None) -> IkeSaConfig | None:
+        """IKE_AUTH (RFC 7296 section 2.15): first by the peer's address (configs naming it, then
+        those accepting any address), then by its identity (exact, then the same distinguished
+        name in another string encoding, then a config accepting any identity).  Why address
+        first: two connections on one local address that both accept any identity (a lab's
+        PSK connections) are told apart only by their peers' addresses.  Still a tie: the IDr
+        the peer asked for, then the config that served IKE_SA_INIT; logged, naming both."""
+        cfgs = list(self.configs.values())
+        if host is None:
+            pools = [cfgs]
+        else:
+            pools = [[c for c in cfgs if c.remote_addr is not None and c.remote_addr[0] == host],
+                     [c for c in cfgs if c.remote_addr is None]]
+        for pool in pools:
+            for fits in (lambda c: c.remote_id == peer,
+                         lambda c: c.remote_id is not None and c.remote_id.matches(peer),
+                         lambda c: c.remote_id is None):
+                found = [c for c in pool if fits(c)]
+                if len(found) > 1 and ours is not None:
+                    found = [c for c in found if c.local_id.matches(ours)] or found
+                if not found:
+                    continue
+                pick = next((c for c in found if c is current), found[0])
+                if len(found) > 1:
+                    self._count("ambiguous_config")
+                    _log.warning("IKE_AUTH from %s as %s: connections %s all match (same address and "
+                                 "identity rules); using %s - set remote_id or remote_address to tell "
+                                 "them apart", host or "?", peer, ", ".join(c.name for c in found), pick.name)
+                return pick
+        return None
 
     def _cookie(self, msg: m.Message, nonce: bytes, addr: Addr) -> bytes:
         return b"\x00" + hmac.new(self._cookie_secret, nonce + addr[0].encode() + msg.spi_i, hashlib.sha256).digest()
@@ -181,7 +213,7 @@ class IkeEndpoint:
             self._count("no_config")
             return
         sa = IkeSa(cfg, initiator=False, local=local, remote=addr, rng=self._rng, sink=self._sink,
-                   config_lookup=self._lookup)
+                   config_lookup=self._lookup_for(addr[0], cfg))
         sa.receive_message(msg, data, addr, now, local)
         if sa.state == IkeState.SA_INIT_DONE:
             self.sas[sa.spi_r] = sa

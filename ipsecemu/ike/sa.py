@@ -177,8 +177,23 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
                 if self._ike_collision is not None and self._ike_collision[0].state != IkeState.CLOSED:
                     # our half of a simultaneous rekey never got an answer: the peer's new SA stays
                     # (unless the peer already retired it as the loser: then nothing survives here)
-                    self._collision_survivor(self._ike_collision[0], now)
+                    survivor = self._ike_collision[0]
+                    self._collision_survivor(survivor, now)
                     self._ike_collision = None
+                    self._close(now, "rekeyed", quiet_children=True)
+                    # but the peer has that SA only if our answer to its rekey reached it, and we
+                    # cannot tell (it may have timed out the same way and adopted ours, which we
+                    # never completed): a liveness check on it either confirms it or, unanswered,
+                    # closes it, so both sides never keep two different lone SAs
+                    while survivor.successor is not None:
+                        survivor = survivor.successor
+                    if isinstance(survivor, IkeSa) and survivor.state == IkeState.ESTABLISHED \
+                            and not survivor._redundant:
+                        survivor.dpd(now)
+                    return
+                if p.kind == "delete" and (self.successor is not None or self._redundant):
+                    # the Delete of a replaced (or redundant) SA went unanswered: nothing is lost,
+                    # its Child SAs live on the successor; the peer may have dropped it already
                     self._close(now, "rekeyed", quiet_children=True)
                     return
                 self._close(now, "dpd" if p.kind == "dpd" else "timeout")
@@ -199,7 +214,8 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         if self._ike_expire_at is not None and now >= self._ike_expire_at:
             self._ike_expire_at = None
-            self._count("ike_lifetime_expired")
+            # a replaced SA the peer never deleted (its Delete was lost: _await_peer_delete)
+            self._count("rekeyed_sa_not_deleted" if self.successor is not None else "ike_lifetime_expired")
             self.delete(now)
             return
         for c in list(self.children.values()):

@@ -8,16 +8,15 @@ tunnel terminated (an operator's ``terminate`` on one end, ``initiate`` to resto
 down (every link with an untrusted end, and every link between two routers: its veth is set down at
 one end, the untrusted one if any) and each MACsec link down (the MACsec link daemon of one end is
 frozen with SIGSTOP: no frame crosses, its peer loses it at the MKA timeout; SIGCONT restores it
-and MKA secures the link again).  Setting the veth under the tap down would be the physical
-failure, but today the link daemon exits when its phy goes down and does not come back (found by
-this matrix), so the restore would leave the lab broken.  The freeze is not fully undone either
-today: the resumed end removes the new SAK installed under the reused AN 0 along with the old one,
-so the link stays unsecured and the column says "not restored"; MACsec failures therefore run last.
+and MKA secures the link again: a new SAK under the next AN).  The link daemon also survives its
+phy going down and re-secures the link when it comes back; the freeze stays the failure because it
+is the harsher one (the peer must time out, not just see carrier loss).
 
 One generic model, so that it holds for static labs and for labs whose routing protocol (FRR/BGP,
 BFD) reacts by itself: apply; wait until the lab is stable (the failure's own condition, e.g. the
-route agent shows the tunnel down, then routes and tunnel states unchanged for ``QUIET_S``, all
-bounded by ``CONVERGE_S``); audit; restore; wait again.  Each cell of the matrix is the verdict from
+route agent shows the tunnel down; in a BGP lab the BGP sessions it touches down, read from FRR by
+lab/converge.py; then routes and tunnel states unchanged for ``QUIET_S``, all bounded by
+``CONVERGE_S``); audit; restore; wait again.  Each cell of the matrix is the verdict from
 the packets (ipsecemu.lab.audit).
 """
 
@@ -41,6 +40,7 @@ from .audit import AuditError, Report, run_audit
 from .audit_classify import CLEAR, ENCRYPTED, NOT_DELIVERED
 from .audit_schema import Audit
 from .capture import CaptureError
+from .converge import BgpWatch, is_bgp_lab
 from .state import LabState, pid_alive
 from .svc_macsec import status_path
 from .svc_vpn import node_dir, read_status
@@ -71,6 +71,7 @@ class LabFailure:
     pids: list[int] = field(default_factory=list)  # frozen daemons (instance down)
     saved_routes: list[bytes] = field(default_factory=list)  # ``ip route save`` v4, v6 x protos (ER link)
     links_before: dict[str, str] = field(default_factory=dict)  # every interface's operstate before it
+    bgp: BgpWatch | None = None  # a BGP lab: its sign is read from FRR, not the route agent (lab/converge.py)
 
 
 def _link_end(topo: Topology, lk: Link, untrusted: set[tuple[str, str]]) -> tuple[str, str]:
@@ -222,6 +223,10 @@ def apply(topo: Topology, state: LabState, f: LabFailure) -> bool:
     """Apply ``f``; True once the lab is stable with it (see ``wait_stable``)."""
     t0 = time.time()
     f.links_before = link_states(topo)
+    f.bgp = None
+    if is_bgp_lab(state):  # baseline before acting
+        f.bgp = BgpWatch.start(topo, state, f.nodes if f.kind in (INSTANCE, ALL_INSTANCES) else (),
+                               f.conn if f.kind == TERMINATED else None, (f.node, f.iface) if f.iface else None)
     pred: Callable[[Tunnels], bool] | None = lambda up: not any(up.get(k) for k in f.down)  # noqa: E731
     if f.kind in (INSTANCE, ALL_INSTANCES, MACSEC_LINK):
         f.pids = ([pid for n in f.nodes for pid in _daemons(state, n)] if f.kind != MACSEC_LINK
@@ -243,6 +248,8 @@ def apply(topo: Topology, state: LabState, f: LabFailure) -> bool:
                           for fam in ("-4", "-6") for proto in _RESTORED_PROTOS]
         _ip(topo, f.node, "link", "set", "dev", f.iface, "down")
         pred = None  # which tunnels go down (if any) is the lab's business: just wait for stability
+    if f.bgp is not None:
+        return f.bgp.wait_applied(lambda: _snapshot(topo, state), QUIET_S, time.monotonic() + CONVERGE_S)
     return wait_stable(topo, state, pred, t0)
 
 
@@ -268,6 +275,10 @@ def restore(topo: Topology, state: LabState, f: LabFailure) -> bool:
             if saved:
                 _ip(topo, f.node, fam, "route", "restore", stdin=saved)
         f.saved_routes = []
+    if f.bgp is not None:  # sessions Established and BGP routes back, then interfaces and MACsec as below
+        end = time.monotonic() + CONVERGE_S
+        ok = f.bgp.wait_restored(lambda: _snapshot(topo, state), QUIET_S, end)
+        return wait_stable(topo, state, None, t0, max(end - time.monotonic(), QUIET_S + 1), f.links_before) and ok
     return wait_stable(topo, state, lambda up: bool(up) and all(up.values()), t0, links=f.links_before)
 
 

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ipsecemu.gateway.control import ControlError, request
 from ipsecemu.net.netns import ipr_in
 from ipsecemu.net.proc import pid_alive
@@ -340,7 +342,7 @@ def _without_sa(state: LabState, seen: list[dict[str, Any]]) -> list[dict[str, A
     try:
         plan = json.loads((state.dir / PLAN_FILE).read_text())
     except (OSError, ValueError):
-        return []
+        plan = {"tunnels": _gateway_tunnels(state)}  # BGP labs have no route agent (and no plan file)
     have = {(e["node"], e.get("conn")) for e in seen}
     failed = {e["node"] for e in seen if "error" in e}
     out = []
@@ -352,6 +354,18 @@ def _without_sa(state: LabState, seen: list[dict[str, Any]]) -> list[dict[str, A
             continue  # not started (yet)
         out.append({"node": node, "kind": t.get("kind"), "conn": conn, "state": NO_SA, "local": None,
                     "remote": None, "child_sas": []})
+    return out
+
+
+def _gateway_tunnels(state: LabState) -> list[dict[str, Any]]:
+    """The connections of every ipsecemu gateway of the lab, from the configs ``lab up`` wrote."""
+    out = []
+    for cfg in sorted(state.dir.glob("*/gateway.yaml")):
+        try:
+            conns = (yaml.safe_load(cfg.read_text()) or {}).get("connections") or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        out += [{"node": cfg.parent.name, "kind": "ipsecemu", "conn": str(c)} for c in conns]
     return out
 
 

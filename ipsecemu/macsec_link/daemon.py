@@ -15,6 +15,7 @@ decrypt``.  SIGUSR1 forces a SAK rotation; SIGTERM/SIGINT stop the daemon.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import logging
@@ -50,6 +51,8 @@ SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # Linux >= 4.20: the data socket never sees our own frames
 SIOCGIFHWADDR = 0x8927
 SIOCGIFMTU = 0x8921
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
 RX_REMOVE_DELAY = 1.0  # s: frames of the old key still queued on the phy socket get validated
 KEY_HISTORY = 16  # SAKs kept in the key file (a capture may span several rotations)
 
@@ -72,6 +75,14 @@ def if_mac(name: str) -> bytes:
 
 def if_mtu(name: str) -> int:
     return int(struct.unpack("i", _ifreq(name, SIOCGIFMTU)[16:20])[0])
+
+
+def if_up(name: str) -> bool:
+    """Administratively up (False also when it is gone: the C loop reports that itself)."""
+    try:
+        return bool(struct.unpack("H", _ifreq(name, SIOCGIFFLAGS)[16:18])[0] & IFF_UP)
+    except ConfigError:
+        return False
 
 
 def open_tap(name: str, vnet: bool = True) -> int:
@@ -151,6 +162,8 @@ class LinkDaemon:
             os.close(self._tap_fd)
             raise
         self._pending_rx_removal: dict[tuple[bytes, int], float] = {}
+        self._rx_ki: dict[tuple[bytes, int], bytes] = {}  # (SCI, AN) -> key identifier installed there
+        self._tx_ki = b""
         self._keys: dict[tuple[bytes, int, bytes], MacsecSaConfig] = {}
         self.rotations = 0
         self.started = time.time()
@@ -158,6 +171,9 @@ class LinkDaemon:
         self._stop = False
         self._last_status = 0.0
         self.failed: str | None = None
+        self.phy_flaps = 0  # times the phy went down under us (a port flap is survived, not fatal)
+        self._phy_down_since: float | None = None
+        self._c_phy_down = 0  # the C loop's phy_down counter as last seen
 
     def close(self) -> None:
         self.loop.stop()
@@ -175,7 +191,10 @@ class LinkDaemon:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("mka socket: %s", exc.strerror)
+                if exc.errno == errno.ENETDOWN:
+                    self._phy_down("mka socket: network is down")
+                else:
+                    log.warning("mka socket: %s", exc.strerror)
                 break
             if len(addr) > 2 and addr[2] == PACKET_OUTGOING:
                 continue
@@ -196,7 +215,32 @@ class LinkDaemon:
             try:
                 self._mka.send(frame)
             except OSError as exc:  # e.g. the peer end is down: MKA retries at the next hello
-                log.warning("sending MKPDU: %s", exc.strerror)
+                if exc.errno == errno.ENETDOWN:
+                    self._phy_down("sending MKPDU: network is down")
+                elif self._phy_down_since is None:
+                    log.warning("sending MKPDU: %s", exc.strerror)
+
+    # -------------------------------------------------------------- phy down/up (port flap)
+    def _phy_down(self, reason: str) -> None:
+        """Logged once per flap: the sockets survive it (the kernel re-attaches them when the
+        port comes back up) and MKA re-secures the link once the peer is heard again."""
+        if self._phy_down_since is not None:
+            return
+        self._phy_down_since = time.monotonic()
+        self.phy_flaps += 1
+        peers = ",".join(s.hex() for s, _ in self.participant.live_peers) or "none live"
+        log.warning("link %s: phy %s down (peer %s): %s; waiting for it to come back",
+                    self.tap, self.phy, peers, reason)
+
+    def _check_phy(self) -> None:
+        c_down = self.loop.stats["phy_down"]
+        if c_down != self._c_phy_down:
+            self._c_phy_down = c_down
+            self._phy_down("data path: network is down")
+        if self._phy_down_since is not None and if_up(self.phy):
+            log.info("link %s: phy %s up again after %.1f s; waiting for MKA to re-secure it",
+                     self.tap, self.phy, time.monotonic() - self._phy_down_since)
+            self._phy_down_since = None
 
     def _remember_key(self, sa: MacsecSaConfig) -> None:
         self._keys[(sa.sci, sa.an, sa.sak)] = sa
@@ -211,19 +255,25 @@ class LinkDaemon:
             changed = True
             if isinstance(ev, InstallRxSa):
                 self._pending_rx_removal.pop((ev.sa.sci, ev.sa.an), None)
-                self.loop.add_rx_sa(ev.sa)
+                self.loop.add_rx_sa(ev.sa)  # replaces an SA of an older key under this AN
+                self._rx_ki[(ev.sa.sci, ev.sa.an)] = ev.ki
                 self._remember_key(ev.sa)
                 log.info("installed rx SA sci=%s an=%d", ev.sa.sci.hex(), ev.sa.an)
             elif isinstance(ev, InstallTxSa):
                 self.loop.set_tx(ev.sa)
+                self._tx_ki = ev.ki
                 self._remember_key(ev.sa)
                 self.rotations += 1
                 log.info("transmitting with SA an=%d (key %d)", ev.sa.an, self.rotations)
             elif isinstance(ev, RemoveSa):
+                # keyed by (AN, key identifier): a removal meant for an older key under a reused
+                # AN must not take the new SA with it
                 if ev.direction == "tx":
-                    if self.loop.tx is not None and self.loop.tx.sa.an == ev.an:
+                    if self.loop.tx is not None and self.loop.tx.sa.an == ev.an and self._tx_ki == ev.ki:
                         self.loop.set_tx(None)
                         log.info("tx SA an=%d removed: not transmitting", ev.an)
+                elif self._rx_ki.get((ev.sci, ev.an)) != ev.ki:
+                    log.debug("rx SA sci=%s an=%d already replaced by a newer key", ev.sci.hex(), ev.an)
                 elif self.participant.live_peers:
                     # in-flight frames of the old key may still sit in the phy socket queue
                     self._pending_rx_removal[(ev.sci, ev.an)] = now + RX_REMOVE_DELAY
@@ -242,6 +292,7 @@ class LinkDaemon:
         return changed
 
     def _remove_rx(self, sci: bytes, an: int) -> None:
+        self._rx_ki.pop((sci, an), None)
         try:
             self.loop.remove_rx_sa(sci, an)
             log.info("removed rx SA sci=%s an=%d", sci.hex(), an)
@@ -277,7 +328,7 @@ class LinkDaemon:
             "tx": {"an": tx.sa.an, "next_pn": tx.next_pn, "packets": tx.counters.packets} if tx else None,
             "rx": rx, "secured": tx is not None and bool(rx), "sak_installs": self.rotations,
             "loop": self.loop.stats, "secy_rx_drops": vars(self.loop.rx_counters),
-            "mka": vars(p.counters),
+            "mka": vars(p.counters), "phy_down": self._phy_down_since is not None, "phy_flaps": self.phy_flaps,
         }
 
     def _write_status(self) -> None:
@@ -301,6 +352,7 @@ class LinkDaemon:
                     self.failed = f"data path stopped: {os.strerror(-self.loop.result) if self.loop.result < 0 else 'unexpectedly'}"
                     log.error("%s (was the tap or the phy deleted?)", self.failed)
                     break
+                self._check_phy()
                 now = time.monotonic()
                 t = self.participant.get_timer()
                 if t is not None and t <= now:
@@ -315,6 +367,8 @@ class LinkDaemon:
                 delay = 0.5 if t is None else min(0.5, max(0.0, t - time.monotonic()))
                 if self._pending_rx_removal or self.loop.tx is not None:
                     delay = min(delay, 0.1)  # PN soft events are polled: react within 0.1 s
+                if self._phy_down_since is not None:
+                    delay = min(delay, 0.2)  # poll for the port coming back
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)

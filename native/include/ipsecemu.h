@@ -426,6 +426,7 @@ typedef struct ie_mloop_stats {
     uint64_t vlan_drop;      /* validated but not tagged with our VID(s) */
     uint64_t tap_tso;        /* vnet tap: TCP super-packets read (each segment counts in tap_rx) */
     uint64_t tap_gro;        /* vnet tap: coalesced super-packets written (segments in validated) */
+    uint64_t phy_down;       /* the phy went down (ENETDOWN on its socket); the loop waits it out */
 } ie_mloop_stats;
 
 typedef struct ie_mloop ie_mloop;

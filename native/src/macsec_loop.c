@@ -459,6 +459,21 @@ int ie_mloop_step(ie_mloop *l, int timeout_ms)
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
+    if ((pfd[1].revents & (POLLERR | POLLNVAL)) == POLLERR) {
+        /* The phy went down (a port flap): the packet socket reports ENETDOWN once and re-attaches
+         * by itself when the port comes back up.  Reading SO_ERROR clears it; count it and go on.
+         * Anything else (ENODEV: the phy was deleted) ends the loop. */
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (getsockopt(l->cfg.phy_fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+            err = errno;
+        if (err != ENETDOWN && err != 0)
+            return -err;
+        pthread_mutex_lock(&l->mu);
+        l->st.phy_down += err == ENETDOWN;
+        pthread_mutex_unlock(&l->mu);
+        pfd[1].revents &= (short)~POLLERR;
+    }
     if (pfd[0].revents & (POLLERR | POLLNVAL) || pfd[1].revents & (POLLERR | POLLNVAL))
         return -EBADF;
     pthread_mutex_lock(&l->mu);

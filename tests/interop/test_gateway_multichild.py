@@ -11,6 +11,7 @@ untouched, and the rekeyed child carries traffic on its new SA.  Needs root and 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from ipsecemu.strongswan.conn import Child, Conn
 from ipsecemu.strongswan.vici import CharonError
 
 from support.gateway_lab import Gw
+
+scapy_all = pytest.importorskip("scapy.all")
 
 NO_CHARON = charon_available()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(NO_CHARON is not None, reason=NO_CHARON or "")]
@@ -105,8 +108,41 @@ def both_up(gw: Gw, charon: Charon) -> bool:
     return len(our_children(gw)) == 2 and set(charon_children(charon)) == {"net1", "net2"}
 
 
-def check_traffic(topo: PairTopology, gw: Gw, charon: Charon, extra: str = "") -> None:
-    """Pings on each child both ways; each child's counters move on both sides, on its own SA."""
+class Wire:
+    """tcpdump on our gateway's outer link (started and stopped by PID): ESP datagrams per
+    (source, SPI), and whether any ICMP crossed in clear."""
+
+    def __init__(self, ns: str, link: str, path: Path) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", link, "-n", "-U",
+                                      "--immediate-mode", "-w", str(path), "udp port 4500 or icmp"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "listening on ...": nothing is missed from here on
+        assert b"listening" in line, line
+
+    def stop(self) -> tuple[dict[tuple[str, str], int], int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(10)
+        spis: dict[tuple[str, str], int] = {}
+        clear = 0
+        for pkt in scapy_all.rdpcap(str(self.path)):
+            if scapy_all.ICMP in pkt:
+                clear += 1
+            elif scapy_all.UDP in pkt:
+                data = bytes(pkt[scapy_all.UDP].payload)
+                if len(data) > 8 and data[:4] != bytes(4):  # ESP (not IKE's non-ESP marker)
+                    key = (pkt[scapy_all.IP].src, data[:4].hex())
+                    spis[key] = spis.get(key, 0) + 1
+        return spis, clear
+
+
+def check_traffic(topo: PairTopology, gw: Gw, charon: Charon, tmp: Path, extra: str = "") -> None:
+    """Pings on each child both ways; each child's counters move on both sides, on its own SA, and
+    the capture on the wire shows each child's ESP under its own SPIs."""
+    ours = our_children(gw)
+    wire = Wire(topo.gateways[0], topo.links[0], tmp / f"wire{time.monotonic_ns()}.pcap")
     before_c = {n: (int(c["packets-in"]), int(c["packets-out"])) for n, c in charon_children(charon).items()}
     before_o = {k: (c["packets_in"], c["packets_out"]) for k, c in our_children(gw).items()}
     diag = lambda: gw.log() + charon.log_tail() + extra  # noqa: E731
@@ -122,6 +158,11 @@ def check_traffic(topo: PairTopology, gw: Gw, charon: Charon, extra: str = "") -
     o1 = [a - b for a, b in zip(after_o["10.2.0.0/24"], before_o.get("10.2.0.0/24", (0, 0)), strict=True)]
     o2 = [a - b for a, b in zip(after_o["10.3.0.0/24"], before_o.get("10.3.0.0/24", (0, 0)), strict=True)]
     assert o1 == [5, 5] and o2 == [4, 4], (o1, o2, diag())
+    spis, clear = wire.stop()
+    c1, c2 = ours["10.2.0.0/24"], ours["10.3.0.0/24"]
+    want = {("192.0.2.1", c1["spi_out"]): 5, ("192.0.2.1", c2["spi_out"]): 4, ("192.0.2.2", c1["spi_in"]): 5,
+            ("192.0.2.2", c2["spi_in"]): 4}
+    assert spis == want and clear == 0, (spis, want, clear)
     loop = gw.counters()["connections"]["pair"]["loop"]
     drops = {k: v for k, v in loop.items() if k.removeprefix("slow_") in ("no_policy", "ts_drop") and v}
     assert not drops, loop
@@ -168,7 +209,7 @@ def test_two_children_with_charon(unique_name: str, tmp_path: Path, we_initiate:
             assert set(blocks) == {"reqid 1", "reqid 2"}, text
             assert "local  10.1.0.0/24\n    remote 10.2.0.0/24" in blocks["reqid 1"], text
             assert "local  10.1.0.0/24\n    remote 10.3.0.0/24" in blocks["reqid 2"], text
-            check_traffic(topo, gw, charon)
+            check_traffic(topo, gw, charon, tmp_path)
             # log lines name the connection, the child and the peer
             assert re.search(r"pair: child 2 \(10\.1\.0\.0/24 === 10\.3\.0\.0/24\) with 192\.0\.2\.2: installed",
                              gw.log()), gw.log()
@@ -195,7 +236,7 @@ def test_two_children_with_charon(unique_name: str, tmp_path: Path, we_initiate:
             assert now["10.2.0.0/24"]["spi_in"] != old1 and now["10.2.0.0/24"]["reqid"] == 1
             assert now["10.2.0.0/24"]["spi_in"] == charon_children(charon)["net1"]["spi-out"]
             assert "Child SA rekeyed" in gw.log()
-            check_traffic(topo, gw, charon, extra="(after the rekey of child 1)")
+            check_traffic(topo, gw, charon, tmp_path, extra="(after the rekey of child 1)")
             assert gw.stop() == 0
         finally:
             gw.stop()

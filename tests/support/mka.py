@@ -46,19 +46,27 @@ class Node:
         self.tx: object | None = None
         self.tx_sa: MacsecSaConfig | None = None
         self.events: list[object] = []
+        self.rx_ki: dict[tuple[bytes, int], bytes] = {}
+        self.tx_ki = b""
         self.silent = False
 
     def drain(self) -> None:
         while (e := self.p.next_event()) is not None:
             self.events.append(e)
+            # like the link daemon: SAs keyed by (AN, key identifier)
             if isinstance(e, InstallRxSa):
+                if (e.sa.sci, e.sa.an) in self.rx_ki:
+                    self.rx.remove_sa(e.sa.sci, e.sa.an)  # a new key under a reused AN replaces it
                 self.rx.add_sa(e.sa)
+                self.rx_ki[(e.sa.sci, e.sa.an)] = e.ki
             elif isinstance(e, InstallTxSa):
-                self.tx, self.tx_sa = DP.MacsecTx(self.secy, e.sa), e.sa
+                self.tx, self.tx_sa, self.tx_ki = DP.MacsecTx(self.secy, e.sa), e.sa, e.ki
             elif isinstance(e, RemoveSa):
                 if e.direction == "rx":
-                    self.rx.remove_sa(e.sci, e.an)
-                elif self.tx_sa is not None and self.tx_sa.an == e.an:
+                    if self.rx_ki.get((e.sci, e.an)) == e.ki:  # else: a newer key took the AN
+                        del self.rx_ki[(e.sci, e.an)]
+                        self.rx.remove_sa(e.sci, e.an)
+                elif self.tx_sa is not None and self.tx_sa.an == e.an and self.tx_ki == e.ki:
                     self.tx, self.tx_sa = None, None
 
     def protect(self, dst: bytes, payload: bytes) -> bytes:

@@ -109,8 +109,5 @@ def test_macsec_link_down_never_clear(macsec_failure: dict[str, Any]) -> None:
     assert seen & {"not delivered", "blocked"}, seen  # ECMP hashes some flows into the dead link
 
 
-@pytest.mark.xfail(strict=True, reason="macsec_link: after its peer was lost, the resumed end installs the new "
-                   "SAK with the reused AN 0 and then removes 'AN 0' (meant for the old one): the link stays "
-                   "unsecured (docs/notes-audit.md)")
 def test_macsec_link_restored(macsec_failure: dict[str, Any]) -> None:
     assert macsec_failure["MACsec ce:msee1 down"]["note"] == ""

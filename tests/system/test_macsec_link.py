@@ -353,6 +353,51 @@ def test_silent_peer_is_dropped_and_the_link_recovers(net: Net, tmp_path: Path) 
         assert _ping(net, 2) == (2, 2)
 
 
+def test_phy_flap_is_survived_and_the_link_secured_again(net: Net, tmp_path: Path) -> None:
+    """a's phy goes down past the MKA life time and comes back (a port flap): the daemon stays,
+    logs it once, and MKA secures the link again; traffic passes (issue 11/13)."""
+    fast = {"hello_time": 0.5, "life_time": 2}
+    with macsec_link(net, tmp_path, "GcmAes128", **fast) as lk:
+        assert _ping(net, 2) == (2, 2)
+        try:
+            _ip("-n", net.ns["a"], "link", "set", "dev", net.phy, "down")
+            assert lk.wait(lambda: lk.st("a")["phy_down"] and not lk.st("b")["secured"], timeout=6)
+            time.sleep(1)
+        finally:
+            _ip("-n", net.ns["a"], "link", "set", "dev", net.phy, "up")
+        t0 = time.monotonic()
+        assert lk.wait(lambda: lk.secured() and not lk.st("a")["phy_down"], timeout=10), "not secured again"
+        print(f"\nphy up -> secured again: {time.monotonic() - t0:.2f} s")
+        assert _ping(net, 3) == (3, 3)
+        st = lk.st("a")
+        assert st["phy_flaps"] == 1 and st["loop"]["phy_down"] >= 1
+        log = lk.logs["a"].read_text()
+        assert log.count(f"phy {net.phy} down") == 1, log[-3000:]
+        assert "Traceback" not in log and "data path stopped" not in log
+
+
+def test_peer_frozen_past_the_life_time_is_secured_again_when_it_resumes(net: Net, tmp_path: Path) -> None:
+    """b is frozen (SIGSTOP) longer than the MKA life time, then resumed: a dropped it, b still
+    holds the old key; the new SAK must not be removed with the old one (issue 11/13)."""
+    fast = {"hello_time": 0.5, "life_time": 2}
+    with macsec_link(net, tmp_path, "GcmAesXpn128", **fast) as lk:
+        assert _ping(net, 2) == (2, 2)
+        first = lk.st("a")["latest_key"]
+        lk.procs["b"].send_signal(signal.SIGSTOP)
+        try:
+            assert lk.wait(lambda: not lk.st("a")["secured"] and lk.st("a")["live_peers"] == [], timeout=6)
+            time.sleep(1)
+        finally:
+            lk.procs["b"].send_signal(signal.SIGCONT)
+        t0 = time.monotonic()
+        assert lk.wait(lambda: lk.secured() and lk.st("a")["latest_key"] != first, timeout=10), \
+            f"not secured again: {lk.logs['b'].read_text()[-3000:]}"
+        print(f"\nresumed -> secured again: {time.monotonic() - t0:.2f} s, key {lk.st('a')['latest_key']}")
+        time.sleep(3)  # stays secured (the removal of the old key comes after the install)
+        assert lk.secured()
+        assert _ping(net, 3) == (3, 3)
+
+
 def test_daemon_exits_with_an_error_when_its_tap_goes_away(net: Net, tmp_path: Path) -> None:
     with macsec_link(net, tmp_path, "GcmAes128") as lk:
         try:

@@ -41,9 +41,14 @@ MARKER = b"issue-12 transport mode over 8080\n"
 BIG = 8 << 20
 
 
+# the tools (curl, tcpdump, the HTTP servers) run without the sanitizer runtime that
+# test_native_asan preloads for this process: an ASan-preloaded curl hangs
+TOOL_ENV = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
+
+
 def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60)
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60, env=TOOL_ENV)
 
 
 class Host:
@@ -133,10 +138,10 @@ def test_transport_mode_http_8080_only(hosts: tuple[Host, Host], suite: str, raw
         for port in ("8080", "80"):
             servers.append(subprocess.Popen(["ip", "netns", "exec", b.ns, "python3", "-m", "http.server", port,
                                              "--bind", B, "--directory", str(tmp_path)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=TOOL_ENV))
         dump = subprocess.Popen(["ip", "netns", "exec", a.ns, "tcpdump", "--immediate-mode", "-i", a.veth, "-s", "256", "-U", "-w",
                                  str(pcap), "not arp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TOOL_ENV)
         assert dump.stderr is not None and "listening" in dump.stderr.readline()
         deadline = time.monotonic() + 10
         got = ""

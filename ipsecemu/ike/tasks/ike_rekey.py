@@ -175,9 +175,21 @@ class IkeRekeyTask(SaCore):
             new._schedule_ike_rekey(now)
         self.successor = new
         self._queue.clear()  # as after any IKE rekey: nothing more is started on the old SA
-        self._ike_rekey_at = self._ike_expire_at = None  # the peer deletes this old SA
+        self._await_peer_delete(now)  # the peer deletes this old SA
         self._event(IkeSaRekeyed, new_spi_i=new.spi_i, new_spi_r=new.spi_r,
                     proposal=new.proposal.to_strongswan_string() if new.proposal else "")
+
+    def _await_peer_delete(self, now: float) -> None:
+        """This SA was replaced and the peer is the one to delete it (or we are, with a Delete
+        already queued).  No rekey any more; but if the peer's Delete never arrives (every
+        retransmission lost, so the peer gave up and forgot the SA) we would keep a stale IKE SA
+        for ever: once the peer's whole retransmission schedule (estimated with ours) has passed,
+        ``handle_timer`` deletes it itself.  Two crossing Deletes are harmless (each answers the
+        other's), and a Delete the peer no longer answers times out, which also ends the SA."""
+        c = self.config
+        span = c.retransmit_timeout_s * sum(c.retransmit_base ** k for k in range(c.retransmit_tries + 1))
+        self._ike_rekey_at = None
+        self._ike_expire_at = now + span
 
     def _spawn(self, now: float, we_initiated: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, gir: bytes,
                proposal: Proposal, collision: bool = False) -> Self:
@@ -199,7 +211,7 @@ class IkeRekeyTask(SaCore):
         else:
             new.children, self.children = self.children, {}
             self.successor = new
-            self._ike_rekey_at = self._ike_expire_at = None  # this SA is on its way out
+            self._await_peer_delete(now)  # this SA is on its way out
         new._set_state(IkeState.ESTABLISHED)
         new._created = new._last_recv = now
         if collision:

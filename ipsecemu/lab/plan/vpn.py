@@ -177,6 +177,12 @@ def daemons(topo: Topology, lab_dir: Path, node: str) -> tuple[Daemon, ...]:
                          "bgp_addresses": [a for c in conns if (a := c.bgp_of(node))]}),)
 
 
+def _within(dst: str, prefix: str) -> bool:
+    """``dst`` inside ``prefix`` (never across IP families: an IPv6 route beside IPv4 tunnels)."""
+    a, b = ipaddress.ip_network(dst), ipaddress.ip_network(prefix)
+    return a.version == b.version and a.subnet_of(b)  # type: ignore[arg-type]
+
+
 def route_plan(topo: Topology, lab_dir: Path) -> dict[str, Any]:
     """What the agent watches: every tunnel, and every route that depends on a VPN node."""
     tuns: list[dict[str, Any]] = []
@@ -200,8 +206,7 @@ def route_plan(topo: Topology, lab_dir: Path) -> dict[str, Any]:
             for h in r.nexthops:
                 vn = vpn_addr.get(h.via or "")
                 carried = vn is not None and vn != n.name and any(
-                    ipaddress.ip_network(r.dst).subnet_of(ipaddress.ip_network(p))  # type: ignore[arg-type]
-                    for t in tuns if t["node"] == vn for p in t["prefixes"])
+                    _within(r.dst, p) for t in tuns if t["node"] == vn for p in t["prefixes"])
                 watched |= carried
                 hops.append({"via": h.via, "dev": h.dev, "weight": h.weight, "vpn_node": vn if carried else None})
             if watched:

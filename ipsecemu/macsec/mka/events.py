@@ -13,9 +13,11 @@ from ipsecemu.base.satypes import MacsecSaConfig
 
 @dataclass(frozen=True)
 class InstallRxSa:
-    """Add this SA to the MacsecRx (frames from ``sa.sci`` under ``sa.an``)."""
+    """Add this SA to the MacsecRx (frames from ``sa.sci`` under ``sa.an``); ``ki``: the key
+    identifier (key server MI || KN) of its SAK."""
 
     sa: MacsecSaConfig
+    ki: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -23,15 +25,18 @@ class InstallTxSa:
     """Start transmitting with this SA (replaces the current MacsecTx)."""
 
     sa: MacsecSaConfig
+    ki: bytes = b""
 
 
 @dataclass(frozen=True)
 class RemoveSa:
-    """Drop an SA: ``direction`` is "rx" (MacsecRx.remove_sa(sci, an)) or "tx"."""
+    """Drop an SA: ``direction`` is "rx" (MacsecRx.remove_sa(sci, an)) or "tx".  ``ki``: the key
+    identifier of the SAK meant; an SA under the same AN with another key must stay."""
 
     sci: bytes
     an: int
     direction: str
+    ki: bytes = b""
 
 
 @dataclass(frozen=True)

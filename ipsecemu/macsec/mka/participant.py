@@ -63,6 +63,11 @@ from ipsecemu.macsec.mka.mkpdu import (
 NOT_KEY_SERVER = 255  # key server priority meaning "never elect me"
 
 
+def _ki(key: _Key) -> bytes:
+    """The key identifier (802.1X-2020 9.8.1): key server MI || KN."""
+    return key.ks_mi + key.kn.to_bytes(4, "big")
+
+
 @dataclass
 class MkaCounters:
     """Why received MKPDUs were ignored, and how many were sent / accepted."""
@@ -163,6 +168,7 @@ class MkaParticipant:
         self._need_send = True
         self._key_server: bytes | None = None  # SCI of the elected key server
         self._kn = 0  # last KN we generated as key server
+        self._last_an = 3  # AN of the last SAK we generated (the first one gets AN 0)
         self._latest: _Key | None = None
         self._old: _Key | None = None
         self._distributing: DistributedSak | None = None
@@ -373,14 +379,19 @@ class MkaParticipant:
 
     def _remove_rx(self, key: _Key, sci: bytes) -> None:
         key.rx.discard(sci)
-        self.installed_rx.pop((sci, key.an), None)
-        self._events.append(RemoveSa(sci, key.an, "rx"))
+        # SAs are keyed by (AN, key), not AN alone: a newer SAK that reuses this AN (a key server
+        # that lost all its peers starts over) already replaced this one; it must stay.
+        # The event names the key too; the data plane ignores it when the AN holds another key.
+        cur = self.installed_rx.get((sci, key.an))
+        if cur is not None and cur.sak == key.sak:
+            del self.installed_rx[(sci, key.an)]
+        self._events.append(RemoveSa(sci, key.an, "rx", _ki(key)))
 
     def _remove_tx(self, key: _Key) -> None:
         key.tx = False
-        if self.installed_tx is not None and self.installed_tx.an == key.an:
+        if self.installed_tx is not None and self.installed_tx.sak == key.sak:  # not a newer SA on this AN
             self.installed_tx = None
-        self._events.append(RemoveSa(self.sci, key.an, "tx"))
+        self._events.append(RemoveSa(self.sci, key.an, "tx", _ki(key)))
 
     def _install_key(self, ks_mi: bytes, kn: int, an: int, sak: bytes, members: dict[bytes, bytes]) -> None:
         """Make (ks_mi, kn) the latest key and install its Rx SAs.  ``members``: MI -> SCI
@@ -406,13 +417,16 @@ class MkaParticipant:
             sa = self._sa(key, sci)
             key.rx.add(sci)
             self.installed_rx[(sci, an)] = sa
-            self._events.append(InstallRxSa(sa))
+            self._events.append(InstallRxSa(sa, _ki(key)))
         self._need_send = True
 
     def _new_sak(self) -> None:
         """Key server: derive, install and start distributing a fresh SAK."""
         self._kn += 1
-        an = 0 if self._latest is None else (self._latest.an + 1) % 4
+        # 802.1X-2020 9.8.1: a new SAK takes the next AN.  Counted on across a teardown (all
+        # peers lost): a peer that was only frozen still holds the last key under its AN.
+        self._last_an = (self._last_an + 1) % 4
+        an = self._last_an
         live = [p for p in self._peers.values() if p.live]
         nonce = self._random(self._sak_len)
         sak = kdf.derive_sak(self._cak, nonce, [self.mi] + [p.mi for p in live], self._kn, self._sak_len)
@@ -465,7 +479,7 @@ class MkaParticipant:
         key = self._latest
         if self.is_key_server and live:
             members = frozenset(p.mi for p in live)
-            if key is None or key.ks_mi != self.mi or key.members != members:
+            if key is None or key.ks_mi != self.mi or key.members != members or self._member_lost_key(key, live):
                 self._new_sak()
             else:
                 for p in live:
@@ -490,7 +504,7 @@ class MkaParticipant:
                 sa = self._sa(key, self.sci)
                 key.tx = True
                 self.installed_tx = sa
-                self._events.append(InstallTxSa(sa))
+                self._events.append(InstallTxSa(sa, _ki(key)))
                 if self._old is not None and self._old.tx:
                     self._remove_tx(self._old)
                 self._need_send = True
@@ -504,6 +518,12 @@ class MkaParticipant:
                     self._need_send = True
             if not old.rx and not old.tx:
                 self._old = None
+
+    def _member_lost_key(self, key: _Key, live: list[_Peer]) -> bool:
+        """Key server: a member confirmed our latest SAK and now reports it does not hold it (it
+        dropped us while we were frozen, and came back with the same MI): distribute a new one."""
+        return self._distributing is None and any(
+            p.mi in key.members and not self._peer_has(p, key, "latest_rx") for p in live)
 
     def _threshold(self) -> int:
         return self.pn_exhaustion_threshold << 32 if self._xpn else self.pn_exhaustion_threshold

@@ -139,3 +139,13 @@ def test_vpn_table_field_errors_are_located(tmp_path: Path) -> None:
     with pytest.raises(topology.TopologyError, match=r"er-vwan.yaml:\d+: vpn.connections\[0\].table.spoke1: "
                                                      r"'spoke1' is not one of this connection's nodes"):
         topology.loads(text, "er-vwan.yaml")
+
+
+def test_route_plan_compares_prefixes_of_one_family_only() -> None:
+    # an IPv6 route beside IPv4 tunnel prefixes used to raise TypeError in route_plan
+    from ipsecemu.lab.plan.vpn import _within
+
+    assert _within("10.1.2.0/24", "10.1.0.0/16")
+    assert not _within("fd00:1::/64", "10.1.0.0/16")
+    assert not _within("10.1.0.0/16", "::/0")
+    assert _within("fd00:1::/64", "fd00::/16")

@@ -366,3 +366,55 @@ def test_message_number_exhaustion_starts_a_new_member_identity() -> None:
     converged([a, b])
     assert_traffic(a, b)
     assert_traffic(b, a)
+
+
+@pytest.mark.parametrize("frozen", ["member", "key server"])
+def test_frozen_peer_resumes_past_the_life_time_and_is_secured_again(frozen: str) -> None:
+    """b is frozen (SIGSTOP: no timers, no sends, received frames queue up) longer than the life
+    time, then resumes.  a dropped b and tore down; b first reads a's queued MKPDUs, which still
+    list it, so b keeps its old key.  a's next SAK must take the next AN (not AN 0 again), and no
+    removal meant for b's old key may take the new SA: both ends end up secured (issue 11/13)."""
+    a, b = make(2, life_time=6.0)
+    if frozen == "key server":  # make() gives node 0 the lowest SCI: the key server
+        b, a = a, b
+    lan = Lan([a, b])
+    lan.run(2.0)
+    converged([a, b])
+    assert b.p.is_key_server == (frozen == "key server")
+    old_an = a.tx_sa.an  # type: ignore[union-attr]
+    queued: list[bytes] = []
+    while lan.now < 10.0:  # b frozen: a keeps talking, b neither runs nor answers
+        t = a.p.get_timer()
+        if t is not None and t <= lan.now:
+            a.p.handle_timer(lan.now)
+        queued += a.p.frames_to_send(lan.now)
+        a.drain()
+        lan.now = round(lan.now + 0.1, 6)
+    assert a.p.latest_key is None and a.tx is None  # a gave b up
+    assert b.tx_sa is not None  # b does not know yet
+    for f in queued:  # resumed: the socket queue first
+        b.p.receive(f, lan.now)
+    b.drain()
+    lan.run(4.0)
+    converged([a, b])
+    assert a.tx_sa.an != old_an  # type: ignore[union-attr]  # the next AN, not a reused one
+    assert_traffic(a, b)
+    assert_traffic(b, a)
+
+
+def test_a_new_key_under_a_reused_an_survives_the_old_keys_removal() -> None:
+    """Even when the new SAK does reuse the AN (a restarted key server starts at AN 0), the
+    removal of the old key's SAs must not remove the new ones: SAs are keyed by (AN, KI)."""
+    a, b = make(2, life_time=6.0)
+    lan = Lan([a, b])
+    lan.run(2.0)
+    converged([a, b])
+    an = a.tx_sa.an  # type: ignore[union-attr]
+    a.p._last_an = (an - 1) % 4  # as after a restart: the next SAK gets the same AN
+    assert a.p.rekey()
+    lan.run(3.0)
+    converged([a, b])
+    assert a.tx_sa.an == an  # type: ignore[union-attr]
+    assert a.p.latest_key[1] == 2  # type: ignore[index]
+    assert_traffic(a, b)
+    assert_traffic(b, a)
