@@ -433,10 +433,16 @@ class ConnectionDatapath:
         self._pushed_out = len(order)
         for spi in self._pushed_in - set(self._in_sel):
             lo.del_in_policy(spi)
+        pushed = set(self._in_sel)
         for spi, (local, remote) in self._in_sel.items():
             if spi not in self._pushed_in:
-                lo.set_in_policy(spi, local, remote)
-        self._pushed_in = set(self._in_sel)
+                try:
+                    lo.set_in_policy(spi, local, remote)
+                except ConfigError as exc:  # the loop's table is full (a rekey storm): never fail the install
+                    pushed.discard(spi)
+                    self._count("in_policy_full")
+                    log.warning("%s: SA %08x: inbound selectors not checked in the C loop: %s", self.gw.name, spi, exc)
+        self._pushed_in = pushed
 
     def _release_port(self) -> None:
         if self._port is not None and self._port.owner == self.gw.name:
