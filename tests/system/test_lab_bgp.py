@@ -44,6 +44,11 @@ def _name(tag: str) -> str:
 
 def _up(path: Path, name: str) -> LabState:
     res = cli("up", str(path), "--name", name)
+    if res.returncode != 0 and "in-tunnel BGP sessions not established" in res.stderr:
+        # Known, intermittent (about 1 lab up in 6 here): bgpd logs "nexthop_set failed ... intf (Unknown)"
+        # for its tunnel peer and never connects (see the closing note of session 4).  Counted, retried once.
+        print(f"KNOWN FLAKE, retrying lab up once: {res.stderr.strip()[:300]}")
+        res = cli("up", str(path), "--name", name)
     assert res.returncode == 0, res.stdout + res.stderr
     print(res.stdout)
     return LabState.open(name)
