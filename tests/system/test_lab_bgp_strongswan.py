@@ -150,15 +150,19 @@ def test_strongswan_ce_bgp_inside_tunnels_audit_and_wire(ss: tuple[str, LabState
     assert seen["onprem1->spoke1 icmp"] == "encrypted" and seen["spoke1->onprem1 icmp"] == "encrypted", seen
     assert seen["onprem1->spoke1 tcp"] == "encrypted", seen
     assert seen["onprem2->spoke1 icmp"] == "clear", seen
+    esp_total = 0
     for iface in ("msee1", "msee2"):
         pcap = tmp_path / f"{iface}.pcap"
         _capture(_ns(name, "ce"), iface, 4.0, pcap)
         er_bgp = _count(pcap, "tcp port 179")
         leaked = _count(pcap, f"({INNER}) or udp port 4784")
         esp = _count(pcap, "udp port 4500")
+        esp_total += esp
         print(f"strongSwan CE ce:{iface} 4 s: ER BGP {er_bgp} frames in clear, ESP-in-UDP {esp}, "
               f"in-tunnel BGP/BFD in clear {leaked}")
-        assert er_bgp > 0 and esp > 0 and leaked == 0
+        assert er_bgp > 0 and leaked == 0
+    # the two IKE peers' ESP flows are ECMP-hashed over msee1/msee2 by address: both may land on one link
+    assert esp_total > 0
 
 
 def test_strongswan_ce_instance_sigkill(ss: tuple[str, LabState]) -> None:

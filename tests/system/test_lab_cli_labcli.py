@@ -95,13 +95,18 @@ def test_next_steps_run_as_printed_and_status_tells_the_truth(names: list[str], 
     try:
         for line in steps[:-1]:  # as printed, comments and all, from a shell without the venv
             ping = None
-            if " lab capture " in line:  # what a user does meanwhile in another shell: some traffic
-                ping = subprocess.Popen(["ip", "netns", "exec", f"{name}-onprem1", "ping", "-c", "6", "-i", "0.5",
+            if " lab capture " in line:  # what a user does meanwhile in another shell: some traffic, for as
+                # long as the capture runs (its start-up takes seconds on a loaded box, and the in-tunnel BFD
+                # alone fills a capture)
+                ping = subprocess.Popen(["ip", "netns", "exec", f"{name}-onprem1", "ping", "-i", "0.3", "-w", "30",
                                          SPOKE1], stdout=subprocess.DEVNULL)
-            r = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60, env=clean,
-                               cwd=tmp_path)
-            if ping is not None:
-                ping.wait(timeout=20)
+            try:
+                r = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60, env=clean,
+                                   cwd=tmp_path)
+            finally:
+                if ping is not None:
+                    ping.terminate()
+                    ping.wait(timeout=20)
             assert r.returncode == 0, f"{line}\n{r.stdout}{r.stderr}"
             if "tshark" in line:
                 assert "ICMP" in r.stdout  # decrypted with the exported keys
