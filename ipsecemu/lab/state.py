@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import LabError
+from ipsecemu.config.rundir import run_dir
 from ipsecemu.net.proc import pid_alive, proc_start_time
 
 __all__ = ["LabState", "LabStateError", "builder_died", "default_lab", "failed_dir", "keep_failed_logs",
@@ -28,11 +29,6 @@ DEFAULT_LAB_FILE = "default-lab"  # under run_dir(): the lab `make lab` built (c
 # A charon's instance dirs.  Not under /run: charon runs with its own dir bind-mounted over /run
 # (its pid file path is compiled in), which would hide a dir below /run from it.
 CHARON_BASE = Path("/tmp/ipsecemu-charon")
-
-
-def run_dir() -> Path:
-    """Root of all lab state; IPSECEMU_RUN_DIR overrides it (kept for odd hosts)."""
-    return Path(os.environ.get("IPSECEMU_RUN_DIR", "/run/ipsecemu"))
 
 
 class LabStateError(LabError):
