@@ -11,10 +11,6 @@ accept any identity, so gwc was handed gwa's connection to gwb.  Variant: gwc is
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +19,7 @@ import pytest
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.strongswan.charon import charon_available
 
-from support.paths import REPO
+from support.labs import capture, cli, lab_up, pings, unique
 
 pytestmark = pytest.mark.root
 
@@ -85,34 +81,14 @@ vpn:
 """
 
 
-def cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "ipsecemu", *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=REPO)
-    if check and res.returncode != 0:
-        raise AssertionError(f"ipsecemu {' '.join(args)}: rc {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def pings(lab: str, src: str, dst: str, n: int = 4) -> int:
-    out = subprocess.run(["ip", "netns", "exec", f"{lab}-{src}", "ping", "-n", "-c", str(n), "-i", "0.2",
-                          "-W", "1", dst], capture_output=True, text=True, timeout=30).stdout
-    return len(re.findall(r"time=", out))
-
-
 @pytest.fixture(params=["ipsecemu", "strongswan"])
 def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     kind = request.param
     if kind == "strongswan" and charon_available() is not None:
         pytest.skip(str(charon_available()))
-    name = f"resp-{kind[:2]}-{uuid.uuid4().hex[:5]}"
-    f = tmp_path / "lab.yaml"
-    f.write_text(LAB.format(name=name, gwc_kind=kind))
-    res = cli("lab", "up", str(f), check=False)
-    try:
-        assert res.returncode == 0, f"lab up failed:\n{res.stdout}\n{res.stderr}"
-        yield name
-    finally:
-        cli("lab", "down", name, check=False)
+    name = unique(f"resp-{kind[:2]}", 5)
+    with lab_up(tmp_path, LAB.format(name=name, gwc_kind=kind), name) as up:
+        yield up
 
 
 def test_one_responder_serves_two_initiators(lab: str, tmp_path: Path) -> None:
@@ -121,13 +97,9 @@ def test_one_responder_serves_two_initiators(lab: str, tmp_path: Path) -> None:
     print("\ngwa tunnels:", gwa)
     assert gwa == [("gwb-gwa", "ESTABLISHED"), ("gwc-gwa", "ESTABLISHED")]
     pcap = tmp_path / "wan.pcap"
-    cap = subprocess.Popen([sys.executable, "-m", "ipsecemu", "lab", "capture", f"{lab}/gwa:wan", "-w", str(pcap),
-                            "--duration", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    assert cap.stderr is not None and "capturing on" in cap.stderr.readline()
-    got = {src: pings(lab, src, "10.1.0.10") for src in ("right1", "right2")}
-    got["left->right2"] = pings(lab, "left", "10.3.0.10")
-    cap.communicate(timeout=30)
-    assert cap.returncode == 0
+    with capture(lab, "gwa:wan", pcap, 4):
+        got = {src: pings(lab, src, "10.1.0.10", 4) for src in ("right1", "right2")}
+        got["left->right2"] = pings(lab, "left", "10.3.0.10", 4)
     print("echo replies:", got)
     assert got == {"right1": 4, "right2": 4, "left->right2": 4}
     flows = pcap_flows(pcap)
