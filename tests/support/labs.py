@@ -14,6 +14,56 @@ from pathlib import Path
 
 from support.paths import REPO
 
+# Three gateways around a router, a host behind each (drills, two responders); a format string with
+# {name}, {gwa_extra} (more lines under gwa, e.g. "    sku: VpnGw1\n") and {gwc_kind}; the caller
+# appends its own vpn: section (gwa 192.0.2.1, gwb 192.0.2.6, gwc 192.0.2.10; lans 10.1/2/3.0.0/24).
+#
+#   left ── gwa ══wan══ r ══ gwb ── right1
+#                         ╚══ gwc ── right2
+STAR = """\
+name: {name}
+nodes:
+  left:
+    kind: host
+    addresses: {{eth0: 10.1.0.10/24}}
+    routes: [{{dst: default, via: 10.1.0.1}}]
+  gwa:
+    kind: ipsecemu
+{gwa_extra}    addresses: {{lan: 10.1.0.1/24, wan: 192.0.2.1/30}}
+    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.2}}]
+  r:
+    kind: router
+    addresses: {{a: 192.0.2.2/30, b: 192.0.2.5/30, c: 192.0.2.9/30}}
+  gwb:
+    kind: ipsecemu
+    addresses: {{wan: 192.0.2.6/30, lan: 10.2.0.1/24}}
+    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.5}}]
+  gwc:
+    kind: {gwc_kind}
+    addresses: {{wan: 192.0.2.10/30, lan: 10.3.0.1/24}}
+    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.9}}]
+  right1:
+    kind: host
+    addresses: {{eth0: 10.2.0.10/24}}
+    routes: [{{dst: default, via: 10.2.0.1}}]
+  right2:
+    kind: host
+    addresses: {{eth0: 10.3.0.10/24}}
+    routes: [{{dst: default, via: 10.3.0.1}}]
+links:
+  - endpoints: [left:eth0, gwa:lan]
+  - endpoints: [gwa:wan, r:a]
+  - endpoints: [r:b, gwb:wan]
+  - endpoints: [r:c, gwc:wan]
+  - endpoints: [gwb:lan, right1:eth0]
+  - endpoints: [gwc:lan, right2:eth0]
+"""
+
+
+def star_lab(name: str, vpn: str, gwa_extra: str = "", gwc_kind: str = "ipsecemu") -> str:
+    """The STAR topology named ``name`` with ``vpn`` (the text of its top-level vpn: section)."""
+    return STAR.format(name=name, gwa_extra=gwa_extra, gwc_kind=gwc_kind) + vpn
+
 
 def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``ipsecemu ARGS``; with ``check``, a non-zero exit fails the test with both outputs."""

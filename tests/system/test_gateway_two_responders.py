@@ -19,53 +19,17 @@ import pytest
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.strongswan.charon import charon_available
 
-from support.labs import capture, cli, lab_up, pings, unique
+from support.labs import capture, cli, lab_up, pings, star_lab, unique
 
 pytestmark = pytest.mark.root
 
-LAB = """
-name: {name}
-nodes:
-  left:
-    kind: host
-    addresses: {{eth0: 10.1.0.10/24}}
-    routes: [{{dst: default, via: 10.1.0.1}}]
-  gwa:
-    kind: ipsecemu
-    addresses: {{lan: 10.1.0.1/24, wan: 192.0.2.1/30}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.2}}]
-  r:
-    kind: router
-    addresses: {{a: 192.0.2.2/30, b: 192.0.2.5/30, c: 192.0.2.9/30}}
-  gwb:
-    kind: ipsecemu
-    addresses: {{wan: 192.0.2.6/30, lan: 10.2.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.5}}]
-  gwc:
-    kind: {gwc_kind}
-    addresses: {{wan: 192.0.2.10/30, lan: 10.3.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.9}}]
-  right1:
-    kind: host
-    addresses: {{eth0: 10.2.0.10/24}}
-    routes: [{{dst: default, via: 10.2.0.1}}]
-  right2:
-    kind: host
-    addresses: {{eth0: 10.3.0.10/24}}
-    routes: [{{dst: default, via: 10.3.0.1}}]
-links:
-  - endpoints: [left:eth0, gwa:lan]
-  - endpoints: [gwa:wan, r:a]
-  - endpoints: [r:b, gwb:wan]
-  - endpoints: [r:c, gwc:wan]
-  - endpoints: [gwb:lan, right1:eth0]
-  - endpoints: [gwc:lan, right2:eth0]
+VPN = """\
 vpn:
   connections:
     - name: gwb-gwa
       nodes: [gwb, gwa]
       addresses: [192.0.2.6, 192.0.2.1]
-      routes: {{gwb: [10.1.0.0/24], gwa: [10.2.0.0/24]}}
+      routes: {gwb: [10.1.0.0/24], gwa: [10.2.0.0/24]}
       config:
         psk: resp-lab-only-psk-b
         ike_proposals: aes128gcm16-prfsha256-ecp256
@@ -73,7 +37,7 @@ vpn:
     - name: gwc-gwa
       nodes: [gwc, gwa]
       addresses: [192.0.2.10, 192.0.2.1]
-      routes: {{gwc: [10.1.0.0/24], gwa: [10.3.0.0/24]}}
+      routes: {gwc: [10.1.0.0/24], gwa: [10.3.0.0/24]}
       config:
         psk: resp-lab-only-psk-c
         ike_proposals: aes128gcm16-prfsha256-ecp256
@@ -87,7 +51,7 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if kind == "strongswan" and charon_available() is not None:
         pytest.skip(str(charon_available()))
     name = unique(f"resp-{kind[:2]}", 5)
-    with lab_up(tmp_path, LAB.format(name=name, gwc_kind=kind), name) as up:
+    with lab_up(tmp_path, star_lab(name, VPN, gwc_kind=kind), name) as up:
         yield up
 
 

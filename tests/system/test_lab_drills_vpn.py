@@ -21,63 +21,26 @@ from contextlib import ExitStack
 
 import pytest
 
-from support.labs import cli, iperf3_server, lab_up, ping_within, pings, unique
+from support.labs import cli, iperf3_server, lab_up, ping_within, pings, star_lab, unique
 
 pytestmark = pytest.mark.root
 
-LAB = """
-name: {name}
-nodes:
-  left:
-    kind: host
-    addresses: {{eth0: 10.1.0.10/24}}
-    routes: [{{dst: default, via: 10.1.0.1}}]
-  gwa:
-    kind: ipsecemu
-    sku: {sku}
-    addresses: {{lan: 10.1.0.1/24, wan: 192.0.2.1/30}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.2}}]
-  r:
-    kind: router
-    addresses: {{a: 192.0.2.2/30, b: 192.0.2.5/30, c: 192.0.2.9/30}}
-  gwb:
-    kind: ipsecemu
-    addresses: {{wan: 192.0.2.6/30, lan: 10.2.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.5}}]
-  gwc:
-    kind: ipsecemu
-    addresses: {{wan: 192.0.2.10/30, lan: 10.3.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.9}}]
-  right1:
-    kind: host
-    addresses: {{eth0: 10.2.0.10/24}}
-    routes: [{{dst: default, via: 10.2.0.1}}]
-  right2:
-    kind: host
-    addresses: {{eth0: 10.3.0.10/24}}
-    routes: [{{dst: default, via: 10.3.0.1}}]
-links:
-  - endpoints: [left:eth0, gwa:lan]
-  - endpoints: [gwa:wan, r:a]
-  - endpoints: [r:b, gwb:wan]
-  - endpoints: [r:c, gwc:wan]
-  - endpoints: [gwb:lan, right1:eth0]
-  - endpoints: [gwc:lan, right2:eth0]
+VPN = """\
 vpn:
   connections:
     - name: gwa-gwb
       nodes: [gwa, gwb]
       addresses: [192.0.2.1, 192.0.2.6]
-      routes: {{gwa: [10.2.0.0/24], gwb: [10.1.0.0/24]}}
+      routes: {gwa: [10.2.0.0/24], gwb: [10.1.0.0/24]}
       config: &c
         psk: drills-lab-only-psk
         ike_proposals: aes128gcm16-prfsha256-ecp256
         esp_proposals: aes128gcm16
-        dpd: {{interval: 2, timeout: 10}}
+        dpd: {interval: 2, timeout: 10}
     - name: gwa-gwc
       nodes: [gwa, gwc]
       addresses: [192.0.2.1, 192.0.2.10]
-      routes: {{gwa: [10.3.0.0/24], gwc: [10.1.0.0/24]}}
+      routes: {gwa: [10.3.0.0/24], gwc: [10.1.0.0/24]}
       config: *c
 """
 
@@ -85,7 +48,8 @@ vpn:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = unique("drills")
-    with lab_up(tmp_path_factory.mktemp("drills"), LAB.format(name=name, sku="VpnGw1"), name) as up:
+    text = star_lab(name, VPN, gwa_extra="    sku: VpnGw1\n")
+    with lab_up(tmp_path_factory.mktemp("drills"), text, name) as up:
         yield up
 
 
