@@ -47,6 +47,7 @@ from ipsecemu.config.connection_dump import summary as conn_summary
 from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.fields import ConnectionConfigError
 from ipsecemu.config.kit import ConfigFileError, read_text
+from ipsecemu.config.rundir import run_dir
 
 __all__ = ["GatewayConfig", "GatewayConnection", "TunnelConfig", "load", "loads", "summary", "ConnectionConfigError"]
 
@@ -142,7 +143,7 @@ def parse(data: object, *, source: str = "<string>", lines: dict[Any, int] | Non
             raise ctx.error((what,), f"must be a plain name, got {val!r}")
     if state_dir is None:
         state_dir = fields._str(ctx, ("state_dir",), top["state_dir"]) if "state_dir" in top else \
-            os.path.join("/run/ipsecemu", lab or "default", node)
+            os.path.join(run_dir(), lab or "default", node)
 
     addrs_raw = top.get("local_addresses", [])
     if isinstance(addrs_raw, str):

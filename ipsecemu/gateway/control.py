@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import ServiceError
+from ipsecemu.config.rundir import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class ControlError(ServiceError):
 
 
 def socket_path(lab: str, node: str) -> Path:
-    return Path("/run/ipsecemu") / lab / node / "control.sock"
+    """A lab gateway's socket: under its default state dir (config.gateway), so IPSECEMU_RUN_DIR moves both."""
+    return run_dir() / lab / node / "control.sock"
 
 
 class ControlServer:

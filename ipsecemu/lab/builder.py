@@ -37,7 +37,7 @@ from . import services
 from .errors import BuildError, LabKept
 from .plan import LabPlan, compile_plan
 from .plan.model import Tap, Veth
-from .state import LabState, LabStateError, keep_failed_logs
+from .state import LabState, LabStateError, failed_note, keep_failed_logs
 from .topology import Route, Rule, Topology
 
 Say = Callable[[str], None]
@@ -162,6 +162,7 @@ class Builder:
                 msg = msg.replace(str(self.state.dir), str(kept))
             else:
                 msg += f" (logs kept in {kept})"
+            msg += f"; {failed_note(kept)}"
         return msg
 
     # ------------------------------------------------------------ steps

@@ -44,6 +44,7 @@ def check_text(text: str, file: str = "<string>") -> Topology:
     topo = validate(doc)
     try:
         _check_vpn(topo, doc)
+        _check_tun_names(topo, doc)
         _check_macsec(topo, doc)
         if topo.audit is not None:
             check_audit(doc, topo.audit, *_audit_refs(topo))
@@ -94,6 +95,28 @@ def _check_vpn(topo: Topology, doc: Doc) -> None:
                            source=f"gateway config of node '{nd.name}'")
         except ConfigError as exc:
             raise _located(doc, ("nodes", nd.name), exc) from None
+
+
+def _check_tun_names(topo: Topology, doc: Doc) -> None:
+    """No link or segment interface may take the name of a tun `lab up` creates on the same node
+    (the gateway would refuse to start, or charon's libipsec would fail, long after the check)."""
+    tuns: dict[tuple[str, str], str] = {}  # (node, dev) -> the first connection using it
+    for c in topo.vpn:
+        for node in c.nodes:
+            tuns.setdefault((node, planvpn.tunnel_name(topo, node, c)), c.name)
+    ends: list[tuple[FieldPath, Any]] = [(("links", i, "endpoints", j), ep)
+                                        for i, lk in enumerate(topo.links) for j, ep in enumerate((lk.a, lk.b))]
+    ends += [(("segments", i, "members", j), ep) for i, s in enumerate(topo.segments) for j, ep in enumerate(s.members)]
+    for path, ep in ends:
+        conn = tuns.get((ep.node, ep.iface))
+        if conn is None:
+            continue
+        if topo.node(ep.node).kind == "strongswan":
+            what = f"charon's tun for all its SAs (kernel-libipsec), used by VPN connection '{conn}'"
+        else:
+            what = f"the tun of VPN connection '{conn}'"
+        raise doc.error(path, f"interface '{ep}' has the name of {what} on node '{ep.node}'; "
+                              f"rename the interface")
 
 
 def _check_macsec(topo: Topology, doc: Doc) -> None:

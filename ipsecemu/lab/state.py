@@ -18,21 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import LabError
+from ipsecemu.config.rundir import run_dir
 from ipsecemu.net.proc import pid_alive, proc_start_time
 
-__all__ = ["LabState", "LabStateError", "builder_died", "default_lab", "failed_dir", "keep_failed_logs",
-           "list_labs", "pid_alive", "proc_start_time", "run_dir", "set_default_lab"]
+__all__ = ["KEEP_FAILED", "LabState", "LabStateError", "builder_died", "default_lab", "failed_dir", "failed_note",
+           "keep_failed_logs", "list_labs", "pid_alive", "proc_start_time", "prune_failed", "run_dir",
+           "set_default_lab"]
 
 STATE_FILE = "state.json"
 DEFAULT_LAB_FILE = "default-lab"  # under run_dir(): the lab `make lab` built (commands without a lab name)
 # A charon's instance dirs.  Not under /run: charon runs with its own dir bind-mounted over /run
 # (its pid file path is compiled in), which would hide a dir below /run from it.
 CHARON_BASE = Path("/tmp/ipsecemu-charon")
-
-
-def run_dir() -> Path:
-    """Root of all lab state; IPSECEMU_RUN_DIR overrides it (kept for odd hosts)."""
-    return Path(os.environ.get("IPSECEMU_RUN_DIR", "/run/ipsecemu"))
 
 
 class LabStateError(LabError):
@@ -206,6 +203,9 @@ def default_lab(base: Path | None = None) -> str | None:
 # ---------------------------------------------------------------- failed labs
 
 
+KEEP_FAILED = 10  # copies in .failed/: enough to compare a few attempts, bounded on a long-lived host
+
+
 def failed_dir(base: Path | None = None) -> Path:
     """Where the logs of failed `lab up`s are kept (the rollback removes the lab's own dir)."""
     return (base or run_dir()) / ".failed"
@@ -251,4 +251,29 @@ def keep_failed_logs(state: LabState) -> Path | None:
             shutil.rmtree(dest, ignore_errors=True)
         return None
     os.chmod(dest, 0o700)  # gateway.yaml holds the PSK
+    prune_failed(dest.parent, keep=dest)
     return dest
+
+
+def prune_failed(where: Path, keep: Path | None = None, n: int = KEEP_FAILED) -> list[Path]:
+    """Remove all but the newest ``n`` copies in ``where`` (a .failed dir), never ``keep``; returns
+    what went.  Oldest by modification time: names start with the lab, not the time."""
+    try:
+        copies = [p for p in where.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+    def age(p: Path) -> tuple[float, str]:
+        try:
+            return (p.stat().st_mtime, p.name)
+        except OSError:  # removed meanwhile by another failing `lab up`
+            return (0.0, p.name)
+    copies.sort(key=age, reverse=True)
+    gone = [p for p in copies[n:] if p != keep]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+def failed_note(kept: Path) -> str:
+    """Said wherever a kept copy is named: that it will not stay forever."""
+    return f"{kept.parent} keeps the logs of the last {KEEP_FAILED} failed 'lab up's"

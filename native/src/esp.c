@@ -537,14 +537,20 @@ static uint8_t decap_one(ie_esp_table *t, ie_pkt *p)
     return IE_OK;
 }
 
+/* The out fields of one decap: a packet dropped early must not carry a previous batch's values. */
+static inline void decap_reset(ie_pkt *p)
+{
+    p->flags = 0;
+    p->seq = 0;
+    p->spi = 0;
+    p->next_header = 0;
+}
+
 void ie_esp_decap(ie_esp_table *t, ie_pkt *pkts, size_t n, uint8_t *verdicts)
 {
     size_t i;
     for (i = 0; i < n; i++) {
-        pkts[i].flags = 0;
-        pkts[i].seq = 0;
-        pkts[i].spi = 0;
-        pkts[i].next_header = 0;
+        decap_reset(&pkts[i]);
         verdicts[i] = decap_one(t, &pkts[i]);
     }
 }
@@ -647,10 +653,7 @@ void ie_esp_decap_transport(ie_esp_table *t, ie_pkt *pkts, size_t n, uint8_t *ve
 {
     size_t i;
     for (i = 0; i < n; i++) {
-        pkts[i].flags = 0;
-        pkts[i].seq = 0;
-        pkts[i].spi = 0;
-        pkts[i].next_header = 0;
+        decap_reset(&pkts[i]);
         verdicts[i] = decap_transport_one(t, &pkts[i]);
     }
 }

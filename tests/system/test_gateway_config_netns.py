@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from ipsecemu.lab.netns import Netns, entered
 
 from support.gateway_config import GOOD, run_in
+from support.nonroot import closed_dirs, non_root_prefix
 
 
 @pytest.mark.root
@@ -41,16 +40,15 @@ def test_run_refuses_missing_address_busy_port_and_taken_tun_name(unique_name: s
 
 
 @pytest.mark.root
-def test_run_needs_root() -> None:
-    # pytest's tmp_path is root-only; nobody must be able to read the config to get to the check
-    d = Path(tempfile.mkdtemp(prefix="ipsecemu-gw-"))
-    try:
-        d.chmod(0o755)
-        cfg = d / "gw.yaml"
-        cfg.write_text(GOOD.replace("lab: demo", f"state_dir: {d / 'st'}"))
-        cfg.chmod(0o644)
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                            "ipsecemu", "gateway", "run", str(cfg)], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 5 and "needs root" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def test_run_needs_root(tmp_path: Path) -> None:
+    # tmp_path sits in a 0700 dir of root, like a checkout cloned into `mktemp -d`: support.nonroot lets
+    # nobody through such dirs (and only through them), so this also proves that helper
+    assert closed_dirs(tmp_path)
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(GOOD.replace("lab: demo", f"state_dir: {tmp_path / 'st'}"))
+    cfg.chmod(0o644)
+    r = subprocess.run([*non_root_prefix(cfg), sys.executable, "-m", "ipsecemu", "gateway", "run", str(cfg)],
+                       capture_output=True, text=True, timeout=30, cwd="/")
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "needs root" in r.stderr, r.stderr  # one line
+    assert not (tmp_path / "st").exists()

@@ -11,10 +11,6 @@ accept any identity, so gwc was handed gwa's connection to gwb.  Variant: gwc is
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,53 +19,17 @@ import pytest
 from ipsecemu.lab.capture import pcap_flows
 from ipsecemu.strongswan.charon import charon_available
 
-from support.paths import REPO
+from support.labs import capture, cli, lab_up, pings, star_lab, unique
 
 pytestmark = pytest.mark.root
 
-LAB = """
-name: {name}
-nodes:
-  left:
-    kind: host
-    addresses: {{eth0: 10.1.0.10/24}}
-    routes: [{{dst: default, via: 10.1.0.1}}]
-  gwa:
-    kind: ipsecemu
-    addresses: {{lan: 10.1.0.1/24, wan: 192.0.2.1/30}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.2}}]
-  r:
-    kind: router
-    addresses: {{a: 192.0.2.2/30, b: 192.0.2.5/30, c: 192.0.2.9/30}}
-  gwb:
-    kind: ipsecemu
-    addresses: {{wan: 192.0.2.6/30, lan: 10.2.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.5}}]
-  gwc:
-    kind: {gwc_kind}
-    addresses: {{wan: 192.0.2.10/30, lan: 10.3.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.9}}]
-  right1:
-    kind: host
-    addresses: {{eth0: 10.2.0.10/24}}
-    routes: [{{dst: default, via: 10.2.0.1}}]
-  right2:
-    kind: host
-    addresses: {{eth0: 10.3.0.10/24}}
-    routes: [{{dst: default, via: 10.3.0.1}}]
-links:
-  - endpoints: [left:eth0, gwa:lan]
-  - endpoints: [gwa:wan, r:a]
-  - endpoints: [r:b, gwb:wan]
-  - endpoints: [r:c, gwc:wan]
-  - endpoints: [gwb:lan, right1:eth0]
-  - endpoints: [gwc:lan, right2:eth0]
+VPN = """\
 vpn:
   connections:
     - name: gwb-gwa
       nodes: [gwb, gwa]
       addresses: [192.0.2.6, 192.0.2.1]
-      routes: {{gwb: [10.1.0.0/24], gwa: [10.2.0.0/24]}}
+      routes: {gwb: [10.1.0.0/24], gwa: [10.2.0.0/24]}
       config:
         psk: resp-lab-only-psk-b
         ike_proposals: aes128gcm16-prfsha256-ecp256
@@ -77,7 +37,7 @@ vpn:
     - name: gwc-gwa
       nodes: [gwc, gwa]
       addresses: [192.0.2.10, 192.0.2.1]
-      routes: {{gwc: [10.1.0.0/24], gwa: [10.3.0.0/24]}}
+      routes: {gwc: [10.1.0.0/24], gwa: [10.3.0.0/24]}
       config:
         psk: resp-lab-only-psk-c
         ike_proposals: aes128gcm16-prfsha256-ecp256
@@ -85,34 +45,14 @@ vpn:
 """
 
 
-def cli(*args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "ipsecemu", *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=REPO)
-    if check and res.returncode != 0:
-        raise AssertionError(f"ipsecemu {' '.join(args)}: rc {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def pings(lab: str, src: str, dst: str, n: int = 4) -> int:
-    out = subprocess.run(["ip", "netns", "exec", f"{lab}-{src}", "ping", "-n", "-c", str(n), "-i", "0.2",
-                          "-W", "1", dst], capture_output=True, text=True, timeout=30).stdout
-    return len(re.findall(r"time=", out))
-
-
 @pytest.fixture(params=["ipsecemu", "strongswan"])
 def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     kind = request.param
     if kind == "strongswan" and charon_available() is not None:
         pytest.skip(str(charon_available()))
-    name = f"resp-{kind[:2]}-{uuid.uuid4().hex[:5]}"
-    f = tmp_path / "lab.yaml"
-    f.write_text(LAB.format(name=name, gwc_kind=kind))
-    res = cli("lab", "up", str(f), check=False)
-    try:
-        assert res.returncode == 0, f"lab up failed:\n{res.stdout}\n{res.stderr}"
-        yield name
-    finally:
-        cli("lab", "down", name, check=False)
+    name = unique(f"resp-{kind[:2]}", 5)
+    with lab_up(tmp_path, star_lab(name, VPN, gwc_kind=kind), name) as up:
+        yield up
 
 
 def test_one_responder_serves_two_initiators(lab: str, tmp_path: Path) -> None:
@@ -121,13 +61,9 @@ def test_one_responder_serves_two_initiators(lab: str, tmp_path: Path) -> None:
     print("\ngwa tunnels:", gwa)
     assert gwa == [("gwb-gwa", "ESTABLISHED"), ("gwc-gwa", "ESTABLISHED")]
     pcap = tmp_path / "wan.pcap"
-    cap = subprocess.Popen([sys.executable, "-m", "ipsecemu", "lab", "capture", f"{lab}/gwa:wan", "-w", str(pcap),
-                            "--duration", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    assert cap.stderr is not None and "capturing on" in cap.stderr.readline()
-    got = {src: pings(lab, src, "10.1.0.10") for src in ("right1", "right2")}
-    got["left->right2"] = pings(lab, "left", "10.3.0.10")
-    cap.communicate(timeout=30)
-    assert cap.returncode == 0
+    with capture(lab, "gwa:wan", pcap, 4):
+        got = {src: pings(lab, src, "10.1.0.10", 4) for src in ("right1", "right2")}
+        got["left->right2"] = pings(lab, "left", "10.3.0.10", 4)
     print("echo replies:", got)
     assert got == {"right1": 4, "right2": 4, "left->right2": 4}
     flows = pcap_flows(pcap)

@@ -5,13 +5,11 @@ back (time printed)."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
+
+from support.labs import cli, lab_up, ping_within, pings, unique
 
 pytestmark = pytest.mark.root
 
@@ -51,44 +49,20 @@ vpn:
 """
 
 
-def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "ipsecemu", *args], capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"ipsecemu {' '.join(args)}: rc {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"drillc-{uuid.uuid4().hex[:6]}"
-    f = tmp_path_factory.mktemp("drillc") / "lab.yaml"
-    f.write_text(LAB.format(name=name))
-    cli("lab", "up", str(f), timeout=180)
-    try:
-        yield name
-    finally:
-        cli("lab", "down", name, check=False)
-
-
-def ping_ok(lab: str) -> bool:
-    out = subprocess.run(["ip", "netns", "exec", f"{lab}-left", "ping", "-n", "-c", "1", "-W", "1", "10.2.0.10"],
-                         capture_output=True, text=True, timeout=10).stdout
-    return "time=" in out
+    name = unique("drillc")
+    with lab_up(tmp_path_factory.mktemp("drillc"), LAB.format(name=name), name) as up:
+        yield up
 
 
 def test_charon_restart_rejoins(lab: str) -> None:
-    assert ping_ok(lab)
+    assert pings(lab, "left", "10.2.0.10", 1) == 1
     out = cli("lab", "node", lab, "gws", "restart", "--wait", "60", timeout=120).stdout
     print("\n" + out)
     assert "stopped 1 daemon(s)" in out and "started charon" in out
     assert re.search(r"node gws: tunnels re-established [0-9.]+ s after the start", out), out
-    ok = False
-    for _ in range(20):
-        ok = ping_ok(lab)
-        if ok:
-            break
-        time.sleep(0.5)
-    assert ok
+    assert ping_within(lab, "left", "10.2.0.10")
     # a lossy underlay during the restart: IKE retransmits through 20 % loss each way
     cli("lab", "impair", lab, "gws:wan", "--loss", "20%")
     out = cli("lab", "node", lab, "gws", "restart", "--wait", "90", timeout=150).stdout

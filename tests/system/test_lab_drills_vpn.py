@@ -15,118 +15,54 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 
+from support.labs import cli, iperf3_server, lab_up, ping_within, pings, star_lab, unique
+
 pytestmark = pytest.mark.root
 
-LAB = """
-name: {name}
-nodes:
-  left:
-    kind: host
-    addresses: {{eth0: 10.1.0.10/24}}
-    routes: [{{dst: default, via: 10.1.0.1}}]
-  gwa:
-    kind: ipsecemu
-    sku: {sku}
-    addresses: {{lan: 10.1.0.1/24, wan: 192.0.2.1/30}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.2}}]
-  r:
-    kind: router
-    addresses: {{a: 192.0.2.2/30, b: 192.0.2.5/30, c: 192.0.2.9/30}}
-  gwb:
-    kind: ipsecemu
-    addresses: {{wan: 192.0.2.6/30, lan: 10.2.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.5}}]
-  gwc:
-    kind: ipsecemu
-    addresses: {{wan: 192.0.2.10/30, lan: 10.3.0.1/24}}
-    routes: [{{dst: 192.0.2.0/24, via: 192.0.2.9}}]
-  right1:
-    kind: host
-    addresses: {{eth0: 10.2.0.10/24}}
-    routes: [{{dst: default, via: 10.2.0.1}}]
-  right2:
-    kind: host
-    addresses: {{eth0: 10.3.0.10/24}}
-    routes: [{{dst: default, via: 10.3.0.1}}]
-links:
-  - endpoints: [left:eth0, gwa:lan]
-  - endpoints: [gwa:wan, r:a]
-  - endpoints: [r:b, gwb:wan]
-  - endpoints: [r:c, gwc:wan]
-  - endpoints: [gwb:lan, right1:eth0]
-  - endpoints: [gwc:lan, right2:eth0]
+VPN = """\
 vpn:
   connections:
     - name: gwa-gwb
       nodes: [gwa, gwb]
       addresses: [192.0.2.1, 192.0.2.6]
-      routes: {{gwa: [10.2.0.0/24], gwb: [10.1.0.0/24]}}
+      routes: {gwa: [10.2.0.0/24], gwb: [10.1.0.0/24]}
       config: &c
         psk: drills-lab-only-psk
         ike_proposals: aes128gcm16-prfsha256-ecp256
         esp_proposals: aes128gcm16
-        dpd: {{interval: 2, timeout: 10}}
+        dpd: {interval: 2, timeout: 10}
     - name: gwa-gwc
       nodes: [gwa, gwc]
       addresses: [192.0.2.1, 192.0.2.10]
-      routes: {{gwa: [10.3.0.0/24], gwc: [10.1.0.0/24]}}
+      routes: {gwa: [10.3.0.0/24], gwc: [10.1.0.0/24]}
       config: *c
 """
 
 
-def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "ipsecemu", *args], capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"ipsecemu {' '.join(args)}: rc {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"drills-{uuid.uuid4().hex[:6]}"
-    f = tmp_path_factory.mktemp("drills") / "lab.yaml"
-    f.write_text(LAB.format(name=name, sku="VpnGw1"))
-    out = cli("lab", "up", str(f), timeout=180)
-    print(out.stdout)
-    try:
-        yield name
-    finally:
-        cli("lab", "down", name, check=False)
-
-
-def ns(lab: str, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", f"{lab}-{node}", *argv], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def pings(lab: str, src: str, dst: str, n: int = 3) -> int:
-    out = ns(lab, src, "ping", "-n", "-c", str(n), "-i", "0.2", "-W", "1", dst).stdout
-    return len(re.findall(r"time=", out))
+    name = unique("drills")
+    text = star_lab(name, VPN, gwa_extra="    sku: VpnGw1\n")
+    with lab_up(tmp_path_factory.mktemp("drills"), text, name) as up:
+        yield up
 
 
 def _two_streams(lab: str, seconds: int = 5) -> list[float]:
     """iperf3 from right1 and right2 to left at once (two tunnels through gwa's uplink): Mbit/s each."""
-    servers = [subprocess.Popen(["ip", "netns", "exec", f"{lab}-left", "iperf3", "-s", "-1", "-p", str(p)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in (5301, 5302)]
-    try:
-        time.sleep(0.5)
+    with ExitStack() as servers:
+        for p in (5301, 5302):
+            servers.enter_context(iperf3_server(lab, "left", p))
         clients = [subprocess.Popen(["ip", "netns", "exec", f"{lab}-{src}", "iperf3", "-c", "10.1.0.10", "-p", str(p),
                                      "-t", str(seconds), "-O", "1", "-J"], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
                    for src, p in (("right1", 5301), ("right2", 5302))]
         results = [c.communicate(timeout=60)[0] for c in clients]
-    finally:
-        for s in servers:
-            if s.poll() is None:
-                s.terminate()
-            s.wait(timeout=10)
     return [json.loads(r)["end"]["sum_received"]["bits_per_second"] / 1e6 for r in results]
 
 
@@ -181,14 +117,8 @@ def test_gateway_restart_rejoins_and_time_is_printed(lab: str) -> None:
     m = re.search(r"tunnels re-established ([0-9.]+) s after the start", out)
     assert m, out
     assert "stopped 1 daemon(s)" in out and "started ipsecemu gateway" in out
-    for src in ("right1", "right2"):
-        ok = 0
-        for _ in range(20):  # the route agent puts the tunnel routes back within its poll interval
-            ok = pings(lab, src, "10.1.0.10", 1)
-            if ok:
-                break
-            time.sleep(0.5)
-        assert ok == 1, src
+    for src in ("right1", "right2"):  # the route agent puts the tunnel routes back within its poll interval
+        assert ping_within(lab, src, "10.1.0.10"), src
 
 
 def test_node_stop_then_start(lab: str) -> None:

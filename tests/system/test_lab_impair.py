@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from support.labs import cli, iperf3_server, lab_up, ns, unique
 
 pytestmark = pytest.mark.root
 
@@ -36,28 +35,11 @@ links:
 """
 
 
-def cli(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "ipsecemu", *args], capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"ipsecemu {' '.join(args)}: rc {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    name = f"impair-{uuid.uuid4().hex[:6]}"
-    f = tmp_path_factory.mktemp("impair") / "lab.yaml"
-    f.write_text(LAB.format(name=name))
-    cli("lab", "up", str(f))
-    try:
-        yield name
-    finally:
-        cli("lab", "down", name, check=False)
-
-
-def ns(lab: str, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", f"{lab}-{node}", *argv], capture_output=True, text=True,
-                          timeout=timeout)
+    name = unique("impair")
+    with lab_up(tmp_path_factory.mktemp("impair"), LAB.format(name=name), name, timeout=60) as up:
+        yield up
 
 
 def ping(lab: str, count: int, interval: float = 0.05, dst: str = "10.77.0.2") -> tuple[int, list[float]]:
@@ -138,15 +120,10 @@ def _counters(lab: str) -> dict[str, dict[str, int]]:
 def test_rate_limit_within_ten_percent_in_iperf3(lab: str, rate_mbit: int) -> None:
     cli("lab", "impair", lab, "h1:e0", "--clear")
     cli("lab", "impair", lab, "h1:e0", "--rate", f"{rate_mbit}mbit")
-    srv = subprocess.Popen(["ip", "netns", "exec", f"{lab}-h2", "iperf3", "-s", "-1", "-p", "5211"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    with iperf3_server(lab, "h2", 5211):
         res = ns(lab, "h1", "iperf3", "-c", "10.77.0.2", "-p", "5211", "-t", "4", "-O", "1", "-J", timeout=30)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr
         bps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]
-    finally:
-        srv.wait(timeout=10) if srv.poll() is not None else (srv.terminate(), srv.wait(timeout=10))
     c = _counters(lab)["h1:e0 -> h2:e0"]
     print(f"\nrate {rate_mbit} Mbit/s: iperf3 received {bps / 1e6:.1f} Mbit/s "
           f"({100 * (bps / 1e6 / rate_mbit - 1):+.1f} %), queue drops {c['queue']}")

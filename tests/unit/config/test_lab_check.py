@@ -94,3 +94,28 @@ def test_lab_up_runs_the_check_first(tmp_path: Path) -> None:
     assert res.exit_code != 0
     assert f"{f}:{line}: vpn.connections[0].config.ipsec_policy.dh_grup: unknown key" in res.output
     assert "building" not in res.output
+
+
+
+@pytest.mark.parametrize("lab_file,renames,end,tun", [
+    # gwa's tun for its one connection is vpn0: a link end named so used to pass the check
+    (LABS / "pair.yaml", [("      lan: [10.1.0.1/24]", "      vpn0: [10.1.0.1/24]")], "gwa:lan", "vpn0"),
+    # a strongSwan node's tun is kernel-libipsec's ipsec0
+    (LABS / "er-vwan-strongswan.yaml", [("      lan2: [10.0.2.1/24]", "      ipsec0: [10.0.2.1/24]")], "ce:lan2",
+     "ipsec0"),
+], ids=["ipsecemu", "strongswan"])
+def test_interface_named_like_a_generated_tun(tmp_path: Path, lab_file: Path, renames: list[tuple[str, str]],
+                                              end: str, tun: str) -> None:
+    text = lab_file.read_text()
+    line = _line_of(text, f'"{end}"')
+    node = end.split(":")[0]
+    for old, new in [*renames, (f'"{end}"', f'"{node}:{tun}"')]:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    f = tmp_path / "tunname.yaml"
+    f.write_text(text)
+    res = CliRunner().invoke(lab, ["check", str(f)])
+    assert res.exit_code == 2, res.output
+    assert f"{f}:{line}: links[" in res.output and f"interface '{node}:{tun}' has the name of" in res.output
+    assert "rename the interface" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -51,3 +51,16 @@ def test_backend_selection() -> None:
     assert backend("auto") is native
     for cls in ("EspOutbound", "EspInbound", "EspInboundTable", "MacsecTx", "MacsecRx"):
         assert hasattr(native, cls)
+
+
+@pytest.mark.parametrize("decap", ["ie_esp_decap", "ie_esp_decap_transport"])
+def test_decap_resets_out_fields_of_a_dropped_packet(decap: str) -> None:
+    # a reused descriptor with a previous packet's results; this one is too short to reach any SA
+    t = ffi.gc(lib.ie_esp_table_new(), lib.ie_esp_table_free)
+    buf = ffi.new("uint8_t[]", 64)
+    pkts, verdicts = ffi.new("ie_pkt[]", 1), ffi.new("uint8_t[]", 1)
+    pkts[0].buf, pkts[0].off, pkts[0].len, pkts[0].cap = buf, 0, 0, 64
+    pkts[0].flags, pkts[0].seq, pkts[0].spi, pkts[0].next_header = lib.IE_PKT_DELIVER, 77, 0x1234, 4
+    getattr(lib, decap)(t, pkts, 1, verdicts)
+    assert verdicts[0] == lib.IE_TOO_SHORT
+    assert (pkts[0].flags, pkts[0].seq, pkts[0].spi, pkts[0].next_header) == (0, 0, 0, 0)
