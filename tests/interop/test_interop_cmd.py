@@ -29,6 +29,8 @@ from ipsecemu.interop.matrix import (
 )
 from ipsecemu.strongswan.charon import charon_available
 
+from support.nonroot import non_root_prefix
+
 NO_CHARON = charon_available()
 
 
@@ -53,16 +55,8 @@ def our_charons() -> set[int]:
 
 
 def as_nobody() -> list[str]:
-    """argv prefix running a command as user nobody; skips when nobody cannot import ipsecemu
-    (e.g. a checkout under /root)."""
-    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    try:
-        r = subprocess.run([*argv, sys.executable, "-c", "import ipsecemu.cli"], capture_output=True, timeout=30)
-    except FileNotFoundError:
-        pytest.skip("setpriv not installed")
-    if r.returncode != 0:
-        pytest.skip("user nobody cannot read this checkout/venv")
-    return argv
+    """argv prefix running a command as user nobody, wherever this checkout was cloned."""
+    return non_root_prefix()
 
 
 # --------------------------------------------------------------------------- no root needed

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from ipsecemu.bench.lab import Cell, add_ratios, format_table, target, write_chart
 from ipsecemu.cli import cli
 
+from support.nonroot import non_root_prefix
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -23,16 +25,8 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def as_nobody() -> list[str]:
-    """argv prefix running a command as user nobody; skips when nobody cannot import ipsecemu
-    (e.g. a checkout under /root)."""
-    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    try:
-        r = subprocess.run([*argv, sys.executable, "-c", "import ipsecemu.cli"], capture_output=True, timeout=30)
-    except FileNotFoundError:
-        pytest.skip("setpriv not installed")
-    if r.returncode != 0:
-        pytest.skip("user nobody cannot read this checkout/venv")
-    return argv
+    """argv prefix running a command as user nobody, wherever this checkout was cloned."""
+    return non_root_prefix()
 
 
 @pytest.mark.parametrize("args,msg", [
