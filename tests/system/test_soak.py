@@ -75,7 +75,9 @@ def test_soak_rekeys_under_traffic_keep_rss_and_fds_flat(unique_name: str, tmp_p
         sent, got = pings.stop()
         ta, tb = tally(lab.a), tally(lab.b)
         print(f"\nsoak: {SECONDS:.0f} s, lifetimes {LIFE} s (rekeys every ~{REKEY:.0f} s), iperf3 -b {RATE}: "
-              f"{ta.child_rekeys} Child SA / {ta.ike_rekeys} IKE SA rekeys (a's log), pings lost {sent - got}/{sent}, "
+              f"{ta.child_rekeys} Child SA / {ta.ike_rekeys} IKE SA rekeys (a's log), collisions child "
+              f"{max(ta.child_collisions, tb.child_collisions)} IKE {max(ta.ike_collisions, tb.ike_collisions)}, "
+              f"pings lost {sent - got}/{sent}, "
               f"encap/decap drops a ({ta.encap_drop}, {ta.decap_drop}) b ({tb.encap_drop}, {tb.decap_drop})")
         bad = []
         for n in pids:
