@@ -61,7 +61,8 @@ class SaLifetime:
     """Hard limits (0 = none) plus when to rekey before them.
 
     Rekey (soft) time = ``seconds - rekey_margin - random(0..jitter)``; the data limits rekey at
-    ``100 - rekey_margin_percent`` % of ``kilobytes``/``packets``.
+    ``100 - rekey_margin_percent`` % of ``kilobytes``/``packets``, moved earlier by
+    :meth:`jittered_soft` (``jitter_percent``, strongSwan's rand_bytes/rand_packets).
     """
 
     seconds: int
@@ -70,10 +71,28 @@ class SaLifetime:
     rekey_margin: int = 0  # seconds
     jitter: int = 0  # seconds
     rekey_margin_percent: int = 10
+    jitter_percent: int = 5  # of the hard data limit: the random part of the soft data limit
 
     def rekey_seconds(self, random_fraction: float = 0.0) -> float:
         """When to start rekeying; ``random_fraction`` in [0, 1) comes from the caller's RNG."""
         return self.seconds - self.rekey_margin - self.jitter * random_fraction
+
+    def jittered_soft(self, soft: int, hard: int, random_fraction: float, first: bool = True,
+                      min_band: float = 0.0) -> int:
+        """A soft byte/packet limit (``soft`` of ``hard``, 0 = none) as one side installs it.
+
+        Both peers count the same bytes (our outbound is their inbound), so equal soft limits
+        fire on both sides at once and every rekey collides (RFC 7296 2.8.1: two CREATE_CHILD_SA,
+        one new SA deleted again).  The side that should rekey ``first`` (the initiator of the
+        connection) rekeys ``jitter_percent`` to twice that earlier, at random, like strongSwan's
+        ``rekey_bytes - random(0..rand_bytes)``; the other side keeps ``soft`` and only rekeys
+        when the initiator did not: a guard band of ``jitter_percent`` lies between the two.
+        ``min_band``: the bytes one rekey takes at the current rate (at line rate a few percent of
+        a small lifetime pass during a rekey); the initiator never goes below half of ``soft``."""
+        if not soft or not hard or not self.jitter_percent or not first:
+            return soft
+        band = max(hard * self.jitter_percent / 100, min_band)
+        return max(soft // 2, int(soft - band * (1.0 + random_fraction)))
 
     def to_dataplane(self) -> Lifetime:
         """Byte/packet limits for :class:`ipsecemu.base.satypes.EspSaConfig`."""
@@ -279,20 +298,29 @@ def _lifetime(ctx: _Ctx, path: Path_, v: object, default: SaLifetime) -> SaLifet
     if isinstance(v, int) and not isinstance(v, bool):
         v = {"seconds": v}
     d = _keyed(ctx, path, v, _canon("seconds", "kilobytes", "packets", "rekey_margin", "jitter",
-                                    "rekey_margin_percent", time="seconds", life_time="seconds",
-                                    bytes_kb="kilobytes", margin="rekey_margin", rand_time="jitter"))
+                                    "rekey_margin_percent", "jitter_percent", time="seconds", life_time="seconds",
+                                    bytes_kb="kilobytes", margin="rekey_margin", rand_time="jitter",
+                                    rand_percent="jitter_percent"))
     secs = _int(ctx, (*path, "seconds"), d.get("seconds", default.seconds), 1)
     scale = secs / default.seconds  # default margin/jitter keep their proportion
     margin = _int(ctx, (*path, "rekey_margin"), d.get("rekey_margin", int(default.rekey_margin * scale)), 0)
     jitter = _int(ctx, (*path, "jitter"), d.get("jitter", int(default.jitter * scale)), 0)
     if margin + jitter >= secs:
         raise ctx.error(path, f"rekey_margin + jitter ({margin} + {jitter}) must be below seconds ({secs})")
+    pct = _int(ctx, (*path, "rekey_margin_percent"), d.get("rekey_margin_percent", default.rekey_margin_percent), 0, 99)
+    # the default band shrinks for a margin near 100 %, which was valid before the band existed
+    jpct = _int(ctx, (*path, "jitter_percent"),
+                d.get("jitter_percent", min(default.jitter_percent, (99 - pct) // 2)), 0, 49)
+    if pct + 2 * jpct >= 100:
+        raise ctx.error((*path, "jitter_percent"), f"rekey_margin_percent + 2 x jitter_percent ({pct} + 2 x {jpct}) "
+                        "must be below 100 (the initiator rekeys up to 2 x jitter_percent before the margin)")
     return SaLifetime(
         secs,
         _int(ctx, (*path, "kilobytes"), d.get("kilobytes", default.kilobytes), 0),
         _int(ctx, (*path, "packets"), d.get("packets", default.packets), 0),
         margin, jitter,
-        _int(ctx, (*path, "rekey_margin_percent"), d.get("rekey_margin_percent", default.rekey_margin_percent), 0, 99),
+        pct,
+        jpct,
     )
 
 

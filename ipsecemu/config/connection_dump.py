@@ -61,11 +61,13 @@ def to_dict(conn: ConnectionConfig, *, include_secret: bool = False) -> dict[str
         lt = conn.child_lifetime
         d["child_lifetime"] = {"seconds": lt.seconds, "kilobytes": lt.kilobytes, "packets": lt.packets,
                                "rekey_margin": lt.rekey_margin, "jitter": lt.jitter,
-                               "rekey_margin_percent": lt.rekey_margin_percent}
+                               "rekey_margin_percent": lt.rekey_margin_percent,
+                               "jitter_percent": lt.jitter_percent}
     lt = conn.ike_lifetime
     d["ike_lifetime"] = {"seconds": lt.seconds, "kilobytes": lt.kilobytes, "packets": lt.packets,
                          "rekey_margin": lt.rekey_margin, "jitter": lt.jitter,
-                         "rekey_margin_percent": lt.rekey_margin_percent}
+                         "rekey_margin_percent": lt.rekey_margin_percent,
+                         "jitter_percent": lt.jitter_percent}
     d["local_ts"] = [t for ts in conn.local_ts for t in _ts_text(ts)]
     d["remote_ts"] = [t for ts in conn.remote_ts for t in _ts_text(ts)]
     d["mode"] = conn.mode

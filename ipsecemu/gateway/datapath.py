@@ -36,6 +36,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -267,23 +268,31 @@ class ConnectionDatapath:
     def _limits(self, keys: ChildSaKeys, now: float, cur: _Child | None) -> tuple[EspSaConfig, EspSaConfig]:
         """The SA configs as installed: the soft byte limit moved earlier when the SA this one
         replaces carried so much per second that the negotiated margin would not last a rekey
-        (REKEY_HEADROOM_S), and the inbound hard limit relaxed (INBOUND_HARD_SLACK)."""
+        (REKEY_HEADROOM_S), on the connection's initiator moved earlier at random so that the
+        peers do not rekey at once (SaLifetime.jittered_soft), and the inbound hard limit relaxed
+        (INBOUND_HARD_SLACK)."""
         rate = 0.0  # of the SA this one replaces (``cur``: its child's live SA)
         if cur is not None:
             cin, cout = self.counters(cur.inbound.spi)
             rate = max(cin.bytes, cout.bytes) / max(now - cur.installed, 0.01)
         out = []
+        # jitter (resil2): the initiator rekeys at random before the other side, which waits
+        life, first, r = self.gw.conn.child_lifetime, self.gw.conn.start_action == "initiate", random.random()
+        moved = False
         for cfg in (keys.inbound, keys.outbound):
             lt = cfg.lifetime
             soft = lt.soft_bytes
             if lt.hard_bytes and rate:
                 soft = max(1, min(soft or lt.hard_bytes, int(lt.hard_bytes - rate * REKEY_HEADROOM_S)))
+                moved = moved or soft != lt.soft_bytes
+            soft = life.jittered_soft(soft, lt.hard_bytes, r, first, rate * REKEY_HEADROOM_S)
+            soft_p = life.jittered_soft(lt.soft_packets, lt.hard_packets, r, first)
             hard_b, hard_p = lt.hard_bytes, lt.hard_packets
             if cfg is keys.inbound:
                 hard_b, hard_p = hard_b * INBOUND_HARD_SLACK, hard_p * INBOUND_HARD_SLACK
-            new = Lifetime(soft_bytes=soft, hard_bytes=hard_b, soft_packets=lt.soft_packets, hard_packets=hard_p)
+            new = Lifetime(soft_bytes=soft, hard_bytes=hard_b, soft_packets=soft_p, hard_packets=hard_p)
             out.append(cfg if new == lt else dataclasses.replace(cfg, lifetime=new))
-        if out[1].lifetime.soft_bytes != keys.outbound.lifetime.soft_bytes:
+        if moved:
             log.info("%s: SA %08x: soft limit at %d of %d bytes (%.1f MB/s)", self.gw.name, keys.inbound.spi,
                      out[1].lifetime.soft_bytes, keys.outbound.lifetime.hard_bytes, rate / 1e6)
         return out[0], out[1]

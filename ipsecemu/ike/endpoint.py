@@ -38,10 +38,10 @@ class IkeEndpoint:
         self.cookie_threshold = cookie_threshold
         self.max_half_open = max_half_open
         self._cookie_secret = self._rng(32)
-        self._sink = Sink()
+        self.counters: dict[str, int] = {}  # also the SAs' counts, as sa_<name> (Sink.totals)
+        self._sink = Sink(totals=self.counters)
         self.sas: dict[bytes, IkeSa] = {}  # our SPI -> SA
         self._half_open: dict[tuple[bytes, Addr], IkeSa] = {}  # (SPIi, peer) -> responder SA
-        self.counters: dict[str, int] = {}
         self.last_internal_error: Exception | None = None  # see receive_datagram
 
     # --- the five driving calls -------------------------------------------------------------------

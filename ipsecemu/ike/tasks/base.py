@@ -87,6 +87,9 @@ class Sink:
     out: list[tuple[bytes, Addr, Addr]] = field(default_factory=list)
     events: deque[Event] = field(default_factory=deque)
     new_sas: list[Any] = field(default_factory=list)  # IkeSa objects born from a rekey
+    # what the SAs counted, summed as "sa_<name>": it outlives each SA (a collision's counts are on
+    # the old SA, gone a round trip later); an IkeEndpoint passes its own counters here
+    totals: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -122,6 +122,8 @@ class SaCore:
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
+        key = "sa_" + what
+        self._sink.totals[key] = self._sink.totals.get(key, 0) + 1
 
     def _set_state(self, new: IkeState) -> None:
         if new != self.state:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ipsecemu.base.satypes import EspSaConfig
+from ipsecemu.config.connection import SaLifetime
 from ipsecemu.config.gateway import TunnelConfig
 from ipsecemu.dataplane import reference
 from ipsecemu.gateway import datapath as dpm
@@ -70,7 +71,8 @@ class Harness:
     instead of set, and the slow path's sends captured."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        gw: Any = types.SimpleNamespace(name="pair", tunnel=TunnelConfig("mct0"))
+        conn = types.SimpleNamespace(child_lifetime=SaLifetime(3600), start_action="initiate")
+        gw: Any = types.SimpleNamespace(name="pair", tunnel=TunnelConfig("mct0"), conn=conn)
         self.dp = ConnectionDatapath(gw, backend="reference")
         self.sent: list[bytes] = []
         self.tun_r, self.tun_w = os.pipe()
