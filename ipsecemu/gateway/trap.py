@@ -191,7 +191,10 @@ class Traps(GatewayState):
         if self.stopping or name in self.held or st.pending or gw is None or self.dps[name].current is not None:
             return
         # clear: no route brings packets any more, so try by ourselves; drop: when traffic waits
-        if gw.conn.trap_fallback == "clear" or st.waiting:
+        if gw.conn.trap_fallback == "clear" and not st.waiting:
+            st.trigger = None  # an old packet: the configured selectors only
+            self._trap_initiate(name)
+        elif st.waiting:
             self._trap_initiate(name)
 
     def trap_view(self, name: str) -> dict[str, object]:
@@ -205,7 +208,7 @@ class Traps(GatewayState):
                                 "negotiating": st.pending, "triggers": st.triggers, "failures": st.failures,
                                 "routes": "removed (clear)" if dp.trap_released else "installed"}
         if st.last_failure:
-            d["last-failure"] = st.last_failure
+            d["last_failure"] = st.last_failure
         if dp.trap is not None:
             d["queue"] = dp.trap.view()
         return d

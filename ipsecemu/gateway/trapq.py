@@ -59,5 +59,5 @@ class TrapQueue:
         return self._bytes
 
     def view(self) -> dict[str, int]:
-        return {"queued-now": len(self._q), "queued-bytes": self._bytes, "queued": self.queued,
+        return {"queued_now": len(self._q), "queued_bytes": self._bytes, "queued": self.queued,
                 "dropped": self.dropped, "flushed": self.flushed, "discarded": self.discarded}

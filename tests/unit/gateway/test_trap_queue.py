@@ -31,8 +31,8 @@ def test_discard_and_view_account_for_every_packet() -> None:
     q = TrapQueue(max_packets=3)
     for i in range(5):
         q.push(bytes([i]) * 100)
-    assert q.view() == {"queued-now": 3, "queued-bytes": 300, "queued": 5, "dropped": 2, "flushed": 0,
+    assert q.view() == {"queued_now": 3, "queued_bytes": 300, "queued": 5, "dropped": 2, "flushed": 0,
                         "discarded": 0}
     assert q.discard() == 3
     v = q.view()
-    assert v["queued"] == v["dropped"] + v["flushed"] + v["discarded"] + v["queued-now"]
+    assert v["queued"] == v["dropped"] + v["flushed"] + v["discarded"] + v["queued_now"]
