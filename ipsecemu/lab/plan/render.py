@@ -127,6 +127,7 @@ def _daemon_lines(d: Daemon, plan: LabPlan) -> list[str]:
     out += [f"      config {plan.lab_dir / f.path}{' (0600: secrets)' if f.secret else ''}" for f in d.files]
     if d.log:
         out.append(f"      log    {plan.lab_dir / d.log}")
+    out += [f"      {x}" for x in d.info.get("show", ())]  # kind-specific lines (host IPsec steering)
     if d.kind == FRR and plan.nodes:
         out.append(f"      vtysh  ipsecemu lab exec {plan.name}/{d.node} -- vtysh -c 'show bgp summary'")
     return out
