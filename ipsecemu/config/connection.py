@@ -117,11 +117,16 @@ class ConnectionConfig:
     dpd: Dpd = Dpd()
     nat_t: NatT = NatT()
     replay_window: int = 128
-    start_action: str = "initiate"  # "initiate" | "listen"
+    start_action: str = "initiate"  # "initiate" | "listen" | "trap" (on demand: the first packet initiates)
     azure_policy: AzurePolicy | None = None
     fragmentation: bool = True  # RFC 7383 IKE fragmentation offered/accepted
     fragment_size: int = 1280  # IP datagram size above which IKE messages are fragmented
     childless: str = "allow"  # RFC 6023, like strongSwan: never | allow | force
+    # start_action trap only: what the connection's traffic does while no Child SA exists.
+    # "drop" (a host policy's "require"): queued then dropped, never sent in clear, routes stay;
+    # "clear" ("request"): after trap_timeout seconds without an SA the routes go (clear traffic)
+    trap_fallback: str = "drop"
+    trap_timeout: int = 10  # seconds a triggered negotiation may take before the fallback
 
     @property
     def esn(self) -> bool:
@@ -301,7 +306,7 @@ _CONN_KEYS = _canon(
     "name", "local_address", "remote_address", "local_id", "remote_id", "auth", "psk",
     "ike_proposals", "esp_proposals", "ipsec_policy", "local_ts", "remote_ts", "mode", "ike_lifetime",
     "child_lifetime", "dpd", "esn", "nat_t", "replay_window", "start_action", "fragmentation", "fragment_size",
-    "childless",
+    "childless", "trap_fallback", "trap_timeout",
     local_addrs="local_address", remote_addrs="remote_address", local="local_address",
     remote="remote_address", ike="ike_proposals", esp="esp_proposals", proposals="ike_proposals",
     local_traffic_selectors="local_ts", remote_traffic_selectors="remote_ts", policy="ipsec_policy",
@@ -358,11 +363,13 @@ def parse_connection(data: Mapping[str, Any], name: str | None = None, *, _ctx: 
     if mode not in ("tunnel", "transport"):
         raise ctx.error(p("mode"), f"must be tunnel or transport, got {mode!r}")
     start = _str(ctx, p("start_action"), d.get("start_action", "initiate")).lower()
-    start = {"start": "initiate", "none": "listen", "trap": "initiate"}.get(start, start)
-    if start not in ("initiate", "listen"):
-        raise ctx.error(p("start_action"), f"must be initiate or listen, got {d['start_action']!r}")
-    if start == "initiate" and remote is None:
-        raise ctx.error(p("start_action"), "initiate needs a concrete remote_address (not %any); use listen")
+    # strongSwan's names: start = initiate, none = listen, trap (ipsec.conf auto=route) = on demand
+    start = {"start": "initiate", "none": "listen", "route": "trap"}.get(start, start)
+    if start not in START_ACTIONS:
+        raise ctx.error(p("start_action"), f"must be initiate, listen or trap, got {d['start_action']!r}")
+    if start != "listen" and remote is None:
+        raise ctx.error(p("start_action"), f"{start} needs a concrete remote_address (not %any); use listen")
+    fallback, trap_timeout = _trap(ctx, _path, d, start)
 
     child_default = ConnectionConfig.child_lifetime
     if policy is not None:
@@ -415,7 +422,26 @@ def parse_connection(data: Mapping[str, Any], name: str | None = None, *, _ctx: 
         fragmentation=_bool(ctx, p("fragmentation"), d.get("fragmentation", True)),
         fragment_size=_int(ctx, p("fragment_size"), d.get("fragment_size", 1280), 576, 65535),
         childless=_childless(ctx, p("childless"), d.get("childless", "allow")),
+        trap_fallback=fallback, trap_timeout=trap_timeout,
     )
+
+
+START_ACTIONS = ("initiate", "listen", "trap")
+TRAP_FALLBACKS = ("drop", "clear")
+# a host policy's action words are accepted too: require = drop, request = clear
+_FALLBACK_ALIASES = {"require": "drop", "request": "clear"}
+
+
+def _trap(ctx: _Ctx, path: Path_, d: Mapping[str, Any], start: str) -> tuple[str, int]:
+    """``trap_fallback``/``trap_timeout``: only meaningful for ``start_action: trap``."""
+    for key in ("trap_fallback", "trap_timeout"):
+        if key in d and start != "trap":
+            raise ctx.error((*path, key), f"only with start_action: trap (this connection is {start})")
+    fallback = _str(ctx, (*path, "trap_fallback"), d.get("trap_fallback", "drop")).lower()
+    fallback = _FALLBACK_ALIASES.get(fallback, fallback)
+    if fallback not in TRAP_FALLBACKS:
+        raise ctx.error((*path, "trap_fallback"), f"must be drop or clear, got {d['trap_fallback']!r}")
+    return fallback, _int(ctx, (*path, "trap_timeout"), d.get("trap_timeout", 10), 1, 3600)
 
 
 def _childless(ctx: _Ctx, path: Path_, v: object) -> str:

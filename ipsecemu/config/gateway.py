@@ -25,6 +25,12 @@ Layout::
           routes: [10.2.0.0/24]     # prefixes routed into the tunnel (default: the remote TS;
                                     # external: none, something else routes into the tun)
           mtu: 1400
+          table: 100                # optional routing table of those routes (1..2^31, default main);
+                                    # steer into it with ip rules (e.g. ipproto tcp dport 8080)
+        start_action: trap          # initiate | listen | trap: tun and routes at start, the first
+                                    # packet into the tun initiates (queued meanwhile, bounded)
+        trap_fallback: drop         # trap: drop (never clear) | clear (routes go after trap_timeout)
+        trap_timeout: 10            # trap: seconds a triggered negotiation may take
 
 Errors are :class:`~ipsecemu.config.connection.ConnectionConfigError` with ``file:line: field:``.
 """
@@ -63,6 +69,7 @@ class TunnelConfig:
     mtu: int = 1400
     # `routes: external`: install no routes; something else routes into the tun (a lab's route agent)
     external_routes: bool = False
+    table: int | None = None  # routing table of the routes (None: main)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,19 @@ class GatewayConfig:
 _TOP = fields._canon("node", "lab", "state_dir", "local_addresses", "datapath", "dpd", "connections", "sku",
                      local_address="local_addresses", local="local_addresses")
 _DATAPATH = fields._canon("encapsulation", "batch", encap="encapsulation")
-_TUNNEL = fields._canon("name", "address", "routes", "mtu")
+_TUNNEL = fields._canon("name", "address", "routes", "mtu", "table", routing_table="table")
+MAX_TABLE = 2 ** 31
+MAIN_TABLE, LOCAL_TABLE = 254, 255
+
+
+def _table(ctx: fields._Ctx, path: fields.Path_, v: object) -> int | None:
+    """``table: N`` (1..2^31) or ``main``; the kernel's local table (255) is refused."""
+    if isinstance(v, str) and v.strip().lower() == "main":
+        return None
+    n = fields._int(ctx, path, v, 1, MAX_TABLE)
+    if n == LOCAL_TABLE:
+        raise ctx.error(path, "255 is the kernel's local table; use another number (or main)")
+    return None if n == MAIN_TABLE else n
 
 
 def _tunnel(ctx: fields._Ctx, path: fields.Path_, v: object, conn_name: str, index: int) -> TunnelConfig:
@@ -126,7 +145,10 @@ def _tunnel(ctx: fields._Ctx, path: fields.Path_, v: object, conn_name: str, ind
         except ValueError:
             raise ctx.error((*path, "routes", i), f"not a prefix: {r!r}") from None
     mtu = fields._int(ctx, (*path, "mtu"), d.get("mtu", 1400), 576, 9000)
-    return TunnelConfig(name, addr, tuple(routes), mtu, external)
+    table = _table(ctx, (*path, "table"), d["table"]) if d.get("table") is not None else None
+    if external and table is not None:
+        raise ctx.error((*path, "table"), "routes: external installs no routes, so a table has no effect")
+    return TunnelConfig(name, addr, tuple(routes), mtu, external, table)
 
 
 def parse(data: object, *, source: str = "<string>", lines: dict[Any, int] | None = None,
@@ -235,5 +257,8 @@ def summary(cfg: GatewayConfig) -> str:
         t = c.tunnel
         routes = "external" if t.external_routes else (", ".join(str(r) for r in t.routes) or "remote traffic selectors")
         out.append(f"{c.name}: tunnel {t.name} mtu {t.mtu}" + (f" address {t.address}" if t.address else "") +
-                   f", routes {routes}, close_action {c.close_action}")
+                   f", routes {routes}" + (f" table {t.table}" if t.table else "") +
+                   f", close_action {c.close_action}" +
+                   (f", trap (fallback {c.conn.trap_fallback} after {c.conn.trap_timeout}s)"
+                    if c.conn.start_action == "trap" else ""))
     return "\n".join(out) + "\n"

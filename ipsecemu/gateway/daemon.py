@@ -145,6 +145,10 @@ class Gateway(Sockets, Timers, ControlOps):
         for c in self.cfg.connections:
             if c.conn.start_action == "initiate":
                 self.initiate(c.name)
+            elif c.conn.start_action == "trap":  # interim: the on-demand data path comes next
+                log.warning("%s: start_action trap: initiating at start (on-demand negotiation not built yet)",
+                            c.name)
+                self.initiate(c.name)
 
     # -- IKE events ------------------------------------------------------------------------
     def _sa_for(self, spi_i: bytes, spi_r: bytes) -> tuple[LocalAddress, IkeSa] | None:

@@ -308,7 +308,7 @@ def test_auth_forms_and_secret_never_in_repr(monkeypatch: pytest.MonkeyPatch) ->
         ({"remote_address": "2001:db8::1"}, "IPv6 peer but IPv4 local address"),
         ({"remote_address": "%any"}, "initiate needs a concrete remote_address"),
         ({"mode": "tunel"}, "mode: must be tunnel or transport"),
-        ({"start_action": "maybe"}, "start_action: must be initiate or listen"),
+        ({"start_action": "maybe"}, "start_action: must be initiate, listen or trap"),
         ({"replay_window": 5000}, "replay_window: must be in 0..4096"),
         ({"replay_window": "lots"}, "replay_window: must be an integer"),
         ({"ike_proposals": "aes256-sha1"}, "DH group"),
