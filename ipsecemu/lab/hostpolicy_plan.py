@@ -128,17 +128,20 @@ def own_address(node: Node, net: str) -> str | None:
 
 
 def directions(rule: PolicyRule, node: Node) -> tuple[list[Filter], list[Filter]]:
-    """(what ``node`` sends, what it receives) of ``rule``: the filter and, mirrored, its mirror
-    image, each oriented by which end holds one of the node's addresses."""
-    f, out, inn = rule.filter, [], []
-    if own_address(node, f.src):
-        out.append(f)
-        if f.mirrored:
-            inn.append(f.mirror())
-    if own_address(node, f.dst):
-        inn.append(f)
-        if f.mirrored:
-            out.append(f.mirror())
+    """(what ``node`` sends, what it receives) under ``rule``, each oriented by which end holds one
+    of the node's addresses.  Not mirrored: the filter's packets only.  Mirrored: a conversation to
+    the port is covered whichever side opens it, with its answers -- the filter, the filter with the
+    addresses swapped (the peer opens), and the mirror image (addresses and ports swapped) of each."""
+    f = rule.filter
+    swapped = Filter(f.dst, f.src, f.protocol, f.src_port, f.dst_port, f.mirrored)
+    every = [f] + ([f.mirror(), swapped, swapped.mirror()] if f.mirrored else [])
+    out: list[Filter] = []
+    inn: list[Filter] = []
+    for x in every:
+        if own_address(node, x.src) and x not in out:
+            out.append(x)
+        if own_address(node, x.dst) and x not in inn:
+            inn.append(x)
     return out, inn
 
 
@@ -175,7 +178,7 @@ def connections(topo: Topology, node: Node) -> list[HostConn]:
             k = len(out)
             out.append(HostConn(f"{rule.name}-{peer_name}", rule, peer_name, local, remote, tuple(lts), tuple(rts),
                                 TABLE_BASE + i, f"ips{k}",
-                                rule.negotiate_at_start and ipaddress.ip_address(local) < ipaddress.ip_address(remote)))
+                                rule.negotiate_at_start and ipaddress.IPv4Address(local) < ipaddress.IPv4Address(remote)))
     return out
 
 
@@ -268,10 +271,10 @@ def daemons(topo: Topology, lab_dir: Path, name: str) -> tuple[Daemon, ...]:
         out.append(Daemon(HOST_GATEWAY, name, argv, files, log=f"logs/{name}-host-ipsec.log" if conns else "",
                           info={"rules": tuple(rules), "routes": tuple(routes), "connections": len(conns),
                                 "show": tuple(show)}))
-    for port in node.http:
+    for k, port in enumerate(node.http):  # the page is written once, with the first server
+        page = (GeneratedFile(f"{name}/www/index.html", f"{name}\n"),) if k == 0 else ()
         out.append(Daemon(HTTP, name, (sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0",
-                                       "--directory", str(lab_dir / name / "www")),
-                          (GeneratedFile(f"{name}/www/index.html", f"{name}\n"),), log=f"logs/{name}-http{port}.log",
+                                       "--directory", str(lab_dir / name / "www")), page, log=f"logs/{name}-http{port}.log",
                           info={"port": port}))
     return tuple(out)
 

@@ -14,9 +14,11 @@ model in YAML -- filter list, filter action, security methods, authentication, m
           negotiate_at_start: false
           negotiation_timeout: 5           # request: seconds before falling back to clear
 
-The same policy can sit on every member host (a YAML anchor), as a Windows GPO does: a rule applies
-on a host whose address is in ``src`` (it sends the filter's packets) or, mirrored, in ``dst``
-(it sends the mirror image).  Shapes are checked here with ``file:line: field:`` errors; references
+``mirrored: true`` (the default) covers a conversation to the port whichever side opens it, both
+packet directions: on a host in ``src``, ``from src to dst dport 8080`` and ``sport 8080`` out, the
+same back in.  Not mirrored: only the filter's own packets.  The same policy can sit on every member
+host (a YAML anchor), as one GPO does: a rule applies where the host has an address in ``src`` or
+``dst``.  Shapes are checked here with ``file:line: field:`` errors; references
 to the rest of the lab (addresses, peers) in :func:`ipsecemu.lab.hostpolicy_plan.check`.  This
 module imports nothing of the lab package, so ``topology`` can import it without a cycle.
 """
