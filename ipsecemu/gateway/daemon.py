@@ -57,6 +57,7 @@ from .explain import FailureLog
 from .ops import ControlOps
 from .sockets import Sockets
 from .timers import TICK, Backoff, Timers
+from .trap import Traps, TrapState
 
 log = logging.getLogger("ipsecemu.gateway")
 
@@ -81,9 +82,9 @@ def sku_admitted(cfg: GatewayConfig) -> GatewayConfig:
     return dataclasses.replace(cfg, connections=cfg.connections[:limit])
 
 
-class Gateway(Sockets, Timers, ControlOps):
+class Gateway(Sockets, Timers, Traps, ControlOps):
     """One ``gateway run``: startup, IKE events into the data path, restarts and shutdown; sockets,
-    timers and control operations come from the mixins."""
+    timers, on-demand (trap) connections and control operations come from the mixins."""
 
 
     def __init__(self, cfg: GatewayConfig, *, backend: str = "auto") -> None:
@@ -107,6 +108,7 @@ class Gateway(Sockets, Timers, ControlOps):
         self._tasks: list[asyncio.Task[Any]] = []
         # keepalives: IKE SA (SPIi, SPIr) -> (last time anything went to its peer, ESP packets out then)
         self._ka: dict[tuple[bytes, bytes], tuple[float, int]] = {}
+        self.traps: dict[str, TrapState] = {}  # start_action trap connections (trap.py)
 
     # -- startup -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,12 +144,9 @@ class Gateway(Sockets, Timers, ControlOps):
             log.info("IKE listening on %s[%d,%d] for %s", addr, ike_port, nat_port,
                      ", ".join(c.name for c in conns))
         self._tasks.append(asyncio.create_task(self._tick()))
+        self._arm_traps()  # on demand: tun and routes now, IKE with the first packet
         for c in self.cfg.connections:
             if c.conn.start_action == "initiate":
-                self.initiate(c.name)
-            elif c.conn.start_action == "trap":  # interim: the on-demand data path comes next
-                log.warning("%s: start_action trap: initiating at start (on-demand negotiation not built yet)",
-                            c.name)
                 self.initiate(c.name)
 
     # -- IKE events ------------------------------------------------------------------------
@@ -166,6 +165,7 @@ class Gateway(Sockets, Timers, ControlOps):
         if isinstance(ev, IkeSaRekeyed) and conn is not None:
             self.ike_conn[ev.new_spi_i] = conn
         self.explain(ev)
+        self._trap_event(ev)
         if isinstance(ev, IkeSaRekeyed):
             # the new IKE SA is listed with its own proposal and age (the old one's entry goes with it)
             old = self.ike_info.get((ev.ike_spi_i, ev.ike_spi_r), {})

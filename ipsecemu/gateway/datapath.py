@@ -27,6 +27,15 @@ routes are the union of the live children's; a child's routes go only when no ot
 Transport-mode Child SAs (RFC 4303 §3.1.1) are framed as such on both paths: the IP header of a
 packet from the tun is dropped (the socket writes the outer one) and its protocol is the ESP next
 header; decapsulated data gets a header peer -> local back (selectors are checked after that).
+
+On demand (``start_action: trap``, :meth:`ConnectionDatapath.arm_trap`): the tun and the
+connection's routes exist from the start, before any SA.  While no Child SA exists, Python reads
+the tun: a packet inside the configured selectors is queued (:mod:`trapq`, bounded) and reported
+(``on_trigger``: the daemon initiates); one outside them is a counted drop.  The first SA takes
+the queue (encapsulated through it in order, before the C loop starts), then the C loop reads the
+tun.  When the last SA goes, Python reads the tun again.  Routes come from :mod:`routes` (the
+issue-12 rules: never our own address or selectors; transport mode: the peer's host route in the
+connection's own table).
 """
 
 from __future__ import annotations
@@ -46,13 +55,21 @@ from ipsecemu.base.satypes import EspSaConfig, Lifetime, SaCounters, Verdict
 from ipsecemu.config.gateway import GatewayConnection, Network
 from ipsecemu.dataplane import BackendUnavailable
 from ipsecemu.dataplane import backend as dataplane_backend
-from ipsecemu.dataplane.selectors import fits_inbound, packet_selectors, pick_outbound
+from ipsecemu.dataplane.selectors import (
+    PacketSelectors,
+    fits_inbound,
+    fits_outbound,
+    packet_selectors,
+    pick_outbound,
+)
 from ipsecemu.esp import framing
 from ipsecemu.ike.events import ChildSaKeys
 from ipsecemu.ike.ts import TrafficSelector
-from ipsecemu.io.tunnel import networks
 from ipsecemu.net.netns import netlink
-from ipsecemu.net.tun import VNET_HDR, open_tun
+from ipsecemu.net.tun import VNET_HDR, clear_offload, open_tun
+
+from .routes import RoutePlan, plan_routes
+from .trapq import TrapQueue
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +85,6 @@ REKEY_HEADROOM_S = 0.03
 # enforces the limit, and what it sent just before switching to the new SA is still in flight.
 INBOUND_HARD_SLACK = 2
 PROMOTE_AFTER = 2.0  # seconds after which a rekeyed SA takes the outbound even without a sign
-ANY_NETS = {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
 
 
 @dataclass(eq=False)
@@ -156,6 +172,14 @@ class ConnectionDatapath:
         # called on the asyncio thread as soon as the C loop reports an expire event (eventfd)
         self.on_limit: Callable[[], None] | None = None
         self._evfd: int | None = None
+        # on demand (start_action trap): the queue, the routes that exist before any SA, whether
+        # the clear fallback took them away, and the daemon's hook for a packet that needs an SA
+        self.trap: TrapQueue | None = None
+        self.trap_routes: list[Network] = []
+        self.trap_released = False
+        self.on_trigger: Callable[[PacketSelectors], None] | None = None
+        self._prefsrc: str | None = None  # transport mode: our address on the routes
+        self._said: set[str] = set()  # route warnings already logged
 
     # -- tun and routes ----------------------------------------------------------------
     def ensure_tun(self) -> None:
@@ -181,41 +205,115 @@ class ConnectionDatapath:
         log.info("%s: tun %s up (mtu %d)", self.gw.name, t.name, t.mtu)
 
     def _wanted_routes(self, keys: ChildSaKeys) -> list[Network]:
-        if self.gw.tunnel.external_routes:  # a lab's route agent routes into the tun, not us
-            return []
-        if self.gw.tunnel.routes:
-            return list(self.gw.tunnel.routes)
-        nets = [n for n in networks(keys.remote_ts) if n not in ANY_NETS]
-        if len(nets) < len(keys.remote_ts):
-            log.warning("%s: remote TS covers everything; not routing a default route into %s (set tunnel.routes)",
-                        self.gw.name, self.gw.tunnel.name)
-        return nets
+        return self._use_plan(plan_routes(self.gw.tunnel, mode=keys.mode, local_addr=keys.local[0],
+                                          remote_addr=keys.remote[0], local_ts=keys.local_ts,
+                                          remote_ts=keys.remote_ts), keys.remote[0])
+
+    def _use_plan(self, plan: RoutePlan, peer: str) -> list[Network]:
+        for why in plan.skipped:
+            if why not in self._said:  # once per reason: rekeys would repeat it
+                self._said.add(why)
+                log.warning("%s: peer %s: not routing %s into %s", self.gw.name, peer, why, self.gw.tunnel.name)
+        if plan.prefsrc is not None:
+            self._prefsrc = plan.prefsrc
+        return list(plan.nets)
 
     def _set_routes(self, nets: list[Network]) -> None:
         want = set(nets)
         add, drop = want - self.routes, self.routes - want
         if not add and not drop:
             return
-        name = self.gw.tunnel.name
+        name, table = self.gw.tunnel.name, getattr(self.gw.tunnel, "table", None)
+        where: dict[str, Any] = {"table": table} if table else {}
+        src = self._prefsrc
 
         def do(ipr: Any) -> None:
             idx = ipr.link_lookup(ifname=name)
             if not idx:
                 return
             for n in add:
-                ipr.route("replace", dst=str(n), oif=idx[0])
+                extra = {"prefsrc": src} if src and ipaddress.ip_address(src).version == n.version else {}
+                ipr.route("replace", dst=str(n), oif=idx[0], **where, **extra)
             for n in drop:
                 try:
-                    ipr.route("del", dst=str(n), oif=idx[0])
+                    ipr.route("del", dst=str(n), oif=idx[0], **where)
                 except Exception:  # already gone (link down, admin removed it)
                     pass
 
         netlink(None, do)
         self.routes = want
+        in_table = f" (table {table})" if table else ""
         if add:
-            log.info("%s: routes %s -> %s", self.gw.name, ", ".join(map(str, sorted(add, key=str))), name)
+            log.info("%s: routes %s -> %s%s", self.gw.name, ", ".join(map(str, sorted(add, key=str))), name, in_table)
         if drop:
-            log.info("%s: routes removed: %s", self.gw.name, ", ".join(map(str, sorted(drop, key=str))))
+            log.info("%s: routes removed%s: %s", self.gw.name, in_table, ", ".join(map(str, sorted(drop, key=str))))
+
+    # -- on demand (start_action trap) ---------------------------------------------------
+    def arm_trap(self) -> None:
+        """Before any SA: the tun, the configured selectors' routes, and Python reading the tun."""
+        conn = self.gw.conn
+        assert conn.local_address is not None and conn.remote_address is not None  # config checks
+        self.trap = self.trap or TrapQueue()
+        self.ensure_tun()
+        self.trap_routes = self._use_plan(plan_routes(
+            self.gw.tunnel, mode=conn.mode, local_addr=str(conn.local_address), remote_addr=str(conn.remote_address),
+            local_ts=conn.local_ts, remote_ts=conn.remote_ts), str(conn.remote_address))
+        self.trap_released = False
+        self._set_routes(self._all_routes())
+        self._read_trapped()
+        log.info("%s: trap armed for %s <-> %s with %s (fallback %s)", self.gw.name,
+                 ",".join(map(str, conn.local_ts)), ",".join(map(str, conn.remote_ts)), conn.remote_address,
+                 conn.trap_fallback)
+
+    def trap_release(self, why: str) -> None:
+        """The clear fallback: the routes go (the host's policy routing falls through to the main
+        table: clear), queued packets with them; they come back with the next SA."""
+        if self.trap is None or self.trap_released:
+            return
+        self.trap_released = True
+        n = self.trap.discard()
+        self._set_routes(self._all_routes())
+        log.warning("%s: peer %s: no SA (%s): routes removed, traffic goes in clear (trap_fallback clear; "
+                    "%d queued packets dropped)", self.gw.name, self.gw.conn.remote_address, why, n)
+
+    def _read_trapped(self) -> None:
+        """Python reads the tun while no SA exists (the C loop's offloads off again: plain packets)."""
+        if self.trap is None or self.current is not None or self.tun_fd is None:
+            return
+        if self.vnet:
+            clear_offload(self.tun_fd)
+        if not self._slow_reader:
+            os.set_blocking(self.tun_fd, False)
+            asyncio.get_running_loop().add_reader(self.tun_fd, self._on_tun)
+            self._slow_reader = True
+
+    def _trapped(self, pkt: bytes) -> None:
+        """A packet in the tun while no SA exists: queue it and ask for one, or drop it (counted)."""
+        assert self.trap is not None
+        conn = self.gw.conn
+        p = packet_selectors(pkt)
+        if p is None or not fits_outbound(p, conn.local_ts, conn.remote_ts):
+            self._count("trap_no_policy")  # outside the connection's selectors: never triggers
+            return
+        if self.trap_released:  # a packet routed here anyway (a stale route cache): not in clear either
+            self._count("trap_released_drop")
+            return
+        self.trap.push(pkt)
+        if self.on_trigger is not None:
+            self.on_trigger(p)
+
+    def _flush_trapped(self) -> None:
+        """The new SA takes what waited for it, oldest first (inside a pause: the loop starts after)."""
+        if self.trap is None or not len(self.trap):
+            return
+        send = self._slow_send or (self._port.send if self._port is not None else None)
+        pkts = self.trap.take()
+        if send is None:
+            self.trap.discarded += len(pkts)
+            return
+        for pkt in pkts:
+            self._encap_send(pkt, send)
+        log.info("%s: %d queued packets sent through the new SA", self.gw.name, len(pkts))
 
     # -- SA changes (IKE events) ---------------------------------------------------------
     def install(self, keys: ChildSaKeys, now: float, port: Port | None, *, rekey: bool = False,
@@ -239,7 +337,9 @@ class ConnectionDatapath:
                 self.active[child.lineage] = child
                 self.current = child
                 self._choose_path(keys, port)
+                self._flush_trapped()
         child.routes = self._wanted_routes(keys)
+        self.trap_released = False
         self._set_routes(self._all_routes())
         log.info("%s: child %d (%s) with %s: installed SA in %08x out %08x (%s, %s, %s path%s)", self.gw.name,
                  child.lineage, child.ts, keys.remote[0], keys.inbound.spi, keys.outbound.spi, keys.proposal,
@@ -262,6 +362,8 @@ class ConnectionDatapath:
         out: list[Network] = []
         for ch in self.children.values():
             out += [n for n in ch.routes if n not in out]
+        if self.trap is not None and not self.trap_released:  # on demand: they stay without an SA
+            out += [n for n in self.trap_routes if n not in out]
         return out
 
     def _limits(self, keys: ChildSaKeys, now: float, cur: _Child | None) -> tuple[EspSaConfig, EspSaConfig]:
@@ -300,6 +402,8 @@ class ConnectionDatapath:
                 self._stop_slow()
                 self.mode = "idle"
                 self._release_port()
+        if child is None:
+            self._read_trapped()  # on demand: the next packet asks for a new SA
 
     def watchdog(self) -> None:
         """Tick: restart a C loop that ended by itself (a fatal poll error, e.g. its tun gone).
@@ -348,7 +452,7 @@ class ConnectionDatapath:
             self._set_routes(self._all_routes())
         else:
             self._drop_inbound(inbound_spi)
-            self._set_routes([])
+            self._set_routes(self._all_routes())
         log.info("%s: child %d (%s) with %s: removed SA in %08x out %08x", self.gw.name, child.lineage, child.ts,
                  child.keys.remote[0], inbound_spi, child.outbound.spi)
         return True
@@ -369,6 +473,9 @@ class ConnectionDatapath:
             self.remove(spi)
 
     def close(self) -> None:
+        if self.trap is not None:
+            self.trap.discard()
+            self.trap_routes = []
         self.remove_all()
         self._stop_loop()
         self._close_wakeup()
@@ -585,29 +692,36 @@ class ConnectionDatapath:
                 self._count("tun_error")
                 return
             pkt = pkt[self.vnet:]  # no offloads while no C loop runs: a plain packet behind it
+            if self.current is None and self.trap is not None and pkt:
+                self._trapped(pkt)
+                continue
             if self.current is None or self._slow_send is None or not pkt:
                 self._count("no_sa")
                 continue
-            order = self._ordered()
-            i = pick_outbound(pkt, [(c.keys.local_ts, c.keys.remote_ts) for c in order])
-            if i is None:
-                self._count("no_policy")
-                continue
-            cur = order[i]
-            if cur.keys.mode == "transport":  # RFC 4303 3.1.1: the socket writes the IP header
-                try:
-                    _hdr, proto, data = framing.split_transport(pkt)
-                except framing.FramingError:
-                    self._count("encap_bad_header")
-                    continue
-                verdict, esp = cur.out_sa.encap(data, proto)
-            else:
-                verdict, esp = cur.out_sa.encap(pkt, 41 if pkt[0] >> 4 == 6 else 4)
-            if verdict != Verdict.OK:
-                self._count(f"encap_{Verdict(verdict).name.lower()}")
-                continue
-            self._slow_send(esp, cur.keys.remote)
-            self._count("esp_tx")
+            self._encap_send(pkt, self._slow_send)
+
+    def _encap_send(self, pkt: bytes, send: Callable[[bytes, tuple[str, int]], None]) -> None:
+        """Slow path: one packet from the tun onto the SA whose selectors hold it (counted)."""
+        order = self._ordered()
+        i = pick_outbound(pkt, [(c.keys.local_ts, c.keys.remote_ts) for c in order])
+        if i is None:
+            self._count("no_policy")
+            return
+        cur = order[i]
+        if cur.keys.mode == "transport":  # RFC 4303 3.1.1: the socket writes the IP header
+            try:
+                _hdr, proto, data = framing.split_transport(pkt)
+            except framing.FramingError:
+                self._count("encap_bad_header")
+                return
+            verdict, esp = cur.out_sa.encap(data, proto)
+        else:
+            verdict, esp = cur.out_sa.encap(pkt, 41 if pkt[0] >> 4 == 6 else 4)
+        if verdict != Verdict.OK:
+            self._count(f"encap_{Verdict(verdict).name.lower()}")
+            return
+        send(esp, cur.keys.remote)
+        self._count("esp_tx")
 
     def slow_input(self, esp: bytes) -> None:
         """Slow path: one ESP packet (SPI onward) from the wire."""

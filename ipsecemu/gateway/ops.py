@@ -36,6 +36,11 @@ class ControlOps(GatewayState):
     _uids: dict[bytes, int]
     backoff: Backoff
 
+    def trap_view(self, name: str) -> dict[str, object]:
+        """A trap connection's queue and fallback (``trap.Traps`` overrides this: it comes first in
+        the gateway's bases); nothing for other connections."""
+        return {}
+
     def _uniqueid(self, spi_i: bytes) -> int:
         if spi_i not in self._uids:
             self._uid += 1
@@ -178,15 +183,19 @@ class ControlOps(GatewayState):
                 children.append(c)
             d["child-sas"] = children
             d.update(self.backoff.view(name, now))  # an attempt after failures: how many so far
+            if trap := self.trap_view(name):
+                d["trap"] = trap
             out.append(d)
         listed = {d["name"] for d in out}
         for gw in self.cfg.connections:
             retry = self.backoff.view(gw.name, now)
-            if retry and gw.name not in listed:
-                # waiting to re-initiate: no SA exists, but the user should see why and until when
-                out.append({"name": gw.name, "state": "BACKOFF", "version": 2,
+            trap = self.trap_view(gw.name)
+            if (retry or trap) and gw.name not in listed:
+                # waiting to re-initiate, or on demand without an SA: the user should see why and
+                # until when (and what waits in the trap queue)
+                out.append({"name": gw.name, "state": "BACKOFF" if retry else "TRAP", "version": 2,
                             "local-host": str(gw.conn.local_address), "remote-host": str(gw.conn.remote_address),
-                            "child-sas": [], **retry})
+                            "child-sas": [], **retry, **({"trap": trap} if trap else {})})
         return out
 
     def counters(self) -> dict[str, Any]:
@@ -201,6 +210,8 @@ class ControlOps(GatewayState):
                            # what the kernel routes into the tun (ours, or a lab route agent's)
                            "routes": dp.kernel_routes(), "loop": dp.loop_stats(), "sas": sas,
                            "children": dp.policies()}
+            if trap := self.trap_view(name):
+                conns[name]["trap"] = trap
         ike = {lo.addr: {"transport": dict(lo.transport.counters), "endpoint": dict(lo.endpoint.counters)}
                for lo in self.locals.values()}
         return {"connections": conns, "ike": ike}
@@ -235,7 +246,9 @@ class ControlOps(GatewayState):
         if cmd == "counters":
             return self.counters()
         if cmd == "status":
-            return {"node": self.cfg.node, "pid": os.getpid(), "connections": [c.name for c in self.cfg.connections]}
+            return {"node": self.cfg.node, "pid": os.getpid(), "connections": [c.name for c in self.cfg.connections],
+                    "traps": {c.name: self.trap_view(c.name) for c in self.cfg.connections
+                              if c.conn.start_action == "trap"}}
         if cmd in ("rekey", "terminate", "initiate"):
             target = req.get("target") or req.get("name")
             if not isinstance(target, str) or not target:

@@ -62,3 +62,21 @@ def narrow(proposed: list[TrafficSelector], allowed: list[TrafficSelector]) -> l
             if i is not None and i not in out:
                 out.append(i)
     return out
+
+
+def _port_protocol(proto: int) -> bool:
+    return proto in (1, 6, 17, 58, 132, 136)  # ports, or ICMP type/code in the port field
+
+
+def on_demand(local: list[TrafficSelector], remote: list[TrafficSelector], src: IpAddress, dst: IpAddress,
+              proto: int, sport: int | None, dport: int | None) -> tuple[list[TrafficSelector], list[TrafficSelector]]:
+    """TSi/TSr of a Child SA triggered by a packet (RFC 7296 section 2.9): the packet's own
+    selectors first (its addresses, protocol and ports: what the responder must keep if it
+    narrows), then the configured ones.  ``sport``/``dport`` None: no ports (e.g. a fragment)."""
+
+    def one(addr: IpAddress, port: int | None) -> TrafficSelector:
+        lo, hi = (port, port) if port is not None and _port_protocol(proto) else (0, 65535)
+        return TrafficSelector(addr, addr, proto, lo, hi)
+
+    first_i, first_r = one(src, sport), one(dst, dport)
+    return ([first_i, *(t for t in local if t != first_i)], [first_r, *(t for t in remote if t != first_r)])
