@@ -179,7 +179,7 @@ def test_a_peer_without_a_rule_back_is_refused() -> None:
 def _same_rules_other_psk(text: str) -> str:
     """vm2 with the same rules as the others but its own PSK."""
     start = text.index("    ipsec_policy: &s5\n")
-    end = text.index("    http: [80, 8080]\n", start)
+    end = text.index("  host2:\n", start)
     block = text[start:end].replace("ipsec_policy: &s5", "ipsec_policy:").replace("s5-lab-only-psk", "another")
     idx = text.rindex("    ipsec_policy: *s5\n")
     return text[:idx] + block + text[idx + len("    ipsec_policy: *s5\n"):]
