@@ -145,7 +145,7 @@ def _request_variant(tmp_path: Path) -> Path:
     text = LAB.read_text().replace("action: require", "action: request")
     text = text.replace("methods: [3des-sha1, aes128gcm16]", "methods: [aes128gcm16, 3des-sha1]")
     for node in ("host2", "vm1"):  # HTTP on 80 and 8080 (vm2's 8080 is left to iperf3)
-        text = re.sub(rf"(\n  {node}:\n    kind: host\n)", rf"\1    http: [80, 8080]\n", text)
+        text = re.sub(rf"(\n  {node}:\n    kind: host\n)", r"\1    http: [80, 8080]\n", text)
     text = text[:text.index("\naudit:")] + "\n"  # this variant is checked by HTTP, not by the audit's echo servers
     out = tmp_path / "er-transport-8080-request.yaml"
     out.write_text(text)

@@ -183,3 +183,14 @@ def _same_rules_other_psk(text: str) -> str:
     block = text[start:end].replace("ipsec_policy: &s5", "ipsec_policy:").replace("s5-lab-only-psk", "another")
     idx = text.rindex("    ipsec_policy: *s5\n")
     return text[:idx] + block + text[idx + len("    ipsec_policy: *s5\n"):]
+
+
+def test_http_servers_are_daemons_of_their_host() -> None:
+    text = LAB.read_text().replace("  host2:\n    kind: host\n", "  host2:\n    kind: host\n    http: [80, 8080]\n")
+    plan = compile_plan(check.check_text(text, "v.yaml"), BASE)
+    http = [d for d in plan.daemons_of(hostpolicy_plan.HTTP)]
+    assert [(d.node, d.info["port"]) for d in http] == [("host2", 80), ("host2", 8080)]
+    assert http[0].argv[-5:] == ("80", "--bind", "0.0.0.0", "--directory", "/run/ipsecemu/er-transport-8080/host2/www")
+    assert [f.path for d in http for f in d.files] == ["host2/www/index.html"]  # written once
+    with pytest.raises(TopologyError, match=r"v.yaml:\d+: nodes.host2.http\[1\]: port 80 is listed twice"):
+        check.check_text(text.replace("http: [80, 8080]", "http: [80, 80]"), "v.yaml")
