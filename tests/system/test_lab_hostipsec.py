@@ -137,8 +137,38 @@ def test_require_audit_transport_framing_and_3des_rate(lab: Callable[[Path], str
     assert not any(ADDR["host2"] in (p[IP].src, p[IP].dst) for p in _clear_tcp(work / "ce-msee.pcap", 80))
     rate = _iperf(name, "vm1", "host1")
     print(f"\n[S5 require, ESP 3DES-SHA1 transport] iperf3 -p 8080 host1 -> vm1 over ER: {rate:.0f} Mbit/s")
-    st = cli("status", name)
-    assert st.returncode == 0
+    _require_after_the_gateway_is_gone(name, work)
+
+
+def _require_after_the_gateway_is_gone(name: str, work: Path) -> None:
+    """host1's gateway stopped (its tuns and routes go with it): 8080 is refused locally by the prohibit
+    route, nothing of it crosses in clear, ping still does; started again, 8080 negotiates on demand."""
+    stop = cli("node", name, "host1", "stop")
+    assert stop.returncode == 0 and "stopped 1 daemon(s)" in stop.stdout, stop.stdout + stop.stderr
+    pcap = work / "gone.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", f"{name}-ce", "tcpdump", "--immediate-mode", "-U", "-i", "msee",
+                             "-w", str(pcap), "ip"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert dump.stderr is not None and "listening" in dump.stderr.readline()
+        probe = [sys.executable, "-c", "import socket; socket.create_connection(('10.0.1.4', 8080), timeout=3)"]
+        res = ns(name, "host1", *probe)
+        assert res.returncode != 0 and "Permission denied" in res.stderr, res  # the prohibit route: EACCES
+        assert ns(name, "host1", "ping", "-c", "1", "-W", "2", ADDR["vm1"]).returncode == 0
+        subprocess.run(["sleep", "0.3"])
+    finally:
+        dump.terminate()
+        dump.wait(timeout=5)
+    assert _clear_tcp(pcap, 8080) == []
+    start = cli("node", name, "host1", "start", "--wait", "0")
+    assert start.returncode == 0, start.stdout + start.stderr
+    # nothing listens on vm1:8080 now: its RST is the answer, and it can only arrive through ESP (host1
+    # refuses a clear one from port 8080), so "refused" = negotiated again on demand and answered
+    for _ in range(50):  # the gateway's tuns come back (it answers its control socket first)
+        res = ns(name, "host1", *probe)
+        if "Connection refused" in res.stderr:
+            break
+        subprocess.run(["sleep", "0.2"])
+    assert "Connection refused" in res.stderr, res
 
 
 def _request_variant(tmp_path: Path) -> Path:
