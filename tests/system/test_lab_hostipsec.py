@@ -101,6 +101,14 @@ def _clear_tcp(pcap: Path, port: int) -> list[object]:
     return [p for p in scapy_all.rdpcap(str(pcap)) if TCP in p and port in (p[TCP].sport, p[TCP].dport)]
 
 
+def _sas(name: str, node: str) -> str:
+    res = subprocess.run([sys.executable, "-m", "ipsecemu", "sa", "--lab", name, "--node", node, "list"],
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert "TRANSPORT" in res.stdout, res.stdout
+    return res.stdout
+
+
 def _iperf(name: str, server: str, client: str, seconds: int = 3) -> float:
     """TCP 8080 throughput client -> server (iperf3 -p 8080, the server stopped by PID): Mbit/s."""
     srv = subprocess.Popen(["ip", "netns", "exec", f"{name}-{server}", "iperf3", "-s", "-1", "-p", "8080",
@@ -135,6 +143,7 @@ def test_require_audit_transport_framing_and_3des_rate(lab: Callable[[Path], str
     # only host2's unanswered SYNs (no policy there, it sends in clear): nothing comes back, no data goes
     assert all(p[IP].src == ADDR["host2"] and p[TCP].flags == "S" for p in clear), [p.summary() for p in clear]
     assert not any(ADDR["host2"] in (p[IP].src, p[IP].dst) for p in _clear_tcp(work / "ce-msee.pcap", 80))
+    assert "ESP:3DES_CBC/HMAC_SHA1_96" in _sas(name, "host1")  # the first method of the policy
     rate = _iperf(name, "vm1", "host1")
     print(f"\n[S5 require, ESP 3DES-SHA1 transport] iperf3 -p 8080 host1 -> vm1 over ER: {rate:.0f} Mbit/s")
     _require_after_the_gateway_is_gone(name, work)
@@ -206,5 +215,6 @@ def test_request_answers_host2_in_clear_and_http_decrypts(lab: Callable[[Path], 
     clear = _clear_tcp(pcap, 8080)
     assert {(p[IP].src, p[IP].dst) for p in clear} == {(ADDR["host2"], ADDR["vm1"]), (ADDR["vm1"], ADDR["host2"])}
     assert any(b"vm1\n" in bytes(p[TCP].payload) for p in clear)  # host2's answer crossed in clear
+    assert "ESP:AES_GCM_16-128" in _sas(name, "host1") or "AES_GCM" in _sas(name, "host1")
     rate = _iperf(name, "vm2", "host1")
     print(f"\n[S5 request, ESP AES-GCM-128 transport] iperf3 -p 8080 host1 -> vm2 over ER: {rate:.0f} Mbit/s")
