@@ -194,3 +194,20 @@ def test_http_servers_are_daemons_of_their_host() -> None:
     assert [f.path for d in http for f in d.files] == ["host2/www/index.html"]  # written once
     with pytest.raises(TopologyError, match=r"v.yaml:\d+: nodes.host2.http\[1\]: port 80 is listed twice"):
         check.check_text(text.replace("http: [80, 8080]", "http: [80, 80]"), "v.yaml")
+
+
+def test_block_only_policy_runs_no_gateway() -> None:
+    text = LAB.read_text()
+    start = text.index("    ipsec_policy: &s5\n")
+    end = text.index("  host2:\n", start)
+    block = ("    ipsec_policy:\n      rules:\n        - name: no8080\n"
+             "          filter: {src: 10.2.27.0/25, dst: 10.0.1.0/24, protocol: tcp, dst_port: 8080}\n"
+             "          action: block\n")
+    text = text[:start] + block + text[end:]
+    text = text.replace("    ipsec_policy: *s5\n", "", 2)  # vm1, vm2: no policy either
+    plan = compile_plan(check.check_text(text, "v.yaml"), BASE)
+    d = plan.daemons_of(hostpolicy_plan.HOST_GATEWAY)
+    assert len(d) == 1 and d[0].argv == () and d[0].files == () and d[0].info["connections"] == 0
+    shown = plan_text(plan)
+    assert "daemon host-ipsec: no process (steering only)" in shown
+    assert "steer: rule priority 2000 from 10.2.27.0/25 to 10.0.1.0/24 ipproto tcp dport 8080 prohibit" in shown
