@@ -128,6 +128,7 @@ def _iperf(name: str, server: str, client: str, seconds: int = 3) -> float:
         srv.wait(timeout=5)
 
 
+@pytest.mark.slow  # ~15 s: lab up, audit, iperf3 3 s, gateway stop/start, lab down
 def test_require_audit_transport_framing_and_3des_rate(lab: Callable[[Path], str]) -> None:
     name = lab(LAB)
     res = cli("audit", name)
@@ -191,6 +192,7 @@ def _request_variant(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow  # ~10 s: lab up, HTTP + capture, iperf3 3 s, lab down
 def test_request_answers_host2_in_clear_and_http_decrypts(lab: Callable[[Path], str], tmp_path: Path) -> None:
     name = lab(_request_variant(tmp_path))
     pcap = tmp_path / "ce-msee.pcap"
