@@ -174,7 +174,8 @@ class Gateway(Sockets, Timers, Traps, ControlOps):
             self.ike_info[(ev.ike_spi_i, ev.ike_spi_r)] = {"established": time.time(), "proposal": ev.proposal,
                                                           "local_id": ev.local_id, "remote_id": ev.remote_id}
             log.info("%s: IKE SA established with %s (%s, %s)", conn, ev.remote[0], ev.remote_id, ev.proposal)
-            self.backoff.succeeded(ev.conn)
+            if ev.conn not in self.traps:  # on demand: only a Child SA ends the back-off (trap.py)
+                self.backoff.succeeded(ev.conn)
         elif isinstance(ev, ChildSaEstablished | ChildSaRekeyed):
             if conn is None or conn not in self.dps or found is None:
                 log.warning("Child SA for an unknown IKE SA; ignored")

@@ -341,9 +341,10 @@ class ConnectionDatapath:
         child.routes = self._wanted_routes(keys)
         self.trap_released = False
         self._set_routes(self._all_routes())
-        log.info("%s: child %d (%s) with %s: installed SA in %08x out %08x (%s, %s, %s path%s)", self.gw.name,
+        log.info("%s: child %d (%s) with %s: installed SA in %08x out %08x (%s, %s%s, %s path%s)", self.gw.name,
                  child.lineage, child.ts, keys.remote[0], keys.inbound.spi, keys.outbound.spi, keys.proposal,
-                 "ESP-in-UDP" if keys.encap else "ESP", self.mode,
+                 "transport mode, " if keys.mode == "transport" else "", "ESP-in-UDP" if keys.encap else "ESP",
+                 self.mode,
                  ", outbound after the old SA goes" if child.pending else "")
 
     def _lineage_for(self, keys: ChildSaKeys, rekey: bool, old_inbound_spi: int | None) -> int:
