@@ -242,8 +242,10 @@ def check_(file: str) -> None:
     except TopologyError as exc:
         _fail(str(exc), ConfigError)
     macsec = sum(lk.macsec is not None for lk in topo.links)
+    policies = sum(n.ipsec_policy is not None for n in topo.nodes)  # S5 host IPsec policies
     click.echo(f"{file}: lab {topo.name} OK: {len(topo.nodes)} nodes, {len(topo.links)} links "
-               f"({macsec} MACsec), {len(topo.segments)} segment(s), {len(topo.vpn)} VPN connection(s)")
+               f"({macsec} MACsec), {len(topo.segments)} segment(s), {len(topo.vpn)} VPN connection(s)"
+               + (f", {policies} host IPsec polic{'y' if policies == 1 else 'ies'}" if policies else ""))
 
 
 def _next_steps(topo: Any) -> None:

@@ -153,7 +153,7 @@ def export_keys(state: LabState, dest: str | Path) -> list[Path]:
     esp: list[str] = []
     ike: list[str] = []
     for node, kind in (state.data.get("nodes") or {}).items():
-        if kind == "ipsecemu":
+        if kind in ("ipsecemu", "host"):  # a host with an IPsec policy runs a gateway too (S5)
             sock = state.dir / node / "control.sock"
             if not sock.exists():
                 continue

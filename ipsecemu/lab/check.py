@@ -23,6 +23,7 @@ from ipsecemu.config.connection_ike import to_ike_sa_config
 from ipsecemu.config.fields import ConnectionConfigError, _Ctx
 from ipsecemu.config.kit import ConfigFileError, Doc, FieldPath, fmt_path
 from ipsecemu.config.macsec_link import parse_link_config
+from ipsecemu.lab import hostpolicy_plan
 from ipsecemu.lab.audit_schema import check_audit
 from ipsecemu.lab.plan import vpn as planvpn
 from ipsecemu.lab.routing_schema import check_routing
@@ -49,6 +50,7 @@ def check_text(text: str, file: str = "<string>") -> Topology:
         if topo.audit is not None:
             check_audit(doc, topo.audit, *_audit_refs(topo))
         _check_routing(topo, doc)
+        _check_host_policies(topo, doc)
     except ConfigFileError as exc:
         if isinstance(exc, TopologyError):
             raise
@@ -117,6 +119,19 @@ def _check_tun_names(topo: Topology, doc: Doc) -> None:
             what = f"the tun of VPN connection '{conn}'"
         raise doc.error(path, f"interface '{ep}' has the name of {what} on node '{ep.node}'; "
                               f"rename the interface")
+
+
+def _check_host_policies(topo: Topology, doc: Doc) -> None:
+    """S5 host policies against the lab, then each policy host's gateway config as 'gateway run' reads it."""
+    hostpolicy_plan.check(doc, topo)
+    for nd in hostpolicy_plan.policy_hosts(topo):
+        if not hostpolicy_plan.connections(topo, nd):
+            continue
+        try:
+            gwconfig.parse(hostpolicy_plan.gateway_config(topo, nd, Path("/nonexistent")),
+                           source=f"host IPsec gateway config of node '{nd.name}'")
+        except ConfigError as exc:
+            raise _located(doc, ("nodes", nd.name, "ipsec_policy"), exc) from None
 
 
 def _check_macsec(topo: Topology, doc: Doc) -> None:

@@ -18,9 +18,9 @@ from .state import LabState
 
 # in start order: impaired links carry nothing until their element runs; MACsec links carry the IPsec
 # underlay in the MACsec lab, so they come next; FRR before the VPN: IKE between the CE and the hub's
-# instances rides routes BGP learns over ER.
+# instances rides routes BGP learns over ER.  Host IPsec policies (S5) last: their IKE rides the lab's routes.
 SERVICE_MODULES = ("ipsecemu.lab.svc_impair", "ipsecemu.lab.svc_macsec", "ipsecemu.lab.svc_frr",
-                   "ipsecemu.lab.svc_vpn")
+                   "ipsecemu.lab.svc_vpn", "ipsecemu.lab.hostpolicy_svc")
 
 
 def start(plan: LabPlan, state: LabState, say: Callable[[str], None]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from ipsecemu.config import sku as skus
 from ipsecemu.config.kit import ConfigFileError, Doc, load_yaml, read_text
 from ipsecemu.lab.audit_schema import Audit, parse_audit
+from ipsecemu.lab.hostpolicy_schema import HostPolicy, parse_policy
 from ipsecemu.lab.impair_schema import Impair, parse_impair
 from ipsecemu.lab.routing_schema import Routing, parse_routing
 
@@ -90,6 +91,8 @@ class Node:
     sysctls: tuple[tuple[str, str], ...] = ()
     ipv6: bool = False
     sku: str | None = None  # Azure VPN gateway SKU emulated on a VPN node (ipsecemu.config.sku)
+    ipsec_policy: HostPolicy | None = None  # host IPsec policy (S5, ipsecemu.lab.hostpolicy_schema)
+    http: tuple[int, ...] = ()  # ports of the HTTP servers a host runs (ipsecemu.lab.hostpolicy_svc)
 
     def addresses_on(self, iface: str) -> list[str]:
         return [a for i, a in self.addresses if i == iface]
@@ -362,7 +365,8 @@ class _Validator:
 
     def _node(self, name: str, v: Any, path: tuple[Any, ...]) -> Node:
         m = self._mapping(v if v is not None else {}, path)
-        self._keys(m, path, ("kind", "addresses", "routes", "rules", "sysctls", "ipv6", "sku"), ("kind",))
+        self._keys(m, path, ("kind", "addresses", "routes", "rules", "sysctls", "ipv6", "sku", "ipsec_policy", "http"),
+                   ("kind",))
         kind = m["kind"]
         if kind not in KINDS:
             raise self.doc.error(path + ("kind",), f"unknown kind {kind!r} (one of: {', '.join(KINDS)})")
@@ -405,7 +409,26 @@ class _Validator:
             if not isinstance(val, int | str):
                 raise self.doc.error(kpath, "sysctl value must be a number or a string")
             sysctls.append((k, str(val)))
-        return Node(name, kind, tuple(addrs), routes, rules, tuple(sysctls), ipv6, sku_name)
+        policy, http = self._host_extras(m, path, kind)
+        return Node(name, kind, tuple(addrs), routes, rules, tuple(sysctls), ipv6, sku_name, policy, http)
+
+    def _host_extras(self, m: dict[str, Any], path: tuple[Any, ...], kind: str) -> tuple[HostPolicy | None, tuple[int, ...]]:
+        """``ipsec_policy`` and ``http`` of a host node (S5)."""
+        for k in ("ipsec_policy", "http"):
+            if k in m and kind != "host":
+                raise self.doc.error(path + (k,), f"only host nodes have '{k}' (this node is kind '{kind}')")
+        policy = None
+        if "ipsec_policy" in m:
+            base = Path(self.doc.file).resolve().parent if self.doc.file and not self.doc.file.startswith("<") \
+                else Path.cwd()
+            policy = parse_policy(self.doc, m["ipsec_policy"], path + ("ipsec_policy",), base)
+        ports: list[int] = []
+        for j, p in enumerate(self._list(m.get("http") or [], path + ("http",))):
+            port = self._int(p, path + ("http", j), 1, 65535)
+            if port in ports:
+                raise self.doc.error(path + ("http", j), f"port {port} is listed twice")
+            ports.append(port)
+        return policy, tuple(ports)
 
     def _sku_uplinks(self, nodes: tuple[Node, ...], links: tuple[Link, ...], vpn: tuple[VpnConnection, ...]) -> None:
         """A SKU caps the gateway's uplink (the link holding its IKE address): it must be a link."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import hostpolicy_plan
 from ..state import run_dir
 from ..topology import FORWARDING_KINDS, Node, Topology, phy_ifname
 from . import frr, impair, macsec, vpn
@@ -85,7 +86,7 @@ def compile_plan(topo: Topology, base: Path | None = None, rand: macsec.Random =
         # start order: MACsec links carry the IPsec underlay in the MACsec lab, so they come first;
         # FRR before the VPN: IKE needs the ExpressRoute routes BGP installs
         daemons: list[Daemon] = [*macsec_daemons.get(n.name, []), *frr.daemons(topo, lab_dir, n.name, routing),
-                                 *vpn.daemons(topo, lab_dir, n.name)]
+                                 *vpn.daemons(topo, lab_dir, n.name), *hostpolicy_plan.daemons(topo, lab_dir, n.name)]
         nodes.append(NodePlan(
             name=n.name, kind=n.kind, netns=topo.netns(n.name), base_sysctls=base_sysctls(n),
             interfaces=_interfaces(topo, n.name), taps=_taps(topo, n.name), addresses=n.addresses,

@@ -10,7 +10,7 @@ from typing import Any
 from ipsecemu.net.netns import ns_argv
 
 from ..topology import Route, Rule
-from .model import FRR, Daemon, GeneratedFile, LabPlan, NodePlan, Tap, Veth
+from .model import CHARON, FRR, Daemon, GeneratedFile, LabPlan, NodePlan, Tap, Veth
 
 
 def write_file(root: Path, f: GeneratedFile) -> Path:
@@ -121,12 +121,15 @@ def _daemon_lines(d: Daemon, plan: LabPlan) -> list[str]:
     elif d.kind == FRR:
         head += (f"FRR {' '.join(d.info['daemons'])} in this netns, state/sockets/logs in {d.run_dir} "
                  f"({d.info['origin']})")
-    else:
+    elif d.kind == CHARON:
         head += f"charon in {d.run_dir}, loads over vici: {', '.join(c.name for c in d.conns)}"
+    else:
+        head += "no process (steering only)"
     out = [head]
     out += [f"      config {plan.lab_dir / f.path}{' (0600: secrets)' if f.secret else ''}" for f in d.files]
     if d.log:
         out.append(f"      log    {plan.lab_dir / d.log}")
+    out += [f"      {x}" for x in d.info.get("show", ())]  # kind-specific lines (host IPsec steering)
     if d.kind == FRR and plan.nodes:
         out.append(f"      vtysh  ipsecemu lab exec {plan.name}/{d.node} -- vtysh -c 'show bgp summary'")
     return out
