@@ -51,6 +51,7 @@ from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState
 from ipsecemu.io.transport import IkeTransport
 from ipsecemu.net.netns import netlink
+from ipsecemu.net.tun import attachable
 
 from .driver import EventsFirst, LocalAddress
 from .explain import FailureLog
@@ -111,7 +112,7 @@ class Gateway(Sockets, Timers, ControlOps):
     # -- startup -------------------------------------------------------------------------
     async def start(self) -> None:
         names = [c.tunnel.name for c in self.cfg.connections]
-        taken = netlink(None, lambda ipr: [n for n in names if not _free(ipr, n)])
+        taken = netlink(None, lambda ipr: [n for n in names if not attachable(ipr, n)])
         if taken:
             raise GatewayError(f"tunnel device {', '.join(taken)} already exists here and is not a free persistent "
                                "tun (another gateway, or a leftover link: ip link del NAME)")
@@ -279,20 +280,6 @@ class Gateway(Sockets, Timers, ControlOps):
         if self.control is not None:
             await self.control.close()
         log.info("gateway %s stopped", self.cfg.node)
-
-
-def _free(ipr: Any, name: str) -> bool:
-    """No link ``name``, or a persistent tun nobody reads (no carrier) that we may attach to: a lab
-    makes the tuns BGP rides in before FRR starts (ipsecemu.lab.svc_frr), and a user may pre-create
-    one (``ip tuntap add NAME mode tun``).  Anything else by that name is someone else's."""
-    idx = ipr.link_lookup(ifname=name)
-    if not idx:
-        return True
-    link = ipr.get_links(idx[0])[0]
-    info = link.get_attr("IFLA_LINKINFO")
-    data = dict((info.get_attr("IFLA_INFO_DATA") or {}).get("attrs", [])) if info else {}
-    return (info is not None and info.get_attr("IFLA_INFO_KIND") == "tun" and data.get("IFLA_TUN_TYPE") == 1
-            and data.get("IFLA_TUN_PERSIST") == 1 and not link.get_attr("IFLA_CARRIER"))
 
 
 def _setup_logging(state_dir: Path) -> logging.Handler:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ipsecemu.base.errors import ServiceError, SystemSetupError
 from ipsecemu.net.netns import netlink
-from ipsecemu.net.tun import TunError, open_tun
+from ipsecemu.net.tun import TunError, attachable, open_tun
 from ipsecemu.routing.frr import FrrInstance
 
 from .errors import BuildError
@@ -63,14 +63,17 @@ def _tunnel_devices(ns: str, node: str, tunnels: list[dict[str, str]]) -> None:
     them when its first SA comes, and sets their MTU), up, with the node's BGP /32 on each."""
     if not tunnels:
         return
-    for t in tunnels:
+    # a link of that name that is not a free tun (a topology interface, say) is left alone: the gateway
+    # refuses it at start with the error that names the clash
+    mine = netlink(ns, lambda ipr: [t for t in tunnels if attachable(ipr, t["dev"])])
+    for t in mine:
         try:
             os.close(open_tun(t["dev"], persist=True, netns=ns))
         except TunError as exc:
             raise BuildError(f"{node}: BGP tunnel device: {exc}") from None
 
     def setup(ipr: Any) -> None:
-        for t in tunnels:
+        for t in mine:
             idx = ipr.link_lookup(ifname=t["dev"])[0]
             ipr.link("set", index=idx, state="up")
             addr, _, plen = t["address"].partition("/")

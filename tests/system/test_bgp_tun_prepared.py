@@ -25,10 +25,9 @@ from typing import Any
 
 import pytest
 
-from ipsecemu.gateway.daemon import _free
 from ipsecemu.lab import svc_frr
 from ipsecemu.net.netns import netlink
-from ipsecemu.net.tun import open_tun
+from ipsecemu.net.tun import attachable, open_tun
 from ipsecemu.routing.frr import FrrInstance
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not Path("/usr/lib/frr/zebra").exists(),
@@ -129,7 +128,7 @@ def test_gateway_attaches_only_to_a_free_persistent_tun(ns: str) -> None:
     subprocess.run(["ip", "-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"], check=True)
     os.close(open_tun("tap0", tap=True, persist=True, netns=ns))
     try:
-        got = netlink(ns, lambda ipr: {n: _free(ipr, n) for n in ("absent0", "free0", "busy0", "veth0", "tap0")})
+        got = netlink(ns, lambda ipr: {n: attachable(ipr, n) for n in ("absent0", "free0", "busy0", "veth0", "tap0")})
     finally:
         os.close(busy)
     assert got == {"absent0": True, "free0": True, "busy0": False, "veth0": False, "tap0": False}
