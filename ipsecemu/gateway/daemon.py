@@ -51,6 +51,7 @@ from ipsecemu.ike.sa import IkeSa
 from ipsecemu.ike.states import IkeState
 from ipsecemu.io.transport import IkeTransport
 from ipsecemu.net.netns import netlink
+from ipsecemu.net.tun import attachable
 
 from .driver import EventsFirst, LocalAddress
 from .explain import FailureLog
@@ -113,10 +114,10 @@ class Gateway(Sockets, Timers, Traps, ControlOps):
     # -- startup -------------------------------------------------------------------------
     async def start(self) -> None:
         names = [c.tunnel.name for c in self.cfg.connections]
-        taken = netlink(None, lambda ipr: [n for n in names if ipr.link_lookup(ifname=n)])
+        taken = netlink(None, lambda ipr: [n for n in names if not attachable(ipr, n)])
         if taken:
-            raise GatewayError(f"tunnel device {', '.join(taken)} already exists here (another gateway, or a "
-                               "leftover link: ip link del NAME)")
+            raise GatewayError(f"tunnel device {', '.join(taken)} already exists here and is not a free persistent "
+                               "tun (another gateway, or a leftover link: ip link del NAME)")
         by_addr: dict[str, list[GatewayConnection]] = {}
         for c in self.cfg.connections:
             by_addr.setdefault(str(c.conn.local_address), []).append(c)

@@ -194,8 +194,8 @@ class ConnectionDatapath:
         def setup(ipr: Any) -> None:
             idx = ipr.link_lookup(ifname=t.name)[0]
             ipr.link("set", index=idx, mtu=t.mtu, state="up")
-            if t.address is not None:
-                ipr.addr("add", index=idx, address=str(t.address.ip), prefixlen=t.address.network.prefixlen)
+            if t.address is not None:  # replace: a lab may have made the tun, with this address, already
+                ipr.addr("replace", index=idx, address=str(t.address.ip), prefixlen=t.address.network.prefixlen)
 
         try:
             netlink(None, setup)
@@ -492,7 +492,8 @@ class ConnectionDatapath:
         self._stop_slow()
         self._release_port()
         if self.tun_fd is not None:
-            os.close(self.tun_fd)  # the last fd: the kernel deletes the tun and its routes
+            os.close(self.tun_fd)  # the last fd: the kernel deletes the tun and its routes (a lab's
+            # persistent BGP tun stays, without carrier: our routes into it went with remove_all)
             self.tun_fd = None
             self.vnet = 0
             self.routes.clear()

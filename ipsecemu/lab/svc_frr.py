@@ -1,6 +1,10 @@
 """Lab service: the FRR instance of every routing node (:mod:`ipsecemu.lab.plan.frr`).
 
-``start`` runs after the network is built and before the VPN gateways: it starts each node's FRR
+``start`` runs after the network is built and before the VPN gateways.  First it creates the tun devices
+BGP rides in (persistent, up, with the node's BGP /32: :func:`ipsecemu.lab.plan.frr.bgp_tunnels`), so
+zebra learns them and their addresses in its start-up dump; the gateway attaches to them later.  (A
+device created and addressed while zebra 8.4 runs may lose its address in zebra for good -- FRR issue
+#13288 -- and bgpd then never connects from it: "nexthop_set failed ... intf (Unknown)".)  Then it starts each node's FRR
 (zebra + bgpd, + bfdd/staticd as the config needs) in the node's netns with its state, sockets and
 logs under ``<lab dir>/<node>/frr/`` (:class:`ipsecemu.routing.frr.FrrInstance`), registers every
 daemon's PID (``lab down`` stops them by PID), and waits for the sessions that do not ride a tunnel
@@ -10,12 +14,15 @@ daemon's PID (``lab down`` stops them by PID), and waits for the sessions that d
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ipsecemu.base.errors import ServiceError, SystemSetupError
+from ipsecemu.net.netns import netlink
+from ipsecemu.net.tun import TunError, attachable, open_tun
 from ipsecemu.routing.frr import FrrInstance
 
 from .errors import BuildError
@@ -51,9 +58,35 @@ def sessions(inst: FrrInstance) -> dict[str, dict[str, Any]]:
     return peers
 
 
+def _tunnel_devices(ns: str, node: str, tunnels: list[dict[str, str]]) -> None:
+    """Create ``node``'s BGP tun devices before its zebra starts: persistent (the gateway attaches to
+    them when its first SA comes, and sets their MTU), up, with the node's BGP /32 on each."""
+    if not tunnels:
+        return
+    # a link of that name that is not a free tun (a topology interface, say) is left alone: the gateway
+    # refuses it at start with the error that names the clash
+    mine = netlink(ns, lambda ipr: [t for t in tunnels if attachable(ipr, t["dev"])])
+    for t in mine:
+        try:
+            os.close(open_tun(t["dev"], persist=True, netns=ns))
+        except TunError as exc:
+            raise BuildError(f"{node}: BGP tunnel device: {exc}") from None
+
+    def setup(ipr: Any) -> None:
+        for t in mine:
+            idx = ipr.link_lookup(ifname=t["dev"])[0]
+            ipr.link("set", index=idx, state="up")
+            addr, _, plen = t["address"].partition("/")
+            ipr.addr("replace", index=idx, address=addr, prefixlen=int(plen))
+
+    netlink(ns, setup)
+
+
 def _start_one(plan: LabPlan, state: LabState, d: Daemon) -> FrrInstance:
     assert d.node is not None and d.run_dir is not None
-    inst = FrrInstance(d.node, Path(d.run_dir), plan.node(d.node).netns, tuple(d.info["daemons"]))
+    ns = plan.node(d.node).netns
+    _tunnel_devices(ns, d.node, d.info.get("tunnels") or [])  # before zebra: see the module doc
+    inst = FrrInstance(d.node, Path(d.run_dir), ns, tuple(d.info["daemons"]))
     try:
         inst.start(d.files[0].text, timeout=15.0)
     except (ServiceError, SystemSetupError) as exc:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from typing import Any
 
 from . import NetError
 from .netns import entered
 
-__all__ = ["VNET_HDR", "TunError", "clear_offload", "open_tun"]
+__all__ = ["VNET_HDR", "TunError", "attachable", "clear_offload", "open_tun"]
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -62,3 +63,18 @@ def clear_offload(fd: int) -> None:
         fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
     except OSError:
         pass
+
+
+def attachable(ipr: Any, name: str) -> bool:
+    """Through pyroute2 ``ipr`` (in the right netns): may a tun reader take the name ``name``?  Yes when
+    there is no such link, or it is a persistent tun nobody reads (no carrier): a lab makes the tuns BGP
+    rides in before FRR starts (ipsecemu.lab.svc_frr), a user may make one (``ip tuntap add NAME mode
+    tun``).  Anything else by that name (another reader's tun, a tap, a veth) is someone else's."""
+    idx = ipr.link_lookup(ifname=name)
+    if not idx:
+        return True
+    link = ipr.get_links(idx[0])[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    data = dict((info.get_attr("IFLA_INFO_DATA") or {}).get("attrs", [])) if info else {}
+    return (info is not None and info.get_attr("IFLA_INFO_KIND") == "tun" and data.get("IFLA_TUN_TYPE") == IFF_TUN
+            and data.get("IFLA_TUN_PERSIST") == 1 and not link.get_attr("IFLA_CARRIER"))

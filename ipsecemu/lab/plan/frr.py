@@ -42,6 +42,7 @@ from ipsecemu.routing.render import render_frr_conf
 from ..routing_schema import link_addresses
 from ..topology import Topology, VpnConnection
 from .model import FRR, Daemon, GeneratedFile
+from .vpn import tunnel_name
 
 CE_PREFER_VPN = 200  # local-preference the CE puts on what the VPN instances send
 
@@ -161,6 +162,24 @@ def _dup(ns: list[Neighbor], name: str) -> bool:
     return any(n.name == name for n in ns)
 
 
+def bgp_tunnels(topo: Topology, node: str) -> list[dict[str, str]]:
+    """The tun devices of ``node``'s ipsecemu gateway that carry BGP, with the node's BGP address on
+    each ({"dev": "vpn0", "address": "169.254.21.2/32"}).  ``lab up`` creates them, persistent and
+    addressed, before zebra starts (svc_frr): FRR 8.4's zebra reads addresses and links on two netlink
+    sockets, and drops an address that comes in before its interface (FRR issue #13288) -- a tun the
+    gateway creates and addresses within a millisecond while zebra runs loses its address there for
+    good, and bgpd then refuses every connection sourced from it ("nexthop_set failed").  A charon
+    node keeps its BGP addresses on lo (svc_vpn) and has no such device."""
+    if topo.node(node).kind != "ipsecemu":
+        return []
+    out = []
+    for c in bgp_conns(topo):
+        mine = c.bgp_of(node) if node in c.nodes else None
+        if mine is not None and c.bgp_of(c.nodes[1 - c.nodes.index(node)]) is not None:
+            out.append({"dev": tunnel_name(topo, node, c), "address": f"{mine}/32"})
+    return out
+
+
 def frr_dir(lab_dir: Path, node: str) -> Path:
     return lab_dir / node / "frr"
 
@@ -182,7 +201,8 @@ def daemons(topo: Topology, lab_dir: Path, node: str, nodes: dict[str, RoutingNo
     text = f"! {node}: {origin} (ipsecemu lab up)\n" + text
     state = frr_dir(lab_dir, node)
     return (Daemon(FRR, node, (), (GeneratedFile(f"{node}/frr/frr.conf", text),), log=f"{node}/frr",
-                   run_dir=str(state), info={"daemons": names, "origin": origin, "role": role_of(topo, node)}),)
+                   run_dir=str(state), info={"daemons": names, "origin": origin, "role": role_of(topo, node),
+                                             "tunnels": bgp_tunnels(topo, node)}),)
 
 
 def role_of(topo: Topology, node: str) -> str:

@@ -82,6 +82,24 @@ def test_tunnels_carry_bgp_addresses_and_no_route_agent() -> None:
     assert all(not r.dst.startswith(("10.0.", "10.51.")) for n in plan.nodes if n.kind != "host" for r in n.routes)
 
 
+def test_bgp_tun_devices_are_planned_for_before_zebra() -> None:
+    """Every ipsecemu end of a BGP tunnel gets its tun (name and BGP /32 exactly as in its gateway.yaml)
+    made by the FRR service before zebra starts; MSEEs and the hub have none, nor has a charon CE."""
+    plan = compile_plan(check.check_file(S1), Path("/run/ipsecemu"))
+    tuns = {d.node: d.info["tunnels"] for d in plan.daemons_of(FRR)}
+    assert tuns["ce"] == [{"dev": "vpn0", "address": "169.254.21.2/32"}, {"dev": "vpn1", "address": "169.254.22.2/32"}]
+    assert tuns["hubgw0"] == [{"dev": "vpn0", "address": "169.254.21.1/32"}]
+    assert tuns["hubgw1"] == [{"dev": "vpn0", "address": "169.254.22.1/32"}]
+    assert tuns["msee1"] == tuns["msee2"] == tuns["hub"] == []
+    for node, want in tuns.items():  # the gateway attaches to the very device, with the same address
+        for t in want:
+            gw = plan.file(f"{node}/gateway.yaml").text
+            assert f"name: {t['dev']}\n      address: {t['address']}" in gw, gw
+    ss = compile_plan(check.check_file(REPO / "netns-labs" / "er-vwan-strongswan.yaml"), Path("/run/ipsecemu"))
+    ss_tuns = {d.node: d.info["tunnels"] for d in ss.daemons_of(FRR)}
+    assert ss_tuns["ce"] == [] and ss_tuns["hubgw0"] == [{"dev": "vpn0", "address": "169.254.21.1/32"}]
+
+
 @pytest.mark.parametrize("lab,pref", [("er-vwan-s3", "200"), ("er-vwan-s3-vpn", "100"),
                                       ("er-vwan-s3-aspath", "100")])
 def test_hub_policy_per_preference(lab: str, pref: str) -> None:
