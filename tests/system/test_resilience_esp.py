@@ -147,6 +147,7 @@ def _run(lab: str, label: str, seconds: float, mbit: int, port: int, **imp: str)
     return r
 
 
+@pytest.mark.timeout(pick(120, 300))
 def test_reordering_inside_and_beyond_the_window_with_real_traffic(lab: str) -> None:
     seconds, mbit = pick(4, 20), 20  # 20 Mbit/s of 1000-byte datagrams: 2500 packets/s
     base = _run(lab, "baseline: delay 100 ms, no reordering", seconds, mbit, 5401, delay="100ms")
@@ -219,6 +220,7 @@ class Crafter:
         self.sock.close()
 
 
+@pytest.mark.timeout(pick(120, 300))
 def test_crafted_esp_inside_window_accepted_beyond_window_counted(lab: str, tmp_path: Path) -> None:
     n, dups, old = pick(512, 8192), pick(32, 512), pick(64, 1024)
     rng = random.Random(13)

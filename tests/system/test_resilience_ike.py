@@ -131,6 +131,7 @@ def _one_setup(lab: str, timeout: float, impaired: bool) -> tuple[float, int]:
     return took, endpoint_counters(lab, "ce").get("ike_out", 0) - out0 - 2
 
 
+@pytest.mark.timeout(pick(240, 900))
 def test_setup_time_over_lossy_er_links_vs_baseline(lab: str) -> None:
     n_base, n_imp = pick(5, 10), pick(8, 60)
     _impair(lab, False)
@@ -167,8 +168,9 @@ def _ping(lab: str, count: int, interval: float) -> subprocess.Popen[str]:
                              "-i", str(interval), "-W", "2", "10.51.231.4"], stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.timeout(pick(120, 400))
 def test_rekeys_and_dpd_survive_lossy_er_links(lab: str) -> None:
-    seconds = pick(26, 300)
+    seconds = pick(26, 240)
     _impair(lab, False)
     assert _wait(lambda: established(lab, "ce", CONN) is not None, 30)
     assert ns(lab, "onprem1", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "10.51.231.4").returncode == 0
