@@ -153,7 +153,7 @@ def test_setup_time_over_lossy_er_links_vs_baseline(lab: str) -> None:
     print(f"\nIKE setup, no impairment: {dist(base)}")
     print(f"IKE setup, 10% loss + 10% reorder (5 ms) + 5% duplicate each way on the ER links: {dist(imp)}")
     print(f"  ratio impaired/baseline: p50 {pct(imp, 50) / pct(base, 50):.2f}, p90 +{pct(imp, 90) - pct(base, 90):.2f} s; "
-          f"setups by CE retransmissions {hist} (no retransmission expected for ~{(1 - LINK_LOSS) ** 4:.0%}: "
+          f"setups by IKE datagrams the CE sent beyond its 2 requests (retransmissions) {hist} (no retransmission expected for ~{(1 - LINK_LOSS) ** 4:.0%}: "
           f"4 datagrams); ER elements during the impaired runs: frames {el['rx']}, lost {el['dropped_loss']}, "
           f"reordered {el['reordered']}, duplicated {el['duplicated']}")
     assert el["delayed"] > 0  # the elements were on, in the IKE path
