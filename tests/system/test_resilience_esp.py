@@ -151,11 +151,14 @@ def _run(lab: str, label: str, seconds: float, mbit: int, port: int, **imp: str)
 def test_reordering_inside_and_beyond_the_window_with_real_traffic(lab: str) -> None:
     seconds, mbit = pick(4, 20), 20  # 20 Mbit/s of 1000-byte datagrams: 2500 packets/s
     base = _run(lab, "baseline: delay 100 ms, no reordering", seconds, mbit, 5401, delay="100ms")
-    inside = _run(lab, "reorder 25 %, delay 2 ms (depth ~5 packets)", seconds, mbit, 5402,
+    # inside the window at 500 packets/s: the nominal depth is ~1 packet; at 2500/s a stalled sender
+    # (iperf3 catches up in bursts on a loaded box) once reached >128 deep and lost 157 of 50 000
+    # packets as replays, rightly (see docs/notes-resil1.md)
+    inside = _run(lab, "reorder 25 %, delay 2 ms, 500 packets/s (depth ~1)", seconds, 4, 5402,
                   delay="2ms", reorder="25%")
     beyond = _run(lab, "reorder 25 %, delay 100 ms (depth ~250 packets)", seconds, mbit, 5403,
                   delay="100ms", reorder="25%")
-    print(f"\niperf3 UDP {mbit} Mbit/s x {seconds} s left -> right through the tunnel, reordering of the ESP "
+    print(f"\niperf3 UDP {mbit} Mbit/s (inside: 4 Mbit/s) x {seconds} s left -> right through the tunnel, reordering of the ESP "
           f"on the wan link (gwa -> gwb), replay window {WINDOW}:")
     for r in (base, inside, beyond):
         print(f"  {r['label']}: element reordered {r['reordered']}; iperf3 packets {r['packets']}, lost "
@@ -192,7 +195,9 @@ class Crafter:
     gwa's netns: source 192.0.2.1:4500, which gwb's connected UDP socket accepts)."""
 
     def __init__(self, lab: str, tmp: Path) -> None:
-        spi_out = next(c["spi-out"] for s in ctl(lab, "gwa", "list_sas") for c in s["child-sas"])
+        child = next(c for s in ctl(lab, "gwa", "list_sas") for c in s["child-sas"])
+        spi_out = child["spi-out"]
+        self.used = int(child["packets-out"])  # sequence numbers gwa itself has used on this SA
         ctl(lab, "gwa", "export_keys", dir=str(tmp))
         row = next(r for r in read_esp_sa(tmp / "esp_sa") if r.src == GWA and r.spi_matches(int(spi_out, 16)))
         alg = row.algorithm()
@@ -227,7 +232,7 @@ def test_crafted_esp_inside_window_accepted_beyond_window_counted(lab: str, tmp_
     cr = Crafter(lab, tmp_path)
     try:
         c0 = _in_counters(lab, cr.spi)
-        top = 100_000  # far above anything real traffic used: the window starts here
+        top = cr.used + 100_000  # far above what gwa's real traffic used: the window starts here
         cr.send([top])
         # 1. reordering inside the window: blocks of 64 shuffled (every packet within 63 of the top)
         seqs = list(range(top + 1, top + 1 + n))
