@@ -202,6 +202,7 @@ def test_rekeys_and_dpd_survive_lossy_er_links(lab: str) -> None:
     d = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
     teardown = _teardown_lines(lab, log0)
     loop = {k: n - loop0.get(k, 0) for k, n in _loop_stats(lab).items() if n - loop0.get(k, 0)}
+    early = _early_promotions(lab)
     _impair(lab, False)
     loss = 1 - got / sent
     expect = 1 - (1 - LINK_LOSS) ** 2
@@ -213,6 +214,8 @@ def test_rekeys_and_dpd_survive_lossy_er_links(lab: str) -> None:
           f"~{100 * expect:.0f} % of round trips); CE IKE counters moved: {d}")
     print(f"  IKE SAs torn down (dpd/timeout) in the CE log: {len(teardown)}; the CE's C loop counters moved "
           f"(drops by reason among them): {loop}")
+    print(f"  hubgw0 moved its outbound to a rekeyed SA before the CE had installed it: {len(early)} time(s), "
+          f"by {', '.join(f'{t:.1f}' for t in early) or '-'} s (replies to the CE are lost meanwhile)")
     assert down_polls == 0, f"tunnel was down in {down_polls} polls"
     assert not teardown, "\n".join(teardown)
     assert len(child_spis) >= 1 + seconds // 12 - 1  # the Child SA really rekeyed under loss
@@ -226,8 +229,29 @@ def _loop_stats(lab: str) -> dict[str, int]:
     return {k: int(v) for k, v in st.items() if isinstance(v, int)}
 
 
-def _log_path(lab: str) -> Path:
-    return Path("/run/ipsecemu") / lab / "ce" / "gateway.log"
+def _log_path(lab: str, node: str = "ce") -> Path:
+    return Path("/run/ipsecemu") / lab / node / "gateway.log"
+
+
+_TS = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
+
+
+def _stamp(text: str) -> float:
+    return time.mktime(time.strptime(text[:19], "%Y-%m-%d %H:%M:%S")) + int(text[20:]) / 1000
+
+
+def _early_promotions(lab: str) -> list[float]:
+    """From the two logs: each time the responder's outbound moved to an SA (``outbound now on X``)
+    before the CE had installed X as its inbound (``installed SA in X``), by how many seconds."""
+    installed: dict[str, float] = {}
+    for m in re.finditer(_TS + r".*installed SA in ([0-9a-f]{8})", _log_path(lab).read_text(), re.M):
+        installed.setdefault(m.group(2), _stamp(m.group(1)))
+    early = []
+    for m in re.finditer(_TS + r".*outbound now on ([0-9a-f]{8})", _log_path(lab, "hubgw0").read_text(), re.M):
+        at = installed.get(m.group(2))
+        if at is not None and at > _stamp(m.group(1)):
+            early.append(at - _stamp(m.group(1)))
+    return early
 
 
 def _log_size(lab: str) -> int:
