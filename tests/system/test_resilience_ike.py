@@ -15,6 +15,7 @@ Short version in ``make test``; ``IPSECEMU_CAMPAIGN=long`` (``make campaigns``) 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -169,7 +170,7 @@ def _ping(lab: str, count: int, interval: float) -> subprocess.Popen[str]:
 
 
 @pytest.mark.timeout(pick(120, 400))
-def test_rekeys_and_dpd_survive_lossy_er_links(lab: str) -> None:
+def test_rekeys_and_dpd_survive_lossy_er_links(lab: str, tmp_path: Path) -> None:
     seconds = pick(26, 240)
     _impair(lab, False)
     assert _wait(lambda: established(lab, "ce", CONN) is not None, 30)
@@ -216,7 +217,10 @@ def test_rekeys_and_dpd_survive_lossy_er_links(lab: str) -> None:
           f"(drops by reason among them): {loop}")
     print(f"  hubgw0 moved its outbound to a rekeyed SA before the CE had installed it: {len(early)} time(s), "
           f"by {', '.join(f'{t:.1f}' for t in early) or '-'} s (replies to the CE are lost meanwhile)")
-    assert down_polls == 0, f"tunnel was down in {down_polls} polls"
+    if down_polls:  # keep both gateways' logs: `lab down` removes the state dir
+        for node in ("ce", "hubgw0"):
+            shutil.copy(_log_path(lab, node), tmp_path / f"{node}-gateway.log")
+    assert down_polls == 0, f"tunnel was down in {down_polls} polls; gateway logs kept in {tmp_path}"
     assert not teardown, "\n".join(teardown)
     assert len(child_spis) >= 1 + seconds // 12 - 1  # the Child SA really rekeyed under loss
     assert loss < expect + 0.12  # the tunnel loses no more than the links (generous: n is small)
