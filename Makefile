@@ -104,6 +104,16 @@ bench-lab: deps build
 bench-macsec: deps build
 	$(PY) -m ipsecemu bench macsec
 
+# Resilience campaigns (issue #13), the long versions: each test prints its figures and progress;
+# `make test` runs the same tests short.  Every campaign is bounded (pytest-timeout per test).
+# resil1: IKE over lossy ER links, ESP reordering vs the replay window, IKE_SA_INIT flood.
+CAMPAIGNS_RESIL1 := tests/system/test_resilience_ike.py tests/system/test_resilience_esp.py \
+	tests/system/test_resilience_flood.py
+CAMPAIGN_TESTS ?= $(CAMPAIGNS_RESIL1)
+.PHONY: campaigns
+campaigns: deps build
+	IPSECEMU_CAMPAIGN=long $(PY) -m pytest -s -q $(CAMPAIGN_TESTS)
+
 clean:
 	rm -rf $(VENV) build native/out ipsecemu/dataplane/_native*.so *.egg-info
 
