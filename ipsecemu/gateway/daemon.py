@@ -193,6 +193,8 @@ class Gateway(Sockets, Timers, Traps, ControlOps):
             for dp in self.dps.values():
                 if dp.remove(ev.inbound_spi):
                     log.info("%s: Child SA %08x deleted (%s)", dp.gw.name, ev.inbound_spi, ev.reason)
+            if conn is not None and found is not None:
+                self._keep_child(conn, found[1], ev.reason)
         elif isinstance(ev, IkeSaDeleted):
             self.ike_info.pop((ev.ike_spi_i, ev.ike_spi_r), None)
             if ev.reason == "rekeyed":
@@ -234,6 +236,36 @@ class Gateway(Sockets, Timers, Traps, ControlOps):
         log.info("%s: re-initiating in %.1fs (attempt %d, %s)", name, delay, self.backoff.retries[name].attempts,
                  reason)
         self.loop.call_later(delay, self._restart, name)
+
+    def _keep_child(self, name: str, sa: IkeSa, reason: str) -> None:
+        """An always-up connection whose last Child SA went while its IKE SA stays: a Child SA that
+        expired before a rekey replaced it (e.g. the rekey stuck behind retransmissions on a lossy
+        link), or one the peer deleted under ``close_action: restart``, is created again
+        (CREATE_CHILD_SA) instead of leaving the tunnel without a data path."""
+        gw = self.cfg.connection(name)
+        if gw is None or gw.conn.start_action != "initiate" or name in self.held or self.stopping:
+            return
+        if reason not in ("expired", "remote") or (reason == "remote" and gw.close_action != "restart"):
+            return
+        if any(not ch.rekeyed for ch in sa.children.values()):
+            return
+        log.info("%s: no Child SA left with %s (%s): creating a new one", name, sa.remote[0], reason)
+        self.loop.call_soon(self._recreate_child, name, sa)
+
+    def _recreate_child(self, name: str, sa: IkeSa) -> None:
+        if self.stopping or name in self.held or sa.state != IkeState.ESTABLISHED:
+            return  # an IKE SA that went meanwhile is restarted by _maybe_restart
+        if any(not ch.rekeyed for ch in sa.children.values()):
+            return
+        gw = self.cfg.connection(name)
+        assert gw is not None
+        try:
+            sa.create_child(self.now(), list(gw.conn.local_ts), list(gw.conn.remote_ts))
+        except LocalProtocolError as exc:
+            log.info("%s: Child SA not re-created: %s", name, exc)
+            return
+        for local in self.locals.values():
+            local.transport.pump()
 
     def _restart(self, name: str) -> None:
         self.backoff.started(name)

@@ -220,7 +220,9 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         for c in list(self.children.values()):
             if c.expire_at is not None and now >= c.expire_at:
-                self.delete_child(c.inbound_spi, now)
+                c.expire_at = None  # one Delete, even if the peer is slow to answer it
+                self._count("child_expired")
+                self.delete_child(c.inbound_spi, now, "expired")
             elif c.rekey_at is not None and now >= c.rekey_at and not c.rekeyed:
                 c.rekey_at = None
                 self.rekey_child(c.inbound_spi, now)
@@ -257,9 +259,11 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         self._enqueue("create_child", lambda t: self._start_create_child(t, None, local_ts, remote_ts))
         self._kick(now)
 
-    def delete_child(self, inbound_spi: int, now: float) -> None:
+    def delete_child(self, inbound_spi: int, now: float, reason: str = "local") -> None:
+        """Delete a Child SA; ``reason`` is what its ``ChildSaDeleted`` says ("local": asked for,
+        "expired": its hard lifetime ran out before a rekey replaced it)."""
         self._child(inbound_spi)
-        self._enqueue("delete_child", lambda t: self._start_delete_child(t, inbound_spi))
+        self._enqueue("delete_child", lambda t: self._start_delete_child(t, inbound_spi, reason))
         self._kick(now)
 
     def rekey_ike(self, now: float) -> None:

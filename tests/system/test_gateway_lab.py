@@ -344,3 +344,19 @@ def test_ike_sa_rekey_and_child_terminate_by_spi(lab_factory) -> None:
     assert ping(lab.left, "10.2.0.2", count=1, wait=1) == 0
     r = lab.a.cli("terminate", "0xdeadbeef", check=False)
     assert r.returncode == 7 and "no SA with SPI 0xdeadbeef" in r.stderr
+
+
+def test_child_deleted_by_the_peer_is_recreated_under_close_action_restart(lab_factory) -> None:
+    """The always-up side (start_action initiate, close_action restart) gets a new Child SA under the
+    same IKE SA when the peer deletes its only one; without restart it stays without (test above)."""
+    lab: Lab = lab_factory(encap="udp", extra_a="    close_action: restart\n")
+    up(lab)
+    ike = lab.a.sas()[0]
+    old = ike["child_sas"][0]["spi_in"]
+    lab.b.cli("terminate", old)  # b's outbound SPI is a's inbound
+    assert wait_for(lambda: (s := lab.a.sas()) and s[0]["child_sas"] and s[0]["child_sas"][0]["spi_in"] != old, 10), \
+        lab.a.log()
+    now = lab.a.sas()
+    assert len(now) == 1 and now[0]["initiator_spi"] == ike["initiator_spi"]  # the same IKE SA
+    assert "no Child SA left with 192.0.2.2 (remote): creating a new one" in lab.a.log()
+    assert ping(lab.left, "10.2.0.2", count=3) == 3

@@ -336,3 +336,22 @@ def test_replaced_ike_sa_whose_delete_is_lost_is_deleted_by_the_other_side() -> 
     assert len(la) == len(lb) == 1 and la[0].keys == lb[0].keys
     (cx,), (cy,) = la[0].children.values(), lb[0].children.values()
     esp_both_ways(cx.keys, cy.keys)
+
+
+def test_child_that_expires_unreplaced_is_deleted_as_expired_once() -> None:
+    """No timed rekey (rekey_fraction 0): at its hard lifetime the Child SA is deleted with reason
+    "expired" (what the gateway re-creates an always-up tunnel's Child SA on), counted, and one
+    Delete goes out, not one per tick; the IKE SA stays."""
+    a, b, net, sa, sb = established(a_kw={"child_lifetime_s": 50.0, "rekey_fraction": 0.0},
+                                    b_kw={"child_lifetime_s": 10000.0})
+    spi = next(iter(sa.children))
+    net.advance(49.0)
+    assert not [e for e in events(a) if isinstance(e, ev.ChildSaDeleted)]
+    net.advance(20.0)
+    gone = one(events(a), ev.ChildSaDeleted)
+    assert gone.inbound_spi == spi and gone.reason == "expired"
+    assert one(events(b), ev.ChildSaDeleted).reason == "remote"
+    assert sa.counters.get("child_expired") == 1 and not sa.children and not sb.children
+    assert sa.state == sb.state == IkeState.ESTABLISHED
+    deletes = [x for x in net.log if m.decode_header(x.data).exchange == Exchange.INFORMATIONAL]
+    assert len(deletes) == 2  # one request, one response
