@@ -366,8 +366,9 @@ def _lab_status(name: str) -> dict[str, Any]:
     out = {"name": name, "status": status, "detail": detail, "source": d.get("source"), "created": d.get("created"),
            "nodes": nodes, "links": d.get("links", []), "processes": procs,
            "live_details": root}
-    if any(k in VPN_KINDS for k in d.get("nodes", {}).values()) and root:
-        from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
+    from ipsecemu.lab import svc_vpn  # lazy: CLI start-up
+
+    if (any(k in VPN_KINDS for k in d.get("nodes", {}).values()) or svc_vpn.has_host_gateways(st)) and root:
 
         agent = svc_vpn.read_status(st)
         out["vpn"] = {"tunnels": svc_vpn.tunnel_status(st), "routes": agent.get("routes", []),

@@ -45,6 +45,7 @@ from ipsecemu.net.proc import pid_alive
 from ipsecemu.net.proc import start as start_process
 from ipsecemu.strongswan.charon import Charon, CharonError
 
+from . import hostpolicy_plan
 from .errors import BuildError
 from .plan import CHARON, GATEWAY, ROUTE_AGENT, Daemon, LabPlan, write_file
 from .plan.render import daemon_argv
@@ -304,15 +305,25 @@ def read_status(state: LabState) -> dict[str, Any]:
 # ---------------------------------------------------------------- tunnel status
 
 
+HOST_GATEWAY_FILE = hostpolicy_plan.GATEWAY_FILE  # a policy host's gateway config (S5)
+
+
+def has_host_gateways(state: LabState) -> bool:
+    """Whether a host of the lab runs an IPsec policy gateway (scenario S5)."""
+    return any((state.dir / n / HOST_GATEWAY_FILE).exists() for n in (state.data.get("nodes") or {}))
+
+
 def tunnel_status(state: LabState) -> list[dict[str, Any]]:
     """One entry per (VPN node, connection): state, SPIs, byte/packet counters, tunnel device.
 
     Asks each ipsecemu gateway (``list_sas`` on its control socket) and each charon (vici)."""
     out: list[dict[str, Any]] = []
     for node, kind in (state.data.get("nodes") or {}).items():
+        if kind == "host" and (state.dir / node / HOST_GATEWAY_FILE).exists():
+            kind = "ipsecemu"  # a host's IPsec policy agent (S5) is an ipsecemu gateway too
         if kind == "ipsecemu":
             sock = state.dir / node / "control.sock"
-            if not (state.dir / node / "gateway.yaml").exists():
+            if not any((state.dir / node / f).exists() for f in ("gateway.yaml", HOST_GATEWAY_FILE)):
                 continue  # no VPN on this node
             try:
                 sas = request(sock, "list_sas", timeout=2.0)

@@ -13,6 +13,7 @@ Verdicts come from captures on the ER links:
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -145,6 +146,12 @@ def test_require_audit_transport_framing_and_3des_rate(lab: Callable[[Path], str
     assert all(p[IP].src == ADDR["host2"] and p[TCP].flags == "S" for p in clear), [p.summary() for p in clear]
     assert not any(ADDR["host2"] in (p[IP].src, p[IP].dst) for p in _clear_tcp(work / "ce-msee.pcap", 80))
     assert "ESP:3DES_CBC/HMAC_SHA1_96" in _sas(name, "host1")  # the first method of the policy
+    # `lab status` lists the policy hosts' SAs like any gateway's: host1 <-> vm1 up after the audit
+    st = json.loads(cli("status", name, "--json").stdout)["labs"][0]["vpn"]["tunnels"]
+    ends = {(t["node"], t["conn"]): t for t in st}
+    assert ends[("host1", "onprem8080-vm1")]["state"] == "ESTABLISHED", st
+    assert ends[("vm1", "onprem8080-host1")]["child_sas"][0]["spi_in"] == \
+        ends[("host1", "onprem8080-vm1")]["child_sas"][0]["spi_out"], st
     rate = _iperf(name, "vm1", "host1")
     print(f"\n[S5 require, ESP 3DES-SHA1 transport] iperf3 -p 8080 host1 -> vm1 over ER: {rate:.0f} Mbit/s")
     _require_after_the_gateway_is_gone(name, work)
