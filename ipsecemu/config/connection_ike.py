@@ -39,7 +39,7 @@ def to_ike_sa_config(conn: ConnectionConfig) -> IkeSaConfig:
         if local_id is None:
             raise ConnectionConfigError(f"{conn.name}: local_id: needed when local_address is %any")
         core_local = local_id
-    child = conn.child_lifetime
+    child, ike = conn.child_lifetime, conn.ike_lifetime
     kw: dict[str, Any] = {"certs": certs} if certs is not None else {}
     try:
         return IkeSaConfig(
@@ -56,6 +56,11 @@ def to_ike_sa_config(conn: ConnectionConfig) -> IkeSaConfig:
         ike_lifetime_s=float(conn.ike_lifetime.seconds),
         child_lifetime_s=float(child.seconds),
         rekey_fraction=(child.seconds - child.rekey_margin) / child.seconds,
+        # the IKE SA's own margin and both jitters (a margin that scaled down to 0 for a lifetime of a
+        # few seconds keeps the core's defaults: rekey at the child's fraction, jitter 10 %)
+        ike_rekey_fraction=(ike.seconds - ike.rekey_margin) / ike.seconds if ike.rekey_margin else None,
+        child_jitter_s=float(child.jitter) if child.rekey_margin else None,
+        ike_jitter_s=float(ike.jitter) if ike.rekey_margin else None,
         dpd_delay_s=float(conn.dpd.interval),
         replay_window=conn.replay_window,
         force_encap=conn.nat_t.force_encap,

@@ -178,6 +178,11 @@ class IkeSaConfig:
     ike_lifetime_s: float = 4 * 3600.0  # reauth/rekey horizon; we rekey at rekey fraction
     child_lifetime_s: float = 3600.0
     rekey_fraction: float = 0.9  # rekey at this fraction of the lifetime (0 disables timed rekey)
+    ike_rekey_fraction: float | None = None  # the IKE SA's own (None: rekey_fraction)
+    # timed rekeys start up to this many seconds earlier, at random, so both peers rarely rekey
+    # together (strongSwan's rand_time); None: 10 % of the lifetime
+    child_jitter_s: float | None = None
+    ike_jitter_s: float | None = None
     dpd_delay_s: float = 0.0  # 0: no automatic DPD
     retransmit_timeout_s: float = 4.0
     retransmit_base: float = 1.8

@@ -70,7 +70,7 @@ class ChildTask(SaCore):
         life, f = self.config.child_lifetime_s, self.config.rekey_fraction
         keys = ChildSaKeys(inbound, outbound, tuple(local_ts), tuple(remote_ts), mode, self.encap,
                            self.local, self.remote, life, prop.to_strongswan_string())
-        rekey_at = now + life * f - self._jitter(life) if f > 0 and life > 0 else None
+        rekey_at = now + life * f - self._jitter(life, self.config.child_jitter_s) if f > 0 and life > 0 else None
         return ChildSa(in_spi, out_spi, keys, now, rekey_at, now + life if life > 0 else None)
 
     def _volume_lifetime(self) -> Lifetime:

@@ -216,14 +216,17 @@ class IkeAuthTask(SaCore):
         self._schedule_ike_rekey(now)
 
     def _schedule_ike_rekey(self, now: float) -> None:
-        f, life = self.config.rekey_fraction, self.config.ike_lifetime_s
-        self._ike_rekey_at = now + life * f - self._jitter(life) if f > 0 and life > 0 else None
+        c = self.config
+        f, life = c.ike_rekey_fraction if c.ike_rekey_fraction is not None else c.rekey_fraction, c.ike_lifetime_s
+        self._ike_rekey_at = now + life * f - self._jitter(life, c.ike_jitter_s) if f > 0 and life > 0 else None
         self._ike_expire_at = now + life if f > 0 and life > 0 else None
 
     def _retry_delay(self) -> float:
         """2-6 s from the injected rng, so two peers that refused each other do not collide again."""
         return 2.0 + 4.0 * int.from_bytes(self._rng(2), "big") / 65535
 
-    def _jitter(self, span: float) -> float:
-        """Up to 10% of ``span`` earlier, from the injected rng, so both peers rarely collide."""
-        return span * 0.1 * int.from_bytes(self._rng(2), "big") / 65535
+    def _jitter(self, span: float, most: float | None = None) -> float:
+        """Up to ``most`` seconds (None: 10% of ``span``) earlier, from the injected rng, so both peers
+        rarely collide."""
+        top = span * 0.1 if most is None else min(most, span)
+        return top * int.from_bytes(self._rng(2), "big") / 65535

@@ -150,6 +150,37 @@ def test_core_config_fields() -> None:
     assert "abc123" not in repr(core)
 
 
+def test_ike_lifetime_margin_and_jitters_reach_the_core() -> None:
+    """`ike_lifetime`'s own rekey_margin and both lifetimes' jitter are what the core schedules with
+    (they were ignored: IKE rekeyed at the child's fraction, both with 10 % jitter)."""
+    c = parse_connection({"local_address": "1.2.3.5", "remote_address": "1.2.3.4", "psk": "x",
+                          "ike_lifetime": {"seconds": 1000, "rekey_margin": 300, "jitter": 0},
+                          "child_lifetime": {"seconds": 600, "rekey_margin": 60, "jitter": 30}})
+    core = to_ike_sa_config(c)
+    assert core.ike_rekey_fraction == pytest.approx(0.7) and core.ike_jitter_s == 0
+    assert core.rekey_fraction == pytest.approx(0.9) and core.child_jitter_s == 30
+    # a lifetime of a few seconds scales the default margin to 0: the core keeps its defaults
+    tiny = to_ike_sa_config(parse_connection({"local_address": "1.2.3.5", "remote_address": "1.2.3.4", "psk": "x",
+                                              "ike_lifetime": 6}))
+    assert tiny.ike_rekey_fraction is None and tiny.ike_jitter_s is None
+    # and the core rekeys the IKE SA at 70 %, not before (no jitter)
+    a = IkeEndpoint([to_ike_sa_config(c)], ("1.2.3.5", 500), rng=_rng(1))
+    b = IkeEndpoint([to_ike_sa_config(parse_connection({"local_address": "1.2.3.4", "remote_address": "1.2.3.5",
+                                                         "psk": "x",
+                                                         "start_action": "listen", "ike_lifetime": 100000,
+                                                         "child_lifetime": 100000}))],
+                    ("1.2.3.4", 500), rng=_rng(2))
+    net = LoopbackNet([a, b])
+    sa = a.initiate(c.name, net.now)
+    net.run()
+    assert sa.state == IkeState.ESTABLISHED
+    _events(a)
+    net.advance(699.0)
+    assert not any(isinstance(e, ev.IkeSaRekeyed) for e in _events(a))
+    net.advance(2.0)
+    assert any(isinstance(e, ev.IkeSaRekeyed) for e in _events(a))
+
+
 @pytest.mark.parametrize("policy", [
     dict(ike_encryption="DES3", ike_integrity="MD5", dh_group="DHGroup1", ipsec_encryption="DES3",
          ipsec_integrity="MD5", pfs_group="None"),
