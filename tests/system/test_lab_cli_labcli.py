@@ -154,33 +154,42 @@ def test_next_steps_run_as_printed_and_status_tells_the_truth(names: list[str], 
     assert lab_netns(name) == [] and not LabState(name).dir.exists()
 
 
-def _clash(tmp_path: Path, name: str) -> Path:
-    """er-vwan whose CE already has an interface named like its first tunnel (vpn0): the lab builds,
-    the CE gateway starts and exits ("tunnel device vpn0 already exists"), after the responders ran."""
-    text = renamed(ER.read_text(), name).replace('"ce:lan1"', '"ce:vpn0"').replace(
-        "      lan1: [10.0.1.1/24]", "      vpn0: [10.0.1.1/24]")
-    f = tmp_path / "clash.yaml"
-    f.write_text(text)
-    return f
+SS = REPO / "netns-labs" / "er-vwan-strongswan.yaml"
+
+
+def _broken_charon(tmp_path: Path, name: str) -> tuple[Path, dict[str, str]]:
+    """er-vwan-strongswan with a charon that cannot start (a stand-in binary that exits at once, the
+    plugins it is checked for present): the lab builds, FRR and the hub gateways run, then the CE's
+    charon fails, a failure `lab check` cannot see.  (A tun-name clash used to serve here; `lab check`
+    refuses it now.)  Returns the lab file and the environment that points lab up at the binary."""
+    fake = tmp_path / "ipsec"
+    (fake / "plugins").mkdir(parents=True)
+    (fake / "charon").write_text('#!/bin/sh\necho "charon: simulated start failure (test)" >&2\nexit 1\n')
+    (fake / "charon").chmod(0o755)
+    for plug in ("kernel-libipsec", "vici", "kdf"):
+        (fake / "plugins" / f"libstrongswan-{plug}.so").write_bytes(b"")
+    f = tmp_path / "broken.yaml"
+    f.write_text(renamed(SS.read_text(), name))
+    return f, {**os.environ, "IPSECEMU_CHARON": str(fake / "charon")}
 
 
 def test_failed_up_keeps_the_logs_it_names(names: list[str], tmp_path: Path) -> None:
     name = new_name()
     names.append(name)
-    res = cli("lab", "up", str(_clash(tmp_path, name)), timeout=180)
+    lab_file, env = _broken_charon(tmp_path, name)
+    res = cli("lab", "up", str(lab_file), env=env, timeout=180)
     assert res.returncode == 8, res.stdout + res.stderr  # LabError
     err = res.stderr.strip()
-    assert "Traceback" not in err and "rolled back" in err and "vpn0 already exists" in err
+    assert "Traceback" not in err and "rolled back" in err and "simulated start failure" in err
+    assert f"ce: strongSwan: charon in netns {name}-ce" in err  # names the node and the daemon
     m = re.search(r"logs kept in (\S+?)\)", err)
     assert m, err
     kept = Path(m.group(1))
     try:
         assert kept.parent == failed_dir() and kept.name.startswith(f"{name}-")
         assert not LabState(name).dir.exists() and lab_netns(name) == []  # the lab itself is gone
-        ce_logs = "".join(p.read_text() for p in (kept / "logs" / "ce-gateway.log", kept / "ce" / "gateway.log")
-                          if p.exists())
-        assert "vpn0 already exists" in ce_logs
-        assert (kept / "logs" / "hubgw0-gateway.log").exists() and (kept / "ce" / "gateway.yaml").exists()
+        assert (kept / "logs" / "hubgw0-gateway.log").exists() and (kept / "ce" / "swanctl.conf").exists()
+        assert "IKE listening on" in (kept / "hubgw0" / "gateway.log").read_text()  # the responders' own logs
         assert not (kept / "keys").exists() and oct(kept.stat().st_mode & 0o777) == "0o700"
         assert name not in cli("lab", "status").stdout  # kept logs are not a lab
     finally:
@@ -190,13 +199,14 @@ def test_failed_up_keeps_the_logs_it_names(names: list[str], tmp_path: Path) -> 
 def test_keep_on_failure_keeps_the_lab_and_says_how_to_remove_it(names: list[str], tmp_path: Path) -> None:
     name = new_name()
     names.append(name)
-    res = cli("lab", "up", str(_clash(tmp_path, name)), "--keep-on-failure", timeout=180)
+    lab_file, env = _broken_charon(tmp_path, name)
+    res = cli("lab", "up", str(lab_file), "--keep-on-failure", env=env, timeout=180)
     assert res.returncode == 8, res.stdout + res.stderr
     assert "lab kept for debugging" in res.stderr and f"'ipsecemu lab down {name}' removes it" in res.stderr
     assert "rolling back" not in res.stdout
-    assert len(lab_netns(name)) == 10 and (LabState(name).dir / "logs" / "ce-gateway.log").exists()
+    assert len(lab_netns(name)) == 10 and (LabState(name).dir / "logs" / "hubgw0-gateway.log").exists()
     lb = status_json(name)
-    assert lb["status"] == "failed" and "vpn0 already exists" in lb["detail"]
+    assert lb["status"] == "failed" and "simulated start failure" in lb["detail"]
     res = cli("lab", "down", name)
     assert res.returncode == 0 and lab_netns(name) == []
     st_pids = [p for p in lb["processes"] if pid_alive(p["pid"], p.get("start_time"))]
