@@ -258,9 +258,11 @@ def _next_steps(topo: Any) -> None:
     click.echo(f"  ipsecemu lab status {lab}                 # nodes, tunnels, SAs, counters (--json)")
     if plan:
         (pn, _), (_, rip) = plan["protected"], plan["remote"]
-        iface = plan["links"][0] if plan["links"] else "eth0"
+        # several uplinks (ECMP over both ER links): the ESP may take either, so capture it on all
+        where = (f"{plan['links'][0]}" if len(plan["links"]) == 1
+                 else "any --filter 'udp port 4500 or esp'" if plan["links"] else "eth0")
         click.echo(f"  ipsecemu lab exec {lab}/{pn} -- ping -c3 {rip}   # through the IPsec tunnels")
-        click.echo(f"  ipsecemu lab capture {lab}/{plan['initiator']}:{iface} --duration 5 -w /tmp/{lab}.pcap "
+        click.echo(f"  ipsecemu lab capture {lab}/{plan['initiator']}:{where} --duration 5 -w /tmp/{lab}.pcap "
                    f"--keys /tmp/{lab}-keys")
         click.echo(f"  XDG_CONFIG_HOME=/tmp/{lab}-ws sh -c 'mkdir -p $XDG_CONFIG_HOME/wireshark && "
                    f"cp /tmp/{lab}-keys/* $XDG_CONFIG_HOME/wireshark/ && "
@@ -545,8 +547,10 @@ def bgp(args: tuple[str, ...]) -> None:
 @click.option("-w", "write", type=click.Path(dir_okay=False), help="pcap file (default LAB-NODE-IFACE.pcap).")
 @click.option("--duration", type=click.FloatRange(min=0.1), help="Seconds to capture (default: until Ctrl-C).")
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False), help="Also write the lab's SA key files here.")
-def capture(target: str, write: str | None, duration: float | None, keys_dir: str | None) -> None:
-    """tcpdump on NODE:IFACE inside the lab; prints the packet count."""
+@click.option("--filter", "bpf", metavar="EXPR", help="tcpdump filter, e.g. 'udp port 4500 or esp'.")
+def capture(target: str, write: str | None, duration: float | None, keys_dir: str | None, bpf: str | None) -> None:
+    """tcpdump on NODE:IFACE inside the lab (IFACE 'any': all of the node's interfaces); prints the
+    packet count."""
     from ipsecemu.lab.capture import Capture, CaptureError, export_keys, tshark_hint  # lazy: CLI start-up
 
     if ":" not in target:
@@ -556,7 +560,7 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
     spec, iface = target.rsplit(":", 1)
     st, node = _resolve(spec)
     path = write or f"{st.name}-{node}-{iface}.pcap"
-    cap = Capture(st, node, iface, path)
+    cap = Capture(st, node, iface, path, bpf)
     try:
         cap.start()
     except CaptureError as exc:

@@ -31,11 +31,13 @@ class CaptureError(LabError):
 
 
 class Capture:
-    def __init__(self, state: LabState, node: str, iface: str, path: str | Path) -> None:
+    def __init__(self, state: LabState, node: str, iface: str, path: str | Path, bpf: str | None = None) -> None:
+        """``iface`` "any": every interface of the node (tcpdump's cooked capture); ``bpf``: a tcpdump
+        filter expression (e.g. "udp port 4500 or esp": the ESP whichever ECMP link it takes)."""
         ns = state.node_netns(node)
         if ns is None:
             raise CaptureError(f"lab '{state.name}' has no node '{node}'")
-        self.state, self.node, self.iface, self.ns = state, node, iface, ns
+        self.state, self.node, self.iface, self.ns, self.bpf = state, node, iface, ns, bpf
         self.path = Path(path).resolve()
         self.proc: subprocess.Popen[bytes] | None = None
         self.packets: int | None = None
@@ -47,7 +49,7 @@ class Capture:
                 names = sorted(link.get("ifname") for link in ipr.link("dump"))
         except NetError as exc:
             raise CaptureError(str(exc)) from None
-        if self.iface not in names:
+        if self.iface not in names and self.iface != "any":
             raise CaptureError(f"node '{self.node}' has no interface '{self.iface}' (has: {', '.join(names)})")
 
     def start(self, timeout: float = 5.0) -> None:
@@ -60,7 +62,7 @@ class Capture:
         # write anywhere root can; -U and --immediate-mode hand over and flush each packet at once, so
         # nothing still sits in the ring buffer when we stop it.
         cmd = ns_argv(self.ns, "tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-Z", "root",
-                      "-w", str(self.path))
+                      "-w", str(self.path), *([self.bpf] if self.bpf else []))
         # own session: a terminal Ctrl-C reaches us, and we stop tcpdump cleanly by PID
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
