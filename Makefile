@@ -135,7 +135,7 @@ fuzz-python: venv
 		test $${PIPESTATUS[0]} -eq 0 || { echo "fuzz-python: finding in $$t (see build/fuzz/$$t-*)"; exit 1; }; \
 	done
 
-# Resilience soak (branch resil2, issue #13), about 15 min: the 10-minute soak (SOAK_SECONDS) with
+# Resilience soak (issue #13), about 15 min: the 10-minute soak (SOAK_SECONDS) with
 # Child and IKE rekeys every 30 s under iperf3 + ping, RSS and fds of each gateway sampled every 10 s
 # (fails on fd growth or RSS +20 %); 100 Child + 10 IKE rekeys under iperf3 with 0 lost pings;
 # the gateway restart drill's re-establish time.  Each prints its figures; make test runs short versions.
