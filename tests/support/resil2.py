@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import statistics
 import subprocess
 import threading
 from dataclasses import dataclass, field
 
-from support.gateway_lab import Gw
+from ipsecemu.lab.netns import Netns
+
+from support.gateway_lab import Gw, Lab
 
 
 @dataclass
@@ -91,3 +94,15 @@ def thirds(series: list[int]) -> tuple[float, float]:
     single samples)."""
     k = max(1, len(series) // 3)
     return statistics.median(series[:k]), statistics.median(series[-k:])
+
+
+def teardown(procs: list[subprocess.Popen[str]], lab: Lab | None, net: Netns) -> None:
+    """Stop what a campaign started, by PID (iperf3, pings), then both gateways, then the netns."""
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGTERM)
+            p.wait(5)
+    if lab is not None:
+        lab.a.stop()
+        lab.b.stop()
+    net.close()

@@ -20,7 +20,7 @@ import pytest
 from ipsecemu.lab.netns import Netns
 
 from support.gateway_lab import Lab, build_lab, up
-from support.resil2 import PingRounds, tally
+from support.resil2 import PingRounds, tally, teardown
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -97,11 +97,4 @@ def test_child_and_ike_rekeys_under_iperf3_lose_no_ping(unique_name: str, tmp_pa
             assert collisions_child <= max(2, child_done // 10), f"{collisions_child} child rekey collisions"
         assert sent > 0 and got == sent, f"{sent - got} of {sent} pings lost\n{logs[0]}\n{logs[1]}"
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                p.wait(5)
-        if lab is not None:
-            lab.a.stop()
-            lab.b.stop()
-        net.close()
+        teardown(procs, lab, net)

@@ -10,7 +10,6 @@ flat or the RSS grows beyond SOAK_RSS_GROWTH (a fraction).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from ipsecemu.lab.netns import Netns
 
 from support.gateway_lab import Lab, build_lab, up
-from support.resil2 import PingRounds, proc_sample, tally, thirds
+from support.resil2 import PingRounds, proc_sample, tally, teardown, thirds
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -95,11 +94,4 @@ def test_soak_rekeys_under_traffic_keep_rss_and_fds_flat(unique_name: str, tmp_p
         assert ta.ike_rekeys >= max(1, int(SECONDS / LIFE) - 1), f"only {ta.ike_rekeys} IKE SA rekeys"
         assert sent > 0 and got == sent, f"{sent - got} of {sent} pings lost\n{lab.a.log()}\n{lab.b.log()}"
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGTERM)
-                p.wait(5)
-        if lab is not None:
-            lab.a.stop()
-            lab.b.stop()
-        net.close()
+        teardown(procs, lab, net)
