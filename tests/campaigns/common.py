@@ -18,6 +18,8 @@ from typing import Any
 
 from ipsecemu.gateway.control import ControlError, request, socket_path
 
+from support.labs import cli
+
 LONG = os.environ.get("IPSECEMU_CAMPAIGN", "") == "long"
 
 
@@ -29,13 +31,6 @@ def pick(short: Any, long: Any) -> Any:
 def progress(msg: str) -> None:
     """One progress line, shown at once even under pytest's capture (stderr of ``-s`` runs)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cli(*args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "ipsecemu", *args], capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"ipsecemu {' '.join(args)}: rc {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
 
 
 def ns(lab: str, node: str, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
