@@ -17,6 +17,7 @@ from ipsecemu.base.errors import (
     EXIT_INTERRUPTED,
     CheckFailed,
     ConfigError,
+    InputError,
     IpsecemuError,
     LabError,
     NeedsRootError,
@@ -548,10 +549,19 @@ def bgp(args: tuple[str, ...]) -> None:
 @click.option("--duration", type=click.FloatRange(min=0.1), help="Seconds to capture (default: until Ctrl-C).")
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False), help="Also write the lab's SA key files here.")
 @click.option("--filter", "bpf", metavar="EXPR", help="tcpdump filter, e.g. 'udp port 4500 or esp'.")
-def capture(target: str, write: str | None, duration: float | None, keys_dir: str | None, bpf: str | None) -> None:
+@click.option("--as-captured", is_flag=True,
+              help="Keep UDP GSO/GRO trains (several ESP datagrams in one frame) as tcpdump saw them instead of "
+                   "one frame per datagram.")
+def capture(target: str, write: str | None, duration: float | None, keys_dir: str | None, bpf: str | None,
+            as_captured: bool) -> None:
     """tcpdump on NODE:IFACE inside the lab (IFACE 'any': all of the node's interfaces); prints the
-    packet count."""
+    packet count.
+
+    The gateways send ESP-in-UDP as UDP GSO trains, which a veth carries (and UDP GRO merges) as one
+    frame of several ESP datagrams; Wireshark cannot decrypt such a frame.  Unless --as-captured, the
+    written file has one frame per datagram, as they would cross a real wire."""
     from ipsecemu.lab.capture import Capture, CaptureError, export_keys, tshark_hint  # lazy: CLI start-up
+    from ipsecemu.pcap.coalesced import split_file  # lazy: CLI start-up (scapy)
 
     if ":" not in target:
         raise click.UsageError(f"expected NODE:IFACE, got {target!r}")
@@ -570,6 +580,15 @@ def capture(target: str, write: str | None, duration: float | None, keys_dir: st
     cap.wait(duration)
     n = cap.stop()
     click.echo(f"{n} packets captured to {cap.path}")
+    if not as_captured and n:
+        try:
+            split = split_file(cap.path)
+        except (InputError, OSError) as exc:  # the capture stays as tcpdump wrote it
+            click.echo(f"warning: GSO/GRO trains not split: {exc}", err=True)
+        else:
+            if split.trains:
+                click.echo(f"{split.trains} frame(s) held several ESP datagrams (UDP GSO/GRO): written as "
+                           f"{split.datagrams} frames, one per datagram (--as-captured keeps them merged)")
     if keys_dir:
         copied = export_keys(st, keys_dir)
         if copied:

@@ -284,7 +284,7 @@ def format_report(r: Report) -> list[str]:
         if c.get("skipped"):
             out.append(f"capture {label}: {c['skipped']}")
             continue
-        merged = f" ({c['coalesced']} merged by GRO, split)" if c["coalesced"] else ""
+        merged = f" ({c['coalesced']} merged by GSO/GRO, split)" if c["coalesced"] else ""
         out.append(f"capture {label}: {c['frames']} frames, {c['decrypted']} decrypted{merged}, "
                    f"{c['no_key']} without a key, {c['failed']} failed ({c['path']})")
     n = len(r.mismatches)

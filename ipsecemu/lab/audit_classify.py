@@ -41,7 +41,7 @@ class CaptureStats:
     decrypted: int = 0
     failed: int = 0
     no_key: int = 0
-    coalesced: int = 0  # frames holding several ESP-in-UDP datagrams (receive-side GRO), split and decrypted
+    coalesced: int = 0  # frames holding several ESP-in-UDP datagrams (UDP GSO/GRO), split and decrypted
     hits: dict[bytes, LinkEvidence] = field(default_factory=dict)
 
 
@@ -56,8 +56,8 @@ def scan_capture(path: str | Path, markers: Iterable[bytes], esp_rows: Sequence[
         lt = rec.linktype if rec.linktype is not None else linktype
         out = dec.process(n, lt, rec.data)
         plain = [out] if out is not None and out is not rec.data else []
-        if out is None and lt == 1:  # rejected: maybe datagrams merged by GRO before the capture saw them
-            parts = [dec.process(n, lt, p) for p in split_coalesced(rec.data)]
+        if out is None:  # rejected: maybe several datagrams of a UDP GSO train / GRO merge in one frame
+            parts = [dec.process(n, lt, p) for p in split_coalesced(rec.data, lt)]
             if parts and all(p is not None for p in parts):
                 plain = [p for p in parts if p is not None]
                 stats.coalesced += 1

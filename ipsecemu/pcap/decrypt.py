@@ -100,7 +100,7 @@ class Summary:
     dummy: int = 0  # ESP TFC dummy packets (next header 59): nothing to write
     no_key: int = 0  # ESP/MACsec frames passed through for lack of a key
     truncated: int = 0  # cut by the capture's snaplen and not decryptable: copied unchanged
-    coalesced: int = 0  # frames of several ESP-in-UDP datagrams (UDP GRO), split and each decrypted
+    coalesced: int = 0  # frames of several ESP-in-UDP datagrams (UDP GSO/GRO), split and each decrypted
     clamped: int = 0  # timestamps past the classic pcap limit (2106), written as the limit
     written: int = 0  # records in the output file
     failures: list[Failure] = field(default_factory=list)
@@ -109,7 +109,7 @@ class Summary:
     def line(self) -> str:
         extra = f", TFC dummies dropped: {self.dummy}" if self.dummy else ""
         extra += f", truncated by snaplen: {self.truncated}" if self.truncated else ""
-        extra += f", GRO-merged frames split: {self.coalesced}" if self.coalesced else ""
+        extra += f", GSO/GRO-merged frames split: {self.coalesced}" if self.coalesced else ""
         nokey = f" ({self.no_key} encrypted without a key)" if self.no_key else ""
         return (f"frames read: {self.frames}, decrypted: {self.decrypted} (ESP layers: {self.esp}, "
                 f"MACsec layers: {self.macsec}), failed: {self.failed}, "
@@ -397,9 +397,9 @@ def decrypt_file(in_path: str | Path, out_path: str | Path, esp_rows: Sequence[E
             failed = summary.failed
             failures = len(summary.failures)
             out = dec.process(n, linktype, rec.data)
-            if out is None and linktype == LT_ETHERNET and summary.failed > failed:
-                parts = split_coalesced(rec.data)
-                if parts:  # UDP GRO merged several ESP datagrams: not an ICV failure, decrypt each
+            if out is None and summary.failed > failed:
+                parts = split_coalesced(rec.data, linktype)
+                if parts:  # a UDP GSO train / GRO merge of several ESP datagrams: not an ICV failure
                     frames = summary.frames
                     summary.failed -= 1
                     del summary.failures[failures:]
