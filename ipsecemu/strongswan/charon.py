@@ -152,8 +152,11 @@ charon {{
         ok = wait_for(lambda: not self.alive() or self._vici_answers(), timeout)
         if not ok or not self.alive():
             tail = self.log_tail()
+            code = self.proc.poll()
             self.stop()
-            raise CharonError(f"charon in netns {self.ns} did not come up within {timeout}s:\n{tail}")
+            why = (f"exited at start (status {code})" if code is not None
+                   else f"did not answer on its VICI socket within {timeout}s")
+            raise CharonError(f"charon in netns {self.ns} {why}:\n{tail}")
         log.debug("charon pid %s up in netns %s (dir %s)", self.pid, self.ns, self.dir)
 
     def stop(self, timeout: float = 5.0) -> None:

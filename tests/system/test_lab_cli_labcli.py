@@ -181,7 +181,7 @@ def test_failed_up_keeps_the_logs_it_names(names: list[str], tmp_path: Path) -> 
     assert res.returncode == 8, res.stdout + res.stderr  # LabError
     err = res.stderr.strip()
     assert "Traceback" not in err and "rolled back" in err and "simulated start failure" in err
-    assert f"ce: strongSwan: charon in netns {name}-ce" in err  # names the node and the daemon
+    assert f"ce: strongSwan: charon in netns {name}-ce exited at start (status 1)" in err  # node, daemon, why
     m = re.search(r"logs kept in (\S+?)\)", err)
     assert m, err
     kept = Path(m.group(1))
