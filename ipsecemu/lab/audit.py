@@ -23,6 +23,7 @@ from typing import Any
 from ipsecemu.base.errors import LabError
 from ipsecemu.net.netns import ns_argv, ns_exec
 from ipsecemu.net.proc import start, stop_popen
+from ipsecemu.pcap.coalesced import split_file
 from ipsecemu.pcap.macsec_sa import read_macsec_sa
 from ipsecemu.pcap.uat import read_esp_sa
 
@@ -210,7 +211,8 @@ def _run_probe(topo: Topology, p: Probe) -> None:
 class Report:
     lab: str
     probes: list[Probe]
-    captures: dict[str, dict[str, Any]]  # label -> {path, frames, decrypted, failed, no_key}
+    captures: dict[str, dict[str, Any]]  # label -> {path, frames, decrypted, failed, no_key, coalesced}
+    # (frames counts them as captured; the saved pcap has each of the coalesced frames cut per datagram)
 
     @property
     def mismatches(self) -> list[Probe]:
@@ -261,6 +263,8 @@ def run_audit(topo: Topology, state: LabState, audit: Audit | None = None) -> Re
                            "failed": st.failed, "no_key": st.no_key, "coalesced": st.coalesced}
         for p in probes:
             p.evidence[label] = st.hits[p.marker]
+        if st.coalesced:  # the evidence file as a real wire would carry it: Wireshark verifies each datagram
+            split_file(cap.path)
     for p in probes:
         p.observed = verdict(p.delivered, p.evidence.values())
     report = Report(topo.name, probes, captures)
