@@ -175,6 +175,19 @@ def _algs(d: Mapping[str, Any], *, ike: bool) -> str:
     return s
 
 
+def _trap_line(t: Mapping[str, Any]) -> str:
+    """An ipsecemu ``start_action: trap`` connection (gateway/trap.py): routes, fallback, triggers, queue."""
+    s = (f"  trap: routes {t.get('routes', '?')}, fallback {t.get('fallback', '?')} after {t.get('timeout', '?')}s, "
+         f"{t.get('triggers', 0)} trigger(s), {t.get('failures', 0)} failure(s)")
+    if t.get("negotiating"):
+        s += ", negotiating"
+    q = t.get("queue")
+    if isinstance(q, Mapping):
+        s += (f"; queue {q.get('queued_now', 0)} packet(s) now, {q.get('queued', 0)} queued, "
+              f"{q.get('flushed', 0)} sent, {q.get('dropped', 0)} dropped, {q.get('discarded', 0)} discarded")
+    return s + (f" (last failure: {t['last_failure']})" if t.get("last_failure") else "")
+
+
 def render_text(sas: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> str:
     """The swanctl-style text view (same line layout as ``swanctl --list-sas``)."""
     lines: list[str] = []
@@ -195,6 +208,8 @@ def render_text(sas: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> str:
             if ike.get("next_attempt") is not None:
                 s += f", next attempt in {ike['next_attempt']}s"
             lines.append(s + (f" (last: {ike['last_failure']})" if ike.get("last_failure") else ""))
+        if isinstance(ike.get("trap"), Mapping):
+            lines.append(_trap_line(ike["trap"]))
         if ike.get("established") is not None:
             s = f"  established {ike['established']}s ago"
             for key, word in (("rekey_time", "rekeying in"), ("reauth_time", "reauth in"),

@@ -153,6 +153,8 @@ def test_first_connect_triggers_ike_and_only_8080_is_esp_in_transport_framing(ho
     for g, ns, me, peer in ((g1, hosts.h1, H1, H2), (g2, hosts.h2, H2, H1)):
         entry = trap(g)
         assert entry["state"] == "TRAP" and entry["trap"]["routes"] == "installed", entry
+        text = g.cli("list").stdout  # the text view says the same
+        assert "trap: routes installed, fallback " in text and "0 trigger(s)" in text, text
         assert re.search(rf"^{peer} dev \S+ .*src {me}", table(ns), re.M), table(ns)
     assert ns_exec(hosts.h1, "ip", "route", "get", H2).stdout.split()[2] == hosts.veth1  # main: the veth
     pcap = hosts.tmp / "h1.pcap"
@@ -178,6 +180,8 @@ def test_first_connect_triggers_ike_and_only_8080_is_esp_in_transport_framing(ho
         child
     q = entry["trap"]["queue"]
     assert entry["trap"]["triggers"] == 1 and q["flushed"] >= 1 and q["dropped"] == 0, entry["trap"]
+    assert f"1 trigger(s), 0 failure(s); queue 0 packet(s) now, {q['queued']} queued, {q['flushed']} sent" \
+        in g1.cli("list").stdout
     loop = g1.counters()["connections"]["s5"]["loop"]
     no_policy = loop.get("no_policy", 0) + loop.get("slow_no_policy", 0)
     assert no_policy >= 1, loop
