@@ -101,6 +101,19 @@ def hosts(unique_name: str) -> Iterator[tuple[Host, Host]]:
         sh("ip", "link", "del", va, check=False)
 
 
+def _fetch(ns: str, url: str, within: float = 20.0) -> str:
+    """curl ``url`` from ``ns`` until it answers: each http.server takes a moment to listen, seconds
+    on a loaded box (CI once saw port 80's still starting after 8080's answered)."""
+    deadline = time.monotonic() + within
+    got = ""
+    while time.monotonic() < deadline:
+        got = sh("curl", "-s", "--max-time", "3", url, ns=ns, check=False).stdout
+        if got:
+            break
+        time.sleep(0.2)
+    return got
+
+
 def _sa(suite: str, spi: int) -> EspSaConfig:
     return EspSaConfig(spi=spi, mode="transport", **SUITES[suite][0])  # type: ignore[arg-type]
 
@@ -143,15 +156,9 @@ def test_transport_mode_http_8080_only(hosts: tuple[Host, Host], suite: str, raw
                                  str(pcap), "not arp"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TOOL_ENV)
         assert dump.stderr is not None and "listening" in dump.stderr.readline()
-        deadline = time.monotonic() + 10
-        got = ""
-        while time.monotonic() < deadline:  # the servers take a moment to listen
-            got = sh("curl", "-s", "--max-time", "3", f"http://{B}:8080/hello.txt", ns=a.ns, check=False).stdout
-            if got:
-                break
-            time.sleep(0.2)
+        got = _fetch(a.ns, f"http://{B}:8080/hello.txt")
         assert got.encode() == MARKER, loops[0].stats
-        plain80 = sh("curl", "-s", "--max-time", "5", f"http://{B}:80/hello.txt", ns=a.ns, check=False).stdout
+        plain80 = _fetch(a.ns, f"http://{B}:80/hello.txt")  # its own server: started with 8080's, maybe later up
         assert plain80.encode() == MARKER
         assert sh("ping", "-c", "2", "-i", "0.2", "-W", "2", B, ns=a.ns, check=False).returncode == 0
         time.sleep(0.5)  # the capture covers the exchanges above, not the bulk download below
