@@ -312,8 +312,8 @@ typedef struct ie_loop_stats {
     uint64_t ts_drop;        /* decapsulated, outside its SA's traffic selectors: dropped */
     /* every drop by reason (encap_drop and decap_drop are their sums) */
     uint64_t tun_bad;        /* read from tun, unusable: larger than the mtu, bad vnet header/TSO/checksum */
-    uint64_t encap_exhausted; /* refused by a used-up outbound SA and not held (never, since the hold) */
-    uint64_t encap_error;    /* other encap failures: no room (TOO_BIG), transport header, crypto */
+    uint64_t encap_exhausted; /* refused by a used-up outbound SA and lost: held when the loop stopped */
+    uint64_t encap_error;    /* other encap failures: no room (TOO_BIG), transport header, OpenSSL */
     uint64_t encap_held;     /* refused by a used-up outbound SA, kept for the next one: not a drop */
     uint64_t decap_bad_icv;
     uint64_t decap_replay;

@@ -258,7 +258,16 @@ static int step(void *l, int timeout_ms)
 
 int ie_loop_run(ie_loop *l)
 {
-    return ie_run_until_stopped(&l->stop, step, l, l->cfg.poll_ms);
+    int rc = ie_run_until_stopped(&l->stop, step, l, l->cfg.poll_ms);
+
+    pthread_mutex_lock(&l->mu);
+    if (l->nheld) {  /* the loop ends before a new SA came: what waited for it is lost, counted */
+        l->st.encap_drop += l->nheld;
+        l->st.encap_exhausted += l->nheld;
+        l->nheld = 0;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
 }
 
 void ie_loop_stop(ie_loop *l)
@@ -596,8 +605,19 @@ static ie_esp_out *sa_of(const ie_loop *l, uint32_t i)
     return l->txslot[i] < l->pol->nout ? l->pol->out[l->txslot[i]].out : NULL;
 }
 
+/* Whether a packet after i left on SA o: then o was not used up when it refused i (an OpenSSL
+ * failure, which may have left the packet half encrypted: a drop, not a packet to keep). */
+static int sent_later(const ie_loop *l, uint32_t i, uint32_t n, const ie_esp_out *o)
+{
+    for (i++; i < n; i++)
+        if (l->b.txv[i] == IE_OK && sa_of(l, i) == o)
+            return 1;
+    return 0;
+}
+
 /* After encap: a packet a used-up SA refused is kept (V_HELD) rather than dropped, and the tun
- * is left unread until a new SA is in (out_held); any other refusal is a counted drop. */
+ * is left unread until a new SA is in (out_held); any other refusal is a counted drop.  An SA
+ * refuses by its limits before it touches a packet, so a kept packet is as read. */
 static void sort_refused(ie_loop *l, uint32_t n)
 {
     uint32_t i;
@@ -607,7 +627,7 @@ static void sort_refused(ie_loop *l, uint32_t n)
         if (l->b.txv[i] != IE_EXHAUSTED)
             continue;
         o = sa_of(l, i);
-        if (o && ie_esp_out_spent(o)) {
+        if (o && ie_esp_out_spent(o) && !sent_later(l, i, n, o)) {
             l->b.txv[i] = V_HELD;
             l->st.encap_held++;
             l->out_held = 1;
