@@ -19,6 +19,7 @@
 #include <linux/if_tun.h>
 #include <linux/virtio_net.h>
 #include <net/if.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -85,6 +86,9 @@ struct ie_loop {
      * hand-over loses nothing (they were read from the tun, no kernel queue has them any more) */
     uint32_t nheld;
     ie_pkt *txsave;          /* transport mode: the packets as read, before transport_strip */
+    /* written when a new SA ends a hold: a loop polling without tun interest (out_held) sends
+     * what waited at once, not at the next datagram or poll_ms later (-1: none, poll_ms it is) */
+    int holdfd;
 };
 
 static const ie_io libc_io = {read, write, sendmmsg, sendmsg};
@@ -147,6 +151,7 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     l->gro = gro;
     l->gso = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GSO);
     l->rxhead = cfg->transport ? TRANSPORT_HEAD : 0;
+    l->holdfd = -1;
     l->rstride = (l->gro ? 65536 : l->stride) + l->rxhead;
     l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->txctl = calloc(n, CTL_SPACE);
@@ -181,6 +186,7 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     atomic_init(&l->evfd, -1);
     atomic_init(&l->evhead, 0);
     atomic_init(&l->evtail, 0);
+    l->holdfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     *loop = l;
     return IE_S_OK;
 }
@@ -248,6 +254,8 @@ void ie_loop_free(ie_loop *l)
         setsockopt(l->cfg.udp_fd, SOL_UDP, UDP_GRO, &(int){0}, sizeof(int));
     if (l->mu_ok)
         pthread_mutex_destroy(&l->mu);
+    if (l->holdfd >= 0)
+        close(l->holdfd);
     free(l);
 }
 
@@ -287,13 +295,23 @@ void ie_loop_resume(ie_loop *l)
     pthread_mutex_unlock(&l->mu);
 }
 
+static void ev_wake(int fd);
+
+/* a new outbound SA: the tun queue and the held packets drain into it (wake a polling loop) */
+static void end_hold(ie_loop *l)
+{
+    if (l->out_held && l->holdfd >= 0)
+        ev_wake(l->holdfd);
+    l->out_held = 0;
+}
+
 ie_esp_out *ie_loop_set_out(ie_loop *l, ie_esp_out *out)
 {
     ie_esp_out *old = l->out;
 
     if (out) { /* the loop always has an outbound SA; stop it to stop sending */
         l->out = out;
-        l->out_held = 0;  /* the tun queue drains into the new SA */
+        end_hold(l);
     }
     return old;
 }
@@ -304,7 +322,7 @@ int ie_loop_set_out_policy(ie_loop *l, uint32_t slot, ie_esp_out *out, const ie_
     int r = ie_pol_set_out(l->pol, slot, out, local, nlocal, remote, nremote);
 
     if (r == IE_S_OK && out)
-        l->out_held = 0;  /* a rekeyed child: the held tun queue drains again */
+        end_hold(l);  /* a rekeyed child: the held tun queue drains again */
     return r;
 }
 
@@ -953,9 +971,10 @@ static int udp_to_tun(ie_loop *l)
 
 int ie_loop_step(ie_loop *l, int timeout_ms)
 {
-    struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = l->out_held ? 0 : POLLIN},
-                            {.fd = l->cfg.udp_fd, .events = POLLIN}};
-    int r = poll(pfd, 2, (l->tso.active || l->nheld) && !l->out_held ? 0 : timeout_ms), done = 0;
+    struct pollfd pfd[3] = {{.fd = l->cfg.tun_fd, .events = l->out_held ? 0 : POLLIN},
+                            {.fd = l->cfg.udp_fd, .events = POLLIN},
+                            {.fd = l->holdfd, .events = POLLIN}};  /* fd -1: ignored by poll */
+    int r = poll(pfd, 3, (l->tso.active || l->nheld) && !l->out_held ? 0 : timeout_ms), done = 0;
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
@@ -966,6 +985,12 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
     pthread_mutex_lock(&l->mu);
     if (pfd[1].revents & POLLERR)
         clear_sock_error(l);
+    if (pfd[2].revents & POLLIN) {
+        uint64_t v;
+        if (read(l->holdfd, &v, sizeof v) < 0) {
+            /* EAGAIN: another step took it */
+        }
+    }
     /* nheld: a new SA came in (out_held cleared) while we polled: its held packets go now */
     done = (!l->out_held && (pfd[0].revents & POLLIN || l->tso.active || l->nheld) ? tun_to_udp(l) : 0) +
            (pfd[1].revents & POLLIN ? udp_to_tun(l) : 0);

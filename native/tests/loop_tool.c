@@ -9,9 +9,17 @@
  *       SA B replaces A (ie_loop_set_out, or with POLICY=1 ie_loop_set_out_policy) and the
  *       batches go on until the tun is empty; last "stats tun_rx N encap_drop N encap_held N
  *       encap_exhausted N".  VNET=1: every read carries a virtio header;
- *       TRANSPORT=1: transport mode (the packets go to the peer). */
+ *       TRANSPORT=1: transport mode (the packets go to the peer).
+ *   wake TIMEOUT_MS
+ *       8 packets, A used up after 5: the 3 refused ones are held; a thread runs one
+ *       ie_loop_step(TIMEOUT_MS) on idle fds while, 50 ms in, B replaces A (pause, set_out,
+ *       resume).  Prints the sends, then "step RETURNED MS": how soon the held packets left. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -183,6 +191,90 @@ static void cmd_hold(const char *args)
     ie_esp_table_free(peer_in);
 }
 
+static double now_ms(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+struct stepper {
+    ie_loop *l;
+    int timeout_ms, rc;
+    double took_ms;
+};
+
+static void *run_step(void *arg)
+{
+    struct stepper *s = arg;
+    double t0 = now_ms();
+
+    s->rc = ie_loop_step(s->l, s->timeout_ms);
+    s->took_ms = now_ms() - t0;
+    return NULL;
+}
+
+static void cmd_wake(const char *args)
+{
+    static const uint8_t ka[20] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+    static const uint8_t kb[20] = {21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40};
+    ie_esp_cfg a = {.spi = 0xaaaa, .encr = IE_ENCR_AES_GCM_16, .enc_key = ka, .enc_key_len = 20,
+                    .replay_window = 64, .initial_seq = 1, .hard_packets = 5};
+    ie_esp_cfg b = a, ain, bin;
+    ie_io io = {t_read, t_write, t_sendmmsg, t_sendmsg};
+    ie_loop_cfg cfg = {.ike_fd = -1, .peer_family = 4, .mtu = 1400, .batch = 8};
+    int tunp[2], udpp[2];
+    struct stepper st = {0};
+    struct timespec fifty = {0, 50 * 1000 * 1000};
+    ie_esp_out *oa, *ob;
+    ie_esp_table *in = ie_esp_table_new();
+    pthread_t th;
+    ie_loop *l;
+
+    if (sscanf(args, "%d", &st.timeout_ms) != 1)
+        return (void)puts("usage");
+    vnet = transport = 0;
+    npkts = 8;
+    next_read = 0;
+    make_pkts(npkts);
+    b.spi = 0xbbbb;
+    b.enc_key = kb;
+    b.hard_packets = 0;
+    ain = a;
+    bin = b;
+    ain.initial_seq = bin.initial_seq = 0;
+    ain.hard_packets = 0;
+    peer_in = ie_esp_table_new();
+    /* idle stand-ins for the tun and the socket: poll sees nothing on them */
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, tunp) || socketpair(AF_UNIX, SOCK_DGRAM, 0, udpp))
+        return (void)puts("setup failed");
+    cfg.tun_fd = tunp[0];
+    cfg.udp_fd = udpp[0];
+    if (!in || !peer_in || ie_esp_out_new(&a, &oa) || ie_esp_out_new(&b, &ob) || ie_esp_table_add(peer_in, &ain) ||
+        ie_esp_table_add(peer_in, &bin) || ie_loop_new_io(&cfg, oa, in, &io, &l))
+        return (void)puts("setup failed");
+    puts("batch");
+    ie_loop_tun_batch(l);  /* 5 on A, 3 held */
+    st.l = l;
+    pthread_create(&th, NULL, run_step, &st);
+    nanosleep(&fifty, NULL);
+    ie_loop_pause(l);
+    ie_loop_set_out(l, ob);
+    ie_loop_resume(l);
+    pthread_join(th, NULL);
+    printf("step %d %.0f\n", st.rc, st.took_ms);
+    ie_loop_free(l);
+    ie_esp_out_free(oa);
+    ie_esp_out_free(ob);
+    ie_esp_table_free(in);
+    ie_esp_table_free(peer_in);
+    close(tunp[0]);
+    close(tunp[1]);
+    close(udpp[0]);
+    close(udpp[1]);
+}
+
 int main(void)
 {
     char line[256];
@@ -190,6 +282,8 @@ int main(void)
     while (fgets(line, sizeof line, stdin)) {
         if (!strncmp(line, "hold ", 5))
             cmd_hold(line + 5);
+        else if (!strncmp(line, "wake ", 5))
+            cmd_wake(line + 5);
         else
             puts("unknown");
         fflush(stdout);

@@ -112,7 +112,9 @@ def test_full_rate_iperf3_with_byte_lifetime_rekeys_lose_no_ping(unique_name: st
         held = {n: lp.get("encap_held", 0) for n, lp in loops.items()}
         kernel = {f"{ns}:{k}": v for ns in (lab.left, lab.a.ns, lab.b.ns, lab.right)
                   for k, v in _kernel_drops(ns).items()}
-        tcp = _tcp_ext(lab.left, "TCPSlowStartRetrans", "TCPLossProbes", "TCPDSACKRecv", "TCPLostRetransmit")
+        tcp = {**_tcp_ext(lab.left, "TCPSlowStartRetrans", "TCPFastRetrans", "TCPLossProbes", "TCPTimeouts",
+                          "TCPSACKReorder", "TCPDSACKRecv", "TCPLostRetransmit"),
+               **_tcp_ext(lab.right, "TCPOFOQueue")}  # the receiver: segments that came out of order
         lowered = re.findall(r"soft limit at (\d+) of", log_a + log_b)
         print(f"\nlossless rekeys: {LIFETIME_KB} KB child lifetime, iperf3 {SECONDS} s: {mbit:.0f} Mbit/s "
               f"({moved / 1e6:.0f} MB, {retrans} TCP retransmits: {tcp}), {rekeys} Child SA rekeys ({soft} soft-limit "

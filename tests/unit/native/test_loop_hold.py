@@ -90,3 +90,19 @@ def test_a_one_packet_limit_holds_the_rest_of_the_batch(tool: Path) -> None:
     assert batches[0] == [(SPI_A, 1, 0)]
     assert [p for b in batches[1:] for p in b] == [(SPI_B, i, i) for i in range(1, 6)]
     assert stats == {"tun_rx": 6, "encap_drop": 0, "encap_held": 3, "encap_exhausted": 0}
+
+
+def test_a_new_sa_wakes_a_loop_that_holds_packets(tool: Path) -> None:
+    """The loop polls without tun interest while it holds packets; the new SA wakes it (an
+    eventfd) so they leave at once, not at the next datagram or when poll's timeout (5 s) ends."""
+    env = dict(os.environ, UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    res = subprocess.run([str(tool)], input="wake 5000\n", capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0 and "runtime error" not in res.stderr, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    sent = [tuple(int(x, 16) if i == 0 else int(x) for i, x in enumerate(ln.split()[1:])) for ln in lines
+            if ln.startswith("sent ")]
+    assert sent == [(SPI_A, s, s - 1) for s in range(1, 6)] + [(SPI_B, 1, 5), (SPI_B, 2, 6), (SPI_B, 3, 7)]
+    _, returned, took_ms = lines[-1].split()
+    assert int(returned) == 3
+    # B comes 50 ms in; without the wake-up the step returns after its 5 s timeout (loose: a busy box)
+    assert int(took_ms) < 4000, lines[-1]
