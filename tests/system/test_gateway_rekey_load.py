@@ -113,11 +113,13 @@ def test_full_rate_iperf3_with_byte_lifetime_rekeys_lose_no_ping(unique_name: st
         kernel = {f"{ns}:{k}": v for ns in (lab.left, lab.a.ns, lab.b.ns, lab.right)
                   for k, v in _kernel_drops(ns).items()}
         tcp = {**_tcp_ext(lab.left, "TCPSlowStartRetrans", "TCPFastRetrans", "TCPLossProbes", "TCPTimeouts",
-                          "TCPSACKReorder", "TCPDSACKRecv", "TCPLostRetransmit"),
+                          "TCPSACKReorder", "TCPDSACKRecvSegs", "TCPLostRetransmit"),
                **_tcp_ext(lab.right, "TCPOFOQueue")}  # the receiver: segments that came out of order
+        # conservation: what gateway a read from its tun, sent as ESP, and b wrote into its tun
+        flow = (loops["a"]["tun_rx"], loops["a"]["esp_tx"], loops["b"]["esp_ok"])
         lowered = re.findall(r"soft limit at (\d+) of", log_a + log_b)
         print(f"\nlossless rekeys: {LIFETIME_KB} KB child lifetime, iperf3 {SECONDS} s: {mbit:.0f} Mbit/s "
-              f"({moved / 1e6:.0f} MB, {retrans} TCP retransmits: {tcp}), {rekeys} Child SA rekeys ({soft} soft-limit "
+              f"({moved / 1e6:.0f} MB, {retrans} TCP retransmits: {tcp}; a->b packets read/sent/delivered {flow}), {rekeys} Child SA rekeys ({soft} soft-limit "
               f"detections on both sides, {len(lowered)} soft limits moved for the rate), ping {got}/{count} in "
               f"{took:.1f} s (lost {lost}, {late} replies later than 20 ms), packets held for the next SA a "
               f"{held['a']} b {held['b']}, loop drops by reason a {drops['a']} b {drops['b']}, kernel drops {kernel}")
