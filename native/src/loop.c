@@ -614,7 +614,6 @@ static void transport_restore(const ie_loop *l, ie_pkt *p)
     }
 }
 
-/* tun -> encap -> one sendmmsg.  Returns packets read. */
 /* The outbound SA packet i of the batch went to (encap_batch's choice). */
 static ie_esp_out *sa_of(const ie_loop *l, uint32_t i)
 {
@@ -674,6 +673,7 @@ static void keep_held(ie_loop *l, uint32_t n)
     l->nheld = h;
 }
 
+/* tun -> encap -> one sendmmsg.  Returns packets read (and held ones sent again). */
 static int tun_to_udp(ie_loop *l)
 {
     uint32_t n = l->nheld, held = l->nheld, i, k = 0, m, seg;
