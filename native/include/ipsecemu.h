@@ -293,11 +293,11 @@ typedef struct ie_loop_cfg {
 typedef struct ie_loop_stats {
     uint64_t tun_rx;         /* inner packets read from tun */
     uint64_t esp_tx;         /* ESP datagrams sent */
-    uint64_t encap_drop;     /* not encapsulated (EXHAUSTED, larger than mtu) */
+    uint64_t encap_drop;     /* read from tun, not sent: tun_bad + encap_exhausted + encap_error */
     uint64_t send_errors;
     uint64_t udp_rx;         /* datagrams received */
     uint64_t esp_ok;         /* decapsulated and written to tun */
-    uint64_t decap_drop;     /* any non-OK decap verdict (see the SA/table counters) */
+    uint64_t decap_drop;     /* not written to tun: the sum of the decap_* reasons below */
     uint64_t ike_rx;         /* handed to ike_fd */
     uint64_t ike_drop;       /* no ike_fd, or it was full */
     uint64_t keepalive;
@@ -310,6 +310,16 @@ typedef struct ie_loop_stats {
     uint64_t tun_gro;        /* coalesced TCP super-packets written to a vnet tun (esp_ok counts segments) */
     uint64_t no_policy;      /* read from tun, no outbound policy matches it (policies set): dropped */
     uint64_t ts_drop;        /* decapsulated, outside its SA's traffic selectors: dropped */
+    /* every drop by reason (encap_drop and decap_drop are their sums) */
+    uint64_t tun_bad;        /* read from tun, unusable: larger than the mtu, bad vnet header/TSO/checksum */
+    uint64_t encap_exhausted; /* refused by a used-up outbound SA and lost: held when the loop stopped */
+    uint64_t encap_error;    /* other encap failures: no room (TOO_BIG), transport header, OpenSSL */
+    uint64_t encap_held;     /* refused by a used-up outbound SA, kept for the next one: not a drop */
+    uint64_t decap_bad_icv;
+    uint64_t decap_replay;
+    uint64_t decap_unknown_sa;
+    uint64_t decap_exhausted; /* inbound SA past its (relaxed) hard limit */
+    uint64_t decap_other;    /* too short, bad padding/header/alignment, TFC dummy, truncated, raw IP header */
 } ie_loop_stats;
 
 typedef struct ie_loop ie_loop;

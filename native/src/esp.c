@@ -348,6 +348,13 @@ static uint8_t encap_one(esp_sa *sa, ie_pkt *p)
     return IE_OK;
 }
 
+int ie_esp_out_spent(const ie_esp_out *o)
+{
+    const esp_sa *sa = &o->sa;
+
+    return ie_lifetime_hard_reached(&sa->lt, &sa->c) || sa->seq_done || sa->next_seq > sa->max_seq;
+}
+
 void ie_esp_encap(ie_esp_out *o, ie_pkt *pkts, size_t n, uint8_t *verdicts)
 {
     size_t i;

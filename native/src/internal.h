@@ -103,6 +103,10 @@ void *ie_map_get(const ie_map *m, uint64_t k1, uint32_t k2);
 int ie_map_put(ie_map *m, uint64_t k1, uint32_t k2, void *val);  /* IE_S_* */
 void *ie_map_del(ie_map *m, uint64_t k1, uint32_t k2);           /* returns the value or NULL */
 
+/* Whether an outbound SA refuses every packet from now on (hard byte/packet limit reached or
+ * sequence space used up): what it refused may wait for the SA that replaces it (loop.c). */
+int ie_esp_out_spent(const ie_esp_out *o);
+
 /* Thread CPU time in ns (benchmarks: like openssl speed, not disturbed by preemption). */
 uint64_t ie_now_ns(void);
 

@@ -19,6 +19,7 @@
 #include <linux/if_tun.h>
 #include <linux/virtio_net.h>
 #include <net/if.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,6 +39,7 @@
 #define TUN_OFFLOADS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
 #define V_NO_POLICY 0xFF      /* tx verdict slot: no outbound policy matched (not an SA verdict) */
 #define V_BAD_HEADER 0xFE     /* tx verdict slot: transport mode could not take the IP header off */
+#define V_HELD 0xFD           /* tx verdict slot: refused by a used-up SA, kept for the next one */
 #define SLOT_BAD 0xFFFEu      /* txslot of a packet transport_strip refused */
 #define TRANSPORT_HEAD 40     /* transport: receive slots start this far in, room for the IP header put back */
 #define EVQ 64                /* loop event ring: each SA fires each code once, so a few per rekey */
@@ -77,8 +79,16 @@ struct ie_loop {
     _Atomic uint32_t evhead, evtail;
     /* the outbound SA refused a packet (hard limit, sequence space): the tun is left unread, its
      * packets wait in the kernel queue for the rekeyed SA (ie_loop_set_out) instead of being
-     * dropped one by one; only the rest of the batch that crossed the limit is lost */
+     * dropped one by one */
     int out_held;
+    /* the packets of the batch that crossed the limit which the used-up SA refused: kept, in
+     * order, in tx slots 0..nheld-1 and sent first (on the new SA) once out_held clears, so the
+     * hand-over loses nothing (they were read from the tun, no kernel queue has them any more) */
+    uint32_t nheld;
+    ie_pkt *txsave;          /* transport mode: the packets as read, before transport_strip */
+    /* written when a new SA ends a hold: a loop polling without tun interest (out_held) sends
+     * what waited at once, not at the next datagram or poll_ms later (-1: none, poll_ms it is) */
+    int holdfd;
 };
 
 static const ie_io libc_io = {read, write, sendmmsg, sendmsg};
@@ -141,6 +151,7 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     l->gro = gro;
     l->gso = !cfg->raw_esp && (cfg->offload & IE_LOOP_UDP_GSO);
     l->rxhead = cfg->transport ? TRANSPORT_HEAD : 0;
+    l->holdfd = -1;
     l->rstride = (l->gro ? 65536 : l->stride) + l->rxhead;
     l->rxaddr = calloc(n, sizeof *l->rxaddr);
     l->txctl = calloc(n, CTL_SPACE);
@@ -149,8 +160,9 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     l->rxctl = calloc(n, CTL_SPACE);
     l->pol = calloc(1, sizeof *l->pol);
     l->txslot = calloc(n, sizeof *l->txslot);
+    l->txsave = cfg->transport ? calloc(n, sizeof *l->txsave) : NULL;
     if (!ie_batch_init(&l->b, n, l->stride, l->rstride) || !l->rxaddr || !l->txctl || !l->rxctl ||
-        !l->pol || !l->txslot ||
+        !l->pol || !l->txslot || (cfg->transport && !l->txsave) ||
         (cfg->tun_vnet && (!l->vin || !l->coal)) ||
         !(l->mu_ok = pthread_mutex_init(&l->mu, NULL) == 0)) {
         ie_loop_free(l);
@@ -174,6 +186,7 @@ static int loop_alloc(const ie_loop_cfg *cfg, ie_esp_out *out, ie_esp_table *in,
     atomic_init(&l->evfd, -1);
     atomic_init(&l->evhead, 0);
     atomic_init(&l->evtail, 0);
+    l->holdfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     *loop = l;
     return IE_S_OK;
 }
@@ -232,6 +245,7 @@ void ie_loop_free(ie_loop *l)
     free(l->rxctl);
     free(l->pol);
     free(l->txslot);
+    free(l->txsave);
     if (l->vin && l->own_fds)  /* whoever reads the tun next gets plain packets (still behind a header) */
         ioctl(l->cfg.tun_fd, TUNSETOFFLOAD, 0UL);
     free(l->vin);
@@ -240,6 +254,8 @@ void ie_loop_free(ie_loop *l)
         setsockopt(l->cfg.udp_fd, SOL_UDP, UDP_GRO, &(int){0}, sizeof(int));
     if (l->mu_ok)
         pthread_mutex_destroy(&l->mu);
+    if (l->holdfd >= 0)
+        close(l->holdfd);
     free(l);
 }
 
@@ -250,7 +266,16 @@ static int step(void *l, int timeout_ms)
 
 int ie_loop_run(ie_loop *l)
 {
-    return ie_run_until_stopped(&l->stop, step, l, l->cfg.poll_ms);
+    int rc = ie_run_until_stopped(&l->stop, step, l, l->cfg.poll_ms);
+
+    pthread_mutex_lock(&l->mu);
+    if (l->nheld) {  /* the loop ends before a new SA came: what waited for it is lost, counted */
+        l->st.encap_drop += l->nheld;
+        l->st.encap_exhausted += l->nheld;
+        l->nheld = 0;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
 }
 
 void ie_loop_stop(ie_loop *l)
@@ -270,13 +295,23 @@ void ie_loop_resume(ie_loop *l)
     pthread_mutex_unlock(&l->mu);
 }
 
+static void ev_wake(int fd);
+
+/* a new outbound SA: the tun queue and the held packets drain into it (wake a polling loop) */
+static void end_hold(ie_loop *l)
+{
+    if (l->out_held && l->holdfd >= 0)
+        ev_wake(l->holdfd);
+    l->out_held = 0;
+}
+
 ie_esp_out *ie_loop_set_out(ie_loop *l, ie_esp_out *out)
 {
     ie_esp_out *old = l->out;
 
     if (out) { /* the loop always has an outbound SA; stop it to stop sending */
         l->out = out;
-        l->out_held = 0;  /* the tun queue drains into the new SA */
+        end_hold(l);
     }
     return old;
 }
@@ -287,7 +322,7 @@ int ie_loop_set_out_policy(ie_loop *l, uint32_t slot, ie_esp_out *out, const ie_
     int r = ie_pol_set_out(l->pol, slot, out, local, nlocal, remote, nremote);
 
     if (r == IE_S_OK && out)
-        l->out_held = 0;  /* a rekeyed child: the held tun queue drains again */
+        end_hold(l);  /* a rekeyed child: the held tun queue drains again */
     return r;
 }
 
@@ -470,12 +505,18 @@ static void clear_sock_error(ie_loop *l)
 
 /* ---- IFF_VNET_HDR tun: finish checksums, cut TCP super-packets (TSO) into segments ---- */
 
-/* Fill tx slots from a vnet tun: plain packets (checksum finished if the kernel left it to us)
- * and segments of super-packets.  Returns slots filled. */
-static uint32_t tun_read_vnet(ie_loop *l)
+/* a packet read from tun that cannot be sent (too big, bad vnet header): counted, dropped */
+static void tun_bad(ie_loop *l)
 {
-    uint32_t n = 0;
+    l->st.tun_rx++;
+    l->st.tun_bad++;
+    l->st.encap_drop++;
+}
 
+/* Fill tx slots n.. from a vnet tun: plain packets (checksum finished if the kernel left it to
+ * us) and segments of super-packets.  Returns the slots in use (n and more). */
+static uint32_t tun_read_vnet(ie_loop *l, uint32_t n)
+{
     while (n < l->cfg.batch) {
         uint8_t *buf = l->b.txmem + (size_t)n * l->stride, *data = buf + IE_ESP_HEADROOM;
         ie_pkt *p = &l->b.txp[n];
@@ -489,8 +530,7 @@ static uint32_t tun_read_vnet(ie_loop *l)
             if (r <= 0)
                 break;
             if (r <= VNET_LEN) {
-                l->st.tun_rx++;
-                l->st.encap_drop++;
+                tun_bad(l);
                 continue;
             }
             memcpy(&h, l->vin, sizeof h);
@@ -498,20 +538,17 @@ static uint32_t tun_read_vnet(ie_loop *l)
             if (h.gso_type != VIRTIO_NET_HDR_GSO_NONE) {
                 l->st.tun_tso++;
                 if (!ie_tso_start(&l->tso, l->vin + VNET_LEN, plen, 0, &h, l->cfg.mtu)) {
-                    l->st.tun_rx++;
-                    l->st.encap_drop++;
+                    tun_bad(l);
                 }
                 continue;
             }
             if (plen > l->cfg.mtu) {
-                l->st.tun_rx++;
-                l->st.encap_drop++;
+                tun_bad(l);
                 continue;
             }
             memcpy(data, l->vin + VNET_LEN, plen);
             if ((h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && !ie_vnet_finish_csum(data, plen, &h)) {
-                l->st.tun_rx++;
-                l->st.encap_drop++;
+                tun_bad(l);
                 continue;
             }
             len = plen;
@@ -577,14 +614,74 @@ static void transport_restore(const ie_loop *l, ie_pkt *p)
     }
 }
 
-/* tun -> encap -> one sendmmsg.  Returns packets read. */
+/* The outbound SA packet i of the batch went to (encap_batch's choice). */
+static ie_esp_out *sa_of(const ie_loop *l, uint32_t i)
+{
+    if (!l->pol->nout)
+        return l->out;
+    return l->txslot[i] < l->pol->nout ? l->pol->out[l->txslot[i]].out : NULL;
+}
+
+/* Whether a packet after i left on SA o: then o was not used up when it refused i (an OpenSSL
+ * failure, which may have left the packet half encrypted: a drop, not a packet to keep). */
+static int sent_later(const ie_loop *l, uint32_t i, uint32_t n, const ie_esp_out *o)
+{
+    for (i++; i < n; i++)
+        if (l->b.txv[i] == IE_OK && sa_of(l, i) == o)
+            return 1;
+    return 0;
+}
+
+/* After encap: a packet a used-up SA refused is kept (V_HELD) rather than dropped, and the tun
+ * is left unread until a new SA is in (out_held); any other refusal is a counted drop.  An SA
+ * refuses by its limits before it touches a packet, so a kept packet is as read. */
+static void sort_refused(ie_loop *l, uint32_t n)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++) {
+        ie_esp_out *o;
+        if (l->b.txv[i] != IE_EXHAUSTED)
+            continue;
+        o = sa_of(l, i);
+        if (o && ie_esp_out_spent(o) && !sent_later(l, i, n, o)) {
+            l->b.txv[i] = V_HELD;
+            l->st.encap_held++;
+            l->out_held = 1;
+        }
+    }
+}
+
+/* After the sends: the held packets move, in order, to tx slots 0.. (their slot buffers are
+ * free again), as read (transport mode: with the IP header transport_strip took off). */
+static void keep_held(ie_loop *l, uint32_t n)
+{
+    uint32_t i, h = 0;
+
+    for (i = 0; i < n; i++) {
+        ie_pkt p;
+        uint8_t *slot = l->b.txmem + (size_t)h * l->stride;
+        if (l->b.txv[i] != V_HELD)
+            continue;
+        p = l->txsave ? l->txsave[i] : l->b.txp[i];
+        if (h != i)  /* slot h < i: its packet is already sent or dropped */
+            memcpy(slot + p.off, p.buf + p.off, p.len);
+        p.buf = slot;
+        p.flags = 0;
+        l->b.txp[h++] = p;
+    }
+    l->nheld = h;
+}
+
+/* tun -> encap -> one sendmmsg.  Returns packets read (and held ones sent again). */
 static int tun_to_udp(ie_loop *l)
 {
-    uint32_t n = 0, i, k = 0, m, seg;
+    uint32_t n = l->nheld, held = l->nheld, i, k = 0, m, seg;
     int retried, closed;
 
+    l->nheld = 0;  /* slots 0..held-1: refused by the last SA, sent first now */
     if (l->vin)
-        n = tun_read_vnet(l);
+        n = tun_read_vnet(l, n);
     while (!l->vin && n < l->cfg.batch) {
         ie_pkt *p = &l->b.txp[n];
         uint8_t *buf = l->b.txmem + (size_t)n * l->stride;
@@ -593,8 +690,7 @@ static int tun_to_udp(ie_loop *l)
         if (r <= 0)
             break;  /* EAGAIN (nonblocking tun) or nothing more */
         if ((size_t)r > l->cfg.mtu) {
-            l->st.tun_rx++;
-            l->st.encap_drop++;
+            tun_bad(l);
             continue;
         }
         ie_pkt_init(p, buf, IE_ESP_HEADROOM, (uint32_t)r, l->stride);
@@ -603,20 +699,26 @@ static int tun_to_udp(ie_loop *l)
     }
     if (!n)
         return 0;
-    l->st.tun_rx += n;
+    l->st.tun_rx += n - held;
+    if (l->txsave)
+        memcpy(l->txsave, l->b.txp, n * sizeof *l->txsave);
     encap_batch(l, n);
     out_events(l);
-    for (i = 0; i < n && !l->out_held; i++)
-        l->out_held = l->b.txv[i] == IE_EXHAUSTED;
+    sort_refused(l, n);
     /* One message per datagram, or with UDP GSO one per train of equal-size datagrams (the last
      * may be shorter): the kernel then walks its UDP/IP/veth path once per train. */
     for (i = 0, m = 0, seg = 0, closed = 1; i < n; i++) {
         uint32_t len = l->b.txp[i].len;
         if (l->b.txv[i] != IE_OK) {
-            if (l->b.txv[i] == V_NO_POLICY)
+            if (l->b.txv[i] == V_NO_POLICY) {
                 l->st.no_policy++;
-            else
+            } else if (l->b.txv[i] != V_HELD) {
                 l->st.encap_drop++;
+                if (l->b.txv[i] == IE_EXHAUSTED)
+                    l->st.encap_exhausted++;
+                else
+                    l->st.encap_error++;
+            }
             continue;
         }
         l->b.txiov[k].iov_base = l->b.txp[i].buf + l->b.txp[i].off;
@@ -678,6 +780,8 @@ static int tun_to_udp(ie_loop *l)
         for (; i < m; i++)  /* a full socket buffer drops, like a NIC queue would */
             l->st.send_errors += l->b.txm[i].msg_hdr.msg_iovlen;
     }
+    if (l->out_held)
+        keep_held(l, n);
     return (int)n;
 }
 
@@ -718,6 +822,19 @@ static void to_ike(ie_loop *l, const struct sockaddr_storage *from, const uint8_
 /* ---- vnet tun, write side: consecutive segments of one TCP flow go to the kernel as one
  * super-packet (GRO in userspace), so forwarding and the receiving TCP see a few big packets ---- */
 
+/* a datagram not written to tun, by reason (IE_TOO_SHORT for what never reached decap) */
+static void decap_dropped(ie_loop *l, uint8_t v)
+{
+    l->st.decap_drop++;
+    switch (v) {
+    case IE_BAD_ICV: l->st.decap_bad_icv++; break;
+    case IE_REPLAY: l->st.decap_replay++; break;
+    case IE_UNKNOWN_SA: l->st.decap_unknown_sa++; break;
+    case IE_EXHAUSTED: l->st.decap_exhausted++; break;
+    default: l->st.decap_other++; break;
+    }
+}
+
 /* decap the k collected ESP datagrams; write each OK payload to tun (vnet tun: coalesced) */
 static void rx_flush(ie_loop *l, uint32_t k)
 {
@@ -730,7 +847,7 @@ static void rx_flush(ie_loop *l, uint32_t k)
     for (i = 0; i < k; i++) {
         ie_pkt *p = &l->b.rxp[i];
         if (l->b.rxv[i] != IE_OK) {
-            l->st.decap_drop++;
+            decap_dropped(l, l->b.rxv[i]);
             continue;
         }
         if (l->rxhead)  /* transport: the selectors are checked on the packet with its header back */
@@ -757,7 +874,7 @@ static void rx_one(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d, 
         if (l->cfg.peer_family == 4) {
             uint32_t ihl = len ? (uint32_t)(d[0] & 15) * 4 : 0;
             if (len < 20 || (d[0] >> 4) != 4 || ihl < 20 || ihl > len) {
-                l->st.decap_drop++;
+                decap_dropped(l, IE_BAD_HEADER);
                 return;
             }
             d += ihl;
@@ -801,7 +918,7 @@ void ie_loop_rx_msg(ie_loop *l, const struct sockaddr_storage *from, uint8_t *d,
 
     if (trunc) {
         l->st.udp_rx++;
-        l->st.decap_drop++;
+        decap_dropped(l, IE_TOO_SHORT);
         return;
     }
     if (!seg || seg >= len) {
@@ -854,9 +971,10 @@ static int udp_to_tun(ie_loop *l)
 
 int ie_loop_step(ie_loop *l, int timeout_ms)
 {
-    struct pollfd pfd[2] = {{.fd = l->cfg.tun_fd, .events = l->out_held ? 0 : POLLIN},
-                            {.fd = l->cfg.udp_fd, .events = POLLIN}};
-    int r = poll(pfd, 2, l->tso.active && !l->out_held ? 0 : timeout_ms), done = 0;
+    struct pollfd pfd[3] = {{.fd = l->cfg.tun_fd, .events = l->out_held ? 0 : POLLIN},
+                            {.fd = l->cfg.udp_fd, .events = POLLIN},
+                            {.fd = l->holdfd, .events = POLLIN}};  /* fd -1: ignored by poll */
+    int r = poll(pfd, 3, (l->tso.active || l->nheld) && !l->out_held ? 0 : timeout_ms), done = 0;
 
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
@@ -867,7 +985,14 @@ int ie_loop_step(ie_loop *l, int timeout_ms)
     pthread_mutex_lock(&l->mu);
     if (pfd[1].revents & POLLERR)
         clear_sock_error(l);
-    done = (!l->out_held && (pfd[0].revents & POLLIN || l->tso.active) ? tun_to_udp(l) : 0) +
+    if (pfd[2].revents & POLLIN) {
+        uint64_t v;
+        if (read(l->holdfd, &v, sizeof v) < 0) {
+            /* EAGAIN: another step took it */
+        }
+    }
+    /* nheld: a new SA came in (out_held cleared) while we polled: its held packets go now */
+    done = (!l->out_held && (pfd[0].revents & POLLIN || l->tso.active || l->nheld) ? tun_to_udp(l) : 0) +
            (pfd[1].revents & POLLIN ? udp_to_tun(l) : 0);
     l->st.batches += done > 0;
     pthread_mutex_unlock(&l->mu);
