@@ -169,8 +169,12 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         p = self._pending
         dpd_timeout = self.config.dpd_timeout_s
+        # an SA already replaced by a rekey (or a collision's loser) that gives up loses nothing:
+        # its Child SAs live on the successor (e.g. a DPD still in flight when the peer rekeyed it)
+        replaced = self.successor is not None or self._redundant
         if p is not None and p.kind == "dpd" and dpd_timeout and now >= p.started + dpd_timeout:
-            self._close(now, "dpd")  # e.g. Azure: peer declared dead after 45 s without an answer
+            # e.g. Azure: peer declared dead after 45 s without an answer
+            self._close(now, "rekeyed" if replaced else "dpd", quiet_children=replaced)
             return
         if p is not None and now >= p.next_at:
             if p.tries >= self.config.retransmit_tries:
@@ -191,9 +195,9 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
                             and not survivor._redundant:
                         survivor.dpd(now)
                     return
-                if p.kind == "delete" and (self.successor is not None or self._redundant):
-                    # the Delete of a replaced (or redundant) SA went unanswered: nothing is lost,
-                    # its Child SAs live on the successor; the peer may have dropped it already
+                if replaced:
+                    # the Delete (or DPD) of a replaced (or redundant) SA went unanswered: nothing
+                    # is lost, its Child SAs live on the successor; the peer may have dropped it
                     self._close(now, "rekeyed", quiet_children=True)
                     return
                 self._close(now, "dpd" if p.kind == "dpd" else "timeout")
@@ -212,6 +216,17 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         if self._redundant:
             return
+        cap = self._expire_cap
+        if self._ike_expire_at is not None and now >= self._ike_expire_at and self.successor is None \
+                and self._ike_rekey_at is not None and cap is not None and now < cap:
+            # the hard lifetime came while a rekey is still owed: it was held up by an exchange of
+            # ours stuck in retransmissions (window size 1), or the peer refused it as busy
+            # (TEMPORARY_FAILURE, RFC 7296 2.25.2).  Deleting now would throw away an SA that only
+            # waited its turn (issue #13: the IKE SA expired and the tunnel went down); try the
+            # rekey first, for at most one more retransmission schedule.  A dead peer still ends it
+            # (the rekey times out), and so does a peer that refuses it outright (no cap then).
+            self._ike_expire_at = min(cap, max(now, self._ike_rekey_at) + self.config.retransmit_timeout_s)
+            self._count("ike_expiry_deferred")
         if self._ike_expire_at is not None and now >= self._ike_expire_at:
             self._ike_expire_at = None
             # a replaced SA the peer never deleted (its Delete was lost: _await_peer_delete)
@@ -408,6 +423,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._decrypt(msg, data)
             self._sink.out.extend(self._last_response[1])
             self._count("duplicate_request")
+            self._peer_resent(msg, now)
             return
         if msg.msg_id != self._expect_id:
             self._count("bad_message_id")
@@ -433,6 +449,10 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         try:
             if msg.exchange == Exchange.IKE_AUTH:
                 self._recv_auth_request(msg, addr, local, now)
+            elif self.state == IkeState.AUTH_SENT and msg.exchange == Exchange.CREATE_CHILD_SA:
+                # the peer is established (our IKE_AUTH answer is late or lost) and already rekeys:
+                # not now, rather than a refusal that fails its Child SA or its IKE rekey (2.25)
+                self._send_response(msg, [m.Notification(Notify.TEMPORARY_FAILURE)], addr, local)
             elif self.state not in (IkeState.ESTABLISHED, IkeState.DELETING):
                 self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
             elif msg.exchange == Exchange.INFORMATIONAL:

@@ -100,6 +100,10 @@ class SaCore:
         self._collision_of: SaCore | None = None  # the peer's new SA of a collision: the old SA
         self._redundant = False  # the losing new SA of a simultaneous IKE rekey
         self._redundant_deadline: float | None = None  # we delete it then if the peer has not
+        # the IKE SA we made by answering the peer's rekey request, and that request's message ID:
+        # a retransmission of it means our answer is not in yet (see _peer_resent)
+        self._answered_rekey: tuple[int, SaCore] | None = None
+        self._expire_cap: float | None = None  # how far an owed rekey may push the hard lifetime back
         self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
         # Deletes for outbound SPIs we do not know yet, received while our CREATE_CHILD_SA was in
         # flight: the peer answered it (response lost or late) and already deleted the result
@@ -240,6 +244,8 @@ class SaCore:
         def _start_delete_ike(self, now: float) -> None: ...
         # tasks/ike_rekey.py
         def _recv_rekey_ike(self, msg: m.Message, addr: Addr, local: Addr, now: float) -> None: ...
+        def _peer_resent(self, msg: m.Message, now: float) -> None: ...
+        def _redate(self, now: float) -> bool: ...
         def _collision_survivor(self, new: SaCore, now: float) -> None: ...
         # sa.py (the public API)
         def delete(self, now: float) -> None: ...
