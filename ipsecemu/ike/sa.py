@@ -233,15 +233,31 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._count("rekeyed_sa_not_deleted" if self.successor is not None else "ike_lifetime_expired")
             self.delete(now)
             return
+        # an IKE rekey that is due goes first: the Child SAs whose rekeys are due as well move to
+        # the new IKE SA and are rekeyed there at once.  Child rekeys first (every 12 s in the lossy
+        # campaign, each possibly retransmitted for long) could keep the IKE rekey waiting, or the
+        # peer refusing it as busy, until the IKE SA's hard lifetime
+        ike_due = self._ike_rekey_at is not None and now >= self._ike_rekey_at and not self._rekeying_ike
         for c in list(self.children.values()):
+            if c.expire_at is not None and now >= c.expire_at and (c.rekey_at is not None or c.rekeyed):
+                # as for the IKE SA above: its rekey is still owed (held up by a stuck exchange, or
+                # refused by a busy peer), or it was rekeyed but the Delete that retires it is still
+                # to come (ours stuck, or the peer's: it rekeyed it and our answer was lost, so the
+                # peer has nothing else to send on yet): let that run first, for at most one
+                # retransmission schedule
+                if c.expire_cap is None:
+                    c.expire_cap = c.expire_at + self._retransmit_span()
+                if now < c.expire_cap:
+                    c.expire_at = min(c.expire_cap, max(now, c.rekey_at or now) + self.config.retransmit_timeout_s)
+                    self._count("child_expiry_deferred")
             if c.expire_at is not None and now >= c.expire_at:
                 c.expire_at = None  # one Delete, even if the peer is slow to answer it
                 self._count("child_expired")
                 self.delete_child(c.inbound_spi, now, "expired")
-            elif c.rekey_at is not None and now >= c.rekey_at and not c.rekeyed:
+            elif c.rekey_at is not None and now >= c.rekey_at and not c.rekeyed and not ike_due:
                 c.rekey_at = None
                 self.rekey_child(c.inbound_spi, now)
-        if self._ike_rekey_at is not None and now >= self._ike_rekey_at and not self._rekeying_ike:
+        if ike_due:
             self._ike_rekey_at = None
             self.rekey_ike(now)
         if self.config.dpd_delay_s > 0 and now >= self._last_recv + self.config.dpd_delay_s and not self._queue:

@@ -223,8 +223,7 @@ class IkeAuthTask(SaCore):
         # a rekey still owed at the hard lifetime (held up by our own exchange stuck in
         # retransmissions, or refused with TEMPORARY_FAILURE by a busy peer) may push it back by
         # at most one whole retransmission schedule: see IkeSa.handle_timer
-        self._expire_cap = None if self._ike_expire_at is None else self._ike_expire_at + c.retransmit_timeout_s * sum(
-            c.retransmit_base ** k for k in range(c.retransmit_tries + 1))
+        self._expire_cap = None if self._ike_expire_at is None else self._ike_expire_at + self._retransmit_span()
 
     def _retry_delay(self) -> float:
         """2-6 s from the injected rng, so two peers that refused each other do not collide again."""

@@ -29,6 +29,7 @@ from ..proposals import Proposal, check_selected, select
 from ..states import IkeState
 from .base import (
     Addr,
+    ChildSa,
     _groups,
     _ike_suite,
     from_wire,
@@ -167,14 +168,14 @@ class IkeRekeyTask(SaCore):
             if self.successor is None and not self._redundant and not self._rekeying_ike:
                 self._redate(now)
             for c in self.children.values():
-                life, f = self.config.child_lifetime_s, self.config.rekey_fraction
-                if c.rekeyed or life <= 0:
-                    continue
-                if c.rekey_at is not None and f > 0:
-                    c.rekey_at = max(c.rekey_at, now + life * f - self._jitter(life, self.config.child_jitter_s))
-                if c.expire_at is not None:
-                    c.expire_at = max(c.expire_at, now + life)
+                self._redate_child(c, now)
             self._count("auth_answer_resent")
+            return
+        if self._answered_child is not None and self._answered_child[0] == msg.msg_id:
+            child = self._answered_child[1]
+            if self.children.get(child.inbound_spi) is child:  # a Child SA our lost answer made
+                self._redate_child(child, now)
+                self._count("child_answer_resent")
             return
         if self._answered_rekey is None or self._answered_rekey[0] != msg.msg_id:
             return
@@ -183,6 +184,16 @@ class IkeRekeyTask(SaCore):
             return  # already rekeyed again, or gone
         if new._redate(now):
             self._count("rekey_answer_resent")
+
+    def _redate_child(self, c: ChildSa, now: float) -> None:
+        """A Child SA's rekey time and hard lifetime as if it were made now (never earlier)."""
+        life, f = self.config.child_lifetime_s, self.config.rekey_fraction
+        if c.rekeyed or life <= 0:
+            return
+        if c.rekey_at is not None and f > 0:
+            c.rekey_at = max(c.rekey_at, now + life * f - self._jitter(life, self.config.child_jitter_s))
+        if c.expire_at is not None:
+            c.expire_at = max(c.expire_at, now + life)
 
     def _redate(self, now: float) -> bool:
         """Rekey time and hard lifetime as if this SA were made now (never earlier than they are)."""
@@ -215,7 +226,7 @@ class IkeRekeyTask(SaCore):
         target = new
         while target.successor is not None:  # the peer may have rekeyed it again already
             target = target.successor
-        target.children.update(self.children)
+        target._adopt_children(self.children, now)
         self.children = {}
         new._redundant = False
         if new.successor is None:
@@ -233,10 +244,8 @@ class IkeRekeyTask(SaCore):
         for ever: once the peer's whole retransmission schedule (estimated with ours) has passed,
         ``handle_timer`` deletes it itself.  Two crossing Deletes are harmless (each answers the
         other's), and a Delete the peer no longer answers times out, which also ends the SA."""
-        c = self.config
-        span = c.retransmit_timeout_s * sum(c.retransmit_base ** k for k in range(c.retransmit_tries + 1))
         self._ike_rekey_at = None
-        self._ike_expire_at = now + span
+        self._ike_expire_at = now + self._retransmit_span()
 
     def _spawn(self, now: float, we_initiated: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, gir: bytes,
                proposal: Proposal, collision: bool = False) -> Self:
@@ -256,7 +265,8 @@ class IkeRekeyTask(SaCore):
         if collision:
             new._redundant = True  # until resolved: no API calls, no timers, a Delete of it is no outage
         else:
-            new.children, self.children = self.children, {}
+            new._adopt_children(self.children, now)
+            self.children = {}
             self.successor = new
             self._await_peer_delete(now)  # this SA is on its way out
         new._set_state(IkeState.ESTABLISHED)
