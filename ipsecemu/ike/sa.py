@@ -79,6 +79,13 @@ complete; the exchange with the lowest nonce loses and its initiator deletes the
 loser's new IKE SA is never announced by ``IkeSaRekeyed``).  A rekey that meets a delete loses to
 the delete; a request on an IKE SA that was already rekeyed gets TEMPORARY_FAILURE.
 
+Lifetimes under loss (issue #13): a rekey still owed when an SA's hard lifetime comes (held up by
+an exchange of ours stuck in retransmissions, or refused by a busy peer) runs first; the expiry
+waits for it by at most one retransmission schedule (``ike_expiry_deferred`` /
+``child_expiry_deferred``).  A retransmitted request re-dates what our lost answer to it created
+(the peer dates it from when an answer gets through).  A DPD in flight does not make us refuse
+the peer's IKE rekey; a due IKE rekey goes before due Child rekeys.
+
 Errors (``ipsecemu.ike.errors``): ``LocalProtocolError`` for caller misuse (raised from API calls),
 ``RemoteProtocolError`` for a misbehaving peer (never escapes the driving calls; carries the
 notify to answer with).
