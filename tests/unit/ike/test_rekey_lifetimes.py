@@ -357,3 +357,42 @@ def test_lost_ike_auth_answer_busy_not_refused_and_dated_from_the_resend() -> No
     (ca,), (cb,) = sa.children.values(), sb.children.values()
     assert abs(ca.expire_at - cb.expire_at) < 0.01
     assert not [e for e in events(b) if isinstance(e, ev.ChildSaFailed | ev.IkeSaRekeyFailed)]
+
+
+def test_due_ike_rekey_goes_before_a_due_child_rekey_which_then_runs_on_the_new_sa() -> None:
+    """Both due at once: the IKE rekey first (before the fix the Child rekey went first, and under
+    loss 12 s Child rekeys kept the IKE rekey waiting); the Child SA moves to the new IKE SA and
+    is rekeyed there at once."""
+    kw = dict(ike_lifetime_s=24.0, ike_rekey_fraction=0.5, ike_jitter_s=0.0, child_lifetime_s=24.0,
+              rekey_fraction=0.5, child_jitter_s=0.0)
+    a, b, net, sa, sb = _established(a_kw=kw, b_kw=dict(kw, ike_lifetime_s=10000.0, child_lifetime_s=10000.0))
+    net.advance(12.5)
+    evs = [e for e in events(a) if isinstance(e, ev.IkeSaRekeyed | ev.ChildSaRekeyed)]
+    assert [type(e) for e in evs] == [ev.IkeSaRekeyed, ev.ChildSaRekeyed], evs
+    new = sa.successor
+    assert new is not None and (evs[1].ike_spi_i, evs[1].ike_spi_r) == (new.spi_i, new.spi_r)
+    assert len(new.children) == 1 and next(iter(new.children.values())).keys == evs[1].keys
+
+
+def test_resent_child_request_dates_the_child_sa_from_the_answer_that_got_through() -> None:
+    """As for the IKE SA: our answer to the peer's CREATE_CHILD_SA is lost, the peer installs the
+    Child SA at its retransmission; ours must not run out (or be rekeyed) earlier than the peer's."""
+    kw = dict(ike_lifetime_s=0.0, child_lifetime_s=24.0, rekey_fraction=0.5, child_jitter_s=0.0)
+    a, b, net, sa, sb = _established(a_kw=kw, b_kw=dict(kw))
+    lost = []
+
+    def first_answer_lost(p) -> bool:
+        if _is(p, sa.local, Exchange.CREATE_CHILD_SA, True) and not lost:
+            lost.append(p)
+            return False
+        return True
+
+    net.filter = first_answer_lost
+    net.advance(1.0)
+    sb.rekey_child(next(iter(sb.children)), net.now)
+    net.advance(5.0)  # b retransmits at 5 s
+    assert sa.counters.get("child_answer_resent") == 1
+    new_a = [c for c in sa.children.values() if not c.rekeyed]
+    new_b = [c for c in sb.children.values() if not c.rekeyed]
+    assert len(new_a) == len(new_b) == 1 and new_a[0].outbound_spi == new_b[0].inbound_spi
+    assert abs(new_a[0].expire_at - new_b[0].expire_at) < 0.01 and abs(new_a[0].rekey_at - new_b[0].rekey_at) < 0.01
