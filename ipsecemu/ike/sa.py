@@ -79,6 +79,13 @@ complete; the exchange with the lowest nonce loses and its initiator deletes the
 loser's new IKE SA is never announced by ``IkeSaRekeyed``).  A rekey that meets a delete loses to
 the delete; a request on an IKE SA that was already rekeyed gets TEMPORARY_FAILURE.
 
+Lifetimes under loss (issue #13): a rekey still owed when an SA's hard lifetime comes (held up by
+an exchange of ours stuck in retransmissions, or refused by a busy peer) runs first; the expiry
+waits for it by at most one retransmission schedule (``ike_expiry_deferred`` /
+``child_expiry_deferred``).  A retransmitted request re-dates what our lost answer to it created
+(the peer dates it from when an answer gets through).  A DPD in flight does not make us refuse
+the peer's IKE rekey; a due IKE rekey goes before due Child rekeys.
+
 Errors (``ipsecemu.ike.errors``): ``LocalProtocolError`` for caller misuse (raised from API calls),
 ``RemoteProtocolError`` for a misbehaving peer (never escapes the driving calls; carries the
 notify to answer with).
@@ -169,8 +176,12 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         p = self._pending
         dpd_timeout = self.config.dpd_timeout_s
+        # an SA already replaced by a rekey (or a collision's loser) that gives up loses nothing:
+        # its Child SAs live on the successor (e.g. a DPD still in flight when the peer rekeyed it)
+        replaced = self.successor is not None or self._redundant
         if p is not None and p.kind == "dpd" and dpd_timeout and now >= p.started + dpd_timeout:
-            self._close(now, "dpd")  # e.g. Azure: peer declared dead after 45 s without an answer
+            # e.g. Azure: peer declared dead after 45 s without an answer
+            self._close(now, "rekeyed" if replaced else "dpd", quiet_children=replaced)
             return
         if p is not None and now >= p.next_at:
             if p.tries >= self.config.retransmit_tries:
@@ -191,9 +202,9 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
                             and not survivor._redundant:
                         survivor.dpd(now)
                     return
-                if p.kind == "delete" and (self.successor is not None or self._redundant):
-                    # the Delete of a replaced (or redundant) SA went unanswered: nothing is lost,
-                    # its Child SAs live on the successor; the peer may have dropped it already
+                if replaced:
+                    # the Delete (or DPD) of a replaced (or redundant) SA went unanswered: nothing
+                    # is lost, its Child SAs live on the successor; the peer may have dropped it
                     self._close(now, "rekeyed", quiet_children=True)
                     return
                 self._close(now, "dpd" if p.kind == "dpd" else "timeout")
@@ -212,21 +223,48 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             return
         if self._redundant:
             return
+        cap = self._expire_cap
+        if self._ike_expire_at is not None and now >= self._ike_expire_at and self.successor is None \
+                and self._ike_rekey_at is not None and cap is not None and now < cap:
+            # the hard lifetime came while a rekey is still owed: it was held up by an exchange of
+            # ours stuck in retransmissions (window size 1), or the peer refused it as busy
+            # (TEMPORARY_FAILURE, RFC 7296 2.25.2).  Deleting now would throw away an SA that only
+            # waited its turn (issue #13: the IKE SA expired and the tunnel went down); try the
+            # rekey first, for at most one more retransmission schedule.  A dead peer still ends it
+            # (the rekey times out), and so does a peer that refuses it outright (no cap then).
+            self._ike_expire_at = min(cap, max(now, self._ike_rekey_at) + self.config.retransmit_timeout_s)
+            self._count("ike_expiry_deferred")
         if self._ike_expire_at is not None and now >= self._ike_expire_at:
             self._ike_expire_at = None
             # a replaced SA the peer never deleted (its Delete was lost: _await_peer_delete)
             self._count("rekeyed_sa_not_deleted" if self.successor is not None else "ike_lifetime_expired")
             self.delete(now)
             return
+        # an IKE rekey that is due goes first: the Child SAs whose rekeys are due as well move to
+        # the new IKE SA and are rekeyed there at once.  Child rekeys first (every 12 s in the lossy
+        # campaign, each possibly retransmitted for long) could keep the IKE rekey waiting, or the
+        # peer refusing it as busy, until the IKE SA's hard lifetime
+        ike_due = self._ike_rekey_at is not None and now >= self._ike_rekey_at and not self._rekeying_ike
         for c in list(self.children.values()):
+            if c.expire_at is not None and now >= c.expire_at and (c.rekey_at is not None or c.rekeyed):
+                # as for the IKE SA above: its rekey is still owed (held up by a stuck exchange, or
+                # refused by a busy peer), or it was rekeyed but the Delete that retires it is still
+                # to come (ours stuck, or the peer's: it rekeyed it and our answer was lost, so the
+                # peer has nothing else to send on yet): let that run first, for at most one
+                # retransmission schedule
+                if c.expire_cap is None:
+                    c.expire_cap = c.expire_at + self._retransmit_span()
+                if now < c.expire_cap:
+                    c.expire_at = min(c.expire_cap, max(now, c.rekey_at or now) + self.config.retransmit_timeout_s)
+                    self._count("child_expiry_deferred")
             if c.expire_at is not None and now >= c.expire_at:
                 c.expire_at = None  # one Delete, even if the peer is slow to answer it
                 self._count("child_expired")
                 self.delete_child(c.inbound_spi, now, "expired")
-            elif c.rekey_at is not None and now >= c.rekey_at and not c.rekeyed:
+            elif c.rekey_at is not None and now >= c.rekey_at and not c.rekeyed and not ike_due:
                 c.rekey_at = None
                 self.rekey_child(c.inbound_spi, now)
-        if self._ike_rekey_at is not None and now >= self._ike_rekey_at and not self._rekeying_ike:
+        if ike_due:
             self._ike_rekey_at = None
             self.rekey_ike(now)
         if self.config.dpd_delay_s > 0 and now >= self._last_recv + self.config.dpd_delay_s and not self._queue:
@@ -408,6 +446,7 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
             self._decrypt(msg, data)
             self._sink.out.extend(self._last_response[1])
             self._count("duplicate_request")
+            self._peer_resent(msg, now)
             return
         if msg.msg_id != self._expect_id:
             self._count("bad_message_id")
@@ -433,6 +472,10 @@ class IkeSa(IkeInitTask, IkeAuthTask, ChildTask, InformationalTask, IkeRekeyTask
         try:
             if msg.exchange == Exchange.IKE_AUTH:
                 self._recv_auth_request(msg, addr, local, now)
+            elif self.state == IkeState.AUTH_SENT and msg.exchange == Exchange.CREATE_CHILD_SA:
+                # the peer is established (our IKE_AUTH answer is late or lost) and already rekeys:
+                # not now, rather than a refusal that fails its Child SA or its IKE rekey (2.25)
+                self._send_response(msg, [m.Notification(Notify.TEMPORARY_FAILURE)], addr, local)
             elif self.state not in (IkeState.ESTABLISHED, IkeState.DELETING):
                 self._send_response(msg, [m.Notification(Notify.INVALID_SYNTAX)], addr, local)
             elif msg.exchange == Exchange.INFORMATIONAL:

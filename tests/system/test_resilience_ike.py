@@ -170,9 +170,6 @@ def _ping(lab: str, count: int, interval: float) -> subprocess.Popen[str]:
                              "-i", str(interval), "-W", "2", "10.51.231.4"], stdout=subprocess.PIPE, text=True)
 
 
-@pytest.mark.skipif(not LONG, reason="campaign only (make campaigns): under 10 % loss an IKE SA made by a rekey "
-                    "sometimes never rekeys again and expires (open, README 'Resilience campaigns' findings); "
-                    "a gate in make test would fail at random until that is fixed")
 @pytest.mark.timeout(pick(120, 400))
 def test_rekeys_and_dpd_survive_lossy_er_links(lab: str, tmp_path: Path) -> None:
     seconds = pick(26, 240)
@@ -181,6 +178,7 @@ def test_rekeys_and_dpd_survive_lossy_er_links(lab: str, tmp_path: Path) -> None
     assert ns(lab, "onprem1", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "10.51.231.4").returncode == 0
     _impair(lab, True)
     before = endpoint_counters(lab, "ce")
+    hub_before = endpoint_counters(lab, "hubgw0")
     loop0 = _loop_stats(lab)
     log0 = _log_size(lab)
     ike_spis: set[str] = set()
@@ -205,6 +203,12 @@ def test_rekeys_and_dpd_survive_lossy_er_links(lab: str, tmp_path: Path) -> None
     sent, got = ping_summary(ping.communicate(timeout=60)[0])
     after = endpoint_counters(lab, "ce")
     d = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+    hub_after = endpoint_counters(lab, "hubgw0")
+    # issue #13: an IKE SA made by a rekey that reached its hard lifetime (both ends count it)
+    lifetime = {f"{node}:{k}": a.get(k, 0) - b.get(k, 0) for node, a, b in
+                (("ce", after, before), ("hubgw0", hub_after, hub_before))
+                for k in ("sa_ike_lifetime_expired", "sa_ike_expiry_deferred", "sa_child_expired",
+                          "sa_child_expiry_deferred", "sa_rekey_collision", "sa_child_rekey_collision")}
     teardown = _teardown_lines(lab, log0)
     loop = {k: n - loop0.get(k, 0) for k, n in _loop_stats(lab).items() if n - loop0.get(k, 0)}
     early = _early_promotions(lab)
@@ -217,6 +221,7 @@ def test_rekeys_and_dpd_survive_lossy_er_links(lab: str, tmp_path: Path) -> None
           f"(Child rekeys {len(child_spis) - 1}); polls without an established tunnel {down_polls}/{polls}")
     print(f"  ping through the tunnel: {sent - got}/{sent} lost ({100 * loss:.1f} %; the links alone lose "
           f"~{100 * expect:.0f} % of round trips); CE IKE counters moved: {d}")
+    print(f"  lifetimes and collisions (both gateways): {lifetime}")
     print(f"  IKE SAs torn down (dpd/timeout) in the CE log: {len(teardown)}; the CE's C loop counters moved "
           f"(drops by reason among them): {loop}")
     print(f"  hubgw0 moved its outbound to a rekeyed SA before the CE had installed it: {len(early)} time(s), "
@@ -225,10 +230,24 @@ def test_rekeys_and_dpd_survive_lossy_er_links(lab: str, tmp_path: Path) -> None
         for node in ("ce", "hubgw0"):
             shutil.copy(_log_path(lab, node), tmp_path / f"{node}-gateway.log")
     assert down_polls == 0, f"tunnel was down in {down_polls} polls; gateway logs kept in {tmp_path}"
+    assert lifetime["ce:sa_ike_lifetime_expired"] == lifetime["hubgw0:sa_ike_lifetime_expired"] == 0, lifetime
     assert not teardown, "\n".join(teardown)
-    assert len(child_spis) >= 1 + seconds // 12 - 1  # the Child SA really rekeyed under loss
-    assert loss < expect + 0.12  # the tunnel loses no more than the links (generous: n is small)
-    assert ns(lab, "onprem1", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "10.51.231.4").returncode == 0
+    # the Child SA really rekeyed under loss: every rekey that needs a retransmission starts the
+    # next Child SA's 12 s that much later (4 s, 7.2 s ...), so 240 s give ~19 rekeys, not 20 (the
+    # sans-I/O simulation of this setting: 19.2 per 240 s); at least three quarters of the nominal
+    rekeys = len(child_spis) - 1
+    assert rekeys >= int(0.75 * (seconds // 12)), rekeys
+    if LONG:
+        # the tunnel loses no more than the links (generous: n is small).  Only in the campaign: in
+        # the short run (260 pings) one rekey promote gap (gateway/datapath.py PROMOTE_AFTER, an
+        # open finding) alone loses ~20 pings; it did in 1 of 3 short runs (40.4 %, promoted 2.0 s
+        # early), which is not what this gate is about (the IKE and Child SAs above)
+        assert loss < expect + 0.12
+    # the tunnel carries traffic once the links are clean: within a few seconds, since a rekey
+    # may be mid-flight when the impairment goes off (its retransmission 4 s later completes it;
+    # one short run's 3 immediate pings all fell into such a gap)
+    assert _wait(lambda: ns(lab, "onprem1", "ping", "-n", "-c", "1", "-W", "1", "10.51.231.4").returncode == 0,
+                 15, 0.2)
 
 
 def _loop_stats(lab: str) -> dict[str, int]:

@@ -101,6 +101,7 @@ class ChildSa:
     rekey_at: float | None
     expire_at: float | None
     rekeyed: bool = False  # replaced by a newer SA; waiting for the delete
+    expire_cap: float | None = None  # set when an owed rekey first pushed the hard lifetime back
 
 
 @dataclass

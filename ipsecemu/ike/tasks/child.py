@@ -302,6 +302,7 @@ class ChildTask(SaCore):
             self._child_refused(fail, msg)
             return
         self.children[child.inbound_spi] = child
+        self._answered_child = (msg.msg_id, child)  # a resend of this request re-dates it (_peer_resent)
         neg = self._child_neg
         if old is not None and neg is not None and neg.rekey_of is old:
             neg.collision = (child, min(nonce.data, nr))

@@ -100,6 +100,11 @@ class SaCore:
         self._collision_of: SaCore | None = None  # the peer's new SA of a collision: the old SA
         self._redundant = False  # the losing new SA of a simultaneous IKE rekey
         self._redundant_deadline: float | None = None  # we delete it then if the peer has not
+        # the IKE SA we made by answering the peer's rekey request, and that request's message ID:
+        # a retransmission of it means our answer is not in yet (see _peer_resent)
+        self._answered_rekey: tuple[int, SaCore] | None = None
+        self._expire_cap: float | None = None  # how far an owed rekey may push the hard lifetime back
+        self._answered_child: tuple[int, ChildSa] | None = None  # the same for a Child SA we answered
         self._child_neg: _ChildNeg | None = None  # our CREATE_CHILD_SA in flight
         # Deletes for outbound SPIs we do not know yet, received while our CREATE_CHILD_SA was in
         # flight: the peer answered it (response lost or late) and already deleted the result
@@ -184,6 +189,22 @@ class SaCore:
         self._count("fragmented")
         return frag.fragment(msg, self._cout, self._rng, budget)
 
+    def _retransmit_span(self) -> float:
+        """How long one request is retransmitted before it is given up (4 s x 1.8, 5 tries: 165.5 s)."""
+        c = self.config
+        return c.retransmit_timeout_s * sum(c.retransmit_base ** k for k in range(c.retransmit_tries + 1))
+
+    def _adopt_children(self, children: dict[int, ChildSa], now: float) -> None:
+        """Child SAs moving here from the IKE SA this one replaced.  A timed rekey of one that was
+        due and queued there dies with that SA's queue (cleared when it was rekeyed, or started
+        there, where the Child SA no longer is): without a new rekey time it would never be
+        rekeyed again and run into its hard lifetime.  Rekey those here at once."""
+        for c in children.values():
+            if c.rekey_at is None and not c.rekeyed and c.expire_at is not None and self.config.rekey_fraction > 0:
+                c.rekey_at = now
+                self._count("child_rekey_rearmed")
+        self.children.update(children)
+
     def _send_request(self, now: float, exchange: int, payloads: list[m.AnyPayload], on_response: Callable[[m.Message, float], None],
                       kind: str) -> None:
         msg = m.Message(self.spi_i, self.spi_r, exchange, self._next_id, self.initiator, False, payloads)
@@ -240,6 +261,8 @@ class SaCore:
         def _start_delete_ike(self, now: float) -> None: ...
         # tasks/ike_rekey.py
         def _recv_rekey_ike(self, msg: m.Message, addr: Addr, local: Addr, now: float) -> None: ...
+        def _peer_resent(self, msg: m.Message, now: float) -> None: ...
+        def _redate(self, now: float) -> bool: ...
         def _collision_survivor(self, new: SaCore, now: float) -> None: ...
         # sa.py (the public API)
         def delete(self, now: float) -> None: ...

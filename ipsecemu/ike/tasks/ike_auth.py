@@ -220,6 +220,10 @@ class IkeAuthTask(SaCore):
         f, life = c.ike_rekey_fraction if c.ike_rekey_fraction is not None else c.rekey_fraction, c.ike_lifetime_s
         self._ike_rekey_at = now + life * f - self._jitter(life, c.ike_jitter_s) if f > 0 and life > 0 else None
         self._ike_expire_at = now + life if f > 0 and life > 0 else None
+        # a rekey still owed at the hard lifetime (held up by our own exchange stuck in
+        # retransmissions, or refused with TEMPORARY_FAILURE by a busy peer) may push it back by
+        # at most one whole retransmission schedule: see IkeSa.handle_timer
+        self._expire_cap = None if self._ike_expire_at is None else self._ike_expire_at + self._retransmit_span()
 
     def _retry_delay(self) -> float:
         """2-6 s from the injected rng, so two peers that refused each other do not collide again."""

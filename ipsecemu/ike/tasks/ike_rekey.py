@@ -29,6 +29,7 @@ from ..proposals import Proposal, check_selected, select
 from ..states import IkeState
 from .base import (
     Addr,
+    ChildSa,
     _groups,
     _ike_suite,
     from_wire,
@@ -82,6 +83,7 @@ class IkeRekeyTask(SaCore):
                 # refused (e.g. NO_PROPOSAL_CHOSEN): try again in 20-60 s; the hard lifetime still ends it
                 self._count("rekey_failed")
                 self._ike_rekey_at = now + 10 * self._retry_delay()
+                self._expire_cap = None  # a refusal is no reason to keep the SA past its lifetime
                 errs = [n.type for n in msg.get(m.Notification) if n.type < STATUS_NOTIFY_MIN]
                 self._event(IkeSaRekeyFailed, notify=errs[0] if errs else 0,
                             detail=(f"the peer answered {notify_name(errs[0])}" if errs else
@@ -122,7 +124,12 @@ class IkeRekeyTask(SaCore):
         p = self._pending
         collision = p is not None and p.kind == "rekey_ike" and self.successor is None \
             and self._ike_collision is None and self.state == IkeState.ESTABLISHED
-        if not collision and (p is not None or self._queue or self.state != IkeState.ESTABLISHED):
+        # a liveness check in flight or queued is no obstacle (strongSwan refuses only for Child SA
+        # work): it carries nothing to strand, and on a lossy link one DPD retransmitted on the
+        # 4 s x 1.8 schedule outlasts the rekey margin, so refusing would run the SA into its hard
+        # lifetime while we cannot rekey it either (issue #13, the long lossy campaign)
+        busy = (p is not None and p.kind != "dpd") or any(kind != "dpd" for kind, _ in self._queue)
+        if not collision and (busy or self.state != IkeState.ESTABLISHED):
             # an exchange of ours is in flight on this SA (a Child SA being created or rekeyed, our
             # own IKE rekey, a delete): moving the Child SAs now could strand it, so the peer has
             # to retry later (RFC 7296 2.25; strongSwan refuses the same way)
@@ -142,10 +149,61 @@ class IkeRekeyTask(SaCore):
         self._send_response(msg, [m.SA(to_wire([chosen], my_spi)), m.Nonce(nr), m.KE(ke.group, ke.public)],
                             addr, local)
         new = self._spawn(now, False, chosen.spi, my_spi, nonce.data, nr, gir, chosen, collision=collision)
+        self._answered_rekey = (msg.msg_id, new)
         if collision:
             self._ike_collision = (new, min(nonce.data, nr))
             new._collision_of = self
             self._count("rekey_collision")
+
+    def _peer_resent(self, msg: m.Message, now: float) -> None:
+        """The peer retransmitted a request we answered: our answer was lost, so the peer has not
+        made its copy of what that answer creates and will date it from when an answer gets
+        through.  We dated ours from our answer; left so, it would reach its rekey time and hard
+        lifetime that much earlier than the peer's -- up to a whole retransmission schedule, more
+        than the rekey margin of a short lifetime -- and its rekeys would meet a peer that is not
+        ready (busy, or still waiting for IKE_AUTH) until ours expired (issue #13).  Date them from
+        now instead: the IKE SA our answer to a rekey made, or this SA and its first Child SA when
+        it was the IKE_AUTH answer."""
+        if msg.exchange == Exchange.IKE_AUTH and not self.initiator and self.state == IkeState.ESTABLISHED:
+            if self.successor is None and not self._redundant and not self._rekeying_ike:
+                self._redate(now)
+            for c in self.children.values():
+                self._redate_child(c, now)
+            self._count("auth_answer_resent")
+            return
+        if self._answered_child is not None and self._answered_child[0] == msg.msg_id:
+            child = self._answered_child[1]
+            if self.children.get(child.inbound_spi) is child:  # a Child SA our lost answer made
+                self._redate_child(child, now)
+                self._count("child_answer_resent")
+            return
+        if self._answered_rekey is None or self._answered_rekey[0] != msg.msg_id:
+            return
+        new = self._answered_rekey[1]
+        if new.state != IkeState.ESTABLISHED or new.successor is not None or new._rekeying_ike:
+            return  # already rekeyed again, or gone
+        if new._redate(now):
+            self._count("rekey_answer_resent")
+
+    def _redate_child(self, c: ChildSa, now: float) -> None:
+        """A Child SA's rekey time and hard lifetime as if it were made now (never earlier)."""
+        life, f = self.config.child_lifetime_s, self.config.rekey_fraction
+        if c.rekeyed or life <= 0:
+            return
+        if c.rekey_at is not None and f > 0:
+            c.rekey_at = max(c.rekey_at, now + life * f - self._jitter(life, self.config.child_jitter_s))
+        if c.expire_at is not None:
+            c.expire_at = max(c.expire_at, now + life)
+
+    def _redate(self, now: float) -> bool:
+        """Rekey time and hard lifetime as if this SA were made now (never earlier than they are)."""
+        rekey_at, expire_at = self._ike_rekey_at, self._ike_expire_at
+        if rekey_at is None or expire_at is None:
+            return False  # undecided collision (timers come when decided), or no timed rekey
+        self._schedule_ike_rekey(now)
+        self._ike_rekey_at = max(rekey_at, self._ike_rekey_at or rekey_at)
+        self._ike_expire_at = max(expire_at, self._ike_expire_at or expire_at)
+        return True
 
     def _peer_uses_new_sa(self, msg: m.Message, now: float) -> None:
         """A request on the peer's new SA while our half of a simultaneous rekey is unanswered.
@@ -168,7 +226,7 @@ class IkeRekeyTask(SaCore):
         target = new
         while target.successor is not None:  # the peer may have rekeyed it again already
             target = target.successor
-        target.children.update(self.children)
+        target._adopt_children(self.children, now)
         self.children = {}
         new._redundant = False
         if new.successor is None:
@@ -186,10 +244,8 @@ class IkeRekeyTask(SaCore):
         for ever: once the peer's whole retransmission schedule (estimated with ours) has passed,
         ``handle_timer`` deletes it itself.  Two crossing Deletes are harmless (each answers the
         other's), and a Delete the peer no longer answers times out, which also ends the SA."""
-        c = self.config
-        span = c.retransmit_timeout_s * sum(c.retransmit_base ** k for k in range(c.retransmit_tries + 1))
         self._ike_rekey_at = None
-        self._ike_expire_at = now + span
+        self._ike_expire_at = now + self._retransmit_span()
 
     def _spawn(self, now: float, we_initiated: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, gir: bytes,
                proposal: Proposal, collision: bool = False) -> Self:
@@ -209,7 +265,8 @@ class IkeRekeyTask(SaCore):
         if collision:
             new._redundant = True  # until resolved: no API calls, no timers, a Delete of it is no outage
         else:
-            new.children, self.children = self.children, {}
+            new._adopt_children(self.children, now)
+            self.children = {}
             self.successor = new
             self._await_peer_delete(now)  # this SA is on its way out
         new._set_state(IkeState.ESTABLISHED)

@@ -3,6 +3,7 @@ timed rekeys, make-before-break event order."""
 
 from __future__ import annotations
 
+import os
 import random
 
 from hypothesis import example, given, settings
@@ -261,7 +262,7 @@ def test_child_rekey_collides_with_delete() -> None:
             esp_both_ways(ca.keys, sb.children[ca.outbound_spi].keys)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=int(os.environ.get("IKE_REKEY_EXAMPLES", "60")), deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.1, 0.3]), rounds=st.integers(1, 3),
        gap=st.floats(0, 0.5))
 # every retransmission of b's Delete of the first old SA was lost: a kept that SA for ever
