@@ -85,7 +85,11 @@ REKEY_HEADROOM_S = 0.03
 # The inbound SA keeps decrypting past its hard limit, up to this factor: the peer's outbound
 # enforces the limit, and what it sent just before switching to the new SA is still in flight.
 INBOUND_HARD_SLACK = 2
-PROMOTE_AFTER = 2.0  # seconds after which a rekeyed SA takes the outbound even without a sign
+# seconds after which a rekeyed SA takes the outbound without a sign that the peer has it (its
+# DELETE of the old SA, or traffic on the new inbound): only for a peer that never deletes.  It
+# was 2 s, shorter than one lost answer's retransmission (4 s, 7.2 s ...): under loss the
+# responder then sent on an SA the initiator did not have yet (the lossy-link campaign, issue #13)
+PROMOTE_AFTER = 30.0
 
 
 @dataclass(eq=False)
