@@ -4,27 +4,16 @@ defect a campaign once found stays fixed.  Seconds; the campaigns themselves are
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from support.native_tools import build
 from support.paths import REPO  # noqa: E402
 
 FUZZ = REPO / "native" / "fuzz"
 TARGETS = sorted(p.stem for p in FUZZ.glob("fuzz_*.c"))
-
-
-def _load_build():  # native/build.py is a script, not a package module
-    spec = importlib.util.spec_from_file_location("native_build", REPO / "native" / "build.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-build = _load_build()
 
 
 def test_every_harness_has_a_corpus() -> None:

@@ -5,7 +5,6 @@ exact (the wheel's 65.5 us tick); the RNG is seeded, so a run is reproducible.""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support.native_tools import VARIANTS, program
 from support.paths import REPO  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("impair_tool")
@@ -21,23 +21,9 @@ MS = 1_000_000
 TICK = 65_536  # ns: the wheel's resolution
 
 
-def _load_build():  # native/build.py is a script, not a package module
-    spec = importlib.util.spec_from_file_location("native_build", REPO / "native" / "build.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-build = _load_build()
-
-
-@pytest.fixture(scope="module", params=["plain", "gcc-asan", "clang-asan"])
+@pytest.fixture(scope="module", params=VARIANTS)
 def tool(request: pytest.FixtureRequest) -> Path:
-    try:
-        return build.build_program(REPO / "native" / "tests" / "impair_tool.c", request.param)
-    except build.BuildError as exc:
-        pytest.fail(str(exc))
+    return program(REPO / "native" / "tests" / "impair_tool.c", request.param)
 
 
 def run(tool: Path, *commands: str, overhead: int = 0) -> list[str]:

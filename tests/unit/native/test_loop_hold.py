@@ -6,13 +6,13 @@ devices), built plain and with ASan+UBSan under gcc and clang."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from support.native_tools import VARIANTS, program
 from support.paths import REPO  # noqa: E402
 
 # xdist: one worker builds and runs loop_tool (two workers would write the same binary at once)
@@ -21,23 +21,9 @@ pytestmark = pytest.mark.xdist_group("loop_tool")
 SPI_A, SPI_B = 0xAAAA, 0xBBBB
 
 
-def _load_build():  # native/build.py is a script, not a package module
-    spec = importlib.util.spec_from_file_location("native_build", REPO / "native" / "build.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-build = _load_build()
-
-
-@pytest.fixture(scope="module", params=["plain", "gcc-asan", "clang-asan"])
+@pytest.fixture(scope="module", params=VARIANTS)
 def tool(request: pytest.FixtureRequest) -> Path:
-    try:
-        return build.build_program(REPO / "native" / "tests" / "loop_tool.c", request.param)
-    except build.BuildError as exc:
-        pytest.fail(str(exc))
+    return program(REPO / "native" / "tests" / "loop_tool.c", request.param)
 
 
 def hold(tool: Path, *, vnet: int = 0, transport: int = 0, policy: int = 0, batch: int = 8, hard: int = 5,

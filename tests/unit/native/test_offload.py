@@ -4,7 +4,6 @@ program native/tests/offload_tool.c, built plain and with ASan+UBSan under gcc a
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
 import subprocess
@@ -16,6 +15,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from support.native_tools import VARIANTS, program
 from support.paths import REPO  # noqa: E402
 
 # xdist: one worker builds and runs offload_tool (two workers would write the same binary at once)
@@ -25,23 +25,9 @@ GSO_TCPV4, GSO_TCPV6 = 1, 4
 VNET_LEN = 10
 
 
-def _load_build():  # native/build.py is a script, not a package module
-    spec = importlib.util.spec_from_file_location("native_build", REPO / "native" / "build.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-build = _load_build()
-
-
-@pytest.fixture(scope="module", params=["plain", "gcc-asan", "clang-asan"])
+@pytest.fixture(scope="module", params=VARIANTS)
 def tool(request: pytest.FixtureRequest) -> Path:
-    try:
-        return build.build_program(REPO / "native" / "tests" / "offload_tool.c", request.param)
-    except build.BuildError as exc:
-        pytest.fail(str(exc))
+    return program(REPO / "native" / "tests" / "offload_tool.c", request.param)
 
 
 def run(tool: Path, *commands: str) -> list[str]:
